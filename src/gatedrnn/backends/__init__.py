@@ -1,0 +1,150 @@
+"""Backends: interchangeable implementations of the same recurrent layer function.
+
+A backend is chosen by name through one registry and imported only when first used. Each
+implements :class:`Backend`: given a :class:`LayerConfig`, a time-major padded input, optional
+sequence lengths, the initial states and the weights of every layer direction, it returns the
+output sequence and the final states. ``reference`` is the readable oracle every other backend is
+tested against. ``"auto"`` picks the first backend in :data:`AUTO_ORDER` that supports the call;
+asking for a named backend that cannot serve the call raises :class:`BackendUnsupportedError`
+with the reason, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from torch import Tensor
+
+from gatedrnn.nn.spec import CellSpec
+
+__all__ = [
+    "AUTO_ORDER",
+    "Backend",
+    "BackendUnsupportedError",
+    "LayerConfig",
+    "available_backends",
+    "get_backend",
+    "register_backend",
+    "resolve_backend",
+]
+
+
+class BackendUnsupportedError(RuntimeError):
+    """A backend was asked for a configuration, device or dtype it cannot compute."""
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """The shape of a recurrent layer stack, as a backend sees it (batch_first is resolved
+    by the layer: backends always see time-major tensors)."""
+
+    spec: CellSpec
+    input_size: int
+    hidden_size: int
+    num_layers: int = 1
+    bias: bool = True
+    dropout: float = 0.0
+    bidirectional: bool = False
+    proj_size: int = 0
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self) -> int:
+        """Features of h per direction: P when projecting, else H."""
+        return self.proj_size if self.proj_size > 0 else self.hidden_size
+
+
+class Backend(Protocol):
+    """What every backend implements."""
+
+    name: str
+
+    def unsupported(self, config: LayerConfig, input: Tensor) -> str | None:
+        """Why this backend cannot run ``config`` on ``input`` (its device and dtype), or None."""
+
+    def forward(
+        self,
+        config: LayerConfig,
+        input: Tensor,
+        lengths: Tensor | None,
+        hx: tuple[Tensor, ...],
+        weights: Sequence[Mapping[str, Tensor]],
+        training: bool,
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Run the layer stack.
+
+        Args:
+            input: (T, B, H_in), time-major. Steps at or past a sequence's length are padding.
+            lengths: (B,) int64 on the CPU, each in [1, T], or None when every sequence has T.
+            hx: the initial states, each (L·D, B, ·): (h,) or (h, c) for the LSTM.
+            weights: one mapping per layer direction, index ``layer * D + direction``, from base
+                names (``weight_ih``, ``bias_hh`` …) to tensors.
+            training: whether dropout between layers is active.
+
+        Returns:
+            ``output`` (T, B, D·H_out) with zeros at padded steps, and the final states, each
+            (L·D, B, ·), taken at each sequence's last valid step.
+        """
+
+
+# name -> "module:attribute" of a zero-argument factory; imported on first use.
+_REGISTRY: dict[str, str] = {"reference": "gatedrnn.backends.reference:ReferenceBackend"}
+_LOADED: dict[str, Backend] = {}
+
+AUTO_ORDER: list[str] = ["reference"]
+"""The order in which ``backend="auto"`` tries backends: fastest first, ``reference`` last."""
+
+
+def register_backend(name: str, target: str, *, auto_priority: int | None = None) -> None:
+    """Register ``target`` ("module:Factory") under ``name``.
+
+    With ``auto_priority`` the backend joins :data:`AUTO_ORDER` at that index (0 = tried first).
+    """
+    _REGISTRY[name] = target
+    _LOADED.pop(name, None)
+    if auto_priority is not None and name not in AUTO_ORDER:
+        AUTO_ORDER.insert(auto_priority, name)
+
+
+def available_backends() -> list[str]:
+    """Names of every registered backend."""
+    return sorted(_REGISTRY)
+
+
+def get_backend(name: str) -> Backend:
+    """The backend registered as ``name``, imported on first use."""
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"unknown backend {name!r}; expected 'auto' or one of: {', '.join(available_backends())}"
+        )
+    if name not in _LOADED:
+        module_name, _, attr = _REGISTRY[name].partition(":")
+        _LOADED[name] = getattr(importlib.import_module(module_name), attr)()
+    return _LOADED[name]
+
+
+def resolve_backend(name: str, config: LayerConfig, input: Tensor) -> Backend:
+    """The backend to run ``config`` on ``input``: ``name`` itself, or for ``"auto"`` the first
+    in :data:`AUTO_ORDER` that supports the call. Raises with the reason when none can."""
+    if name != "auto":
+        backend = get_backend(name)
+        reason = backend.unsupported(config, input)
+        if reason is not None:
+            raise BackendUnsupportedError(f"backend {name!r} cannot run {config.spec.name}: {reason}")
+        return backend
+    reasons = []
+    for candidate in AUTO_ORDER:
+        backend = get_backend(candidate)
+        reason = backend.unsupported(config, input)
+        if reason is None:
+            return backend
+        reasons.append(f"{candidate}: {reason}")
+    raise BackendUnsupportedError(
+        f"no backend can run {config.spec.name}: " + "; ".join(reasons)
+    )

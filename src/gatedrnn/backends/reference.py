@@ -1,0 +1,103 @@
+"""The reference backend: a readable Python time loop over the pure cell functions.
+
+It is the documentation of what a layer computes and the oracle for every other backend. It runs
+any cell, variant, dtype and device that PyTorch itself does; speed is not its job.
+
+Variable lengths: the reverse direction reads each sequence backwards from its own last step
+(padding stays at the end), and the state stops changing once a sequence has ended, so padding
+never reaches an output or a final state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gatedrnn.backends import LayerConfig
+from gatedrnn.nn.functional import cell_step, min_scan
+
+__all__ = ["ReferenceBackend", "reverse_padded"]
+
+
+def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Reverse each sequence of ``x`` (T, B, ...) within its own length; padding stays in place."""
+    if lengths is None:
+        return x.flip(0)
+    T, B = x.shape[:2]
+    t = torch.arange(T).unsqueeze(1)  # (T, 1)
+    last = lengths.unsqueeze(0) - 1  # (1, B)
+    index = torch.where(t <= last, last - t, t).to(x.device)  # (T, B)
+    index = index.view(T, B, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(0, index)
+
+
+def _run_direction(
+    config: LayerConfig,
+    x: Tensor,
+    valid: Tensor | None,
+    state: tuple[Tensor, ...],
+    weights: Mapping[str, Tensor],
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """One direction of one layer over time-major ``x`` (T, B, F); ``valid`` (T, B, 1) marks real
+    steps. Returns every h (T, B, H_out) and the final state."""
+    spec = config.spec
+    if not spec.recurrent and spec.scan == "parallel":
+        outputs = min_scan(spec, x, state[0], weights["weight_ih"], weights.get("bias_ih"))
+        if valid is None:
+            return outputs, (outputs[-1],)
+        last = valid.sum(0, keepdim=True) - 1  # (1, B, 1): index of each sequence's last step
+        return outputs, (outputs.gather(0, last.expand(1, *outputs.shape[1:])).squeeze(0),)
+    outputs = []
+    for t in range(x.shape[0]):
+        new_state = cell_step(spec, x[t], state, weights)
+        if valid is not None:  # a finished sequence keeps its final state
+            new_state = tuple(torch.where(valid[t], n, s) for n, s in zip(new_state, state))
+        state = new_state
+        outputs.append(state[0])
+    return torch.stack(outputs), state
+
+
+class ReferenceBackend:
+    """Loops over layers, directions and time steps, calling :func:`cell_step` once per step."""
+
+    name = "reference"
+
+    def unsupported(self, config: LayerConfig, input: Tensor) -> str | None:
+        return None
+
+    def forward(
+        self,
+        config: LayerConfig,
+        input: Tensor,
+        lengths: Tensor | None,
+        hx: tuple[Tensor, ...],
+        weights: Sequence[Mapping[str, Tensor]],
+        training: bool,
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        T = input.shape[0]
+        D = config.num_directions
+        valid = None
+        if lengths is not None:
+            valid = (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).to(input.device)
+            valid = valid.unsqueeze(-1)  # (T, B, 1)
+        layer_input = input
+        finals: list[tuple[Tensor, ...]] = []
+        for layer in range(config.num_layers):
+            outputs = []
+            for direction in range(D):
+                index = layer * D + direction
+                state = tuple(s[index] for s in hx)
+                x = layer_input if direction == 0 else reverse_padded(layer_input, lengths)
+                out, final = _run_direction(config, x, valid, state, weights[index])
+                outputs.append(out if direction == 0 else reverse_padded(out, lengths))
+                finals.append(final)
+            layer_input = torch.cat(outputs, dim=-1) if D == 2 else outputs[0]  # (T, B, D·H_out)
+            if valid is not None:
+                layer_input = layer_input * valid
+            if training and config.dropout > 0 and layer < config.num_layers - 1:
+                layer_input = F.dropout(layer_input, config.dropout, training=True)
+        final_states = tuple(torch.stack([f[k] for f in finals]) for k in range(len(hx)))
+        return layer_input, final_states

@@ -1,0 +1,90 @@
+"""The base class of the single-step cell modules (``GRUCell``, ``LSTMCell`` …).
+
+A cell computes one time step with the same pure function the layers loop over, so a loop of
+cells and a layer agree exactly. Parameters are ``weight_ih``, ``weight_hh``, ``bias_ih``,
+``bias_hh`` (and ``weight_peep``), as in torch.nn's cells.
+
+Shapes: input (N, H_in) or (H_in,) unbatched; state (N, H) or (H,); zeros if omitted.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from gatedrnn.nn.checks import check_input, check_positive_int, check_states
+from gatedrnn.nn.functional import cell_step
+from gatedrnn.nn.init import check_init_options, init_recurrent_
+from gatedrnn.nn.spec import CellSpec
+
+__all__ = ["CellBase"]
+
+
+class CellBase(nn.Module):
+    """One step of a recurrent cell; subclasses only declare which cell."""
+
+    def __init__(
+        self,
+        spec: CellSpec,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        *,
+        init: str = "torch",
+        forget_bias: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        self.input_size = check_positive_int(owner, "input_size", input_size)
+        self.hidden_size = check_positive_int(owner, "hidden_size", hidden_size)
+        check_init_options(spec, init, forget_bias, bias)
+        self.spec = spec
+        self.bias = bool(bias)
+        self.init = init
+        self.forget_bias = float(forget_bias)
+        factory = {"device": device, "dtype": dtype}
+        for name, shape in spec.param_shapes(input_size, hidden_size, bias=self.bias):
+            self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        init_recurrent_(self, self.spec, self.hidden_size, self.init, self.forget_bias)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.spec.name != self.spec.kind:
+            s += f", cell={self.spec.name}"
+        return s
+
+    def forward(
+        self, input: Tensor, hx: Tensor | tuple[Tensor, Tensor] | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        owner = type(self).__name__
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{owner}: expected input to be a Tensor, got {type(input).__name__}")
+        if input.dim() not in (1, 2):
+            raise ValueError(
+                f"{owner}: expected a 2-D batched input (N, H_in) or a 1-D unbatched input "
+                f"(H_in), got {input.dim()}-D input of shape {tuple(input.shape)}"
+            )
+        check_input(owner, input, self.input_size, self.weight_ih.dtype)
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
+        n = self.spec.num_states
+        shape = (x.shape[0], self.hidden_size) if batched else (self.hidden_size,)
+        if hx is None:
+            states = tuple(x.new_zeros(x.shape[0], self.hidden_size) for _ in range(n))
+        else:
+            if n == 2 and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+                raise TypeError(f"{owner}: expected hx to be a tuple (h, c), got {type(hx).__name__}")
+            states = tuple(hx) if n == 2 else (hx,)
+            check_states(owner, ("h", "c")[:n], states, (shape,) * n, input)
+            states = states if batched else tuple(s.unsqueeze(0) for s in states)
+        weights = dict(self.named_parameters())
+        new = cell_step(self.spec, x, states, weights)
+        new = new if batched else tuple(s.squeeze(0) for s in new)
+        return new if n == 2 else new[0]

@@ -1,0 +1,62 @@
+"""Input and state checks shared by the layers and the cells: each error says what was expected
+and what came."""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_input", "check_positive_int", "check_states"]
+
+
+def check_positive_int(owner: str, name: str, value: object, *, allow_zero: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{owner}: {name} must be an integer, got {type(value).__name__}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = "non-negative" if allow_zero else "greater than zero"
+        raise ValueError(f"{owner}: {name} must be {bound}, got {value}")
+    return int(value)
+
+
+def check_input(owner: str, x: Tensor, input_size: int, param_dtype: torch.dtype) -> None:
+    """Check a time-major (T, B, H_in) or (B, H_in) input against the module's parameters."""
+    if not x.is_floating_point():
+        raise TypeError(f"{owner}: expected a floating-point input, got dtype {x.dtype}")
+    if x.dtype != param_dtype:
+        raise TypeError(
+            f"{owner}: expected input of dtype {param_dtype} (the parameters' dtype), got "
+            f"{x.dtype}; convert one with .to()"
+        )
+    if x.shape[-1] != input_size:
+        raise ValueError(
+            f"{owner}: expected input with {input_size} features (input_size) in its last "
+            f"dimension, got shape {tuple(x.shape)}"
+        )
+
+
+def check_states(
+    owner: str,
+    names: tuple[str, ...],
+    states: tuple[Tensor, ...],
+    shapes: tuple[tuple[int, ...], ...],
+    like: Tensor,
+) -> None:
+    """Check each state tensor's type, shape, dtype and device against the input ``like``."""
+    for name, state, shape in zip(names, states, shapes):
+        if not isinstance(state, Tensor):
+            raise TypeError(f"{owner}: expected {name} to be a Tensor, got {type(state).__name__}")
+        if tuple(state.shape) != shape:
+            raise ValueError(
+                f"{owner}: expected {name} of shape {shape}, got {tuple(state.shape)}"
+            )
+        if state.dtype != like.dtype:
+            raise TypeError(
+                f"{owner}: expected {name} of dtype {like.dtype} (the input's), got {state.dtype}"
+            )
+        if state.device != like.device:
+            raise ValueError(
+                f"{owner}: expected {name} on {like.device} (the input's device), got "
+                f"{state.device}"
+            )
