@@ -1,0 +1,38 @@
+"""Shared test helpers: tolerance per dtype, and the largest error seen per dtype, reported at
+the end of the run."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+import torch
+
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+_LARGEST: dict[str, float] = defaultdict(float)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str = "") -> None:
+    """Elementwise |actual − expected| ≤ tol·(1 + |expected|), tol by dtype; records the error."""
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    tol = TOLERANCE[expected.dtype]
+    diff = (actual.detach() - expected.detach()).abs()
+    scaled = diff / (1 + expected.detach().abs())
+    worst = scaled.max().item() if scaled.numel() else 0.0
+    key = str(expected.dtype).removeprefix("torch.")
+    _LARGEST[key] = max(_LARGEST[key], worst)
+    assert worst <= tol, f"{what}: largest error {worst:.3g} > {tol:g} ({expected.dtype})"
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _LARGEST:
+        terminalreporter.section("largest error against the reference, per dtype")
+        for dtype, err in sorted(_LARGEST.items()):
+            terminalreporter.write_line(f"{dtype}: {err:.3g} (|a-b| / (1+|b|))")
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_seed():
+    torch.manual_seed(1234)
+    yield
