@@ -23,6 +23,7 @@ __all__ = [
     "g",
     "gru_cell",
     "log_g",
+    "logcumsumexp",
     "lstm_cell",
     "mgu_cell",
     "min_scan",
@@ -193,6 +194,44 @@ def minlstm_cell(x: Tensor, h: Tensor, weight_ih: Tensor, bias_ih: Tensor | None
     return f / (f + i) * h + i / (f + i) * g(k_h)
 
 
+class _LogCumSumExp(torch.autograd.Function):
+    """``torch.logcumsumexp`` over dim 0 with a backward written in differentiable ops.
+
+    torch 2.13's own second derivative of logcumsumexp disagrees with finite differences when
+    composed as in :func:`scan_log` (found by gradgradcheck); this backward, the formula torch and
+    TensorFlow use, is differentiated by autograd instead. Like relu at 0, its derivative with
+    respect to an upstream gradient that is exactly zero is taken as zero.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        y = torch.logcumsumexp(x, dim=0)
+        ctx.save_for_backward(x, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        x, y = ctx.saved_tensors
+        # ∂y_t/∂x_s = exp(x_s − y_t) for s ≤ t. Summing grad_t·exp(x_s − y_t) over t ≥ s in log
+        # space needs log grad, so the positive and negative parts are summed apart.
+        lowest = torch.finfo(grad.dtype).min  # log of 0 that stays finite, so no inf − inf
+        log_abs = torch.log(torch.where(grad != 0, grad.abs(), torch.ones_like(grad)))
+        log_pos = torch.where(grad > 0, log_abs, lowest) - y
+        log_neg = torch.where(grad < 0, log_abs, lowest) - y
+        pos = torch.exp(_reverse_logcumsumexp(log_pos) + x)
+        neg = torch.exp(_reverse_logcumsumexp(log_neg) + x)
+        return pos - neg
+
+
+def logcumsumexp(x: Tensor) -> Tensor:
+    """log Σ_{s≤t} exp(x_s) along dim 0, twice differentiable."""
+    return _LogCumSumExp.apply(x)
+
+
+def _reverse_logcumsumexp(x: Tensor) -> Tensor:
+    return logcumsumexp(x.flip(0)).flip(0)
+
+
 def scan_log(log_a: Tensor, log_b: Tensor, h0: Tensor) -> Tensor:
     """All states of h_t = a_t ⊙ h_{t−1} + b_t for a_t, b_t > 0, from log a and log b (T, B, H).
 
@@ -201,7 +240,7 @@ def scan_log(log_a: Tensor, log_b: Tensor, h0: Tensor) -> Tensor:
     apart from the log-space sum, so h_0 may have any sign. Returns (T, B, H).
     """
     a_star = torch.cumsum(log_a, dim=0)  # (T, B, H)
-    return torch.exp(a_star) * h0 + torch.exp(a_star + torch.logcumsumexp(log_b - a_star, dim=0))
+    return torch.exp(a_star) * h0 + torch.exp(a_star + logcumsumexp(log_b - a_star))
 
 
 def min_scan(spec: CellSpec, x: Tensor, h0: Tensor, weight_ih: Tensor, bias_ih: Tensor | None) -> Tensor:
