@@ -1,49 +1,13 @@
 """gatedrnn: gated recurrent layers as drop-in torch.nn modules, and a harness that measures the
-claims made for the GRU against the LSTM and the plain RNN."""
+claims made for the GRU against the LSTM and the plain RNN.
 
-from gatedrnn.nn import (
-    CELL_KINDS,
-    GRU,
-    LSTM,
-    MGU,
-    RNN,
-    CellSpec,
-    GRUCell,
-    LSTMCell,
-    MGUCell,
-    MinGRU,
-    MinGRUCell,
-    MinLSTM,
-    MinLSTMCell,
-    RNNCell,
-    StepCost,
-    count_parameters,
-    hidden_for_budget,
-    make_spec,
-    step_cost,
-)
+Everything in :mod:`gatedrnn.nn` is importable from here: the layers (``RNN``, ``LSTM``, ``GRU``,
+``MGU``, ``MinGRU``, ``MinLSTM``), their cells, the counting functions and the packing helpers.
+"""
+
+from gatedrnn import nn as _nn
+from gatedrnn.nn import *  # noqa: F403
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CELL_KINDS",
-    "GRU",
-    "LSTM",
-    "MGU",
-    "RNN",
-    "CellSpec",
-    "GRUCell",
-    "LSTMCell",
-    "MGUCell",
-    "MinGRU",
-    "MinGRUCell",
-    "MinLSTM",
-    "MinLSTMCell",
-    "RNNCell",
-    "StepCost",
-    "__version__",
-    "count_parameters",
-    "hidden_for_budget",
-    "make_spec",
-    "step_cost",
-]
+__all__ = [*_nn.__all__, "__version__"]

@@ -23,7 +23,7 @@ def layer_function(module, lengths):
         states, params = tensors[:n_states], tensors[n_states:]
         hx = states if n_states == 2 else states[0]
         inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if lengths is not None else x
-        out, final = functional_call(module, dict(zip(names, params)), (inp, hx))
+        out, final = functional_call(module, dict(zip(names, params, strict=True)), (inp, hx))
         if lengths is not None:
             out = pad_packed_sequence(out)[0]
         return (out, *(final if n_states == 2 else (final,)))
@@ -87,7 +87,7 @@ def test_cell_gradcheck(variant):
     def f(x, *tensors):
         states, params = tensors[:n_states], tensors[n_states:]
         hx = states if n_states == 2 else states[0]
-        out = functional_call(cell, dict(zip(names, params)), (x, hx))
+        out = functional_call(cell, dict(zip(names, params, strict=True)), (x, hx))
         return out
 
     x = torch.randn(B, I, dtype=torch.float64, requires_grad=True)

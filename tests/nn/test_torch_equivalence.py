@@ -37,7 +37,7 @@ def _ids(case):
     cell, proj, bias, bf, bi, layers, form, dtype = case
     flags = [cell + (f"-proj{proj}" if proj else ""), "bias" if bias else "nobias"]
     flags += ["bf" if bf else "tf", "bi" if bi else "uni", f"L{layers}", form]
-    return "-".join(flags + [str(dtype).removeprefix("torch.")])
+    return "-".join([*flags, str(dtype).removeprefix("torch.")])
 
 
 def build_pair(cell, dtype, backend="reference", **kwargs):
@@ -54,7 +54,7 @@ def build_pair(cell, dtype, backend="reference", **kwargs):
 def compare(ours, theirs, what):
     assert_close(ours.output, theirs.output, f"{what} output")
     assert len(ours.states) == len(theirs.states)
-    for k, (a, b) in enumerate(zip(ours.states, theirs.states)):
+    for k, (a, b) in enumerate(zip(ours.states, theirs.states, strict=True)):
         assert_close(a, b, f"{what} final state {k}")
     assert ours.grads.keys() == theirs.grads.keys()
     for name in theirs.grads:
@@ -117,7 +117,9 @@ def test_same_seed_gives_torch_init(cell):
     theirs = TORCH_LAYERS[cell](**kwargs)
     torch.manual_seed(3)
     ours = OUR_LAYERS[cell](**kwargs)
-    for (name_a, a), (name_b, b) in zip(ours.named_parameters(), theirs.named_parameters()):
+    for (name_a, a), (name_b, b) in zip(
+        ours.named_parameters(), theirs.named_parameters(), strict=True
+    ):
         assert name_a == name_b and torch.equal(a, b), name_a
 
 
@@ -140,7 +142,7 @@ def test_cells_match_torch(ours_cls, theirs_cls, kwargs, batched, dtype):
     theirs = theirs_cls(I, H, dtype=dtype, **kwargs)
     torch.manual_seed(4)
     ours = ours_cls(I, H, dtype=dtype, **kwargs)
-    for a, b in zip(ours.parameters(), theirs.parameters()):
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
         assert torch.equal(a, b)  # same seed, same init
     lead = (B,) if batched else ()
     x = torch.randn(*lead, I, dtype=dtype, requires_grad=True)
@@ -154,9 +156,9 @@ def test_cells_match_torch(ours_cls, theirs_cls, kwargs, batched, dtype):
         grads_b = torch.autograd.grad(sum(o.sum() for o in out_b), wrt, allow_unused=True)
         wrt = [x, *states, *ours.parameters()]
         grads_a = torch.autograd.grad(sum(o.sum() for o in out_a), wrt, allow_unused=True)
-        for a, b in zip(out_a, out_b):
+        for a, b in zip(out_a, out_b, strict=True):
             assert_close(a, b, "cell output")
-        for a, b in zip(grads_a, grads_b):
+        for a, b in zip(grads_a, grads_b, strict=True):
             assert (a is None) == (b is None)
             if a is not None:
                 assert_close(a, b, "cell grad")

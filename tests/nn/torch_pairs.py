@@ -56,7 +56,7 @@ def run(module, x, lengths, states, batch_first, grad_seed=7):
     hx = None
     if states is not None:
         states = tuple(s.detach().clone().requires_grad_(True) for s in states)
-        leaves.update(zip(("h_0", "c_0"), states))
+        leaves.update(zip(("h_0", "c_0")[: len(states)], states, strict=True))
         hx = states if len(states) == 2 else states[0]
     inp = x
     if lengths is not None:
@@ -75,7 +75,7 @@ def run(module, x, lengths, states, batch_first, grad_seed=7):
     wrt = list(leaves.values()) + list(params.values())
     grads = torch.autograd.grad(loss, wrt, allow_unused=True)
     names = list(leaves) + list(params)
-    return Result(out, final, {n: g for n, g in zip(names, grads)})
+    return Result(out, final, {n: g for n, g in zip(names, grads, strict=True)})
 
 
 def _is_sorted(lengths):

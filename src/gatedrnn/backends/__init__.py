@@ -120,9 +120,8 @@ def available_backends() -> list[str]:
 def get_backend(name: str) -> Backend:
     """The backend registered as ``name``, imported on first use."""
     if name not in _REGISTRY:
-        raise ValueError(
-            f"unknown backend {name!r}; expected 'auto' or one of: {', '.join(available_backends())}"
-        )
+        known = ", ".join(available_backends())
+        raise ValueError(f"unknown backend {name!r}; expected 'auto' or one of: {known}")
     if name not in _LOADED:
         module_name, _, attr = _REGISTRY[name].partition(":")
         _LOADED[name] = getattr(importlib.import_module(module_name), attr)()
@@ -136,7 +135,9 @@ def resolve_backend(name: str, config: LayerConfig, input: Tensor) -> Backend:
         backend = get_backend(name)
         reason = backend.unsupported(config, input)
         if reason is not None:
-            raise BackendUnsupportedError(f"backend {name!r} cannot run {config.spec.name}: {reason}")
+            raise BackendUnsupportedError(
+                f"backend {name!r} cannot run {config.spec.name}: {reason}"
+            )
         return backend
     reasons = []
     for candidate in AUTO_ORDER:
@@ -145,6 +146,4 @@ def resolve_backend(name: str, config: LayerConfig, input: Tensor) -> Backend:
         if reason is None:
             return backend
         reasons.append(f"{candidate}: {reason}")
-    raise BackendUnsupportedError(
-        f"no backend can run {config.spec.name}: " + "; ".join(reasons)
-    )
+    raise BackendUnsupportedError(f"no backend can run {config.spec.name}: " + "; ".join(reasons))

@@ -54,7 +54,9 @@ def _run_direction(
     for t in range(x.shape[0]):
         new_state = cell_step(spec, x[t], state, weights)
         if valid is not None:  # a finished sequence keeps its final state
-            new_state = tuple(torch.where(valid[t], n, s) for n, s in zip(new_state, state))
+            new_state = tuple(
+                torch.where(valid[t], n, s) for n, s in zip(new_state, state, strict=True)
+            )
         state = new_state
         outputs.append(state[0])
     return torch.stack(outputs), state

@@ -7,6 +7,13 @@ from gatedrnn.nn.gru import GRU, GRUCell
 from gatedrnn.nn.lstm import LSTM, LSTMCell
 from gatedrnn.nn.mgu import MGU, MGUCell
 from gatedrnn.nn.minimal import MinGRU, MinGRUCell, MinLSTM, MinLSTMCell
+from gatedrnn.nn.packing import (
+    PackedSequence,
+    pack_padded_sequence,
+    pack_sequence,
+    pad_packed_sequence,
+    pad_sequence,
+)
 from gatedrnn.nn.rnn import RNN, RNNCell
 from gatedrnn.nn.spec import CELL_KINDS, CellSpec, StepCost, make_spec
 
@@ -25,11 +32,16 @@ __all__ = [
     "MinGRUCell",
     "MinLSTM",
     "MinLSTMCell",
+    "PackedSequence",
     "RNNCell",
     "RecurrentBase",
     "StepCost",
     "count_parameters",
     "hidden_for_budget",
     "make_spec",
+    "pack_padded_sequence",
+    "pack_sequence",
+    "pad_packed_sequence",
+    "pad_sequence",
     "step_cost",
 ]

@@ -172,7 +172,9 @@ class RecurrentBase(nn.Module):
             return tuple(x.new_zeros(s) for s in self._state_shapes(x.shape[1]))
         if self.spec.num_states == 2:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"{owner}: expected hx to be a tuple (h_0, c_0), got {_describe(hx)}")
+                raise TypeError(
+                    f"{owner}: expected hx to be a tuple (h_0, c_0), got {_describe(hx)}"
+                )
             states = tuple(hx)
         else:
             if not isinstance(hx, Tensor):
@@ -247,4 +249,3 @@ def _describe(value: object) -> str:
     if isinstance(value, Tensor):
         return f"a Tensor of shape {tuple(value.shape)}"
     return type(value).__name__
-

@@ -80,7 +80,9 @@ class CellBase(nn.Module):
             states = tuple(x.new_zeros(x.shape[0], self.hidden_size) for _ in range(n))
         else:
             if n == 2 and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
-                raise TypeError(f"{owner}: expected hx to be a tuple (h, c), got {type(hx).__name__}")
+                raise TypeError(
+                    f"{owner}: expected hx to be a tuple (h, c), got {type(hx).__name__}"
+                )
             states = tuple(hx) if n == 2 else (hx,)
             check_states(owner, ("h", "c")[:n], states, (shape,) * n, input)
             states = states if batched else tuple(s.unsqueeze(0) for s in states)

@@ -44,13 +44,11 @@ def check_states(
     like: Tensor,
 ) -> None:
     """Check each state tensor's type, shape, dtype and device against the input ``like``."""
-    for name, state, shape in zip(names, states, shapes):
+    for name, state, shape in zip(names, states, shapes, strict=True):
         if not isinstance(state, Tensor):
             raise TypeError(f"{owner}: expected {name} to be a Tensor, got {type(state).__name__}")
         if tuple(state.shape) != shape:
-            raise ValueError(
-                f"{owner}: expected {name} of shape {shape}, got {tuple(state.shape)}"
-            )
+            raise ValueError(f"{owner}: expected {name} of shape {shape}, got {tuple(state.shape)}")
         if state.dtype != like.dtype:
             raise TypeError(
                 f"{owner}: expected {name} of dtype {like.dtype} (the input's), got {state.dtype}"

@@ -158,7 +158,7 @@ def mgu_cell(
 
 
 def g(x: Tensor) -> Tensor:
-    """Feng et al. 2024 §3.1's positive activation for the candidate state: x + ½ if x ≥ 0 else σ(x).
+    """The positive activation of Feng et al. 2024 §3.1: x + ½ if x ≥ 0, else σ(x).
 
     Keeping h̃ > 0 is what lets the scan run in log space.
     """
@@ -243,7 +243,9 @@ def scan_log(log_a: Tensor, log_b: Tensor, h0: Tensor) -> Tensor:
     return torch.exp(a_star) * h0 + torch.exp(a_star + logcumsumexp(log_b - a_star))
 
 
-def min_scan(spec: CellSpec, x: Tensor, h0: Tensor, weight_ih: Tensor, bias_ih: Tensor | None) -> Tensor:
+def min_scan(
+    spec: CellSpec, x: Tensor, h0: Tensor, weight_ih: Tensor, bias_ih: Tensor | None
+) -> Tensor:
     """Every hidden state of a minGRU or minLSTM over a whole sequence in one parallel scan.
 
     ``x`` (T, B, H_in), ``h0`` (B, H); returns (T, B, H). Equal to looping :func:`mingru_cell` or

@@ -86,7 +86,10 @@ class CellSpec:
     def name(self) -> str:
         """A short readable name such as ``gru``, ``gru(reset=before)`` or ``lstm(peepholes)``."""
         changed = [
-            key if isinstance(default, bool) else str(getattr(self, key)) if key == "nonlinearity"
+            key
+            if isinstance(default, bool)
+            else str(getattr(self, key))
+            if key == "nonlinearity"
             else f"{key}={getattr(self, key)}"
             for key, default in _OPTIONS[self.kind].items()
             if getattr(self, key) != default and key != "scan"
