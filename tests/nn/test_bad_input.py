@@ -202,9 +202,24 @@ def test_named_backend_that_cannot_run_raises(refuser_backend):
         gru(torch.randn(3, 2, 5))
 
 
-def test_auto_skips_a_backend_that_cannot_run(refuser_backend):
-    config = LayerConfig(make_spec("gru"), 5, 6)
-    assert resolve_backend("auto", config, torch.randn(3, 2, 5)).name == "reference"
+def test_auto_skips_backends_that_cannot_run(refuser_backend):
+    x = torch.randn(3, 2, 5)
+    assert resolve_backend("auto", LayerConfig(make_spec("gru"), 5, 6), x).name == "cudnn"
+    before = LayerConfig(make_spec("gru", reset="before"), 5, 6)
+    assert resolve_backend("auto", before, x).name == "reference"
+
+
+@pytest.mark.parametrize(
+    "layer, reason",
+    [
+        (gatedrnn.GRU(5, 6, reset="before", backend="cudnn"), "reset='after' only"),
+        (gatedrnn.LSTM(5, 6, peepholes=True, backend="cudnn"), "no peepholes or coupled gate"),
+        (gatedrnn.MinGRU(5, 6, backend="cudnn"), "no fused kernel for mingru"),
+    ],
+)
+def test_cudnn_backend_refuses_variants_with_the_reason(layer, reason):
+    with raises(BackendUnsupportedError, "backend 'cudnn' cannot run", reason):
+        layer(torch.randn(3, 2, 5))
 
 
 # -- cells --------------------------------------------------------------------------------------

@@ -4,9 +4,10 @@ A backend is chosen by name through one registry and imported only when first us
 implements :class:`Backend`: given a :class:`LayerConfig`, a time-major padded input, optional
 sequence lengths, the initial states and the weights of every layer direction, it returns the
 output sequence and the final states. ``reference`` is the readable oracle every other backend is
-tested against. ``"auto"`` picks the first backend in :data:`AUTO_ORDER` that supports the call;
-asking for a named backend that cannot serve the call raises :class:`BackendUnsupportedError`
-with the reason, never a silent fallback.
+tested against; ``cudnn`` is torch's own fused kernels (cuDNN on CUDA, torch's native kernels on
+the CPU) for the cells torch.nn has. ``"auto"`` picks the first backend in :data:`AUTO_ORDER`
+that supports the call; asking for a named backend that cannot serve the call raises
+:class:`BackendUnsupportedError` with the reason, never a silent fallback.
 """
 
 from __future__ import annotations
@@ -94,10 +95,13 @@ class Backend(Protocol):
 
 
 # name -> "module:attribute" of a zero-argument factory; imported on first use.
-_REGISTRY: dict[str, str] = {"reference": "gatedrnn.backends.reference:ReferenceBackend"}
+_REGISTRY: dict[str, str] = {
+    "reference": "gatedrnn.backends.reference:ReferenceBackend",
+    "cudnn": "gatedrnn.backends.cudnn:CudnnBackend",
+}
 _LOADED: dict[str, Backend] = {}
 
-AUTO_ORDER: list[str] = ["reference"]
+AUTO_ORDER: list[str] = ["cudnn", "reference"]
 """The order in which ``backend="auto"`` tries backends: fastest first, ``reference`` last."""
 
 

@@ -1,0 +1,66 @@
+"""The ``cudnn`` backend: torch's own fused recurrent kernels, for the cells torch.nn has.
+
+On CUDA these are cuDNN's; on the CPU they are torch's native kernels (oneDNN for the LSTM where
+it applies). They compute exactly torch.nn.RNN / LSTM (with ``proj_size``) / GRU, so this backend
+refuses every variant torch does not have: the reset-before GRU, peepholes, the coupled gate,
+MGU and the minimal cells.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from torch import _VF, Tensor
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from gatedrnn.backends import LayerConfig
+
+__all__ = ["CudnnBackend"]
+
+_ORDER = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")  # torch's _flat_weights
+
+
+class CudnnBackend:
+    """Calls ``torch._VF.{rnn_tanh, rnn_relu, lstm, gru}``, the functions torch.nn calls."""
+
+    name = "cudnn"
+
+    def unsupported(self, config: LayerConfig, input: Tensor) -> str | None:
+        spec = config.spec
+        if spec.kind not in ("rnn", "lstm", "gru"):
+            return f"torch has no fused kernel for {spec.kind}"
+        if spec.kind == "gru" and spec.reset != "after":
+            return "torch's GRU kernels compute reset='after' only"
+        if spec.kind == "lstm" and (spec.peepholes or spec.coupled):
+            return "torch's LSTM kernels have no peepholes or coupled gate"
+        return None
+
+    def forward(
+        self,
+        config: LayerConfig,
+        input: Tensor,
+        lengths: Tensor | None,
+        hx: tuple[Tensor, ...],
+        weights: Sequence[Mapping[str, Tensor]],
+        training: bool,
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        spec = config.spec
+        kernel = {"lstm": _VF.lstm, "gru": _VF.gru}.get(spec.kind)
+        if kernel is None:
+            kernel = _VF.rnn_tanh if spec.nonlinearity == "tanh" else _VF.rnn_relu
+        flat = [w[name] for w in weights for name in _ORDER if name in w]
+        state = hx if spec.num_states == 2 else hx[0]
+        options = (config.bias, config.num_layers, config.dropout, training, config.bidirectional)
+        if lengths is None:
+            result = kernel(input, state, flat, *options, False)  # time-major
+            return result[0], tuple(result[1:])
+        packed = pack_padded_sequence(input, lengths, enforce_sorted=False)
+        order, unorder = packed.sorted_indices, packed.unsorted_indices
+        if spec.num_states == 2:
+            state = tuple(s.index_select(1, order) for s in state)
+        else:
+            state = state.index_select(1, order)
+        result = kernel(packed.data, packed.batch_sizes, state, flat, *options)
+        output = packed._replace(data=result[0])
+        output = pad_packed_sequence(output, total_length=input.shape[0])[0]
+        return output, tuple(s.index_select(1, unorder) for s in result[1:])
