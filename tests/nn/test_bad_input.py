@@ -204,9 +204,11 @@ def test_named_backend_that_cannot_run_raises(refuser_backend):
 
 def test_auto_skips_backends_that_cannot_run(refuser_backend):
     x = torch.randn(3, 2, 5)
-    assert resolve_backend("auto", LayerConfig(make_spec("gru"), 5, 6), x).name == "cudnn"
-    before = LayerConfig(make_spec("gru", reset="before"), 5, 6)
-    assert resolve_backend("auto", before, x).name == "reference"
+    assert resolve_backend("auto", LayerConfig(make_spec("gru"), 5, 6), x).name == "cpu"
+    projected = LayerConfig(make_spec("lstm"), 5, 6, proj_size=2)
+    assert resolve_backend("auto", projected, x).name == "cudnn"
+    peepholes = LayerConfig(make_spec("lstm", peepholes=True), 5, 6)
+    assert resolve_backend("auto", peepholes, x).name == "reference"
 
 
 @pytest.mark.parametrize(
@@ -215,10 +217,12 @@ def test_auto_skips_backends_that_cannot_run(refuser_backend):
         (gatedrnn.GRU(5, 6, reset="before", backend="cudnn"), "reset='after' only"),
         (gatedrnn.LSTM(5, 6, peepholes=True, backend="cudnn"), "no peepholes or coupled gate"),
         (gatedrnn.MinGRU(5, 6, backend="cudnn"), "no fused kernel for mingru"),
+        (gatedrnn.LSTM(5, 6, proj_size=2, backend="cpu"), "no peepholes, coupled gate or proj"),
+        (gatedrnn.MGU(5, 6, backend="cpu"), "it has no loop for mgu"),
     ],
 )
-def test_cudnn_backend_refuses_variants_with_the_reason(layer, reason):
-    with raises(BackendUnsupportedError, "backend 'cudnn' cannot run", reason):
+def test_backends_refuse_variants_with_the_reason(layer, reason):
+    with raises(BackendUnsupportedError, f"backend '{layer.backend}' cannot run", reason):
         layer(torch.randn(3, 2, 5))
 
 

@@ -9,6 +9,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from gatedrnn.backends import available_backends, get_backend
 from gatedrnn.nn.functional import logcumsumexp
 from tests.nn.variants import VARIANTS, cell_options, variant_id
 
@@ -40,17 +41,28 @@ def layer_inputs(module):
     return (x, *states, *params)
 
 
+@pytest.mark.parametrize("backend", available_backends())
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
-def test_layer_gradcheck(variant, packed):
+def test_layer_gradcheck(variant, packed, backend):
     layer_cls, _, options = variant
-    module = layer_cls(I, H, num_layers=2, bidirectional=True, dtype=torch.float64, **options)
+    module = layer_cls(
+        I, H, num_layers=2, bidirectional=True, dtype=torch.float64, backend=backend, **options
+    )
     lengths = torch.tensor([4, 2, 3]) if packed else None
     f = layer_function(module, lengths)
     inputs = layer_inputs(module)
+    reason = get_backend(backend).unsupported(module.config, inputs[0])
+    if reason:
+        pytest.skip(reason)
     assert gradcheck(f, inputs, eps=1e-6, atol=1e-6)
-    if packed:  # second derivatives once per variant, on the harder input form
+    if not packed:  # second derivatives once per variant, on the harder input form
+        return
+    if get_backend(backend).twice_differentiable:
         assert gradgradcheck(f, inputs, eps=1e-6, atol=1e-5, fast_mode=True)
+    else:
+        with pytest.raises(RuntimeError, match="twice"):
+            gradgradcheck(f, inputs, eps=1e-6, atol=1e-5, fast_mode=True)
 
 
 def test_lstm_projection_gradcheck():

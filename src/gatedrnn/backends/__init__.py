@@ -65,6 +65,7 @@ class Backend(Protocol):
     """What every backend implements."""
 
     name: str
+    twice_differentiable: bool  # whether double backward (gradgradcheck, Hessians) works
 
     def unsupported(self, config: LayerConfig, input: Tensor) -> str | None:
         """Why this backend cannot run ``config`` on ``input`` (its device and dtype), or None."""
@@ -98,10 +99,11 @@ class Backend(Protocol):
 _REGISTRY: dict[str, str] = {
     "reference": "gatedrnn.backends.reference:ReferenceBackend",
     "cudnn": "gatedrnn.backends.cudnn:CudnnBackend",
+    "cpu": "gatedrnn.backends.cpu:CpuBackend",
 }
 _LOADED: dict[str, Backend] = {}
 
-AUTO_ORDER: list[str] = ["cudnn", "reference"]
+AUTO_ORDER: list[str] = ["cpu", "cudnn", "reference"]
 """The order in which ``backend="auto"`` tries backends: fastest first, ``reference`` last."""
 
 

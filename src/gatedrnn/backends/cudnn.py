@@ -24,6 +24,7 @@ class CudnnBackend:
     """Calls ``torch._VF.{rnn_tanh, rnn_relu, lstm, gru}``, the functions torch.nn calls."""
 
     name = "cudnn"
+    twice_differentiable = True
 
     def unsupported(self, config: LayerConfig, input: Tensor) -> str | None:
         spec = config.spec

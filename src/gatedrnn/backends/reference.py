@@ -66,6 +66,7 @@ class ReferenceBackend:
     """Loops over layers, directions and time steps, calling :func:`cell_step` once per step."""
 
     name = "reference"
+    twice_differentiable = True
 
     def unsupported(self, config: LayerConfig, input: Tensor) -> str | None:
         return None

@@ -1,0 +1,372 @@
+"""The ``cpu`` backend: the recurrent loops of haste and cuDNN, written in PyTorch ops.
+
+For each layer direction: one GEMM computes the input projections of the whole sequence; each step
+then does one GEMM for the recurrent part and a few fused pointwise ops written in place into
+preallocated buffers. A custom :class:`torch.autograd.Function` holds a hand-written backward
+through time that saves only what it needs (gate activations, the states), computes every
+step-independent derivative factor for all steps in one vectorized pass before its loop, and the
+weight gradients as one GEMM over all steps after it.
+
+Variable lengths use the packed layout without packing: the batch is sorted by decreasing length,
+so at step t only the first ``batch_sizes[t]`` rows are live and every op works on that prefix.
+The reverse direction reads each sequence reversed within its own length.
+
+Covers RNN (tanh, relu), GRU (reset after and before) and the standard LSTM; refuses the rest
+with the reason. First derivatives only (like cuDNN): for double backward use ``"reference"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gatedrnn.backends import LayerConfig
+from gatedrnn.backends.reference import reverse_padded
+
+__all__ = ["CpuBackend"]
+
+
+# The backward loops carry the gradient w.r.t. the state in a (B, H) buffer that starts as the
+# final state's gradient: going backwards, a sequence first becomes live at its own last step and
+# its row is untouched before then, so its final-state gradient enters at exactly that step.
+
+
+def _first_derivatives_only() -> None:
+    # Backward runs with grad mode on exactly when the caller asked for create_graph=True.
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "the 'cpu' backend computes first derivatives only, like cuDNN, so it cannot be "
+            "differentiated twice (create_graph=True); build the layer with backend='reference' "
+            "for double backward"
+        )
+
+
+def _live(batch_sizes: tuple[int, ...] | None, t: int, B: int) -> int:
+    return B if batch_sizes is None else batch_sizes[t]
+
+
+def _last(seq: Tensor, lengths: Tensor | None) -> Tensor:
+    """Each sequence's state at its last valid step: ``seq`` (T, B, H) → (B, H)."""
+    if lengths is None:
+        return seq[-1].clone()
+    return seq[lengths - 1, torch.arange(seq.shape[1])]
+
+
+def _project(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
+    """x W_ih^T + bias for all steps at once: (T, B, I) → (T, B, G)."""
+    T, B, I = x.shape
+    flat = x.reshape(T * B, I)
+    out = torch.mm(flat, w_ih.t()) if bias is None else torch.addmm(bias, flat, w_ih.t())
+    return out.view(T, B, -1)
+
+
+def _previous(h0: Tensor, out: Tensor) -> Tensor:
+    """h_{t−1} for every step: h0 then the outputs shifted by one, (T, B, H). Rows not live at t
+    hold other values, but their gradients are zero, so products with them vanish."""
+    return torch.cat([h0.unsqueeze(0), out[:-1]])
+
+
+def _weight_grads(
+    dgates: Tensor, x: Tensor, h_prev: Tensor, needs: tuple[bool, ...], w_ih: Tensor
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """dx, dW_ih, dW_hh as GEMMs over all steps."""
+    G = dgates.shape[-1]
+    flat = dgates.reshape(-1, G)
+    dx = torch.mm(flat, w_ih).view_as(x) if needs[0] else None
+    dw_ih = torch.mm(flat.t(), x.reshape(-1, x.shape[-1])) if needs[1] else None
+    dw_hh = torch.mm(flat.t(), h_prev.reshape(-1, h_prev.shape[-1])) if needs[2] else None
+    return dx, dw_ih, dw_hh
+
+
+def _sum_bias(dgates: Tensor, wanted: bool) -> Tensor | None:
+    return dgates.sum((0, 1)) if wanted else None
+
+
+class _RNN(torch.autograd.Function):
+    """h_t = act(W_ih x_t + b_ih + W_hh h_{t−1} + b_hh) over a whole sequence."""
+
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, relu):
+        T, B, _ = x.shape
+        bias = None if b_ih is None else b_ih + b_hh
+        out = _project(x, w_ih, bias)  # (T, B, H): pre-activations, then h in place
+        w_hh_t = w_hh.t()
+        act = torch.relu_ if relu else torch.tanh_
+        for t in range(T):
+            n = _live(batch_sizes, t, B)
+            h_prev = h0[:n] if t == 0 else out[t - 1, :n]
+            act(out[t, :n].addmm_(h_prev, w_hh_t))
+        if batch_sizes is not None:  # steps past a sequence's end hold no state
+            out.mul_(_mask(batch_sizes, T, B, out))
+        ctx.save_for_backward(x, h0, w_ih, w_hh, out)
+        ctx.batch_sizes, ctx.lengths, ctx.relu = batch_sizes, lengths, relu
+        ctx.has_bias = b_ih is not None
+        return out, _last(out, lengths)
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_last):
+        _first_derivatives_only()
+        x, h0, w_ih, w_hh, out = ctx.saved_tensors
+        T, B, _ = x.shape
+        batch_sizes = ctx.batch_sizes
+        factor = (out > 0).to(out.dtype) if ctx.relu else 1 - out * out  # act' for all steps
+        dpre = torch.zeros_like(out)
+        dh = grad_last.clone()
+        for t in reversed(range(T)):
+            n = _live(batch_sizes, t, B)
+            g = dh[:n].add_(grad_out[t, :n])
+            torch.mul(g, factor[t, :n], out=dpre[t, :n])
+            torch.mm(dpre[t, :n], w_hh, out=dh[:n])
+        needs = ctx.needs_input_grad
+        dx, dw_ih, dw_hh = _weight_grads(
+            dpre, x, _previous(h0, out), (needs[0], needs[2], needs[3]), w_ih
+        )
+        db = _sum_bias(dpre, ctx.has_bias and (needs[4] or needs[5]))
+        return dx, dh if needs[1] else None, dw_ih, dw_hh, db, db, None, None, None
+
+
+def _mask(batch_sizes: tuple[int, ...], T: int, B: int, like: Tensor) -> Tensor:
+    live = torch.tensor(batch_sizes).unsqueeze(1) > torch.arange(B)  # (T, B)
+    return live.unsqueeze(-1).to(like.dtype)
+
+
+class _GRU(torch.autograd.Function):
+    """GRU over a whole sequence, gate order r|z|n, either reset placement."""
+
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, reset_after):
+        T, B, _ = x.shape
+        H = h0.shape[1]
+        gates = _project(x, w_ih, b_ih)  # (T, B, 3H): pre-activations, then r|z|n in place
+        out = x.new_zeros(T, B, H)
+        # after: W_hn h + b_hn, which r multiplies; before: r ⊙ h, which W_hn multiplies
+        rec = x.new_zeros(T, B, H)
+        w_hh_t = w_hh.t()
+        scratch = x.new_empty(B, 3 * H)
+        w_rz_t, w_n_t = w_hh_t[:, : 2 * H], w_hh_t[:, 2 * H :]
+        b_rz, b_n = (None, None) if b_hh is None else (b_hh[: 2 * H], b_hh[2 * H :])
+        for t in range(T):
+            n = _live(batch_sizes, t, B)
+            h_prev = h0[:n] if t == 0 else out[t - 1, :n]
+            g = gates[t, :n]
+            rz, cand = g[:, : 2 * H], g[:, 2 * H :]
+            r, z = g[:, :H], g[:, H : 2 * H]
+            if reset_after:
+                gh = scratch[:n]
+                if b_hh is None:
+                    torch.mm(h_prev, w_hh_t, out=gh)
+                else:
+                    torch.addmm(b_hh, h_prev, w_hh_t, out=gh)
+                rz.add_(gh[:, : 2 * H]).sigmoid_()
+                rec[t, :n] = gh[:, 2 * H :]
+                cand.addcmul_(r, rec[t, :n]).tanh_()
+            else:
+                gh = scratch[:n, : 2 * H]
+                if b_rz is None:
+                    torch.mm(h_prev, w_rz_t, out=gh)
+                else:
+                    torch.addmm(b_rz, h_prev, w_rz_t, out=gh)
+                rz.add_(gh).sigmoid_()
+                rh = torch.mul(r, h_prev, out=rec[t, :n])
+                cand.addmm_(rh, w_n_t)
+                if b_n is not None:
+                    cand.add_(b_n)
+                cand.tanh_()
+            torch.lerp(cand, h_prev, z, out=out[t, :n])  # (1 − z) ⊙ n + z ⊙ h
+        ctx.save_for_backward(x, h0, w_ih, w_hh, gates, rec, out)
+        ctx.batch_sizes, ctx.lengths, ctx.reset_after = batch_sizes, lengths, reset_after
+        ctx.has_bias = b_ih is not None
+        return out, _last(out, lengths)
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_last):
+        _first_derivatives_only()
+        x, h0, w_ih, w_hh, gates, rec, out = ctx.saved_tensors
+        T, B, _ = x.shape
+        H = h0.shape[1]
+        batch_sizes, reset_after = ctx.batch_sizes, ctx.reset_after
+        r, z, cand = gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H :]
+        h_prev = _previous(h0, out)
+        # ∂h/∂(pre-activations), for all steps at once:
+        f_n = (1 - z) * (1 - cand * cand)  # through n
+        f_z = (h_prev - cand) * z * (1 - z)  # through z
+        f_r = (rec if reset_after else h_prev) * r * (1 - r)  # through r, per unit of dn or d(rh)
+        dgates = torch.zeros_like(gates)  # r|z|n pre-activation grads; after: n block is dn ⊙ r
+        dn_all = torch.zeros_like(out) if reset_after else None
+        dh = grad_last.clone()
+        w_rz, w_n = w_hh[: 2 * H], w_hh[2 * H :]
+        for t in reversed(range(T)):
+            n = _live(batch_sizes, t, B)
+            g = dh[:n].add_(grad_out[t, :n])
+            d = dgates[t, :n]
+            torch.mul(g, f_z[t, :n], out=d[:, H : 2 * H])
+            carry = torch.mul(g, z[t, :n])
+            if reset_after:
+                dn = torch.mul(g, f_n[t, :n], out=dn_all[t, :n])
+                torch.mul(dn, f_r[t, :n], out=d[:, :H])
+                torch.mul(dn, r[t, :n], out=d[:, 2 * H :])
+                torch.addmm(carry, d, w_hh, out=dh[:n])
+            else:
+                dn = torch.mul(g, f_n[t, :n], out=d[:, 2 * H :])
+                drh = torch.mm(dn, w_n)  # ∂/∂(r ⊙ h)
+                torch.mul(drh, f_r[t, :n], out=d[:, :H])
+                carry.addcmul_(drh, r[t, :n])
+                torch.addmm(carry, d[:, : 2 * H], w_rz, out=dh[:n])
+        needs = ctx.needs_input_grad
+        if reset_after:
+            dw_hh = torch.mm(dgates.reshape(-1, 3 * H).t(), h_prev.reshape(-1, H))
+            db_hh = _sum_bias(dgates, ctx.has_bias and needs[5])
+            dgates[..., 2 * H :] = dn_all  # the input side sees dn itself
+        else:
+            flat = dgates.reshape(-1, 3 * H)
+            dw_hh = torch.cat(
+                [
+                    torch.mm(flat[:, : 2 * H].t(), h_prev.reshape(-1, H)),
+                    torch.mm(flat[:, 2 * H :].t(), rec.reshape(-1, H)),
+                ]
+            )
+            db_hh = _sum_bias(dgates, ctx.has_bias and needs[5])
+        dx, dw_ih, _ = _weight_grads(dgates, x, h_prev, (needs[0], needs[2], False), w_ih)
+        db_ih = _sum_bias(dgates, ctx.has_bias and needs[4])
+        return (
+            dx, dh if needs[1] else None, dw_ih, dw_hh if needs[3] else None, db_ih, db_hh,
+            None, None, None,
+        )  # fmt: skip
+
+
+class _LSTM(torch.autograd.Function):
+    """LSTM over a whole sequence, gate order i|f|g|o."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths):
+        T, B, _ = x.shape
+        H = h0.shape[1]
+        bias = None if b_ih is None else b_ih + b_hh
+        gates = _project(x, w_ih, bias)  # (T, B, 4H): pre-activations, then i|f|g|o in place
+        out = x.new_zeros(T, B, H)
+        cells = x.new_zeros(T, B, H)
+        tanh_c = x.new_zeros(T, B, H)
+        w_hh_t = w_hh.t()
+        for t in range(T):
+            n = _live(batch_sizes, t, B)
+            h_prev = h0[:n] if t == 0 else out[t - 1, :n]
+            c_prev = c0[:n] if t == 0 else cells[t - 1, :n]
+            g = gates[t, :n].addmm_(h_prev, w_hh_t)
+            g[:, : 2 * H].sigmoid_()
+            g[:, 2 * H : 3 * H].tanh_()
+            g[:, 3 * H :].sigmoid_()
+            c = torch.mul(g[:, H : 2 * H], c_prev, out=cells[t, :n])
+            c.addcmul_(g[:, :H], g[:, 2 * H : 3 * H])
+            torch.mul(g[:, 3 * H :], torch.tanh(c, out=tanh_c[t, :n]), out=out[t, :n])
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, gates, cells, tanh_c, out)
+        ctx.batch_sizes, ctx.lengths = batch_sizes, lengths
+        ctx.has_bias = b_ih is not None
+        return out, _last(out, lengths), _last(cells, lengths)
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_h_last, grad_c_last):
+        _first_derivatives_only()
+        x, h0, c0, w_ih, w_hh, gates, cells, tanh_c, out = ctx.saved_tensors
+        T, B, _ = x.shape
+        H = h0.shape[1]
+        batch_sizes = ctx.batch_sizes
+        i, f, g, o = gates.unflatten(-1, (4, H)).unbind(-2)
+        c_prev = _previous(c0, cells)
+        # Factors for all steps: dc += dh ⊙ f_c; the i|f|g pre-activation grads are dc ⊙ f_ifg,
+        # the o one dh ⊙ f_o.
+        f_c = o * (1 - tanh_c * tanh_c)
+        f_ifg = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], dim=2)
+        f_o = tanh_c * o * (1 - o)
+        dgates = torch.zeros_like(gates)
+        dgates4 = dgates.view(T, B, 4, H)
+        dh = grad_h_last.clone()
+        dc = grad_c_last.clone()
+        for t in reversed(range(T)):
+            n = _live(batch_sizes, t, B)
+            gh = dh[:n].add_(grad_out[t, :n])
+            gc = dc[:n].addcmul_(gh, f_c[t, :n])
+            torch.mul(gc.unsqueeze(1), f_ifg[t, :n], out=dgates4[t, :n, :3])
+            torch.mul(gh, f_o[t, :n], out=dgates4[t, :n, 3])
+            gc.mul_(f[t, :n])
+            torch.mm(dgates[t, :n], w_hh, out=dh[:n])
+        needs = ctx.needs_input_grad
+        dx, dw_ih, dw_hh = _weight_grads(
+            dgates, x, _previous(h0, out), (needs[0], needs[3], needs[4]), w_ih
+        )
+        db = _sum_bias(dgates, ctx.has_bias and (needs[5] or needs[6]))
+        return (
+            dx, dh if needs[1] else None, dc if needs[2] else None, dw_ih, dw_hh, db, db,
+            None, None,
+        )  # fmt: skip
+
+
+class CpuBackend:
+    """Fused loops with a hand-written backward for RNN, GRU and LSTM on the CPU."""
+
+    name = "cpu"
+    twice_differentiable = False
+
+    def unsupported(self, config: LayerConfig, input: Tensor) -> str | None:
+        spec = config.spec
+        if input.device.type != "cpu":
+            return f"it runs on the CPU only, got a {input.device.type} input"
+        if spec.kind not in ("rnn", "lstm", "gru"):
+            return f"it has no loop for {spec.kind}"
+        if spec.kind == "lstm" and (spec.peepholes or spec.coupled or config.proj_size):
+            return "its LSTM loop has no peepholes, coupled gate or projection"
+        return None
+
+    def forward(
+        self,
+        config: LayerConfig,
+        input: Tensor,
+        lengths: Tensor | None,
+        hx: tuple[Tensor, ...],
+        weights: Sequence[Mapping[str, Tensor]],
+        training: bool,
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        T = input.shape[0]
+        batch_sizes = None
+        layer_input = input
+        if lengths is not None:
+            lengths, order = torch.sort(lengths, descending=True, stable=True)
+            batch_sizes = tuple(
+                (lengths.unsqueeze(0) > torch.arange(T).unsqueeze(1)).sum(1).tolist()
+            )
+            layer_input = input.index_select(1, order)
+            hx = tuple(s.index_select(1, order) for s in hx)
+        D = config.num_directions
+        finals: list[tuple[Tensor, ...]] = []
+        for layer in range(config.num_layers):
+            outputs = []
+            for direction in range(D):
+                index = layer * D + direction
+                x = layer_input if direction == 0 else reverse_padded(layer_input, lengths)
+                out, *final = self._run(config, x, tuple(s[index] for s in hx), weights[index],
+                                        batch_sizes, lengths)  # fmt: skip
+                outputs.append(out if direction == 0 else reverse_padded(out, lengths))
+                finals.append(tuple(final))
+            layer_input = torch.cat(outputs, dim=-1) if D == 2 else outputs[0]
+            if training and config.dropout > 0 and layer < config.num_layers - 1:
+                layer_input = F.dropout(layer_input, config.dropout, training=True)
+        final_states = tuple(torch.stack([f[k] for f in finals], dim=0) for k in range(len(hx)))
+        if lengths is not None:
+            restore = torch.argsort(order)
+            layer_input = layer_input.index_select(1, restore)
+            final_states = tuple(s.index_select(1, restore) for s in final_states)
+        return layer_input, final_states
+
+    @staticmethod
+    def _run(config, x, state, w, batch_sizes, lengths):
+        spec = config.spec
+        x = x.contiguous()
+        state = tuple(s.contiguous() for s in state)
+        args = (w["weight_ih"], w["weight_hh"], w.get("bias_ih"), w.get("bias_hh"))
+        if spec.kind == "lstm":
+            return _LSTM.apply(x, *state, *args, batch_sizes, lengths)
+        if spec.kind == "gru":
+            return _GRU.apply(x, state[0], *args, batch_sizes, lengths, spec.reset == "after")
+        return _RNN.apply(x, state[0], *args, batch_sizes, lengths, spec.nonlinearity == "relu")
