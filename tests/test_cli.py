@@ -32,3 +32,33 @@ def test_console_script_runs():
     )
     assert result.returncode == 0, result.stderr
     assert "gru" in result.stdout
+
+
+def test_bench_smoke_writes_json(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--smoke", "--cells", "gru,lstm", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["environment"]["threads"] >= 1
+    impls = {(r["cell"], r["mode"], r["impl"]) for r in data["results"]}
+    assert ("gru", "forward+backward", "gatedrnn:cpu") in impls
+    assert ("lstm", "forward", "torch.nn") in impls
+    assert all(r["median_ms"] > 0 for r in data["results"])
+    assert "GRU time / LSTM time" in capsys.readouterr().out
+
+
+def test_saved_bytes_counts_what_backward_keeps():
+    import torch
+
+    import gatedrnn
+    from gatedrnn.bench import saved_bytes
+
+    T, B, H = 20, 3, 8
+    gru = gatedrnn.GRU(H, H, backend="cpu")
+    x = torch.randn(T, B, H)
+    nbytes = saved_bytes(lambda: gru(x)[0])
+    # at least the r|z|n activations, the recurrent term and the outputs, all float32
+    assert nbytes >= 4 * T * B * (3 * H + H + H)
+    with torch.no_grad():
+        assert saved_bytes(lambda: gru(x)[0]) == 0

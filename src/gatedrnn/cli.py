@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from rich import box
 from rich.console import Console
@@ -57,6 +61,92 @@ def _cells(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace, console: Console) -> int:
+    from gatedrnn.bench import run_benchmark, to_json
+
+    if args.smoke:
+        args.hidden, args.batch, args.steps, args.repeats, args.warmup = [32], [4], 10, 2, 1
+    with console.status("timing") as status:
+        results = run_benchmark(
+            args.cells, args.hidden, args.batch, args.steps, args.repeats, args.warmup,
+            args.backends, progress=lambda text: status.update(f"timing: {text} done"),
+        )  # fmt: skip
+    by_key = {(r.cell, r.hidden, r.batch, r.mode, r.impl): r for r in results}
+    table = Table(
+        title=f"Layer time against torch.nn (T={args.steps}, median of {args.repeats}, "
+        f"{torch_threads()} threads); ratio < 1 is faster than torch.nn",
+        box=box.SIMPLE_HEAD,
+    )
+    for column in ("cell", "H", "B", "mode", "torch.nn ms"):
+        table.add_column(column, justify="left" if column in ("cell", "mode") else "right")
+    for backend in args.backends:
+        table.add_column(f"{backend} ms", justify="right")
+        table.add_column(f"{backend} / torch", justify="right")
+        table.add_column(f"{backend} saved / torch", justify="right")
+    for r in results:
+        if r.impl != "torch.nn":
+            continue
+        row = [r.cell, str(r.hidden), str(r.batch), _short(r.mode), f"{r.median_ms:.2f}"]
+        for backend in args.backends:
+            ours = by_key[(r.cell, r.hidden, r.batch, r.mode, f"gatedrnn:{backend}")]
+            row += [f"{ours.median_ms:.2f}", f"{ours.median_ms / r.median_ms:.2f}"]
+            saved = f"{ours.saved_bytes / r.saved_bytes:.2f}" if r.saved_bytes else ""
+            row.append(saved)
+        table.add_row(*row)
+    console.print(table)
+    if "gru" in args.cells and "lstm" in args.cells:
+        ratios = Table(title="GRU time / LSTM time (arithmetic says 0.75)", box=box.SIMPLE_HEAD)
+        for column in ("H", "B", "mode", "torch.nn", *args.backends):
+            ratios.add_column(column, justify="left" if column == "mode" else "right")
+        for r in results:
+            if r.cell != "gru" or r.impl != "torch.nn":
+                continue
+            row = [
+                str(r.hidden),
+                str(r.batch),
+                r.mode.replace("forward", "fwd").replace("backward", "bwd"),
+            ]
+            for impl in ("torch.nn", *(f"gatedrnn:{b}" for b in args.backends)):
+                gru = by_key[("gru", r.hidden, r.batch, r.mode, impl)].median_ms
+                lstm = by_key[("lstm", r.hidden, r.batch, r.mode, impl)].median_ms
+                row.append(f"{gru / lstm:.2f}")
+            ratios.add_row(*row)
+        console.print(ratios)
+    if args.out:
+        write_json_atomic(args.out, to_json(results))
+        console.print(f"wrote {args.out}")
+    return 0
+
+
+def _short(mode: str) -> str:
+    return mode.replace("forward", "fwd").replace("backward", "bwd")
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def write_json_atomic(path: str, data: object) -> None:
+    """Write JSON to a temporary file beside ``path`` and rename it into place."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".tmp") as f:
+        json.dump(data, f, indent=1)
+    os.replace(f.name, target)
+
+
+def _csv(kind: type) -> Callable[[str], list]:
+    def parse(text: str) -> list:
+        try:
+            return [kind(item) for item in text.split(",") if item]
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list: {error}") from None
+
+    return parse
+
+
 def _not_built(name: str, issue: int) -> object:
     def run(args: argparse.Namespace, console: Console) -> int:
         console.print(
@@ -83,6 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget", type=int, default=0, help="also solve the hidden size for this parameter budget"
     )
     cells.set_defaults(run=_cells)
+
+    bench = commands.add_parser("bench", help="layer speed and memory against torch.nn")
+    bench.add_argument("--cells", type=_csv(str), default=["rnn", "lstm", "gru"],
+                       help="comma-separated cells (default rnn,lstm,gru)")  # fmt: skip
+    bench.add_argument("--hidden", type=_csv(int), default=[128, 256, 512], help="hidden sizes")
+    bench.add_argument("--batch", type=_csv(int), default=[1, 32], help="batch sizes")
+    bench.add_argument("--steps", type=int, default=100, help="sequence length T (default 100)")
+    bench.add_argument("--repeats", type=int, default=7, help="timed repeats (default 7)")
+    bench.add_argument("--warmup", type=int, default=2, help="untimed repeats first")
+    bench.add_argument("--backends", type=_csv(str), default=["cpu"], help="our backends to time")
+    bench.add_argument("--out", help="write every timing and the environment to this JSON file")
+    bench.add_argument("--smoke", action="store_true", help="a tiny run that takes seconds")
+    bench.set_defaults(run=_bench)
 
     compare = commands.add_parser("compare", help="RNN vs LSTM vs GRU study (not built yet)")
     compare.set_defaults(run=_not_built("compare", 6))

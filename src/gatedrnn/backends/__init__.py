@@ -70,6 +70,10 @@ class Backend(Protocol):
     def unsupported(self, config: LayerConfig, input: Tensor) -> str | None:
         """Why this backend cannot run ``config`` on ``input`` (its device and dtype), or None."""
 
+    def auto_declines(self, config: LayerConfig, input: Tensor) -> str | None:
+        """Optional: why ``"auto"`` should pass over this backend although it could run the call
+        (another is measured faster there), or None. Naming the backend still uses it."""
+
     def forward(
         self,
         config: LayerConfig,
@@ -149,6 +153,8 @@ def resolve_backend(name: str, config: LayerConfig, input: Tensor) -> Backend:
     for candidate in AUTO_ORDER:
         backend = get_backend(candidate)
         reason = backend.unsupported(config, input)
+        if reason is None and hasattr(backend, "auto_declines"):
+            reason = backend.auto_declines(config, input)
         if reason is None:
             return backend
         reasons.append(f"{candidate}: {reason}")

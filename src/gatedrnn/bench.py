@@ -1,0 +1,137 @@
+"""Layer speed and memory against torch.nn: the measurements behind ``gatedrnn bench``.
+
+For each cell × hidden size × batch size, a torch.nn layer and ours with the same weights run
+forward-only (under ``no_grad``) and forward+backward; the implementations are interleaved within
+each repeat so both see the same machine state, and the median of the repeats after warm-up is
+reported. Bytes saved for backward are counted with saved-tensor hooks (unique storages), which is
+device-independent. Nothing here is asserted: the numbers are written as JSON and printed.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+import gatedrnn
+
+__all__ = ["BenchResult", "run_benchmark", "saved_bytes"]
+
+TORCH_LAYERS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+OUR_LAYERS = {"rnn": gatedrnn.RNN, "lstm": gatedrnn.LSTM, "gru": gatedrnn.GRU}
+
+
+@dataclass
+class BenchResult:
+    cell: str
+    hidden: int
+    batch: int
+    steps: int
+    mode: str  # "forward" or "forward+backward"
+    impl: str  # "torch.nn" or "gatedrnn:<backend>"
+    median_ms: float
+    times_ms: list[float] = field(default_factory=list)
+    saved_bytes: int | None = None  # for forward+backward only
+
+
+def saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
+    """Bytes of the distinct storages autograd saves for backward while ``fn`` runs."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+def _step(module: nn.Module, x: torch.Tensor, backward: bool) -> Callable[[], object]:
+    if not backward:
+
+        def forward() -> object:
+            with torch.no_grad():
+                return module(x)
+
+        return forward
+
+    def forward_backward() -> object:
+        out, state = module(x)
+        loss = out.sum() + (state[0] if isinstance(state, tuple) else state).sum()
+        loss.backward()
+        return loss
+
+    return forward_backward
+
+
+def run_benchmark(
+    cells: Iterable[str] = ("rnn", "lstm", "gru"),
+    hidden_sizes: Iterable[int] = (128, 256, 512),
+    batch_sizes: Iterable[int] = (1, 32),
+    steps: int = 100,
+    repeats: int = 7,
+    warmup: int = 2,
+    backends: Iterable[str] = ("cpu",),
+    progress: Callable[[str], None] | None = None,
+) -> list[BenchResult]:
+    """Time every configuration; returns one :class:`BenchResult` per implementation × case."""
+    results: list[BenchResult] = []
+    for cell in cells:
+        for hidden in hidden_sizes:
+            for batch in batch_sizes:
+                torch.manual_seed(0)
+                reference = TORCH_LAYERS[cell](hidden, hidden)
+                impls: dict[str, nn.Module] = {"torch.nn": reference}
+                for backend in backends:
+                    ours = OUR_LAYERS[cell](hidden, hidden, backend=backend)
+                    ours.load_state_dict(reference.state_dict())
+                    impls[f"gatedrnn:{backend}"] = ours
+                x = torch.randn(steps, batch, hidden)
+                for mode in ("forward", "forward+backward"):
+                    backward = mode == "forward+backward"
+                    fns = {name: _step(m, x, backward) for name, m in impls.items()}
+                    times: dict[str, list[float]] = {name: [] for name in fns}
+                    for r in range(warmup + repeats):
+                        for name, fn in fns.items():  # interleaved: same machine state
+                            start = time.perf_counter()
+                            fn()
+                            elapsed = (time.perf_counter() - start) * 1e3
+                            if r >= warmup:
+                                times[name].append(elapsed)
+                    for name, module in impls.items():
+                        module.zero_grad(set_to_none=True)
+                        nbytes = saved_bytes(lambda m=module, x=x: m(x)[0]) if backward else None
+                        median = statistics.median(times[name])
+                        results.append(
+                            BenchResult(
+                                cell, hidden, batch, steps, mode, name, median, times[name], nbytes
+                            )
+                        )
+                    if progress:
+                        progress(f"{cell} H={hidden} B={batch} {mode}")
+    return results
+
+
+def environment() -> dict[str, object]:
+    """Machine, versions and threads, stored with every benchmark."""
+    return {
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gatedrnn": gatedrnn.__version__,
+        "threads": torch.get_num_threads(),
+        "mkldnn": torch.backends.mkldnn.is_available(),
+    }
+
+
+def to_json(results: list[BenchResult]) -> dict[str, object]:
+    return {"environment": environment(), "results": [asdict(r) for r in results]}
