@@ -212,7 +212,7 @@ def test_auto_skips_backends_that_cannot_run(refuser_backend):
     assert (
         resolve_backend("auto", LayerConfig(make_spec("gru", reset="before"), 5, 6), x).name
         == "cpu"
-    )  # noqa: E501
+    )
     projected = LayerConfig(make_spec("lstm"), 5, 6, proj_size=2)
     assert resolve_backend("auto", projected, x).name == "cudnn"
     peepholes = LayerConfig(make_spec("lstm", peepholes=True), 5, 6)
