@@ -104,6 +104,7 @@ _REGISTRY: dict[str, str] = {
     "reference": "gatedrnn.backends.reference:ReferenceBackend",
     "cudnn": "gatedrnn.backends.cudnn:CudnnBackend",
     "cpu": "gatedrnn.backends.cpu:CpuBackend",
+    "cpu-python": "gatedrnn.backends.cpu:CpuPythonBackend",
 }
 _LOADED: dict[str, Backend] = {}
 

@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gatedrnn.backends import LayerConfig
+from gatedrnn.backends.compiled import compiled_loops
 from gatedrnn.backends.reference import reverse_padded
 
-__all__ = ["CpuBackend"]
+__all__ = ["CpuBackend", "CpuPythonBackend"]
 
 
 # The backward loops carry the gradient w.r.t. the state in a (B, H) buffer that starts as the
@@ -150,52 +151,109 @@ def _mask(batch_sizes: tuple[int, ...], T: int, B: int, like: Tensor) -> Tensor:
     return live.unsqueeze(-1).to(like.dtype)
 
 
+def _gru_forward_loop(gates, out, rec, h0, w_hh, b_hh, batch_sizes, reset_after):
+    """The GRU forward loop, in place; the compiled ``gru_forward`` is its twin.
+
+    ``gates`` (T, B, 3H) holds x W_ihᵀ + b_ih on entry and r|z|n on exit; ``out`` (T, B, H)
+    receives h; ``rec`` (T, B, H) receives W_hn h + b_hn (reset after) or r ⊙ h (reset before).
+    ``batch_sizes`` lists the live rows per step, or is empty when all B are.
+    """
+    T, B, _ = gates.shape
+    H = out.shape[2]
+    w_hh_t = w_hh.t()
+    scratch = gates.new_empty(B, 3 * H)
+    w_rz_t, w_n_t = w_hh_t[:, : 2 * H], w_hh_t[:, 2 * H :]
+    b_rz, b_n = (None, None) if b_hh is None else (b_hh[: 2 * H], b_hh[2 * H :])
+    for t in range(T):
+        n = batch_sizes[t] if batch_sizes else B
+        h_prev = h0[:n] if t == 0 else out[t - 1, :n]
+        g = gates[t, :n]
+        rz, cand = g[:, : 2 * H], g[:, 2 * H :]
+        r, z = g[:, :H], g[:, H : 2 * H]
+        if reset_after:
+            gh = scratch[:n]
+            if b_hh is None:
+                torch.mm(h_prev, w_hh_t, out=gh)
+            else:
+                torch.addmm(b_hh, h_prev, w_hh_t, out=gh)
+            rz.add_(gh[:, : 2 * H]).sigmoid_()
+            rec[t, :n] = gh[:, 2 * H :]
+            cand.addcmul_(r, rec[t, :n]).tanh_()
+        else:
+            gh = scratch[:n, : 2 * H]
+            if b_rz is None:
+                torch.mm(h_prev, w_rz_t, out=gh)
+            else:
+                torch.addmm(b_rz, h_prev, w_rz_t, out=gh)
+            rz.add_(gh).sigmoid_()
+            rh = torch.mul(r, h_prev, out=rec[t, :n])
+            cand.addmm_(rh, w_n_t)
+            if b_n is not None:
+                cand.add_(b_n)
+            cand.tanh_()
+        torch.lerp(cand, h_prev, z, out=out[t, :n])  # (1 − z) ⊙ n + z ⊙ h
+
+
+def _gru_backward_loop(
+    grad_out, dh, gates, rec, out, h0, w_hh, dgates, dn_all, batch_sizes, reset_after
+):
+    """The GRU backward loop, in place; the compiled ``gru_backward`` is its twin.
+
+    ``dh`` (B, H) enters as the final state's gradient and leaves as h0's. ``dgates`` (T, B, 3H)
+    receives the r|z|n pre-activation gradients as the recurrent side sees them (after: the n
+    block is dn ⊙ r) and ``dn_all`` (T, B, H, reset after only) receives dn itself.
+    """
+    T, B, _ = gates.shape
+    H = out.shape[2]
+    r, z, cand = gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H :]
+    h_prev = _previous(h0, out)
+    # ∂h/∂(pre-activations), for all steps at once:
+    f_n = (1 - z) * (1 - cand * cand)  # through n
+    f_z = (h_prev - cand) * z * (1 - z)  # through z
+    f_r = (rec if reset_after else h_prev) * r * (1 - r)  # through r, per unit of dn or d(rh)
+    w_rz, w_n = w_hh[: 2 * H], w_hh[2 * H :]
+    for t in reversed(range(T)):
+        n = batch_sizes[t] if batch_sizes else B
+        g = dh[:n].add_(grad_out[t, :n])
+        d = dgates[t, :n]
+        torch.mul(g, f_z[t, :n], out=d[:, H : 2 * H])
+        carry = torch.mul(g, z[t, :n])
+        if reset_after:
+            dn = torch.mul(g, f_n[t, :n], out=dn_all[t, :n])
+            torch.mul(dn, f_r[t, :n], out=d[:, :H])
+            torch.mul(dn, r[t, :n], out=d[:, 2 * H :])
+            torch.addmm(carry, d, w_hh, out=dh[:n])
+        else:
+            dn = torch.mul(g, f_n[t, :n], out=d[:, 2 * H :])
+            drh = torch.mm(dn, w_n)  # ∂/∂(r ⊙ h)
+            torch.mul(drh, f_r[t, :n], out=d[:, :H])
+            carry.addcmul_(drh, r[t, :n])
+            torch.addmm(carry, d[:, : 2 * H], w_rz, out=dh[:n])
+
+
+def _gru_loops(compiled: bool):
+    """The compiled loops when asked for and available, else the PyTorch twins."""
+    module = compiled_loops() if compiled else None
+    if module is None:
+        return _gru_forward_loop, _gru_backward_loop
+    return module.gru_forward, module.gru_backward
+
+
 class _GRU(torch.autograd.Function):
     """GRU over a whole sequence, gate order r|z|n, either reset placement."""
 
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, reset_after):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, reset_after, compiled):
         T, B, _ = x.shape
         H = h0.shape[1]
         padded = batch_sizes is not None
         gates = _project(x, w_ih, b_ih)  # (T, B, 3H): pre-activations, then r|z|n in place
         out = _buffer(x, (T, B, H), padded)
-        # after: W_hn h + b_hn, which r multiplies; before: r ⊙ h, which W_hn multiplies
         rec = _buffer(x, (T, B, H), padded)
-        w_hh_t = w_hh.t()
-        scratch = x.new_empty(B, 3 * H)
-        w_rz_t, w_n_t = w_hh_t[:, : 2 * H], w_hh_t[:, 2 * H :]
-        b_rz, b_n = (None, None) if b_hh is None else (b_hh[: 2 * H], b_hh[2 * H :])
-        for t in range(T):
-            n = _live(batch_sizes, t, B)
-            h_prev = h0[:n] if t == 0 else out[t - 1, :n]
-            g = gates[t, :n]
-            rz, cand = g[:, : 2 * H], g[:, 2 * H :]
-            r, z = g[:, :H], g[:, H : 2 * H]
-            if reset_after:
-                gh = scratch[:n]
-                if b_hh is None:
-                    torch.mm(h_prev, w_hh_t, out=gh)
-                else:
-                    torch.addmm(b_hh, h_prev, w_hh_t, out=gh)
-                rz.add_(gh[:, : 2 * H]).sigmoid_()
-                rec[t, :n] = gh[:, 2 * H :]
-                cand.addcmul_(r, rec[t, :n]).tanh_()
-            else:
-                gh = scratch[:n, : 2 * H]
-                if b_rz is None:
-                    torch.mm(h_prev, w_rz_t, out=gh)
-                else:
-                    torch.addmm(b_rz, h_prev, w_rz_t, out=gh)
-                rz.add_(gh).sigmoid_()
-                rh = torch.mul(r, h_prev, out=rec[t, :n])
-                cand.addmm_(rh, w_n_t)
-                if b_n is not None:
-                    cand.add_(b_n)
-                cand.tanh_()
-            torch.lerp(cand, h_prev, z, out=out[t, :n])  # (1 − z) ⊙ n + z ⊙ h
+        forward_loop, _ = _gru_loops(compiled)
+        forward_loop(gates, out, rec, h0, w_hh, b_hh, list(batch_sizes or ()), reset_after)
         ctx.save_for_backward(x, h0, w_ih, w_hh, gates, rec, out)
-        ctx.batch_sizes, ctx.lengths, ctx.reset_after = batch_sizes, lengths, reset_after
+        ctx.batch_sizes, ctx.reset_after, ctx.compiled = batch_sizes, reset_after, compiled
         ctx.has_bias = b_ih is not None
         return out, _last(out, lengths)
 
@@ -203,37 +261,17 @@ class _GRU(torch.autograd.Function):
     def backward(ctx, grad_out, grad_last):
         _first_derivatives_only()
         x, h0, w_ih, w_hh, gates, rec, out = ctx.saved_tensors
-        T, B, _ = x.shape
         H = h0.shape[1]
-        batch_sizes, reset_after = ctx.batch_sizes, ctx.reset_after
-        r, z, cand = gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H :]
-        h_prev = _previous(h0, out)
-        # ∂h/∂(pre-activations), for all steps at once:
-        f_n = (1 - z) * (1 - cand * cand)  # through n
-        f_z = (h_prev - cand) * z * (1 - z)  # through z
-        f_r = (rec if reset_after else h_prev) * r * (1 - r)  # through r, per unit of dn or d(rh)
-        padded = batch_sizes is not None
-        dgates = _buffer(gates, gates.shape, padded)  # r|z|n; after: the n block is dn ⊙ r
+        reset_after = ctx.reset_after
+        padded = ctx.batch_sizes is not None
+        dgates = _buffer(gates, gates.shape, padded)
         dn_all = _buffer(out, out.shape, padded) if reset_after else None
         dh = grad_last.clone()
-        w_rz, w_n = w_hh[: 2 * H], w_hh[2 * H :]
-        for t in reversed(range(T)):
-            n = _live(batch_sizes, t, B)
-            g = dh[:n].add_(grad_out[t, :n])
-            d = dgates[t, :n]
-            torch.mul(g, f_z[t, :n], out=d[:, H : 2 * H])
-            carry = torch.mul(g, z[t, :n])
-            if reset_after:
-                dn = torch.mul(g, f_n[t, :n], out=dn_all[t, :n])
-                torch.mul(dn, f_r[t, :n], out=d[:, :H])
-                torch.mul(dn, r[t, :n], out=d[:, 2 * H :])
-                torch.addmm(carry, d, w_hh, out=dh[:n])
-            else:
-                dn = torch.mul(g, f_n[t, :n], out=d[:, 2 * H :])
-                drh = torch.mm(dn, w_n)  # ∂/∂(r ⊙ h)
-                torch.mul(drh, f_r[t, :n], out=d[:, :H])
-                carry.addcmul_(drh, r[t, :n])
-                torch.addmm(carry, d[:, : 2 * H], w_rz, out=dh[:n])
+        _, backward_loop = _gru_loops(ctx.compiled)
+        backward_loop(
+            grad_out.contiguous(), dh, gates, rec, out, h0, w_hh, dgates, dn_all,
+            list(ctx.batch_sizes or ()), reset_after,
+        )  # fmt: skip
         needs = ctx.needs_input_grad
         if reset_after:
             dw_hh = _grad_recurrent(dgates, h0, out)
@@ -252,7 +290,7 @@ class _GRU(torch.autograd.Function):
         db_ih = _sum_bias(dgates, ctx.has_bias and needs[4])
         return (
             dx, dh if needs[1] else None, dw_ih, dw_hh if needs[3] else None, db_ih, db_hh,
-            None, None, None,
+            None, None, None, None,
         )  # fmt: skip
 
 
@@ -322,10 +360,12 @@ class _LSTM(torch.autograd.Function):
 
 
 class CpuBackend:
-    """Fused loops with a hand-written backward for RNN, GRU and LSTM on the CPU."""
+    """Fused loops with a hand-written backward for RNN, GRU and LSTM on the CPU; the GRU's
+    loops are compiled on first use where possible (:mod:`gatedrnn.backends.compiled`)."""
 
     name = "cpu"
     twice_differentiable = False
+    compiled = True
 
     def unsupported(self, config: LayerConfig, input: Tensor) -> str | None:
         spec = config.spec
@@ -385,8 +425,7 @@ class CpuBackend:
             final_states = tuple(s.index_select(1, restore) for s in final_states)
         return layer_input, final_states
 
-    @staticmethod
-    def _run(config, x, state, w, batch_sizes, lengths):
+    def _run(self, config, x, state, w, batch_sizes, lengths):
         spec = config.spec
         x = x.contiguous()
         state = tuple(s.contiguous() for s in state)
@@ -394,5 +433,14 @@ class CpuBackend:
         if spec.kind == "lstm":
             return _LSTM.apply(x, *state, *args, batch_sizes, lengths)
         if spec.kind == "gru":
-            return _GRU.apply(x, state[0], *args, batch_sizes, lengths, spec.reset == "after")
+            reset_after = spec.reset == "after"
+            return _GRU.apply(x, state[0], *args, batch_sizes, lengths, reset_after, self.compiled)
         return _RNN.apply(x, state[0], *args, batch_sizes, lengths, spec.nonlinearity == "relu")
+
+
+class CpuPythonBackend(CpuBackend):
+    """The ``cpu`` backend with its PyTorch loops only: the fallback, registered so it is tested
+    and can be timed on its own."""
+
+    name = "cpu-python"
+    compiled = False

@@ -1,0 +1,68 @@
+"""The compiled loops of the ``cpu`` backend, built on first use.
+
+``csrc/gru_loops.cpp`` is compiled by :func:`torch.utils.cpp_extension.load` the first time a
+``cpu``-backend GRU runs, and cached by torch (``TORCH_EXTENSIONS_DIR``, by default
+``~/.cache/torch_extensions``), which rebuilds it when the source changes. It needs a C++
+compiler, ninja (``pip install gatedrnn[fast]``) and a CPU with AVX2. When any is missing, or the
+build fails, a single warning says why and the backend runs its PyTorch loops, which compute the
+same thing more slowly. ``GATEDRNN_CPU_EXTENSION=0`` turns the compiled loops off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+__all__ = ["compiled_loops", "unavailable_reason"]
+
+logger = logging.getLogger(__name__)
+_SOURCE = Path(__file__).parent / "csrc" / "gru_loops.cpp"
+_FLAGS = ["-O3", "-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
+_state: dict[str, object] = {}
+
+
+def unavailable_reason() -> str | None:
+    """Why the compiled loops cannot be built here, or None if nothing stands in the way."""
+    if os.environ.get("GATEDRNN_CPU_EXTENSION", "1") == "0":
+        return "GATEDRNN_CPU_EXTENSION=0"
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        return f"the CPU lacks AVX2 ({torch.backends.cpu.get_cpu_capability()})"
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        return "no C++ compiler on PATH"
+    try:
+        from torch.utils.cpp_extension import verify_ninja_availability
+
+        verify_ninja_availability()
+    except RuntimeError:
+        return "ninja is not installed (pip install 'gatedrnn[fast]')"
+    return None
+
+
+def compiled_loops() -> ModuleType | None:
+    """The compiled module, or None after one warning that says why it is not available."""
+    if "module" in _state:
+        return _state["module"]  # type: ignore[return-value]
+    module, reason = None, unavailable_reason()
+    if reason is None:
+        from torch.utils.cpp_extension import load
+
+        logger.info("building the compiled CPU loops (once; cached by torch)")
+        try:
+            module = load("gatedrnn_gru_loops", [str(_SOURCE)], extra_cflags=_FLAGS)
+        except Exception as error:  # a failed build must not stop the layer: say it and go on
+            reason = f"the build failed: {str(error).strip().splitlines()[-1][:300]}"
+    if reason is not None:
+        warnings.warn(
+            f"gatedrnn: the compiled CPU loops are not available ({reason}); the 'cpu' backend "
+            "runs its PyTorch loops instead, which are slower",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    _state["module"] = module
+    return module
