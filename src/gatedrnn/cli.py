@@ -73,27 +73,34 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         )  # fmt: skip
     by_key = {(r.cell, r.hidden, r.batch, r.mode, r.impl): r for r in results}
     table = Table(
-        title=f"Layer time against torch.nn (T={args.steps}, median of {args.repeats}, "
-        f"{torch_threads()} threads); ratio < 1 is faster than torch.nn",
+        title=f"Time against torch.nn (T={args.steps}, median of {args.repeats}, "
+        f"{torch_threads()} threads); ratio < 1 is faster",
         box=box.SIMPLE_HEAD,
     )
-    for column in ("cell", "H", "B", "mode", "torch.nn ms"):
+    memory = Table(title="Bytes saved for backward, ours / torch.nn", box=box.SIMPLE_HEAD)
+    for column in ("cell", "H", "B", "mode", "torch ms"):
         table.add_column(column, justify="left" if column in ("cell", "mode") else "right")
+    for column in ("cell", "H", "B", "torch MB"):
+        memory.add_column(column, justify="left" if column == "cell" else "right")
     for backend in args.backends:
         table.add_column(f"{backend} ms", justify="right")
-        table.add_column(f"{backend} / torch", justify="right")
-        table.add_column(f"{backend} saved / torch", justify="right")
+        table.add_column("ratio", justify="right")
+        memory.add_column(backend, justify="right")
     for r in results:
         if r.impl != "torch.nn":
             continue
         row = [r.cell, str(r.hidden), str(r.batch), _short(r.mode), f"{r.median_ms:.2f}"]
+        saved = [r.cell, str(r.hidden), str(r.batch), f"{(r.saved_bytes or 0) / 1e6:.2f}"]
         for backend in args.backends:
             ours = by_key[(r.cell, r.hidden, r.batch, r.mode, f"gatedrnn:{backend}")]
             row += [f"{ours.median_ms:.2f}", f"{ours.median_ms / r.median_ms:.2f}"]
-            saved = f"{ours.saved_bytes / r.saved_bytes:.2f}" if r.saved_bytes else ""
-            row.append(saved)
+            if r.saved_bytes:
+                saved.append(f"{ours.saved_bytes / r.saved_bytes:.2f}")
         table.add_row(*row)
+        if r.saved_bytes:
+            memory.add_row(*saved)
     console.print(table)
+    console.print(memory)
     if "gru" in args.cells and "lstm" in args.cells:
         ratios = Table(title="GRU time / LSTM time (arithmetic says 0.75)", box=box.SIMPLE_HEAD)
         for column in ("H", "B", "mode", "torch.nn", *args.backends):

@@ -1,7 +1,7 @@
 """The compiled loops of the ``cpu`` backend, built on first use.
 
-``csrc/gru_loops.cpp`` is compiled by :func:`torch.utils.cpp_extension.load` the first time a
-``cpu``-backend GRU runs, and cached by torch (``TORCH_EXTENSIONS_DIR``, by default
+``csrc/loops.cpp`` is compiled by :func:`torch.utils.cpp_extension.load` the first time a
+``cpu``-backend layer runs, and cached by torch (``TORCH_EXTENSIONS_DIR``, by default
 ``~/.cache/torch_extensions``), which rebuilds it when the source changes. It needs a C++
 compiler, ninja (``pip install gatedrnn[fast]``) and a CPU with AVX2. When any is missing, or the
 build fails, a single warning says why and the backend runs its PyTorch loops, which compute the
@@ -22,7 +22,7 @@ import torch
 __all__ = ["compiled_loops", "unavailable_reason"]
 
 logger = logging.getLogger(__name__)
-_SOURCE = Path(__file__).parent / "csrc" / "gru_loops.cpp"
+_SOURCE = Path(__file__).parent / "csrc" / "loops.cpp"
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
 _state: dict[str, object] = {}
 
@@ -54,7 +54,7 @@ def compiled_loops() -> ModuleType | None:
 
         logger.info("building the compiled CPU loops (once; cached by torch)")
         try:
-            module = load("gatedrnn_gru_loops", [str(_SOURCE)], extra_cflags=_FLAGS)
+            module = load("gatedrnn_cpu_loops", [str(_SOURCE)], extra_cflags=_FLAGS)
         except Exception as error:  # a failed build must not stop the layer: say it and go on
             reason = f"the build failed: {str(error).strip().splitlines()[-1][:300]}"
     if reason is not None:

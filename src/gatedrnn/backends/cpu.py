@@ -13,9 +13,9 @@ The reverse direction reads each sequence reversed within its own length.
 
 Covers RNN (tanh, relu), GRU (reset after and before) and the standard LSTM; refuses the rest
 with the reason. First derivatives only (like cuDNN): for double backward use ``"reference"``.
-``"auto"`` takes it for training RNN and GRU layers, where it measured faster than torch's own
-kernels; it passes it over for the LSTM and for forward passes without autograd, where torch's
-kernels measured faster (see :meth:`CpuBackend.auto_declines`).
+``"auto"`` takes it where it measured faster than torch's own kernels: GRU (compiled loops)
+always, RNN and GRU (PyTorch loops) for training; it passes it over for the LSTM, where torch's
+oneDNN kernel measured faster (see :meth:`CpuBackend.auto_declines`).
 """
 
 from __future__ import annotations
@@ -105,24 +105,45 @@ def _sum_bias(dgates: Tensor, wanted: bool) -> Tensor | None:
     return dgates.sum((0, 1)) if wanted else None
 
 
+def _rnn_forward_loop(out, h0, w_hh, batch_sizes, relu):
+    """The RNN forward loop, in place; the compiled ``rnn_forward`` is its twin. ``out``
+    (T, B, H) holds x W_ihᵀ + b_ih + b_hh on entry and h on exit (live rows only)."""
+    T, B, _ = out.shape
+    w_hh_t = w_hh.t()
+    act = torch.relu_ if relu else torch.tanh_
+    for t in range(T):
+        n = batch_sizes[t] if batch_sizes else B
+        h_prev = h0[:n] if t == 0 else out[t - 1, :n]
+        act(out[t, :n].addmm_(h_prev, w_hh_t))
+
+
+def _rnn_backward_loop(grad_out, dh, out, w_hh, dpre, batch_sizes, relu):
+    """The RNN backward loop, in place; the compiled ``rnn_backward`` is its twin. ``dh`` (B, H)
+    enters as the final state's gradient and leaves as h0's; ``dpre`` receives the
+    pre-activation gradients."""
+    T, B, _ = out.shape
+    slope = (out > 0).to(out.dtype) if relu else 1 - out * out  # act' for all steps
+    for t in reversed(range(T)):
+        n = batch_sizes[t] if batch_sizes else B
+        g = dh[:n].add_(grad_out[t, :n])
+        torch.mul(g, slope[t, :n], out=dpre[t, :n])
+        torch.mm(dpre[t, :n], w_hh, out=dh[:n])
+
+
 class _RNN(torch.autograd.Function):
     """h_t = act(W_ih x_t + b_ih + W_hh h_{t−1} + b_hh) over a whole sequence."""
 
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, relu):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, relu, compiled):
         T, B, _ = x.shape
         bias = None if b_ih is None else b_ih + b_hh
         out = _project(x, w_ih, bias)  # (T, B, H): pre-activations, then h in place
-        w_hh_t = w_hh.t()
-        act = torch.relu_ if relu else torch.tanh_
-        for t in range(T):
-            n = _live(batch_sizes, t, B)
-            h_prev = h0[:n] if t == 0 else out[t - 1, :n]
-            act(out[t, :n].addmm_(h_prev, w_hh_t))
+        forward_loop, _ = _loops("rnn", compiled)
+        forward_loop(out, h0, w_hh, list(batch_sizes or ()), relu)
         if batch_sizes is not None:  # steps past a sequence's end hold no state
             out.mul_(_mask(batch_sizes, T, B, out))
         ctx.save_for_backward(x, h0, w_ih, w_hh, out)
-        ctx.batch_sizes, ctx.lengths, ctx.relu = batch_sizes, lengths, relu
+        ctx.batch_sizes, ctx.relu, ctx.compiled = batch_sizes, relu, compiled
         ctx.has_bias = b_ih is not None
         return out, _last(out, lengths)
 
@@ -130,20 +151,16 @@ class _RNN(torch.autograd.Function):
     def backward(ctx, grad_out, grad_last):
         _first_derivatives_only()
         x, h0, w_ih, w_hh, out = ctx.saved_tensors
-        T, B, _ = x.shape
-        batch_sizes = ctx.batch_sizes
-        factor = (out > 0).to(out.dtype) if ctx.relu else 1 - out * out  # act' for all steps
-        dpre = _buffer(out, out.shape, batch_sizes is not None)
+        dpre = _buffer(out, out.shape, ctx.batch_sizes is not None)
         dh = grad_last.clone()
-        for t in reversed(range(T)):
-            n = _live(batch_sizes, t, B)
-            g = dh[:n].add_(grad_out[t, :n])
-            torch.mul(g, factor[t, :n], out=dpre[t, :n])
-            torch.mm(dpre[t, :n], w_hh, out=dh[:n])
+        _, backward_loop = _loops("rnn", ctx.compiled)
+        backward_loop(
+            grad_out.contiguous(), dh, out, w_hh, dpre, list(ctx.batch_sizes or ()), ctx.relu
+        )
         needs = ctx.needs_input_grad
         dx, dw_ih, dw_hh = _weight_grads(dpre, x, h0, out, (needs[0], needs[2], needs[3]), w_ih)
         db = _sum_bias(dpre, ctx.has_bias and (needs[4] or needs[5]))
-        return dx, dh if needs[1] else None, dw_ih, dw_hh, db, db, None, None, None
+        return dx, dh if needs[1] else None, dw_ih, dw_hh, db, db, None, None, None, None
 
 
 def _mask(batch_sizes: tuple[int, ...], T: int, B: int, like: Tensor) -> Tensor:
@@ -231,12 +248,13 @@ def _gru_backward_loop(
             torch.addmm(carry, d[:, : 2 * H], w_rz, out=dh[:n])
 
 
-def _gru_loops(compiled: bool):
-    """The compiled loops when asked for and available, else the PyTorch twins."""
+def _loops(kind: str, compiled: bool):
+    """The (forward, backward) loops of ``kind``: compiled when asked for and available, else
+    the PyTorch twins defined here."""
     module = compiled_loops() if compiled else None
     if module is None:
-        return _gru_forward_loop, _gru_backward_loop
-    return module.gru_forward, module.gru_backward
+        return _PYTHON_LOOPS[kind]
+    return getattr(module, f"{kind}_forward"), getattr(module, f"{kind}_backward")
 
 
 class _GRU(torch.autograd.Function):
@@ -250,7 +268,7 @@ class _GRU(torch.autograd.Function):
         gates = _project(x, w_ih, b_ih)  # (T, B, 3H): pre-activations, then r|z|n in place
         out = _buffer(x, (T, B, H), padded)
         rec = _buffer(x, (T, B, H), padded)
-        forward_loop, _ = _gru_loops(compiled)
+        forward_loop, _ = _loops("gru", compiled)
         forward_loop(gates, out, rec, h0, w_hh, b_hh, list(batch_sizes or ()), reset_after)
         ctx.save_for_backward(x, h0, w_ih, w_hh, gates, rec, out)
         ctx.batch_sizes, ctx.reset_after, ctx.compiled = batch_sizes, reset_after, compiled
@@ -267,7 +285,7 @@ class _GRU(torch.autograd.Function):
         dgates = _buffer(gates, gates.shape, padded)
         dn_all = _buffer(out, out.shape, padded) if reset_after else None
         dh = grad_last.clone()
-        _, backward_loop = _gru_loops(ctx.compiled)
+        _, backward_loop = _loops("gru", ctx.compiled)
         backward_loop(
             grad_out.contiguous(), dh, gates, rec, out, h0, w_hh, dgates, dn_all,
             list(ctx.batch_sizes or ()), reset_after,
@@ -294,69 +312,97 @@ class _GRU(torch.autograd.Function):
         )  # fmt: skip
 
 
+def _lstm_forward_loop(gates, out, cells, h0, c0, w_hh, batch_sizes):
+    """The LSTM forward loop, in place; the compiled ``lstm_forward`` is its twin.
+
+    ``gates`` (T, B, 4H) holds x W_ihᵀ + b_ih + b_hh on entry and i|f|g|o on exit; ``out`` and
+    ``cells`` (T, B, H) receive h and c.
+    """
+    T, B, _ = gates.shape
+    H = out.shape[2]
+    w_hh_t = w_hh.t()
+    for t in range(T):
+        n = batch_sizes[t] if batch_sizes else B
+        h_prev = h0[:n] if t == 0 else out[t - 1, :n]
+        c_prev = c0[:n] if t == 0 else cells[t - 1, :n]
+        g = gates[t, :n].addmm_(h_prev, w_hh_t)
+        g[:, : 2 * H].sigmoid_()
+        g[:, 2 * H : 3 * H].tanh_()
+        g[:, 3 * H :].sigmoid_()
+        c = torch.mul(g[:, H : 2 * H], c_prev, out=cells[t, :n])
+        c.addcmul_(g[:, :H], g[:, 2 * H : 3 * H])
+        torch.mul(g[:, 3 * H :], torch.tanh(c), out=out[t, :n])
+
+
+def _lstm_backward_loop(grad_out, dh, dc, gates, cells, c0, w_hh, dgates, batch_sizes):
+    """The LSTM backward loop, in place; the compiled ``lstm_backward`` is its twin. ``dh`` and
+    ``dc`` (B, H) enter as the final states' gradients and leave as h0's and c0's; ``dgates``
+    receives the i|f|g|o pre-activation gradients."""
+    T, B, _ = gates.shape
+    H = cells.shape[2]
+    i, f, g, o = gates.unflatten(-1, (4, H)).unbind(-2)
+    c_prev = _previous(c0, cells)
+    tanh_c = torch.tanh(cells)
+    # Factors for all steps: dc += dh ⊙ f_c; the i|f|g pre-activation grads are dc ⊙ f_ifg,
+    # the o one dh ⊙ f_o.
+    f_c = o * (1 - tanh_c * tanh_c)
+    f_ifg = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], dim=2)
+    f_o = tanh_c * o * (1 - o)
+    dgates4 = dgates.view(T, B, 4, H)
+    for t in reversed(range(T)):
+        n = batch_sizes[t] if batch_sizes else B
+        gh = dh[:n].add_(grad_out[t, :n])
+        gc = dc[:n].addcmul_(gh, f_c[t, :n])
+        torch.mul(gc.unsqueeze(1), f_ifg[t, :n], out=dgates4[t, :n, :3])
+        torch.mul(gh, f_o[t, :n], out=dgates4[t, :n, 3])
+        gc.mul_(f[t, :n])
+        torch.mm(dgates[t, :n], w_hh, out=dh[:n])
+
+
 class _LSTM(torch.autograd.Function):
     """LSTM over a whole sequence, gate order i|f|g|o."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, compiled):
         T, B, _ = x.shape
         H = h0.shape[1]
-        bias = None if b_ih is None else b_ih + b_hh
         padded = batch_sizes is not None
+        bias = None if b_ih is None else b_ih + b_hh
         gates = _project(x, w_ih, bias)  # (T, B, 4H): pre-activations, then i|f|g|o in place
         out = _buffer(x, (T, B, H), padded)
         cells = _buffer(x, (T, B, H), padded)
-        tanh_c = _buffer(x, (T, B, H), padded)
-        w_hh_t = w_hh.t()
-        for t in range(T):
-            n = _live(batch_sizes, t, B)
-            h_prev = h0[:n] if t == 0 else out[t - 1, :n]
-            c_prev = c0[:n] if t == 0 else cells[t - 1, :n]
-            g = gates[t, :n].addmm_(h_prev, w_hh_t)
-            g[:, : 2 * H].sigmoid_()
-            g[:, 2 * H : 3 * H].tanh_()
-            g[:, 3 * H :].sigmoid_()
-            c = torch.mul(g[:, H : 2 * H], c_prev, out=cells[t, :n])
-            c.addcmul_(g[:, :H], g[:, 2 * H : 3 * H])
-            torch.mul(g[:, 3 * H :], torch.tanh(c, out=tanh_c[t, :n]), out=out[t, :n])
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, gates, cells, tanh_c, out)
-        ctx.batch_sizes, ctx.lengths = batch_sizes, lengths
+        forward_loop, _ = _loops("lstm", compiled)
+        forward_loop(gates, out, cells, h0, c0, w_hh, list(batch_sizes or ()))
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, gates, cells, out)
+        ctx.batch_sizes, ctx.compiled = batch_sizes, compiled
         ctx.has_bias = b_ih is not None
         return out, _last(out, lengths), _last(cells, lengths)
 
     @staticmethod
     def backward(ctx, grad_out, grad_h_last, grad_c_last):
         _first_derivatives_only()
-        x, h0, c0, w_ih, w_hh, gates, cells, tanh_c, out = ctx.saved_tensors
-        T, B, _ = x.shape
-        H = h0.shape[1]
-        batch_sizes = ctx.batch_sizes
-        i, f, g, o = gates.unflatten(-1, (4, H)).unbind(-2)
-        c_prev = _previous(c0, cells)
-        # Factors for all steps: dc += dh ⊙ f_c; the i|f|g pre-activation grads are dc ⊙ f_ifg,
-        # the o one dh ⊙ f_o.
-        f_c = o * (1 - tanh_c * tanh_c)
-        f_ifg = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], dim=2)
-        f_o = tanh_c * o * (1 - o)
-        dgates = _buffer(gates, gates.shape, batch_sizes is not None)
-        dgates4 = dgates.view(T, B, 4, H)
-        dh = grad_h_last.clone()
-        dc = grad_c_last.clone()
-        for t in reversed(range(T)):
-            n = _live(batch_sizes, t, B)
-            gh = dh[:n].add_(grad_out[t, :n])
-            gc = dc[:n].addcmul_(gh, f_c[t, :n])
-            torch.mul(gc.unsqueeze(1), f_ifg[t, :n], out=dgates4[t, :n, :3])
-            torch.mul(gh, f_o[t, :n], out=dgates4[t, :n, 3])
-            gc.mul_(f[t, :n])
-            torch.mm(dgates[t, :n], w_hh, out=dh[:n])
+        x, h0, c0, w_ih, w_hh, gates, cells, out = ctx.saved_tensors
+        dgates = _buffer(gates, gates.shape, ctx.batch_sizes is not None)
+        dh, dc = grad_h_last.clone(), grad_c_last.clone()
+        _, backward_loop = _loops("lstm", ctx.compiled)
+        backward_loop(
+            grad_out.contiguous(), dh, dc, gates, cells, c0, w_hh, dgates,
+            list(ctx.batch_sizes or ()),
+        )  # fmt: skip
         needs = ctx.needs_input_grad
         dx, dw_ih, dw_hh = _weight_grads(dgates, x, h0, out, (needs[0], needs[3], needs[4]), w_ih)
         db = _sum_bias(dgates, ctx.has_bias and (needs[5] or needs[6]))
         return (
             dx, dh if needs[1] else None, dc if needs[2] else None, dw_ih, dw_hh, db, db,
-            None, None,
+            None, None, None,
         )  # fmt: skip
+
+
+_PYTHON_LOOPS = {
+    "rnn": (_rnn_forward_loop, _rnn_backward_loop),
+    "gru": (_gru_forward_loop, _gru_backward_loop),
+    "lstm": (_lstm_forward_loop, _lstm_backward_loop),
+}
 
 
 class CpuBackend:
@@ -378,11 +424,13 @@ class CpuBackend:
         return None
 
     def auto_declines(self, config: LayerConfig, input: Tensor) -> str | None:
-        # Measured with benchmarks/layer_speed.py on 2 cores (T=100, B in {1, 32}, H 128–512).
+        # Measured with benchmarks/layer_speed.py on 2 cores (T=100, B in {1, 32}, H 128–512);
+        # the numbers are in the README.
         if config.spec.kind == "lstm":
-            return "torch's fused LSTM (oneDNN) measured 1.2–6.6× faster on the CPU"
-        if not torch.is_grad_enabled():
-            return "without autograd, torch's kernels measured 1.0–2.0× faster forward-only"
+            return "torch's fused LSTM (oneDNN) measured 1.1–5.6× faster on the CPU"
+        compiled = config.spec.kind == "gru" and self.compiled and compiled_loops() is not None
+        if not torch.is_grad_enabled() and not compiled:
+            return "without autograd, torch's kernels measured faster forward-only here"
         return None
 
     def forward(
@@ -431,11 +479,12 @@ class CpuBackend:
         state = tuple(s.contiguous() for s in state)
         args = (w["weight_ih"], w["weight_hh"], w.get("bias_ih"), w.get("bias_hh"))
         if spec.kind == "lstm":
-            return _LSTM.apply(x, *state, *args, batch_sizes, lengths)
+            return _LSTM.apply(x, *state, *args, batch_sizes, lengths, self.compiled)
         if spec.kind == "gru":
             reset_after = spec.reset == "after"
             return _GRU.apply(x, state[0], *args, batch_sizes, lengths, reset_after, self.compiled)
-        return _RNN.apply(x, state[0], *args, batch_sizes, lengths, spec.nonlinearity == "relu")
+        relu = spec.nonlinearity == "relu"
+        return _RNN.apply(x, state[0], *args, batch_sizes, lengths, relu, self.compiled)
 
 
 class CpuPythonBackend(CpuBackend):

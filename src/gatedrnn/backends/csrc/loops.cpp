@@ -1,7 +1,7 @@
-// The GRU time loops of the `cpu` backend, compiled: per step one GEMM through ATen (MKL/oneDNN)
-// and one fused, vectorised pass for all the pointwise work, in place in the caller's buffers.
-// The Python twins are _gru_forward_loop / _gru_backward_loop in gatedrnn/backends/cpu.py; the
-// buffer contracts are documented there. Built on first use by torch.utils.cpp_extension.
+// The time loops of the `cpu` backend, compiled: per step one GEMM through ATen (MKL/oneDNN) and
+// one fused, vectorised pass for all the pointwise work, in place in the caller's buffers. The
+// Python twins are the _*_forward_loop / _*_backward_loop functions in gatedrnn/backends/cpu.py;
+// the buffer contracts are documented there. Built on first use by torch.utils.cpp_extension.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -62,7 +62,7 @@ void addmm_into(Tensor& out, const c10::optional<Tensor>& bias, const Tensor& a,
 }
 
 template <typename T>
-void forward(Tensor& gates, Tensor& out, Tensor& rec, const Tensor& h0, const Tensor& w_hh,
+void gru_forward_impl(Tensor& gates, Tensor& out, Tensor& rec, const Tensor& h0, const Tensor& w_hh,
              const c10::optional<Tensor>& b_hh, const std::vector<int64_t>& batch_sizes,
              bool reset_after) {
   const int64_t T_ = gates.size(0), B = gates.size(1), H = out.size(2);
@@ -145,7 +145,7 @@ void forward(Tensor& gates, Tensor& out, Tensor& rec, const Tensor& h0, const Te
 }
 
 template <typename T>
-void backward(const Tensor& grad_out, Tensor& dh, const Tensor& gates, const Tensor& rec,
+void gru_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& gates, const Tensor& rec,
               const Tensor& out, const Tensor& h0, const Tensor& w_hh, Tensor& dgates,
               c10::optional<Tensor> dn_all, const std::vector<int64_t>& batch_sizes,
               bool reset_after) {
@@ -228,11 +228,137 @@ void backward(const Tensor& grad_out, Tensor& dh, const Tensor& gates, const Ten
   }
 }
 
+template <typename T>
+void lstm_forward_impl(Tensor& gates, Tensor& out, Tensor& cells, const Tensor& h0,
+                       const Tensor& c0, const Tensor& w_hh,
+                       const std::vector<int64_t>& batch_sizes) {
+  const int64_t T_ = gates.size(0), B = gates.size(1), H = out.size(2);
+  const Tensor w_t = w_hh.t();
+  T* g_all = gates.data_ptr<T>();
+  T* out_all = out.data_ptr<T>();
+  T* c_all = cells.data_ptr<T>();
+  for (int64_t t = 0; t < T_; ++t) {
+    const int64_t n = live(batch_sizes, t, B);
+    const Tensor h_prev = (t == 0 ? h0 : out.select(0, t - 1)).narrow(0, 0, n);
+    const T* cp = (t == 0 ? c0.data_ptr<T>() : c_all + (t - 1) * B * H);
+    gates.select(0, t).narrow(0, 0, n).addmm_(h_prev, w_t);
+    T* g = g_all + t * B * 4 * H;
+    T* o = out_all + t * B * H;
+    T* c = c_all + t * B * H;
+    for_rows(n, 4 * H, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        T* gr = g + b * 4 * H;
+        for_columns<T>(H, [&](int64_t j, int64_t k) {
+          const Vec<T> i = sigmoid(load(gr + j, k));
+          const Vec<T> f = sigmoid(load(gr + H + j, k));
+          const Vec<T> cand = load(gr + 2 * H + j, k).tanh();
+          const Vec<T> og = sigmoid(load(gr + 3 * H + j, k));
+          const Vec<T> cell = f * load(cp + b * H + j, k) + i * cand;
+          store(i, gr + j, k);
+          store(f, gr + H + j, k);
+          store(cand, gr + 2 * H + j, k);
+          store(og, gr + 3 * H + j, k);
+          store(cell, c + b * H + j, k);
+          store(og * cell.tanh(), o + b * H + j, k);
+        });
+      }
+    });
+  }
+}
+
+template <typename T>
+void lstm_backward_impl(const Tensor& grad_out, Tensor& dh, Tensor& dc, const Tensor& gates,
+                        const Tensor& cells, const Tensor& c0, const Tensor& w_hh,
+                        Tensor& dgates, const std::vector<int64_t>& batch_sizes) {
+  const int64_t T_ = gates.size(0), B = gates.size(1), H = cells.size(2);
+  const T* go_all = grad_out.data_ptr<T>();
+  const T* g_all = gates.data_ptr<T>();
+  const T* c_all = cells.data_ptr<T>();
+  T* dg_all = dgates.data_ptr<T>();
+  T* dhp = dh.data_ptr<T>();
+  T* dcp = dc.data_ptr<T>();
+  for (int64_t t = T_ - 1; t >= 0; --t) {
+    const int64_t n = live(batch_sizes, t, B);
+    const T* go = go_all + t * B * H;
+    const T* g = g_all + t * B * 4 * H;
+    const T* c = c_all + t * B * H;
+    const T* cp = (t == 0 ? c0.data_ptr<T>() : c_all + (t - 1) * B * H);
+    T* dg = dg_all + t * B * 4 * H;
+    for_rows(n, 4 * H, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const T* gr = g + b * 4 * H;
+        T* dgr = dg + b * 4 * H;
+        for_columns<T>(H, [&](int64_t j, int64_t k) {
+          const Vec<T> one(T(1));
+          const Vec<T> i = load(gr + j, k), f = load(gr + H + j, k);
+          const Vec<T> cand = load(gr + 2 * H + j, k), og = load(gr + 3 * H + j, k);
+          const Vec<T> grad = load(dhp + b * H + j, k) + load(go + b * H + j, k);
+          const Vec<T> tc = load(c + b * H + j, k).tanh();
+          const Vec<T> dcell = load(dcp + b * H + j, k) + grad * og * (one - tc * tc);
+          store(dcell * cand * i * (one - i), dgr + j, k);
+          store(dcell * load(cp + b * H + j, k) * f * (one - f), dgr + H + j, k);
+          store(dcell * i * (one - cand * cand), dgr + 2 * H + j, k);
+          store(grad * tc * og * (one - og), dgr + 3 * H + j, k);
+          store(dcell * f, dcp + b * H + j, k);  // to c_{t−1}
+        });
+      }
+    });
+    Tensor dh_live = dh.narrow(0, 0, n);
+    at::mm_out(dh_live, dgates.select(0, t).narrow(0, 0, n), w_hh);
+  }
+}
+
+template <typename T>
+void rnn_forward_impl(Tensor& out, const Tensor& h0, const Tensor& w_hh,
+                      const std::vector<int64_t>& batch_sizes, bool relu) {
+  const int64_t T_ = out.size(0), B = out.size(1);
+  const Tensor w_t = w_hh.t();
+  for (int64_t t = 0; t < T_; ++t) {
+    const int64_t n = live(batch_sizes, t, B);
+    const Tensor h_prev = (t == 0 ? h0 : out.select(0, t - 1)).narrow(0, 0, n);
+    Tensor o = out.select(0, t).narrow(0, 0, n);
+    o.addmm_(h_prev, w_t);
+    if (relu) {
+      o.relu_();
+    } else {
+      o.tanh_();
+    }
+  }
+}
+
+template <typename T>
+void rnn_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& out, const Tensor& w_hh,
+                       Tensor& dpre, const std::vector<int64_t>& batch_sizes, bool relu) {
+  const int64_t T_ = out.size(0), B = out.size(1), H = out.size(2);
+  const T* go_all = grad_out.data_ptr<T>();
+  const T* out_all = out.data_ptr<T>();
+  T* dp_all = dpre.data_ptr<T>();
+  T* dhp = dh.data_ptr<T>();
+  for (int64_t t = T_ - 1; t >= 0; --t) {
+    const int64_t n = live(batch_sizes, t, B);
+    const T* go = go_all + t * B * H;
+    const T* o = out_all + t * B * H;
+    T* dp = dp_all + t * B * H;
+    for_rows(n, H, [&](int64_t b0, int64_t b1) {
+      for_columns<T>((b1 - b0) * H, [&](int64_t j, int64_t k) {
+        const int64_t at = b0 * H + j;
+        const Vec<T> grad = load(dhp + at, k) + load(go + at, k);
+        const Vec<T> h = load(o + at, k);
+        const Vec<T> slope = relu ? Vec<T>::blendv(Vec<T>(T(0)), Vec<T>(T(1)), h > Vec<T>(T(0)))
+                                  : Vec<T>(T(1)) - h * h;
+        store(grad * slope, dp + at, k);
+      });
+    });
+    Tensor dh_live = dh.narrow(0, 0, n);
+    at::mm_out(dh_live, dpre.select(0, t).narrow(0, 0, n), w_hh);
+  }
+}
+
 void gru_forward(Tensor gates, Tensor out, Tensor rec, const Tensor& h0, const Tensor& w_hh,
                  const c10::optional<Tensor>& b_hh, const std::vector<int64_t>& batch_sizes,
                  bool reset_after) {
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_forward", [&] {
-    forward<scalar_t>(gates, out, rec, h0, w_hh, b_hh, batch_sizes, reset_after);
+    gru_forward_impl<scalar_t>(gates, out, rec, h0, w_hh, b_hh, batch_sizes, reset_after);
   });
 }
 
@@ -241,8 +367,37 @@ void gru_backward(const Tensor& grad_out, Tensor dh, const Tensor& gates, const 
                   const c10::optional<Tensor>& dn_all, const std::vector<int64_t>& batch_sizes,
                   bool reset_after) {
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_backward", [&] {
-    backward<scalar_t>(grad_out, dh, gates, rec, out, h0, w_hh, dgates, dn_all, batch_sizes,
-                       reset_after);
+    gru_backward_impl<scalar_t>(grad_out, dh, gates, rec, out, h0, w_hh, dgates, dn_all,
+                                batch_sizes, reset_after);
+  });
+}
+
+void lstm_forward(Tensor gates, Tensor out, Tensor cells, const Tensor& h0, const Tensor& c0,
+                  const Tensor& w_hh, const std::vector<int64_t>& batch_sizes) {
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_forward", [&] {
+    lstm_forward_impl<scalar_t>(gates, out, cells, h0, c0, w_hh, batch_sizes);
+  });
+}
+
+void lstm_backward(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& gates,
+                   const Tensor& cells, const Tensor& c0, const Tensor& w_hh, Tensor dgates,
+                   const std::vector<int64_t>& batch_sizes) {
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
+    lstm_backward_impl<scalar_t>(grad_out, dh, dc, gates, cells, c0, w_hh, dgates, batch_sizes);
+  });
+}
+
+void rnn_forward(Tensor out, const Tensor& h0, const Tensor& w_hh,
+                 const std::vector<int64_t>& batch_sizes, bool relu) {
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnn_forward", [&] {
+    rnn_forward_impl<scalar_t>(out, h0, w_hh, batch_sizes, relu);
+  });
+}
+
+void rnn_backward(const Tensor& grad_out, Tensor dh, const Tensor& out, const Tensor& w_hh,
+                  Tensor dpre, const std::vector<int64_t>& batch_sizes, bool relu) {
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnn_backward", [&] {
+    rnn_backward_impl<scalar_t>(grad_out, dh, out, w_hh, dpre, batch_sizes, relu);
   });
 }
 
@@ -251,4 +406,8 @@ void gru_backward(const Tensor& grad_out, Tensor dh, const Tensor& gates, const 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_forward", &gru_forward, "GRU forward time loop, in place");
   m.def("gru_backward", &gru_backward, "GRU backward time loop, in place");
+  m.def("lstm_forward", &lstm_forward, "LSTM forward time loop, in place");
+  m.def("lstm_backward", &lstm_backward, "LSTM backward time loop, in place");
+  m.def("rnn_forward", &rnn_forward, "RNN forward time loop, in place");
+  m.def("rnn_backward", &rnn_backward, "RNN backward time loop, in place");
 }
