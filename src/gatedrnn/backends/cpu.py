@@ -1,11 +1,16 @@
-"""The ``cpu`` backend: the recurrent loops of haste and cuDNN, written in PyTorch ops.
+"""The ``cpu`` backend: the recurrent loops of haste and cuDNN, on the CPU.
 
 For each layer direction: one GEMM computes the input projections of the whole sequence; each step
-then does one GEMM for the recurrent part and a few fused pointwise ops written in place into
-preallocated buffers. A custom :class:`torch.autograd.Function` holds a hand-written backward
-through time that saves only what it needs (gate activations, the states), computes every
-step-independent derivative factor for all steps in one vectorized pass before its loop, and the
-weight gradients as one GEMM over all steps after it.
+then does one GEMM for the recurrent part and the pointwise work, in place in preallocated
+buffers. A custom :class:`torch.autograd.Function` holds a hand-written backward through time
+that saves only what it needs (gate activations, the states) and computes the weight gradients
+as one GEMM over all steps after its loop.
+
+The per-step loops exist twice with one contract: compiled C++ (``csrc/loops.cpp``: one fused,
+vectorised pass per step for all pointwise work), built on first use by
+:mod:`gatedrnn.backends.compiled`, and the PyTorch twins below (a few in-place ops per step, the
+step-independent derivative factors computed for all steps before the backward loop). The twins
+run when the build is not possible (one warning says why) and as the ``cpu-python`` backend.
 
 Variable lengths use the packed layout without packing: the batch is sorted by decreasing length,
 so at step t only the first ``batch_sizes[t]`` rows are live and every op works on that prefix.
@@ -13,9 +18,9 @@ The reverse direction reads each sequence reversed within its own length.
 
 Covers RNN (tanh, relu), GRU (reset after and before) and the standard LSTM; refuses the rest
 with the reason. First derivatives only (like cuDNN): for double backward use ``"reference"``.
-``"auto"`` takes it where it measured faster than torch's own kernels: GRU (compiled loops)
-always, RNN and GRU (PyTorch loops) for training; it passes it over for the LSTM, where torch's
-oneDNN kernel measured faster (see :meth:`CpuBackend.auto_declines`).
+``"auto"`` takes it where it measured faster than torch's own kernels: RNN and GRU with the
+compiled loops always, with the PyTorch loops for training only; it passes it over for the LSTM,
+where torch's oneDNN kernel measured faster (see :meth:`CpuBackend.auto_declines`).
 """
 
 from __future__ import annotations
@@ -406,8 +411,8 @@ _PYTHON_LOOPS = {
 
 
 class CpuBackend:
-    """Fused loops with a hand-written backward for RNN, GRU and LSTM on the CPU; the GRU's
-    loops are compiled on first use where possible (:mod:`gatedrnn.backends.compiled`)."""
+    """Fused loops with a hand-written backward for RNN, GRU and LSTM on the CPU, compiled on
+    first use where possible (:mod:`gatedrnn.backends.compiled`)."""
 
     name = "cpu"
     twice_differentiable = False
@@ -427,10 +432,9 @@ class CpuBackend:
         # Measured with benchmarks/layer_speed.py on 2 cores (T=100, B in {1, 32}, H 128–512);
         # the numbers are in the README.
         if config.spec.kind == "lstm":
-            return "torch's fused LSTM (oneDNN) measured 1.1–5.6× faster on the CPU"
-        compiled = config.spec.kind == "gru" and self.compiled and compiled_loops() is not None
-        if not torch.is_grad_enabled() and not compiled:
-            return "without autograd, torch's kernels measured faster forward-only here"
+            return "torch's fused LSTM (oneDNN) measured 1.1–2.4× faster on the CPU"
+        if not torch.is_grad_enabled() and not (self.compiled and compiled_loops() is not None):
+            return "without autograd, torch's kernels beat our PyTorch loops forward-only"
         return None
 
     def forward(
