@@ -62,3 +62,18 @@ def test_saved_bytes_counts_what_backward_keeps():
     assert nbytes >= 4 * T * B * (3 * H + H + H)
     with torch.no_grad():
         assert saved_bytes(lambda: gru(x)[0]) == 0
+
+
+def test_tasks_table(capsys):
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    assert "jsb" in out and "adding" in out and "embedded" in out and "generated" in out
+
+
+def test_data_list_and_a_missing_dataset(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("GATEDRNN_DATA", raising=False)
+    assert main(["data", "list"]) == 0
+    assert "jsb" in capsys.readouterr().out
+    assert main(["data", "verify", "jsb", "--data-dir", str(tmp_path / "none")]) == 2
+    assert "gatedrnn data fetch jsb" in capsys.readouterr().out.replace("\n", " ")

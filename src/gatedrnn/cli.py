@@ -154,6 +154,59 @@ def _csv(kind: type) -> Callable[[str], list]:
     return parse
 
 
+def _dataset_state(name: str, data_dir: str | None) -> str:
+    from gatedrnn.data import CorruptDataError, DataMissingError, get_dataset, locate
+
+    try:
+        return f"present ({locate(name, data_dir)})"
+    except DataMissingError:
+        return "embedded" if get_dataset(name).embedded else "missing"
+    except CorruptDataError:
+        return "corrupt (run `gatedrnn data verify`)"
+
+
+def _tasks(args: argparse.Namespace, console: Console) -> int:
+    from gatedrnn.tasks import TASKS
+
+    table = Table(title="Registered tasks", box=box.SIMPLE_HEAD)
+    for column in ("task", "what", "metric", "data"):
+        table.add_column(column)
+    for name, task in sorted(TASKS.items()):
+        metric = ", ".join(f"{m.name} {'↑' if m.higher_is_better else '↓'}" for m in task.metrics)
+        data = _dataset_state(task.dataset, args.data_dir) if task.dataset else "generated"
+        table.add_row(name, task.description, metric, data)
+    console.print(table)
+    return 0
+
+
+def _data(args: argparse.Namespace, console: Console) -> int:
+    from gatedrnn.data import DATASETS, fetch, locate
+
+    if args.action == "list":
+        table = Table(title="Datasets", box=box.SIMPLE_HEAD)
+        for column in ("name", "size", "license", "state"):
+            table.add_column(column, justify="right" if column == "size" else "left")
+        for name, info in sorted(DATASETS.items()):
+            state = _dataset_state(name, args.data_dir)
+            table.add_row(name, f"{info.size / 1e6:.2f} MB", info.license, state)
+        console.print(table)
+        return 0
+    names = args.names or sorted(DATASETS)
+    for name in names:
+        if args.action == "fetch":
+            with console.status(f"fetching {name}") as status:
+                folder = fetch(
+                    name, args.data_dir,
+                    progress=lambda f, done, total, name=name: status.update(
+                        f"fetching {name}/{f}: {done / 1e6:.1f} of {total / 1e6:.1f} MB"
+                    ),
+                )  # fmt: skip
+            console.print(f"{name}: fetched and verified in {folder}")
+        else:
+            console.print(f"{name}: verified in {locate(name, args.data_dir)}")
+    return 0
+
+
 def _not_built(name: str, issue: int) -> object:
     def run(args: argparse.Namespace, console: Console) -> int:
         console.print(
@@ -194,6 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--smoke", action="store_true", help="a tiny run that takes seconds")
     bench.set_defaults(run=_bench)
 
+    tasks = commands.add_parser("tasks", help="the registered tasks and their data state")
+    tasks.add_argument("--data-dir", help="look for datasets here first")
+    tasks.set_defaults(run=_tasks)
+
+    data = commands.add_parser("data", help="datasets: list, fetch, verify")
+    data.add_argument("action", choices=("list", "fetch", "verify"))
+    data.add_argument("names", nargs="*", help="datasets (default: all)")
+    data.add_argument("--data-dir", help="where to look first and to fetch into")
+    data.set_defaults(run=_data)
+
     compare = commands.add_parser("compare", help="RNN vs LSTM vs GRU study (not built yet)")
     compare.set_defaults(run=_not_built("compare", 6))
     return parser
@@ -204,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     try:
         return args.run(args, console)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError, OSError) as error:
         console.print(f"[bold red]error:[/] {error}")
         return 2
 

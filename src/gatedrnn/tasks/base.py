@@ -1,0 +1,97 @@
+"""The small interface between tasks, models and the training loop, and the task registry.
+
+A task owns its data (train / valid / test, a ``fraction`` of the training set for learning
+curves, a ``smoke`` size that trains in seconds), the model around the recurrent layer, the loss
+and its named metrics. Tasks register under a short name beside their definition.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["TASKS", "Batch", "Metric", "Task", "build_task", "register_task"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    higher_is_better: bool
+
+
+@dataclass
+class Batch:
+    inputs: Tensor  # (T, B, F) float, time-major, zero-padded
+    lengths: Tensor  # (B,) int64 on the CPU: valid steps per sequence
+    targets: Tensor
+
+    @property
+    def size(self) -> int:
+        return int(self.lengths.numel())
+
+
+class Task(ABC):
+    """One benchmark task. ``metrics[0]`` is the validation target (early stopping, convergence)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    metrics: ClassVar[tuple[Metric, ...]]
+    dataset: ClassVar[str | None] = None  # the registered dataset it reads; None if generated
+    input_size: int
+    output_size: int
+
+    def __init__(self, *, smoke: bool = False, fraction: float = 1.0, seed: int = 0) -> None:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"{self.name}: fraction must be in (0, 1], got {fraction}")
+        self.smoke, self.fraction, self.seed = smoke, fraction, seed
+
+    @abstractmethod
+    def batches(
+        self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0
+    ) -> Iterator[Batch]:
+        """The batches of ``split`` ("train", "valid" or "test"), shuffled by ``seed`` if asked."""
+
+    @abstractmethod
+    def build_model(
+        self, cell: str, hidden_size: int, num_layers: int = 1, **layer_options
+    ) -> nn.Module:
+        """The model around a gatedrnn layer of ``cell``; ``layer_options`` go to the layer."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, int]:
+        """The summed loss over ``batch`` and how many units it sums (steps, sequences …)."""
+
+    def metric_values(self, total_loss: float, count: int) -> dict[str, float]:
+        """The metrics from the loss summed over a whole split; by default the mean loss."""
+        return {self.metrics[0].name: total_loss / max(count, 1)}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str, batch_size: int = 64) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0
+        for batch in self.batches(split, batch_size):
+            loss, n = self.loss(model, batch)
+            total, count = total + float(loss), count + n
+        model.train(was_training)
+        return self.metric_values(total, count)
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    TASKS[cls.name] = cls
+    return cls
+
+
+def build_task(name: str, **kwargs) -> Task:
+    """The task registered as ``name``, built with ``kwargs`` (smoke, fraction, seed …)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; expected one of: {', '.join(sorted(TASKS))}")
+    return TASKS[name](**kwargs)
