@@ -16,6 +16,7 @@ from rich.table import Table
 
 from gatedrnn.nn.counting import count_parameters, hidden_for_budget
 from gatedrnn.nn.spec import CellSpec, make_spec
+from gatedrnn.train.config import TrainConfig
 
 # The cells `gatedrnn cells` lists: every kind, and the variants the literature compares.
 CELL_TABLE: tuple[CellSpec, ...] = (
@@ -29,6 +30,12 @@ CELL_TABLE: tuple[CellSpec, ...] = (
     make_spec("mgu"),
     make_spec("mingru"),
     make_spec("minlstm"),
+)
+
+
+# TrainConfig fields that `gatedrnn train` exposes as flags (cell_options stays a Python-API field)
+TRAIN_OPTIONS = tuple(
+    name for name in TrainConfig.__dataclass_fields__ if name not in ("cell_options",)
 )
 
 
@@ -207,6 +214,44 @@ def _data(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace, console: Console) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from gatedrnn.train import TrainConfig, train
+
+    options = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
+    config = TrainConfig.from_dict(options)
+    shape = f"hidden {config.hidden_size} × {config.num_layers}"
+    setup = f"{config.optimizer} lr {config.lr}, seed {config.seed}"
+    console.print(f"training {config.cell} on {config.task}: {shape}, {setup}")
+    console.print(
+        f"{'epoch':>5} {'train loss':>11} {'valid':>18} {'lr':>9} {'s':>7} {'units/s':>9}"
+    )
+    with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:  # fmt: skip
+        bar = progress.add_task("train", total=None, epoch=1)
+
+        def on_batch(epoch: int, batches: int) -> None:
+            progress.update(bar, completed=batches, epoch=epoch)
+
+        def on_epoch(r) -> None:
+            valid = " ".join(f"{k} {v:.4f}" for k, v in r.valid.items())
+            progress.console.print(f"{r.epoch:>5} {r.train_loss:>11.4f} {valid:>18} {r.lr:>9.2e} "
+                                   f"{r.seconds:>7.2f} {r.units_per_second:>9.0f}")  # fmt: skip
+            progress.update(bar, total=progress.tasks[0].completed or None, completed=0)
+
+        result = train(config, checkpoint=args.checkpoint, on_epoch=on_epoch, on_batch=on_batch,
+                       data_dir=args.data_dir)  # fmt: skip
+    best = f"best epoch {result.best_epoch}" if result.best_epoch else "no finished epoch"
+    why = f" ({result.reason})" if result.reason else ""
+    console.print(f"{result.status}{why}; {best}; test {result.test}")
+    console.print(f"{result.parameters} parameters; backend {result.backend}")
+    if args.out:
+        write_json_atomic(args.out, result.to_dict())
+        console.print(f"wrote {args.out}")
+    return 0 if result.status != "diverged" else 1
+
+
 def _not_built(name: str, issue: int) -> object:
     def run(args: argparse.Namespace, console: Console) -> int:
         console.print(
@@ -256,6 +301,22 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("names", nargs="*", help="datasets (default: all)")
     data.add_argument("--data-dir", help="where to look first and to fetch into")
     data.set_defaults(run=_data)
+
+    train = commands.add_parser("train", help="one training run, with progress and checkpoints")
+    defaults = TrainConfig()
+    for name in TRAIN_OPTIONS:
+        default = getattr(defaults, name)
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            train.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                               help=f"(default {default})")  # fmt: skip
+        else:
+            train.add_argument(flag, type=type(default), default=None,
+                               help=f"(default {default})")  # fmt: skip
+    train.add_argument("--checkpoint", help="save every epoch here; an existing one resumes")
+    train.add_argument("--out", help="write the result as JSON")
+    train.add_argument("--data-dir", help="look for datasets here first")
+    train.set_defaults(run=_train)
 
     compare = commands.add_parser("compare", help="RNN vs LSTM vs GRU study (not built yet)")
     compare.set_defaults(run=_not_built("compare", 6))

@@ -1,0 +1,103 @@
+"""The configuration of one training run: a frozen dataclass with commented defaults.
+
+It is stored, resolved, with every checkpoint and result; :meth:`TrainConfig.from_dict` rejects
+unknown keys and bad values with the key's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["OPTIMIZERS", "SCHEDULES", "TrainConfig"]
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULES = ("none", "step", "plateau")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    task: str = "jsb"  # a registered task name (`gatedrnn tasks`)
+    cell: str = "gru"  # rnn | lstm | gru | mgu | mingru | minlstm
+    hidden_size: int = 100
+    num_layers: int = 1
+    dropout: float = 0.0  # between stacked layers
+    cell_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"reset": "before"}
+    backend: str = "auto"
+    optimizer: str = "adam"  # adam | adamw | sgd | rmsprop
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.0  # sgd and rmsprop only
+    clip_norm: float = 1.0  # gradient-norm clipping; 0 turns it off
+    batch_size: int = 32
+    epochs: int = 20
+    patience: int = 5  # epochs without a better validation metric before stopping; 0 = never
+    schedule: str = "none"  # none | step (Zaremba et al. 2014) | plateau
+    lr_decay: float = 0.5  # factor for step and plateau schedules
+    decay_start: int = 4  # step schedule: first epoch (1-based) whose lr is decayed
+    seed: int = 0
+    fraction: float = 1.0  # of the training set (learning curves)
+    smoke: bool = False  # the task's seconds-long size
+    deterministic: bool = True  # torch.use_deterministic_algorithms for the run
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.hidden_size >= 1, "hidden_size", "an integer >= 1"),
+            (self.num_layers >= 1, "num_layers", "an integer >= 1"),
+            (0 <= self.dropout < 1, "dropout", "a number in [0, 1)"),
+            (self.optimizer in OPTIMIZERS, "optimizer", f"one of {list(OPTIMIZERS)}"),
+            (self.lr > 0, "lr", "a number > 0"),
+            (self.weight_decay >= 0, "weight_decay", "a number >= 0"),
+            (self.clip_norm >= 0, "clip_norm", "a number >= 0 (0 turns clipping off)"),
+            (self.batch_size >= 1, "batch_size", "an integer >= 1"),
+            (self.epochs >= 1, "epochs", "an integer >= 1"),
+            (self.patience >= 0, "patience", "an integer >= 0"),
+            (self.schedule in SCHEDULES, "schedule", f"one of {list(SCHEDULES)}"),
+            (0 < self.lr_decay <= 1, "lr_decay", "a number in (0, 1]"),
+            (self.seed >= 0, "seed", "an integer >= 0"),
+            (0 < self.fraction <= 1, "fraction", "a number in (0, 1]"),
+        ]
+        for ok, key, expected in checks:
+            if not ok:
+                raise ValueError(f"{key}: expected {expected}, got {getattr(self, key)!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "") -> TrainConfig:
+        """Build from plain values (a TOML table, a stored result), checking names and types."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        prefix = f"{where}." if where else ""
+        for key, value in values.items():
+            if key not in fields:
+                raise ValueError(
+                    f"{prefix}{key}: unknown key; expected one of: {', '.join(sorted(fields))}"
+                )
+            default = fields[key].default
+            expected = (
+                dict if fields[key].default_factory is not dataclasses.MISSING else type(default)
+            )
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                continue
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise ValueError(
+                    f"{prefix}{key}: expected {expected.__name__}, got {type(value).__name__} "
+                    f"{value!r}"
+                )
+        values = {k: float(v) if isinstance(fields[k].default, float) else v
+                  for k, v in values.items()}  # fmt: skip
+        try:
+            return cls(**values)
+        except ValueError as error:
+            raise ValueError(f"{prefix}{error}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def key(self) -> str:
+        """A short hash of the resolved configuration: the identity of a trial."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,307 @@
+"""One training loop for every task: optimizer, clipping, schedules, early stopping on the task's
+validation metric, divergence detection, atomic checkpoints with exact resume, and the test
+metrics of the best epoch.
+
+The loop knows nothing of any task beyond :class:`gatedrnn.tasks.Task`. It logs through
+``logging``; the CLI owns the console (``on_epoch`` and ``on_batch`` callbacks feed it).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import gatedrnn
+from gatedrnn.backends import resolve_backend
+from gatedrnn.bench import saved_bytes
+from gatedrnn.tasks import Batch, Task, build_task
+from gatedrnn.train.config import TrainConfig
+
+__all__ = ["EpochRecord", "RunResult", "build_optimizer", "environment", "train"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    updates: int  # optimizer steps so far
+    seconds: float  # wall time of this epoch's training (evaluation excluded)
+    elapsed: float  # training seconds so far
+    train_loss: float  # mean over the epoch's units (steps, sequences …)
+    valid: dict[str, float]
+    lr: float
+    units_per_second: float  # training throughput: time steps or sequences per second
+
+
+@dataclass
+class RunResult:
+    config: TrainConfig
+    status: str  # "completed" | "diverged" | "interrupted"
+    reason: str | None
+    history: list[EpochRecord]
+    best_epoch: int | None
+    best_valid: dict[str, float] | None
+    test: dict[str, float] | None
+    train: dict[str, float] | None  # the best model on the training split (generalization gap)
+    parameters: int
+    seconds_per_epoch: float | None  # median
+    saved_bytes: int  # saved for backward by the first batch (saved-tensor hooks)
+    peak_cuda_bytes: int | None
+    backend: str  # what the layer actually ran on
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["config"] = self.config.to_dict()
+        return data
+
+
+def environment(config: TrainConfig) -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "gatedrnn": gatedrnn.__version__,
+        "platform": platform.platform(),
+        "device": config.device,
+        "threads": torch.get_num_threads(),
+        "deterministic": config.deterministic,
+        "tf32": torch.backends.cuda.matmul.allow_tf32,
+    }
+
+
+def build_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    kwargs = {"lr": config.lr, "weight_decay": config.weight_decay}
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, **kwargs)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, **kwargs)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, momentum=config.momentum, **kwargs)
+    return torch.optim.RMSprop(params, momentum=config.momentum, **kwargs)
+
+
+def _build_schedule(config: TrainConfig, optimizer, higher_is_better: bool):
+    if config.schedule == "step":  # Zaremba et al. 2014: full lr for `decay_start` epochs
+        start, decay = config.decay_start, config.lr_decay
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda e: decay ** max(0, e + 1 - start)
+        )
+    if config.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max" if higher_is_better else "min", factor=config.lr_decay,
+            patience=1,
+        )  # fmt: skip
+    return None
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    if device.type == "cpu":
+        return batch
+    return Batch(batch.inputs.to(device), batch.lengths, batch.targets.to(device))
+
+
+def _save_atomic(obj: dict[str, Any], path: Path) -> None:
+    """torch.save to a temporary file beside ``path``, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class _Diverged(Exception):
+    pass
+
+
+def train(
+    config: TrainConfig,
+    *,
+    checkpoint: str | Path | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+    data_dir: str | Path | None = None,
+) -> RunResult:
+    """Train ``config`` to the end (or early stopping, divergence, Ctrl-C) and test the best epoch.
+
+    With ``checkpoint``, the state after every epoch is written there atomically, and a run that
+    finds one for the same configuration resumes from it: on the CPU with ``deterministic`` the
+    result equals that of an uninterrupted run.
+    """
+    device = torch.device(config.device)
+    previous_determinism = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
+    try:
+        return _train(config, device, Path(checkpoint) if checkpoint else None, on_epoch,
+                      on_batch, data_dir)  # fmt: skip
+    finally:
+        torch.use_deterministic_algorithms(previous_determinism)
+
+
+def _train(config, device, checkpoint, on_epoch, on_batch, data_dir) -> RunResult:
+    torch.manual_seed(config.seed)
+    task_options = {"data_dir": data_dir} if data_dir and config.task != "adding" else {}
+    task: Task = build_task(
+        config.task, smoke=config.smoke, fraction=config.fraction, seed=config.seed,
+        **task_options,
+    )  # fmt: skip
+    layer_options = {"backend": config.backend, **config.cell_options}
+    if config.num_layers > 1:
+        layer_options["dropout"] = config.dropout
+    model = task.build_model(config.cell, config.hidden_size, config.num_layers, **layer_options)
+    model.to(device)
+    metric = task.metrics[0]
+    optimizer = build_optimizer(config, model.parameters())
+    schedule = _build_schedule(config, optimizer, metric.higher_is_better)
+
+    state: dict[str, Any] = {
+        "epoch": 0, "updates": 0, "elapsed": 0.0, "best": None, "best_epoch": None,
+        "bad_epochs": 0, "history": [], "saved_bytes": 0, "status": "completed", "reason": None,
+    }  # fmt: skip
+    best_model: dict[str, torch.Tensor] | None = None
+    if checkpoint is not None and checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location=device, weights_only=True)
+        if saved["config"] != config.to_dict():
+            raise ValueError(
+                f"{checkpoint} holds a run of another configuration; remove it or choose "
+                "another checkpoint path"
+            )
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if schedule is not None:
+            schedule.load_state_dict(saved["schedule"])
+        torch.set_rng_state(saved["rng"])
+        state, best_model = saved["state"], saved["best_model"]
+        logger.info("resumed %s from epoch %d", checkpoint, state["epoch"])
+
+    first = next(task.batches("train", config.batch_size))
+    backend = resolve_backend(config.backend, model.rnn.config, _to(first, device).inputs).name
+    if not state["saved_bytes"]:
+        rng = torch.get_rng_state()  # measuring must not shift the random stream
+        state["saved_bytes"] = saved_bytes(lambda: task.loss(model, _to(first, device))[0])
+        torch.set_rng_state(rng)
+
+    def better(value: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        return value > best if metric.higher_is_better else value < best
+
+    try:
+        for epoch in range(state["epoch"] + 1, config.epochs + 1):
+            if state["status"] != "completed" or (
+                config.patience and state["bad_epochs"] >= config.patience
+            ):
+                break
+            record = _train_epoch(task, model, optimizer, config, device, epoch, state, on_batch)
+            value = record.valid[metric.name]
+            if not math.isfinite(value):
+                raise _Diverged(f"validation {metric.name} is {value} after epoch {epoch}")
+            if better(value, state["best"]):
+                state["best"], state["best_epoch"], state["bad_epochs"] = value, epoch, 0
+                best_model = copy.deepcopy(model.state_dict())
+            else:
+                state["bad_epochs"] += 1
+            if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                schedule.step(value)
+            elif schedule is not None:
+                schedule.step()
+            state["epoch"] = epoch
+            state["history"].append(asdict(record))
+            if checkpoint is not None:
+                _save_atomic(
+                    {
+                        "config": config.to_dict(), "model": model.state_dict(),
+                        "best_model": best_model, "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict() if schedule is not None else None,
+                        "rng": torch.get_rng_state(), "state": state,
+                    },
+                    checkpoint,
+                )  # fmt: skip
+            if on_epoch:
+                on_epoch(record)
+        if config.patience and state["bad_epochs"] >= config.patience:
+            state["reason"] = f"early stopping after {state['epoch']} epochs"
+    except _Diverged as error:
+        state["status"], state["reason"] = "diverged", str(error)
+        logger.warning("run diverged: %s", error)
+    except KeyboardInterrupt:
+        state["status"], state["reason"] = "interrupted", f"stopped in epoch {state['epoch'] + 1}"
+        logger.warning("interrupted; evaluating the best epoch")
+
+    test = train_metrics = None
+    if best_model is not None:
+        model.load_state_dict(best_model)
+        test = task.evaluate(model, "test", config.batch_size)
+        train_metrics = task.evaluate(model, "train", config.batch_size)
+    history = [EpochRecord(**r) for r in state["history"]]
+    return RunResult(
+        config=config,
+        status=state["status"],
+        reason=state["reason"],
+        history=history,
+        best_epoch=state["best_epoch"],
+        best_valid=history[state["best_epoch"] - 1].valid if state["best_epoch"] else None,
+        test=test,
+        train=train_metrics,
+        parameters=sum(p.numel() for p in model.parameters()),
+        seconds_per_epoch=statistics.median(r.seconds for r in history) if history else None,
+        saved_bytes=state["saved_bytes"],
+        peak_cuda_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        backend=backend,
+        environment=environment(config),
+    )
+
+
+def _train_epoch(task, model, optimizer, config, device, epoch, state, on_batch) -> EpochRecord:
+    model.train()
+    total, count, batches = 0.0, 0, 0
+    start = time.perf_counter()
+    # the shuffle depends only on (seed, epoch), so a resumed run sees the same batches
+    for batch in task.batches("train", config.batch_size, shuffle=True,
+                              seed=config.seed * 100_003 + epoch):  # fmt: skip
+        loss, n = task.loss(model, _to(batch, device))
+        mean = loss / n
+        if not torch.isfinite(mean):
+            raise _Diverged(f"loss is {mean.item()} at update {state['updates'] + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        mean.backward()
+        if config.clip_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+            if not torch.isfinite(norm):
+                raise _Diverged(f"gradient norm is {norm.item()} at update {state['updates'] + 1}")
+        optimizer.step()
+        state["updates"] += 1
+        total, count, batches = total + float(loss.detach()), count + n, batches + 1
+        if on_batch:
+            on_batch(epoch, batches)
+    seconds = time.perf_counter() - start
+    state["elapsed"] += seconds
+    valid = task.evaluate(model, "valid", config.batch_size)
+    return EpochRecord(
+        epoch=epoch,
+        updates=state["updates"],
+        seconds=seconds,
+        elapsed=state["elapsed"],
+        train_loss=total / max(count, 1),
+        valid=valid,
+        lr=optimizer.param_groups[0]["lr"],
+        units_per_second=count / seconds if seconds > 0 else 0.0,
+    )

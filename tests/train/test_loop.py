@@ -1,0 +1,114 @@
+"""The training loop: smoke runs, exact resume from a checkpoint, divergence, early stopping,
+configuration errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gatedrnn.cli import main
+from gatedrnn.train import TrainConfig, train
+
+SMOKE = dict(smoke=True, hidden_size=16, epochs=4, lr=1e-2, batch_size=8)
+
+
+@pytest.mark.parametrize("task", ["jsb", "adding"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_smoke_run_completes_and_records(task, cell):
+    result = train(TrainConfig(task=task, cell=cell, **SMOKE))
+    assert result.status == "completed"
+    assert [r.epoch for r in result.history] == [1, 2, 3, 4]
+    assert result.history[-1].updates == 4 * result.history[0].updates
+    assert result.history[-1].train_loss < result.history[0].train_loss
+    metric = "nll" if task == "jsb" else "mse"
+    assert set(result.test) == {metric} and set(result.train) == {metric}
+    assert result.best_valid == result.history[result.best_epoch - 1].valid
+    assert result.saved_bytes > 0 and result.parameters > 0
+    assert result.seconds_per_epoch > 0
+
+
+class _StopAfter:
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def __call__(self, record) -> None:
+        if record.epoch == self.epochs:
+            raise KeyboardInterrupt  # as Ctrl-C would, just after the epoch's checkpoint
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_resume_equals_an_uninterrupted_run(tmp_path, cell):
+    config = TrainConfig(task="jsb", cell=cell, num_layers=2, dropout=0.3, **SMOKE)
+    whole = train(config)
+    path = tmp_path / "run.pt"
+    first = train(config, checkpoint=path, on_epoch=_StopAfter(3))
+    assert first.status == "interrupted" and first.test is not None  # still tests its best
+    resumed = train(config, checkpoint=path)
+    assert resumed.status == "completed"
+    assert [r.valid for r in resumed.history] == [r.valid for r in whole.history]
+    assert resumed.test == whole.test
+    saved = torch.load(path, weights_only=True)  # loadable without pickle
+    assert saved["state"]["epoch"] == 4 and saved["config"] == config.to_dict()
+
+
+def test_checkpoint_of_another_configuration_is_refused(tmp_path):
+    path = tmp_path / "run.pt"
+    train(TrainConfig(task="adding", epochs=1, smoke=True, hidden_size=8), checkpoint=path)
+    with pytest.raises(ValueError, match="holds a run of another configuration"):
+        train(TrainConfig(task="adding", epochs=1, smoke=True, hidden_size=9), checkpoint=path)
+
+
+def test_a_diverging_run_is_recorded_as_diverged():
+    config = TrainConfig(task="adding", cell="rnn", optimizer="sgd", lr=1e12, clip_norm=0,
+                         smoke=True, hidden_size=16, epochs=3)  # fmt: skip
+    result = train(config)
+    assert result.status == "diverged"
+    assert "at update" in result.reason or "validation" in result.reason
+
+
+def test_early_stopping_on_a_flat_validation_metric():
+    # an lr far below float32 resolution leaves the weights unchanged: no epoch improves
+    config = TrainConfig(task="adding", lr=1e-30, patience=2, epochs=10, smoke=True, hidden_size=8)
+    result = train(config)
+    assert result.status == "completed"
+    assert len(result.history) == 3 and result.best_epoch == 1
+    assert result.reason == "early stopping after 3 epochs"
+
+
+def test_step_schedule_follows_zaremba():
+    config = TrainConfig(task="adding", optimizer="sgd", lr=1.0, schedule="step", lr_decay=0.5,
+                         decay_start=2, epochs=4, smoke=True, hidden_size=8)  # fmt: skip
+    assert [r.lr for r in train(config).history] == [1.0, 1.0, 0.5, 0.25]
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"hiden_size": 3}, "hiden_size: unknown key; expected one of: .*hidden_size"),
+        ({"hidden_size": "big"}, "hidden_size: expected int, got str 'big'"),
+        ({"hidden_size": True}, "hidden_size: expected int, got bool"),
+        ({"lr": -1}, r"lr: expected a number > 0, got -1.0"),
+        ({"optimizer": "lbfgs"}, "optimizer: expected one of .*adam"),
+        ({"fraction": 0}, r"fraction: expected a number in \(0, 1\], got 0.0"),
+    ],
+)
+def test_bad_configuration_names_the_key(values, message):
+    with pytest.raises(ValueError, match=f"trial.{message}"):
+        TrainConfig.from_dict(values, where="trial")
+
+
+def test_config_key_is_stable_and_distinguishes():
+    assert TrainConfig().key == TrainConfig().key
+    assert TrainConfig(seed=1).key != TrainConfig(seed=2).key
+
+
+def test_train_command_writes_its_result(tmp_path, capsys):
+    out = tmp_path / "result.json"
+    code = main(["train", "--task", "adding", "--cell", "gru", "--hidden-size", "8", "--epochs",
+                 "2", "--smoke", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["status"] == "completed" and len(result["history"]) == 2
+    assert "epoch  train loss" in capsys.readouterr().out
