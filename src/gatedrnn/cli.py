@@ -252,6 +252,40 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     return 0 if result.status != "diverged" else 1
 
 
+def _study(args: argparse.Namespace, console: Console) -> int:
+    import dataclasses
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from gatedrnn.study import load_study, run_study, study_paths
+
+    spec = load_study(args.file)
+    if args.executor:
+        spec = dataclasses.replace(
+            spec, executor=dataclasses.replace(spec.executor, kind=args.executor)
+        )
+    total = len(spec.trials())
+    db_path, _ = study_paths(spec, args.out)
+    console.print(f"study {spec.name!r}: {total} trials → {db_path}")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("trials", total=total)
+
+        def update(counts: dict[str, int]) -> None:
+            done = counts.get("completed", 0) + counts.get("diverged", 0)
+            text = (f"running {counts.get('running', 0)}, failed {counts.get('failed', 0)}, "
+                    f"diverged {counts.get('diverged', 0)}")  # fmt: skip
+            progress.update(bar, completed=done, description=text)
+
+        run_study(spec, args.out, workers=args.workers, progress=update, data_dir=args.data_dir)
+    from gatedrnn.study import StudyStore
+
+    counts = StudyStore(db_path).counts()
+    console.print(f"done: {counts}")
+    return 0 if not counts.get("failed") else 1
+
+
 def _not_built(name: str, issue: int) -> object:
     def run(args: argparse.Namespace, console: Console) -> int:
         console.print(
@@ -318,6 +352,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", help="look for datasets here first")
     train.set_defaults(run=_train)
 
+    study = commands.add_parser("study", help="run a study file (re-running resumes)")
+    study_commands = study.add_subparsers(dest="study_command", metavar="ACTION", required=True)
+    study_run = study_commands.add_parser("run", help="run every unfinished trial of STUDY.toml")
+    study_run.add_argument("file", help="the study file (TOML)")
+    study_run.add_argument("--out", default="runs", help="results go to OUT/<name>/ (default runs)")
+    study_run.add_argument(
+        "--workers", type=int, help="processes (default: the file's, else all cores)"
+    )
+    study_run.add_argument("--executor", choices=("local", "ray"), help="override the file's")
+    study_run.add_argument("--data-dir", help="look for datasets here first")
+    study_run.set_defaults(run=_study)
+
     compare = commands.add_parser("compare", help="RNN vs LSTM vs GRU study (not built yet)")
     compare.set_defaults(run=_not_built("compare", 6))
     return parser
@@ -328,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     try:
         return args.run(args, console)
-    except (ValueError, FileNotFoundError, OSError) as error:
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as error:
         console.print(f"[bold red]error:[/] {error}")
         return 2
 

@@ -1,0 +1,192 @@
+"""Running a study: every trial of the grid once, resumable, on the local cores (a process pool)
+or a Ray cluster. Only the driver writes the database; workers report each epoch through a queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import traceback
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gatedrnn.study.spec import StudySpec, Trial
+from gatedrnn.study.store import DONE, StudyStore
+from gatedrnn.train import TrainConfig, train
+from gatedrnn.train.loop import environment
+
+__all__ = ["run_study", "study_paths"]
+
+logger = logging.getLogger(__name__)
+Progress = Callable[[dict[str, int]], None]
+
+
+def study_paths(spec: StudySpec, out: str | Path) -> tuple[Path, Path]:
+    """The study's database and checkpoint folder under ``out``."""
+    root = Path(out) / spec.name
+    return root / "study.sqlite", root / "checkpoints"
+
+
+def _run_trial(
+    config: dict[str, Any], checkpoint: str, key: str, events, threads: int, data_dir: str | None
+) -> dict[str, Any]:
+    """One trial in a worker: trains (resuming from its checkpoint) and reports every epoch."""
+    if threads:
+        torch.set_num_threads(threads)
+    from dataclasses import asdict
+
+    def on_epoch(record) -> None:
+        events.put((key, asdict(record)))
+
+    result = train(
+        TrainConfig.from_dict(config), checkpoint=checkpoint, on_epoch=on_epoch, data_dir=data_dir
+    )
+    if result.status == "interrupted":
+        raise KeyboardInterrupt
+    return result.to_dict()
+
+
+def run_study(
+    spec: StudySpec,
+    out: str | Path = "runs",
+    *,
+    workers: int | None = None,
+    progress: Progress | None = None,
+    data_dir: str | Path | None = None,
+) -> Path:
+    """Run every unfinished trial of ``spec``; returns the database path.
+
+    Re-running skips completed and diverged trials and resumes interrupted ones from their
+    checkpoints. ``workers`` (default: the spec's, then all cores) processes share the cores.
+    """
+    db_path, checkpoints = study_paths(spec, out)
+    store = StudyStore(db_path)
+    stored = store.get_meta("spec")
+    if stored is not None and stored != _jsonable(spec.to_dict()):
+        raise ValueError(
+            f"{db_path} holds another study named {spec.name!r}; rename the study or choose "
+            "another output folder"
+        )
+    store.set_meta("spec", _jsonable(spec.to_dict()))
+    trials = spec.trials()
+    store.add_trials(trials)
+    todo = [t for t in trials if store.status(t.key) not in DONE]
+    if spec.executor.kind == "ray":
+        from gatedrnn.study.ray_executor import run_on_ray
+
+        run_on_ray(spec, store, todo, checkpoints, progress, data_dir)
+        return db_path
+    cores = os.cpu_count() or 1
+    workers = max(1, min(workers or spec.executor.workers or cores, max(len(todo), 1)))
+    threads = max(1, cores // workers)
+    store.set_meta(
+        "environment",
+        environment(trials[0].config) | {"workers": workers, "threads_per_worker": threads},
+    )
+    if workers == 1:
+        _run_here(store, todo, checkpoints, progress, threads, data_dir)
+    else:
+        _run_pool(store, todo, checkpoints, progress, workers, threads, data_dir)
+    return db_path
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value))
+
+
+class _DirectEvents:
+    def __init__(self, store: StudyStore) -> None:
+        self.store = store
+
+    def put(self, event) -> None:
+        self.store.record_epoch(*event)
+
+
+def _run_here(store, todo: list[Trial], checkpoints: Path, progress, threads, data_dir) -> None:
+    events = _DirectEvents(store)
+    for trial in todo:
+        store.mark_running(trial.key)
+        _report(store, progress)
+        try:
+            result = _run_trial(
+                trial.config.to_dict(),
+                str(checkpoints / f"{trial.key}.pt"),
+                trial.key,
+                events,
+                0,
+                str(data_dir) if data_dir else None,
+            )
+        except KeyboardInterrupt:
+            store.fail(trial.key, "interrupted")
+            raise
+        except Exception as error:
+            store.fail(trial.key, _describe(error))
+            logger.error("trial %s failed: %s", trial.key, error)
+        else:
+            store.finish(trial.key, result)
+        _report(store, progress)
+
+
+def _run_pool(store, todo, checkpoints, progress, workers, threads, data_dir) -> None:
+    context = multiprocessing.get_context("spawn")  # no forked OpenMP or torch thread state
+    with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
+        events = manager.Queue()
+        running: dict[Future, Trial] = {}
+        pending = list(todo)
+
+        def submit() -> None:
+            while pending and len(running) < workers:
+                trial = pending.pop(0)
+                store.mark_running(trial.key)
+                future = pool.submit(
+                    _run_trial,
+                    trial.config.to_dict(),
+                    str(checkpoints / f"{trial.key}.pt"),
+                    trial.key,
+                    events,
+                    threads,
+                    str(data_dir) if data_dir else None,
+                )
+                running[future] = trial
+
+        submit()
+        _report(store, progress)
+        while running:
+            done, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+            _drain(events, store)
+            for future in done:
+                trial = running.pop(future)
+                try:
+                    store.finish(trial.key, future.result())
+                except Exception as error:
+                    store.fail(trial.key, _describe(error))
+                    logger.error("trial %s failed: %s", trial.key, error)
+            submit()
+            _report(store, progress)
+        _drain(events, store)
+
+
+def _drain(events, store: StudyStore) -> None:
+    while True:
+        try:
+            store.record_epoch(*events.get_nowait())
+        except queue.Empty:
+            return
+
+
+def _describe(error: BaseException) -> str:
+    lines = traceback.format_exception_only(type(error), error)
+    return "".join(lines).strip()[-2000:]
+
+
+def _report(store: StudyStore, progress: Progress | None) -> None:
+    if progress:
+        progress(store.counts())

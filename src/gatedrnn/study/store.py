@@ -1,0 +1,145 @@
+"""The results store: one SQLite database per study (WAL), committed per epoch.
+
+Tables: ``meta`` (the study spec and environment, JSON), ``trials`` (one row per trial, keyed by
+its configuration hash, with status, error, attempts and the final result as JSON) and ``epochs``
+(one row per finished epoch). Reports read only this database.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DONE", "StudyStore"]
+
+DONE = ("completed", "diverged")  # statuses a re-run skips
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS trials (
+    key TEXT PRIMARY KEY,
+    task TEXT NOT NULL, cell TEXT NOT NULL, width TEXT NOT NULL, seed INTEGER NOT NULL,
+    fraction REAL NOT NULL, hidden_size INTEGER NOT NULL, config TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending', error TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+    started REAL, finished REAL, result TEXT
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    trial TEXT NOT NULL REFERENCES trials(key), epoch INTEGER NOT NULL, updates INTEGER NOT NULL,
+    seconds REAL NOT NULL, elapsed REAL NOT NULL, train_loss REAL NOT NULL, valid TEXT NOT NULL,
+    lr REAL NOT NULL, units_per_second REAL NOT NULL,
+    PRIMARY KEY (trial, epoch)
+);
+"""
+
+
+class StudyStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def get_meta(self, key: str) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row["value"])
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value))
+        )
+
+    def add_trials(self, trials: Iterable) -> None:
+        with self.db:
+            self.db.execute("BEGIN")
+            for t in trials:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO trials (key, task, cell, width, seed, fraction, "
+                    "hidden_size, config) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        t.key,
+                        t.task,
+                        t.cell.label,
+                        t.width,
+                        t.seed,
+                        t.fraction,
+                        t.config.hidden_size,
+                        json.dumps(t.config.to_dict()),
+                    ),
+                )
+
+    def status(self, key: str) -> str:
+        return self.db.execute("SELECT status FROM trials WHERE key = ?", (key,)).fetchone()[0]
+
+    def mark_running(self, key: str) -> None:
+        self.db.execute(
+            "UPDATE trials SET status = 'running', attempts = attempts + 1, started = ? "
+            "WHERE key = ?",
+            (time.time(), key),
+        )
+
+    def record_epoch(self, key: str, record: dict[str, Any]) -> None:
+        # a resumed trial redoes the epochs after its last checkpoint: the newer row wins
+        self.db.execute(
+            "INSERT OR REPLACE INTO epochs (trial, epoch, updates, seconds, elapsed, train_loss, "
+            "valid, lr, units_per_second) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                record["epoch"],
+                record["updates"],
+                record["seconds"],
+                record["elapsed"],
+                record["train_loss"],
+                json.dumps(record["valid"]),
+                record["lr"],
+                record["units_per_second"],
+            ),
+        )
+
+    def finish(self, key: str, result: dict[str, Any]) -> None:
+        with self.db:
+            self.db.execute("BEGIN")
+            for record in result["history"]:
+                self.record_epoch(key, record)
+            self.db.execute(
+                "UPDATE trials SET status = ?, error = ?, finished = ?, result = ? WHERE key = ?",
+                (
+                    result["status"],
+                    result["reason"] if result["status"] == "diverged" else None,
+                    time.time(),
+                    json.dumps(result),
+                    key,
+                ),
+            )
+
+    def fail(self, key: str, error: str) -> None:
+        self.db.execute(
+            "UPDATE trials SET status = 'failed', error = ? WHERE key = ?", (error, key)
+        )
+
+    def trials(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM trials ORDER BY task, cell, width, fraction, seed")
+        out = []
+        for row in rows:
+            item = dict(row)
+            item["config"] = json.loads(item["config"])
+            item["result"] = json.loads(item["result"]) if item["result"] else None
+            out.append(item)
+        return out
+
+    def epochs(self, key: str) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM epochs WHERE trial = ? ORDER BY epoch", (key,))
+        return [dict(row) | {"valid": json.loads(row["valid"])} for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT status, COUNT(*) FROM trials GROUP BY status")
+        return {status: n for status, n in rows}

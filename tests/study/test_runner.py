@@ -1,0 +1,118 @@
+"""Running studies: the store, resuming after SIGKILL with nothing lost or repeated, divergence,
+the process pool."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gatedrnn.study import StudyStore, load_study, run_study
+
+KILLABLE = """
+name = "kill"
+tasks = ["jsb"]
+cells = ["lstm", "gru"]
+hidden_size = 16
+seeds = 2
+[train]
+epochs = 4
+batch_size = 16
+patience = 0
+lr = 0.01
+"""
+
+
+def _final(db):
+    store = StudyStore(db)
+    rows = {t["key"]: t for t in store.trials()}
+    epochs = {key: store.epochs(key) for key in rows}
+    store.close()
+    return rows, epochs
+
+
+def _epoch_rows(db) -> int:
+    try:
+        with sqlite3.connect(db, timeout=1) as connection:
+            return connection.execute("SELECT COUNT(*) FROM epochs").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_loses_nothing_and_repeats_nothing(tmp_path):
+    study = tmp_path / "kill.toml"
+    study.write_text(KILLABLE)
+    reference_db = run_study(load_study(study), tmp_path / "whole", workers=1)
+
+    out = tmp_path / "killed"
+    db = out / "kill" / "study.sqlite"
+    command = [sys.executable, "-m", "gatedrnn.cli", "study", "run", str(study), "--out", str(out),
+               "--workers", "1"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while _epoch_rows(db) < 6 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert process.poll() is None, "the study finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    statuses = {t["status"] for t in StudyStore(db).trials()}
+    assert "completed" not in statuses or "running" in statuses or "pending" in statuses
+
+    assert subprocess.run(command, capture_output=True, check=False).returncode == 0
+    rows, epochs = _final(db)
+    whole_rows, whole_epochs = _final(reference_db)
+    assert all(r["status"] == "completed" and r["finished"] for r in rows.values())
+    assert rows.keys() == whole_rows.keys()
+    for key, row in rows.items():
+        assert [e["epoch"] for e in epochs[key]] == [1, 2, 3, 4]  # each epoch once
+        assert row["result"]["test"] == whole_rows[key]["result"]["test"]  # as if never killed
+        assert [e["valid"] for e in epochs[key]] == [e["valid"] for e in whole_epochs[key]]
+
+
+def test_rerun_skips_finished_trials(tmp_path):
+    study = tmp_path / "s.toml"
+    study.write_text('tasks = ["adding"]\ncells = ["gru"]\nseeds = 2\nhidden_size = 8\n'
+                     "[train]\nepochs = 1\nsmoke = true\n")  # fmt: skip
+    db = run_study(load_study(study), tmp_path, workers=1)
+    first = {t["key"]: t["finished"] for t in StudyStore(db).trials()}
+    run_study(load_study(study), tmp_path, workers=1)
+    assert {t["key"]: t["finished"] for t in StudyStore(db).trials()} == first
+
+
+def test_a_diverging_trial_is_recorded_and_the_study_completes(tmp_path):
+    study = tmp_path / "d.toml"
+    study.write_text('tasks = ["adding"]\ncells = ["rnn", { cell = "gru", label = "hot" }]\n'
+                     "seeds = 1\nhidden_size = 8\n[train]\nepochs = 2\nsmoke = true\n"
+                     'optimizer = "sgd"\nlr = 1e12\nclip_norm = 0.0\n')  # fmt: skip
+    db = run_study(load_study(study), tmp_path, workers=1)
+    statuses = {t["cell"]: (t["status"], t["error"]) for t in StudyStore(db).trials()}
+    assert all(status == "diverged" and error for status, error in statuses.values())
+
+
+def test_process_pool_gives_the_same_results_as_one_process(tmp_path):
+    study = tmp_path / "p.toml"
+    study.write_text('tasks = ["adding"]\ncells = ["lstm", "gru"]\nseeds = 2\nhidden_size = 8\n'
+                     "[train]\nepochs = 2\nsmoke = true\n")  # fmt: skip
+    spec = load_study(study)
+    one, _ = _final(run_study(spec, tmp_path / "one", workers=1))
+    pool, pool_epochs = _final(run_study(spec, tmp_path / "pool", workers=2))
+    assert {k: r["result"]["test"] for k, r in one.items()} == {
+        k: r["result"]["test"] for k, r in pool.items()
+    }
+    assert all(len(e) == 2 for e in pool_epochs.values())  # epochs arrived through the queue
+
+
+def test_another_study_in_the_same_place_is_refused(tmp_path):
+    study = tmp_path / "s.toml"
+    study.write_text('tasks = ["adding"]\ncells = ["gru"]\nseeds = 1\nhidden_size = 8\n'
+                     "[train]\nepochs = 1\nsmoke = true\n")  # fmt: skip
+    run_study(load_study(study), tmp_path, workers=1)
+    study.write_text(study.read_text().replace("hidden_size = 8", "hidden_size = 9"))
+    with pytest.raises(ValueError, match="holds another study named 's'"):
+        run_study(load_study(study), tmp_path, workers=1)

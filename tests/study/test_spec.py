@@ -1,0 +1,82 @@
+"""Study files: the grid they describe, and malformed ones rejected with the key path before
+anything is written."""
+
+from __future__ import annotations
+
+import pytest
+
+from gatedrnn import count_parameters
+from gatedrnn.cli import main
+from gatedrnn.study import load_study
+
+GOOD = """
+name = "s"
+tasks = ["adding"]
+cells = ["lstm", "gru", { cell = "gru", label = "gru-before", reset = "before" }]
+widths = ["equal_hidden", "equal_params"]
+hidden_size = 20
+budget = 2000
+seeds = 2
+fractions = [0.5, 1.0]
+[train]
+epochs = 2
+smoke = true
+"""
+
+
+def test_grid_of_a_good_file(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(GOOD)
+    spec = load_study(path)
+    trials = spec.trials()
+    assert len(trials) == 1 * 3 * 2 * 2 * 2
+    assert len({t.key for t in trials}) == len(trials)
+    before = [t for t in trials if t.cell.label == "gru-before"]
+    assert all(t.config.cell_options == {"reset": "before"} for t in before)
+    budgeted = {t.cell.label: t.config.hidden_size for t in trials if t.width == "equal_params"}
+    for label, hidden in budgeted.items():
+        cell = "lstm" if label == "lstm" else "gru"
+        assert abs(count_parameters(cell, 2, hidden) - 2000) <= abs(
+            count_parameters(cell, 2, hidden + 1) - 2000
+        )
+    assert budgeted["gru"] > budgeted["lstm"]  # the same budget buys the GRU more units
+
+
+BASE = 'tasks = ["adding"]\ncells = ["gru"]\n'
+BAD = [
+    ("tasks = [", "not valid TOML"),
+    (BASE + "epochs = 3", "epochs: unknown key"),
+    ('tasks = "adding"\ncells = ["gru"]', "tasks: expected a list of task names, got str"),
+    ('tasks = ["chess"]\ncells = ["gru"]', "tasks\\[0\\]: unknown task 'chess'"),
+    ('tasks = ["adding"]\ncells = ["rwkv"]', "cells\\[0\\].cell: unknown cell 'rwkv'"),
+    ('tasks = ["adding"]\ncells = []', "cells: expected at least one cell"),
+    ('tasks = []\ncells = ["gru"]', "tasks: expected at least one task"),
+    (BASE + "seeds = -1", "seeds: expected at least 1 seed, got -1"),
+    (BASE + "seeds = 2.5", "seeds: expected an integer, got float"),
+    ('tasks = ["adding"]\ncells = [{ cell = "gru", reset = "mid" }]', "option 'reset'"),
+    ('tasks = ["jsb"]\ncells = ["lstm"]\nwidths = ["equal_params"]\nbudget = 100',
+     "budget: a lstm layer with input_size=88 needs .* more than the budget of 100"),
+    (BASE + '[train]\nlr = "fast"', "train.lr: expected float, got str"),
+    (BASE + "[train]\nseed = 3", "train.seed: is set by the study grid"),
+    (BASE + 'widths = ["equal_flops"]', "widths\\[0\\]: expected one of"),
+    ('tasks = ["adding"]\ncells = ["gru", "gru"]', "cells: labels must differ"),
+    (BASE + "fractions = [0]", "fractions\\[0\\]: expected a number in"),
+    (BASE + '[executor]\nkind = "slurm"', "executor.kind: expected one of"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text, message", BAD, ids=[m.split(":")[0] for _, m in BAD])
+def test_bad_study_files_are_rejected_before_anything_runs(tmp_path, capsys, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_study(path)
+    out = tmp_path / "runs"
+    assert main(["study", "run", str(path), "--out", str(out)]) == 2
+    assert "bad.toml" in capsys.readouterr().out
+    assert not out.exists()  # nothing written
+
+
+def test_missing_study_file(tmp_path, capsys):
+    assert main(["study", "run", str(tmp_path / "none.toml")]) == 2
+    assert "no such study file" in capsys.readouterr().out.replace("\n", " ")
