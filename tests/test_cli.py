@@ -21,11 +21,6 @@ def test_cells_budget_too_small_is_a_clear_error(capsys):
     assert "more than the budget of 10" in capsys.readouterr().out
 
 
-def test_compare_says_it_is_not_built(capsys):
-    assert main(["compare"]) == 2
-    assert "not built yet" in capsys.readouterr().out
-
-
 def test_console_script_runs():
     result = subprocess.run(
         [sys.executable, "-m", "gatedrnn.cli", "cells"], capture_output=True, text=True, check=False

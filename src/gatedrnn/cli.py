@@ -33,9 +33,11 @@ CELL_TABLE: tuple[CellSpec, ...] = (
 )
 
 
-# TrainConfig fields that `gatedrnn train` exposes as flags (cell_options stays a Python-API field)
+# TrainConfig fields that `gatedrnn train` exposes as flags (the option tables stay in the API)
 TRAIN_OPTIONS = tuple(
-    name for name in TrainConfig.__dataclass_fields__ if name not in ("cell_options",)
+    name
+    for name in TrainConfig.__dataclass_fields__
+    if name not in ("cell_options", "task_options")
 )
 
 
@@ -59,8 +61,16 @@ def _cells(args: argparse.Namespace, console: Console) -> int:
     for spec in CELL_TABLE:
         cost = spec.step_cost(args.input_size, args.hidden_size)
         params = count_parameters(spec, args.input_size, args.hidden_size, args.layers)
-        row = [spec.name, params, cost.gates, cost.weight_matrices, cost.state_tensors,
-               cost.matmul_flops, cost.pointwise_flops, cost.nonlinearities]  # fmt: skip
+        row = [
+            spec.name,
+            params,
+            cost.gates,
+            cost.weight_matrices,
+            cost.state_tensors,
+            cost.matmul_flops,
+            cost.pointwise_flops,
+            cost.nonlinearities,
+        ]
         if args.budget:
             row.append(hidden_for_budget(spec, args.budget, args.input_size, args.layers))
         table.add_row(*map(str, row))
@@ -75,9 +85,15 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         args.hidden, args.batch, args.steps, args.repeats, args.warmup = [32], [4], 10, 2, 1
     with console.status("timing") as status:
         results = run_benchmark(
-            args.cells, args.hidden, args.batch, args.steps, args.repeats, args.warmup,
-            args.backends, progress=lambda text: status.update(f"timing: {text} done"),
-        )  # fmt: skip
+            args.cells,
+            args.hidden,
+            args.batch,
+            args.steps,
+            args.repeats,
+            args.warmup,
+            args.backends,
+            progress=lambda text: status.update(f"timing: {text} done"),
+        )
     by_key = {(r.cell, r.hidden, r.batch, r.mode, r.impl): r for r in results}
     table = Table(
         title=f"Time against torch.nn (T={args.steps}, median of {args.repeats}, "
@@ -203,11 +219,12 @@ def _data(args: argparse.Namespace, console: Console) -> int:
         if args.action == "fetch":
             with console.status(f"fetching {name}") as status:
                 folder = fetch(
-                    name, args.data_dir,
+                    name,
+                    args.data_dir,
                     progress=lambda f, done, total, name=name: status.update(
                         f"fetching {name}/{f}: {done / 1e6:.1f} of {total / 1e6:.1f} MB"
                     ),
-                )  # fmt: skip
+                )
             console.print(f"{name}: fetched and verified in {folder}")
         else:
             console.print(f"{name}: verified in {locate(name, args.data_dir)}")
@@ -227,8 +244,13 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     console.print(
         f"{'epoch':>5} {'train loss':>11} {'valid':>18} {'lr':>9} {'s':>7} {'units/s':>9}"
     )
-    with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:  # fmt: skip
+    with Progress(
+        TextColumn("epoch {task.fields[epoch]}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         bar = progress.add_task("train", total=None, epoch=1)
 
         def on_batch(epoch: int, batches: int) -> None:
@@ -236,12 +258,19 @@ def _train(args: argparse.Namespace, console: Console) -> int:
 
         def on_epoch(r) -> None:
             valid = " ".join(f"{k} {v:.4f}" for k, v in r.valid.items())
-            progress.console.print(f"{r.epoch:>5} {r.train_loss:>11.4f} {valid:>18} {r.lr:>9.2e} "
-                                   f"{r.seconds:>7.2f} {r.units_per_second:>9.0f}")  # fmt: skip
+            progress.console.print(
+                f"{r.epoch:>5} {r.train_loss:>11.4f} {valid:>18} {r.lr:>9.2e} "
+                f"{r.seconds:>7.2f} {r.units_per_second:>9.0f}"
+            )
             progress.update(bar, total=progress.tasks[0].completed or None, completed=0)
 
-        result = train(config, checkpoint=args.checkpoint, on_epoch=on_epoch, on_batch=on_batch,
-                       data_dir=args.data_dir)  # fmt: skip
+        result = train(
+            config,
+            checkpoint=args.checkpoint,
+            on_epoch=on_epoch,
+            on_batch=on_batch,
+            data_dir=args.data_dir,
+        )
     best = f"best epoch {result.best_epoch}" if result.best_epoch else "no finished epoch"
     why = f" ({result.reason})" if result.reason else ""
     console.print(f"{result.status}{why}; {best}; test {result.test}")
@@ -255,46 +284,98 @@ def _train(args: argparse.Namespace, console: Console) -> int:
 def _study(args: argparse.Namespace, console: Console) -> int:
     import dataclasses
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from gatedrnn.study import load_study, run_study, study_paths
+    from gatedrnn.study import StudyStore, load_study
 
     spec = load_study(args.file)
     if args.executor:
         spec = dataclasses.replace(
             spec, executor=dataclasses.replace(spec.executor, kind=args.executor)
         )
-    total = len(spec.trials())
-    db_path, _ = study_paths(spec, args.out)
-    console.print(f"study {spec.name!r}: {total} trials → {db_path}")
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())  # fmt: skip
-    with Progress(*columns, console=console) as progress:
-        bar = progress.add_task("trials", total=total)
-
-        def update(counts: dict[str, int]) -> None:
-            done = counts.get("completed", 0) + counts.get("diverged", 0)
-            text = (f"running {counts.get('running', 0)}, failed {counts.get('failed', 0)}, "
-                    f"diverged {counts.get('diverged', 0)}")  # fmt: skip
-            progress.update(bar, completed=done, description=text)
-
-        run_study(spec, args.out, workers=args.workers, progress=update, data_dir=args.data_dir)
-    from gatedrnn.study import StudyStore
-
+    db_path = _run_with_progress(spec, args, console)
     counts = StudyStore(db_path).counts()
     console.print(f"done: {counts}")
     return 0 if not counts.get("failed") else 1
 
 
-def _not_built(name: str, issue: int) -> object:
-    def run(args: argparse.Namespace, console: Console) -> int:
-        console.print(
-            f"[bold red]gatedrnn {name}[/] is not built yet (tracked in issue {issue}); "
-            "the layers (gatedrnn.GRU, LSTM, RNN and variants) and `gatedrnn cells` are."
-        )
-        return 2
+def _verdict_table(summary: dict[str, tuple[str, str]], title: str) -> Table:
+    colours = {"supported": "green", "contradicted": "red", "inconclusive": "yellow"}
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for column in ("claim", "verdict", "scopes"):
+        table.add_column(column)
+    for claim, (verdict, counts) in summary.items():
+        table.add_row(claim, f"[{colours[verdict]}]{verdict}[/]", counts)
+    return table
 
-    return run
+
+def _run_with_progress(spec, args, console: Console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from gatedrnn.study import run_study, study_paths
+
+    total = len(spec.trials())
+    db_path, _ = study_paths(spec, args.out)
+    console.print(f"study {spec.name!r}: {total} trials → {db_path}")
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("trials", total=total)
+
+        def update(counts: dict[str, int]) -> None:
+            done = counts.get("completed", 0) + counts.get("diverged", 0)
+            text = (
+                f"running {counts.get('running', 0)}, failed {counts.get('failed', 0)}, "
+                f"diverged {counts.get('diverged', 0)}"
+            )
+            progress.update(bar, completed=done, description=text)
+
+        run_study(
+            spec,
+            args.out,
+            workers=args.workers,
+            progress=update,
+            data_dir=getattr(args, "data_dir", None),
+        )
+    return db_path
+
+
+def _compare(args: argparse.Namespace, console: Console) -> int:
+    import time
+
+    from gatedrnn.report import build_report
+    from gatedrnn.study.presets import compare_study
+
+    spec = compare_study(
+        args.scale,
+        tasks=args.tasks,
+        cells=args.cells,
+        seeds=args.seeds,
+        device=args.device,
+        executor=args.executor,
+    )
+    start = time.perf_counter()
+    db_path = _run_with_progress(spec, args, console)
+    md, page, summary = build_report(db_path, candidate=args.candidate, baseline=args.baseline)
+    minutes = (time.perf_counter() - start) / 60
+    console.print(_verdict_table(summary, f"{args.candidate} vs {args.baseline}: the claims"))
+    console.print(f"report: {page} (and {md}); {minutes:.1f} minutes")
+    return 0
+
+
+def _report(args: argparse.Namespace, console: Console) -> int:
+    from gatedrnn.report import build_report
+
+    folder = Path(args.dir)
+    db_path = folder / "study.sqlite" if folder.is_dir() else folder
+    if not db_path.is_file():
+        raise FileNotFoundError(f"{db_path}: no study database (expected DIR/study.sqlite)")
+    md, page, summary = build_report(db_path, candidate=args.candidate, baseline=args.baseline)
+    console.print(_verdict_table(summary, f"{args.candidate} vs {args.baseline}: the claims"))
+    console.print(f"report: {page} (and {md})")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -314,8 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
     cells.set_defaults(run=_cells)
 
     bench = commands.add_parser("bench", help="layer speed and memory against torch.nn")
-    bench.add_argument("--cells", type=_csv(str), default=["rnn", "lstm", "gru"],
-                       help="comma-separated cells (default rnn,lstm,gru)")  # fmt: skip
+    bench.add_argument(
+        "--cells",
+        type=_csv(str),
+        default=["rnn", "lstm", "gru"],
+        help="comma-separated cells (default rnn,lstm,gru)",
+    )
     bench.add_argument("--hidden", type=_csv(int), default=[128, 256, 512], help="hidden sizes")
     bench.add_argument("--batch", type=_csv(int), default=[1, 32], help="batch sizes")
     bench.add_argument("--steps", type=int, default=100, help="sequence length T (default 100)")
@@ -342,11 +427,14 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(defaults, name)
         flag = "--" + name.replace("_", "-")
         if isinstance(default, bool):
-            train.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                               help=f"(default {default})")  # fmt: skip
+            train.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"(default {default})",
+            )
         else:
-            train.add_argument(flag, type=type(default), default=None,
-                               help=f"(default {default})")  # fmt: skip
+            train.add_argument(flag, type=type(default), default=None, help=f"(default {default})")
     train.add_argument("--checkpoint", help="save every epoch here; an existing one resumes")
     train.add_argument("--out", help="write the result as JSON")
     train.add_argument("--data-dir", help="look for datasets here first")
@@ -364,8 +452,24 @@ def build_parser() -> argparse.ArgumentParser:
     study_run.add_argument("--data-dir", help="look for datasets here first")
     study_run.set_defaults(run=_study)
 
-    compare = commands.add_parser("compare", help="RNN vs LSTM vs GRU study (not built yet)")
-    compare.set_defaults(run=_not_built("compare", 6))
+    compare = commands.add_parser("compare", help="RNN vs LSTM vs GRU: run the study, report")
+    compare.add_argument("--scale", choices=("smoke", "default", "full"), default="default")
+    compare.add_argument("--tasks", type=_csv(str), help="comma-separated (default jsb,adding)")
+    compare.add_argument("--cells", type=_csv(str), help="comma-separated (default rnn,lstm,gru)")
+    compare.add_argument("--seeds", type=int, help="seeds per configuration")
+    compare.add_argument("--device", help="cpu (default) or cuda")
+    compare.add_argument("--executor", choices=("local", "ray"))
+    compare.add_argument("--workers", type=int, help="processes (default: all cores)")
+    compare.add_argument("--out", default="runs", help="results go to OUT/<study>/ (default runs)")
+    compare.add_argument("--candidate", default="gru", help="the cell the claims are about")
+    compare.add_argument("--baseline", default="lstm", help="the cell it is compared with")
+    compare.set_defaults(run=_compare)
+
+    report = commands.add_parser("report", help="rebuild a study's report from its database")
+    report.add_argument("dir", help="the study folder (holding study.sqlite)")
+    report.add_argument("--candidate", default="gru")
+    report.add_argument("--baseline", default="lstm")
+    report.set_defaults(run=_report)
     return parser
 
 
@@ -375,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args, console)
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as error:
-        console.print(f"[bold red]error:[/] {error}")
+        console.print(f"[bold red]error:[/] {error}", soft_wrap=True, markup=True)
         return 2
 
 

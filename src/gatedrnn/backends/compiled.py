@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -22,6 +23,7 @@ import torch
 __all__ = ["compiled_loops", "unavailable_reason"]
 
 logger = logging.getLogger(__name__)
+_NAME = "gatedrnn_cpu_loops"
 _SOURCE = Path(__file__).parent / "csrc" / "loops.cpp"
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
 _state: dict[str, object] = {}
@@ -44,6 +46,22 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def _clear_stale_lock(max_age: float = 600.0) -> None:
+    """torch's build lock outlives a process killed mid-build, and every later build then waits
+    on it forever; a build takes under a minute, so a lock older than ``max_age`` is stale."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        lock = Path(_get_build_directory(_NAME, verbose=False)) / "lock"
+        if lock.exists() and time.time() - lock.stat().st_mtime > max_age:
+            warnings.warn(
+                f"gatedrnn: removing a stale build lock {lock}", RuntimeWarning, stacklevel=3
+            )
+            lock.unlink(missing_ok=True)
+    except Exception:  # a private torch helper: if it moved, building still works, unguarded
+        logger.debug("could not check for a stale build lock", exc_info=True)
+
+
 def compiled_loops() -> ModuleType | None:
     """The compiled module, or None after one warning that says why it is not available."""
     if "module" in _state:
@@ -52,9 +70,10 @@ def compiled_loops() -> ModuleType | None:
     if reason is None:
         from torch.utils.cpp_extension import load
 
+        _clear_stale_lock()
         logger.info("building the compiled CPU loops (once; cached by torch)")
         try:
-            module = load("gatedrnn_cpu_loops", [str(_SOURCE)], extra_cflags=_FLAGS)
+            module = load(_NAME, [str(_SOURCE)], extra_cflags=_FLAGS)
         except Exception as error:  # a failed build must not stop the layer: say it and go on
             reason = f"the build failed: {str(error).strip().splitlines()[-1][:300]}"
     if reason is not None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from gatedrnn.backends.compiled import compiled_loops
 from gatedrnn.study.spec import StudySpec, Trial
 from gatedrnn.study.store import DONE, StudyStore
 from gatedrnn.train import TrainConfig, train
@@ -136,6 +137,7 @@ def _run_here(store, todo: list[Trial], checkpoints: Path, progress, threads, da
 
 
 def _run_pool(store, todo, checkpoints, progress, workers, threads, data_dir) -> None:
+    compiled_loops()  # build the compiled loops here, once, rather than racing in every worker
     context = multiprocessing.get_context("spawn")  # no forked OpenMP or torch thread state
     with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
         events = manager.Queue()

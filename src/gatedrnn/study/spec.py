@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,37 +83,47 @@ class StudySpec:
     seeds: int = 3
     fractions: tuple[float, ...] = (1.0,)
     train: dict[str, Any] = field(default_factory=dict)
+    task_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per task name
     executor: ExecutorSpec = ExecutorSpec()
 
     def trials(self) -> list[Trial]:
-        """Every trial of the grid, tasks × cells × widths × fractions × seeds."""
-        trials = []
+        """Every trial of the grid: tasks × widths × fractions × seeds × cells. Cells vary
+        fastest, so the trials a claim pairs (same seed, other cell) run next to each other
+        and see the same machine state."""
+        hidden: dict[tuple[str, str, str], int] = {}
         for task in self.tasks:
-            input_size = TASKS[task].input_size
             for choice in self.cells:
                 for width in self.widths:
-                    hidden = self.hidden_size
-                    if width == "equal_params":
-                        hidden = hidden_for_budget(
-                            make_spec(choice.cell, **_spec_options(choice)),
-                            self.budget,
-                            input_size,
-                            self.train.get("num_layers", 1),
-                        )
-                    for fraction in self.fractions:
-                        for seed in range(self.seeds):
+                    hidden[task, choice.label, width] = self._hidden(task, choice, width)
+        trials = []
+        for task in self.tasks:
+            for width in self.widths:
+                for fraction in self.fractions:
+                    for seed in range(self.seeds):
+                        for choice in self.cells:
                             values = {
                                 **self.train,
                                 "task": task,
                                 "cell": choice.cell,
-                                "hidden_size": hidden,
+                                "hidden_size": hidden[task, choice.label, width],
                                 "seed": seed,
                                 "fraction": fraction,
                                 "cell_options": dict(choice.options),
+                                "task_options": dict(self.task_options.get(task, {})),
                             }
                             config = TrainConfig.from_dict(values)
                             trials.append(Trial(task, choice, width, seed, fraction, config))
         return trials
+
+    def _hidden(self, task: str, choice: CellChoice, width: str) -> int:
+        if width == "equal_hidden":
+            return self.hidden_size
+        return hidden_for_budget(
+            make_spec(choice.cell, **_spec_options(choice)),
+            self.budget,
+            TASKS[task].input_size,
+            self.train.get("num_layers", 1),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -192,10 +203,28 @@ def parse_study(raw: dict[str, Any], default_name: str = "study") -> StudySpec:
         if not 0 < fraction <= 1:
             raise _fail(f"fractions[{i}]", f"expected a number in (0, 1], got {fraction}")
     train = dict(_expect(raw.get("train", {}), dict, "train", "a table"))
-    for key in ("task", "cell", "hidden_size", "seed", "fraction", "cell_options"):
+    for key in ("task", "cell", "hidden_size", "seed", "fraction", "cell_options", "task_options"):
         if key in train:
             raise _fail(f"train.{key}", "is set by the study grid, not in [train]")
     TrainConfig.from_dict(train, where="train")  # names and types, before anything runs
+    task_options = dict(_expect(raw.get("task_options", {}), dict, "task_options", "a table"))
+    for task, options in task_options.items():
+        if task not in tasks:
+            raise _fail(f"task_options.{task}", f"is not one of the study's tasks {list(tasks)}")
+        _expect(options, dict, f"task_options.{task}", "a table")
+        accepted = set(inspect.signature(TASKS[task].__init__).parameters) - {
+            "self",
+            "smoke",
+            "fraction",
+            "seed",
+            "data_dir",
+        }
+        for key in options:
+            if key not in accepted:
+                raise _fail(
+                    f"task_options.{task}.{key}",
+                    f"unknown option; expected one of: {', '.join(sorted(accepted)) or 'none'}",
+                )
     executor_raw = dict(_expect(raw.get("executor", {}), dict, "executor", "a table"))
     for key in executor_raw:
         if key not in ("kind", "workers", "address"):

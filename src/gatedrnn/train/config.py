@@ -21,6 +21,7 @@ SCHEDULES = ("none", "step", "plateau")
 @dataclass(frozen=True)
 class TrainConfig:
     task: str = "jsb"  # a registered task name (`gatedrnn tasks`)
+    task_options: dict[str, Any] = field(default_factory=dict)  # e.g. adding: {"steps": 50}
     cell: str = "gru"  # rnn | lstm | gru | mgu | mingru | minlstm
     hidden_size: int = 100
     num_layers: int = 1

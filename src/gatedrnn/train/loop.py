@@ -27,7 +27,7 @@ import torch
 import gatedrnn
 from gatedrnn.backends import resolve_backend
 from gatedrnn.bench import saved_bytes
-from gatedrnn.tasks import Batch, Task, build_task
+from gatedrnn.tasks import TASKS, Batch, Task, build_task
 from gatedrnn.train.config import TrainConfig
 
 __all__ = ["EpochRecord", "RunResult", "build_optimizer", "environment", "train"]
@@ -158,7 +158,9 @@ def train(
 
 def _train(config, device, checkpoint, on_epoch, on_batch, data_dir) -> RunResult:
     torch.manual_seed(config.seed)
-    task_options = {"data_dir": data_dir} if data_dir and config.task != "adding" else {}
+    task_options = dict(config.task_options)
+    if data_dir and TASKS[config.task].dataset:
+        task_options["data_dir"] = data_dir
     task: Task = build_task(
         config.task, smoke=config.smoke, fraction=config.fraction, seed=config.seed,
         **task_options,

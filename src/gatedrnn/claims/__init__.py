@@ -1,0 +1,16 @@
+"""The claims made for the GRU, measured from a study's database, with verdicts."""
+
+from gatedrnn.claims.stats import Interval, mean_ci, paired_difference, paired_ratio, tost
+from gatedrnn.claims.verdicts import CLAIMS, ClaimVerdict, evaluate_claims, overall
+
+__all__ = [
+    "CLAIMS",
+    "ClaimVerdict",
+    "Interval",
+    "evaluate_claims",
+    "mean_ci",
+    "overall",
+    "paired_difference",
+    "paired_ratio",
+    "tost",
+]

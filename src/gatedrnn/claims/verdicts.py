@@ -1,0 +1,284 @@
+"""Each claim made for the GRU, measured on a study's stored results, with a verdict.
+
+Verdicts are *supported*, *contradicted* or *inconclusive*, each with the numbers behind it. The
+rules are deliberately hard to satisfy by chance:
+
+* intervals are 95% t intervals over seeds, paired by seed; fewer than two pairs → inconclusive;
+* a ratio claim (speed, convergence) also needs the whole interval past a 5% practical margin,
+  so timing noise between two identical cells does not produce a verdict;
+* facts (parameter counts, bytes, gates) that are equal → inconclusive;
+* "comparable" is an equivalence test (TOST) against a margin of 2% of the baseline's metric.
+
+Comparing a cell with itself therefore never yields *supported* or *contradicted* (tested).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from gatedrnn.claims.stats import Interval, paired_difference, paired_ratio, tost
+from gatedrnn.nn.spec import make_spec
+from gatedrnn.tasks import TASKS
+
+__all__ = ["CLAIMS", "ClaimVerdict", "evaluate_claims", "overall"]
+
+SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
+PRACTICAL = 0.05  # ratio margin for speed and convergence
+EQUIVALENCE = 0.02  # relative margin for "comparable performance"
+
+CLAIMS = (
+    "simpler",
+    "fewer parameters",
+    "faster training",
+    "faster convergence",
+    "lower memory",
+    "better generalization",
+    "comparable performance",
+)
+
+
+@dataclass
+class ClaimVerdict:
+    claim: str
+    scope: str  # "cell definitions", or "task / width [/ fraction]"
+    verdict: str
+    measurement: str  # one line with the numbers
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _fact(candidate: float, baseline: float) -> str:
+    if candidate < baseline:
+        return SUPPORTED
+    if candidate > baseline:
+        return CONTRADICTED
+    return INCONCLUSIVE
+
+
+def _ratio_verdict(ratio: Interval) -> str:
+    if not ratio.defined:
+        return INCONCLUSIVE
+    if ratio.high < 1 - PRACTICAL:
+        return SUPPORTED
+    if ratio.low > 1 + PRACTICAL:
+        return CONTRADICTED
+    return INCONCLUSIVE
+
+
+def _better_verdict(diff: Interval, higher_is_better: bool) -> str:
+    """diff = candidate − baseline of a metric."""
+    if not diff.defined:
+        return INCONCLUSIVE
+    if (diff.low > 0) if higher_is_better else (diff.high < 0):
+        return SUPPORTED
+    if (diff.high < 0) if higher_is_better else (diff.low > 0):
+        return CONTRADICTED
+    return INCONCLUSIVE
+
+
+def _groups(trials: list[dict[str, Any]]) -> dict[tuple, dict[str, dict[int, dict]]]:
+    """(task, width, fraction) → cell label → seed → the trial's result (completed ones)."""
+    groups: dict[tuple, dict[str, dict[int, dict]]] = defaultdict(lambda: defaultdict(dict))
+    for t in trials:
+        if t["status"] == "completed" and t["result"]:
+            groups[(t["task"], t["width"], t["fraction"])][t["cell"]][t["seed"]] = t["result"]
+    return groups
+
+
+def _pairs(cells: dict[str, dict[int, dict]], candidate: str, baseline: str):
+    a, b = cells.get(candidate, {}), cells.get(baseline, {})
+    seeds = sorted(set(a) & set(b))
+    return [a[s] for s in seeds], [b[s] for s in seeds]
+
+
+def _steps_to(history: list[dict], metric: str, target: float, higher: bool, key: str) -> float:
+    for record in history:
+        value = record["valid"][metric]
+        if (value >= target) if higher else (value <= target):
+            return record[key]
+    return math.inf
+
+
+def evaluate_claims(
+    trials: list[dict[str, Any]], candidate: str = "gru", baseline: str = "lstm"
+) -> list[ClaimVerdict]:
+    """Every claim for ``candidate`` against ``baseline`` (cell labels of the study)."""
+    verdicts: list[ClaimVerdict] = []
+    labels = {t["cell"]: t["config"] for t in trials}
+    if candidate not in labels or baseline not in labels:
+        raise ValueError(
+            f"the study has no {candidate!r} or no {baseline!r} cell; it has {sorted(labels)}"
+        )
+    verdicts.append(_simpler(labels[candidate], labels[baseline], candidate, baseline))
+    groups = _groups(trials)
+    full = {k: v for k, v in groups.items() if k[2] == max(f for _, _, f in groups)}
+    for (task, width, fraction), cells in sorted(groups.items()):
+        a, b = _pairs(cells, candidate, baseline)
+        if not a:
+            continue
+        metric = TASKS[task].metrics[0]
+        scope = f"{task} / {width}"
+        if (task, width, fraction) in full:
+            if width == "equal_hidden":
+                verdicts.append(
+                    ClaimVerdict(
+                        "fewer parameters",
+                        scope,
+                        _fact(a[0]["parameters"], b[0]["parameters"]),
+                        f"{a[0]['parameters']:,} vs {b[0]['parameters']:,} parameters",
+                    )
+                )
+                verdicts.append(_memory(a, b, scope))
+            verdicts.append(_speed(a, b, scope))
+            verdicts.append(_convergence(a, b, scope, metric.name, metric.higher_is_better))
+            verdicts.append(_comparable(a, b, scope, metric.name, metric.higher_is_better))
+        fractions = sorted({f for t, w, f in groups if t == task and w == width})
+        if fraction == fractions[0]:  # the smallest training set of this task and width
+            verdicts.append(
+                _generalization(
+                    a, b, f"{scope} / {fraction:g} of train", metric.name, metric.higher_is_better
+                )
+            )
+    return verdicts
+
+
+def _simpler(cand: dict, base: dict, cand_label: str, base_label: str) -> ClaimVerdict:
+    def cost(config: dict):
+        options = {k: v for k, v in config["cell_options"].items() if k != "forget_bias"}
+        return make_spec(config["cell"], **options).step_cost(100, 100)
+
+    a, b = cost(cand), cost(base)
+    fields = ("gates", "weight_matrices", "state_tensors", "nonlinearities", "flops")
+    less = [getattr(a, f) < getattr(b, f) for f in fields]
+    more = [getattr(a, f) > getattr(b, f) for f in fields]
+    verdict = (
+        SUPPORTED
+        if any(less) and not any(more)
+        else (CONTRADICTED if any(more) and not any(less) else INCONCLUSIVE)
+    )
+    text = "; ".join(
+        f"{f.replace('_', ' ')} {getattr(a, f)} vs {getattr(b, f)}" for f in fields[:4]
+    )
+    return ClaimVerdict(
+        "simpler",
+        "cell definitions",
+        verdict,
+        f"{text} (per step, H = 100)",
+        {"candidate": a.__dict__, "baseline": b.__dict__},
+    )
+
+
+def _memory(a: list[dict], b: list[dict], scope: str) -> ClaimVerdict:
+    # saved activations + parameters, gradients and Adam's two moments (float32)
+    def total(r: dict) -> float:
+        return r["saved_bytes"] + 4 * 4 * r["parameters"]
+
+    ta, tb = (sum(total(r) for r in rs) / len(rs) for rs in (a, b))
+    return ClaimVerdict(
+        "lower memory",
+        scope,
+        _fact(ta, tb),
+        f"{ta / 1e6:.2f} MB vs {tb / 1e6:.2f} MB (saved for backward + params, grads, Adam state)",
+        {"candidate": ta, "baseline": tb},
+    )
+
+
+def _speed(a: list[dict], b: list[dict], scope: str) -> ClaimVerdict:
+    ratio = paired_ratio([r["seconds_per_epoch"] for r in a], [r["seconds_per_epoch"] for r in b])
+    where = f"{a[0]['environment'].get('device', '?')}, {a[0]['backend']} vs {b[0]['backend']}"
+    return ClaimVerdict(
+        "faster training",
+        scope,
+        _ratio_verdict(ratio),
+        f"time per epoch ratio {ratio} ({where})",
+        {"ratio": ratio.__dict__},
+    )
+
+
+def _convergence(a, b, scope, metric: str, higher: bool) -> ClaimVerdict:
+    updates_a, updates_b, seconds_a, seconds_b = [], [], [], []
+    for ra, rb in zip(a, b, strict=True):
+        best = [ra["best_valid"][metric], rb["best_valid"][metric]]
+        target = min(best) if higher else max(best)  # the worse cell's best: both reach it
+        updates_a.append(_steps_to(ra["history"], metric, target, higher, "updates"))
+        updates_b.append(_steps_to(rb["history"], metric, target, higher, "updates"))
+        seconds_a.append(_steps_to(ra["history"], metric, target, higher, "elapsed"))
+        seconds_b.append(_steps_to(rb["history"], metric, target, higher, "elapsed"))
+    ratio = paired_ratio(updates_a, updates_b)
+    seconds = paired_ratio(seconds_a, seconds_b)
+    return ClaimVerdict(
+        "faster convergence",
+        scope,
+        _ratio_verdict(ratio),
+        f"updates to the target, ratio {ratio}; seconds {seconds}",
+        {"updates": ratio.__dict__, "seconds": seconds.__dict__},
+    )
+
+
+def _generalization(a, b, scope, metric: str, higher: bool) -> ClaimVerdict:
+    diff = paired_difference([r["test"][metric] for r in a], [r["test"][metric] for r in b])
+    gap = paired_difference(
+        [r["test"][metric] - r["train"][metric] for r in a],
+        [r["test"][metric] - r["train"][metric] for r in b],
+    )
+    return ClaimVerdict(
+        "better generalization",
+        scope,
+        _better_verdict(diff, higher),
+        f"test {metric} difference {diff}; train–test gap difference {gap}",
+        {"difference": diff.__dict__, "gap": gap.__dict__},
+    )
+
+
+def _comparable(a, b, scope, metric: str, higher: bool) -> ClaimVerdict:
+    ta, tb = [r["test"][metric] for r in a], [r["test"][metric] for r in b]
+    margin = EQUIVALENCE * abs(sum(tb) / len(tb))
+    diffs = [x - y for x, y in zip(ta, tb, strict=True)]
+    p = tost(diffs, margin)
+    diff = paired_difference(ta, tb)
+    if math.isfinite(p) and p < 0.05:
+        verdict = SUPPORTED
+    elif diff.defined and (diff.low > margin or diff.high < -margin):
+        verdict = CONTRADICTED
+    else:
+        verdict = INCONCLUSIVE
+    better = (
+        ""
+        if verdict != CONTRADICTED
+        else (
+            "; the candidate is better"
+            if (diff.estimate > 0) == higher
+            else "; the baseline is better"
+        )
+    )
+    return ClaimVerdict(
+        "comparable performance",
+        scope,
+        verdict,
+        f"test {metric} difference {diff}, margin ±{margin:.4g}, TOST p = {p:.3g}{better}",
+        {"difference": diff.__dict__, "margin": margin, "p": p},
+    )
+
+
+def overall(verdicts: list[ClaimVerdict]) -> dict[str, tuple[str, str]]:
+    """Claim → (verdict, counts): supported or contradicted only where every scope agrees."""
+    by_claim: dict[str, list[str]] = defaultdict(list)
+    for v in verdicts:
+        by_claim[v.claim].append(v.verdict)
+    result = {}
+    for claim in CLAIMS:
+        found = by_claim.get(claim, [])
+        counts = ", ".join(
+            f"{found.count(x)} {x}"
+            for x in (SUPPORTED, CONTRADICTED, INCONCLUSIVE)
+            if found.count(x)
+        )
+        if found and all(x == SUPPORTED for x in found):
+            result[claim] = (SUPPORTED, counts)
+        elif found and all(x == CONTRADICTED for x in found):
+            result[claim] = (CONTRADICTED, counts)
+        else:
+            result[claim] = (INCONCLUSIVE, counts or "not measured")
+    return result

@@ -1,0 +1,343 @@
+"""The study report: ``report.md`` and a self-contained ``report.html`` (figures embedded), built
+only from the study's database, never by training.
+
+Contents: the verdict table first; every claim's measurement per task and width; per task the
+results table (mean and 95% interval over seeds per cell and width), learning curves against
+updates and against seconds, test metric against training fraction; published anchors; the
+environment; trials that diverged or failed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+import numpy as np
+
+from gatedrnn.claims import evaluate_claims, mean_ci, overall
+from gatedrnn.study.store import StudyStore
+from gatedrnn.tasks import TASKS
+
+__all__ = ["ANCHORS", "build_report"]
+
+# Published test results to read ours against (different encodings and training budgets).
+ANCHORS = {
+    "jsb": "Chung et al. 2014, Table 2, JSB Chorales test NLL: tanh-RNN 9.10, GRU 8.54, LSTM 8.67 "
+    "(their models had ~20K parameters and longer training; their NLL normalisation may differ)",
+    "adding": "Solving the task means a test MSE well below 1/6 ≈ 0.167, the MSE of predicting 1 "
+    "(Hochreiter & Schmidhuber 1997; Arjovsky et al. 2016)",
+}
+
+
+def _figure_png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _curves(task: str, rows: list[dict], epochs: dict[str, list[dict]], x_key: str) -> bytes:
+    metric = TASKS[task].metrics[0].name
+    widths = sorted({r["width"] for r in rows})
+    fig, axes = plt.subplots(1, len(widths), figsize=(5.2 * len(widths), 3.6), squeeze=False)
+    full = max(r["fraction"] for r in rows)
+    for ax, width in zip(axes[0], widths, strict=True):
+        by_cell: dict[str, list[list[dict]]] = defaultdict(list)
+        for r in rows:
+            if r["width"] == width and r["fraction"] == full and epochs.get(r["key"]):
+                by_cell[r["cell"]].append(epochs[r["key"]])
+        for cell, runs in sorted(by_cell.items()):
+            n = min(len(e) for e in runs)
+            xs = np.mean([[e[i][x_key] for i in range(n)] for e in runs], axis=0)
+            ys = np.array([[e[i]["valid"][metric] for i in range(n)] for e in runs])
+            ax.plot(xs, ys.mean(0), label=f"{cell} (n={len(runs)})")
+            if len(runs) > 1:
+                ax.fill_between(xs, ys.min(0), ys.max(0), alpha=0.2)
+        ax.set_title(f"{task}, {width.replace('_', ' ')}")
+        ax.set_xlabel("updates" if x_key == "updates" else "training seconds")
+        ax.set_ylabel(f"validation {metric}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _figure_png(fig)
+
+
+def _fractions(task: str, rows: list[dict]) -> bytes | None:
+    fractions = sorted({r["fraction"] for r in rows})
+    if len(fractions) < 2:
+        return None
+    metric = TASKS[task].metrics[0].name
+    widths = sorted({r["width"] for r in rows})
+    fig, axes = plt.subplots(1, len(widths), figsize=(5.2 * len(widths), 3.6), squeeze=False)
+    for ax, width in zip(axes[0], widths, strict=True):
+        for cell in sorted({r["cell"] for r in rows}):
+            means, lows, highs = [], [], []
+            for f in fractions:
+                values = [
+                    r["result"]["test"][metric]
+                    for r in rows
+                    if r["cell"] == cell and r["width"] == width and r["fraction"] == f
+                ]
+                ci = mean_ci(values)
+                means.append(ci.estimate)
+                lows.append(ci.low if ci.defined else ci.estimate)
+                highs.append(ci.high if ci.defined else ci.estimate)
+            ax.errorbar(
+                fractions,
+                means,
+                yerr=[np.subtract(means, lows), np.subtract(highs, means)],
+                marker="o",
+                capsize=3,
+                label=cell,
+            )
+        ax.set_xscale("log")
+        ax.set_title(f"{task}, {width.replace('_', ' ')}")
+        ax.set_xlabel("fraction of the training set")
+        ax.set_ylabel(f"test {metric}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _figure_png(fig)
+
+
+def _results_table(task: str, rows: list[dict]) -> list[list[str]]:
+    metric = TASKS[task].metrics[0].name
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["width"], r["fraction"], r["cell"])].append(r)
+    table = []
+    for (width, fraction, cell), members in sorted(groups.items()):
+        done = [r["result"] for r in members if r["status"] == "completed"]
+        if not done:
+            table.append(
+                [
+                    width,
+                    f"{fraction:g}",
+                    cell,
+                    str(members[0]["hidden_size"]),
+                    "",
+                    "",
+                    "",
+                    f"{len(members)} not completed",
+                ]
+            )
+            continue
+        test = mean_ci([d["test"][metric] for d in done])
+        train = mean_ci([d["train"][metric] for d in done])
+        seconds = mean_ci([d["seconds_per_epoch"] for d in done])
+        table.append(
+            [
+                width,
+                f"{fraction:g}",
+                cell,
+                str(members[0]["hidden_size"]),
+                f"{done[0]['parameters']:,}",
+                str(test),
+                str(train),
+                f"{seconds.estimate:.3f} s/epoch, n={len(done)}",
+            ]
+        )
+    return table
+
+
+def build_report(
+    db_path: str | Path,
+    out_dir: str | Path | None = None,
+    candidate: str = "gru",
+    baseline: str = "lstm",
+) -> tuple[Path, Path, dict[str, tuple[str, str]]]:
+    """Write report.md (with PNG files beside it) and report.html; returns their paths and the
+    overall verdicts."""
+    db_path = Path(db_path)
+    out = Path(out_dir) if out_dir else db_path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    store = StudyStore(db_path)
+    trials = store.trials()
+    epochs = {t["key"]: store.epochs(t["key"]) for t in trials}
+    spec, env = store.get_meta("spec") or {}, store.get_meta("environment") or {}
+    store.close()
+    verdicts = evaluate_claims(trials, candidate, baseline)
+    summary = overall(verdicts)
+
+    sections: list[tuple[str, Any]] = []  # (kind, payload): "h", "p", "table", "figure"
+    title = f"gatedrnn study {spec.get('name', db_path.parent.name)!r}: {candidate} vs {baseline}"
+    sections.append(("h1", title))
+    sections.append(
+        (
+            "p",
+            f"{len(trials)} trials; tasks {', '.join(spec.get('tasks', []))}; "
+            f"cells {', '.join(sorted({t['cell'] for t in trials}))}; "
+            f"{spec.get('seeds', '?')} seeds.",
+        )
+    )
+    sections.append(("h2", "Verdicts"))
+    sections.append(
+        ("table", (["claim", "verdict", "scopes"], [[c, v, n] for c, (v, n) in summary.items()]))
+    )
+    sections.append(
+        (
+            "p",
+            "supported / contradicted need every scope to agree; intervals are "
+            "95% t intervals over seeds, paired by seed; ratios must clear a 5% "
+            "margin; 'comparable' is a TOST against ±2% of the baseline.",
+        )
+    )
+    sections.append(("h2", "Measurements"))
+    sections.append(
+        (
+            "table",
+            (
+                ["claim", "scope", "verdict", "measurement"],
+                [[v.claim, v.scope, v.verdict, v.measurement] for v in verdicts],
+            ),
+        )
+    )
+    figures: dict[str, bytes] = {}
+    for task in spec.get("tasks", sorted({t["task"] for t in trials})):
+        rows = [t for t in trials if t["task"] == task]
+        metric = TASKS[task].metrics[0]
+        direction = "higher" if metric.higher_is_better else "lower"
+        sections.append(("h2", f"Task {task}"))
+        sections.append(
+            (
+                "p",
+                f"{TASKS[task].description}. Test {metric.name}, {direction} is "
+                "better; mean [95% interval] over seeds at the best epoch.",
+            )
+        )
+        sections.append(
+            (
+                "table",
+                (
+                    [
+                        "width",
+                        "fraction",
+                        "cell",
+                        "hidden",
+                        "params",
+                        f"test {metric.name}",
+                        f"train {metric.name}",
+                        "speed",
+                    ],
+                    _results_table(task, rows),
+                ),
+            )
+        )
+        for name, png in (
+            (f"{task}_curves_updates.png", _curves(task, rows, epochs, "updates")),
+            (f"{task}_curves_seconds.png", _curves(task, rows, epochs, "elapsed")),
+            (f"{task}_fractions.png", _fractions(task, rows)),
+        ):
+            if png is not None:
+                figures[name] = png
+                sections.append(("figure", name))
+        if task in ANCHORS:
+            sections.append(("p", "Published anchor: " + ANCHORS[task]))
+    bad = [t for t in trials if t["status"] != "completed"]
+    if bad:
+        sections.append(("h2", "Trials that did not complete"))
+        sections.append(
+            (
+                "table",
+                (
+                    ["task", "cell", "width", "seed", "status", "error"],
+                    [
+                        [
+                            t["task"],
+                            t["cell"],
+                            t["width"],
+                            str(t["seed"]),
+                            t["status"],
+                            (t["error"] or "")[:200],
+                        ]
+                        for t in bad
+                    ],
+                ),
+            )
+        )
+    sections.append(("h2", "Environment"))
+    sections.append(("table", (["key", "value"], [[k, str(v)] for k, v in sorted(env.items())])))
+
+    for name, png in figures.items():
+        (out / name).write_bytes(png)
+    md_path, html_path = out / "report.md", out / "report.html"
+    _write_atomic(md_path, _markdown(sections))
+    _write_atomic(html_path, _html(title, sections, figures))
+    return md_path, html_path, summary
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _markdown(sections) -> str:
+    lines = []
+    for kind, payload in sections:
+        if kind == "h1":
+            lines += [f"# {payload}", ""]
+        elif kind == "h2":
+            lines += [f"## {payload}", ""]
+        elif kind == "p":
+            lines += [payload, ""]
+        elif kind == "figure":
+            lines += [f"![{payload}]({payload})", ""]
+        else:
+            header, rows = payload
+            lines.append("| " + " | ".join(header) + " |")
+            lines.append("|" + "---|" * len(header))
+            lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
+            lines.append("")
+    return "\n".join(lines)
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
+       color: #222; line-height: 1.45; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+td.supported { background: #e3f4e3; } td.contradicted { background: #fbe3e3; }
+td.inconclusive { background: #f6f6e6; }
+img { max-width: 100%; }
+"""
+
+
+def _html(title: str, sections, figures: dict[str, bytes]) -> str:
+    parts = [
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+    ]
+    for kind, payload in sections:
+        if kind in ("h1", "h2"):
+            parts.append(f"<{kind}>{html.escape(payload)}</{kind}>")
+        elif kind == "p":
+            parts.append(f"<p>{html.escape(payload)}</p>")
+        elif kind == "figure":
+            data = base64.b64encode(figures[payload]).decode()
+            parts.append(
+                f"<p><img alt='{html.escape(payload)}' src='data:image/png;base64,{data}'></p>"
+            )
+        else:
+            header, rows = payload
+            parts.append(
+                "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+            )
+            for row in rows:
+                cells = "".join(
+                    f"<td class='{c}'>{html.escape(c)}</td>"
+                    if c in ("supported", "contradicted", "inconclusive")
+                    else f"<td>{html.escape(c)}</td>"
+                    for c in row
+                )
+                parts.append(f"<tr>{cells}</tr>")
+            parts.append("</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

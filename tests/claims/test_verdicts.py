@@ -1,0 +1,56 @@
+"""Verdicts from real (tiny) studies: a cell against itself never differs; the GRU's facts."""
+
+from __future__ import annotations
+
+import pytest
+
+from gatedrnn.claims import evaluate_claims, overall
+from gatedrnn.study import StudyStore, parse_study, run_study
+
+TINY = {
+    "tasks": ["adding", "jsb"],
+    "widths": ["equal_hidden", "equal_params"],
+    "hidden_size": 12,
+    "budget": 2000,
+    "seeds": 3,
+    "fractions": [0.5, 1.0],
+    "train": {"epochs": 3, "smoke": True, "lr": 0.01},
+}
+
+
+@pytest.fixture(scope="module")
+def self_study(tmp_path_factory):
+    spec = parse_study(
+        {**TINY, "name": "self", "cells": ["gru", {"cell": "gru", "label": "gru-copy"}, "lstm"]}
+    )
+    db = run_study(spec, tmp_path_factory.mktemp("runs"), workers=1)
+    return StudyStore(db).trials()
+
+
+def test_a_cell_against_itself_never_differs(self_study):
+    for v in evaluate_claims(self_study, "gru", "gru-copy"):
+        if v.claim == "comparable performance":
+            assert v.verdict != "contradicted", v  # identical results are equivalent
+        else:
+            assert v.verdict == "inconclusive", v
+
+
+def test_gru_against_lstm_facts(self_study):
+    summary = overall(evaluate_claims(self_study, "gru", "lstm"))
+    assert summary["simpler"][0] == "supported"
+    assert summary["fewer parameters"][0] == "supported"  # at equal hidden size
+    assert summary["lower memory"][0] == "supported"
+    assert set(summary) == {
+        "simpler",
+        "fewer parameters",
+        "faster training",
+        "faster convergence",
+        "lower memory",
+        "better generalization",
+        "comparable performance",
+    }
+
+
+def test_unknown_labels_are_named(self_study):
+    with pytest.raises(ValueError, match="no 'mgu' or no 'lstm' cell; it has"):
+        evaluate_claims(self_study, "mgu", "lstm")
