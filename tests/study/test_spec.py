@@ -26,9 +26,10 @@ smoke = true
 
 def test_grid_of_a_good_file(tmp_path):
     path = tmp_path / "s.toml"
-    path.write_text(GOOD)
+    path.write_text(GOOD + "[task_options.adding]\nsteps = 30\n")
     spec = load_study(path)
     trials = spec.trials()
+    assert all(t.config.task_options == {"steps": 30} for t in trials)
     assert len(trials) == 1 * 3 * 2 * 2 * 2
     assert len({t.key for t in trials}) == len(trials)
     before = [t for t in trials if t.cell.label == "gru-before"]
@@ -62,6 +63,8 @@ BAD = [
     ('tasks = ["adding"]\ncells = ["gru", "gru"]', "cells: labels must differ"),
     (BASE + "fractions = [0]", "fractions\\[0\\]: expected a number in"),
     (BASE + '[executor]\nkind = "slurm"', "executor.kind: expected one of"),
+    (BASE + "[task_options.adding]\nlength = 3", "task_options.adding.length: unknown option"),
+    (BASE + "[task_options.jsb]\nsteps = 3", "task_options.jsb: is not one of the study's"),
 ]  # fmt: skip
 
 
@@ -80,3 +83,17 @@ def test_bad_study_files_are_rejected_before_anything_runs(tmp_path, capsys, tex
 def test_missing_study_file(tmp_path, capsys):
     assert main(["study", "run", str(tmp_path / "none.toml")]) == 2
     assert "no such study file" in capsys.readouterr().out.replace("\n", " ")
+
+
+def test_compare_presets_build_and_carry_their_task_options():
+    from gatedrnn.study.presets import SCALES, compare_study
+
+    for scale in SCALES:
+        spec = compare_study(scale)
+        assert {t.cell.label for t in spec.trials()} == {"rnn", "lstm", "gru"}
+    default = compare_study("default").trials()
+    assert len(default) == 2 * 2 * 2 * 3 * 3  # tasks × widths × fractions × seeds × cells
+    adding = [t for t in default if t.task == "adding"]
+    assert all(t.config.task_options == {"steps": 50, "train_size": 2000} for t in adding)
+    with pytest.raises(ValueError, match="scale: expected one of"):
+        compare_study("huge")

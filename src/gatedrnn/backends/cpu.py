@@ -28,12 +28,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from gatedrnn.backends import LayerConfig
 from gatedrnn.backends.compiled import compiled_loops
-from gatedrnn.backends.reference import reverse_padded
+from gatedrnn.backends.reference import run_stack
 
 __all__ = ["CpuBackend", "CpuPythonBackend"]
 
@@ -447,35 +446,24 @@ class CpuBackend:
         training: bool,
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         T = input.shape[0]
-        batch_sizes = None
-        layer_input = input
-        if lengths is not None:
+        batch_sizes, order = None, None
+        if lengths is not None:  # sort by length: at step t the live rows are a prefix
             lengths, order = torch.sort(lengths, descending=True, stable=True)
-            batch_sizes = tuple(
-                (lengths.unsqueeze(0) > torch.arange(T).unsqueeze(1)).sum(1).tolist()
-            )
-            layer_input = input.index_select(1, order)
+            live = lengths.unsqueeze(0) > torch.arange(T).unsqueeze(1)  # (T, B)
+            batch_sizes = tuple(live.sum(1).tolist())
+            input = input.index_select(1, order)
             hx = tuple(s.index_select(1, order) for s in hx)
-        D = config.num_directions
-        finals: list[tuple[Tensor, ...]] = []
-        for layer in range(config.num_layers):
-            outputs = []
-            for direction in range(D):
-                index = layer * D + direction
-                x = layer_input if direction == 0 else reverse_padded(layer_input, lengths)
-                out, *final = self._run(config, x, tuple(s[index] for s in hx), weights[index],
-                                        batch_sizes, lengths)  # fmt: skip
-                outputs.append(out if direction == 0 else reverse_padded(out, lengths))
-                finals.append(tuple(final))
-            layer_input = torch.cat(outputs, dim=-1) if D == 2 else outputs[0]
-            if training and config.dropout > 0 and layer < config.num_layers - 1:
-                layer_input = F.dropout(layer_input, config.dropout, training=True)
-        final_states = tuple(torch.stack([f[k] for f in finals], dim=0) for k in range(len(hx)))
-        if lengths is not None:
+
+        def direction(x, state, w):
+            out, *final = self._run(config, x, state, w, batch_sizes, lengths)
+            return out, tuple(final)
+
+        output, finals = run_stack(config, input, lengths, hx, weights, training, direction)
+        if order is not None:
             restore = torch.argsort(order)
-            layer_input = layer_input.index_select(1, restore)
-            final_states = tuple(s.index_select(1, restore) for s in final_states)
-        return layer_input, final_states
+            output = output.index_select(1, restore)
+            finals = tuple(s.index_select(1, restore) for s in finals)
+        return output, finals
 
     def _run(self, config, x, state, w, batch_sizes, lengths):
         spec = config.spec

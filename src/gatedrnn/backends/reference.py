@@ -10,7 +10,7 @@ never reaches an output or a final state.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ from torch import Tensor
 from gatedrnn.backends import LayerConfig
 from gatedrnn.nn.functional import cell_step, min_scan
 
-__all__ = ["ReferenceBackend", "reverse_padded"]
+__all__ = ["ReferenceBackend", "reverse_padded", "run_stack"]
 
 
 def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
@@ -62,6 +62,41 @@ def _run_direction(
     return torch.stack(outputs), state
 
 
+Direction = Callable[
+    [Tensor, tuple[Tensor, ...], Mapping[str, Tensor]], tuple[Tensor, tuple[Tensor, ...]]
+]
+
+
+def run_stack(
+    config: LayerConfig,
+    input: Tensor,
+    lengths: Tensor | None,
+    hx: tuple[Tensor, ...],
+    weights: Sequence[Mapping[str, Tensor]],
+    training: bool,
+    direction: Direction,
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The layers × directions of a stack, shared by the backends: ``direction(x, state, w)``
+    runs one direction over time-major ``x`` (already reversed within each length for the
+    backward direction) and returns every h, zero at padded steps, and the final state."""
+    D = config.num_directions
+    layer_input = input
+    finals: list[tuple[Tensor, ...]] = []
+    for layer in range(config.num_layers):
+        outputs = []
+        for d in range(D):
+            index = layer * D + d
+            x = layer_input if d == 0 else reverse_padded(layer_input, lengths)
+            out, final = direction(x, tuple(s[index] for s in hx), weights[index])
+            outputs.append(out if d == 0 else reverse_padded(out, lengths))
+            finals.append(final)
+        layer_input = torch.cat(outputs, dim=-1) if D == 2 else outputs[0]  # (T, B, D·H_out)
+        if training and config.dropout > 0 and layer < config.num_layers - 1:
+            layer_input = F.dropout(layer_input, config.dropout, training=True)
+    final_states = tuple(torch.stack([f[k] for f in finals]) for k in range(len(hx)))
+    return layer_input, final_states
+
+
 class ReferenceBackend:
     """Loops over layers, directions and time steps, calling :func:`cell_step` once per step."""
 
@@ -81,26 +116,13 @@ class ReferenceBackend:
         training: bool,
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         T = input.shape[0]
-        D = config.num_directions
         valid = None
         if lengths is not None:
             valid = (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).to(input.device)
             valid = valid.unsqueeze(-1)  # (T, B, 1)
-        layer_input = input
-        finals: list[tuple[Tensor, ...]] = []
-        for layer in range(config.num_layers):
-            outputs = []
-            for direction in range(D):
-                index = layer * D + direction
-                state = tuple(s[index] for s in hx)
-                x = layer_input if direction == 0 else reverse_padded(layer_input, lengths)
-                out, final = _run_direction(config, x, valid, state, weights[index])
-                outputs.append(out if direction == 0 else reverse_padded(out, lengths))
-                finals.append(final)
-            layer_input = torch.cat(outputs, dim=-1) if D == 2 else outputs[0]  # (T, B, D·H_out)
-            if valid is not None:
-                layer_input = layer_input * valid
-            if training and config.dropout > 0 and layer < config.num_layers - 1:
-                layer_input = F.dropout(layer_input, config.dropout, training=True)
-        final_states = tuple(torch.stack([f[k] for f in finals]) for k in range(len(hx)))
-        return layer_input, final_states
+
+        def direction(x, state, w):
+            out, final = _run_direction(config, x, valid, state, w)
+            return (out if valid is None else out * valid), final  # padded steps hold zeros
+
+        return run_stack(config, input, lengths, hx, weights, training, direction)

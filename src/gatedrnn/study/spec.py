@@ -243,6 +243,7 @@ def parse_study(raw: dict[str, Any], default_name: str = "study") -> StudySpec:
         seeds=seeds,
         fractions=tuple(float(f) for f in fractions),
         train=train,
+        task_options=task_options,
         executor=ExecutorSpec(kind, workers, executor_raw.get("address")),
     )
     if "equal_params" in widths:
