@@ -3,17 +3,79 @@ end to end at its smoke scale."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
+import shutil
+import subprocess
+
+import pytest
 
 from gatedrnn.cli import main
 from gatedrnn.report import build_report
 
+# Written into a copy of the report: after load, the title says how many images decoded.
+PROBE = """<script>
+window.addEventListener("error", e => { document.title = "ERROR " + e.message; });
+window.addEventListener("load", () => {
+  const images = [...document.images];
+  const broken = images.filter(i => !i.complete || i.naturalWidth === 0).length;
+  if (!document.title.startsWith("ERROR")) {
+    document.title = "IMAGES " + images.length + " BROKEN " + broken;
+  }
+});
+</script></body>"""
 
-def test_compare_smoke_end_to_end_and_report_rebuild(tmp_path, capsys):
-    assert main(["compare", "--scale", "smoke", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "gru vs lstm: the claims" in out and "simpler" in out
-    folder = tmp_path / "compare-smoke"
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["compare", "--scale", "smoke", "--out", str(root)]) == 0
+    assert "gru vs lstm: the claims" in printed.getvalue() and "simpler" in printed.getvalue()
+    return root / "compare-smoke"
+
+
+def test_report_reads_well_in_a_browser(smoke_study, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Chromium is not installed (Debian package chromium)")
+    page = tmp_path / "probe.html"
+    page.write_text((smoke_study / "report.html").read_text().replace("</body>", PROBE))
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+    ]
+    result = subprocess.run(
+        [browser, *flags, page.as_uri()], capture_output=True, text=True, timeout=120, check=False
+    )
+    title = re.search(r"<title>(.*?)</title>", result.stdout)
+    assert title, result.stderr[-2000:]
+    counts = re.fullmatch(r"IMAGES (\d+) BROKEN (\d+)", title.group(1))
+    assert counts, f"the page reported {title.group(1)!r}"
+    assert int(counts.group(1)) >= 4 and int(counts.group(2)) == 0
+    console_errors = [
+        line
+        for line in result.stderr.splitlines()
+        if "CONSOLE" in line and ("Uncaught" in line or "Error" in line)
+    ]
+    assert not console_errors, console_errors
+
+
+def test_compare_smoke_end_to_end_and_report_rebuild(smoke_study, tmp_path):
+    folder = smoke_study
     page = (folder / "report.html").read_text()
     markdown = (folder / "report.md").read_text()
     assert markdown.startswith("# gatedrnn study") and "## Verdicts" in markdown
