@@ -89,7 +89,7 @@ class StudySpec:
     def trials(self) -> list[Trial]:
         """Every trial of the grid: tasks × widths × fractions × seeds × cells. Cells vary
         fastest, so the trials a claim pairs (same seed, other cell) run next to each other
-        and see the same machine state."""
+        and see the same machine state, in an order that alternates by seed."""
         hidden: dict[tuple[str, str, str], int] = {}
         for task in self.tasks:
             for choice in self.cells:
@@ -100,7 +100,10 @@ class StudySpec:
             for width in self.widths:
                 for fraction in self.fractions:
                     for seed in range(self.seeds):
-                        for choice in self.cells:
+                        # counterbalanced: the order alternates by seed, so a systematic
+                        # first-or-second effect on timing cancels in the paired ratios
+                        order = self.cells if seed % 2 == 0 else self.cells[::-1]
+                        for choice in order:
                             values = {
                                 **self.train,
                                 "task": task,
