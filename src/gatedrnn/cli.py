@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from gatedrnn.atomic import write_atomic
 from gatedrnn.nn.counting import count_parameters, hidden_for_budget
 from gatedrnn.nn.spec import CellSpec, make_spec
 from gatedrnn.train.config import TrainConfig
@@ -97,7 +97,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     by_key = {(r.cell, r.hidden, r.batch, r.mode, r.impl): r for r in results}
     table = Table(
         title=f"Time against torch.nn (T={args.steps}, median of {args.repeats}, "
-        f"{torch_threads()} threads); ratio < 1 is faster",
+        f"{torch.get_num_threads()} threads); ratio < 1 is faster",
         box=box.SIMPLE_HEAD,
     )
     memory = Table(title="Bytes saved for backward, ours / torch.nn", box=box.SIMPLE_HEAD)
@@ -152,19 +152,8 @@ def _short(mode: str) -> str:
     return mode.replace("forward", "fwd").replace("backward", "bwd")
 
 
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
 def write_json_atomic(path: str, data: object) -> None:
-    """Write JSON to a temporary file beside ``path`` and rename it into place."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".tmp") as f:
-        json.dump(data, f, indent=1)
-    os.replace(f.name, target)
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
 
 
 def _csv(kind: type) -> Callable[[str], list]:
@@ -234,7 +223,7 @@ def _data(args: argparse.Namespace, console: Console) -> int:
 def _train(args: argparse.Namespace, console: Console) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from gatedrnn.train import TrainConfig, train
+    from gatedrnn.train import train
 
     options = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
     config = TrainConfig.from_dict(options)

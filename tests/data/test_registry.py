@@ -52,7 +52,7 @@ def test_fetch_verifies_and_renames_into_place(toy_dataset):
     _, tmp = toy_dataset
     folder = fetch("toy", tmp / "data")
     assert (folder / "toy.bin").read_bytes() == CONTENT
-    assert not list(folder.glob("*.part"))
+    assert [p.name for p in folder.iterdir()] == ["toy.bin"]  # no temporary file left
     assert locate("toy", tmp / "data") == folder
 
 

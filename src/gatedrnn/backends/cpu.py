@@ -59,8 +59,9 @@ def _buffer(like: Tensor, shape: tuple[int, ...], padded: bool) -> Tensor:
     return like.new_zeros(shape) if padded else like.new_empty(shape)
 
 
-def _live(batch_sizes: tuple[int, ...] | None, t: int, B: int) -> int:
-    return B if batch_sizes is None else batch_sizes[t]
+def _live(batch_sizes: list[int], t: int, B: int) -> int:
+    """Rows live at step t: ``batch_sizes[t]``, or all B when the list is empty (no padding)."""
+    return batch_sizes[t] if batch_sizes else B
 
 
 def _last(seq: Tensor, lengths: Tensor | None) -> Tensor:
@@ -116,7 +117,7 @@ def _rnn_forward_loop(out, h0, w_hh, batch_sizes, relu):
     w_hh_t = w_hh.t()
     act = torch.relu_ if relu else torch.tanh_
     for t in range(T):
-        n = batch_sizes[t] if batch_sizes else B
+        n = _live(batch_sizes, t, B)
         h_prev = h0[:n] if t == 0 else out[t - 1, :n]
         act(out[t, :n].addmm_(h_prev, w_hh_t))
 
@@ -128,7 +129,7 @@ def _rnn_backward_loop(grad_out, dh, out, w_hh, dpre, batch_sizes, relu):
     T, B, _ = out.shape
     slope = (out > 0).to(out.dtype) if relu else 1 - out * out  # act' for all steps
     for t in reversed(range(T)):
-        n = batch_sizes[t] if batch_sizes else B
+        n = _live(batch_sizes, t, B)
         g = dh[:n].add_(grad_out[t, :n])
         torch.mul(g, slope[t, :n], out=dpre[t, :n])
         torch.mm(dpre[t, :n], w_hh, out=dh[:n])
@@ -186,7 +187,7 @@ def _gru_forward_loop(gates, out, rec, h0, w_hh, b_hh, batch_sizes, reset_after)
     w_rz_t, w_n_t = w_hh_t[:, : 2 * H], w_hh_t[:, 2 * H :]
     b_rz, b_n = (None, None) if b_hh is None else (b_hh[: 2 * H], b_hh[2 * H :])
     for t in range(T):
-        n = batch_sizes[t] if batch_sizes else B
+        n = _live(batch_sizes, t, B)
         h_prev = h0[:n] if t == 0 else out[t - 1, :n]
         g = gates[t, :n]
         rz, cand = g[:, : 2 * H], g[:, 2 * H :]
@@ -234,7 +235,7 @@ def _gru_backward_loop(
     f_r = (rec if reset_after else h_prev) * r * (1 - r)  # through r, per unit of dn or d(rh)
     w_rz, w_n = w_hh[: 2 * H], w_hh[2 * H :]
     for t in reversed(range(T)):
-        n = batch_sizes[t] if batch_sizes else B
+        n = _live(batch_sizes, t, B)
         g = dh[:n].add_(grad_out[t, :n])
         d = dgates[t, :n]
         torch.mul(g, f_z[t, :n], out=d[:, H : 2 * H])
@@ -326,7 +327,7 @@ def _lstm_forward_loop(gates, out, cells, h0, c0, w_hh, batch_sizes):
     H = out.shape[2]
     w_hh_t = w_hh.t()
     for t in range(T):
-        n = batch_sizes[t] if batch_sizes else B
+        n = _live(batch_sizes, t, B)
         h_prev = h0[:n] if t == 0 else out[t - 1, :n]
         c_prev = c0[:n] if t == 0 else cells[t - 1, :n]
         g = gates[t, :n].addmm_(h_prev, w_hh_t)
@@ -354,7 +355,7 @@ def _lstm_backward_loop(grad_out, dh, dc, gates, cells, c0, w_hh, dgates, batch_
     f_o = tanh_c * o * (1 - o)
     dgates4 = dgates.view(T, B, 4, H)
     for t in reversed(range(T)):
-        n = batch_sizes[t] if batch_sizes else B
+        n = _live(batch_sizes, t, B)
         gh = dh[:n].add_(grad_out[t, :n])
         gc = dc[:n].addcmul_(gh, f_c[t, :n])
         torch.mul(gc.unsqueeze(1), f_ifg[t, :n], out=dgates4[t, :n, :3])

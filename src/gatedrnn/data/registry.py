@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
-import tempfile
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from gatedrnn.atomic import write_atomic
 
 __all__ = [
     "DATASETS",
@@ -154,22 +154,17 @@ def fetch(
             raise DataMissingError(
                 f"{f.path} of {name!r} has no download location; place it by hand"
             )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as tmp:
-            try:
-                with urllib.request.urlopen(f.url, timeout=60) as response:
-                    done = 0
-                    for block in iter(lambda r=response: r.read(1 << 16), b""):
-                        tmp.write(block)
-                        done += len(block)
-                        if progress:
-                            progress(f.path, done, f.size)
-                tmp.close()
-                verify_file(Path(tmp.name), f)
-            except BaseException:
-                tmp.close()
-                Path(tmp.name).unlink(missing_ok=True)
-                raise
-        shutil.move(tmp.name, target)
+
+        def download(tmp: Path, f: DataFile = f) -> None:
+            with urllib.request.urlopen(f.url, timeout=60) as response, open(tmp, "wb") as out:
+                done = 0
+                for block in iter(lambda r=response: r.read(1 << 16), b""):
+                    out.write(block)
+                    done += len(block)
+                    if progress:
+                        progress(f.path, done, f.size)
+            verify_file(tmp, f)  # before the rename: a bad download never takes the name
+
+        write_atomic(target, download)
         logger.info("fetched %s", target)
     return folder

@@ -22,6 +22,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
 
+from gatedrnn.atomic import write_atomic
 from gatedrnn.claims import evaluate_claims, mean_ci, overall
 from gatedrnn.study.store import StudyStore
 from gatedrnn.tasks import TASKS
@@ -267,15 +268,9 @@ def build_report(
     for name, png in figures.items():
         (out / name).write_bytes(png)
     md_path, html_path = out / "report.md", out / "report.html"
-    _write_atomic(md_path, _markdown(sections))
-    _write_atomic(html_path, _html(title, sections, figures))
+    write_atomic(md_path, lambda tmp: tmp.write_text(_markdown(sections)))
+    write_atomic(html_path, lambda tmp: tmp.write_text(_html(title, sections, figures)))
     return md_path, html_path, summary
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _markdown(sections) -> str:

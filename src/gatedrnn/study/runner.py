@@ -4,6 +4,7 @@ or a Ray cluster. Only the driver writes the database; workers report each epoch
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -11,6 +12,7 @@ import queue
 import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,6 @@ def _run_trial(
     """One trial in a worker: trains (resuming from its checkpoint) and reports every epoch."""
     if threads:
         torch.set_num_threads(threads)
-    from dataclasses import asdict
 
     def on_epoch(record) -> None:
         events.put((key, asdict(record)))
@@ -68,13 +69,13 @@ def run_study(
     """
     db_path, checkpoints = study_paths(spec, out)
     store = StudyStore(db_path)
-    stored = store.get_meta("spec")
-    if stored is not None and stored != _jsonable(spec.to_dict()):
+    stored, current = store.get_meta("spec"), json.loads(json.dumps(spec.to_dict()))
+    if stored is not None and stored != current:
         raise ValueError(
             f"{db_path} holds another study named {spec.name!r}; rename the study or choose "
             "another output folder"
         )
-    store.set_meta("spec", _jsonable(spec.to_dict()))
+    store.set_meta("spec", current)
     trials = spec.trials()
     store.add_trials(trials)
     todo = [t for t in trials if store.status(t.key) not in DONE]
@@ -95,12 +96,6 @@ def run_study(
     else:
         _run_pool(store, todo, checkpoints, progress, workers, threads, data_dir)
     return db_path
-
-
-def _jsonable(value: Any) -> Any:
-    import json
-
-    return json.loads(json.dumps(value))
 
 
 class _DirectEvents:

@@ -108,6 +108,8 @@ class StudyStore:
     def finish(self, key: str, result: dict[str, Any]) -> None:
         with self.db:
             self.db.execute("BEGIN")
+            # The epochs were committed as they ran; the result's history is authoritative (a
+            # resumed trial may have redone epochs), so the rows are made to match it exactly.
             for record in result["history"]:
                 self.record_epoch(key, record)
             self.db.execute(

@@ -11,10 +11,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 
 import gatedrnn
+from gatedrnn.atomic import write_atomic
 from gatedrnn.backends import resolve_backend
 from gatedrnn.bench import saved_bytes
 from gatedrnn.tasks import TASKS, Batch, Task, build_task
@@ -113,19 +112,6 @@ def _to(batch: Batch, device: torch.device) -> Batch:
     if device.type == "cpu":
         return batch
     return Batch(batch.inputs.to(device), batch.lengths, batch.targets.to(device))
-
-
-def _save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary file beside ``path``, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class _Diverged(Exception):
@@ -228,15 +214,13 @@ def _train(config, device, checkpoint, on_epoch, on_batch, data_dir) -> RunResul
             state["epoch"] = epoch
             state["history"].append(asdict(record))
             if checkpoint is not None:
-                _save_atomic(
-                    {
-                        "config": config.to_dict(), "model": model.state_dict(),
-                        "best_model": best_model, "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict() if schedule is not None else None,
-                        "rng": torch.get_rng_state(), "state": state,
-                    },
-                    checkpoint,
-                )  # fmt: skip
+                saved = {
+                    "config": config.to_dict(), "model": model.state_dict(),
+                    "best_model": best_model, "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict() if schedule is not None else None,
+                    "rng": torch.get_rng_state(), "state": state,
+                }  # fmt: skip
+                write_atomic(checkpoint, lambda tmp, obj=saved: torch.save(obj, tmp))
             if on_epoch:
                 on_epoch(record)
         if config.patience and state["bad_epochs"] >= config.patience:
