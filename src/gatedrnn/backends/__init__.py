@@ -105,10 +105,11 @@ _REGISTRY: dict[str, str] = {
     "cudnn": "gatedrnn.backends.cudnn:CudnnBackend",
     "cpu": "gatedrnn.backends.cpu:CpuBackend",
     "cpu-python": "gatedrnn.backends.cpu:CpuPythonBackend",
+    "triton": "gatedrnn.backends.gpu:TritonBackend",
 }
 _LOADED: dict[str, Backend] = {}
 
-AUTO_ORDER: list[str] = ["cpu", "cudnn", "reference"]
+AUTO_ORDER: list[str] = ["cpu", "triton", "cudnn", "reference"]
 """The order in which ``backend="auto"`` tries backends: fastest first, ``reference`` last."""
 
 

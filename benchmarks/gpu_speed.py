@@ -1,0 +1,246 @@
+"""Our persistent Triton GRU and LSTM against torch.nn (cuDNN) on one CUDA GPU.
+
+    python benchmarks/gpu_speed.py                         # T=256, B 1/16/64/256, H 256/512/1024
+    python benchmarks/gpu_speed.py --batch 64 --hidden 1024 --dtypes bfloat16
+    python benchmarks/gpu_speed.py --write-table           # also update the backend's auto table
+
+For each cell, dtype, batch and width: one layer, input size = H, the same weights in both; the
+forward alone (no autograd) and forward + backward (gradients of the input, the state and every
+weight), each timed with CUDA events by ``triton.testing.do_bench`` (median after warm-up). Our
+time includes the input GEMM and the weight-gradient GEMMs, as cuDNN's does. Prints µs per step
+and the speed-up (cuDNN time / ours), and writes every number to JSON. Kernels are compiled first
+in parallel worker processes (a one-step run per shape fills Triton's disk cache), so compilation
+stays out of the timings and the wall time. Nothing here is asserted in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import gatedrnn  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+LAYERS = {"gru": (gatedrnn.GRU, torch.nn.GRU), "lstm": (gatedrnn.LSTM, torch.nn.LSTM)}
+
+
+def _pair(cell: str, H: int, dtype: torch.dtype):
+    ours_cls, torch_cls = LAYERS[cell]
+    reference = torch_cls(H, H, device="cuda", dtype=dtype)
+    ours = ours_cls(H, H, backend="triton", device="cuda", dtype=dtype)
+    ours.load_state_dict(reference.state_dict())
+    return ours, reference
+
+
+def _compile_one(job: tuple[str, str, int, int]) -> str:
+    """Run one step of each kernel variant the timings will use, filling the disk cache."""
+    cell, dtype_name, B, H = job
+    try:
+        ours, _ = _pair(cell, H, DTYPES[dtype_name])
+        x = torch.randn(1, B, H, device="cuda", dtype=DTYPES[dtype_name], requires_grad=True)
+        with torch.no_grad():
+            ours(x)
+        out, _ = ours(x)
+        out.sum().backward()
+        torch.cuda.synchronize()
+        return ""
+    except Exception as error:  # reported, the timing pass records it per shape
+        return f"{job}: {type(error).__name__}: {error}"
+
+
+def _time(fn, grads_to_none) -> float:
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=25, rep=100, grad_to_none=grads_to_none, return_mode="median")
+
+
+def measure(cell: str, dtype_name: str, B: int, H: int, T: int) -> list[dict]:
+    dtype = DTYPES[dtype_name]
+    ours, reference = _pair(cell, H, dtype)
+    x = torch.randn(T, B, H, device="cuda", dtype=dtype, requires_grad=True)
+    dy = torch.randn(T, B, H, device="cuda", dtype=dtype)
+    rows = []
+    for grad in (False, True):
+        times = {}
+        for name, layer in (("ours", ours), ("cudnn", reference)):
+            params = [x, *layer.parameters()]
+            if grad:
+
+                def fn(layer=layer):
+                    out, _ = layer(x)
+                    out.backward(dy)
+
+            else:
+
+                def fn(layer=layer):
+                    with torch.no_grad():
+                        layer(x)
+
+            try:
+                times[name] = _time(fn, params) * 1e3 / T  # µs per step
+            except Exception as error:
+                times[name] = None
+                times[f"{name}_error"] = f"{type(error).__name__}: {error}"[:300]
+        row = {"cell": cell, "dtype": dtype_name, "B": B, "H": H, "T": T, "grad": grad}
+        row.update(
+            ours_us_per_step=times["ours"],
+            cudnn_us_per_step=times["cudnn"],
+            **{k: v for k, v in times.items() if k.endswith("_error")},
+        )
+        if times["ours"] and times["cudnn"]:
+            row["speedup"] = times["cudnn"] / times["ours"]
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--T", type=int, default=256)
+    parser.add_argument("--batch", default="1,16,64,256")
+    parser.add_argument("--hidden", default="256,512,1024")
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--cells", default="gru,lstm")
+    parser.add_argument("--jobs", type=int, default=min(16, os.cpu_count() or 1))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/gpu_speed.json")
+    parser.add_argument(
+        "--sweep",
+        default="",
+        help="instead of the grid: time launch variants at CELL:DTYPE:B:H[,...] "
+        "(BH 16/32, num_warps 4/8, BK 32/64/128)",
+    )
+    parser.add_argument(
+        "--write-table", action="store_true", help="update the auto table of the triton backend"
+    )
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("gpu_speed: no CUDA device", file=sys.stderr)
+        return 2
+    if args.sweep:
+        return sweep(args.sweep, args.T, args.out)
+    batches = [int(b) for b in args.batch.split(",")]
+    hiddens = [int(h) for h in args.hidden.split(",")]
+    dtypes = args.dtypes.split(",")
+    cells = args.cells.split(",")
+    jobs = [(c, d, B, H) for c in cells for d in dtypes for H in hiddens for B in batches]
+
+    start = time.perf_counter()
+    if args.jobs > 1:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+            for problem in pool.map(_compile_one, jobs):
+                if problem:
+                    print("compile:", problem, flush=True)
+    print(f"compiled in {time.perf_counter() - start:.0f} s", flush=True)
+
+    rows = []
+    for job in jobs:
+        rows.extend(measure(*job, T=args.T))
+        last = rows[-1]
+        print(
+            f"{job}: fwd+bwd ours {last['ours_us_per_step']} cudnn {last['cudnn_us_per_step']}",
+            flush=True,
+        )
+    device = torch.cuda.get_device_name()
+    result = {
+        "device": device,
+        "torch": torch.__version__,
+        "cudnn": torch.backends.cudnn.version(),
+        "triton": __import__("triton").__version__,
+        "python": platform.python_version(),
+        "tf32": torch.backends.cudnn.allow_tf32,
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print_table(rows, device)
+    if args.write_table:
+        write_table(rows, device)
+    return 0
+
+
+def sweep(spec: str, T: int, out: Path) -> int:
+    """Time launch variants of our kernels at a few shapes (forward and forward + backward)."""
+    from gatedrnn.backends import gpu
+
+    variants = [
+        {},
+        {"num_warps": 8},
+        {"BH": 32},
+        {"BH": 32, "num_warps": 8},
+        {"BK": 32},
+        {"BK": 128},
+    ]
+    results = []
+    for item in spec.split(","):
+        cell, dtype_name, B, H = item.split(":")
+        for variant in variants:
+            gpu.TUNING.clear()
+            gpu.TUNING.update(variant)
+            for row in measure(cell, dtype_name, int(B), int(H), T):
+                row["variant"] = variant
+                results.append(row)
+                print(
+                    f"sweep {cell} {dtype_name} B={B} H={H} grad={row['grad']} {variant}: "
+                    f"ours {row['ours_us_per_step']} cudnn {row['cudnn_us_per_step']} "
+                    f"{row.get('ours_error', '')}",
+                    flush=True,
+                )
+    gpu.TUNING.clear()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+def print_table(rows: list[dict], device: str) -> None:
+    print(f"\nµs per step, T={rows[0]['T']}, {device}; speed-up = cuDNN time / ours")
+    header = f"{'cell':5} {'dtype':9} {'B':>4} {'H':>5} | {'fwd ours':>9} {'cuDNN':>7} {'×':>5}"
+    print(header + f" | {'f+b ours':>9} {'cuDNN':>7} {'×':>5}")
+    by_key: dict[tuple, dict] = {}
+    for row in rows:
+        by_key.setdefault((row["cell"], row["dtype"], row["B"], row["H"]), {})[row["grad"]] = row
+
+    def cells(row):
+        ours, cudnn = row["ours_us_per_step"], row["cudnn_us_per_step"]
+        text = f"{ours:9.2f}" if ours else f"{'error':>9}"
+        text += f" {cudnn:7.2f}" if cudnn else f" {'error':>7}"
+        return text + (f" {row['speedup']:5.2f}" if "speedup" in row else f" {'-':>5}")
+
+    for (cell, dtype, B, H), pair in by_key.items():
+        print(f"{cell:5} {dtype:9} {B:4} {H:5} | {cells(pair[False])} | {cells(pair[True])}")
+
+
+def write_table(rows: list[dict], device: str) -> None:
+    from gatedrnn.backends.gpu import TABLE_PATH
+
+    table = json.loads(TABLE_PATH.read_text()) if TABLE_PATH.exists() else {"devices": {}}
+    table["devices"][device] = [
+        {
+            "kind": row["cell"],
+            "dtype": row["dtype"],
+            "grad": row["grad"],
+            "H": row["H"],
+            "B": row["B"],
+            "ratio": round(1 / row["speedup"], 3),
+        }
+        for row in rows
+        if "speedup" in row
+    ]
+    TABLE_PATH.write_text(json.dumps(table, indent=1) + "\n")
+    print(f"wrote {TABLE_PATH}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,404 @@
+"""The ``triton`` backend: persistent GRU and LSTM kernels for CUDA GPUs, written in Triton.
+
+For each layer direction: one GEMM (cuBLAS, through torch) computes the input projections of the
+whole sequence; one launch of a persistent kernel (:mod:`gatedrnn.backends.triton_kernels`) then
+runs all T steps, each program holding a slice of the hidden units and synchronising with the
+others through a grid barrier once per step, instead of a GEMM launch and a pointwise launch per
+step as cuDNN's non-persistent kernels do. Backward runs the same way in reverse time; the weight
+gradients are one GEMM per matrix after the loop.
+
+Precision: float32 (the recurrent product in TF32 when ``torch.backends.cudnn.allow_tf32`` is on,
+as cuDNN does; IEEE float32 otherwise), bfloat16 and float16 (operands of the product in that
+type, accumulation, states and gate math in float32). The states h and c are carried in float32
+whatever the dtype.
+
+Covers the GRU (reset after and before) and the standard LSTM, any number of layers, both
+directions, padded or packed input (finished sequences keep their state). Refuses the rest with
+the reason (plain RNN, MGU, minimal cells, LSTM peepholes / coupled gate / projection, float64).
+First derivatives only, like cuDNN.
+
+Triton is imported on first use. Without a GPU the backend reports itself unavailable, unless
+``TRITON_INTERPRET=1`` is set: then its kernels run in Triton's interpreter on the CPU, as one
+program (the barrier is trivial), which is how the test suite checks them without a GPU.
+
+``backend="auto"`` takes it only where :data:`MEASURED` (``gpu_table.json``, written by
+``benchmarks/gpu_speed.py --write-table``) says it beat cuDNN on this kind of GPU, at the
+nearest measured size; elsewhere ``auto`` uses cuDNN.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from gatedrnn.backends import LayerConfig
+from gatedrnn.backends.reference import run_stack
+
+__all__ = ["TritonBackend", "interpreting", "triton_unavailable"]
+
+POISON = False
+"""Tests set this: work and output buffers then start as NaN instead of uninitialised memory, so
+an element a kernel fails to write shows in the results."""
+
+SPIN_LIMIT = 1 << 20  # ~1 s of spinning at one barrier before the kernel reports a fault
+
+TUNING: dict[str, int] = {}
+"""Overrides of the launch parameters (``BH``, ``BB``, ``BK``, ``num_warps``) for tuning runs:
+``benchmarks/gpu_speed.py --sweep`` sets them; empty in normal use."""
+TABLE_PATH = Path(__file__).with_name("gpu_table.json")
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.cache
+def triton_unavailable() -> str | None:
+    """Why the Triton kernels cannot run here, or None."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "Triton is not installed (pip install 'gatedrnn[gpu]')"
+    return None
+
+
+@functools.cache
+def _kernels():
+    from gatedrnn.backends import triton_kernels
+
+    return triton_kernels
+
+
+def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    if POISON:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _launch(H: int, B: int, device: torch.device) -> dict:
+    """Grid and block sizes: BH units per program (≥ 16, the smallest dot tile), as many batch
+    groups as fit beside them, never more programs than multiprocessors (all must be resident
+    for the barrier). Under the interpreter: one program covering everything."""
+    if device.type != "cuda":
+        BH, BB = max(16, _next_pow2(H)), max(16, _next_pow2(B))
+        return {"grid": (1, 1), "BH": BH, "BB": BB, "BK": min(64, BH)}
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    BH = TUNING.get("BH", 16)
+    while math.ceil(H / BH) > sms:
+        BH *= 2
+    np_h = math.ceil(H / BH)
+    np_b = max(1, min(math.ceil(B / 16), sms // np_h))
+    # BB above 64 spills registers (seen in the float32 LSTM kernels' resource report)
+    BB = TUNING.get("BB", min(64, max(16, _next_pow2(math.ceil(B / np_b)))))
+    np_b = min(np_b, math.ceil(B / BB))
+    BK, warps = TUNING.get("BK", 64), TUNING.get("num_warps", 8 if BB >= 64 else 4)
+    return {"grid": (np_h, np_b), "BH": BH, "BB": BB, "BK": BK, "num_warps": warps}
+
+
+def _dot_options(dtype: torch.dtype):
+    import triton.language as tl
+
+    if dtype == torch.float32:
+        tf32 = torch.backends.cudnn.allow_tf32 and not interpreting()
+        return tl.float32, "tf32" if tf32 else "ieee"
+    return {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype], "ieee"
+
+
+def _lens(lengths: Tensor | None, device: torch.device) -> Tensor:
+    if lengths is None:
+        return torch.zeros(1, dtype=torch.int32, device=device)
+    return lengths.to(device=device, dtype=torch.int32)
+
+
+def _sync_buffers(grid: tuple[int, int], device: torch.device) -> tuple[Tensor, Tensor]:
+    return (
+        torch.zeros(grid[1], dtype=torch.int32, device=device),
+        torch.zeros(1, dtype=torch.int32, device=device),
+    )
+
+
+def _check(err: Tensor) -> None:
+    if int(err.item()):
+        raise RuntimeError(
+            "a grid barrier of the triton backend timed out: its programs were not all resident "
+            "on the GPU at once (another process holding the multiprocessors?); use "
+            "backend='cudnn'"
+        )
+
+
+def _project(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
+    T, B, I = x.shape
+    flat = x.reshape(T * B, I)
+    out = torch.mm(flat, w_ih.t()) if bias is None else torch.addmm(bias, flat, w_ih.t())
+    return out.view(T, B, -1)
+
+
+def _states(x: Tensor, h0: Tensor, T: int, B: int, H: int, aliased: bool):
+    """HS (T+1, B, H) float32 with HS[0] = h0, and Y, the dot's source and the output: HS
+    itself when the dtype is float32 and no row ever stops, else a (T+1, B, H) buffer."""
+    hs = _empty(T + 1, B, H, dtype=torch.float32, device=x.device)
+    hs[0] = h0
+    if aliased:
+        return hs, hs
+    y = _empty(T + 1, B, H, dtype=x.dtype, device=x.device)
+    y[0] = h0
+    return hs, y
+
+
+def _first_derivatives_only() -> None:
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "the 'triton' backend computes first derivatives only, like cuDNN, so it cannot be "
+            "differentiated twice (create_graph=True); use backend='reference' for that"
+        )
+
+
+class _GRU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after):
+        T, B, _ = x.shape
+        H = h0.shape[1]
+        k = _kernels()
+        cfg = _launch(H, B, x.device)
+        dot_dtype, prec = _dot_options(x.dtype)
+        xg = _project(x, w_ih, b_ih)
+        bhh = (
+            b_hh.float()
+            if b_hh is not None
+            else torch.zeros(3 * H, dtype=torch.float32, device=x.device)
+        )
+        save = any(ctx.needs_input_grad)
+        hs, y = _states(x, h0, T, B, H, x.dtype == torch.float32 and lengths is None)
+        gates = _empty(
+            T if (save or not reset_after) else 0, B, 4 * H, dtype=torch.float32, device=x.device
+        )
+        lens = _lens(lengths, x.device)
+        cnt, err = _sync_buffers(cfg["grid"], x.device)
+        k.gru_forward_kernel[cfg["grid"]](
+            xg, w_hh.contiguous(), bhh, hs, y, gates, lens, cnt, err, T, B,
+            H=H, BH=cfg["BH"], BB=cfg["BB"], BK=cfg["BK"], RESET_AFTER=reset_after, SAVE=save,
+            HAS_LENS=lengths is not None, DOT_DTYPE=dot_dtype, PREC=prec, SPIN_LIMIT=SPIN_LIMIT,
+            **({"num_warps": cfg["num_warps"]} if "num_warps" in cfg else {}),
+        )  # fmt: skip
+        _check(err)
+        out = y[1:]
+        ctx.save_for_backward(x, w_ih, w_hh, hs, y, gates, lengths)
+        ctx.reset_after, ctx.has_bias = reset_after, b_ih is not None
+        return out, hs[T].to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_last):
+        _first_derivatives_only()
+        x, w_ih, w_hh, hs, y, gates, lengths = ctx.saved_tensors
+        T, B, _ = x.shape
+        H = hs.shape[2]
+        reset_after = ctx.reset_after
+        k = _kernels()
+        cfg = _launch(H, B, x.device)
+        dot_dtype, prec = _dot_options(x.dtype)
+        dxg = _empty(T, B, 3 * H, dtype=x.dtype, device=x.device)
+        dgh = _empty(T, B, 3 * H, dtype=x.dtype, device=x.device) if reset_after else dxg
+        dh = grad_last.float().contiguous().clone() if grad_last is not None else hs.new_zeros(B, H)
+        dy = grad_out.contiguous() if grad_out is not None else x.new_zeros(T, B, H)
+        lens = _lens(lengths, x.device)
+        cnt, err = _sync_buffers(cfg["grid"], x.device)
+        k.gru_backward_kernel[cfg["grid"]](
+            dy, hs, gates, w_hh.contiguous(), dxg, dgh, dh, lens, cnt, err, T, B,
+            H=H, BH=cfg["BH"], BB=cfg["BB"], BK=cfg["BK"], RESET_AFTER=reset_after,
+            HAS_LENS=lengths is not None, DOT_DTYPE=dot_dtype, PREC=prec, SPIN_LIMIT=SPIN_LIMIT,
+            **({"num_warps": cfg["num_warps"]} if "num_warps" in cfg else {}),
+        )  # fmt: skip
+        _check(err)
+        needs = ctx.needs_input_grad
+        h_prev = y[:T].reshape(T * B, H)  # h_{t−1} in the dtype (zero rows where ended: dg = 0)
+        if h_prev.dtype != x.dtype:
+            h_prev = h_prev.to(x.dtype)
+        flat_x = dxg.reshape(T * B, 3 * H)
+        flat_h = dgh.reshape(T * B, 3 * H)
+        dx = torch.mm(flat_x, w_ih).view_as(x) if needs[0] else None
+        dw_ih = torch.mm(flat_x.t(), x.reshape(T * B, -1)) if needs[2] else None
+        dw_hh = None
+        if needs[3]:
+            if reset_after:
+                dw_hh = torch.mm(flat_h.t(), h_prev)
+            else:
+                rh = gates[..., 3 * H :].reshape(T * B, H).to(x.dtype)
+                dw_hh = torch.cat(
+                    [torch.mm(flat_h[:, : 2 * H].t(), h_prev), torch.mm(flat_h[:, 2 * H :].t(), rh)]
+                )
+        db_ih = flat_x.sum(0) if ctx.has_bias and needs[4] else None
+        db_hh = flat_h.sum(0) if ctx.has_bias and needs[5] else None
+        dh0 = dh.to(x.dtype) if needs[1] else None
+        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None
+
+
+class _LSTM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
+        T, B, _ = x.shape
+        H = h0.shape[1]
+        k = _kernels()
+        cfg = _launch(H, B, x.device)
+        dot_dtype, prec = _dot_options(x.dtype)
+        xg = _project(x, w_ih, None if b_ih is None else b_ih + b_hh)
+        save = any(ctx.needs_input_grad)
+        hs, y = _states(x, h0, T, B, H, x.dtype == torch.float32 and lengths is None)
+        cs = _empty(T + 1, B, H, dtype=torch.float32, device=x.device)
+        cs[0] = c0
+        gates = _empty(T if save else 0, B, 4 * H, dtype=torch.float32, device=x.device)
+        lens = _lens(lengths, x.device)
+        cnt, err = _sync_buffers(cfg["grid"], x.device)
+        k.lstm_forward_kernel[cfg["grid"]](
+            xg, w_hh.contiguous(), hs, cs, y, gates, lens, cnt, err, T, B,
+            H=H, BH=cfg["BH"], BB=cfg["BB"], BK=cfg["BK"], SAVE=save,
+            HAS_LENS=lengths is not None, DOT_DTYPE=dot_dtype, PREC=prec, SPIN_LIMIT=SPIN_LIMIT,
+            **({"num_warps": cfg["num_warps"]} if "num_warps" in cfg else {}),
+        )  # fmt: skip
+        _check(err)
+        ctx.save_for_backward(x, w_ih, w_hh, y, cs, gates, lengths)
+        ctx.has_bias = b_ih is not None
+        return y[1:], hs[T].to(x.dtype), cs[T].to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_h, grad_c):
+        _first_derivatives_only()
+        x, w_ih, w_hh, y, cs, gates, lengths = ctx.saved_tensors
+        T, B, _ = x.shape
+        H = cs.shape[2]
+        k = _kernels()
+        cfg = _launch(H, B, x.device)
+        dot_dtype, prec = _dot_options(x.dtype)
+        dg = _empty(T, B, 4 * H, dtype=x.dtype, device=x.device)
+        dh = grad_h.float().contiguous().clone() if grad_h is not None else cs.new_zeros(B, H)
+        dc = grad_c.float().contiguous().clone() if grad_c is not None else cs.new_zeros(B, H)
+        dy = grad_out.contiguous() if grad_out is not None else x.new_zeros(T, B, H)
+        lens = _lens(lengths, x.device)
+        cnt, err = _sync_buffers(cfg["grid"], x.device)
+        k.lstm_backward_kernel[cfg["grid"]](
+            dy, cs, gates, w_hh.contiguous(), dg, dh, dc, lens, cnt, err, T, B,
+            H=H, BH=cfg["BH"], BB=cfg["BB"], BK=cfg["BK"], HAS_LENS=lengths is not None,
+            DOT_DTYPE=dot_dtype, PREC=prec, SPIN_LIMIT=SPIN_LIMIT,
+            **({"num_warps": cfg["num_warps"]} if "num_warps" in cfg else {}),
+        )  # fmt: skip
+        _check(err)
+        needs = ctx.needs_input_grad
+        flat = dg.reshape(T * B, 4 * H)
+        h_prev = y[:T].reshape(T * B, H)
+        if h_prev.dtype != x.dtype:
+            h_prev = h_prev.to(x.dtype)
+        dx = torch.mm(flat, w_ih).view_as(x) if needs[0] else None
+        dw_ih = torch.mm(flat.t(), x.reshape(T * B, -1)) if needs[3] else None
+        dw_hh = torch.mm(flat.t(), h_prev) if needs[4] else None
+        db = flat.sum(0) if ctx.has_bias and (needs[5] or needs[6]) else None
+        return (
+            dx, dh.to(x.dtype) if needs[1] else None, dc.to(x.dtype) if needs[2] else None,
+            dw_ih, dw_hh, db, db, None,
+        )  # fmt: skip
+
+
+@functools.cache
+def _measured() -> dict:
+    """The auto table: {device name: [{kind, dtype, grad, H, B, ratio}, ...]}, ratio = our time
+    over cuDNN's at that size (below 1: ours faster)."""
+    try:
+        return json.loads(TABLE_PATH.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def measured_ratio(
+    kind: str, dtype: torch.dtype, grad: bool, H: int, B: int, device
+) -> float | None:
+    """Our time over cuDNN's at the measured size nearest (H, B) on this GPU model, or None."""
+    name = torch.cuda.get_device_name(device) if torch.cuda.is_available() else ""
+    rows = [
+        row
+        for row in _measured().get("devices", {}).get(name, [])
+        if row["kind"] == kind and row["dtype"] == str(dtype).removeprefix("torch.")
+        and row["grad"] == grad
+    ]  # fmt: skip
+    if not rows:
+        return None
+    nearest = min(
+        rows, key=lambda r: (abs(math.log2(r["H"] / H)), abs(math.log2(r["B"] / max(B, 1))))
+    )
+    return nearest["ratio"]
+
+
+class TritonBackend:
+    """Persistent Triton kernels for the GRU and the LSTM on CUDA GPUs."""
+
+    name = "triton"
+    twice_differentiable = False
+
+    def unsupported(self, config: LayerConfig, input: Tensor) -> str | None:
+        spec = config.spec
+        if spec.kind not in ("gru", "lstm"):
+            return f"it has kernels for the GRU and the LSTM only, not {spec.kind}"
+        if spec.kind == "lstm" and (spec.peepholes or spec.coupled or config.proj_size):
+            return "its LSTM kernel has no peepholes, coupled gate or projection"
+        if input.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            return f"it computes in float32, bfloat16 or float16, got {input.dtype}"
+        T, B = input.shape[:2]
+        if (T + 1) * B * 4 * config.hidden_size >= 2**31:
+            return "its kernels index with 32-bit offsets: (T+1)·B·4H must stay below 2^31"
+        if input.device.type != "cuda" and not interpreting():
+            return (
+                f"it runs on CUDA GPUs, got a {input.device.type} input (TRITON_INTERPRET=1 runs "
+                "its kernels in Triton's CPU interpreter, for tests)"
+            )
+        return triton_unavailable()
+
+    def auto_declines(self, config: LayerConfig, input: Tensor) -> str | None:
+        if input.device.type != "cuda":
+            return "the interpreter is for tests, far slower than the CPU backends"
+        B = input.shape[1]
+        ratio = measured_ratio(
+            config.spec.kind, input.dtype, torch.is_grad_enabled(), config.hidden_size, B,
+            input.device,
+        )  # fmt: skip
+        if ratio is None:
+            return "not measured against cuDNN on this GPU (benchmarks/gpu_speed.py)"
+        if ratio >= 1.0:
+            return f"cuDNN measured faster at the nearest size (our time ratio {ratio:.2f})"
+        return None
+
+    def forward(
+        self,
+        config: LayerConfig,
+        input: Tensor,
+        lengths: Tensor | None,
+        hx: tuple[Tensor, ...],
+        weights: Sequence[Mapping[str, Tensor]],
+        training: bool,
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        spec = config.spec
+
+        def direction(x, state, w):
+            x = x.contiguous()
+            state = tuple(s.contiguous() for s in state)
+            args = (w["weight_ih"], w["weight_hh"], w.get("bias_ih"), w.get("bias_hh"))
+            if spec.kind == "lstm":
+                out, h, c = _LSTM.apply(x, *state, *args, lengths)
+                return out, (h, c)
+            out, h = _GRU.apply(x, state[0], *args, lengths, spec.reset == "after")
+            return out, (h,)
+
+        return run_stack(config, input, lengths, hx, weights, training, direction)

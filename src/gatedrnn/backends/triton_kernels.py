@@ -1,0 +1,480 @@
+"""Persistent Triton kernels for the GRU (both reset placements) and the LSTM, forward and
+backward through time. Imported only by :mod:`gatedrnn.backends.gpu`, and only when first used.
+
+One launch runs one layer direction over all T steps. The grid is ``(NP_H, NP_B)``: program
+``(p, q)`` owns the hidden units ``p·BH … p·BH+BH−1`` and the batch rows ``q·BB …`` (then every
+``NP_B·BB``-th block after them). Every step, each program multiplies the whole previous state
+(read from global memory, where the other programs wrote it; it stays in L2) by its own slice of
+the recurrent weights, does the pointwise gate math for its units in registers, writes its slice
+of the new state, and waits at a barrier for the other programs of its batch group. The launcher
+never starts more programs than the GPU has multiprocessors, so all of them are resident at once
+and the barrier cannot deadlock; under ``TRITON_INTERPRET=1`` it starts one program, and the
+barrier is trivial.
+
+The barrier: a CTA barrier (so every thread's stores are issued), one release ``atomic_add`` on
+the group's counter, then a spin on an acquire read of it until every program of the group has
+arrived; state is read back with ``.cg`` loads (L2, not the SM's incoherent L1). A spin that runs
+past ``SPIN_LIMIT`` sets an error flag the launcher checks, instead of hanging the GPU.
+
+Backward runs in reverse time the same way. Per step, phase A does each unit's pointwise
+derivatives (only its own slice of the carried ∂h, ∂c is needed) and writes the pre-activation
+gradients of the step; after the barrier, phase C multiplies all of them by the weight columns of
+the program's units to get its slice of ∂h_{t−1}. Weight gradients are left to one large GEMM
+per matrix afterwards (the caller's job). The reset-before GRU needs one more exchange per step in
+both directions (r ⊙ h forward, ∂(r ⊙ h) backward), so it has two barriers per step.
+
+Variable lengths: row b is live at step t while t < lengths[b]; a finished row keeps its state,
+writes zero outputs and passes its gradients through unchanged.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+__all__ = [
+    "gru_backward_kernel",
+    "gru_forward_kernel",
+    "lstm_backward_kernel",
+    "lstm_forward_kernel",
+]
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _tanh(x):
+    # tanh through exp of a non-positive argument: no overflow, no cancellation for large |x|
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x >= 0, t, -t)
+
+
+@triton.jit
+def _sync(cnt_ptr, err_ptr, target, SPIN_LIMIT: tl.constexpr):
+    """Grid barrier for one batch group: arrive, then wait until the counter reaches target."""
+    tl.debug_barrier()
+    tl.atomic_add(cnt_ptr, 1, sem="release")
+    if tl.load(err_ptr, volatile=True) == 0:
+        spins = 0
+        while (tl.atomic_add(cnt_ptr, 0, sem="acquire") < target) & (spins < SPIN_LIMIT):
+            spins += 1
+        if spins >= SPIN_LIMIT:
+            tl.store(err_ptr, 1)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _mm(
+    acc, a_ptr, a_stride, rows, row_mask, w_ptr, w_k_stride, w_n_stride, cols, col_mask,
+    K: tl.constexpr, BK: tl.constexpr, DOT_DTYPE: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """acc += A[rows, 0:K] @ Wt[0:K, cols], A row-major with row stride a_stride, Wt[k, n] at
+    w_ptr + k·w_k_stride + n·w_n_stride. A is read through L2 (.cg): other programs wrote it."""
+    for k0 in range(0, K, BK):
+        ks = k0 + tl.arange(0, BK)
+        k_mask = ks < K
+        a = tl.load(
+            a_ptr + rows[:, None] * a_stride + ks[None, :],
+            mask=row_mask[:, None] & k_mask[None, :],
+            other=0.0,
+            cache_modifier=".cg",
+        )
+        w = tl.load(
+            w_ptr + ks[:, None] * w_k_stride + cols[None, :] * w_n_stride,
+            mask=k_mask[:, None] & col_mask[None, :],
+            other=0.0,
+        )
+        acc = tl.dot(a.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def _mm_gates(
+    acc0, acc1, acc2, acc3, a_ptr, a_stride, rows, row_mask, w_ptr, cols, col_mask,
+    NG: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    PREC: tl.constexpr,
+):  # fmt: skip
+    """acc_g += A[rows, 0:K] @ W[g·K + cols, 0:K]ᵀ for the first NG gates g: one pass over A
+    (the state every program reads) feeding the NG products. W is row-major (·, K)."""
+    for k0 in range(0, K, BK):
+        ks = k0 + tl.arange(0, BK)
+        k_mask = ks < K
+        a = tl.load(
+            a_ptr + rows[:, None] * a_stride + ks[None, :],
+            mask=row_mask[:, None] & k_mask[None, :],
+            other=0.0,
+            cache_modifier=".cg",
+        ).to(DOT_DTYPE)
+        w_mask = k_mask[:, None] & col_mask[None, :]
+        w_tile = w_ptr + ks[:, None] + cols[None, :] * K
+        w = tl.load(w_tile, mask=w_mask, other=0.0)
+        acc0 = tl.dot(a, w.to(DOT_DTYPE), acc0, input_precision=PREC)
+        if NG > 1:
+            w = tl.load(w_tile + K * K, mask=w_mask, other=0.0)
+            acc1 = tl.dot(a, w.to(DOT_DTYPE), acc1, input_precision=PREC)
+        if NG > 2:
+            w = tl.load(w_tile + 2 * K * K, mask=w_mask, other=0.0)
+            acc2 = tl.dot(a, w.to(DOT_DTYPE), acc2, input_precision=PREC)
+        if NG > 3:
+            w = tl.load(w_tile + 3 * K * K, mask=w_mask, other=0.0)
+            acc3 = tl.dot(a, w.to(DOT_DTYPE), acc3, input_precision=PREC)
+    return acc0, acc1, acc2, acc3
+
+
+@triton.jit
+def _live(lens_ptr, rows, row_mask, t, HAS_LENS: tl.constexpr):
+    """(BB, 1) mask of the rows still inside their sequence at step t."""
+    if HAS_LENS:
+        n = tl.load(lens_ptr + rows, mask=row_mask, other=0)
+        live = t < n
+    else:
+        live = row_mask
+    return live[:, None]
+
+
+# ---------------------------------------------------------------------------------------------
+# GRU
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def gru_forward_kernel(
+    XG,  # (T, B, 3H) x W_ihᵀ + b_ih, any float dtype
+    W,  # (3H, H) recurrent weights r|z|n, dtype of the dot
+    BHH,  # (3H,) recurrent bias, float32 (zeros without bias)
+    HS,  # (T+1, B, H) float32 states, HS[0] = h0 on entry
+    Y,  # (T+1, B, H) states as the dot reads them and the output, Y[0] = h0 (may be HS)
+    G,  # (T, B, 4H) float32: r|z|n|U_n h + b_hn (after) or r|z|n|r ⊙ h (before)
+    LENS,  # (B,) int32 lengths, when HAS_LENS
+    CNT,  # (NP_B,) int32 barrier counters, zero on entry
+    ERR,  # (1,) int32 error flag, zero on entry
+    T, B,
+    H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
+    RESET_AFTER: tl.constexpr, SAVE: tl.constexpr, HAS_LENS: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, SPIN_LIMIT: tl.constexpr,
+):  # fmt: skip
+    pid_h = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    NP_H = tl.num_programs(0)
+    NP_B = tl.num_programs(1)
+    u = pid_h * BH + tl.arange(0, BH)
+    u_mask = u < H
+    b_r = tl.load(BHH + u, mask=u_mask, other=0.0)[None, :]
+    b_z = tl.load(BHH + H + u, mask=u_mask, other=0.0)[None, :]
+    b_n = tl.load(BHH + 2 * H + u, mask=u_mask, other=0.0)[None, :]
+    cnt = CNT + pid_b
+    target = 0
+    t = 0
+    while t < T:
+        b0 = pid_b * BB
+        while b0 < B:
+            rows = b0 + tl.arange(0, BB)
+            row_mask = rows < B
+            m2 = row_mask[:, None] & u_mask[None, :]
+            live = _live(LENS, rows, row_mask, t, HAS_LENS)
+            y_prev = Y + t * B * H
+            zero = tl.zeros((BB, BH), tl.float32)
+            acc_r, acc_z, acc_n, _ = _mm_gates(
+                zero, zero, zero, zero, y_prev, H, rows, row_mask, W, u, u_mask,
+                3 if RESET_AFTER else 2, H, BK, DOT_DTYPE, PREC,
+            )  # fmt: skip
+            xg = XG + t * B * 3 * H + rows[:, None] * (3 * H) + u[None, :]
+            r = _sigmoid(tl.load(xg, mask=m2, other=0.0).to(tl.float32) + acc_r + b_r)
+            z = _sigmoid(tl.load(xg + H, mask=m2, other=0.0).to(tl.float32) + acc_z + b_z)
+            own = rows[:, None] * H + u[None, :]
+            h_prev = tl.load(HS + t * B * H + own, mask=m2, other=0.0)
+            g = G + t * B * 4 * H + rows[:, None] * (4 * H) + u[None, :]
+            if RESET_AFTER:
+                hn = acc_n + b_n
+                n = _tanh(tl.load(xg + 2 * H, mask=m2, other=0.0).to(tl.float32) + r * hn)
+                h = tl.where(live, (1.0 - z) * n + z * h_prev, h_prev)
+                tl.store(HS + (t + 1) * B * H + own, h, mask=m2)
+                tl.store(Y + (t + 1) * B * H + own, tl.where(live, h, 0.0), mask=m2)
+                if SAVE:
+                    tl.store(g, r, mask=m2)
+                    tl.store(g + H, z, mask=m2)
+                    tl.store(g + 2 * H, n, mask=m2)
+                    tl.store(g + 3 * H, hn, mask=m2)
+            else:  # r ⊙ h goes to the others first; n and h after the barrier
+                tl.store(g, r, mask=m2)
+                tl.store(g + H, z, mask=m2)
+                tl.store(g + 3 * H, r * h_prev, mask=m2)
+            b0 += NP_B * BB
+        if not RESET_AFTER:
+            target += NP_H
+            _sync(cnt, ERR, target, SPIN_LIMIT)
+            b0 = pid_b * BB
+            while b0 < B:
+                rows = b0 + tl.arange(0, BB)
+                row_mask = rows < B
+                m2 = row_mask[:, None] & u_mask[None, :]
+                live = _live(LENS, rows, row_mask, t, HAS_LENS)
+                g_row = G + t * B * 4 * H
+                zero = tl.zeros((BB, BH), tl.float32)
+                acc_n, _, _, _ = _mm_gates(
+                    zero, zero, zero, zero, g_row + 3 * H, 4 * H, rows, row_mask, W + 2 * H * H,
+                    u, u_mask, 1, H, BK, DOT_DTYPE, PREC,
+                )  # fmt: skip
+                xg = XG + t * B * 3 * H + rows[:, None] * (3 * H) + u[None, :]
+                n = _tanh(tl.load(xg + 2 * H, mask=m2, other=0.0).to(tl.float32) + acc_n + b_n)
+                own = rows[:, None] * H + u[None, :]
+                g = g_row + rows[:, None] * (4 * H) + u[None, :]
+                z = tl.load(g + H, mask=m2, other=0.0)
+                h_prev = tl.load(HS + t * B * H + own, mask=m2, other=0.0)
+                h = tl.where(live, (1.0 - z) * n + z * h_prev, h_prev)
+                tl.store(HS + (t + 1) * B * H + own, h, mask=m2)
+                tl.store(Y + (t + 1) * B * H + own, tl.where(live, h, 0.0), mask=m2)
+                tl.store(g + 2 * H, n, mask=m2)
+                b0 += NP_B * BB
+        target += NP_H
+        _sync(cnt, ERR, target, SPIN_LIMIT)
+        t += 1
+
+
+@triton.jit
+def gru_backward_kernel(
+    DY,  # (T, B, H) gradient of the outputs
+    HS,  # (T+1, B, H) float32 states from the forward
+    G,  # (T, B, 4H) float32 saved gates
+    W,  # (3H, H) recurrent weights
+    DXG,  # (T, B, 3H) out: gradients of the input-side pre-activations r|z|n
+    DGH,  # (T, B, 3H) out (reset after): r|z|(dn ⊙ r), the recurrent side's; else unused
+    DH,  # (B, H) float32: ∂ final state on entry, ∂h0 on exit
+    LENS, CNT, ERR,
+    T, B,
+    H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
+    RESET_AFTER: tl.constexpr, HAS_LENS: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, SPIN_LIMIT: tl.constexpr,
+):  # fmt: skip
+    pid_h = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    NP_H = tl.num_programs(0)
+    NP_B = tl.num_programs(1)
+    u = pid_h * BH + tl.arange(0, BH)
+    u_mask = u < H
+    cnt = CNT + pid_b
+    target = 0
+    t = T - 1
+    while t >= 0:
+        # Phase A: pointwise derivatives of step t for this program's units.
+        b0 = pid_b * BB
+        while b0 < B:
+            rows = b0 + tl.arange(0, BB)
+            row_mask = rows < B
+            m2 = row_mask[:, None] & u_mask[None, :]
+            live = _live(LENS, rows, row_mask, t, HAS_LENS)
+            own = rows[:, None] * H + u[None, :]
+            dy = tl.load(DY + t * B * H + own, mask=m2, other=0.0).to(tl.float32)
+            dh = tl.load(DH + own, mask=m2, other=0.0) + tl.where(live, dy, 0.0)
+            g = G + t * B * 4 * H + rows[:, None] * (4 * H) + u[None, :]
+            r = tl.load(g, mask=m2, other=0.0)
+            z = tl.load(g + H, mask=m2, other=0.0)
+            n = tl.load(g + 2 * H, mask=m2, other=0.0)
+            extra = tl.load(g + 3 * H, mask=m2, other=0.0)  # U_n h + b_hn, or r ⊙ h
+            h_prev = tl.load(HS + t * B * H + own, mask=m2, other=0.0)
+            dan = tl.where(live, dh * (1.0 - z) * (1.0 - n * n), 0.0)
+            daz = tl.where(live, dh * (h_prev - n) * z * (1.0 - z), 0.0)
+            dx = DXG + t * B * 3 * H + rows[:, None] * (3 * H) + u[None, :]
+            tl.store(dx + H, daz.to(DXG.dtype.element_ty), mask=m2)
+            tl.store(dx + 2 * H, dan.to(DXG.dtype.element_ty), mask=m2)
+            carry = tl.where(live, dh * z, dh)
+            if RESET_AFTER:
+                dar = dan * extra * r * (1.0 - r)
+                tl.store(dx, dar.to(DXG.dtype.element_ty), mask=m2)
+                dg = DGH + t * B * 3 * H + rows[:, None] * (3 * H) + u[None, :]
+                tl.store(dg, dar.to(DGH.dtype.element_ty), mask=m2)
+                tl.store(dg + H, daz.to(DGH.dtype.element_ty), mask=m2)
+                tl.store(dg + 2 * H, (dan * r).to(DGH.dtype.element_ty), mask=m2)
+            tl.store(DH + own, carry, mask=m2)
+            b0 += NP_B * BB
+        target += NP_H
+        _sync(cnt, ERR, target, SPIN_LIMIT)
+        if not RESET_AFTER:
+            # Phase B: ∂(r ⊙ h) = dn · U_n needs every unit's dn; then dr, and r's share of ∂h.
+            b0 = pid_b * BB
+            while b0 < B:
+                rows = b0 + tl.arange(0, BB)
+                row_mask = rows < B
+                m2 = row_mask[:, None] & u_mask[None, :]
+                own = rows[:, None] * H + u[None, :]
+                drh = tl.zeros((BB, BH), tl.float32)
+                drh = _mm(
+                    drh, DXG + t * B * 3 * H + 2 * H, 3 * H, rows, row_mask, W + 2 * H * H, H, 1,
+                    u, u_mask, H, BK, DOT_DTYPE, PREC,
+                )  # fmt: skip
+                g = G + t * B * 4 * H + rows[:, None] * (4 * H) + u[None, :]
+                r = tl.load(g, mask=m2, other=0.0)
+                h_prev = tl.load(HS + t * B * H + own, mask=m2, other=0.0)
+                dar = drh * h_prev * r * (1.0 - r)
+                dx = DXG + t * B * 3 * H + rows[:, None] * (3 * H) + u[None, :]
+                tl.store(dx, dar.to(DXG.dtype.element_ty), mask=m2)
+                dh = tl.load(DH + own, mask=m2, other=0.0)
+                tl.store(DH + own, dh + drh * r, mask=m2)
+                b0 += NP_B * BB
+            target += NP_H
+            _sync(cnt, ERR, target, SPIN_LIMIT)
+        # Phase C: this program's slice of ∂h_{t−1} from every unit's gate gradients.
+        b0 = pid_b * BB
+        while b0 < B:
+            rows = b0 + tl.arange(0, BB)
+            row_mask = rows < B
+            m2 = row_mask[:, None] & u_mask[None, :]
+            own = rows[:, None] * H + u[None, :]
+            acc = tl.load(DH + own, mask=m2, other=0.0)
+            if RESET_AFTER:
+                acc = _mm(
+                    acc, DGH + t * B * 3 * H, 3 * H, rows, row_mask, W, H, 1, u, u_mask, 3 * H,
+                    BK, DOT_DTYPE, PREC,
+                )  # fmt: skip
+            else:
+                acc = _mm(
+                    acc, DXG + t * B * 3 * H, 3 * H, rows, row_mask, W, H, 1, u, u_mask, 2 * H,
+                    BK, DOT_DTYPE, PREC,
+                )  # fmt: skip
+            tl.store(DH + own, acc, mask=m2)
+            b0 += NP_B * BB
+        t -= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# LSTM
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def lstm_forward_kernel(
+    XG,  # (T, B, 4H) x W_ihᵀ + b_ih + b_hh
+    W,  # (4H, H) recurrent weights i|f|g|o
+    HS,  # (T+1, B, H) float32 h, HS[0] = h0
+    CS,  # (T+1, B, H) float32 c, CS[0] = c0
+    Y,  # (T+1, B, H) h as the dot reads it and the output, Y[0] = h0 (may be HS)
+    G,  # (T, B, 4H) float32 gates i|f|g|o after their nonlinearities, when SAVE
+    LENS, CNT, ERR,
+    T, B,
+    H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
+    SAVE: tl.constexpr, HAS_LENS: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, SPIN_LIMIT: tl.constexpr,
+):  # fmt: skip
+    pid_h = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    NP_H = tl.num_programs(0)
+    NP_B = tl.num_programs(1)
+    u = pid_h * BH + tl.arange(0, BH)
+    u_mask = u < H
+    cnt = CNT + pid_b
+    target = 0
+    t = 0
+    while t < T:
+        b0 = pid_b * BB
+        while b0 < B:
+            rows = b0 + tl.arange(0, BB)
+            row_mask = rows < B
+            m2 = row_mask[:, None] & u_mask[None, :]
+            live = _live(LENS, rows, row_mask, t, HAS_LENS)
+            y_prev = Y + t * B * H
+            zero = tl.zeros((BB, BH), tl.float32)
+            a_i, a_f, a_g, a_o = _mm_gates(
+                zero, zero, zero, zero, y_prev, H, rows, row_mask, W, u, u_mask, 4, H, BK,
+                DOT_DTYPE, PREC,
+            )  # fmt: skip
+            xg = XG + t * B * 4 * H + rows[:, None] * (4 * H) + u[None, :]
+            i = _sigmoid(tl.load(xg, mask=m2, other=0.0).to(tl.float32) + a_i)
+            f = _sigmoid(tl.load(xg + H, mask=m2, other=0.0).to(tl.float32) + a_f)
+            gg = _tanh(tl.load(xg + 2 * H, mask=m2, other=0.0).to(tl.float32) + a_g)
+            o = _sigmoid(tl.load(xg + 3 * H, mask=m2, other=0.0).to(tl.float32) + a_o)
+            own = rows[:, None] * H + u[None, :]
+            h_prev = tl.load(HS + t * B * H + own, mask=m2, other=0.0)
+            c_prev = tl.load(CS + t * B * H + own, mask=m2, other=0.0)
+            c = tl.where(live, f * c_prev + i * gg, c_prev)
+            h = tl.where(live, o * _tanh(c), h_prev)
+            tl.store(CS + (t + 1) * B * H + own, c, mask=m2)
+            tl.store(HS + (t + 1) * B * H + own, h, mask=m2)
+            tl.store(Y + (t + 1) * B * H + own, tl.where(live, h, 0.0), mask=m2)
+            if SAVE:
+                g = G + t * B * 4 * H + rows[:, None] * (4 * H) + u[None, :]
+                tl.store(g, i, mask=m2)
+                tl.store(g + H, f, mask=m2)
+                tl.store(g + 2 * H, gg, mask=m2)
+                tl.store(g + 3 * H, o, mask=m2)
+            b0 += NP_B * BB
+        target += NP_H
+        _sync(cnt, ERR, target, SPIN_LIMIT)
+        t += 1
+
+
+@triton.jit
+def lstm_backward_kernel(
+    DY,  # (T, B, H) gradient of the outputs
+    CS,  # (T+1, B, H) float32 cells from the forward
+    G,  # (T, B, 4H) float32 saved gates i|f|g|o
+    W,  # (4H, H) recurrent weights
+    DG,  # (T, B, 4H) out: pre-activation gradients i|f|g|o
+    DH,  # (B, H) float32: ∂h_T on entry, ∂h0 on exit
+    DC,  # (B, H) float32: ∂c_T on entry, ∂c0 on exit
+    LENS, CNT, ERR,
+    T, B,
+    H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
+    HAS_LENS: tl.constexpr, DOT_DTYPE: tl.constexpr, PREC: tl.constexpr,
+    SPIN_LIMIT: tl.constexpr,
+):  # fmt: skip
+    pid_h = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    NP_H = tl.num_programs(0)
+    NP_B = tl.num_programs(1)
+    u = pid_h * BH + tl.arange(0, BH)
+    u_mask = u < H
+    cnt = CNT + pid_b
+    target = 0
+    t = T - 1
+    while t >= 0:
+        b0 = pid_b * BB
+        while b0 < B:
+            rows = b0 + tl.arange(0, BB)
+            row_mask = rows < B
+            m2 = row_mask[:, None] & u_mask[None, :]
+            live = _live(LENS, rows, row_mask, t, HAS_LENS)
+            own = rows[:, None] * H + u[None, :]
+            dy = tl.load(DY + t * B * H + own, mask=m2, other=0.0).to(tl.float32)
+            dh = tl.load(DH + own, mask=m2, other=0.0) + tl.where(live, dy, 0.0)
+            dc = tl.load(DC + own, mask=m2, other=0.0)
+            g = G + t * B * 4 * H + rows[:, None] * (4 * H) + u[None, :]
+            i = tl.load(g, mask=m2, other=0.0)
+            f = tl.load(g + H, mask=m2, other=0.0)
+            gg = tl.load(g + 2 * H, mask=m2, other=0.0)
+            o = tl.load(g + 3 * H, mask=m2, other=0.0)
+            c = tl.load(CS + (t + 1) * B * H + own, mask=m2, other=0.0)
+            c_prev = tl.load(CS + t * B * H + own, mask=m2, other=0.0)
+            tc = _tanh(c)
+            dc = dc + tl.where(live, dh * o * (1.0 - tc * tc), 0.0)
+            dai = tl.where(live, dc * gg * i * (1.0 - i), 0.0)
+            daf = tl.where(live, dc * c_prev * f * (1.0 - f), 0.0)
+            dag = tl.where(live, dc * i * (1.0 - gg * gg), 0.0)
+            dao = tl.where(live, dh * tc * o * (1.0 - o), 0.0)
+            dg = DG + t * B * 4 * H + rows[:, None] * (4 * H) + u[None, :]
+            tl.store(dg, dai.to(DG.dtype.element_ty), mask=m2)
+            tl.store(dg + H, daf.to(DG.dtype.element_ty), mask=m2)
+            tl.store(dg + 2 * H, dag.to(DG.dtype.element_ty), mask=m2)
+            tl.store(dg + 3 * H, dao.to(DG.dtype.element_ty), mask=m2)
+            tl.store(DC + own, tl.where(live, dc * f, dc), mask=m2)
+            tl.store(DH + own, tl.where(live, 0.0, dh), mask=m2)
+            b0 += NP_B * BB
+        target += NP_H
+        _sync(cnt, ERR, target, SPIN_LIMIT)
+        b0 = pid_b * BB
+        while b0 < B:
+            rows = b0 + tl.arange(0, BB)
+            row_mask = rows < B
+            m2 = row_mask[:, None] & u_mask[None, :]
+            own = rows[:, None] * H + u[None, :]
+            acc = tl.load(DH + own, mask=m2, other=0.0)
+            acc = _mm(
+                acc, DG + t * B * 4 * H, 4 * H, rows, row_mask, W, H, 1, u, u_mask, 4 * H, BK,
+                DOT_DTYPE, PREC,
+            )  # fmt: skip
+            tl.store(DH + own, acc, mask=m2)
+            b0 += NP_B * BB
+        t -= 1

@@ -1,0 +1,197 @@
+"""The ``triton`` backend against the float64 reference: outputs, final states and every gradient,
+with every work and output buffer poisoned (NaN) before the kernels run, fresh random inputs each
+time. Without a GPU the kernels run in Triton's interpreter (one program, tiny sizes; bfloat16 is
+left out there because the interpreter's bfloat16 ``dot`` is wrong, float16 stands in); on a GPU
+the same checks run at real sizes with TF32 and bfloat16 tolerances (``-m gpu``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import gatedrnn
+from gatedrnn.backends import BackendUnsupportedError, get_backend, resolve_backend
+
+pytest.importorskip("triton")
+from gatedrnn.backends import gpu
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+if not CUDA and not gpu.interpreting():
+    pytest.skip("no GPU and TRITON_INTERPRET is not set", allow_module_level=True)
+
+CELLS = {
+    "gru": (gatedrnn.GRU, {}),
+    "gru-before": (gatedrnn.GRU, {"reset": "before"}),
+    "lstm": (gatedrnn.LSTM, {}),
+}
+# relative error ‖a − b‖ / ‖b‖ allowed per dtype (TF32 on the GPU; plain float32 interpreted)
+TOLERANCE = {torch.float32: 3e-4 if CUDA else 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    monkeypatch.setattr(gpu, "POISON", True)
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    assert torch.isfinite(a).all(), "non-finite values (an unwritten, poisoned element?)"
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _run(layer, x, states, lengths, weights):
+    """Forward + backward through ``layer``; returns output, final states and all gradients."""
+    x = x.clone().requires_grad_()
+    states = tuple(s.clone().requires_grad_() for s in states)
+    inp = x if lengths is None else pack_padded_sequence(x, lengths, enforce_sorted=False)
+    out, final = layer(inp, states if len(states) == 2 else states[0])
+    if lengths is not None:
+        out = pad_packed_sequence(out, total_length=x.shape[0])[0]
+    finals = final if isinstance(final, tuple) else (final,)
+    loss = (out.double() * weights[0]).sum() + sum(
+        (f.double() * w).sum() for f, w in zip(finals, weights[1:], strict=False)
+    )
+    loss.backward()
+    grads = {"input": x.grad, **{f"state{i}": s.grad for i, s in enumerate(states)}}
+    grads.update({name: p.grad for name, p in layer.named_parameters()})
+    return out, finals, grads
+
+
+def check(cell, dtype, T, B, I, H, *, layers=1, bidirectional=False, lengths=None, seed=0):
+    layer_cls, options = CELLS[cell]
+    gen = torch.Generator().manual_seed(seed)
+    kwargs = dict(num_layers=layers, bidirectional=bidirectional, **options)
+    reference = layer_cls(I, H, backend="reference", dtype=torch.float64, **kwargs).to(DEVICE)
+    ours = layer_cls(I, H, backend="triton", dtype=dtype, **kwargs).to(DEVICE)
+    ours.load_state_dict({k: v.to(dtype) for k, v in reference.state_dict().items()})
+    D = 2 if bidirectional else 1
+    x = torch.randn(T, B, I, generator=gen, dtype=torch.float64).to(DEVICE)
+    states = tuple(
+        torch.randn(layers * D, B, H, generator=gen, dtype=torch.float64).to(DEVICE) * 0.5
+        for _ in range(2 if cell == "lstm" else 1)
+    )
+    # the reference sees exactly the low-precision inputs and weights, in float64
+    x_low, states_low = x.to(dtype), tuple(s.to(dtype) for s in states)
+    weights = [torch.randn(T, B, D * H, generator=gen, dtype=torch.float64).to(DEVICE)] + [
+        torch.randn(layers * D, B, H, generator=gen, dtype=torch.float64).to(DEVICE) for _ in states
+    ]
+    expected = _run(
+        reference, x_low.double(), tuple(s.double() for s in states_low), lengths, weights
+    )
+    actual = _run(ours, x_low, states_low, lengths, weights)
+    errors = {"output": _relative(actual[0], expected[0])}
+    for i, (a, b) in enumerate(zip(actual[1], expected[1], strict=True)):
+        errors[f"final state {i}"] = _relative(a, b)
+    for name, g in expected[2].items():
+        errors[f"grad {name}"] = _relative(actual[2][name], g)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= TOLERANCE[dtype], f"{worst}: {errors[worst]:.3g} ({errors})"
+    return errors
+
+
+SMALL_DTYPES = [torch.float32, torch.float16] if not CUDA else [torch.float32, torch.bfloat16]
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+@pytest.mark.parametrize("dtype", SMALL_DTYPES, ids=str)
+@pytest.mark.parametrize("H", [5, 16, 20])
+def test_one_layer_matches_reference(cell, dtype, H):
+    check(cell, dtype, T=6, B=3, I=4, H=H, seed=H)
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_stack_bidirectional_packed(cell):
+    lengths = torch.tensor([2, 7, 1, 5])
+    check(cell, torch.float32, T=7, B=4, I=3, H=6, layers=2, bidirectional=True, lengths=lengths)
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_batch_wider_than_one_block(cell):
+    check(cell, torch.float32, T=3, B=17, I=2, H=3)
+
+
+def test_fresh_inputs_each_draw():
+    # the same function on different random inputs, not one lucky draw
+    for seed in range(3):
+        check("gru", torch.float32, T=4, B=2, I=3, H=7, seed=100 + seed)
+
+
+def test_forward_without_grad_saves_nothing_and_matches():
+    torch.manual_seed(0)
+    ours = gatedrnn.GRU(3, 8, backend="triton").to(DEVICE)
+    ref = gatedrnn.GRU(3, 8, backend="reference").to(DEVICE)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(5, 2, 3, device=DEVICE)
+    with torch.no_grad():
+        a, ha = ours(x)
+        b, hb = ref(x)
+    assert _relative(a, b) < TOLERANCE[torch.float32]
+    assert _relative(ha, hb) < TOLERANCE[torch.float32]
+
+
+def test_double_backward_is_refused():
+    ours = gatedrnn.GRU(3, 4, backend="triton").to(DEVICE)
+    x = torch.randn(5, 2, 3, device=DEVICE, requires_grad=True)
+    out, _ = ours(x)
+    with pytest.raises(RuntimeError, match="first derivatives only"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)
+
+
+@pytest.mark.parametrize(
+    "layer, reason",
+    [
+        (lambda: gatedrnn.RNN(3, 4, backend="triton"), "GRU and the LSTM only"),
+        (lambda: gatedrnn.MGU(3, 4, backend="triton"), "GRU and the LSTM only"),
+        (lambda: gatedrnn.LSTM(3, 4, proj_size=2, backend="triton"), "no peepholes"),
+        (lambda: gatedrnn.LSTM(3, 4, peepholes=True, backend="triton"), "no peepholes"),
+        (lambda: gatedrnn.GRU(3, 4, backend="triton", dtype=torch.float64), "float64"),
+    ],
+)
+def test_unsupported_configurations_say_why(layer, reason):
+    module = layer().to(DEVICE)
+    x = torch.randn(2, 1, 3, device=DEVICE, dtype=next(module.parameters()).dtype)
+    with pytest.raises(BackendUnsupportedError, match=reason):
+        module(x)
+
+
+def test_auto_never_picks_the_interpreter():
+    if CUDA:
+        pytest.skip("on a GPU auto follows the measured table")
+    gru = gatedrnn.GRU(3, 4)
+    assert resolve_backend("auto", gru.config, torch.randn(2, 1, 3)).name != "triton"
+
+
+def test_without_gpu_or_interpreter_it_says_why(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    reason = get_backend("triton").unsupported(gatedrnn.GRU(3, 4).config, torch.randn(2, 1, 3))
+    assert reason is not None and "CUDA" in reason
+
+
+# ---- at real sizes, on the GPU only --------------------------------------------------------
+
+REAL = [
+    (cell, dtype, B, H)
+    for cell in sorted(CELLS)
+    for dtype in (torch.float32, torch.bfloat16)
+    for B, H in [(1, 256), (16, 1024), (64, 512), (256, 256)]
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("cell, dtype, B, H", REAL, ids=str)
+def test_real_sizes_on_gpu(cell, dtype, B, H):
+    errors = check(cell, dtype, T=64, B=B, I=H, H=H, seed=B + H)
+    print(cell, dtype, B, H, {k: f"{v:.1e}" for k, v in errors.items()})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_stack_packed_on_gpu(cell):
+    lengths = torch.tensor([30, 64, 1, 17, 64, 5, 40, 2])
+    check(
+        cell, torch.float32, T=64, B=8, I=96, H=320, layers=2, bidirectional=True, lengths=lengths
+    )
