@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "--sweep",
         default="",
         help="instead of the grid: time launch variants at CELL:DTYPE:B:H[,...] "
-        "(BH 16/32, num_warps 4/8, BK 32/64/128)",
+        "(num_warps, BK, num_stages, BH)",
     )
     parser.add_argument(
         "--write-table", action="store_true", help="update the auto table of the triton backend"
@@ -177,11 +177,13 @@ def sweep(spec: str, T: int, out: Path) -> int:
 
     variants = [
         {},
+        {"num_warps": 2},
         {"num_warps": 8},
-        {"BH": 32},
-        {"BH": 32, "num_warps": 8},
         {"BK": 32},
         {"BK": 128},
+        {"num_stages": 2},
+        {"num_stages": 4},
+        {"BH": 32},
     ]
     results = []
     for item in spec.split(","):

@@ -27,12 +27,21 @@ CELLS = {
     "lstm": (gatedrnn.LSTM, {}),
 }
 # relative error ‖a − b‖ / ‖b‖ allowed per dtype (TF32 on the GPU; plain float32 interpreted)
-TOLERANCE = {torch.float32: 3e-4 if CUDA else 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+TF32_TOLERANCE = 3e-4
 
 
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch):
     monkeypatch.setattr(gpu, "POISON", True)
+
+
+@pytest.fixture(autouse=True)
+def _ieee_at_small_sizes(request, monkeypatch):
+    """TF32's rounding (2⁻¹¹) over a handful of terms is not averaged out: tiny shapes are checked
+    in IEEE float32, real sizes (marked gpu) with TF32 on, as cuDNN runs them."""
+    if CUDA and request.node.get_closest_marker("gpu") is None:
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -87,7 +96,10 @@ def check(cell, dtype, T, B, I, H, *, layers=1, bidirectional=False, lengths=Non
     for name, g in expected[2].items():
         errors[f"grad {name}"] = _relative(actual[2][name], g)
     worst = max(errors, key=errors.get)
-    assert errors[worst] <= TOLERANCE[dtype], f"{worst}: {errors[worst]:.3g} ({errors})"
+    tolerance = TOLERANCE[dtype]
+    if dtype == torch.float32 and CUDA and torch.backends.cudnn.allow_tf32:
+        tolerance = TF32_TOLERANCE
+    assert errors[worst] <= tolerance, f"{worst}: {errors[worst]:.3g} ({errors})"
     return errors
 
 

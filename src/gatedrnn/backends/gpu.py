@@ -92,24 +92,38 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _launch(H: int, B: int, device: torch.device) -> dict:
-    """Grid and block sizes: BH units per program (≥ 16, the smallest dot tile), as many batch
-    groups as fit beside them, never more programs than multiprocessors (all must be resident
-    for the barrier). Under the interpreter: one program covering everything."""
+def _launch(H: int, B: int, device: torch.device, dtype: torch.dtype) -> dict | None:
+    """Grid and block sizes, or None when the batch is too large for one resident wave.
+
+    Each program owns BH units (≥ 16, the smallest dot tile) of BB batch rows; the grid covers
+    H × B exactly once and never has more programs than the GPU has multiprocessors, so all are
+    resident at once (the barrier needs that). The smallest tiles that fit win: more programs,
+    less work each. Under the interpreter: one program covering everything."""
     if device.type != "cuda":
         BH, BB = max(16, _next_pow2(H)), max(16, _next_pow2(B))
-        return {"grid": (1, 1), "BH": BH, "BB": BB, "BK": min(64, BH)}
+        return {"grid": (1, 1), "meta": {"BH": BH, "BB": BB, "BK": min(64, BH)}}
     sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    BH = TUNING.get("BH", 16)
-    while math.ceil(H / BH) > sms:
-        BH *= 2
-    np_h = math.ceil(H / BH)
-    np_b = max(1, min(math.ceil(B / 16), sms // np_h))
-    # BB above 64 spills registers (seen in the float32 LSTM kernels' resource report)
-    BB = TUNING.get("BB", min(64, max(16, _next_pow2(math.ceil(B / np_b)))))
-    np_b = min(np_b, math.ceil(B / BB))
-    BK, warps = TUNING.get("BK", 64), TUNING.get("num_warps", 8 if BB >= 64 else 4)
-    return {"grid": (np_h, np_b), "BH": BH, "BB": BB, "BK": BK, "num_warps": warps}
+    for BH in [TUNING["BH"]] if "BH" in TUNING else [16, 32, 64]:
+        for BB in [TUNING["BB"]] if "BB" in TUNING else [16, 32, 64]:
+            grid = (math.ceil(H / BH), math.ceil(B / BB))
+            if grid[0] * grid[1] <= sms:
+                # Chosen from the compiler's resource report (scripts/triton_aot.py): these
+                # keep every variant free of register spills at H = 1024.
+                tile = BB * BH
+                BK = 128 if tile <= 256 and dtype != torch.float32 else 64 if tile <= 512 else 32
+                meta = {
+                    "BH": BH, "BB": BB, "BK": TUNING.get("BK", BK),
+                    "num_warps": TUNING.get("num_warps", 4 if tile <= 256 else 8),
+                }  # fmt: skip
+                if "num_stages" in TUNING:
+                    meta["num_stages"] = TUNING["num_stages"]
+                return {"grid": grid, "meta": meta}
+    return None
+
+
+def _max_batch(H: int, device: torch.device) -> int:
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return 64 * (sms // math.ceil(H / 64))
 
 
 def _dot_options(dtype: torch.dtype):
@@ -134,13 +148,32 @@ def _sync_buffers(grid: tuple[int, int], device: torch.device) -> tuple[Tensor, 
     )
 
 
+_BARRIER_FAULT = (
+    "a grid barrier of the triton backend timed out: its programs were not all resident on the "
+    "GPU at once (another process holding multiprocessors?), so results computed since are wrong; "
+    "use backend='cudnn'"
+)
+_pending: list[tuple[Tensor, torch.cuda.Event]] = []
+
+
 def _check(err: Tensor) -> None:
-    if int(err.item()):
-        raise RuntimeError(
-            "a grid barrier of the triton backend timed out: its programs were not all resident "
-            "on the GPU at once (another process holding the multiprocessors?); use "
-            "backend='cudnn'"
-        )
+    """Raise if a kernel reported a barrier fault. On the GPU this never waits for the kernel:
+    the flag is copied to pinned memory behind it and looked at by a later call, once its event
+    has completed (a fault surfaces one call late, or at the next check after a synchronize)."""
+    if err.device.type != "cuda":
+        if int(err.item()):
+            raise RuntimeError(_BARRIER_FAULT)
+        return
+    host = torch.empty(1, dtype=torch.int32, pin_memory=True)
+    host.copy_(err, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    _pending.append((host, event))
+    done = [item for item in _pending if item[1].query()]
+    for item in done:
+        _pending.remove(item)
+    if any(int(h.item()) for h, _ in done):
+        raise RuntimeError(_BARRIER_FAULT)
 
 
 def _project(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
@@ -176,7 +209,7 @@ class _GRU(torch.autograd.Function):
         T, B, _ = x.shape
         H = h0.shape[1]
         k = _kernels()
-        cfg = _launch(H, B, x.device)
+        cfg = _launch(H, B, x.device, x.dtype)
         dot_dtype, prec = _dot_options(x.dtype)
         xg = _project(x, w_ih, b_ih)
         bhh = (
@@ -193,9 +226,9 @@ class _GRU(torch.autograd.Function):
         cnt, err = _sync_buffers(cfg["grid"], x.device)
         k.gru_forward_kernel[cfg["grid"]](
             xg, w_hh.contiguous(), bhh, hs, y, gates, lens, cnt, err, T, B,
-            H=H, BH=cfg["BH"], BB=cfg["BB"], BK=cfg["BK"], RESET_AFTER=reset_after, SAVE=save,
-            HAS_LENS=lengths is not None, DOT_DTYPE=dot_dtype, PREC=prec, SPIN_LIMIT=SPIN_LIMIT,
-            **({"num_warps": cfg["num_warps"]} if "num_warps" in cfg else {}),
+            H=H, RESET_AFTER=reset_after, SAVE=save, HAS_LENS=lengths is not None,
+            Y_IS_HS=y is hs, DOT_DTYPE=dot_dtype, PREC=prec, SPIN_LIMIT=SPIN_LIMIT,
+            **cfg["meta"],
         )  # fmt: skip
         _check(err)
         out = y[1:]
@@ -211,7 +244,7 @@ class _GRU(torch.autograd.Function):
         H = hs.shape[2]
         reset_after = ctx.reset_after
         k = _kernels()
-        cfg = _launch(H, B, x.device)
+        cfg = _launch(H, B, x.device, x.dtype)
         dot_dtype, prec = _dot_options(x.dtype)
         dxg = _empty(T, B, 3 * H, dtype=x.dtype, device=x.device)
         dgh = _empty(T, B, 3 * H, dtype=x.dtype, device=x.device) if reset_after else dxg
@@ -221,9 +254,9 @@ class _GRU(torch.autograd.Function):
         cnt, err = _sync_buffers(cfg["grid"], x.device)
         k.gru_backward_kernel[cfg["grid"]](
             dy, hs, gates, w_hh.contiguous(), dxg, dgh, dh, lens, cnt, err, T, B,
-            H=H, BH=cfg["BH"], BB=cfg["BB"], BK=cfg["BK"], RESET_AFTER=reset_after,
+            H=H, RESET_AFTER=reset_after,
             HAS_LENS=lengths is not None, DOT_DTYPE=dot_dtype, PREC=prec, SPIN_LIMIT=SPIN_LIMIT,
-            **({"num_warps": cfg["num_warps"]} if "num_warps" in cfg else {}),
+            **cfg["meta"],
         )  # fmt: skip
         _check(err)
         needs = ctx.needs_input_grad
@@ -255,7 +288,7 @@ class _LSTM(torch.autograd.Function):
         T, B, _ = x.shape
         H = h0.shape[1]
         k = _kernels()
-        cfg = _launch(H, B, x.device)
+        cfg = _launch(H, B, x.device, x.dtype)
         dot_dtype, prec = _dot_options(x.dtype)
         xg = _project(x, w_ih, None if b_ih is None else b_ih + b_hh)
         save = any(ctx.needs_input_grad)
@@ -267,9 +300,9 @@ class _LSTM(torch.autograd.Function):
         cnt, err = _sync_buffers(cfg["grid"], x.device)
         k.lstm_forward_kernel[cfg["grid"]](
             xg, w_hh.contiguous(), hs, cs, y, gates, lens, cnt, err, T, B,
-            H=H, BH=cfg["BH"], BB=cfg["BB"], BK=cfg["BK"], SAVE=save,
+            H=H, SAVE=save,
             HAS_LENS=lengths is not None, DOT_DTYPE=dot_dtype, PREC=prec, SPIN_LIMIT=SPIN_LIMIT,
-            **({"num_warps": cfg["num_warps"]} if "num_warps" in cfg else {}),
+            **cfg["meta"],
         )  # fmt: skip
         _check(err)
         ctx.save_for_backward(x, w_ih, w_hh, y, cs, gates, lengths)
@@ -283,7 +316,7 @@ class _LSTM(torch.autograd.Function):
         T, B, _ = x.shape
         H = cs.shape[2]
         k = _kernels()
-        cfg = _launch(H, B, x.device)
+        cfg = _launch(H, B, x.device, x.dtype)
         dot_dtype, prec = _dot_options(x.dtype)
         dg = _empty(T, B, 4 * H, dtype=x.dtype, device=x.device)
         dh = grad_h.float().contiguous().clone() if grad_h is not None else cs.new_zeros(B, H)
@@ -293,9 +326,9 @@ class _LSTM(torch.autograd.Function):
         cnt, err = _sync_buffers(cfg["grid"], x.device)
         k.lstm_backward_kernel[cfg["grid"]](
             dy, cs, gates, w_hh.contiguous(), dg, dh, dc, lens, cnt, err, T, B,
-            H=H, BH=cfg["BH"], BB=cfg["BB"], BK=cfg["BK"], HAS_LENS=lengths is not None,
+            H=H, HAS_LENS=lengths is not None,
             DOT_DTYPE=dot_dtype, PREC=prec, SPIN_LIMIT=SPIN_LIMIT,
-            **({"num_warps": cfg["num_warps"]} if "num_warps" in cfg else {}),
+            **cfg["meta"],
         )  # fmt: skip
         _check(err)
         needs = ctx.needs_input_grad
@@ -359,6 +392,15 @@ class TritonBackend:
         T, B = input.shape[:2]
         if (T + 1) * B * 4 * config.hidden_size >= 2**31:
             return "its kernels index with 32-bit offsets: (T+1)·B·4H must stay below 2^31"
+        if (
+            input.device.type == "cuda"
+            and _launch(config.hidden_size, B, input.device, input.dtype) is None
+        ):
+            most = _max_batch(config.hidden_size, input.device)
+            return (
+                f"batch {B} is too large for one resident wave of its programs at hidden size "
+                f"{config.hidden_size} (at most {most} on this GPU)"
+            )
         if input.device.type != "cuda" and not interpreting():
             return (
                 f"it runs on CUDA GPUs, got a {input.device.type} input (TRITON_INTERPRET=1 runs "

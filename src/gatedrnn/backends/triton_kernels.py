@@ -2,14 +2,15 @@
 backward through time. Imported only by :mod:`gatedrnn.backends.gpu`, and only when first used.
 
 One launch runs one layer direction over all T steps. The grid is ``(NP_H, NP_B)``: program
-``(p, q)`` owns the hidden units ``p·BH … p·BH+BH−1`` and the batch rows ``q·BB …`` (then every
-``NP_B·BB``-th block after them). Every step, each program multiplies the whole previous state
-(read from global memory, where the other programs wrote it; it stays in L2) by its own slice of
-the recurrent weights, does the pointwise gate math for its units in registers, writes its slice
-of the new state, and waits at a barrier for the other programs of its batch group. The launcher
-never starts more programs than the GPU has multiprocessors, so all of them are resident at once
-and the barrier cannot deadlock; under ``TRITON_INTERPRET=1`` it starts one program, and the
-barrier is trivial.
+``(p, q)`` owns the hidden units ``p·BH … p·BH+BH−1`` of the batch rows ``q·BB … q·BB+BB−1``.
+Every step, each program multiplies the whole previous state of its rows (read from global
+memory, where the other programs of its batch group wrote it; it stays in L2) by its own slice of
+the recurrent weights, does the pointwise gate math for its units with its own slice of the state
+carried in registers (float32), writes its slice of the new state, loads the next step's inputs
+(they do not depend on the others), and only then waits at a barrier for the other programs of
+its batch group. The launcher never starts more programs than the GPU has multiprocessors, so
+all of them are resident at once and the barrier cannot deadlock; under ``TRITON_INTERPRET=1``
+it starts one program, and the barrier is trivial.
 
 The barrier: a CTA barrier (so every thread's stores are issued), one release ``atomic_add`` on
 the group's counter, then a spin on an acquire read of it until every program of the group has
@@ -17,11 +18,12 @@ arrived; state is read back with ``.cg`` loads (L2, not the SM's incoherent L1).
 past ``SPIN_LIMIT`` sets an error flag the launcher checks, instead of hanging the GPU.
 
 Backward runs in reverse time the same way. Per step, phase A does each unit's pointwise
-derivatives (only its own slice of the carried ∂h, ∂c is needed) and writes the pre-activation
-gradients of the step; after the barrier, phase C multiplies all of them by the weight columns of
-the program's units to get its slice of ∂h_{t−1}. Weight gradients are left to one large GEMM
-per matrix afterwards (the caller's job). The reset-before GRU needs one more exchange per step in
-both directions (r ⊙ h forward, ∂(r ⊙ h) backward), so it has two barriers per step.
+derivatives (only its own slice of the carried ∂h, ∂c is needed, in registers) and writes the
+pre-activation gradients of the step; after the barrier, phase C multiplies all of them by the
+weight columns of the program's units to get its slice of ∂h_{t−1}. Weight gradients are left
+to one large GEMM per matrix afterwards (the caller's job). The reset-before GRU needs one more
+exchange per step in both directions (r ⊙ h forward, ∂(r ⊙ h) backward), so it has two barriers
+per step.
 
 Variable lengths: row b is live at step t while t < lengths[b]; a finished row keeps its state,
 writes zero outputs and passes its gradients through unchanged.
@@ -146,7 +148,7 @@ def gru_forward_kernel(
     XG,  # (T, B, 3H) x W_ihᵀ + b_ih, any float dtype
     W,  # (3H, H) recurrent weights r|z|n, dtype of the dot
     BHH,  # (3H,) recurrent bias, float32 (zeros without bias)
-    HS,  # (T+1, B, H) float32 states, HS[0] = h0 on entry
+    HS,  # (T+1, B, H) float32 states: HS[0] = h0 on entry; every step when SAVE, else HS[T]
     Y,  # (T+1, B, H) states as the dot reads them and the output, Y[0] = h0 (may be HS)
     G,  # (T, B, 4H) float32: r|z|n|U_n h + b_hn (after) or r|z|n|r ⊙ h (before)
     LENS,  # (B,) int32 lengths, when HAS_LENS
@@ -155,84 +157,72 @@ def gru_forward_kernel(
     T, B,
     H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
     RESET_AFTER: tl.constexpr, SAVE: tl.constexpr, HAS_LENS: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, SPIN_LIMIT: tl.constexpr,
+    Y_IS_HS: tl.constexpr, DOT_DTYPE: tl.constexpr, PREC: tl.constexpr,
+    SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
     pid_h = tl.program_id(0)
     pid_b = tl.program_id(1)
     NP_H = tl.num_programs(0)
-    NP_B = tl.num_programs(1)
     u = pid_h * BH + tl.arange(0, BH)
     u_mask = u < H
+    rows = pid_b * BB + tl.arange(0, BB)
+    row_mask = rows < B
+    m2 = row_mask[:, None] & u_mask[None, :]
+    own = rows[:, None] * H + u[None, :]
+    own_xg = rows[:, None] * (3 * H) + u[None, :]
+    own_g = rows[:, None] * (4 * H) + u[None, :]
     b_r = tl.load(BHH + u, mask=u_mask, other=0.0)[None, :]
     b_z = tl.load(BHH + H + u, mask=u_mask, other=0.0)[None, :]
     b_n = tl.load(BHH + 2 * H + u, mask=u_mask, other=0.0)[None, :]
     cnt = CNT + pid_b
+    h = tl.load(HS + own, mask=m2, other=0.0)
+    x_r = tl.load(XG + own_xg, mask=m2, other=0.0).to(tl.float32)
+    x_z = tl.load(XG + H + own_xg, mask=m2, other=0.0).to(tl.float32)
+    x_n = tl.load(XG + 2 * H + own_xg, mask=m2, other=0.0).to(tl.float32)
     target = 0
     t = 0
     while t < T:
-        b0 = pid_b * BB
-        while b0 < B:
-            rows = b0 + tl.arange(0, BB)
-            row_mask = rows < B
-            m2 = row_mask[:, None] & u_mask[None, :]
-            live = _live(LENS, rows, row_mask, t, HAS_LENS)
-            y_prev = Y + t * B * H
-            zero = tl.zeros((BB, BH), tl.float32)
-            acc_r, acc_z, acc_n, _ = _mm_gates(
-                zero, zero, zero, zero, y_prev, H, rows, row_mask, W, u, u_mask,
-                3 if RESET_AFTER else 2, H, BK, DOT_DTYPE, PREC,
-            )  # fmt: skip
-            xg = XG + t * B * 3 * H + rows[:, None] * (3 * H) + u[None, :]
-            r = _sigmoid(tl.load(xg, mask=m2, other=0.0).to(tl.float32) + acc_r + b_r)
-            z = _sigmoid(tl.load(xg + H, mask=m2, other=0.0).to(tl.float32) + acc_z + b_z)
-            own = rows[:, None] * H + u[None, :]
-            h_prev = tl.load(HS + t * B * H + own, mask=m2, other=0.0)
-            g = G + t * B * 4 * H + rows[:, None] * (4 * H) + u[None, :]
-            if RESET_AFTER:
-                hn = acc_n + b_n
-                n = _tanh(tl.load(xg + 2 * H, mask=m2, other=0.0).to(tl.float32) + r * hn)
-                h = tl.where(live, (1.0 - z) * n + z * h_prev, h_prev)
-                tl.store(HS + (t + 1) * B * H + own, h, mask=m2)
-                tl.store(Y + (t + 1) * B * H + own, tl.where(live, h, 0.0), mask=m2)
-                if SAVE:
-                    tl.store(g, r, mask=m2)
-                    tl.store(g + H, z, mask=m2)
-                    tl.store(g + 2 * H, n, mask=m2)
-                    tl.store(g + 3 * H, hn, mask=m2)
-            else:  # r ⊙ h goes to the others first; n and h after the barrier
-                tl.store(g, r, mask=m2)
-                tl.store(g + H, z, mask=m2)
-                tl.store(g + 3 * H, r * h_prev, mask=m2)
-            b0 += NP_B * BB
-        if not RESET_AFTER:
+        live = _live(LENS, rows, row_mask, t, HAS_LENS)
+        zero = tl.zeros((BB, BH), tl.float32)
+        acc_r, acc_z, acc_n, _ = _mm_gates(
+            zero, zero, zero, zero, Y + t * B * H, H, rows, row_mask, W, u, u_mask,
+            3 if RESET_AFTER else 2, H, BK, DOT_DTYPE, PREC,
+        )  # fmt: skip
+        r = _sigmoid(x_r + acc_r + b_r)
+        z = _sigmoid(x_z + acc_z + b_z)
+        g = G + t * B * 4 * H + own_g
+        if RESET_AFTER:
+            hn = acc_n + b_n
+            n = _tanh(x_n + r * hn)
+            if SAVE:
+                tl.store(g + 3 * H, hn, mask=m2)
+        else:  # r ⊙ h goes to the others first; n after the barrier
+            tl.store(g + 3 * H, r * h, mask=m2)
             target += NP_H
             _sync(cnt, ERR, target, SPIN_LIMIT)
-            b0 = pid_b * BB
-            while b0 < B:
-                rows = b0 + tl.arange(0, BB)
-                row_mask = rows < B
-                m2 = row_mask[:, None] & u_mask[None, :]
-                live = _live(LENS, rows, row_mask, t, HAS_LENS)
-                g_row = G + t * B * 4 * H
-                zero = tl.zeros((BB, BH), tl.float32)
-                acc_n, _, _, _ = _mm_gates(
-                    zero, zero, zero, zero, g_row + 3 * H, 4 * H, rows, row_mask, W + 2 * H * H,
-                    u, u_mask, 1, H, BK, DOT_DTYPE, PREC,
-                )  # fmt: skip
-                xg = XG + t * B * 3 * H + rows[:, None] * (3 * H) + u[None, :]
-                n = _tanh(tl.load(xg + 2 * H, mask=m2, other=0.0).to(tl.float32) + acc_n + b_n)
-                own = rows[:, None] * H + u[None, :]
-                g = g_row + rows[:, None] * (4 * H) + u[None, :]
-                z = tl.load(g + H, mask=m2, other=0.0)
-                h_prev = tl.load(HS + t * B * H + own, mask=m2, other=0.0)
-                h = tl.where(live, (1.0 - z) * n + z * h_prev, h_prev)
+            acc_n, _, _, _ = _mm_gates(
+                zero, zero, zero, zero, G + t * B * 4 * H + 3 * H, 4 * H, rows, row_mask,
+                W + 2 * H * H, u, u_mask, 1, H, BK, DOT_DTYPE, PREC,
+            )  # fmt: skip
+            n = _tanh(x_n + acc_n + b_n)
+        h = tl.where(live, (1.0 - z) * n + z * h, h)
+        tl.store(Y + (t + 1) * B * H + own, tl.where(live, h, 0.0), mask=m2)
+        if SAVE:
+            if not Y_IS_HS:
                 tl.store(HS + (t + 1) * B * H + own, h, mask=m2)
-                tl.store(Y + (t + 1) * B * H + own, tl.where(live, h, 0.0), mask=m2)
-                tl.store(g + 2 * H, n, mask=m2)
-                b0 += NP_B * BB
+            tl.store(g, r, mask=m2)
+            tl.store(g + H, z, mask=m2)
+            tl.store(g + 2 * H, n, mask=m2)
+        # the next step's input projections do not depend on the others: load them now
+        nxt = m2 & (t + 1 < T)
+        xg = XG + (t + 1) * B * 3 * H + own_xg
+        x_r = tl.load(xg, mask=nxt, other=0.0).to(tl.float32)
+        x_z = tl.load(xg + H, mask=nxt, other=0.0).to(tl.float32)
+        x_n = tl.load(xg + 2 * H, mask=nxt, other=0.0).to(tl.float32)
         target += NP_H
         _sync(cnt, ERR, target, SPIN_LIMIT)
         t += 1
+    tl.store(HS + T * B * H + own, h, mask=m2)
 
 
 @triton.jit
@@ -253,91 +243,78 @@ def gru_backward_kernel(
     pid_h = tl.program_id(0)
     pid_b = tl.program_id(1)
     NP_H = tl.num_programs(0)
-    NP_B = tl.num_programs(1)
     u = pid_h * BH + tl.arange(0, BH)
     u_mask = u < H
+    rows = pid_b * BB + tl.arange(0, BB)
+    row_mask = rows < B
+    m2 = row_mask[:, None] & u_mask[None, :]
+    own = rows[:, None] * H + u[None, :]
+    own_g = rows[:, None] * (4 * H) + u[None, :]
+    own_x = rows[:, None] * (3 * H) + u[None, :]
     cnt = CNT + pid_b
-    target = 0
+    dh = tl.load(DH + own, mask=m2, other=0.0)
     t = T - 1
+    # this step's pointwise inputs; each iteration loads the next step's before its barrier
+    dy = tl.load(DY + t * B * H + own, mask=m2, other=0.0).to(tl.float32)
+    g = G + t * B * 4 * H + own_g
+    r = tl.load(g, mask=m2, other=0.0)
+    z = tl.load(g + H, mask=m2, other=0.0)
+    n = tl.load(g + 2 * H, mask=m2, other=0.0)
+    extra = tl.load(g + 3 * H, mask=m2, other=0.0)  # U_n h + b_hn, or r ⊙ h
+    h_prev = tl.load(HS + t * B * H + own, mask=m2, other=0.0)
+    target = 0
     while t >= 0:
-        # Phase A: pointwise derivatives of step t for this program's units.
-        b0 = pid_b * BB
-        while b0 < B:
-            rows = b0 + tl.arange(0, BB)
-            row_mask = rows < B
-            m2 = row_mask[:, None] & u_mask[None, :]
-            live = _live(LENS, rows, row_mask, t, HAS_LENS)
-            own = rows[:, None] * H + u[None, :]
-            dy = tl.load(DY + t * B * H + own, mask=m2, other=0.0).to(tl.float32)
-            dh = tl.load(DH + own, mask=m2, other=0.0) + tl.where(live, dy, 0.0)
-            g = G + t * B * 4 * H + rows[:, None] * (4 * H) + u[None, :]
-            r = tl.load(g, mask=m2, other=0.0)
-            z = tl.load(g + H, mask=m2, other=0.0)
-            n = tl.load(g + 2 * H, mask=m2, other=0.0)
-            extra = tl.load(g + 3 * H, mask=m2, other=0.0)  # U_n h + b_hn, or r ⊙ h
-            h_prev = tl.load(HS + t * B * H + own, mask=m2, other=0.0)
-            dan = tl.where(live, dh * (1.0 - z) * (1.0 - n * n), 0.0)
-            daz = tl.where(live, dh * (h_prev - n) * z * (1.0 - z), 0.0)
-            dx = DXG + t * B * 3 * H + rows[:, None] * (3 * H) + u[None, :]
-            tl.store(dx + H, daz.to(DXG.dtype.element_ty), mask=m2)
-            tl.store(dx + 2 * H, dan.to(DXG.dtype.element_ty), mask=m2)
-            carry = tl.where(live, dh * z, dh)
-            if RESET_AFTER:
-                dar = dan * extra * r * (1.0 - r)
-                tl.store(dx, dar.to(DXG.dtype.element_ty), mask=m2)
-                dg = DGH + t * B * 3 * H + rows[:, None] * (3 * H) + u[None, :]
-                tl.store(dg, dar.to(DGH.dtype.element_ty), mask=m2)
-                tl.store(dg + H, daz.to(DGH.dtype.element_ty), mask=m2)
-                tl.store(dg + 2 * H, (dan * r).to(DGH.dtype.element_ty), mask=m2)
-            tl.store(DH + own, carry, mask=m2)
-            b0 += NP_B * BB
+        live = _live(LENS, rows, row_mask, t, HAS_LENS)
+        dh = dh + tl.where(live, dy, 0.0)
+        dan = tl.where(live, dh * (1.0 - z) * (1.0 - n * n), 0.0)
+        daz = tl.where(live, dh * (h_prev - n) * z * (1.0 - z), 0.0)
+        dx = DXG + t * B * 3 * H + own_x
+        tl.store(dx + H, daz.to(DXG.dtype.element_ty), mask=m2)
+        tl.store(dx + 2 * H, dan.to(DXG.dtype.element_ty), mask=m2)
+        carry = tl.where(live, dh * z, dh)
+        if RESET_AFTER:
+            dar = dan * extra * r * (1.0 - r)
+            tl.store(dx, dar.to(DXG.dtype.element_ty), mask=m2)
+            dg = DGH + t * B * 3 * H + own_x
+            tl.store(dg, dar.to(DGH.dtype.element_ty), mask=m2)
+            tl.store(dg + H, daz.to(DGH.dtype.element_ty), mask=m2)
+            tl.store(dg + 2 * H, (dan * r).to(DGH.dtype.element_ty), mask=m2)
+        r_now = r
+        h_now = h_prev
+        # the previous step's pointwise inputs do not depend on the others: load them now
+        prv = m2 & (t > 0)
+        dy = tl.load(DY + (t - 1) * B * H + own, mask=prv, other=0.0).to(tl.float32)
+        g = G + (t - 1) * B * 4 * H + own_g
+        r = tl.load(g, mask=prv, other=0.0)
+        z = tl.load(g + H, mask=prv, other=0.0)
+        n = tl.load(g + 2 * H, mask=prv, other=0.0)
+        extra = tl.load(g + 3 * H, mask=prv, other=0.0)
+        h_prev = tl.load(HS + (t - 1) * B * H + own, mask=prv, other=0.0)
         target += NP_H
         _sync(cnt, ERR, target, SPIN_LIMIT)
         if not RESET_AFTER:
-            # Phase B: ∂(r ⊙ h) = dn · U_n needs every unit's dn; then dr, and r's share of ∂h.
-            b0 = pid_b * BB
-            while b0 < B:
-                rows = b0 + tl.arange(0, BB)
-                row_mask = rows < B
-                m2 = row_mask[:, None] & u_mask[None, :]
-                own = rows[:, None] * H + u[None, :]
-                drh = tl.zeros((BB, BH), tl.float32)
-                drh = _mm(
-                    drh, DXG + t * B * 3 * H + 2 * H, 3 * H, rows, row_mask, W + 2 * H * H, H, 1,
-                    u, u_mask, H, BK, DOT_DTYPE, PREC,
-                )  # fmt: skip
-                g = G + t * B * 4 * H + rows[:, None] * (4 * H) + u[None, :]
-                r = tl.load(g, mask=m2, other=0.0)
-                h_prev = tl.load(HS + t * B * H + own, mask=m2, other=0.0)
-                dar = drh * h_prev * r * (1.0 - r)
-                dx = DXG + t * B * 3 * H + rows[:, None] * (3 * H) + u[None, :]
-                tl.store(dx, dar.to(DXG.dtype.element_ty), mask=m2)
-                dh = tl.load(DH + own, mask=m2, other=0.0)
-                tl.store(DH + own, dh + drh * r, mask=m2)
-                b0 += NP_B * BB
+            # ∂(r ⊙ h) = dn · U_n needs every unit's dn; then dr, and r's share of ∂h
+            drh = tl.zeros((BB, BH), tl.float32)
+            drh = _mm(
+                drh, DXG + t * B * 3 * H + 2 * H, 3 * H, rows, row_mask, W + 2 * H * H, H, 1,
+                u, u_mask, H, BK, DOT_DTYPE, PREC,
+            )  # fmt: skip
+            dar = drh * h_now * r_now * (1.0 - r_now)
+            tl.store(DXG + t * B * 3 * H + own_x, dar.to(DXG.dtype.element_ty), mask=m2)
+            carry += drh * r_now
             target += NP_H
             _sync(cnt, ERR, target, SPIN_LIMIT)
-        # Phase C: this program's slice of ∂h_{t−1} from every unit's gate gradients.
-        b0 = pid_b * BB
-        while b0 < B:
-            rows = b0 + tl.arange(0, BB)
-            row_mask = rows < B
-            m2 = row_mask[:, None] & u_mask[None, :]
-            own = rows[:, None] * H + u[None, :]
-            acc = tl.load(DH + own, mask=m2, other=0.0)
-            if RESET_AFTER:
-                acc = _mm(
-                    acc, DGH + t * B * 3 * H, 3 * H, rows, row_mask, W, H, 1, u, u_mask, 3 * H,
-                    BK, DOT_DTYPE, PREC,
-                )  # fmt: skip
-            else:
-                acc = _mm(
-                    acc, DXG + t * B * 3 * H, 3 * H, rows, row_mask, W, H, 1, u, u_mask, 2 * H,
-                    BK, DOT_DTYPE, PREC,
-                )  # fmt: skip
-            tl.store(DH + own, acc, mask=m2)
-            b0 += NP_B * BB
+            dh = _mm(
+                carry, DXG + t * B * 3 * H, 3 * H, rows, row_mask, W, H, 1, u, u_mask, 2 * H,
+                BK, DOT_DTYPE, PREC,
+            )  # fmt: skip
+        else:
+            dh = _mm(
+                carry, DGH + t * B * 3 * H, 3 * H, rows, row_mask, W, H, 1, u, u_mask, 3 * H,
+                BK, DOT_DTYPE, PREC,
+            )  # fmt: skip
         t -= 1
+    tl.store(DH + own, dh, mask=m2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,8 +326,8 @@ def gru_backward_kernel(
 def lstm_forward_kernel(
     XG,  # (T, B, 4H) x W_ihᵀ + b_ih + b_hh
     W,  # (4H, H) recurrent weights i|f|g|o
-    HS,  # (T+1, B, H) float32 h, HS[0] = h0
-    CS,  # (T+1, B, H) float32 c, CS[0] = c0
+    HS,  # (T+1, B, H) float32 h: HS[0] = h0 on entry, HS[T] = h_T on exit
+    CS,  # (T+1, B, H) float32 c: CS[0] = c0 on entry; every step when SAVE, else CS[T]
     Y,  # (T+1, B, H) h as the dot reads it and the output, Y[0] = h0 (may be HS)
     G,  # (T, B, 4H) float32 gates i|f|g|o after their nonlinearities, when SAVE
     LENS, CNT, ERR,
@@ -362,48 +339,54 @@ def lstm_forward_kernel(
     pid_h = tl.program_id(0)
     pid_b = tl.program_id(1)
     NP_H = tl.num_programs(0)
-    NP_B = tl.num_programs(1)
     u = pid_h * BH + tl.arange(0, BH)
     u_mask = u < H
+    rows = pid_b * BB + tl.arange(0, BB)
+    row_mask = rows < B
+    m2 = row_mask[:, None] & u_mask[None, :]
+    own = rows[:, None] * H + u[None, :]
+    own_g = rows[:, None] * (4 * H) + u[None, :]
     cnt = CNT + pid_b
+    h = tl.load(HS + own, mask=m2, other=0.0)
+    c = tl.load(CS + own, mask=m2, other=0.0)
+    x_i = tl.load(XG + own_g, mask=m2, other=0.0).to(tl.float32)
+    x_f = tl.load(XG + H + own_g, mask=m2, other=0.0).to(tl.float32)
+    x_g = tl.load(XG + 2 * H + own_g, mask=m2, other=0.0).to(tl.float32)
+    x_o = tl.load(XG + 3 * H + own_g, mask=m2, other=0.0).to(tl.float32)
     target = 0
     t = 0
     while t < T:
-        b0 = pid_b * BB
-        while b0 < B:
-            rows = b0 + tl.arange(0, BB)
-            row_mask = rows < B
-            m2 = row_mask[:, None] & u_mask[None, :]
-            live = _live(LENS, rows, row_mask, t, HAS_LENS)
-            y_prev = Y + t * B * H
-            zero = tl.zeros((BB, BH), tl.float32)
-            a_i, a_f, a_g, a_o = _mm_gates(
-                zero, zero, zero, zero, y_prev, H, rows, row_mask, W, u, u_mask, 4, H, BK,
-                DOT_DTYPE, PREC,
-            )  # fmt: skip
-            xg = XG + t * B * 4 * H + rows[:, None] * (4 * H) + u[None, :]
-            i = _sigmoid(tl.load(xg, mask=m2, other=0.0).to(tl.float32) + a_i)
-            f = _sigmoid(tl.load(xg + H, mask=m2, other=0.0).to(tl.float32) + a_f)
-            gg = _tanh(tl.load(xg + 2 * H, mask=m2, other=0.0).to(tl.float32) + a_g)
-            o = _sigmoid(tl.load(xg + 3 * H, mask=m2, other=0.0).to(tl.float32) + a_o)
-            own = rows[:, None] * H + u[None, :]
-            h_prev = tl.load(HS + t * B * H + own, mask=m2, other=0.0)
-            c_prev = tl.load(CS + t * B * H + own, mask=m2, other=0.0)
-            c = tl.where(live, f * c_prev + i * gg, c_prev)
-            h = tl.where(live, o * _tanh(c), h_prev)
+        live = _live(LENS, rows, row_mask, t, HAS_LENS)
+        zero = tl.zeros((BB, BH), tl.float32)
+        a_i, a_f, a_g, a_o = _mm_gates(
+            zero, zero, zero, zero, Y + t * B * H, H, rows, row_mask, W, u, u_mask, 4, H, BK,
+            DOT_DTYPE, PREC,
+        )  # fmt: skip
+        i = _sigmoid(x_i + a_i)
+        f = _sigmoid(x_f + a_f)
+        gg = _tanh(x_g + a_g)
+        o = _sigmoid(x_o + a_o)
+        c = tl.where(live, f * c + i * gg, c)
+        h = tl.where(live, o * _tanh(c), h)
+        tl.store(Y + (t + 1) * B * H + own, tl.where(live, h, 0.0), mask=m2)
+        if SAVE:
             tl.store(CS + (t + 1) * B * H + own, c, mask=m2)
-            tl.store(HS + (t + 1) * B * H + own, h, mask=m2)
-            tl.store(Y + (t + 1) * B * H + own, tl.where(live, h, 0.0), mask=m2)
-            if SAVE:
-                g = G + t * B * 4 * H + rows[:, None] * (4 * H) + u[None, :]
-                tl.store(g, i, mask=m2)
-                tl.store(g + H, f, mask=m2)
-                tl.store(g + 2 * H, gg, mask=m2)
-                tl.store(g + 3 * H, o, mask=m2)
-            b0 += NP_B * BB
+            g = G + t * B * 4 * H + own_g
+            tl.store(g, i, mask=m2)
+            tl.store(g + H, f, mask=m2)
+            tl.store(g + 2 * H, gg, mask=m2)
+            tl.store(g + 3 * H, o, mask=m2)
+        nxt = m2 & (t + 1 < T)
+        xg = XG + (t + 1) * B * 4 * H + own_g
+        x_i = tl.load(xg, mask=nxt, other=0.0).to(tl.float32)
+        x_f = tl.load(xg + H, mask=nxt, other=0.0).to(tl.float32)
+        x_g = tl.load(xg + 2 * H, mask=nxt, other=0.0).to(tl.float32)
+        x_o = tl.load(xg + 3 * H, mask=nxt, other=0.0).to(tl.float32)
         target += NP_H
         _sync(cnt, ERR, target, SPIN_LIMIT)
         t += 1
+    tl.store(HS + T * B * H + own, h, mask=m2)
+    tl.store(CS + T * B * H + own, c, mask=m2)
 
 
 @triton.jit
@@ -424,57 +407,57 @@ def lstm_backward_kernel(
     pid_h = tl.program_id(0)
     pid_b = tl.program_id(1)
     NP_H = tl.num_programs(0)
-    NP_B = tl.num_programs(1)
     u = pid_h * BH + tl.arange(0, BH)
     u_mask = u < H
+    rows = pid_b * BB + tl.arange(0, BB)
+    row_mask = rows < B
+    m2 = row_mask[:, None] & u_mask[None, :]
+    own = rows[:, None] * H + u[None, :]
+    own_g = rows[:, None] * (4 * H) + u[None, :]
     cnt = CNT + pid_b
-    target = 0
+    dh = tl.load(DH + own, mask=m2, other=0.0)
+    dc = tl.load(DC + own, mask=m2, other=0.0)
     t = T - 1
+    dy = tl.load(DY + t * B * H + own, mask=m2, other=0.0).to(tl.float32)
+    g = G + t * B * 4 * H + own_g
+    i = tl.load(g, mask=m2, other=0.0)
+    f = tl.load(g + H, mask=m2, other=0.0)
+    gg = tl.load(g + 2 * H, mask=m2, other=0.0)
+    o = tl.load(g + 3 * H, mask=m2, other=0.0)
+    c = tl.load(CS + (t + 1) * B * H + own, mask=m2, other=0.0)
+    c_prev = tl.load(CS + t * B * H + own, mask=m2, other=0.0)
+    target = 0
     while t >= 0:
-        b0 = pid_b * BB
-        while b0 < B:
-            rows = b0 + tl.arange(0, BB)
-            row_mask = rows < B
-            m2 = row_mask[:, None] & u_mask[None, :]
-            live = _live(LENS, rows, row_mask, t, HAS_LENS)
-            own = rows[:, None] * H + u[None, :]
-            dy = tl.load(DY + t * B * H + own, mask=m2, other=0.0).to(tl.float32)
-            dh = tl.load(DH + own, mask=m2, other=0.0) + tl.where(live, dy, 0.0)
-            dc = tl.load(DC + own, mask=m2, other=0.0)
-            g = G + t * B * 4 * H + rows[:, None] * (4 * H) + u[None, :]
-            i = tl.load(g, mask=m2, other=0.0)
-            f = tl.load(g + H, mask=m2, other=0.0)
-            gg = tl.load(g + 2 * H, mask=m2, other=0.0)
-            o = tl.load(g + 3 * H, mask=m2, other=0.0)
-            c = tl.load(CS + (t + 1) * B * H + own, mask=m2, other=0.0)
-            c_prev = tl.load(CS + t * B * H + own, mask=m2, other=0.0)
-            tc = _tanh(c)
-            dc = dc + tl.where(live, dh * o * (1.0 - tc * tc), 0.0)
-            dai = tl.where(live, dc * gg * i * (1.0 - i), 0.0)
-            daf = tl.where(live, dc * c_prev * f * (1.0 - f), 0.0)
-            dag = tl.where(live, dc * i * (1.0 - gg * gg), 0.0)
-            dao = tl.where(live, dh * tc * o * (1.0 - o), 0.0)
-            dg = DG + t * B * 4 * H + rows[:, None] * (4 * H) + u[None, :]
-            tl.store(dg, dai.to(DG.dtype.element_ty), mask=m2)
-            tl.store(dg + H, daf.to(DG.dtype.element_ty), mask=m2)
-            tl.store(dg + 2 * H, dag.to(DG.dtype.element_ty), mask=m2)
-            tl.store(dg + 3 * H, dao.to(DG.dtype.element_ty), mask=m2)
-            tl.store(DC + own, tl.where(live, dc * f, dc), mask=m2)
-            tl.store(DH + own, tl.where(live, 0.0, dh), mask=m2)
-            b0 += NP_B * BB
+        live = _live(LENS, rows, row_mask, t, HAS_LENS)
+        dh = dh + tl.where(live, dy, 0.0)
+        tc = _tanh(c)
+        dc = dc + tl.where(live, dh * o * (1.0 - tc * tc), 0.0)
+        dai = tl.where(live, dc * gg * i * (1.0 - i), 0.0)
+        daf = tl.where(live, dc * c_prev * f * (1.0 - f), 0.0)
+        dag = tl.where(live, dc * i * (1.0 - gg * gg), 0.0)
+        dao = tl.where(live, dh * tc * o * (1.0 - o), 0.0)
+        dg = DG + t * B * 4 * H + own_g
+        tl.store(dg, dai.to(DG.dtype.element_ty), mask=m2)
+        tl.store(dg + H, daf.to(DG.dtype.element_ty), mask=m2)
+        tl.store(dg + 2 * H, dag.to(DG.dtype.element_ty), mask=m2)
+        tl.store(dg + 3 * H, dao.to(DG.dtype.element_ty), mask=m2)
+        dc = tl.where(live, dc * f, dc)
+        carry = tl.where(live, 0.0, dh)
+        prv = m2 & (t > 0)
+        dy = tl.load(DY + (t - 1) * B * H + own, mask=prv, other=0.0).to(tl.float32)
+        g = G + (t - 1) * B * 4 * H + own_g
+        i = tl.load(g, mask=prv, other=0.0)
+        f = tl.load(g + H, mask=prv, other=0.0)
+        gg = tl.load(g + 2 * H, mask=prv, other=0.0)
+        o = tl.load(g + 3 * H, mask=prv, other=0.0)
+        c = c_prev
+        c_prev = tl.load(CS + (t - 1) * B * H + own, mask=prv, other=0.0)
         target += NP_H
         _sync(cnt, ERR, target, SPIN_LIMIT)
-        b0 = pid_b * BB
-        while b0 < B:
-            rows = b0 + tl.arange(0, BB)
-            row_mask = rows < B
-            m2 = row_mask[:, None] & u_mask[None, :]
-            own = rows[:, None] * H + u[None, :]
-            acc = tl.load(DH + own, mask=m2, other=0.0)
-            acc = _mm(
-                acc, DG + t * B * 4 * H, 4 * H, rows, row_mask, W, H, 1, u, u_mask, 4 * H, BK,
-                DOT_DTYPE, PREC,
-            )  # fmt: skip
-            tl.store(DH + own, acc, mask=m2)
-            b0 += NP_B * BB
+        dh = _mm(
+            carry, DG + t * B * 4 * H, 4 * H, rows, row_mask, W, H, 1, u, u_mask, 4 * H, BK,
+            DOT_DTYPE, PREC,
+        )  # fmt: skip
         t -= 1
+    tl.store(DH + own, dh, mask=m2)
+    tl.store(DC + own, dc, mask=m2)

@@ -1,0 +1,87 @@
+"""Compile the triton backend's kernels for a GPU target without a GPU and print each variant's
+registers, spills (stack bytes) and shared memory, from cuobjdump's resource report; with
+--sass DIR also write the SASS. Free checks before spending device time:
+
+    TRITON_INTERPRET=0 python scripts/triton_aot.py --H 1024 --BB 16 --BH 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from gatedrnn.backends import triton_kernels as k
+
+POINTERS = {"LENS": "i32", "CNT": "i32", "ERR": "i32"}
+LOW = {"XG", "W", "Y", "DY", "DXG", "DGH", "DG"}  # in the layer's dtype; the rest float32
+
+
+def build(fn, consts, dtype, warps, stages, sass_dir):
+    signature = {}
+    for name in fn.arg_names:
+        if name in consts:
+            signature[name] = "constexpr"
+        elif name in ("T", "B"):
+            signature[name] = "i32"
+        else:
+            signature[name] = "*" + POINTERS.get(name, dtype if name in LOW else "fp32")
+    constexprs = {(fn.arg_names.index(c),): v for c, v in consts.items()}
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    options = {"num_warps": warps, "num_stages": stages}
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+    cuobjdump = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True)
+        line = next(x.strip() for x in usage.stdout.splitlines() if "REG" in x)
+        if sass_dir:
+            sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True)
+            name = f"{fn.__name__}_{dtype}_{consts.get('RESET_AFTER', '')}.sass"
+            Path(sass_dir, name).write_text(sass.stdout)
+    regs, stack = line.split()[0], line.split()[1]
+    flags = {k_: v for k_, v in consts.items() if k_ in ("RESET_AFTER", "SAVE")}
+    print(f"{fn.__name__:22} {dtype} {flags} {regs} {stack} smem {compiled.metadata.shared}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--H", type=int, default=1024)
+    parser.add_argument("--BB", type=int, default=16)
+    parser.add_argument("--BH", type=int, default=16)
+    parser.add_argument("--BK", type=int, default=128)
+    parser.add_argument("--warps", type=int, default=4)
+    parser.add_argument("--stages", type=int, default=3)
+    parser.add_argument("--sass", default="")
+    args = parser.parse_args()
+    if args.sass:
+        os.makedirs(args.sass, exist_ok=True)
+    for dtype, dot in (("fp32", tl.float32), ("bf16", tl.bfloat16)):
+        common = dict(
+            H=args.H, BH=args.BH, BB=args.BB, BK=args.BK, HAS_LENS=False, DOT_DTYPE=dot,
+            PREC="tf32" if dtype == "fp32" else "ieee", SPIN_LIMIT=1 << 20,
+        )  # fmt: skip
+        jobs = [
+            (k.gru_forward_kernel, dict(RESET_AFTER=True, SAVE=True, Y_IS_HS=dtype == "fp32")),
+            (k.gru_forward_kernel, dict(RESET_AFTER=False, SAVE=True, Y_IS_HS=False)),
+            (k.gru_backward_kernel, dict(RESET_AFTER=True)),
+            (k.gru_backward_kernel, dict(RESET_AFTER=False)),
+            (k.lstm_forward_kernel, dict(SAVE=True)),
+            (k.lstm_backward_kernel, {}),
+        ]
+        for fn, extra in jobs:
+            build(fn, {**common, **extra}, dtype, args.warps, args.stages, args.sass)
+
+
+if __name__ == "__main__":
+    main()
