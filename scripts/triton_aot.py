@@ -69,7 +69,8 @@ def main() -> None:
     for dtype, dot in (("fp32", tl.float32), ("bf16", tl.bfloat16)):
         common = dict(
             H=args.H, BH=args.BH, BB=args.BB, BK=args.BK, HAS_LENS=False, DOT_DTYPE=dot,
-            PREC="tf32" if dtype == "fp32" else "ieee", SPIN_LIMIT=1 << 20,
+            PREC=os.environ.get("PREC", "tf32") if dtype == "fp32" else "ieee",
+            SPIN_LIMIT=1 << 20,
         )  # fmt: skip
         jobs = [
             (k.gru_forward_kernel, dict(RESET_AFTER=True, SAVE=True, Y_IS_HS=dtype == "fp32")),

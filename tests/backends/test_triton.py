@@ -97,7 +97,7 @@ def check(cell, dtype, T, B, I, H, *, layers=1, bidirectional=False, lengths=Non
         errors[f"grad {name}"] = _relative(actual[2][name], g)
     worst = max(errors, key=errors.get)
     tolerance = TOLERANCE[dtype]
-    if dtype == torch.float32 and CUDA and torch.backends.cudnn.allow_tf32:
+    if dtype == torch.float32 and CUDA and gpu.fp32_precision() == "tf32":
         tolerance = TF32_TOLERANCE
     assert errors[worst] <= tolerance, f"{worst}: {errors[worst]:.3g} ({errors})"
     return errors

@@ -8,8 +8,8 @@ step as cuDNN's non-persistent kernels do. Backward runs the same way in reverse
 gradients are one GEMM per matrix after the loop.
 
 Precision: float32 (the recurrent product in TF32 when ``torch.backends.cudnn.allow_tf32`` is on,
-as cuDNN does; IEEE float32 otherwise), bfloat16 and float16 (operands of the product in that
-type, accumulation, states and gate math in float32). The states h and c are carried in float32
+as cuDNN does; IEEE float32 otherwise; see :func:`fp32_precision`), bfloat16 and float16
+(operands of the product in that type, accumulation, states and gate math in float32). The states h and c are carried in float32
 whatever the dtype.
 
 Covers the GRU (reset after and before) and the standard LSTM, any number of layers, both
@@ -109,11 +109,14 @@ def _launch(H: int, B: int, device: torch.device, dtype: torch.dtype) -> dict | 
             if grid[0] * grid[1] <= sms:
                 # Chosen from the compiler's resource report (scripts/triton_aot.py): these
                 # keep every variant free of register spills at H = 1024.
+                # Measured on an H200 (benchmarks/gpu_speed.py --sweep): two warps beat four and
+                # eight up to 512-element tiles, despite a few spilled registers; larger tiles
+                # need eight warps and a shorter K step to stay in registers.
                 tile = BB * BH
                 BK = 128 if tile <= 256 and dtype != torch.float32 else 64 if tile <= 512 else 32
                 meta = {
                     "BH": BH, "BB": BB, "BK": TUNING.get("BK", BK),
-                    "num_warps": TUNING.get("num_warps", 4 if tile <= 256 else 8),
+                    "num_warps": TUNING.get("num_warps", 2 if tile <= 512 else 8),
                 }  # fmt: skip
                 if "num_stages" in TUNING:
                     meta["num_stages"] = TUNING["num_stages"]
@@ -126,12 +129,24 @@ def _max_batch(H: int, device: torch.device) -> int:
     return 64 * (sms // math.ceil(H / 64))
 
 
+def fp32_precision() -> str:
+    """How the float32 recurrent product is computed: ``$GATEDRNN_TRITON_FP32`` if set (``tf32``,
+    ``tf32x3``: three TF32 products, float32 accuracy; ``ieee``: no tensor cores), else ``tf32``
+    where ``torch.backends.cudnn.allow_tf32`` allows it (torch's default, what cuDNN does) and
+    ``ieee`` where not."""
+    chosen = os.environ.get("GATEDRNN_TRITON_FP32", "")
+    if chosen:
+        if chosen not in ("tf32", "tf32x3", "ieee"):
+            raise ValueError(f"GATEDRNN_TRITON_FP32 must be tf32, tf32x3 or ieee, got {chosen!r}")
+        return chosen
+    return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+
+
 def _dot_options(dtype: torch.dtype):
     import triton.language as tl
 
     if dtype == torch.float32:
-        tf32 = torch.backends.cudnn.allow_tf32 and not interpreting()
-        return tl.float32, "tf32" if tf32 else "ieee"
+        return tl.float32, "ieee" if interpreting() else fp32_precision()
     return {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype], "ieee"
 
 
