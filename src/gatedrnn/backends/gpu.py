@@ -9,8 +9,8 @@ gradients are one GEMM per matrix after the loop.
 
 Precision: float32 (the recurrent product in TF32 when ``torch.backends.cudnn.allow_tf32`` is on,
 as cuDNN does; IEEE float32 otherwise; see :func:`fp32_precision`), bfloat16 and float16
-(operands of the product in that type, accumulation, states and gate math in float32). The states h and c are carried in float32
-whatever the dtype.
+(operands of the product in that type, accumulation, states and gate math in float32). The
+states h and c are carried in float32 whatever the dtype.
 
 Covers the GRU (reset after and before) and the standard LSTM, any number of layers, both
 directions, padded or packed input (finished sequences keep their state). Refuses the rest with
