@@ -146,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"compiled in {time.perf_counter() - start:.0f} s", flush=True)
 
     rows = []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     for job in jobs:
         rows.extend(measure(*job, T=args.T))
+        args.out.with_suffix(".partial.json").write_text(json.dumps(rows))  # kept if cut off
         last = rows[-1]
         print(
             f"{job}: fwd+bwd ours {last['ours_us_per_step']} cudnn {last['cudnn_us_per_step']}",
