@@ -28,7 +28,12 @@ CELLS = {
 }
 # relative error ‖a − b‖ / ‖b‖ allowed per dtype (TF32 on the GPU; plain float32 interpreted)
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+# TF32 rounds both operands of every recurrent product to 10 mantissa bits. Outputs, final states,
+# input and weight gradients stay within 3e-4 at T = 64; the initial state's gradient is a product
+# of T such Jacobians and was measured at 3.2–3.7e-4 (GRU) and 7.4–8.4e-4 (LSTM) on an H200: it
+# gets its own bound. GATEDRNN_TRITON_FP32=tf32x3 (three TF32 products) meets 1e-5 everywhere.
 TF32_TOLERANCE = 3e-4
+TF32_INITIAL_STATE_TOLERANCE = 1e-3
 
 
 @pytest.fixture(autouse=True)
@@ -95,11 +100,13 @@ def check(cell, dtype, T, B, I, H, *, layers=1, bidirectional=False, lengths=Non
         errors[f"final state {i}"] = _relative(a, b)
     for name, g in expected[2].items():
         errors[f"grad {name}"] = _relative(actual[2][name], g)
-    worst = max(errors, key=errors.get)
-    tolerance = TOLERANCE[dtype]
-    if dtype == torch.float32 and CUDA and gpu.fp32_precision() == "tf32":
-        tolerance = TF32_TOLERANCE
-    assert errors[worst] <= tolerance, f"{worst}: {errors[worst]:.3g} ({errors})"
+    tf32 = dtype == torch.float32 and CUDA and gpu.fp32_precision() == "tf32"
+    for what, error in errors.items():
+        tolerance = TOLERANCE[dtype]
+        if tf32:
+            initial = what.startswith("grad state")
+            tolerance = TF32_INITIAL_STATE_TOLERANCE if initial else TF32_TOLERANCE
+        assert error <= tolerance, f"{what}: {error:.3g} > {tolerance:g} ({errors})"
     return errors
 
 
@@ -175,6 +182,32 @@ def test_auto_never_picks_the_interpreter():
     assert resolve_backend("auto", gru.config, torch.randn(2, 1, 3)).name != "triton"
 
 
+def test_fp32_precision_knob(monkeypatch):
+    monkeypatch.setenv("GATEDRNN_TRITON_FP32", "tf32x3")
+    assert gpu.fp32_precision() == "tf32x3"
+    monkeypatch.setenv("GATEDRNN_TRITON_FP32", "fast")
+    with pytest.raises(ValueError, match="tf32, tf32x3 or ieee, got 'fast'"):
+        gpu.fp32_precision()
+    monkeypatch.delenv("GATEDRNN_TRITON_FP32")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert gpu.fp32_precision() == "ieee"
+
+
+def test_auto_table_picks_the_nearest_measured_size(monkeypatch):
+    rows = [
+        {"kind": "gru", "dtype": "bfloat16", "grad": True, "H": 256, "B": 1, "ratio": 0.2},
+        {"kind": "gru", "dtype": "bfloat16", "grad": True, "H": 1024, "B": 256, "ratio": 1.1},
+    ]
+    monkeypatch.setattr(gpu, "_measured", lambda: {"devices": {"Test GPU": rows}})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Test GPU")
+    ratio = gpu.measured_ratio
+    assert ratio("gru", torch.bfloat16, True, 300, 2, None) == 0.2
+    assert ratio("gru", torch.bfloat16, True, 900, 200, None) == 1.1
+    assert ratio("lstm", torch.bfloat16, True, 256, 1, None) is None
+    assert ratio("gru", torch.bfloat16, False, 256, 1, None) is None
+
+
 def test_without_gpu_or_interpreter_it_says_why(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     reason = get_backend("triton").unsupported(gatedrnn.GRU(3, 4).config, torch.randn(2, 1, 3))
@@ -197,6 +230,14 @@ REAL = [
 def test_real_sizes_on_gpu(cell, dtype, B, H):
     errors = check(cell, dtype, T=64, B=B, I=H, H=H, seed=B + H)
     print(cell, dtype, B, H, {k: f"{v:.1e}" for k, v in errors.items()})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_float32_accurate_products_on_gpu(cell, monkeypatch):
+    monkeypatch.setenv("GATEDRNN_TRITON_FP32", "tf32x3")
+    check(cell, torch.float32, T=64, B=16, I=512, H=512, seed=7)
 
 
 @pytest.mark.gpu

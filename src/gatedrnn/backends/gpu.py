@@ -374,7 +374,10 @@ def _measured() -> dict:
 def measured_ratio(
     kind: str, dtype: torch.dtype, grad: bool, H: int, B: int, device
 ) -> float | None:
-    """Our time over cuDNN's at the measured size nearest (H, B) on this GPU model, or None."""
+    """Our time over cuDNN's at the measured size nearest (H, B) on this GPU model, or None
+    (float32 was measured with TF32 products: another precision counts as unmeasured)."""
+    if dtype == torch.float32 and fp32_precision() != "tf32":
+        return None
     name = torch.cuda.get_device_name(device) if torch.cuda.is_available() else ""
     rows = [
         row
