@@ -81,3 +81,28 @@ def test_truncated_mat_file(tmp_path):
     path.write_bytes(path.read_bytes()[:60])
     with pytest.raises(ValueError, match=r"cut\.mat: not a readable MATLAB file"):
         load_mat_rolls(path)
+
+
+# split sizes and time steps from each dataset's SOURCE.md
+PUBLISHED = {
+    "jsb": ([229, 76, 77], None),
+    "nottingham": ([694, 173, 170], [176561, 45513, 44463]),
+    "musedata": ([524, 135, 124], [245202, 82755, 64339]),
+    "pianomidi": ([87, 12, 25], [75911, 8540, 19036]),
+}
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_real_music_datasets_have_the_published_splits(name):
+    from gatedrnn.data.registry import DataMissingError, locate
+
+    try:
+        locate(name, SHARED, verify=False)
+    except DataMissingError:
+        pytest.skip(f"../shared/data holds no {name}")
+    rolls = piano_rolls(name, data_dir=SHARED)  # checksums verified
+    counts, steps = PUBLISHED[name]
+    assert [len(rolls[s]) for s in ("train", "valid", "test")] == counts
+    if steps:
+        assert [sum(len(r) for r in rolls[s]) for s in ("train", "valid", "test")] == steps

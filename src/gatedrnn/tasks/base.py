@@ -26,9 +26,10 @@ class Metric:
 
 @dataclass
 class Batch:
-    inputs: Tensor  # (T, B, F) float, time-major, zero-padded
+    inputs: Tensor  # (T, B, F) float, or (T, B) token ids; time-major, zero-padded
     lengths: Tensor  # (B,) int64 on the CPU: valid steps per sequence
     targets: Tensor
+    carry: bool = False  # continues the previous batch's sequences (truncated BPTT): keep state
 
     @property
     def size(self) -> int:

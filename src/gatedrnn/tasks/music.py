@@ -18,7 +18,7 @@ from gatedrnn.data.music import KEYS, piano_rolls
 from gatedrnn.tasks.base import Batch, Metric, Task, register_task
 from gatedrnn.tasks.models import SequenceModel
 
-__all__ = ["JSBChorales", "MusicTask"]
+__all__ = ["JSBChorales", "MuseData", "MusicTask", "Nottingham", "PianoMidi"]
 
 
 class MusicTask(Task):
@@ -26,8 +26,13 @@ class MusicTask(Task):
     input_size = output_size = KEYS
 
     def __init__(self, *, smoke: bool = False, fraction: float = 1.0, seed: int = 0,
-                 data_dir=None) -> None:  # fmt: skip
+                 data_dir=None, chunk: int = 0) -> None:  # fmt: skip
+        """``chunk`` > 1 cuts training sequences into pieces of at most that many steps (long
+        pieces of MuseData and Piano-midi.de run to 4,000 steps); evaluation always reads whole
+        sequences."""
         super().__init__(smoke=smoke, fraction=fraction, seed=seed)
+        if chunk < 0 or chunk == 1:
+            raise ValueError(f"{self.name}: chunk must be 0 (whole sequences) or >= 2, got {chunk}")
         rolls = piano_rolls(self.dataset, data_dir)
         if smoke:  # a few short sequences: trains in seconds
             rolls = {s: [r[:33] for r in rolls[s][: 16 if s == "train" else 8]] for s in rolls}
@@ -36,6 +41,9 @@ class MusicTask(Task):
             keep = max(1, round(fraction * len(train)))
             order = np.random.default_rng(seed).permutation(len(train))[:keep]
             train = [train[i] for i in sorted(order)]
+        if chunk:
+            train = [r[i : i + chunk] for r in train for i in range(0, len(r) - 1, chunk - 1)]
+            train = [r for r in train if len(r) >= 2]
         self.splits = {"train": train, "valid": rolls["valid"], "test": rolls["test"]}
 
     def batches(self, split: str, batch_size: int, *, shuffle: bool = False,
@@ -73,3 +81,24 @@ class JSBChorales(MusicTask):
     name = "jsb"
     description = "JSB Chorales piano rolls (embedded); next-step NLL"
     dataset = "jsb"
+
+
+@register_task
+class Nottingham(MusicTask):
+    name = "nottingham"
+    description = "Nottingham folk tunes, piano rolls; next-step NLL"
+    dataset = "nottingham"
+
+
+@register_task
+class MuseData(MusicTask):
+    name = "musedata"
+    description = "MuseData classical music, piano rolls; next-step NLL"
+    dataset = "musedata"
+
+
+@register_task
+class PianoMidi(MusicTask):
+    name = "pianomidi"
+    description = "Piano-midi.de classical piano, piano rolls; next-step NLL"
+    dataset = "pianomidi"

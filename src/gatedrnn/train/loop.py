@@ -9,6 +9,7 @@ The loop knows nothing of any task beyond :class:`gatedrnn.tasks.Task`. It logs 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import platform
@@ -111,7 +112,9 @@ def _build_schedule(config: TrainConfig, optimizer, higher_is_better: bool):
 def _to(batch: Batch, device: torch.device) -> Batch:
     if device.type == "cpu":
         return batch
-    return Batch(batch.inputs.to(device), batch.lengths, batch.targets.to(device))
+    return dataclasses.replace(
+        batch, inputs=batch.inputs.to(device), targets=batch.targets.to(device)
+    )
 
 
 class _Diverged(Exception):
