@@ -166,6 +166,24 @@ def _csv(kind: type) -> Callable[[str], list]:
     return parse
 
 
+def _key_value(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE read as an int, a float, true/false, or else kept as text."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    value: object = raw
+    if raw.lower() in ("true", "false"):
+        value = raw.lower() == "true"
+    else:
+        for kind in (int, float):
+            try:
+                value = kind(raw)
+                break
+            except ValueError:
+                pass
+    return key, value
+
+
 def _dataset_state(name: str, data_dir: str | None) -> str:
     from gatedrnn.data import CorruptDataError, DataMissingError, get_dataset, locate
 
@@ -225,7 +243,15 @@ def _train(args: argparse.Namespace, console: Console) -> int:
 
     from gatedrnn.train import train
 
-    options = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
+    options: dict = {}
+    if args.preset:
+        from gatedrnn.tasks.language import PRESETS
+
+        options.update(PRESETS[args.preset])
+    options.update({k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None})
+    for field, pairs in (("task_options", args.task_option), ("cell_options", args.cell_option)):
+        if pairs:
+            options[field] = {**options.get(field, {}), **dict(pairs)}
     config = TrainConfig.from_dict(options)
     shape = f"hidden {config.hidden_size} × {config.num_layers}"
     setup = f"{config.optimizer} lr {config.lr}, seed {config.seed}"
@@ -424,6 +450,25 @@ def build_parser() -> argparse.ArgumentParser:
             )
         else:
             train.add_argument(flag, type=type(default), default=None, help=f"(default {default})")
+    train.add_argument(
+        "--task-option",
+        type=_key_value,
+        action="append",
+        metavar="KEY=VALUE",
+        help="a task option, repeatable: path=mine.tsv, steps=200, bptt=35 …",
+    )
+    train.add_argument(
+        "--cell-option",
+        type=_key_value,
+        action="append",
+        metavar="KEY=VALUE",
+        help="a layer option, repeatable: reset=before, forget_bias=1 …",
+    )
+    train.add_argument(
+        "--preset",
+        choices=("zaremba-small", "zaremba-medium"),
+        help="Zaremba et al. 2014's PTB settings (other flags override them)",
+    )
     train.add_argument("--checkpoint", help="save every epoch here; an existing one resumes")
     train.add_argument("--out", help="write the result as JSON")
     train.add_argument("--data-dir", help="look for datasets here first")
