@@ -1,5 +1,6 @@
-"""Sequence classification: SST-2 sentiment (``sst2``), and the user's own data, text (``textcls``,
-a TSV of label and text) or feature sequences (``seqcls``, an ``.npz`` or a long-format CSV).
+"""Sequence classification: SST-2 sentiment (``sst2``), spoken digits (``fsdd``, MFCC sequences),
+and the user's own data, text (``textcls``, a TSV of label and text) or feature sequences
+(``seqcls``, an ``.npz`` or a long-format CSV).
 
 The model reads the whole sequence (packed: padding never reaches the state) and classifies from
 the final state of the last layer; text goes through a learned embedding first. Metrics: accuracy
@@ -18,6 +19,7 @@ Splits: the file's own (``train``/``valid``/``test`` paths, or an npz ``split`` 
 from __future__ import annotations
 
 import csv
+import functools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gatedrnn.data.registry import locate
+from gatedrnn.data.speech import SPEAKERS, mfcc, read_fsdd
 from gatedrnn.data.text import Vocabulary, read_labelled_lines
 from gatedrnn.nn.packing import pack_padded_sequence
 from gatedrnn.tasks.base import Batch, Metric, Task, register_task
@@ -36,6 +39,7 @@ __all__ = [
     "SST2",
     "LastStateModel",
     "SequenceClassification",
+    "SpokenDigits",
     "TextClassification",
     "UserSequences",
     "UserText",
@@ -444,5 +448,62 @@ class UserSequences(SequenceClassification):
             s: [(torch.from_numpy(np.ascontiguousarray(sequences[i])), targets[i]) for i in idx]
             for s, idx in parts.items()
         }
+        self.dropout = dropout
+        self._subsample(smoke, fraction, seed)
+
+
+@functools.cache
+def _fsdd_features(folder: str, n_mfcc: int) -> tuple[list, list[np.ndarray]]:
+    """Every recording of ``folder`` and its MFCCs, computed once per process."""
+    recordings = read_fsdd(Path(folder))
+    return recordings, [mfcc(r.samples, n_mfcc) for r in recordings]
+
+
+@register_task
+class SpokenDigits(SequenceClassification):
+    """FSDD spoken digits from MFCC sequences. ``split="repo"``: the dataset's own rule, indices
+    0–4 of each speaker and digit are the test set, 5–9 validation, 10–49 training.
+    ``split="speaker"``: held-out speakers, ``test_speaker`` for test and ``valid_speaker`` for
+    validation, the other four for training."""
+
+    name = "fsdd"
+    description = "Free Spoken Digit Dataset, MFCC sequences; accuracy (repo or speaker split)"
+    dataset = "fsdd"
+    classes = tuple(str(d) for d in range(10))
+
+    def __init__(self, *, smoke: bool = False, fraction: float = 1.0, seed: int = 0,
+                 data_dir: str | Path | None = None, split: str = "repo",
+                 valid_speaker: str = "theo", test_speaker: str = "jackson", n_mfcc: int = 13,
+                 dropout: float = 0.0) -> None:  # fmt: skip
+        super().__init__(smoke=smoke, fraction=fraction, seed=seed)
+        if split not in ("repo", "speaker"):
+            raise ValueError(f"fsdd: split must be 'repo' or 'speaker', got {split!r}")
+        for role, who in (("valid_speaker", valid_speaker), ("test_speaker", test_speaker)):
+            if who not in SPEAKERS:
+                raise ValueError(f"fsdd: {role} {who!r} is not one of {', '.join(SPEAKERS)}")
+        if split == "speaker" and valid_speaker == test_speaker:
+            raise ValueError("fsdd: valid_speaker and test_speaker must differ")
+        folder = locate(self.dataset, data_dir)
+        if smoke:  # MFCCs of a few recordings only
+            recordings = read_fsdd(folder)
+            recordings = [r for r in recordings if r.index < 10 or r.index % 10 == 0]
+            features = [mfcc(r.samples, n_mfcc) for r in recordings]
+        else:
+            recordings, features = _fsdd_features(str(folder), n_mfcc)
+
+        def part(r) -> str:
+            if split == "repo":
+                return "test" if r.index < 5 else "valid" if r.index < 10 else "train"
+            return {test_speaker: "test", valid_speaker: "valid"}.get(r.speaker, "train")
+
+        parts = {s: [i for i, r in enumerate(recordings) if part(r) == s] for s in SPLITS}
+        train_steps = np.concatenate([features[i] for i in parts["train"]])
+        mean, std = train_steps.mean(0), train_steps.std(0)
+        std[std == 0] = 1.0
+        self.data = {
+            s: [(torch.from_numpy((features[i] - mean) / std), recordings[i].digit) for i in idx]
+            for s, idx in parts.items()
+        }
+        self.input_size, self.output_size = n_mfcc, 10
         self.dropout = dropout
         self._subsample(smoke, fraction, seed)
