@@ -30,6 +30,8 @@ TOUR = {
         {"bptt": 35},
     ),
     "sst2": ({"hidden_size": 100, "batch_size": 32, "lr": 3e-3}, {}),
+    "fsdd": ({"hidden_size": 64, "batch_size": 32, "lr": 3e-3}, {}),
+    "multi30k": ({"hidden_size": 128, "batch_size": 64, "fraction": 0.1, "lr": 3e-3}, {"beam": 3}),
     "adding": ({"hidden_size": 64, "batch_size": 50}, {"steps": 50, "train_size": 5000}),
     "copy": ({"hidden_size": 64, "batch_size": 50, "lr": 3e-3}, {"steps": 20, "train_size": 5000}),
 }
@@ -42,8 +44,9 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--tasks", default=",".join(TOUR))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/task_tour.json")
+    parser.add_argument("--append", action="store_true", help="add to the rows already in --out")
     args = parser.parse_args()
-    rows = []
+    rows = json.loads(args.out.read_text()) if args.append and args.out.exists() else []
     for task in args.tasks.split(","):
         overrides, options = TOUR[task]
         for cell in args.cells.split(","):

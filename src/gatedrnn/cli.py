@@ -302,10 +302,13 @@ def _study(args: argparse.Namespace, console: Console) -> int:
     from gatedrnn.study import StudyStore, load_study
 
     spec = load_study(args.file)
-    if args.executor:
-        spec = dataclasses.replace(
-            spec, executor=dataclasses.replace(spec.executor, kind=args.executor)
+    if args.executor or args.address:
+        executor = dataclasses.replace(
+            spec.executor,
+            kind=args.executor or spec.executor.kind,
+            address=args.address or spec.executor.address,
         )
+        spec = dataclasses.replace(spec, executor=executor)
     db_path = _run_with_progress(spec, args, console)
     counts = StudyStore(db_path).counts()
     console.print(f"done: {counts}")
@@ -483,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, help="processes (default: the file's, else all cores)"
     )
     study_run.add_argument("--executor", choices=("local", "ray"), help="override the file's")
+    study_run.add_argument("--address", help="ray: the cluster to join (default: start one here)")
     study_run.add_argument("--data-dir", help="look for datasets here first")
     study_run.set_defaults(run=_study)
 

@@ -1,17 +1,102 @@
-"""The Ray executor (``[executor] kind = "ray"``): not built yet.
+"""The Ray executor (``[executor] kind = "ray"``, or ``gatedrnn study run … --executor ray``).
 
-Planned: each trial a Ray task with its CPU/GPU request, epochs reported to the driver through a
-Ray queue, the driver alone writing the database, as the local executor does.
+Each trial is a Ray task asking for ``cpus_per_trial`` CPUs (and one GPU when the trial's device
+is CUDA); it trains exactly as a local worker does (:func:`gatedrnn.study.runner._run_trial`),
+resuming from its checkpoint, and sends every epoch to the driver through a Ray queue. The driver
+alone writes the SQLite database, so the store's guarantees are those of the local executor: a
+killed study loses nothing committed, and re-running it resumes. Checkpoints are written where
+the driver puts them, so on a multi-machine cluster the output folder must be on a file system
+every node sees. ``address`` joins an existing cluster; without one a local Ray instance starts
+with this machine's cores.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
 
-def run_on_ray(spec, store, todo, checkpoints, progress, data_dir) -> None:
+logger = logging.getLogger(__name__)
+
+__all__ = ["run_on_ray"]
+
+
+def _ray():
     try:
-        import ray  # noqa: F401
+        import ray
     except ImportError:
         raise RuntimeError(
             "the Ray executor needs Ray: pip install 'gatedrnn[ray]' (or use --executor local)"
         ) from None
-    raise RuntimeError("the Ray executor is not built yet; use --executor local")
+    return ray
+
+
+def run_on_ray(spec, store, todo, checkpoints: Path, progress, data_dir) -> None:
+    """Run ``todo`` as Ray tasks, recording epochs and results in ``store`` from the driver."""
+    from gatedrnn.study.runner import _describe, _report, _run_trial
+    from gatedrnn.train.loop import environment
+
+    ray = _ray()
+    from ray.util.queue import Empty, Queue
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        options = (
+            {"address": spec.executor.address}
+            if spec.executor.address
+            else {"num_cpus": os.cpu_count() or 1}
+        )
+        ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False, **options)
+    try:
+        # [executor] workers = N: N trials at a time, sharing the cluster's CPUs; else one CPU each
+        cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
+        workers = spec.executor.workers
+        cpus = max(1, cluster_cpus // workers) if workers else 1
+        if todo:
+            store.set_meta(
+                "environment",
+                environment(todo[0].config)
+                | {"executor": "ray", "cpus_per_trial": cpus,
+                   "cluster": {k: v for k, v in ray.cluster_resources().items()
+                               if k in ("CPU", "GPU", "memory")}},
+            )  # fmt: skip
+        events = Queue()
+        remote = ray.remote(_run_trial)
+        running = {}
+        for trial in todo:
+            gpus = 1 if trial.config.device.startswith("cuda") else 0
+            store.mark_running(trial.key)
+            ref = remote.options(num_cpus=cpus, num_gpus=gpus, max_retries=0).remote(
+                trial.config.to_dict(),
+                str(checkpoints / f"{trial.key}.pt"),
+                trial.key,
+                events,
+                cpus,
+                str(data_dir) if data_dir else None,
+            )
+            running[ref] = trial
+        _report(store, progress)
+
+        def drain() -> None:
+            while True:
+                try:
+                    store.record_epoch(*events.get_nowait())
+                except Empty:
+                    return
+
+        while running:
+            done, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+            drain()
+            for ref in done:
+                trial = running.pop(ref)
+                try:
+                    store.finish(trial.key, ray.get(ref))
+                except Exception as error:  # the trial's own exception, wrapped by Ray
+                    cause = getattr(error, "cause", None) or error
+                    store.fail(trial.key, _describe(cause))
+                    logger.error("trial %s failed: %s", trial.key, cause)
+            _report(store, progress)
+        drain()
+    finally:
+        if started_here:
+            ray.shutdown()
