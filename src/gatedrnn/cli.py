@@ -373,6 +373,7 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
         seeds=args.seeds,
         device=args.device,
         executor=args.executor,
+        data=args.data,
     )
     start = time.perf_counter()
     db_path = _run_with_progress(spec, args, console)
@@ -497,6 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", type=int, help="seeds per configuration")
     compare.add_argument("--device", help="cpu (default) or cuda")
     compare.add_argument("--executor", choices=("local", "ray"))
+    compare.add_argument(
+        "--data",
+        help="your file for the generic tasks: .npz/.csv (seqcls) or .tsv (textcls); those tasks "
+        "become the default",
+    )
     compare.add_argument("--workers", type=int, help="processes (default: all cores)")
     compare.add_argument("--out", default="runs", help="results go to OUT/<study>/ (default runs)")
     compare.add_argument("--candidate", default="gru", help="the cell the claims are about")

@@ -97,3 +97,29 @@ def test_compare_presets_build_and_carry_their_task_options():
     assert all(t.config.task_options == {"steps": 50, "train_size": 2000} for t in adding)
     with pytest.raises(ValueError, match="scale: expected one of"):
         compare_study("huge")
+
+
+def test_compare_with_the_users_file(tmp_path):
+    import numpy as np
+
+    from gatedrnn.study.presets import compare_study
+
+    path = tmp_path / "mine.npz"
+    np.savez(path, features=np.random.rand(40, 5, 3), labels=np.arange(40) % 2)
+    spec = compare_study("smoke", data=str(path))
+    assert spec.tasks == ("seqcls",) or list(spec.tasks) == ["seqcls"]
+    assert spec.task_options["seqcls"]["path"] == str(path.resolve())
+    trials = spec.trials()
+    assert {t.config.task_options["path"] for t in trials} == {str(path.resolve())}
+    assert len({t.config.hidden_size for t in trials if t.width == "equal_params"}) > 1
+    with pytest.raises(ValueError, match=r"none of the tasks .* reads a user's file"):
+        compare_study("smoke", data=str(path), tasks=["jsb"])
+
+
+def test_equal_budget_with_an_embedding_as_wide_as_the_state():
+    from gatedrnn.nn.counting import count_parameters, hidden_for_budget
+
+    h = hidden_for_budget("gru", 20_000, None)
+    assert abs(count_parameters("gru", h, h) - 20_000) <= abs(
+        count_parameters("gru", h + 1, h + 1) - 20_000
+    )

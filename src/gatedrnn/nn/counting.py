@@ -61,7 +61,7 @@ def count_parameters(
 def hidden_for_budget(
     cell: str | CellSpec,
     budget: int,
-    input_size: int,
+    input_size: int | None,
     num_layers: int = 1,
     *,
     bias: bool = True,
@@ -69,6 +69,8 @@ def hidden_for_budget(
     **options: object,
 ) -> int:
     """The hidden size whose parameter count is nearest ``budget`` (ties go to the smaller size).
+    ``input_size=None`` means the input is as wide as the hidden state (an embedding of the
+    hidden size, as the language and text tasks use).
 
     This is how cells are compared "at an equal parameter budget": e.g. Chung et al. 2014 matched
     ~20K parameters on the music tasks. Raises if even hidden size 1 exceeds the budget.
@@ -76,9 +78,8 @@ def hidden_for_budget(
     spec = _spec(cell, options)
 
     def count(h: int) -> int:
-        return count_parameters(
-            spec, input_size, h, num_layers, bias=bias, bidirectional=bidirectional
-        )
+        width = input_size if input_size is not None else h
+        return count_parameters(spec, width, h, num_layers, bias=bias, bidirectional=bidirectional)
 
     if count(1) > budget:
         raise ValueError(

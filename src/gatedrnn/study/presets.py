@@ -51,12 +51,31 @@ def compare_study(
     device: str | None = None,
     executor: str | None = None,
     workers: int = 0,
+    data: str | None = None,
 ) -> StudySpec:
-    """The comparison study at ``scale``, with any of its choices overridden."""
+    """The comparison study at ``scale``, with any of its choices overridden. ``data`` is the
+    user's file for the generic tasks: ``seqcls`` (.npz, .csv) or ``textcls`` (.tsv), which
+    become the default tasks."""
     if scale not in SCALES:
         raise ValueError(f"scale: expected one of {list(SCALES)}, got {scale!r}")
     raw = {**_COMMON, **_SCALE[scale], "name": f"compare-{scale}"}
     raw["train"] = dict(raw["train"])
+    if data:
+        from pathlib import Path
+
+        generic = "textcls" if data.endswith(".tsv") else "seqcls"
+        tasks = tasks or [generic]
+        users = [t for t in tasks if t in ("seqcls", "textcls")]
+        if not users:
+            raise ValueError(
+                f"--data {data}: none of the tasks {tasks} reads a user's file; use --tasks "
+                "seqcls (.npz or .csv) or textcls (.tsv)"
+            )
+        raw["task_options"] = {
+            **raw.get("task_options", {}),
+            **{t: {"path": str(Path(data).resolve())} for t in users},
+        }
+        raw["name"] += "-" + Path(data).stem.replace("/", "_")
     if tasks:
         raw["tasks"] = tasks
         options = raw.get("task_options", {})

@@ -124,7 +124,7 @@ class StudySpec:
         return hidden_for_budget(
             make_spec(choice.cell, **_spec_options(choice)),
             self.budget,
-            TASKS[task].input_size,
+            TASKS[task].layer_input_size(dict(self.task_options.get(task, {}))),
             self.train.get("num_layers", 1),
         )
 
@@ -256,7 +256,7 @@ def parse_study(raw: dict[str, Any], default_name: str = "study") -> StudySpec:
                     hidden_for_budget(
                         make_spec(choice.cell, **_spec_options(choice)),
                         budget,
-                        TASKS[task].input_size,
+                        TASKS[task].layer_input_size(dict(task_options.get(task, {}))),
                         train.get("num_layers", 1),
                     )
                 except ValueError as error:

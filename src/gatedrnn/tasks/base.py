@@ -46,6 +46,16 @@ class Task(ABC):
     input_size: int
     output_size: int
 
+    @classmethod
+    def layer_input_size(cls, options: dict) -> int | None:
+        """The input width of the recurrent layer under task ``options``, known before the task
+        is built (equal-budget studies solve hidden sizes from it); None when it is the hidden
+        size itself (an embedding as wide as the state)."""
+        size = cls.__dict__.get("input_size", getattr(cls, "input_size", None))
+        if isinstance(size, int):
+            return size
+        return None
+
     def __init__(self, *, smoke: bool = False, fraction: float = 1.0, seed: int = 0) -> None:
         if not 0 < fraction <= 1:
             raise ValueError(f"{self.name}: fraction must be in (0, 1], got {fraction}")

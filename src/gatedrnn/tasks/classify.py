@@ -194,6 +194,10 @@ class TextClassification(SequenceClassification):
 
 @register_task
 class SST2(TextClassification):
+    @classmethod
+    def layer_input_size(cls, options: dict) -> int | None:
+        return options.get("embedding_size") or None
+
     name = "sst2"
     description = "SST-2 sentence sentiment (stsa.binary); accuracy"
     dataset = "sst2"
@@ -247,6 +251,10 @@ def _classes(labels: Sequence[str], where: str) -> tuple[str, ...]:
 
 @register_task
 class UserText(TextClassification):
+    @classmethod
+    def layer_input_size(cls, options: dict) -> int | None:
+        return options.get("embedding_size") or None
+
     name = "textcls"
     description = "your text: TSV of label<TAB>text (path=… or train=/valid=/test=); accuracy"
 
@@ -403,6 +411,10 @@ class UserSequences(SequenceClassification):
     name = "seqcls"
     description = "your sequences: .npz or long CSV (path=…); accuracy, or MSE for real labels"
 
+    @classmethod
+    def layer_input_size(cls, options: dict) -> int | None:
+        return cls(**options).input_size  # the file's feature count
+
     def __init__(self, *, smoke: bool = False, fraction: float = 1.0, seed: int = 0,
                  path: str | None = None, dropout: float = 0.0, split_seed: int = 0,
                  standardize: bool = True) -> None:  # fmt: skip
@@ -470,6 +482,10 @@ class SpokenDigits(SequenceClassification):
     description = "Free Spoken Digit Dataset, MFCC sequences; accuracy (repo or speaker split)"
     dataset = "fsdd"
     classes = tuple(str(d) for d in range(10))
+
+    @classmethod
+    def layer_input_size(cls, options: dict) -> int | None:
+        return int(options.get("n_mfcc", 13))
 
     def __init__(self, *, smoke: bool = False, fraction: float = 1.0, seed: int = 0,
                  data_dir: str | Path | None = None, split: str = "repo",
