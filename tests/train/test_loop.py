@@ -4,6 +4,7 @@ configuration errors."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -112,3 +113,19 @@ def test_train_command_writes_its_result(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["status"] == "completed" and len(result["history"]) == 2
     assert "epoch  train loss" in capsys.readouterr().out
+
+
+def test_mixed_precision_run_completes_and_layers_compute_in_bfloat16():
+    import gatedrnn
+
+    gru = gatedrnn.GRU(3, 5, backend="reference")
+    x = torch.randn(4, 2, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, h = gru(x, torch.zeros(1, 2, 5))
+    assert out.dtype == torch.bfloat16 and h.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert gru.weight_hh_l0.grad is not None and gru.weight_hh_l0.grad.dtype == torch.float32
+    config = TrainConfig.from_dict({"task": "jsb", "cell": "gru", "hidden_size": 8, "epochs": 1,
+                                    "smoke": True, "amp": True})  # fmt: skip
+    result = train(config)
+    assert result.status == "completed" and math.isfinite(result.test["nll"])

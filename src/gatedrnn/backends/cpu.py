@@ -422,6 +422,8 @@ class CpuBackend:
         spec = config.spec
         if input.device.type != "cpu":
             return f"it runs on the CPU only, got a {input.device.type} input"
+        if input.dtype not in (torch.float32, torch.float64):
+            return f"its loops compute in float32 or float64, got {input.dtype}"
         if spec.kind not in ("rnn", "lstm", "gru"):
             return f"it has no loop for {spec.kind}"
         if spec.kind == "lstm" and (spec.peepholes or spec.coupled or config.proj_size):

@@ -210,7 +210,14 @@ class RecurrentBase(nn.Module):
             x = input if batched else input.unsqueeze(1)
             if batched and self.batch_first:
                 x = x.transpose(0, 1)
-        check_input(owner, x, self.input_size, self.weight_ih_l0.dtype)
+        amp = _autocast_dtype(x, self.weight_ih_l0.dtype)
+        if amp is not None:  # under torch.autocast: compute in its dtype, as torch.nn's RNNs do
+            x = x.to(amp)
+            if isinstance(hx, Tensor):
+                hx = hx.to(amp)
+            elif isinstance(hx, (tuple, list)):
+                hx = tuple(s.to(amp) if isinstance(s, Tensor) else s for s in hx)
+        check_input(owner, x, self.input_size, amp or self.weight_ih_l0.dtype)
         if x.shape[0] == 0:
             raise ValueError(
                 f"{owner}: expected a sequence of at least one time step, got input of shape "
@@ -224,9 +231,10 @@ class RecurrentBase(nn.Module):
         states = self._prepare_states(hx, x, batched)
         config = self.config
         backend = resolve_backend(self.backend, config, x)
-        output, final = backend.forward(
-            config, x, lengths, states, self._layer_weights(), self.training
-        )
+        weights = self._layer_weights()
+        if amp is not None:
+            weights = [{name: w.to(amp) for name, w in layer.items()} for layer in weights]
+        output, final = backend.forward(config, x, lengths, states, weights, self.training)
         if packed:
             output = _pack_like(output, lengths, input)
         elif not batched:
@@ -234,6 +242,15 @@ class RecurrentBase(nn.Module):
         elif self.batch_first:
             output = output.transpose(0, 1)
         return output, (final if self.spec.num_states == 2 else final[0])
+
+
+def _autocast_dtype(x: Tensor, parameter_dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype torch.autocast asks for on ``x``'s device, if it is on and the parameters are
+    float32 (autocast leaves other dtypes alone), else None."""
+    kind = x.device.type
+    if parameter_dtype == torch.float32 and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return None
 
 
 def _pack_like(output: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:

@@ -7,6 +7,7 @@ and its named metrics. Tasks register under a short name beside their definition
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-__all__ = ["TASKS", "Batch", "Metric", "Task", "build_task", "register_task"]
+__all__ = ["TASKS", "Batch", "Metric", "Task", "build_task", "model_device", "register_task"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,18 @@ class Batch:
     @property
     def size(self) -> int:
         return int(self.lengths.numel())
+
+    def to(self, device: torch.device | str) -> Batch:
+        """The batch with inputs and targets on ``device`` (lengths stay on the CPU)."""
+        return dataclasses.replace(
+            self, inputs=self.inputs.to(device), targets=self.targets.to(device)
+        )
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters are (the CPU for a model without any)."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 class Task(ABC):
@@ -86,8 +99,9 @@ class Task(ABC):
         was_training = model.training
         model.eval()
         total, count = 0.0, 0
+        device = model_device(model)
         for batch in self.batches(split, batch_size):
-            loss, n = self.loss(model, batch)
+            loss, n = self.loss(model, batch.to(device))
             total, count = total + float(loss), count + n
         model.train(was_training)
         return self.metric_values(total, count)

@@ -32,7 +32,7 @@ from gatedrnn.data.registry import locate
 from gatedrnn.data.speech import SPEAKERS, mfcc, read_fsdd
 from gatedrnn.data.text import Vocabulary, read_labelled_lines
 from gatedrnn.nn.packing import pack_padded_sequence
-from gatedrnn.tasks.base import Batch, Metric, Task, register_task
+from gatedrnn.tasks.base import Batch, Metric, Task, model_device, register_task
 from gatedrnn.tasks.models import make_layer
 
 __all__ = [
@@ -159,7 +159,9 @@ class SequenceClassification(Task):
         was_training = model.training
         model.eval()
         total, right, count = 0.0, 0, 0
+        device = model_device(model)
         for batch in self.batches(split, batch_size):
+            batch = batch.to(device)
             out = self._outputs(model, batch)
             if self.regression:
                 total += float(F.mse_loss(out, batch.targets, reduction="sum"))

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gatedrnn.tasks.base import Batch, Metric, Task, register_task
+from gatedrnn.tasks.base import Batch, Metric, Task, model_device, register_task
 from gatedrnn.tasks.models import SequenceModel
 
 __all__ = ["CATEGORIES", "SYMBOLS", "TRIVIAL_XENT", "CopyProblem", "copy_batch"]
@@ -98,7 +98,9 @@ class CopyProblem(Task):
         was_training = model.training
         model.eval()
         total, right, count = 0.0, 0, 0
+        device = model_device(model)
         for batch in self.batches(split, batch_size):
+            batch = batch.to(device)
             logits, targets = self._recall(model, batch)
             total += float(F.cross_entropy(logits, targets, reduction="sum"))
             right += int((logits.argmax(-1) == targets).sum())

@@ -44,6 +44,7 @@ class TrainConfig:
     smoke: bool = False  # the task's seconds-long size
     deterministic: bool = True  # torch.use_deterministic_algorithms for the run
     device: str = "cpu"
+    amp: bool = False  # autocast to bfloat16 (mixed precision; meant for CUDA, works on the CPU)
 
     def __post_init__(self) -> None:
         checks = [

@@ -8,8 +8,8 @@ The loop knows nothing of any task beyond :class:`gatedrnn.tasks.Task`. It logs 
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import dataclasses
 import logging
 import math
 import platform
@@ -110,11 +110,14 @@ def _build_schedule(config: TrainConfig, optimizer, higher_is_better: bool):
 
 
 def _to(batch: Batch, device: torch.device) -> Batch:
-    if device.type == "cpu":
-        return batch
-    return dataclasses.replace(
-        batch, inputs=batch.inputs.to(device), targets=batch.targets.to(device)
-    )
+    return batch if device.type == "cpu" else batch.to(device)
+
+
+def _precision(config: TrainConfig, device: torch.device):
+    """Mixed precision (bfloat16 autocast) when ``config.amp``, else nothing."""
+    if config.amp:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 class _Diverged(Exception):
@@ -238,8 +241,9 @@ def _train(config, device, checkpoint, on_epoch, on_batch, data_dir) -> RunResul
     test = train_metrics = None
     if best_model is not None:
         model.load_state_dict(best_model)
-        test = task.evaluate(model, "test", config.batch_size)
-        train_metrics = task.evaluate(model, "train", config.batch_size)
+        with _precision(config, device):
+            test = task.evaluate(model, "test", config.batch_size)
+            train_metrics = task.evaluate(model, "train", config.batch_size)
     history = [EpochRecord(**r) for r in state["history"]]
     return RunResult(
         config=config,
@@ -266,7 +270,8 @@ def _train_epoch(task, model, optimizer, config, device, epoch, state, on_batch)
     # the shuffle depends only on (seed, epoch), so a resumed run sees the same batches
     for batch in task.batches("train", config.batch_size, shuffle=True,
                               seed=config.seed * 100_003 + epoch):  # fmt: skip
-        loss, n = task.loss(model, _to(batch, device))
+        with _precision(config, device):
+            loss, n = task.loss(model, _to(batch, device))
         mean = loss / n
         if not torch.isfinite(mean):
             raise _Diverged(f"loss is {mean.item()} at update {state['updates'] + 1}")
@@ -283,7 +288,8 @@ def _train_epoch(task, model, optimizer, config, device, epoch, state, on_batch)
             on_batch(epoch, batches)
     seconds = time.perf_counter() - start
     state["elapsed"] += seconds
-    valid = task.evaluate(model, "valid", config.batch_size)
+    with _precision(config, device):
+        valid = task.evaluate(model, "valid", config.batch_size)
     return EpochRecord(
         epoch=epoch,
         updates=state["updates"],
