@@ -92,6 +92,7 @@ class RecurrentBase(nn.Module):
         self.dropout = float(dropout)
         self.bidirectional = bool(bidirectional)
         self.backend = backend
+        self.last_backend: str | None = None
         self.init = init
         self.forget_bias = float(forget_bias)
 
@@ -231,6 +232,7 @@ class RecurrentBase(nn.Module):
         states = self._prepare_states(hx, x, batched)
         config = self.config
         backend = resolve_backend(self.backend, config, x)
+        self.last_backend = backend.name  # what "auto" chose for the latest call
         weights = self._layer_weights()
         if amp is not None:
             weights = [{name: w.to(amp) for name, w in layer.items()} for layer in weights]

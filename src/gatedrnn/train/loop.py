@@ -25,7 +25,6 @@ import torch
 
 import gatedrnn
 from gatedrnn.atomic import write_atomic
-from gatedrnn.backends import resolve_backend
 from gatedrnn.bench import saved_bytes
 from gatedrnn.tasks import TASKS, Batch, Task, build_task
 from gatedrnn.train.config import TrainConfig
@@ -113,6 +112,16 @@ def _to(batch: Batch, device: torch.device) -> Batch:
     return batch if device.type == "cpu" else batch.to(device)
 
 
+def _backends_used(model: torch.nn.Module) -> str:
+    """The backends the model's recurrent layers ran on in their latest call."""
+    from gatedrnn.nn.base import RecurrentBase
+
+    names = sorted(
+        {m.last_backend for m in model.modules() if isinstance(m, RecurrentBase) and m.last_backend}
+    )
+    return ",".join(names) or "none"
+
+
 def _precision(config: TrainConfig, device: torch.device):
     """Mixed precision (bfloat16 autocast) when ``config.amp``, else nothing."""
     if config.amp:
@@ -186,12 +195,16 @@ def _train(config, device, checkpoint, on_epoch, on_batch, data_dir) -> RunResul
         state, best_model = saved["state"], saved["best_model"]
         logger.info("resumed %s from epoch %d", checkpoint, state["epoch"])
 
-    first = next(task.batches("train", config.batch_size))
-    backend = resolve_backend(config.backend, model.rnn.config, _to(first, device).inputs).name
-    if not state["saved_bytes"]:
-        rng = torch.get_rng_state()  # measuring must not shift the random stream
-        state["saved_bytes"] = saved_bytes(lambda: task.loss(model, _to(first, device))[0])
-        torch.set_rng_state(rng)
+    first = _to(next(task.batches("train", config.batch_size)), device)
+    rng = torch.get_rng_state()  # measuring must not shift the random stream
+    with _precision(config, device):
+        if not state["saved_bytes"]:
+            state["saved_bytes"] = saved_bytes(lambda: task.loss(model, first)[0])
+        else:
+            with torch.no_grad():
+                task.loss(model, first)  # for the backends the layers choose
+    torch.set_rng_state(rng)
+    backend = _backends_used(model)
 
     def better(value: float, best: float | None) -> bool:
         if best is None:
