@@ -203,7 +203,13 @@ def _tasks(args: argparse.Namespace, console: Console) -> int:
         table.add_column(column)
     for name, task in sorted(TASKS.items()):
         metric = ", ".join(f"{m.name} {'↑' if m.higher_is_better else '↓'}" for m in task.metrics)
-        data = _dataset_state(task.dataset, args.data_dir) if task.dataset else "generated"
+        data = (
+            _dataset_state(task.dataset, args.data_dir)
+            if task.dataset
+            else "your file (path=…)"
+            if name in ("seqcls", "textcls")
+            else "generated"
+        )
         table.add_row(name, task.description, metric, data)
     console.print(table)
     return 0
