@@ -105,7 +105,8 @@ def bleu(hypotheses: list[list[str]], references: list[list[str]]) -> float:
 
     hyps = [" ".join(h) for h in hypotheses]
     refs = [[" ".join(r) for r in references]]
-    return float(sacrebleu.corpus_bleu(hyps, refs, tokenize="none").score)
+    # force: the text is tokenised on purpose (the references are), so no detokenising warning
+    return float(sacrebleu.corpus_bleu(hyps, refs, tokenize="none", force=True).score)
 
 
 class Seq2Seq(nn.Module):
