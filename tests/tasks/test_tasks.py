@@ -198,3 +198,15 @@ def test_zaremba_presets_are_valid_train_configs():
     for preset in PRESETS.values():
         config = TrainConfig.from_dict({**preset, "cell": "lstm"})
         assert config.schedule == "step" and config.num_layers == 2
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_truncated_bptt_windows_equal_one_pass(tmp_path, monkeypatch, cell):
+    task = _lm_task(tmp_path, monkeypatch, bptt=3)
+    torch.manual_seed(0)
+    model = task.build_model(cell, 8).eval()
+    batches = list(task.batches("train", 2))
+    with torch.no_grad():
+        windowed = torch.cat([model(b.inputs, carry=b.carry) for b in batches])
+        whole = model(torch.cat([b.inputs for b in batches]))
+    torch.testing.assert_close(windowed, whole, rtol=1e-5, atol=1e-6)

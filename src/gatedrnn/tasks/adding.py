@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from gatedrnn.tasks.base import Batch, Metric, Task, register_task
+from gatedrnn.tasks.base import Batch, Metric, Task, generated_splits, register_task
 from gatedrnn.tasks.models import make_layer
 
 __all__ = ["TRIVIAL_MSE", "AddingProblem"]
@@ -56,14 +56,10 @@ class AddingProblem(Task):
                  steps: int | None = None, train_size: int = 10_000) -> None:  # fmt: skip
         super().__init__(smoke=smoke, fraction=fraction, seed=seed)
         self.steps = steps or (20 if smoke else 100)
-        train = 512 if smoke else train_size
-        sizes = {"train": max(1, round(train * fraction)), "valid": 256 if smoke else 1000}
-        sizes["test"] = sizes["valid"]
-        # each split from its own generator: the same data for every cell and seed
-        self.splits = {}
-        for offset, (split, n) in enumerate(sizes.items()):
-            generator = torch.Generator().manual_seed(10_007 * (seed + 1) + offset)
-            self.splits[split] = adding_batch(n, self.steps, generator)
+        self.splits = generated_splits(
+            lambda n, generator: adding_batch(n, self.steps, generator),
+            smoke=smoke, fraction=fraction, train_size=train_size, seed=seed, salt=10_007,
+        )  # fmt: skip
 
     def batches(self, split: str, batch_size: int, *, shuffle: bool = False,
                 seed: int = 0) -> Iterator[Batch]:  # fmt: skip

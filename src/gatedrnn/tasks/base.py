@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["TASKS", "Batch", "Metric", "Task", "build_task", "model_device", "register_task"]
+__all__ = [
+    "TASKS",
+    "Batch",
+    "Metric",
+    "Task",
+    "build_task",
+    "generated_splits",
+    "model_device",
+    "register_task",
+]
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,26 @@ class Batch:
         return dataclasses.replace(
             self, inputs=self.inputs.to(device), targets=self.targets.to(device)
         )
+
+
+def generated_splits(
+    make: Callable[[int, torch.Generator], tuple[Tensor, Tensor]],
+    *,
+    smoke: bool,
+    fraction: float,
+    train_size: int,
+    seed: int,
+    salt: int,
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Train / valid / test sets drawn by ``make(n, generator)`` for the generated tasks, each
+    split from its own seeded generator: the same data for every cell and run of a seed."""
+    train = 512 if smoke else train_size
+    sizes = {"train": max(1, round(train * fraction)), "valid": 256 if smoke else 1000}
+    sizes["test"] = sizes["valid"]
+    return {
+        split: make(n, torch.Generator().manual_seed(salt * (seed + 1) + offset))
+        for offset, (split, n) in enumerate(sizes.items())
+    }
 
 
 def model_device(model: nn.Module) -> torch.device:

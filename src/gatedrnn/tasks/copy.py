@@ -19,7 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gatedrnn.tasks.base import Batch, Metric, Task, model_device, register_task
+from gatedrnn.tasks.base import (
+    Batch,
+    Metric,
+    Task,
+    generated_splits,
+    model_device,
+    register_task,
+)
 from gatedrnn.tasks.models import SequenceModel
 
 __all__ = ["CATEGORIES", "SYMBOLS", "TRIVIAL_XENT", "CopyProblem", "copy_batch"]
@@ -62,13 +69,10 @@ class CopyProblem(Task):
             raise ValueError(
                 f"copy: steps and length must be >= 1, got steps={self.steps}, length={self.length}"
             )
-        train = 512 if smoke else train_size
-        sizes = {"train": max(1, round(train * fraction)), "valid": 256 if smoke else 1000}
-        sizes["test"] = sizes["valid"]
-        self.splits = {}
-        for offset, (split, n) in enumerate(sizes.items()):
-            generator = torch.Generator().manual_seed(20_011 * (seed + 1) + offset)
-            self.splits[split] = copy_batch(n, self.steps, generator, self.length)
+        self.splits = generated_splits(
+            lambda n, generator: copy_batch(n, self.steps, generator, self.length),
+            smoke=smoke, fraction=fraction, train_size=train_size, seed=seed, salt=20_011,
+        )  # fmt: skip
 
     def batches(self, split: str, batch_size: int, *, shuffle: bool = False,
                 seed: int = 0) -> Iterator[Batch]:  # fmt: skip
