@@ -229,3 +229,12 @@ def test_real_sst2_has_the_published_splits():
     assert [len(task.data[s]) for s in ("train", "valid", "test")] == [6920, 872, 1821]
     labels = [y for _, y in task.data["train"]]
     assert labels.count(1) == 3610 and labels.count(0) == 3310
+
+
+@pytest.mark.parametrize("name", ["textcls", "seqcls"])
+def test_user_tasks_stack_layers_with_dropout(tmp_path, name):
+    path = write_text(tmp_path / "t.tsv") if name == "textcls" else write_npz(tmp_path / "s.npz")
+    task = build_task(name, path=str(path), dropout=0.2)
+    model = task.build_model("lstm", 8, 2, backend="auto", dropout=0.3)
+    loss, n = task.loss(model, next(iter(task.batches("train", 4))))
+    assert torch.isfinite(loss) and n == 4

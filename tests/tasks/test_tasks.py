@@ -210,3 +210,11 @@ def test_truncated_bptt_windows_equal_one_pass(tmp_path, monkeypatch, cell):
         windowed = torch.cat([model(b.inputs, carry=b.carry) for b in batches])
         whole = model(torch.cat([b.inputs for b in batches]))
     torch.testing.assert_close(windowed, whole, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("task_name", sorted(TASKS))
+def test_stacked_models_take_the_layer_options_the_loop_passes(task_name):
+    task = build_or_skip(task_name, smoke=True)
+    model = task.build_model("gru", 8, 2, backend="auto", dropout=0.3, reset="before")
+    loss, n = task.loss(model, next(iter(task.batches("train", 4))))
+    assert torch.isfinite(loss) and n > 0

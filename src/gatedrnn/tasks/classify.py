@@ -57,12 +57,12 @@ class LastStateModel(nn.Module):
     """(optional embedding) → gatedrnn layer → final state of the last layer → dropout → linear."""
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, outputs: int,
-                 num_layers: int = 1, vocabulary: int = 0, dropout: float = 0.0,
+                 num_layers: int = 1, *, vocabulary: int = 0, io_dropout: float = 0.0,
                  **layer_options) -> None:  # fmt: skip
         super().__init__()
         self.embedding = nn.Embedding(vocabulary, input_size, padding_idx=0) if vocabulary else None
         self.rnn = make_layer(cell, input_size, hidden_size, num_layers, **layer_options)
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(io_dropout)  # on the final state; the layer's own via options
         self.head = nn.Linear(hidden_size, outputs)
 
     def forward(self, inputs: Tensor, lengths: Tensor) -> Tensor:
@@ -140,8 +140,8 @@ class SequenceClassification(Task):
         input_size = embedded if self.vocabulary_size else self.input_size
         outputs = 1 if self.regression else len(self.classes)
         return LastStateModel(
-            cell, input_size, hidden_size, outputs, num_layers, self.vocabulary_size,
-            self.dropout, **layer_options,
+            cell, input_size, hidden_size, outputs, num_layers, vocabulary=self.vocabulary_size,
+            io_dropout=self.dropout, **layer_options,
         )  # fmt: skip
 
     def _outputs(self, model: nn.Module, batch: Batch) -> Tensor:

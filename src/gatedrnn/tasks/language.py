@@ -49,14 +49,16 @@ PRESETS = {  # TrainConfig fields; add "cell"
 
 class LanguageModel(nn.Module):
     """Embedding → dropout → gatedrnn layer → dropout → linear over the vocabulary. Keeps its
-    last state between calls when asked to (``carry``), detached."""
+    last state between calls when asked to (``carry``), detached. ``io_dropout`` is the dropout
+    on the embedding and the layer's output; the layer's own ``dropout`` (between stacked
+    layers) comes with ``layer_options``."""
 
-    def __init__(self, cell: str, vocabulary: int, hidden_size: int, num_layers: int = 1,
-                 dropout: float = 0.0, **layer_options) -> None:  # fmt: skip
+    def __init__(self, cell: str, vocabulary: int, hidden_size: int, num_layers: int = 1, *,
+                 io_dropout: float = 0.0, **layer_options) -> None:  # fmt: skip
         super().__init__()
         self.embedding = nn.Embedding(vocabulary, hidden_size)
         self.rnn = make_layer(cell, hidden_size, hidden_size, num_layers, **layer_options)
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(io_dropout)
         self.head = nn.Linear(hidden_size, vocabulary)
         self.state = None
 
@@ -112,8 +114,9 @@ class WordLanguageModel(Task):
     def build_model(self, cell: str, hidden_size: int, num_layers: int = 1,
                     **layer_options) -> nn.Module:  # fmt: skip
         return LanguageModel(
-            cell, len(self.vocabulary), hidden_size, num_layers, self.dropout, **layer_options
-        )
+            cell, len(self.vocabulary), hidden_size, num_layers, io_dropout=self.dropout,
+            **layer_options,
+        )  # fmt: skip
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, int]:
         logits = model(batch.inputs, carry=batch.carry)

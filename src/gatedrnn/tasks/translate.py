@@ -113,8 +113,8 @@ class Seq2Seq(nn.Module):
     """Bidirectional encoder layer → Bahdanau attention → decoder cell → output layer."""
 
     def __init__(self, cell: str, source_vocabulary: int, target_vocabulary: int,
-                 hidden_size: int, num_layers: int = 1, embedding_size: int = 0,
-                 dropout: float = 0.0, **layer_options) -> None:  # fmt: skip
+                 hidden_size: int, num_layers: int = 1, *, embedding_size: int = 0,
+                 io_dropout: float = 0.0, **layer_options) -> None:  # fmt: skip
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"unknown cell {cell!r}; expected one of: {', '.join(CELLS)}")
@@ -131,7 +131,7 @@ class Seq2Seq(nn.Module):
         self.attend_state = nn.Linear(hidden_size, hidden_size, bias=False)
         self.attend_memory = nn.Linear(2 * hidden_size, hidden_size)
         self.score = nn.Linear(hidden_size, 1, bias=False)
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(io_dropout)  # embeddings and decoder outputs
         self.out = nn.Linear(hidden_size + 2 * hidden_size + E, target_vocabulary)
 
     def encode(self, source: Tensor, lengths: Tensor):
@@ -317,7 +317,8 @@ class Multi30k(Task):
                     **layer_options) -> nn.Module:  # fmt: skip
         return Seq2Seq(
             cell, len(self.source_vocabulary), len(self.target_vocabulary), hidden_size,
-            num_layers, self.embedding_size, self.dropout, **layer_options,
+            num_layers, embedding_size=self.embedding_size, io_dropout=self.dropout,
+            **layer_options,
         )  # fmt: skip
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, int]:
