@@ -41,3 +41,24 @@ def test_backend_matches_reference(backend, variant, form, dtype):
         assert_close(a, b, "final state")
     for name, grad in expected.grads.items():
         assert_close(actual.grads[name], grad, f"grad of {name}")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cpu-python"])
+@pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])
+def test_frozen_input_weights_and_plain_inputs_are_not_saved(backend, cell):
+    import gatedrnn
+    from gatedrnn.bench import saved_bytes
+
+    torch.manual_seed(0)
+    ours = getattr(gatedrnn, cell)(4, 6, backend=backend)
+    reference = getattr(gatedrnn, cell)(4, 6, backend="reference")
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(5, 3, 4, dtype=torch.float32)
+    full = saved_bytes(lambda: ours(x.clone().requires_grad_())[0].sum())
+    for layer in (ours, reference):
+        layer.weight_ih_l0.requires_grad_(False)
+        layer(x)[0].sum().backward()  # x needs no gradient, W_ih is frozen
+    for name, p in ours.named_parameters():
+        if p.requires_grad:
+            assert_close(p.grad, dict(reference.named_parameters())[name].grad, f"grad of {name}")
+    assert saved_bytes(lambda: ours(x)[0].sum()) < full  # neither x nor W_ih kept alive

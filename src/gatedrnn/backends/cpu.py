@@ -100,10 +100,17 @@ def _weight_grads(
     """dx, dW_ih, dW_hh as GEMMs over all steps."""
     G = dgates.shape[-1]
     flat = dgates.reshape(-1, G)
-    dx = torch.mm(flat, w_ih).view_as(x) if needs[0] else None
+    dx = torch.mm(flat, w_ih).view(*dgates.shape[:2], -1) if needs[0] else None
     dw_ih = torch.mm(flat.t(), x.reshape(-1, x.shape[-1])) if needs[1] else None
     dw_hh = _grad_recurrent(dgates, h0, out) if needs[2] else None
     return dx, dw_ih, dw_hh
+
+
+def _inputs_for_backward(ctx, x: Tensor, w_ih: Tensor, x_index: int, w_ih_index: int):
+    """x and W_ih, each saved only if backward will read it: x for dW_ih, W_ih for dx (with frozen
+    weights or an input that needs no gradient, neither is kept alive by the graph)."""
+    needs = ctx.needs_input_grad
+    return (x if needs[w_ih_index] else None, w_ih if needs[x_index] else None)
 
 
 def _sum_bias(dgates: Tensor, wanted: bool) -> Tensor | None:
@@ -147,7 +154,7 @@ class _RNN(torch.autograd.Function):
         forward_loop(out, h0, w_hh, list(batch_sizes or ()), relu)
         if batch_sizes is not None:  # steps past a sequence's end hold no state
             out.mul_(_mask(batch_sizes, T, B, out))
-        ctx.save_for_backward(x, h0, w_ih, w_hh, out)
+        ctx.save_for_backward(*_inputs_for_backward(ctx, x, w_ih, 0, 2), h0, w_hh, out)
         ctx.batch_sizes, ctx.relu, ctx.compiled = batch_sizes, relu, compiled
         ctx.has_bias = b_ih is not None
         return out, _last(out, lengths)
@@ -155,7 +162,7 @@ class _RNN(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_last):
         _first_derivatives_only()
-        x, h0, w_ih, w_hh, out = ctx.saved_tensors
+        x, w_ih, h0, w_hh, out = ctx.saved_tensors
         dpre = _buffer(out, out.shape, ctx.batch_sizes is not None)
         dh = grad_last.clone()
         _, backward_loop = _loops("rnn", ctx.compiled)
@@ -275,7 +282,7 @@ class _GRU(torch.autograd.Function):
         rec = _buffer(x, (T, B, H), padded)
         forward_loop, _ = _loops("gru", compiled)
         forward_loop(gates, out, rec, h0, w_hh, b_hh, list(batch_sizes or ()), reset_after)
-        ctx.save_for_backward(x, h0, w_ih, w_hh, gates, rec, out)
+        ctx.save_for_backward(*_inputs_for_backward(ctx, x, w_ih, 0, 2), h0, w_hh, gates, rec, out)
         ctx.batch_sizes, ctx.reset_after, ctx.compiled = batch_sizes, reset_after, compiled
         ctx.has_bias = b_ih is not None
         return out, _last(out, lengths)
@@ -283,7 +290,7 @@ class _GRU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_last):
         _first_derivatives_only()
-        x, h0, w_ih, w_hh, gates, rec, out = ctx.saved_tensors
+        x, w_ih, h0, w_hh, gates, rec, out = ctx.saved_tensors
         H = h0.shape[1]
         reset_after = ctx.reset_after
         padded = ctx.batch_sizes is not None
@@ -378,7 +385,9 @@ class _LSTM(torch.autograd.Function):
         cells = _buffer(x, (T, B, H), padded)
         forward_loop, _ = _loops("lstm", compiled)
         forward_loop(gates, out, cells, h0, c0, w_hh, list(batch_sizes or ()))
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, gates, cells, out)
+        ctx.save_for_backward(
+            *_inputs_for_backward(ctx, x, w_ih, 0, 3), h0, c0, w_hh, gates, cells, out
+        )
         ctx.batch_sizes, ctx.compiled = batch_sizes, compiled
         ctx.has_bias = b_ih is not None
         return out, _last(out, lengths), _last(cells, lengths)
@@ -386,7 +395,7 @@ class _LSTM(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_h_last, grad_c_last):
         _first_derivatives_only()
-        x, h0, c0, w_ih, w_hh, gates, cells, out = ctx.saved_tensors
+        x, w_ih, h0, c0, w_hh, gates, cells, out = ctx.saved_tensors
         dgates = _buffer(gates, gates.shape, ctx.batch_sizes is not None)
         dh, dc = grad_h_last.clone(), grad_c_last.clone()
         _, backward_loop = _loops("lstm", ctx.compiled)
