@@ -14,16 +14,17 @@ states h and c are carried in float32 whatever the dtype.
 
 Covers the GRU (reset after and before) and the standard LSTM, any number of layers, both
 directions, padded or packed input (finished sequences keep their state). Refuses the rest with
-the reason (plain RNN, MGU, minimal cells, LSTM peepholes / coupled gate / projection, float64).
-First derivatives only, like cuDNN.
+the reason (plain RNN, MGU, minimal cells, LSTM peepholes / coupled gate / projection, float64,
+a batch too large for one resident wave of programs at that width). First derivatives only,
+like cuDNN.
 
 Triton is imported on first use. Without a GPU the backend reports itself unavailable, unless
 ``TRITON_INTERPRET=1`` is set: then its kernels run in Triton's interpreter on the CPU, as one
 program (the barrier is trivial), which is how the test suite checks them without a GPU.
 
-``backend="auto"`` takes it only where :data:`MEASURED` (``gpu_table.json``, written by
-``benchmarks/gpu_speed.py --write-table``) says it beat cuDNN on this kind of GPU, at the
-nearest measured size; elsewhere ``auto`` uses cuDNN.
+``backend="auto"`` takes it only where the measured table (``gpu_table.json`` beside this file,
+written by ``benchmarks/gpu_speed.py --write-table``; read by :func:`measured_ratio`) says it
+beat cuDNN on this GPU model at the nearest measured size; elsewhere ``auto`` uses cuDNN.
 """
 
 from __future__ import annotations
