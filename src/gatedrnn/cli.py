@@ -207,7 +207,7 @@ def _tasks(args: argparse.Namespace, console: Console) -> int:
             _dataset_state(task.dataset, args.data_dir)
             if task.dataset
             else "your file (path=…)"
-            if name in ("seqcls", "textcls")
+            if task.reads_user_file
             else "generated"
         )
         table.add_row(name, task.description, metric, data)

@@ -20,7 +20,7 @@ SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 def build_or_skip(name: str, **options):
     """``build_task``, reading ../shared/data for tasks whose data is not embedded (skips where
     it is absent)."""
-    if name in ("textcls", "seqcls"):
+    if TASKS[name].reads_user_file:
         pytest.skip(
             f"{name} reads the user's file: trained in test_classify.py::test_user_tasks_learn"
         )

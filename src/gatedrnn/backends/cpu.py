@@ -32,7 +32,7 @@ from torch import Tensor
 
 from gatedrnn.backends import LayerConfig
 from gatedrnn.backends.compiled import compiled_loops
-from gatedrnn.backends.reference import run_stack
+from gatedrnn.backends.reference import first_derivatives_only, project_inputs, run_stack
 
 __all__ = ["CpuBackend", "CpuPythonBackend"]
 
@@ -40,16 +40,6 @@ __all__ = ["CpuBackend", "CpuPythonBackend"]
 # The backward loops carry the gradient w.r.t. the state in a (B, H) buffer that starts as the
 # final state's gradient: going backwards, a sequence first becomes live at its own last step and
 # its row is untouched before then, so its final-state gradient enters at exactly that step.
-
-
-def _first_derivatives_only() -> None:
-    # Backward runs with grad mode on exactly when the caller asked for create_graph=True.
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            "the 'cpu' backend computes first derivatives only, like cuDNN, so it cannot be "
-            "differentiated twice (create_graph=True); build the layer with backend='reference' "
-            "for double backward"
-        )
 
 
 def _buffer(like: Tensor, shape: tuple[int, ...], padded: bool) -> Tensor:
@@ -69,14 +59,6 @@ def _last(seq: Tensor, lengths: Tensor | None) -> Tensor:
     if lengths is None:
         return seq[-1].clone()
     return seq[lengths - 1, torch.arange(seq.shape[1])]
-
-
-def _project(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
-    """x W_ih^T + bias for all steps at once: (T, B, I) → (T, B, G)."""
-    T, B, I = x.shape
-    flat = x.reshape(T * B, I)
-    out = torch.mm(flat, w_ih.t()) if bias is None else torch.addmm(bias, flat, w_ih.t())
-    return out.view(T, B, -1)
 
 
 def _previous(h0: Tensor, out: Tensor) -> Tensor:
@@ -149,7 +131,7 @@ class _RNN(torch.autograd.Function):
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, relu, compiled):
         T, B, _ = x.shape
         bias = None if b_ih is None else b_ih + b_hh
-        out = _project(x, w_ih, bias)  # (T, B, H): pre-activations, then h in place
+        out = project_inputs(x, w_ih, bias)  # (T, B, H): pre-activations, then h in place
         forward_loop, _ = _loops("rnn", compiled)
         forward_loop(out, h0, w_hh, list(batch_sizes or ()), relu)
         if batch_sizes is not None:  # steps past a sequence's end hold no state
@@ -161,7 +143,7 @@ class _RNN(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_last):
-        _first_derivatives_only()
+        first_derivatives_only("cpu")
         x, w_ih, h0, w_hh, out = ctx.saved_tensors
         dpre = _buffer(out, out.shape, ctx.batch_sizes is not None)
         dh = grad_last.clone()
@@ -277,7 +259,7 @@ class _GRU(torch.autograd.Function):
         T, B, _ = x.shape
         H = h0.shape[1]
         padded = batch_sizes is not None
-        gates = _project(x, w_ih, b_ih)  # (T, B, 3H): pre-activations, then r|z|n in place
+        gates = project_inputs(x, w_ih, b_ih)  # (T, B, 3H): pre-activations, then r|z|n in place
         out = _buffer(x, (T, B, H), padded)
         rec = _buffer(x, (T, B, H), padded)
         forward_loop, _ = _loops("gru", compiled)
@@ -289,7 +271,7 @@ class _GRU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_last):
-        _first_derivatives_only()
+        first_derivatives_only("cpu")
         x, w_ih, h0, w_hh, gates, rec, out = ctx.saved_tensors
         H = h0.shape[1]
         reset_after = ctx.reset_after
@@ -380,7 +362,7 @@ class _LSTM(torch.autograd.Function):
         H = h0.shape[1]
         padded = batch_sizes is not None
         bias = None if b_ih is None else b_ih + b_hh
-        gates = _project(x, w_ih, bias)  # (T, B, 4H): pre-activations, then i|f|g|o in place
+        gates = project_inputs(x, w_ih, bias)  # (T, B, 4H): pre-activations, then i|f|g|o in place
         out = _buffer(x, (T, B, H), padded)
         cells = _buffer(x, (T, B, H), padded)
         forward_loop, _ = _loops("lstm", compiled)
@@ -394,7 +376,7 @@ class _LSTM(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_h_last, grad_c_last):
-        _first_derivatives_only()
+        first_derivatives_only("cpu")
         x, w_ih, h0, c0, w_hh, gates, cells, out = ctx.saved_tensors
         dgates = _buffer(gates, gates.shape, ctx.batch_sizes is not None)
         dh, dc = grad_h_last.clone(), grad_c_last.clone()

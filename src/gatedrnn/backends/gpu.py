@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from gatedrnn.backends import LayerConfig
-from gatedrnn.backends.reference import run_stack
+from gatedrnn.backends.reference import first_derivatives_only, project_inputs, run_stack
 
 __all__ = ["TritonBackend", "interpreting", "triton_unavailable"]
 
@@ -192,13 +192,6 @@ def _check(err: Tensor) -> None:
         raise RuntimeError(_BARRIER_FAULT)
 
 
-def _project(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
-    T, B, I = x.shape
-    flat = x.reshape(T * B, I)
-    out = torch.mm(flat, w_ih.t()) if bias is None else torch.addmm(bias, flat, w_ih.t())
-    return out.view(T, B, -1)
-
-
 def _states(x: Tensor, h0: Tensor, T: int, B: int, H: int, aliased: bool):
     """HS (T+1, B, H) float32 with HS[0] = h0, and Y, the dot's source and the output: HS
     itself when the dtype is float32 and no row ever stops, else a (T+1, B, H) buffer."""
@@ -211,14 +204,6 @@ def _states(x: Tensor, h0: Tensor, T: int, B: int, H: int, aliased: bool):
     return hs, y
 
 
-def _first_derivatives_only() -> None:
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            "the 'triton' backend computes first derivatives only, like cuDNN, so it cannot be "
-            "differentiated twice (create_graph=True); use backend='reference' for that"
-        )
-
-
 class _GRU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after):
@@ -227,7 +212,7 @@ class _GRU(torch.autograd.Function):
         k = _kernels()
         cfg = _launch(H, B, x.device, x.dtype)
         dot_dtype, prec = _dot_options(x.dtype)
-        xg = _project(x, w_ih, b_ih)
+        xg = project_inputs(x, w_ih, b_ih)
         bhh = (
             b_hh.float()
             if b_hh is not None
@@ -254,7 +239,7 @@ class _GRU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_last):
-        _first_derivatives_only()
+        first_derivatives_only("triton")
         x, w_ih, w_hh, hs, y, gates, lengths = ctx.saved_tensors
         T, B, _ = x.shape
         H = hs.shape[2]
@@ -306,7 +291,7 @@ class _LSTM(torch.autograd.Function):
         k = _kernels()
         cfg = _launch(H, B, x.device, x.dtype)
         dot_dtype, prec = _dot_options(x.dtype)
-        xg = _project(x, w_ih, None if b_ih is None else b_ih + b_hh)
+        xg = project_inputs(x, w_ih, None if b_ih is None else b_ih + b_hh)
         save = any(ctx.needs_input_grad)
         hs, y = _states(x, h0, T, B, H, x.dtype == torch.float32 and lengths is None)
         cs = _empty(T + 1, B, H, dtype=torch.float32, device=x.device)
@@ -327,7 +312,7 @@ class _LSTM(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_h, grad_c):
-        _first_derivatives_only()
+        first_derivatives_only("triton")
         x, w_ih, w_hh, y, cs, gates, lengths = ctx.saved_tensors
         T, B, _ = x.shape
         H = cs.shape[2]

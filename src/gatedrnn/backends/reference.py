@@ -19,7 +19,33 @@ from torch import Tensor
 from gatedrnn.backends import LayerConfig
 from gatedrnn.nn.functional import cell_step, min_scan
 
-__all__ = ["ReferenceBackend", "reverse_padded", "run_stack"]
+__all__ = [
+    "ReferenceBackend",
+    "first_derivatives_only",
+    "project_inputs",
+    "reverse_padded",
+    "run_stack",
+]
+
+
+def project_inputs(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
+    """x W_ihᵀ + bias for all steps at once, one GEMM: (T, B, I) → (T, B, G). The first stage of
+    the fused backends, which then loop over time on the recurrent part alone."""
+    T, B, I = x.shape
+    flat = x.reshape(T * B, I)
+    out = torch.mm(flat, w_ih.t()) if bias is None else torch.addmm(bias, flat, w_ih.t())
+    return out.view(T, B, -1)
+
+
+def first_derivatives_only(backend: str) -> None:
+    """Called at the top of a hand-written backward: refuse double backward. Backward runs with
+    grad mode on exactly when the caller asked for ``create_graph=True``."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"the {backend!r} backend computes first derivatives only, like cuDNN, so it cannot "
+            "be differentiated twice (create_graph=True); build the layer with "
+            "backend='reference' for double backward"
+        )
 
 
 def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:

@@ -63,9 +63,11 @@ def compare_study(
     if data:
         from pathlib import Path
 
+        from gatedrnn.tasks import TASKS
+
         generic = "textcls" if data.endswith(".tsv") else "seqcls"
         tasks = tasks or [generic]
-        users = [t for t in tasks if t in ("seqcls", "textcls")]
+        users = [t for t in tasks if t in TASKS and TASKS[t].reads_user_file]
         if not users:
             raise ValueError(
                 f"--data {data}: none of the tasks {tasks} reads a user's file; use --tasks "

@@ -12,11 +12,8 @@ with this machine's cores.
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["run_on_ray"]
 
@@ -33,7 +30,7 @@ def _ray():
 
 def run_on_ray(spec, store, todo, checkpoints: Path, progress, data_dir) -> None:
     """Run ``todo`` as Ray tasks, recording epochs and results in ``store`` from the driver."""
-    from gatedrnn.study.runner import _describe, _report, _run_trial
+    from gatedrnn.study.runner import _drain, _report, _run_trial, _settle
     from gatedrnn.train.loop import environment
 
     ray = _ray()
@@ -49,7 +46,8 @@ def run_on_ray(spec, store, todo, checkpoints: Path, progress, data_dir) -> None
         ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False, **options)
     try:
         # [executor] workers = N: N trials at a time, sharing the cluster's CPUs; else one CPU each
-        cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
+        resources = ray.cluster_resources()
+        cluster_cpus = int(resources.get("CPU", 1))
         workers = spec.executor.workers
         cpus = max(1, cluster_cpus // workers) if workers else 1
         if todo:
@@ -57,7 +55,7 @@ def run_on_ray(spec, store, todo, checkpoints: Path, progress, data_dir) -> None
                 "environment",
                 environment(todo[0].config)
                 | {"executor": "ray", "cpus_per_trial": cpus,
-                   "cluster": {k: v for k, v in ray.cluster_resources().items()
+                   "cluster": {k: v for k, v in resources.items()
                                if k in ("CPU", "GPU", "memory")}},
             )  # fmt: skip
         events = Queue()
@@ -77,26 +75,13 @@ def run_on_ray(spec, store, todo, checkpoints: Path, progress, data_dir) -> None
             running[ref] = trial
         _report(store, progress)
 
-        def drain() -> None:
-            while True:
-                try:
-                    store.record_epoch(*events.get_nowait())
-                except Empty:
-                    return
-
         while running:
             done, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
-            drain()
+            _drain(events, store, Empty)
             for ref in done:
-                trial = running.pop(ref)
-                try:
-                    store.finish(trial.key, ray.get(ref))
-                except Exception as error:  # the trial's own exception, wrapped by Ray
-                    cause = getattr(error, "cause", None) or error
-                    store.fail(trial.key, _describe(cause))
-                    logger.error("trial %s failed: %s", trial.key, cause)
+                _settle(store, running.pop(ref), lambda ref=ref: ray.get(ref))
             _report(store, progress)
-        drain()
+        _drain(events, store, Empty)
     finally:
         if started_here:
             ray.shutdown()

@@ -160,23 +160,30 @@ def _run_pool(store, todo, checkpoints, progress, workers, threads, data_dir) ->
             done, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
             _drain(events, store)
             for future in done:
-                trial = running.pop(future)
-                try:
-                    store.finish(trial.key, future.result())
-                except Exception as error:
-                    store.fail(trial.key, _describe(error))
-                    logger.error("trial %s failed: %s", trial.key, error)
+                _settle(store, running.pop(future), future.result)
             submit()
             _report(store, progress)
         _drain(events, store)
 
 
-def _drain(events, store: StudyStore) -> None:
+def _drain(events, store: StudyStore, empty: type[Exception] = queue.Empty) -> None:
+    """Record every epoch waiting in ``events`` (whose ``get_nowait`` raises ``empty`` when
+    there is none)."""
     while True:
         try:
             store.record_epoch(*events.get_nowait())
-        except queue.Empty:
+        except empty:
             return
+
+
+def _settle(store: StudyStore, trial: Trial, result: Callable[[], dict[str, Any]]) -> None:
+    """Record a finished trial: its result, or the error ``result()`` raises."""
+    try:
+        store.finish(trial.key, result())
+    except Exception as error:
+        cause = getattr(error, "cause", None) or error  # Ray wraps the trial's own exception
+        store.fail(trial.key, _describe(cause))
+        logger.error("trial %s failed: %s", trial.key, cause)
 
 
 def _describe(error: BaseException) -> str:

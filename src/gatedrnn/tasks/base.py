@@ -7,13 +7,15 @@ and its named metrics. Tasks register under a short name beside their definition
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -22,6 +24,8 @@ __all__ = [
     "Metric",
     "Task",
     "build_task",
+    "classification_metrics",
+    "evaluating",
     "generated_splits",
     "model_device",
     "register_task",
@@ -85,6 +89,7 @@ class Task(ABC):
     description: ClassVar[str]
     metrics: ClassVar[tuple[Metric, ...]]
     dataset: ClassVar[str | None] = None  # the registered dataset it reads; None if generated
+    reads_user_file: ClassVar[bool] = False  # its data is the user's file (task option path=…)
     input_size: int
     output_size: int
 
@@ -123,17 +128,41 @@ class Task(ABC):
         """The metrics from the loss summed over a whole split; by default the mean loss."""
         return {self.metrics[0].name: total_loss / max(count, 1)}
 
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: str, batch_size: int = 64) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
-        total, count = 0.0, 0
+    def eval_batches(self, model: nn.Module, split: str, batch_size: int) -> Iterator[Batch]:
+        """The batches of ``split`` in order, on ``model``'s device."""
         device = model_device(model)
         for batch in self.batches(split, batch_size):
-            loss, n = self.loss(model, batch.to(device))
-            total, count = total + float(loss), count + n
-        model.train(was_training)
+            yield batch.to(device)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str, batch_size: int = 64) -> dict[str, float]:
+        total, count = 0.0, 0
+        with evaluating(model):
+            for batch in self.eval_batches(model, split, batch_size):
+                loss, n = self.loss(model, batch)
+                total, count = total + float(loss), count + n
         return self.metric_values(total, count)
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode for the block, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def classification_metrics(outputs: Iterable[tuple[Tensor, Tensor]]) -> dict[str, float]:
+    """Cross-entropy per target and accuracy over (logits (N, C), targets (N,)) pairs."""
+    total, right, count = 0.0, 0, 0
+    for logits, targets in outputs:
+        total += float(F.cross_entropy(logits, targets, reduction="sum"))
+        right += int((logits.argmax(-1) == targets).sum())
+        count += targets.numel()
+    return {"xent": total / count, "accuracy": right / count}
 
 
 TASKS: dict[str, type[Task]] = {}

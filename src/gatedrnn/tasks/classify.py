@@ -32,7 +32,14 @@ from gatedrnn.data.registry import locate
 from gatedrnn.data.speech import SPEAKERS, mfcc, read_fsdd
 from gatedrnn.data.text import Vocabulary, read_labelled_lines
 from gatedrnn.nn.packing import pack_padded_sequence
-from gatedrnn.tasks.base import Batch, Metric, Task, model_device, register_task
+from gatedrnn.tasks.base import (
+    Batch,
+    Metric,
+    Task,
+    classification_metrics,
+    evaluating,
+    register_task,
+)
 from gatedrnn.tasks.models import make_layer
 
 __all__ = [
@@ -156,23 +163,11 @@ class SequenceClassification(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, batch_size: int = 64) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
-        total, right, count = 0.0, 0, 0
-        device = model_device(model)
-        for batch in self.batches(split, batch_size):
-            batch = batch.to(device)
-            out = self._outputs(model, batch)
-            if self.regression:
-                total += float(F.mse_loss(out, batch.targets, reduction="sum"))
-            else:
-                total += float(F.cross_entropy(out, batch.targets, reduction="sum"))
-                right += int((out.argmax(-1) == batch.targets).sum())
-            count += batch.size
-        model.train(was_training)
-        if self.regression:
-            return {"mse": total / count}
-        return {"accuracy": right / count, "xent": total / count}
+        if self.regression:  # the mean of the loss: MSE
+            return super().evaluate(model, split, batch_size)
+        with evaluating(model):
+            batches = self.eval_batches(model, split, batch_size)
+            return classification_metrics((self._outputs(model, b), b.targets) for b in batches)
 
 
 class TextClassification(SequenceClassification):
@@ -258,6 +253,7 @@ class UserText(TextClassification):
         return options.get("embedding_size") or None
 
     name = "textcls"
+    reads_user_file = True
     description = "your text: TSV of label<TAB>text (path=… or train=/valid=/test=); accuracy"
 
     def __init__(self, *, smoke: bool = False, fraction: float = 1.0, seed: int = 0,
@@ -411,6 +407,7 @@ def read_sequence_csv(path: str | Path):
 @register_task
 class UserSequences(SequenceClassification):
     name = "seqcls"
+    reads_user_file = True
     description = "your sequences: .npz or long CSV (path=…); accuracy, or MSE for real labels"
 
     @classmethod

@@ -23,8 +23,9 @@ from gatedrnn.tasks.base import (
     Batch,
     Metric,
     Task,
+    classification_metrics,
+    evaluating,
     generated_splits,
-    model_device,
     register_task,
 )
 from gatedrnn.tasks.models import SequenceModel
@@ -99,15 +100,6 @@ class CopyProblem(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, batch_size: int = 64) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
-        total, right, count = 0.0, 0, 0
-        device = model_device(model)
-        for batch in self.batches(split, batch_size):
-            batch = batch.to(device)
-            logits, targets = self._recall(model, batch)
-            total += float(F.cross_entropy(logits, targets, reduction="sum"))
-            right += int((logits.argmax(-1) == targets).sum())
-            count += targets.numel()
-        model.train(was_training)
-        return {"xent": total / count, "accuracy": right / count}
+        with evaluating(model):
+            batches = self.eval_batches(model, split, batch_size)
+            return classification_metrics(self._recall(model, batch) for batch in batches)

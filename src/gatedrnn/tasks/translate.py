@@ -25,7 +25,7 @@ import gatedrnn
 from gatedrnn.data.registry import DataFile, DatasetInfo, locate, register_dataset
 from gatedrnn.data.text import Vocabulary
 from gatedrnn.nn.packing import pack_padded_sequence, pad_packed_sequence
-from gatedrnn.tasks.base import Batch, Metric, Task, register_task
+from gatedrnn.tasks.base import Batch, Metric, Task, evaluating, register_task
 from gatedrnn.tasks.models import make_layer
 
 __all__ = ["CELLS", "Multi30k", "Seq2Seq", "bleu", "read_parallel"]
@@ -334,10 +334,9 @@ class Multi30k(Task):
         vocab = self.target_vocabulary
         words = list(vocab.index)
         bos, eos = vocab.index[BOS], vocab.index[EOS]
-        device = next(model.parameters()).device
         hypotheses = []
-        for batch in self.batches(split, batch_size):
-            source = batch.inputs.to(device)
+        for batch in self.eval_batches(model, split, batch_size):
+            source = batch.inputs
             if beam == 1:
                 ids = model.greedy(source, batch.lengths, self.max_length, bos, eos)
             else:
@@ -350,19 +349,14 @@ class Multi30k(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, batch_size: int = 64) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
         total, count = 0.0, 0
-        device = next(model.parameters()).device
-        for batch in self.batches(split, batch_size):
-            loss, n = self.loss(
-                model, Batch(batch.inputs.to(device), batch.lengths, batch.targets.to(device))
-            )
-            total, count = total + float(loss), count + n
-        beam = self.beam if split == "test" else 1
-        hypotheses = self.translate(model, split, beam, batch_size)
+        with evaluating(model):
+            for batch in self.eval_batches(model, split, batch_size):
+                loss, n = self.loss(model, batch)
+                total, count = total + float(loss), count + n
+            beam = self.beam if split == "test" else 1
+            hypotheses = self.translate(model, split, beam, batch_size)
         references = [t for _, t in self.pairs[split]]
-        model.train(was_training)
         return {
             "bleu": bleu(hypotheses, references),
             "ppl": float(np.exp(min(total / max(count, 1), 700.0))),
