@@ -128,6 +128,53 @@ def _mm_gates(
 
 
 @triton.jit
+def _tile(B, H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr):
+    """This program's hidden units and batch rows, their masks, the (BB, BH) mask of its slice
+    and the slice's offsets in a (B, H) array."""
+    u = tl.program_id(0) * BH + tl.arange(0, BH)
+    rows = tl.program_id(1) * BB + tl.arange(0, BB)
+    u_mask = u < H
+    row_mask = rows < B
+    return (
+        u, u_mask, rows, row_mask, row_mask[:, None] & u_mask[None, :],
+        rows[:, None] * H + u[None, :],
+    )  # fmt: skip
+
+
+@triton.jit
+def _load_gates(ptr, H: tl.constexpr, mask, NG: tl.constexpr):
+    """The gate blocks at ptr, ptr + H, … (NG of them, 3 or 4) as float32; the fourth is zeros
+    when NG is 3."""
+    g0 = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+    g1 = tl.load(ptr + H, mask=mask, other=0.0).to(tl.float32)
+    g2 = tl.load(ptr + 2 * H, mask=mask, other=0.0).to(tl.float32)
+    if NG > 3:  # noqa: SIM108 (a compile-time branch: the load is not emitted for NG = 3)
+        g3 = tl.load(ptr + 3 * H, mask=mask, other=0.0).to(tl.float32)
+    else:
+        g3 = tl.zeros_like(g2)
+    return g0, g1, g2, g3
+
+
+@triton.jit
+def _gru_step_inputs(DY, G, HS, t, B, own, own_g, mask, H: tl.constexpr):
+    """What the GRU backward reads for step t: ∂y_t, the saved r, z, n and U_n h + b_hn (or
+    r ⊙ h), and h_{t−1}."""
+    dy = tl.load(DY + t * B * H + own, mask=mask, other=0.0).to(tl.float32)
+    r, z, n, extra = _load_gates(G + t * B * 4 * H + own_g, H, mask, 4)
+    h_prev = tl.load(HS + t * B * H + own, mask=mask, other=0.0)
+    return dy, r, z, n, extra, h_prev
+
+
+@triton.jit
+def _lstm_step_inputs(DY, G, CS, t, B, own, own_g, mask, H: tl.constexpr):
+    """What the LSTM backward reads for step t: ∂y_t, the saved i, f, g, o, and c_{t−1}."""
+    dy = tl.load(DY + t * B * H + own, mask=mask, other=0.0).to(tl.float32)
+    i, f, gg, o = _load_gates(G + t * B * 4 * H + own_g, H, mask, 4)
+    c_prev = tl.load(CS + t * B * H + own, mask=mask, other=0.0)
+    return dy, i, f, gg, o, c_prev
+
+
+@triton.jit
 def _live(lens_ptr, rows, row_mask, t, HAS_LENS: tl.constexpr):
     """(BB, 1) mask of the rows still inside their sequence at step t."""
     if HAS_LENS:
@@ -160,25 +207,16 @@ def gru_forward_kernel(
     Y_IS_HS: tl.constexpr, DOT_DTYPE: tl.constexpr, PREC: tl.constexpr,
     SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
-    pid_h = tl.program_id(0)
-    pid_b = tl.program_id(1)
     NP_H = tl.num_programs(0)
-    u = pid_h * BH + tl.arange(0, BH)
-    u_mask = u < H
-    rows = pid_b * BB + tl.arange(0, BB)
-    row_mask = rows < B
-    m2 = row_mask[:, None] & u_mask[None, :]
-    own = rows[:, None] * H + u[None, :]
+    u, u_mask, rows, row_mask, m2, own = _tile(B, H, BH, BB)
     own_xg = rows[:, None] * (3 * H) + u[None, :]
     own_g = rows[:, None] * (4 * H) + u[None, :]
     b_r = tl.load(BHH + u, mask=u_mask, other=0.0)[None, :]
     b_z = tl.load(BHH + H + u, mask=u_mask, other=0.0)[None, :]
     b_n = tl.load(BHH + 2 * H + u, mask=u_mask, other=0.0)[None, :]
-    cnt = CNT + pid_b
+    cnt = CNT + tl.program_id(1)
     h = tl.load(HS + own, mask=m2, other=0.0)
-    x_r = tl.load(XG + own_xg, mask=m2, other=0.0).to(tl.float32)
-    x_z = tl.load(XG + H + own_xg, mask=m2, other=0.0).to(tl.float32)
-    x_n = tl.load(XG + 2 * H + own_xg, mask=m2, other=0.0).to(tl.float32)
+    x_r, x_z, x_n, _ = _load_gates(XG + own_xg, H, m2, 3)
     target = 0
     t = 0
     while t < T:
@@ -215,10 +253,7 @@ def gru_forward_kernel(
             tl.store(g + 2 * H, n, mask=m2)
         # the next step's input projections do not depend on the others: load them now
         nxt = m2 & (t + 1 < T)
-        xg = XG + (t + 1) * B * 3 * H + own_xg
-        x_r = tl.load(xg, mask=nxt, other=0.0).to(tl.float32)
-        x_z = tl.load(xg + H, mask=nxt, other=0.0).to(tl.float32)
-        x_n = tl.load(xg + 2 * H, mask=nxt, other=0.0).to(tl.float32)
+        x_r, x_z, x_n, _ = _load_gates(XG + (t + 1) * B * 3 * H + own_xg, H, nxt, 3)
         target += NP_H
         _sync(cnt, ERR, target, SPIN_LIMIT)
         t += 1
@@ -240,28 +275,15 @@ def gru_backward_kernel(
     RESET_AFTER: tl.constexpr, HAS_LENS: tl.constexpr,
     DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
-    pid_h = tl.program_id(0)
-    pid_b = tl.program_id(1)
     NP_H = tl.num_programs(0)
-    u = pid_h * BH + tl.arange(0, BH)
-    u_mask = u < H
-    rows = pid_b * BB + tl.arange(0, BB)
-    row_mask = rows < B
-    m2 = row_mask[:, None] & u_mask[None, :]
-    own = rows[:, None] * H + u[None, :]
+    u, u_mask, rows, row_mask, m2, own = _tile(B, H, BH, BB)
     own_g = rows[:, None] * (4 * H) + u[None, :]
     own_x = rows[:, None] * (3 * H) + u[None, :]
-    cnt = CNT + pid_b
+    cnt = CNT + tl.program_id(1)
     dh = tl.load(DH + own, mask=m2, other=0.0)
     t = T - 1
     # this step's pointwise inputs; each iteration loads the next step's before its barrier
-    dy = tl.load(DY + t * B * H + own, mask=m2, other=0.0).to(tl.float32)
-    g = G + t * B * 4 * H + own_g
-    r = tl.load(g, mask=m2, other=0.0)
-    z = tl.load(g + H, mask=m2, other=0.0)
-    n = tl.load(g + 2 * H, mask=m2, other=0.0)
-    extra = tl.load(g + 3 * H, mask=m2, other=0.0)  # U_n h + b_hn, or r ⊙ h
-    h_prev = tl.load(HS + t * B * H + own, mask=m2, other=0.0)
+    dy, r, z, n, extra, h_prev = _gru_step_inputs(DY, G, HS, t, B, own, own_g, m2, H)
     target = 0
     while t >= 0:
         live = _live(LENS, rows, row_mask, t, HAS_LENS)
@@ -283,13 +305,7 @@ def gru_backward_kernel(
         h_now = h_prev
         # the previous step's pointwise inputs do not depend on the others: load them now
         prv = m2 & (t > 0)
-        dy = tl.load(DY + (t - 1) * B * H + own, mask=prv, other=0.0).to(tl.float32)
-        g = G + (t - 1) * B * 4 * H + own_g
-        r = tl.load(g, mask=prv, other=0.0)
-        z = tl.load(g + H, mask=prv, other=0.0)
-        n = tl.load(g + 2 * H, mask=prv, other=0.0)
-        extra = tl.load(g + 3 * H, mask=prv, other=0.0)
-        h_prev = tl.load(HS + (t - 1) * B * H + own, mask=prv, other=0.0)
+        dy, r, z, n, extra, h_prev = _gru_step_inputs(DY, G, HS, t - 1, B, own, own_g, prv, H)
         target += NP_H
         _sync(cnt, ERR, target, SPIN_LIMIT)
         if not RESET_AFTER:
@@ -336,23 +352,13 @@ def lstm_forward_kernel(
     SAVE: tl.constexpr, HAS_LENS: tl.constexpr,
     DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
-    pid_h = tl.program_id(0)
-    pid_b = tl.program_id(1)
     NP_H = tl.num_programs(0)
-    u = pid_h * BH + tl.arange(0, BH)
-    u_mask = u < H
-    rows = pid_b * BB + tl.arange(0, BB)
-    row_mask = rows < B
-    m2 = row_mask[:, None] & u_mask[None, :]
-    own = rows[:, None] * H + u[None, :]
+    u, u_mask, rows, row_mask, m2, own = _tile(B, H, BH, BB)
     own_g = rows[:, None] * (4 * H) + u[None, :]
-    cnt = CNT + pid_b
+    cnt = CNT + tl.program_id(1)
     h = tl.load(HS + own, mask=m2, other=0.0)
     c = tl.load(CS + own, mask=m2, other=0.0)
-    x_i = tl.load(XG + own_g, mask=m2, other=0.0).to(tl.float32)
-    x_f = tl.load(XG + H + own_g, mask=m2, other=0.0).to(tl.float32)
-    x_g = tl.load(XG + 2 * H + own_g, mask=m2, other=0.0).to(tl.float32)
-    x_o = tl.load(XG + 3 * H + own_g, mask=m2, other=0.0).to(tl.float32)
+    x_i, x_f, x_g, x_o = _load_gates(XG + own_g, H, m2, 4)
     target = 0
     t = 0
     while t < T:
@@ -377,11 +383,7 @@ def lstm_forward_kernel(
             tl.store(g + 2 * H, gg, mask=m2)
             tl.store(g + 3 * H, o, mask=m2)
         nxt = m2 & (t + 1 < T)
-        xg = XG + (t + 1) * B * 4 * H + own_g
-        x_i = tl.load(xg, mask=nxt, other=0.0).to(tl.float32)
-        x_f = tl.load(xg + H, mask=nxt, other=0.0).to(tl.float32)
-        x_g = tl.load(xg + 2 * H, mask=nxt, other=0.0).to(tl.float32)
-        x_o = tl.load(xg + 3 * H, mask=nxt, other=0.0).to(tl.float32)
+        x_i, x_f, x_g, x_o = _load_gates(XG + (t + 1) * B * 4 * H + own_g, H, nxt, 4)
         target += NP_H
         _sync(cnt, ERR, target, SPIN_LIMIT)
         t += 1
@@ -404,28 +406,15 @@ def lstm_backward_kernel(
     HAS_LENS: tl.constexpr, DOT_DTYPE: tl.constexpr, PREC: tl.constexpr,
     SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
-    pid_h = tl.program_id(0)
-    pid_b = tl.program_id(1)
     NP_H = tl.num_programs(0)
-    u = pid_h * BH + tl.arange(0, BH)
-    u_mask = u < H
-    rows = pid_b * BB + tl.arange(0, BB)
-    row_mask = rows < B
-    m2 = row_mask[:, None] & u_mask[None, :]
-    own = rows[:, None] * H + u[None, :]
+    u, u_mask, rows, row_mask, m2, own = _tile(B, H, BH, BB)
     own_g = rows[:, None] * (4 * H) + u[None, :]
-    cnt = CNT + pid_b
+    cnt = CNT + tl.program_id(1)
     dh = tl.load(DH + own, mask=m2, other=0.0)
     dc = tl.load(DC + own, mask=m2, other=0.0)
     t = T - 1
-    dy = tl.load(DY + t * B * H + own, mask=m2, other=0.0).to(tl.float32)
-    g = G + t * B * 4 * H + own_g
-    i = tl.load(g, mask=m2, other=0.0)
-    f = tl.load(g + H, mask=m2, other=0.0)
-    gg = tl.load(g + 2 * H, mask=m2, other=0.0)
-    o = tl.load(g + 3 * H, mask=m2, other=0.0)
     c = tl.load(CS + (t + 1) * B * H + own, mask=m2, other=0.0)
-    c_prev = tl.load(CS + t * B * H + own, mask=m2, other=0.0)
+    dy, i, f, gg, o, c_prev = _lstm_step_inputs(DY, G, CS, t, B, own, own_g, m2, H)
     target = 0
     while t >= 0:
         live = _live(LENS, rows, row_mask, t, HAS_LENS)
@@ -444,14 +433,8 @@ def lstm_backward_kernel(
         dc = tl.where(live, dc * f, dc)
         carry = tl.where(live, 0.0, dh)
         prv = m2 & (t > 0)
-        dy = tl.load(DY + (t - 1) * B * H + own, mask=prv, other=0.0).to(tl.float32)
-        g = G + (t - 1) * B * 4 * H + own_g
-        i = tl.load(g, mask=prv, other=0.0)
-        f = tl.load(g + H, mask=prv, other=0.0)
-        gg = tl.load(g + 2 * H, mask=prv, other=0.0)
-        o = tl.load(g + 3 * H, mask=prv, other=0.0)
         c = c_prev
-        c_prev = tl.load(CS + (t - 1) * B * H + own, mask=prv, other=0.0)
+        dy, i, f, gg, o, c_prev = _lstm_step_inputs(DY, G, CS, t - 1, B, own, own_g, prv, H)
         target += NP_H
         _sync(cnt, ERR, target, SPIN_LIMIT)
         dh = _mm(
