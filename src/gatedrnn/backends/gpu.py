@@ -233,30 +233,29 @@ class _GRU(torch.autograd.Function):
         )  # fmt: skip
         _check(err)
         out = y[1:]
-        ctx.save_for_backward(x, w_ih, w_hh, hs, y, gates, lengths)
+        ctx.save_for_backward(x, w_ih, w_hh, hs, y, gates, lens)
         ctx.reset_after, ctx.has_bias = reset_after, b_ih is not None
+        ctx.launch, ctx.has_lens = (cfg, dot_dtype, prec), lengths is not None
         return out, hs[T].to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out, grad_last):
         first_derivatives_only("triton")
-        x, w_ih, w_hh, hs, y, gates, lengths = ctx.saved_tensors
+        x, w_ih, w_hh, hs, y, gates, lens = ctx.saved_tensors
         T, B, _ = x.shape
         H = hs.shape[2]
         reset_after = ctx.reset_after
         k = _kernels()
-        cfg = _launch(H, B, x.device, x.dtype)
-        dot_dtype, prec = _dot_options(x.dtype)
+        cfg, dot_dtype, prec = ctx.launch
         dxg = _empty(T, B, 3 * H, dtype=x.dtype, device=x.device)
         dgh = _empty(T, B, 3 * H, dtype=x.dtype, device=x.device) if reset_after else dxg
         dh = grad_last.float().contiguous().clone() if grad_last is not None else hs.new_zeros(B, H)
         dy = grad_out.contiguous() if grad_out is not None else x.new_zeros(T, B, H)
-        lens = _lens(lengths, x.device)
         cnt, err = _sync_buffers(cfg["grid"], x.device)
         k.gru_backward_kernel[cfg["grid"]](
             dy, hs, gates, w_hh.contiguous(), dxg, dgh, dh, lens, cnt, err, T, B,
             H=H, RESET_AFTER=reset_after,
-            HAS_LENS=lengths is not None, DOT_DTYPE=dot_dtype, PREC=prec, SPIN_LIMIT=SPIN_LIMIT,
+            HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec, SPIN_LIMIT=SPIN_LIMIT,
             **cfg["meta"],
         )  # fmt: skip
         _check(err)
@@ -306,28 +305,27 @@ class _LSTM(torch.autograd.Function):
             **cfg["meta"],
         )  # fmt: skip
         _check(err)
-        ctx.save_for_backward(x, w_ih, w_hh, y, cs, gates, lengths)
+        ctx.save_for_backward(x, w_ih, w_hh, y, cs, gates, lens)
+        ctx.launch, ctx.has_lens = (cfg, dot_dtype, prec), lengths is not None
         ctx.has_bias = b_ih is not None
         return y[1:], hs[T].to(x.dtype), cs[T].to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out, grad_h, grad_c):
         first_derivatives_only("triton")
-        x, w_ih, w_hh, y, cs, gates, lengths = ctx.saved_tensors
+        x, w_ih, w_hh, y, cs, gates, lens = ctx.saved_tensors
         T, B, _ = x.shape
         H = cs.shape[2]
         k = _kernels()
-        cfg = _launch(H, B, x.device, x.dtype)
-        dot_dtype, prec = _dot_options(x.dtype)
+        cfg, dot_dtype, prec = ctx.launch
         dg = _empty(T, B, 4 * H, dtype=x.dtype, device=x.device)
         dh = grad_h.float().contiguous().clone() if grad_h is not None else cs.new_zeros(B, H)
         dc = grad_c.float().contiguous().clone() if grad_c is not None else cs.new_zeros(B, H)
         dy = grad_out.contiguous() if grad_out is not None else x.new_zeros(T, B, H)
-        lens = _lens(lengths, x.device)
         cnt, err = _sync_buffers(cfg["grid"], x.device)
         k.lstm_backward_kernel[cfg["grid"]](
             dy, cs, gates, w_hh.contiguous(), dg, dh, dc, lens, cnt, err, T, B,
-            H=H, HAS_LENS=lengths is not None,
+            H=H, HAS_LENS=ctx.has_lens,
             DOT_DTYPE=dot_dtype, PREC=prec, SPIN_LIMIT=SPIN_LIMIT,
             **cfg["meta"],
         )  # fmt: skip

@@ -96,12 +96,13 @@ class Task(ABC):
     @classmethod
     def layer_input_size(cls, options: dict) -> int | None:
         """The input width of the recurrent layer under task ``options``, known before the task
-        is built (equal-budget studies solve hidden sizes from it); None when it is the hidden
-        size itself (an embedding as wide as the state)."""
-        size = cls.__dict__.get("input_size", getattr(cls, "input_size", None))
+        is built (equal-budget studies solve hidden sizes from it): the class's ``input_size``
+        if it fixes one, else the ``embedding_size`` option, else None: an embedding as wide as
+        the hidden state."""
+        size = getattr(cls, "input_size", None)
         if isinstance(size, int):
             return size
-        return None
+        return options.get("embedding_size") or None
 
     def __init__(self, *, smoke: bool = False, fraction: float = 1.0, seed: int = 0) -> None:
         if not 0 < fraction <= 1:

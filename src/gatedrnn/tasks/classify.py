@@ -191,10 +191,6 @@ class TextClassification(SequenceClassification):
 
 @register_task
 class SST2(TextClassification):
-    @classmethod
-    def layer_input_size(cls, options: dict) -> int | None:
-        return options.get("embedding_size") or None
-
     name = "sst2"
     description = "SST-2 sentence sentiment (stsa.binary); accuracy"
     dataset = "sst2"
@@ -248,10 +244,6 @@ def _classes(labels: Sequence[str], where: str) -> tuple[str, ...]:
 
 @register_task
 class UserText(TextClassification):
-    @classmethod
-    def layer_input_size(cls, options: dict) -> int | None:
-        return options.get("embedding_size") or None
-
     name = "textcls"
     reads_user_file = True
     description = "your text: TSV of label<TAB>text (path=… or train=/valid=/test=); accuracy"

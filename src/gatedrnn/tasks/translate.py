@@ -251,10 +251,6 @@ class Multi30k(Task):
     dataset = "multi30k"
     metrics = (Metric("bleu", higher_is_better=True), Metric("ppl", higher_is_better=False))
 
-    @classmethod
-    def layer_input_size(cls, options: dict) -> int | None:
-        return options.get("embedding_size") or None
-
     def __init__(self, *, smoke: bool = False, fraction: float = 1.0, seed: int = 0,
                  data_dir: str | Path | None = None, min_count: int = 2, beam: int = 4,
                  max_length: int = 50, embedding_size: int = 0,
