@@ -39,3 +39,46 @@ def test_fallback_warns_once_and_computes_the_same(no_extension):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said once, not on every call
         fallback(x)
+
+
+# Past one micro-tile (6 rows) and one weight panel (16–64 columns): full and partial tiles in
+# both directions, several panels per thread, packed batches whose live rows shrink mid-sequence.
+@pytest.mark.parametrize(
+    "cell, options",
+    [
+        ("RNN", {}),
+        ("RNN", {"nonlinearity": "relu"}),
+        ("GRU", {}),
+        ("GRU", {"reset": "before"}),
+        ("LSTM", {}),
+    ],
+    ids=["rnn", "rnn-relu", "gru", "gru-before", "lstm"],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("hidden", [64, 83])
+def test_compiled_products_past_one_tile(cell, options, dtype, hidden):
+    if compiled.unavailable_reason() is not None:
+        pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
+    from tests.conftest import assert_close
+    from tests.nn.torch_pairs import run
+
+    torch.manual_seed(1)
+    kwargs = dict(num_layers=1, dtype=dtype, **options)
+    reference = getattr(gatedrnn, cell)(7, hidden, backend="reference", **kwargs)
+    ours = getattr(gatedrnn, cell)(7, hidden, backend="cpu", **kwargs)
+    ours.load_state_dict(reference.state_dict())
+    gen = torch.Generator().manual_seed(2)
+    B, T = 13, 9
+    x = torch.randn(T, B, 7, dtype=dtype, generator=gen)
+    lengths = torch.tensor([9, 9, 8, 7, 7, 6, 5, 5, 4, 3, 2, 2, 1])
+    sizes = (hidden,) * ours.spec.num_states
+    states = tuple(torch.randn(1, B, s, dtype=dtype, generator=gen) for s in sizes)
+    for form in (None, lengths):
+        expected = run(reference, x, form, states, batch_first=False)
+        actual = run(ours, x, form, states, batch_first=False)
+        assert ours.last_backend == "cpu"
+        assert_close(actual.output, expected.output, "output")
+        for a, b in zip(actual.states, expected.states, strict=True):
+            assert_close(a, b, "final state")
+        for name, grad in expected.grads.items():
+            assert_close(actual.grads[name], grad, f"grad of {name}")

@@ -3,7 +3,8 @@
 ``csrc/loops.cpp`` is compiled by :func:`torch.utils.cpp_extension.load` the first time a
 ``cpu``-backend layer runs, and cached by torch (``TORCH_EXTENSIONS_DIR``, by default
 ``~/.cache/torch_extensions``), which rebuilds it when the source changes. It needs a C++
-compiler, ninja (``pip install gatedrnn[fast]``) and a CPU with AVX2. When any is missing, or the
+compiler, ninja (``pip install gatedrnn[fast]``) and a CPU with AVX2; it is built for AVX-512
+where torch uses AVX-512. When any is missing, or the
 build fails, a single warning says why and the backend runs its PyTorch loops, which compute the
 same thing more slowly. ``GATEDRNN_CPU_EXTENSION=0`` turns the compiled loops off.
 """
@@ -25,8 +26,27 @@ __all__ = ["compiled_loops", "unavailable_reason"]
 logger = logging.getLogger(__name__)
 _NAME = "gatedrnn_cpu_loops"
 _SOURCE = Path(__file__).parent / "csrc" / "loops.cpp"
-_FLAGS = ["-O3", "-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
+# -fopenmp: ATen's parallel_for is an inline OpenMP region, serial when compiled without it (the
+# runtime is torch's own libgomp, already loaded under the same soname)
+_COMMON = ["-O3", "-fopenmp", "-ffp-contract=fast"]
+_ISA = {
+    "AVX2": ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"],
+    "AVX512": [
+        "-mavx512f",
+        "-mavx512bw",
+        "-mavx512vl",
+        "-mavx512dq",
+        "-mfma",
+        "-DCPU_CAPABILITY_AVX512",
+        "-DCPU_CAPABILITY=AVX512",
+    ],
+}
 _state: dict[str, object] = {}
+
+
+def _module_name() -> str:
+    """One build per instruction set, so a cache shared between machines never mixes them."""
+    return f"{_NAME}_{torch.backends.cpu.get_cpu_capability().lower()}"
 
 
 def unavailable_reason() -> str | None:
@@ -52,7 +72,7 @@ def _clear_stale_lock(max_age: float = 600.0) -> None:
     try:
         from torch.utils.cpp_extension import _get_build_directory
 
-        lock = Path(_get_build_directory(_NAME, verbose=False)) / "lock"
+        lock = Path(_get_build_directory(_module_name(), verbose=False)) / "lock"
         if lock.exists() and time.time() - lock.stat().st_mtime > max_age:
             warnings.warn(
                 f"gatedrnn: removing a stale build lock {lock}", RuntimeWarning, stacklevel=3
@@ -73,7 +93,12 @@ def compiled_loops() -> ModuleType | None:
         _clear_stale_lock()
         logger.info("building the compiled CPU loops (once; cached by torch)")
         try:
-            module = load(_NAME, [str(_SOURCE)], extra_cflags=_FLAGS)
+            module = load(
+                _module_name(),
+                [str(_SOURCE)],
+                extra_cflags=_COMMON + _ISA[torch.backends.cpu.get_cpu_capability()],
+                extra_ldflags=["-fopenmp"],
+            )
         except Exception as error:  # a failed build must not stop the layer: say it and go on
             reason = f"the build failed: {str(error).strip().splitlines()[-1][:300]}"
     if reason is not None:

@@ -76,13 +76,36 @@ def _grad_recurrent(dgates: Tensor, h0: Tensor, out: Tensor) -> Tensor:
     return grad
 
 
+def _product(a: Tensor, r: Tensor, bias: Tensor | None, compiled: bool) -> Tensor:
+    """a r (+ bias) for a (M, K), r (K, N): the compiled packed GEMM when the loops are compiled
+    (faster than the BLAS at these shapes), else torch's."""
+    module = compiled_loops() if compiled else None
+    if module is not None:
+        return module.matmul(a.contiguous(), r, bias)
+    return torch.mm(a, r) if bias is None else torch.addmm(bias, a, r)
+
+
+def _project(x: Tensor, w_ih: Tensor, bias: Tensor | None, compiled: bool) -> Tensor:
+    """x W_ihᵀ + bias for all steps at once, (T, B, I) → (T, B, G)."""
+    if not compiled:
+        return project_inputs(x, w_ih, bias)
+    T, B, I = x.shape
+    return _product(x.reshape(T * B, I), w_ih.t(), bias, compiled).view(T, B, -1)
+
+
 def _weight_grads(
-    dgates: Tensor, x: Tensor, h0: Tensor, out: Tensor, needs: tuple[bool, ...], w_ih: Tensor
+    dgates: Tensor,
+    x: Tensor,
+    h0: Tensor,
+    out: Tensor,
+    needs: tuple[bool, ...],
+    w_ih: Tensor,
+    compiled: bool,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """dx, dW_ih, dW_hh as GEMMs over all steps."""
     G = dgates.shape[-1]
     flat = dgates.reshape(-1, G)
-    dx = torch.mm(flat, w_ih).view(*dgates.shape[:2], -1) if needs[0] else None
+    dx = _product(flat, w_ih, None, compiled).view(*dgates.shape[:2], -1) if needs[0] else None
     dw_ih = torch.mm(flat.t(), x.reshape(-1, x.shape[-1])) if needs[1] else None
     dw_hh = _grad_recurrent(dgates, h0, out) if needs[2] else None
     return dx, dw_ih, dw_hh
@@ -131,7 +154,7 @@ class _RNN(torch.autograd.Function):
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, relu, compiled):
         T, B, _ = x.shape
         bias = None if b_ih is None else b_ih + b_hh
-        out = project_inputs(x, w_ih, bias)  # (T, B, H): pre-activations, then h in place
+        out = _project(x, w_ih, bias, compiled)  # (T, B, H): pre-activations, then h in place
         forward_loop, _ = _loops("rnn", compiled)
         forward_loop(out, h0, w_hh, list(batch_sizes or ()), relu)
         if batch_sizes is not None:  # steps past a sequence's end hold no state
@@ -152,7 +175,9 @@ class _RNN(torch.autograd.Function):
             grad_out.contiguous(), dh, out, w_hh, dpre, list(ctx.batch_sizes or ()), ctx.relu
         )
         needs = ctx.needs_input_grad
-        dx, dw_ih, dw_hh = _weight_grads(dpre, x, h0, out, (needs[0], needs[2], needs[3]), w_ih)
+        dx, dw_ih, dw_hh = _weight_grads(
+            dpre, x, h0, out, (needs[0], needs[2], needs[3]), w_ih, ctx.compiled
+        )
         db = _sum_bias(dpre, ctx.has_bias and (needs[4] or needs[5]))
         return dx, dh if needs[1] else None, dw_ih, dw_hh, db, db, None, None, None, None
 
@@ -259,7 +284,7 @@ class _GRU(torch.autograd.Function):
         T, B, _ = x.shape
         H = h0.shape[1]
         padded = batch_sizes is not None
-        gates = project_inputs(x, w_ih, b_ih)  # (T, B, 3H): pre-activations, then r|z|n in place
+        gates = _project(x, w_ih, b_ih, compiled)  # (T, B, 3H): pre-activations, then r|z|n
         out = _buffer(x, (T, B, H), padded)
         rec = _buffer(x, (T, B, H), padded)
         forward_loop, _ = _loops("gru", compiled)
@@ -298,7 +323,9 @@ class _GRU(torch.autograd.Function):
                 ]
             )
             db_hh = _sum_bias(dgates, ctx.has_bias and needs[5])
-        dx, dw_ih, _ = _weight_grads(dgates, x, h0, out, (needs[0], needs[2], False), w_ih)
+        dx, dw_ih, _ = _weight_grads(
+            dgates, x, h0, out, (needs[0], needs[2], False), w_ih, ctx.compiled
+        )
         db_ih = _sum_bias(dgates, ctx.has_bias and needs[4])
         return (
             dx, dh if needs[1] else None, dw_ih, dw_hh if needs[3] else None, db_ih, db_hh,
@@ -362,7 +389,7 @@ class _LSTM(torch.autograd.Function):
         H = h0.shape[1]
         padded = batch_sizes is not None
         bias = None if b_ih is None else b_ih + b_hh
-        gates = project_inputs(x, w_ih, bias)  # (T, B, 4H): pre-activations, then i|f|g|o in place
+        gates = _project(x, w_ih, bias, compiled)  # (T, B, 4H): pre-activations, then i|f|g|o
         out = _buffer(x, (T, B, H), padded)
         cells = _buffer(x, (T, B, H), padded)
         forward_loop, _ = _loops("lstm", compiled)
@@ -386,7 +413,9 @@ class _LSTM(torch.autograd.Function):
             list(ctx.batch_sizes or ()),
         )  # fmt: skip
         needs = ctx.needs_input_grad
-        dx, dw_ih, dw_hh = _weight_grads(dgates, x, h0, out, (needs[0], needs[3], needs[4]), w_ih)
+        dx, dw_ih, dw_hh = _weight_grads(
+            dgates, x, h0, out, (needs[0], needs[3], needs[4]), w_ih, ctx.compiled
+        )
         db = _sum_bias(dgates, ctx.has_bias and (needs[5] or needs[6]))
         return (
             dx, dh if needs[1] else None, dc if needs[2] else None, dw_ih, dw_hh, db, db,
