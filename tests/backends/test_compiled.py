@@ -82,3 +82,25 @@ def test_compiled_products_past_one_tile(cell, options, dtype, hidden):
             assert_close(a, b, "final state")
         for name, grad in expected.grads.items():
             assert_close(actual.grads[name], grad, f"grad of {name}")
+
+
+def test_the_avx2_build_too():
+    """On an AVX-512 machine the AVX2 build (plain panels, separate pointwise pass) is what a
+    machine without AVX-512 runs: build it here as well (ATEN_CPU_CAPABILITY=avx2) and run the
+    tile-crossing checks above through it, in a subprocess."""
+    import os
+    import subprocess
+    import sys
+
+    if compiled.unavailable_reason() is not None:
+        pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        pytest.skip("this machine runs the AVX2 build already")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="avx2")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+         "-k", "past_one_tile or build_where"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout and "skipped" not in result.stdout.splitlines()[-1]

@@ -8,6 +8,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -102,15 +103,73 @@ struct Packed {
     at::parallel_for(0, panels, std::max<int64_t>(1, 16384 / (K * NR)), [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t col = p * NR, cols = std::min<int64_t>(NR, N - col);
-        for (int64_t k = 0; k < K; ++k) {
-          T* row = dst + (p * K + k) * NR;
-          for (int64_t c = 0; c < cols; ++c) row[c] = src[k * sk + (col + c) * sn];
-          for (int64_t c = cols; c < NR; ++c) row[c] = T(0);
+        T* panel = dst + p * K * NR;
+        if (sk == 1) {  // R is a transposed weight: transpose 16 × 16 blocks, both sides in L1
+          for (int64_t k0 = 0; k0 < K; k0 += 16) {
+            const int64_t k1 = std::min<int64_t>(K, k0 + 16);
+            for (int64_t c = 0; c < NR; ++c) {
+              const T* from = src + (col + c) * sn;
+              for (int64_t k = k0; k < k1; ++k) panel[k * NR + c] = c < cols ? from[k] : T(0);
+            }
+          }
+        } else {
+          for (int64_t k = 0; k < K; ++k) {
+            T* row = panel + k * NR;
+            const T* from = src + k * sk + col * sn;
+            if (sn == 1 && cols == NR) {
+              std::memcpy(row, from, NR * sizeof(T));
+              continue;
+            }
+            for (int64_t c = 0; c < NR; ++c) row[c] = c < cols ? from[c * sn] : T(0);
+          }
         }
       }
     });
   }
 };
+
+// acc[r][v] = Σ_k A[r, k] · P[k, v·VS …] over a packed panel of NV vectors. With one or two rows
+// there are too few independent sums to hide the FMA latency, so even and odd k go to separate
+// accumulators (the batch-of-one product ran latency-bound at half speed without this).
+template <typename T, int MR, int NV>
+inline void panel_sums(const T* A, int64_t lda, const T* P, int64_t K,
+                       typename Tile<T>::V (&acc)[MR][NV]) {
+  using V = typename Tile<T>::V;
+  using VU = typename Tile<T>::VU;
+  constexpr int VS = Tile<T>::VS, NR = NV * VS, S = MR <= 2 ? 2 : 1;
+  V part[S][MR][NV];
+#pragma GCC unroll 8
+  for (int s = 0; s < S; ++s)
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) part[s][r][v] = V{};
+  const auto step = [&](int s, int64_t k) {
+    V w[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) w[v] = *reinterpret_cast<const VU*>(P + k * NR + v * VS);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const V a = V{} + A[r * lda + k];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) part[s][r][v] += a * w[v];
+    }
+  };
+  int64_t k = 0;
+  for (; k + S <= K; k += S) {
+#pragma GCC unroll 2
+    for (int s = 0; s < S; ++s) step(s, k + s);
+  }
+  for (; k < K; ++k) step(0, k);
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      acc[r][v] = part[0][r][v];
+#pragma GCC unroll 2
+      for (int s = 1; s < S; ++s) acc[r][v] += part[s][r][v];
+    }
+}
 
 // One MR × NR tile of C: the accumulators stay in registers for the whole K loop.
 template <typename T, int MR>
@@ -120,21 +179,7 @@ inline void micro_tile(const T* A, int64_t lda, const T* P, int64_t K, T* C, int
   using VU = typename Tile<T>::VU;
   constexpr int NV = Tile<T>::NV, VS = Tile<T>::VS, NR = Tile<T>::NR;
   V acc[MR][NV];
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) acc[r][v] = V{};
-  for (int64_t k = 0; k < K; ++k) {
-    V w[NV];
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) w[v] = *reinterpret_cast<const VU*>(P + k * NR + v * VS);
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      const V a = V{} + A[r * lda + k];
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[r][v] += a * w[v];
-    }
-  }
+  panel_sums<T, MR, NV>(A, lda, P, K, acc);
   if (cols == NR) {
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r)
@@ -247,12 +292,15 @@ struct GatePacked {
     T* dst = data.data_ptr<T>();
     at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
-        for (int64_t k = 0; k < K; ++k) {
-          T* row = dst + (p * K + k) * G * VS;
+        T* panel = dst + p * K * G * VS;
+        for (int64_t k0 = 0; k0 < K; k0 += 16) {  // blocks of 16 rows: reads and writes in L1
+          const int64_t k1 = std::min<int64_t>(K, k0 + 16);
           for (int64_t v = 0; v < G; ++v) {
-            for (int64_t u = 0; u < VS; ++u) {
+            for (int64_t u = 0; u < VS; ++u) {  // a column of R: contiguous when R = Wᵀ
               const int64_t j = p * VS + u;
-              row[v * VS + u] = j < H ? src[k * sk + (v * H + j) * sn] : T(0);
+              for (int64_t k = k0; k < k1; ++k) {
+                panel[k * G * VS + v * VS + u] = j < H ? src[k * sk + (v * H + j) * sn] : T(0);
+              }
             }
           }
         }
@@ -270,21 +318,7 @@ __attribute__((noinline)) void tile_product(const T* A, int64_t lda, const T* P,
   using VU = typename Tile<T>::VU;
   constexpr int VS = Tile<T>::VS, NR = NV * VS;
   V acc[MR][NV];
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) acc[r][v] = V{};
-  for (int64_t k = 0; k < K; ++k) {
-    V w[NV];
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) w[v] = *reinterpret_cast<const VU*>(P + k * NR + v * VS);
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      const V a = V{} + A[r * lda + k];
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[r][v] += a * w[v];
-    }
-  }
+  panel_sums<T, MR, NV>(A, lda, P, K, acc);
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 8
