@@ -337,26 +337,40 @@ inline void with_rows(int64_t rows, const F& f) {
   }
 }
 
-// One step: for rows [0, M) of A (the previous state) against every gate panel, then
-// epilogue(row0, rows, panel, tile) with tile (rows, G·VS) of recurrent pre-activations.
-template <typename T, int G, typename Epilogue>
-void gate_step(const T* A, int64_t lda, int64_t M, const GatePacked<T>& R, const Epilogue& epilogue) {
-  constexpr int VS = Tile<T>::VS, MR = 24 / G, NR = G * VS;  // 24 accumulators, 8 registers spare
-  const int64_t K = R.K;
-  const T* base = R.data.template data_ptr<T>();
+// Rows [0, M) of A against every panel of NV vectors (K rows each, from `base`), then
+// epilogue(row0, rows, panel, tile) with tile (rows, NV·VS) of products, in the thread that
+// computed them: threads split the panels, so they split the epilogue's work too.
+template <typename T, int NV, typename Epilogue>
+void panel_step(const T* A, int64_t lda, int64_t M, const T* base, int64_t K, int64_t panels,
+                const Epilogue& epilogue) {
+  constexpr int VS = Tile<T>::VS, NR = NV * VS;
+  constexpr int MR = (kVecBytes == 64 ? 24 : 12) / NV;  // accumulators: 3/4 of the registers
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(M * K * NR, 1));
-  at::parallel_for(0, R.panels, grain, [&](int64_t p0, int64_t p1) {
+  at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
     alignas(64) T tile[MR * NR];
     for (int64_t p = p0; p < p1; ++p) {
       const T* P = base + p * K * NR;
       for (int64_t m = 0; m < M; m += MR) {
         with_rows<MR>(std::min<int64_t>(MR, M - m), [&](auto rows) {
-          tile_product<T, decltype(rows)::value, G>(A + m * lda, lda, P, K, tile);
+          tile_product<T, decltype(rows)::value, NV>(A + m * lda, lda, P, K, tile);
         });
         epilogue(m, std::min<int64_t>(MR, M - m), p, tile);
       }
     }
   });
+}
+
+// One forward step over gate panels: tile (rows, G·VS) of recurrent pre-activations.
+template <typename T, int G, typename Epilogue>
+void gate_step(const T* A, int64_t lda, int64_t M, const GatePacked<T>& R, const Epilogue& epilogue) {
+  panel_step<T, G>(A, lda, M, R.data.template data_ptr<T>(), R.K, R.panels, epilogue);
+}
+
+// One backward step over plain panels of units: tile (rows, NR) of dgates · W_hh for the units
+// [panel · NR, panel · NR + NR) ∩ [0, N).
+template <typename T, typename Epilogue>
+void unit_step(const T* A, int64_t lda, int64_t M, const Packed<T>& R, const Epilogue& epilogue) {
+  panel_step<T, Tile<T>::NV>(A, lda, M, R.data.template data_ptr<T>(), R.K, R.panels, epilogue);
 }
 
 template <typename T>
@@ -531,36 +545,67 @@ void gru_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& gates, 
   T* dg_all = dgates.data_ptr<T>();
   T* dn_base = dn_all.has_value() ? dn_all->data_ptr<T>() : nullptr;
   T* dhp = dh.data_ptr<T>();
+  if (reset_after) {
+    // one vector of units [j, j + k) of row b at step t: dgates_t, dn_t and dh ← the direct path
+    const auto point = [&](int64_t t, int64_t b, int64_t j, int64_t k) {
+      const T* hp = t == 0 ? h0.data_ptr<T>() : out.data_ptr<T>() + (t - 1) * B * H;
+      const T* gr = g_all + (t * B + b) * 3 * H;
+      T* dgr = dg_all + (t * B + b) * 3 * H;
+      const Vec<T> one(T(1));
+      const Vec<T> grad = load(dhp + b * H + j, k) + load(go_all + (t * B + b) * H + j, k);
+      const Vec<T> r = load(gr + j, k), z = load(gr + H + j, k);
+      const Vec<T> cand = load(gr + 2 * H + j, k);
+      const Vec<T> h = load(hp + b * H + j, k);
+      const Vec<T> dn = grad * (one - z) * (one - cand * cand);
+      store(dn * load(rec_all + (t * B + b) * H + j, k) * r * (one - r), dgr + j, k);
+      store(grad * (h - cand) * z * (one - z), dgr + H + j, k);
+      store(dn * r, dgr + 2 * H + j, k);
+      store(dn, dn_base + (t * B + b) * H + j, k);
+      store(grad * z, dhp + b * H + j, k);  // the direct path, h_{t−1} → h_t
+    };
+    const auto rows_at = [&](int64_t t, int64_t b0, int64_t b1) {  // rows [b0, b1), all units
+      at::parallel_for(b0, b1, std::max<int64_t>(1, 4096 / (3 * H)), [&](int64_t r0, int64_t r1) {
+        for (int64_t b = r0; b < r1; ++b) {
+          for_columns<T>(H, [&](int64_t j, int64_t k) { point(t, b, j, k); });
+        }
+      });
+    };
+    // As in the LSTM: step t's product dh += dgates_t · W_hh, and step t − 1's pointwise work in
+    // its epilogue, one fork per step; rows that start at t − 1 get a pass of their own.
+    if (T_ > 0) rows_at(T_ - 1, 0, live(batch_sizes, T_ - 1, B));
+    for (int64_t t = T_ - 1; t >= 0; --t) {
+      const int64_t n = live(batch_sizes, t, B);
+      const T* dg = dg_all + t * B * 3 * H;
+      if (t == 0) {
+        gemm<T>(dg, 3 * H, n, w_all, dhp, H, nullptr, true);
+        break;
+      }
+      unit_step<T>(dg, 3 * H, n, w_all, [&](int64_t m, int64_t rows, int64_t p, const T* tile) {
+        constexpr int VS = Tile<T>::VS, NR = Tile<T>::NR;
+        const int64_t j0 = p * NR, j1 = std::min<int64_t>(H, j0 + NR);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t b = m + r;
+          for (int64_t j = j0; j < j1; j += VS) {
+            const int64_t k = std::min<int64_t>(VS, j1 - j);
+            T* d = dhp + b * H + j;
+            store(load(d, k) + Vec<T>::loadu(tile + r * NR + (j - j0)), d, k);
+            point(t - 1, b, j, k);
+          }
+        }
+      });
+      const int64_t before = live(batch_sizes, t - 1, B);
+      if (before > n) rows_at(t - 1, n, before);
+    }
+    return;
+  }
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const int64_t n = live(batch_sizes, t, B);
     const T* hp = t == 0 ? h0.data_ptr<T>() : out.data_ptr<T>() + (t - 1) * B * H;
     const T* go = go_all + t * B * H;
     const T* g = g_all + t * B * 3 * H;
     T* dg = dg_all + t * B * 3 * H;
-    if (reset_after) {
-      const T* rc = rec_all + t * B * H;
-      T* dn_t = dn_base + t * B * H;
-      for_rows(n, 3 * H, [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const T* gr = g + b * 3 * H;
-          T* dgr = dg + b * 3 * H;
-          for_columns<T>(H, [&](int64_t j, int64_t c) {
-            const Vec<T> one(T(1));
-            const Vec<T> grad = load(dhp + b * H + j, c) + load(go + b * H + j, c);
-            const Vec<T> r = load(gr + j, c), z = load(gr + H + j, c);
-            const Vec<T> cand = load(gr + 2 * H + j, c);
-            const Vec<T> h = load(hp + b * H + j, c);
-            const Vec<T> dn = grad * (one - z) * (one - cand * cand);
-            store(dn * load(rc + b * H + j, c) * r * (one - r), dgr + j, c);
-            store(grad * (h - cand) * z * (one - z), dgr + H + j, c);
-            store(dn * r, dgr + 2 * H + j, c);
-            store(dn, dn_t + b * H + j, c);
-            store(grad * z, dhp + b * H + j, c);  // the direct path, h_{t−1} → h_t
-          });
-        }
-      });
-      gemm<T>(dg, 3 * H, n, w_all, dhp, H, nullptr, true);
-    } else {
+    {  // reset before: ∂/∂(r ⊙ h) needs its own product before r's gradient
+
       for_rows(n, 3 * H, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           const T* gr = g + b * 3 * H;
@@ -652,33 +697,56 @@ void lstm_backward_impl(const Tensor& grad_out, Tensor& dh, Tensor& dc, const Te
   T* dg_all = dgates.data_ptr<T>();
   T* dhp = dh.data_ptr<T>();
   T* dcp = dc.data_ptr<T>();
-  for (int64_t t = T_ - 1; t >= 0; --t) {
-    const int64_t n = live(batch_sizes, t, B);
-    const T* go = go_all + t * B * H;
-    const T* g = g_all + t * B * 4 * H;
+  // one vector of units [j, j + k) of row b at step t: dgates_t, dc ← dc_{t−1}, from dh + ∂out_t
+  const auto point = [&](int64_t t, int64_t b, int64_t j, int64_t k) {
+    const T* gr = g_all + (t * B + b) * 4 * H;
+    T* dgr = dg_all + (t * B + b) * 4 * H;
     const T* c = c_all + t * B * H;
     const T* cp = (t == 0 ? c0.data_ptr<T>() : c_all + (t - 1) * B * H);
-    T* dg = dg_all + t * B * 4 * H;
-    for_rows(n, 4 * H, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const T* gr = g + b * 4 * H;
-        T* dgr = dg + b * 4 * H;
-        for_columns<T>(H, [&](int64_t j, int64_t k) {
-          const Vec<T> one(T(1));
-          const Vec<T> i = load(gr + j, k), f = load(gr + H + j, k);
-          const Vec<T> cand = load(gr + 2 * H + j, k), og = load(gr + 3 * H + j, k);
-          const Vec<T> grad = load(dhp + b * H + j, k) + load(go + b * H + j, k);
-          const Vec<T> tc = tanh(load(c + b * H + j, k));
-          const Vec<T> dcell = load(dcp + b * H + j, k) + grad * og * (one - tc * tc);
-          store(dcell * cand * i * (one - i), dgr + j, k);
-          store(dcell * load(cp + b * H + j, k) * f * (one - f), dgr + H + j, k);
-          store(dcell * i * (one - cand * cand), dgr + 2 * H + j, k);
-          store(grad * tc * og * (one - og), dgr + 3 * H + j, k);
-          store(dcell * f, dcp + b * H + j, k);  // to c_{t−1}
-        });
+    const Vec<T> one(T(1));
+    const Vec<T> i = load(gr + j, k), f = load(gr + H + j, k);
+    const Vec<T> cand = load(gr + 2 * H + j, k), og = load(gr + 3 * H + j, k);
+    const Vec<T> grad = load(dhp + b * H + j, k) + load(go_all + (t * B + b) * H + j, k);
+    const Vec<T> tc = tanh(load(c + b * H + j, k));
+    const Vec<T> dcell = load(dcp + b * H + j, k) + grad * og * (one - tc * tc);
+    store(dcell * cand * i * (one - i), dgr + j, k);
+    store(dcell * load(cp + b * H + j, k) * f * (one - f), dgr + H + j, k);
+    store(dcell * i * (one - cand * cand), dgr + 2 * H + j, k);
+    store(grad * tc * og * (one - og), dgr + 3 * H + j, k);
+    store(dcell * f, dcp + b * H + j, k);  // to c_{t−1}
+  };
+  const auto rows_at = [&](int64_t t, int64_t b0, int64_t b1) {  // rows [b0, b1), all units
+    at::parallel_for(b0, b1, std::max<int64_t>(1, 4096 / (4 * H)), [&](int64_t r0, int64_t r1) {
+      for (int64_t b = r0; b < r1; ++b) {
+        for_columns<T>(H, [&](int64_t j, int64_t k) { point(t, b, j, k); });
       }
     });
-    gemm<T>(dg, 4 * H, n, w, dhp, H, nullptr, false);
+  };
+  // Step t's product dh = dgates_t · W_hh, and in its epilogue step t − 1's pointwise work for
+  // the same rows and units: one fork per step. Rows that start at t − 1 (packed input, going
+  // backwards) are not in the product; they get a pass of their own.
+  if (T_ > 0) rows_at(T_ - 1, 0, live(batch_sizes, T_ - 1, B));
+  for (int64_t t = T_ - 1; t >= 0; --t) {
+    const int64_t n = live(batch_sizes, t, B);
+    const T* dg = dg_all + t * B * 4 * H;
+    if (t == 0) {
+      gemm<T>(dg, 4 * H, n, w, dhp, H, nullptr, false);
+      break;
+    }
+    unit_step<T>(dg, 4 * H, n, w, [&](int64_t m, int64_t rows, int64_t p, const T* tile) {
+      constexpr int VS = Tile<T>::VS, NR = Tile<T>::NR;
+      const int64_t j0 = p * NR, j1 = std::min<int64_t>(H, j0 + NR);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t b = m + r;
+        for (int64_t j = j0; j < j1; j += VS) {
+          const int64_t k = std::min<int64_t>(VS, j1 - j);
+          store(Vec<T>::loadu(tile + r * NR + (j - j0)), dhp + b * H + j, k);
+          point(t - 1, b, j, k);
+        }
+      }
+    });
+    const int64_t before = live(batch_sizes, t - 1, B);
+    if (before > n) rows_at(t - 1, n, before);
   }
 }
 
