@@ -98,3 +98,14 @@ def test_compare_smoke_end_to_end_and_report_rebuild(smoke_study, tmp_path):
 def test_report_of_a_missing_study(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no study database" in capsys.readouterr().out.replace("\n", " ")
+
+
+def test_published_anchors_cover_the_music_sets_and_ptb():
+    """Chung et al. 2014 Table 2 for each of the four music sets, Zaremba et al. 2014 for PTB,
+    each naming all three cells where the paper has them."""
+    from gatedrnn.report.build import ANCHORS
+
+    for task in ("jsb", "nottingham", "musedata", "pianomidi"):
+        assert "Chung et al. 2014, Table 2" in ANCHORS[task]
+        assert all(cell in ANCHORS[task] for cell in ("tanh-RNN", "GRU", "LSTM"))
+    assert "Zaremba et al. 2014" in ANCHORS["ptb"]
