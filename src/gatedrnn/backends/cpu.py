@@ -6,8 +6,9 @@ buffers. A custom :class:`torch.autograd.Function` holds a hand-written backward
 that saves only what it needs (gate activations, the states) and computes the weight gradients
 as one GEMM over all steps after its loop.
 
-The per-step loops exist twice with one contract: compiled C++ (``csrc/loops.cpp``: one fused,
-vectorised pass per step for all pointwise work), built on first use by
+The per-step loops exist twice with one contract: compiled C++ (``csrc/loops.cpp``: our packed
+GEMM for the step's product, with the pointwise work vectorised and, on AVX-512, fused into the
+product's epilogue; the same GEMM serves the input projection and dx), built on first use by
 :mod:`gatedrnn.backends.compiled`, and the PyTorch twins below (a few in-place ops per step, the
 step-independent derivative factors computed for all steps before the backward loop). The twins
 run when the build is not possible (one warning says why) and as the ``cpu-python`` backend.
@@ -18,9 +19,9 @@ The reverse direction reads each sequence reversed within its own length.
 
 Covers RNN (tanh, relu), GRU (reset after and before) and the standard LSTM; refuses the rest
 with the reason. First derivatives only (like cuDNN): for double backward use ``"reference"``.
-``"auto"`` takes it where it measured faster than torch's own kernels: RNN and GRU with the
-compiled loops always, with the PyTorch loops for training only; it passes it over for the LSTM,
-where torch's oneDNN kernel measured faster (see :meth:`CpuBackend.auto_declines`).
+``"auto"`` takes it where it measured faster than torch's own kernels: every cell it covers with
+the compiled loops (the LSTM forward alone ties with oneDNN's); with the PyTorch loops, RNN and
+GRU for training only (see :meth:`CpuBackend.auto_declines`).
 """
 
 from __future__ import annotations

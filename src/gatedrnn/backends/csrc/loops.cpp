@@ -1,7 +1,10 @@
-// The time loops of the `cpu` backend, compiled: per step one GEMM through ATen (MKL/oneDNN) and
-// one fused, vectorised pass for all the pointwise work, in place in the caller's buffers. The
-// Python twins are the _*_forward_loop / _*_backward_loop functions in gatedrnn/backends/cpu.py;
-// the buffer contracts are documented there. Built on first use by torch.utils.cpp_extension.
+// The time loops of the `cpu` backend, compiled: per step one product with the recurrent weight
+// through our packed GEMM (below) and the cell's vectorised pointwise work, fused into that
+// product's epilogue where the build has 32 vector registers (AVX-512) for the LSTM and the GRU
+// with the reset after, else a separate pass; in place in the caller's buffers. `matmul` serves
+// the input projection and dx. The Python twins are the _*_forward_loop / _*_backward_loop
+// functions in gatedrnn/backends/cpu.py; the buffer contracts are documented there. Built on
+// first use by torch.utils.cpp_extension (gatedrnn/backends/compiled.py).
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
