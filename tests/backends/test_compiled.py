@@ -104,3 +104,24 @@ def test_the_avx2_build_too():
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout.splitlines()[-1]
+
+
+def test_a_compiler_without_openmp_still_builds_the_loops(monkeypatch):
+    """Apple clang has no -fopenmp: the build is retried without it, with a warning that the loops
+    run on one thread (faked here: the real build is tested above)."""
+    import torch.utils.cpp_extension as cpp
+
+    if compiled.unavailable_reason() is not None:
+        pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
+    sentinel = object()
+
+    def fake_load(name, sources, extra_cflags=(), extra_ldflags=(), **kwargs):
+        if "-fopenmp" in extra_cflags:
+            raise RuntimeError("clang: error: unsupported option '-fopenmp'")
+        return sentinel
+
+    monkeypatch.setattr(cpp, "load", fake_load)
+    monkeypatch.setattr(compiled, "_state", {})
+    with pytest.warns(RuntimeWarning, match="without OpenMP.*unsupported option.*one thread"):
+        assert compiled.compiled_loops() is sentinel
+    monkeypatch.setattr(compiled, "_state", {})

@@ -92,15 +92,27 @@ def compiled_loops() -> ModuleType | None:
 
         _clear_stale_lock()
         logger.info("building the compiled CPU loops (once; cached by torch)")
+        isa = _ISA[torch.backends.cpu.get_cpu_capability()]
         try:
             module = load(
-                _module_name(),
-                [str(_SOURCE)],
-                extra_cflags=_COMMON + _ISA[torch.backends.cpu.get_cpu_capability()],
+                _module_name(), [str(_SOURCE)], extra_cflags=_COMMON + isa,
                 extra_ldflags=["-fopenmp"],
-            )
+            )  # fmt: skip
         except Exception as error:  # a failed build must not stop the layer: say it and go on
             reason = f"the build failed: {str(error).strip().splitlines()[-1][:300]}"
+        if module is None:  # a compiler without OpenMP (Apple clang): the loops, single-threaded
+            try:
+                serial = [flag for flag in _COMMON if flag != "-fopenmp"]
+                module = load(_module_name(), [str(_SOURCE)], extra_cflags=serial + isa)
+                warnings.warn(
+                    f"gatedrnn: the compiled CPU loops built without OpenMP ({reason}); they "
+                    "run on one thread",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                reason = None
+            except Exception:
+                logger.debug("the build without OpenMP failed too", exc_info=True)
     if reason is not None:
         warnings.warn(
             f"gatedrnn: the compiled CPU loops are not available ({reason}); the 'cpu' backend "
