@@ -111,8 +111,12 @@ struct Packed {
           for (int64_t k0 = 0; k0 < K; k0 += 16) {
             const int64_t k1 = std::min<int64_t>(K, k0 + 16);
             for (int64_t c = 0; c < NR; ++c) {
+              if (c >= cols) {
+                for (int64_t k = k0; k < k1; ++k) panel[k * NR + c] = T(0);
+                continue;
+              }
               const T* from = src + (col + c) * sn;
-              for (int64_t k = k0; k < k1; ++k) panel[k * NR + c] = c < cols ? from[k] : T(0);
+              for (int64_t k = k0; k < k1; ++k) panel[k * NR + c] = from[k];
             }
           }
         } else {
@@ -301,8 +305,16 @@ struct GatePacked {
           for (int64_t v = 0; v < G; ++v) {
             for (int64_t u = 0; u < VS; ++u) {  // a column of R: contiguous when R = Wᵀ
               const int64_t j = p * VS + u;
-              for (int64_t k = k0; k < k1; ++k) {
-                panel[k * G * VS + v * VS + u] = j < H ? src[k * sk + (v * H + j) * sn] : T(0);
+              T* to = panel + v * VS + u;
+              if (j >= H) {
+                for (int64_t k = k0; k < k1; ++k) to[k * G * VS] = T(0);
+                continue;
+              }
+              const T* from = src + (v * H + j) * sn;
+              if (sk == 1) {
+                for (int64_t k = k0; k < k1; ++k) to[k * G * VS] = from[k];
+              } else {
+                for (int64_t k = k0; k < k1; ++k) to[k * G * VS] = from[k * sk];
               }
             }
           }
