@@ -91,15 +91,30 @@ struct Tile {
   static constexpr int NR = NV * VS;                  // columns per panel
 };
 
+// Packed weights live in a per-thread pool of buffers, reused from call to call: a fresh
+// multi-megabyte allocation per call came back from the kernel as new pages, and their faults
+// (~2000 per call for an LSTM with H = 512) cost more than the packing itself. A slot is one
+// packed matrix alive at a time; calls on other threads get their own pool.
+enum Slot { kInputSlot = 0, kRecurrentSlot = 1, kSecondSlot = 2, kSlots = 3 };
+
+inline Tensor pooled(Slot slot, int64_t numel, const at::TensorOptions& options) {
+  thread_local Tensor pool[kSlots];
+  Tensor& buffer = pool[slot];
+  if (!buffer.defined() || buffer.dtype() != options.dtype() || buffer.numel() < numel) {
+    buffer = at::empty({numel}, options);
+  }
+  return buffer.narrow(0, 0, numel);
+}
+
 // R (K, N), any strides, packed as `panels` blocks of (K, NR), the last one zero padded.
 template <typename T>
 struct Packed {
   int64_t K, N, panels;
   Tensor data;
-  explicit Packed(const Tensor& r) : K(r.size(0)), N(r.size(1)) {
+  Packed(const Tensor& r, Slot slot) : K(r.size(0)), N(r.size(1)) {
     constexpr int NR = Tile<T>::NR;
     panels = (N + NR - 1) / NR;
-    data = at::empty({panels, K, NR}, r.options());
+    data = pooled(slot, panels * K * NR, r.options());
     const T* src = r.data_ptr<T>();
     const int64_t sk = r.stride(0), sn = r.stride(1);
     T* dst = data.data_ptr<T>();
@@ -291,9 +306,10 @@ struct GatePacked {
   static constexpr int VS = Tile<T>::VS;
   int64_t K, H, G, panels;
   Tensor data;
-  GatePacked(const Tensor& r, int64_t gates) : K(r.size(0)), H(r.size(1) / gates), G(gates) {
+  GatePacked(const Tensor& r, int64_t gates)
+      : K(r.size(0)), H(r.size(1) / gates), G(gates) {
     panels = (H + VS - 1) / VS;
-    data = at::empty({panels, K, G * VS}, r.options());
+    data = pooled(kRecurrentSlot, panels * K * G * VS, r.options());
     const T* src = r.data_ptr<T>();
     const int64_t sk = r.stride(0), sn = r.stride(1);
     T* dst = data.data_ptr<T>();
@@ -472,9 +488,10 @@ void gru_forward_impl(Tensor& gates, Tensor& out, Tensor& rec, const Tensor& h0,
   }
   const Tensor w_t = w_hh.t();
   // after: one product for all three gates; before: r|z first, then n from r ⊙ h
-  const Packed<T> w_all(reset_after ? w_t : w_t.narrow(1, 0, 2 * H));
+  const Packed<T> w_all(reset_after ? w_t : w_t.narrow(1, 0, 2 * H), kRecurrentSlot);
   const c10::optional<Packed<T>> w_n =
-      reset_after ? c10::nullopt : c10::make_optional(Packed<T>(w_t.narrow(1, 2 * H, H)));
+      reset_after ? c10::nullopt
+                  : c10::make_optional(Packed<T>(w_t.narrow(1, 2 * H, H), kSecondSlot));
   const T* b_all = data_or_null<T>(b_hh);
   const T* b_n = b_all != nullptr ? b_all + 2 * H : nullptr;
   Tensor scratch = at::empty({B, 3 * H}, gates.options());  // W_hh h + b_hh, or its r|z part
@@ -550,9 +567,10 @@ void gru_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& gates, 
               bool reset_after) {
   const int64_t T_ = gates.size(0), B = gates.size(1), H = out.size(2);
   // dh += dgates · W_hh: all three gates at once (after), or r|z and n apart (before)
-  const Packed<T> w_all(reset_after ? w_hh : w_hh.narrow(0, 0, 2 * H));
+  const Packed<T> w_all(reset_after ? w_hh : w_hh.narrow(0, 0, 2 * H), kRecurrentSlot);
   const c10::optional<Packed<T>> w_n =
-      reset_after ? c10::nullopt : c10::make_optional(Packed<T>(w_hh.narrow(0, 2 * H, H)));
+      reset_after ? c10::nullopt
+                  : c10::make_optional(Packed<T>(w_hh.narrow(0, 2 * H, H), kSecondSlot));
   Tensor scratch = at::empty({B, H}, gates.options());
   const T* go_all = grad_out.data_ptr<T>();
   const T* g_all = gates.data_ptr<T>();
@@ -670,7 +688,7 @@ void lstm_forward_impl(Tensor& gates, Tensor& out, Tensor& cells, const Tensor& 
                           H, batch_sizes);
     return;
   }
-  const Packed<T> w(w_hh.t());
+  const Packed<T> w(w_hh.t(), kRecurrentSlot);
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t n = live(batch_sizes, t, B);
     const T* hp = t == 0 ? h0.data_ptr<T>() : out_all + (t - 1) * B * H;
@@ -705,7 +723,7 @@ void lstm_backward_impl(const Tensor& grad_out, Tensor& dh, Tensor& dc, const Te
                         const Tensor& cells, const Tensor& c0, const Tensor& w_hh,
                         Tensor& dgates, const std::vector<int64_t>& batch_sizes) {
   const int64_t T_ = gates.size(0), B = gates.size(1), H = cells.size(2);
-  const Packed<T> w(w_hh);  // dh = dgates · W_hh
+  const Packed<T> w(w_hh, kRecurrentSlot);  // dh = dgates · W_hh
   const T* go_all = grad_out.data_ptr<T>();
   const T* g_all = gates.data_ptr<T>();
   const T* c_all = cells.data_ptr<T>();
@@ -769,7 +787,7 @@ template <typename T>
 void rnn_forward_impl(Tensor& out, const Tensor& h0, const Tensor& w_hh,
                       const std::vector<int64_t>& batch_sizes, bool relu) {
   const int64_t T_ = out.size(0), B = out.size(1), H = out.size(2);
-  const Packed<T> w(w_hh.t());
+  const Packed<T> w(w_hh.t(), kRecurrentSlot);
   T* out_all = out.data_ptr<T>();
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t n = live(batch_sizes, t, B);
@@ -789,7 +807,7 @@ template <typename T>
 void rnn_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& out, const Tensor& w_hh,
                        Tensor& dpre, const std::vector<int64_t>& batch_sizes, bool relu) {
   const int64_t T_ = out.size(0), B = out.size(1), H = out.size(2);
-  const Packed<T> w(w_hh);  // dh = dpre · W_hh
+  const Packed<T> w(w_hh, kRecurrentSlot);  // dh = dpre · W_hh
   const T* go_all = grad_out.data_ptr<T>();
   const T* out_all = out.data_ptr<T>();
   T* dp_all = dpre.data_ptr<T>();
@@ -820,7 +838,7 @@ Tensor matmul(const Tensor& a, const Tensor& r, const c10::optional<Tensor>& bia
               r.sizes());
   Tensor out = at::empty({a.size(0), r.size(1)}, a.options());
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "matmul", [&] {
-    const Packed<scalar_t> packed(r);
+    const Packed<scalar_t> packed(r, kInputSlot);
     gemm<scalar_t>(a.data_ptr<scalar_t>(), a.stride(0), a.size(0), packed,
                    out.data_ptr<scalar_t>(), r.size(1), data_or_null<scalar_t>(bias), false);
   });
