@@ -4,13 +4,18 @@ For each cell × hidden size × batch size, a torch.nn layer and ours with the s
 forward-only (under ``no_grad``) and forward+backward; the implementations are interleaved within
 each repeat so both see the same machine state, and the median of the repeats after warm-up is
 reported. Bytes saved for backward are counted with saved-tensor hooks (unique storages), which is
-device-independent. Nothing here is asserted: the numbers are written as JSON and printed.
+device-independent. The minor page faults of each call are recorded too (median per call, where
+the platform counts them): a multi-megabyte buffer that the allocator hands back as fresh pages
+costs ~1 µs per 4 KiB page, which at B=1 can be as much as the arithmetic, and which side pays
+depends on the heap's state, so the faults explain timings that move between runs. Nothing here
+is asserted: the numbers are written as JSON and printed.
 """
 
 from __future__ import annotations
 
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -37,6 +42,7 @@ class BenchResult:
     median_ms: float
     times_ms: list[float] = field(default_factory=list)
     saved_bytes: int | None = None  # for forward+backward only
+    minor_faults: float | None = None  # median per call; None where not counted
 
 
 def saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
@@ -51,6 +57,15 @@ def saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
     return sum(storages.values())
+
+
+def _minor_faults() -> int | None:
+    """The process's minor page faults so far, or None where the platform does not count them."""
+    if sys.platform == "win32":
+        return None
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _step(module: nn.Module, x: torch.Tensor, backward: bool) -> Callable[[], object]:
@@ -98,22 +113,28 @@ def run_benchmark(
                     backward = mode == "forward+backward"
                     fns = {name: _step(m, x, backward) for name, m in impls.items()}
                     times: dict[str, list[float]] = {name: [] for name in fns}
+                    faults: dict[str, list[int]] = {name: [] for name in fns}
                     for r in range(warmup + repeats):
                         for name, fn in fns.items():  # interleaved: same machine state
+                            before = _minor_faults()
                             start = time.perf_counter()
                             fn()
                             elapsed = (time.perf_counter() - start) * 1e3
+                            after = _minor_faults()
                             if r >= warmup:
                                 times[name].append(elapsed)
+                                if before is not None and after is not None:
+                                    faults[name].append(after - before)
                     for name, module in impls.items():
                         module.zero_grad(set_to_none=True)
                         nbytes = saved_bytes(lambda m=module, x=x: m(x)[0]) if backward else None
                         median = statistics.median(times[name])
-                        results.append(
-                            BenchResult(
-                                cell, hidden, batch, steps, mode, name, median, times[name], nbytes
-                            )
+                        fault = statistics.median(faults[name]) if faults[name] else None
+                        result = BenchResult(
+                            cell, hidden, batch, steps, mode, name, median, times[name], nbytes
                         )
+                        result.minor_faults = fault
+                        results.append(result)
                     if progress:
                         progress(f"{cell} H={hidden} B={batch} {mode}")
     return results

@@ -125,3 +125,40 @@ def test_a_compiler_without_openmp_still_builds_the_loops(monkeypatch):
     with pytest.warns(RuntimeWarning, match="without OpenMP.*unsupported option.*one thread"):
         assert compiled.compiled_loops() is sentinel
     monkeypatch.setattr(compiled, "_state", {})
+
+
+def test_packed_weight_pools_are_per_thread():
+    """The packed weights live in per-thread buffers reused across calls: layers of different
+    sizes, alternating, on two threads at once, each still match the reference."""
+    import threading
+
+    if compiled.unavailable_reason() is not None:
+        pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
+    from tests.conftest import assert_close
+
+    torch.manual_seed(3)
+    pairs = []
+    for cell, hidden in (("LSTM", 70), ("GRU", 33), ("LSTM", 20), ("GRU", 90)):
+        reference = getattr(gatedrnn, cell)(5, hidden, backend="reference")
+        ours = getattr(gatedrnn, cell)(5, hidden, backend="cpu")
+        ours.load_state_dict(reference.state_dict())
+        pairs.append((ours, reference))
+    x = torch.randn(6, 7, 5)
+    expected = [reference(x)[0].detach() for _, reference in pairs]
+    errors: list[BaseException] = []
+
+    def work(order):
+        try:
+            for _ in range(3):
+                for i in order:
+                    out = pairs[i][0](x)[0]
+                    assert_close(out.detach(), expected[i], f"layer {i}")
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(o,)) for o in ([0, 1, 2, 3], [3, 2, 1, 0])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
