@@ -824,18 +824,26 @@ void rnn_forward_impl(Tensor& out, const Tensor& h0, const Tensor& w_hh,
   const int64_t T_ = out.size(0), B = out.size(1), H = out.size(2);
   const Packed<T> w(w_hh.t(), kRecurrentSlot);
   T* out_all = out.data_ptr<T>();
-  for (int64_t t = 0; t < T_; ++t) {
-    const int64_t n = live(batch_sizes, t, B);
-    const T* hp = t == 0 ? h0.data_ptr<T>() : out_all + (t - 1) * B * H;
-    T* o = out_all + t * B * H;
-    gemm<T>(hp, H, n, w, o, H, nullptr, true);
-    for_rows(n, H, [&](int64_t b0, int64_t b1) {
-      for_columns<T>((b1 - b0) * H, [&](int64_t j, int64_t k) {
-        const Vec<T> x = load(o + b0 * H + j, k);
-        store(relu ? at::vec::clamp_min(x, Vec<T>(T(0))) : tanh(x), o + b0 * H + j, k);
+  // h_t = act(out_t + h_{t−1} · W_hhᵀ), the activation in the product's epilogue
+  over_steps<T, Tile<T>::NV>(
+      T_, B, w.data.template data_ptr<T>(), w.K, w.panels,
+      [&](int64_t t, int64_t, int64_t, const auto& product) {
+        constexpr int VS = Tile<T>::VS, NR = Tile<T>::NR;
+        const T* hp = t == 0 ? h0.data_ptr<T>() : out_all + (t - 1) * B * H;
+        T* o = out_all + t * B * H;
+        product(hp, H, live(batch_sizes, t, B),
+                [&](int64_t m, int64_t rows, int64_t p, const T* tile) {
+                  const int64_t j0 = p * NR, j1 = std::min<int64_t>(H, j0 + NR);
+                  for (int64_t r = 0; r < rows; ++r) {
+                    T* orow = o + (m + r) * H;
+                    for (int64_t j = j0; j < j1; j += VS) {
+                      const int64_t k = std::min<int64_t>(VS, j1 - j);
+                      const Vec<T> x = load(orow + j, k) + Vec<T>::loadu(tile + r * NR + j - j0);
+                      store(relu ? at::vec::clamp_min(x, Vec<T>(T(0))) : tanh(x), orow + j, k);
+                    }
+                  }
+                });
       });
-    });
-  }
 }
 
 template <typename T>
@@ -847,23 +855,46 @@ void rnn_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& out, co
   const T* out_all = out.data_ptr<T>();
   T* dp_all = dpre.data_ptr<T>();
   T* dhp = dh.data_ptr<T>();
-  for (int64_t t = T_ - 1; t >= 0; --t) {
-    const int64_t n = live(batch_sizes, t, B);
-    const T* go = go_all + t * B * H;
-    const T* o = out_all + t * B * H;
-    T* dp = dp_all + t * B * H;
-    for_rows(n, H, [&](int64_t b0, int64_t b1) {
-      for_columns<T>((b1 - b0) * H, [&](int64_t j, int64_t k) {
-        const int64_t at = b0 * H + j;
-        const Vec<T> grad = load(dhp + at, k) + load(go + at, k);
-        const Vec<T> h = load(o + at, k);
-        const Vec<T> slope = relu ? Vec<T>::blendv(Vec<T>(T(0)), Vec<T>(T(1)), h > Vec<T>(T(0)))
-                                  : Vec<T>(T(1)) - h * h;
-        store(grad * slope, dp + at, k);
-      });
+  // one vector of units [j, j + k) of row b at step t: dpre_t from dh + ∂out_t
+  const auto point = [&](int64_t t, int64_t b, int64_t j, int64_t k) {
+    const int64_t at = (t * B + b) * H + j;
+    const Vec<T> grad = load(dhp + b * H + j, k) + load(go_all + at, k);
+    const Vec<T> h = load(out_all + at, k);
+    const Vec<T> slope = relu ? Vec<T>::blendv(Vec<T>(T(0)), Vec<T>(T(1)), h > Vec<T>(T(0)))
+                              : Vec<T>(T(1)) - h * h;
+    store(grad * slope, dp_all + at, k);
+  };
+  if (T_ > 0) {
+    const int64_t n = live(batch_sizes, T_ - 1, B);
+    at::parallel_for(0, n, std::max<int64_t>(1, 4096 / H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        for_columns<T>(H, [&](int64_t j, int64_t k) { point(T_ - 1, b, j, k); });
+      }
     });
-    gemm<T>(dp, H, n, w, dhp, H, nullptr, false);
   }
+  // as the LSTM's: step t's product, step t − 1's pointwise work in its epilogue
+  over_steps<T, Tile<T>::NV>(
+      T_, B, w.data.template data_ptr<T>(), w.K, w.panels,
+      [&](int64_t s, int64_t p0, int64_t p1, const auto& product) {
+        constexpr int VS = Tile<T>::VS, NR = Tile<T>::NR;
+        const int64_t t = T_ - 1 - s, n = live(batch_sizes, t, B);
+        product(dp_all + t * B * H, H, n, [&](int64_t m, int64_t rows, int64_t p, const T* tile) {
+          const int64_t j0 = p * NR, j1 = std::min<int64_t>(H, j0 + NR);
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t b = m + r;
+            for (int64_t j = j0; j < j1; j += VS) {
+              const int64_t k = std::min<int64_t>(VS, j1 - j);
+              store(Vec<T>::loadu(tile + r * NR + (j - j0)), dhp + b * H + j, k);
+              if (t > 0) point(t - 1, b, j, k);
+            }
+          }
+        });
+        if (t == 0) return;
+        const int64_t u0 = p0 * NR, u1 = std::min<int64_t>(H, p1 * NR);
+        for (int64_t b = n; b < live(batch_sizes, t - 1, B); ++b) {
+          for (int64_t j = u0; j < u1; j += VS) point(t - 1, b, j, std::min<int64_t>(VS, u1 - j));
+        }
+      });
 }
 
 // a (M, K) row-major · r (K, N) any strides (+ bias (N)): the input projection, dx.
