@@ -54,3 +54,26 @@ def test_gru_against_lstm_facts(self_study):
 def test_unknown_labels_are_named(self_study):
     with pytest.raises(ValueError, match="no 'mgu' or no 'lstm' cell; it has"):
         evaluate_claims(self_study, "mgu", "lstm")
+
+
+@pytest.mark.parametrize(
+    "candidate, baseline, expected",
+    [
+        ([0.20, 0.21, 0.19], [0.30, 0.31, 0.29], "supported"),  # a third faster, timed
+        ([0.30, 0.31, 0.29], [0.20, 0.21, 0.19], "contradicted"),
+        ([0.002, 0.0021, 0.0019], [0.003, 0.0031, 0.0029], "inconclusive"),  # too short to time
+    ],
+)
+def test_speed_needs_epochs_long_enough_to_time(candidate, baseline, expected):
+    from gatedrnn.claims.verdicts import _speed
+
+    def trials(seconds):
+        return [
+            {"seconds_per_epoch": s, "environment": {"device": "cpu"}, "backend": "cpu"}
+            for s in seconds
+        ]
+
+    verdict = _speed(trials(candidate), trials(baseline), "task / equal_hidden")
+    assert verdict.verdict == expected, verdict
+    if expected == "inconclusive":
+        assert "too short to time" in verdict.measurement

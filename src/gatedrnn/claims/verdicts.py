@@ -27,6 +27,11 @@ __all__ = ["CLAIMS", "ClaimVerdict", "evaluate_claims", "overall"]
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
 PRACTICAL = 0.05  # ratio margin for speed and convergence
+# Epochs shorter than this are not timed against each other: at a few milliseconds, scheduler
+# quanta, page faults and the host's other tenants move a trial's epoch time by 10% and more, the
+# same way for all of a trial's epochs, so that even a cell against itself (same seeds, same
+# work) came out "faster" over three seeds.
+MIN_TIMED_EPOCH = 0.01  # seconds
 EQUIVALENCE = 0.02  # relative margin for "comparable performance"
 
 CLAIMS = (
@@ -188,13 +193,19 @@ def _memory(a: list[dict], b: list[dict], scope: str) -> ClaimVerdict:
 def _speed(a: list[dict], b: list[dict], scope: str) -> ClaimVerdict:
     ratio = paired_ratio([r["seconds_per_epoch"] for r in a], [r["seconds_per_epoch"] for r in b])
     where = f"{a[0]['environment'].get('device', '?')}, {a[0]['backend']} vs {b[0]['backend']}"
+    shortest = min(r["seconds_per_epoch"] for r in a + b)
+    measurement = f"time per epoch ratio {ratio} ({where})"
+    verdict = _ratio_verdict(ratio)
+    if shortest < MIN_TIMED_EPOCH:
+        verdict = INCONCLUSIVE
+        measurement += (
+            f"; epochs of {shortest * 1e3:.1f} ms are too short to time against each other "
+            f"(under {MIN_TIMED_EPOCH * 1e3:.0f} ms)"
+        )
     return ClaimVerdict(
-        "faster training",
-        scope,
-        _ratio_verdict(ratio),
-        f"time per epoch ratio {ratio} ({where})",
-        {"ratio": ratio.__dict__},
-    )
+        "faster training", scope, verdict, measurement,
+        {"ratio": ratio.__dict__, "shortest_epoch_seconds": shortest},
+    )  # fmt: skip
 
 
 def _convergence(a, b, scope, metric: str, higher: bool) -> ClaimVerdict:

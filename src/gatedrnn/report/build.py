@@ -197,7 +197,8 @@ def build_report(
             "p",
             "supported / contradicted need every scope to agree; intervals are "
             "95% t intervals over seeds, paired by seed; ratios must clear a 5% "
-            "margin; 'comparable' is a TOST against ±2% of the baseline.",
+            "margin, and epochs under 10 ms are too short to time against each other; "
+            "'comparable' is a TOST against ±2% of the baseline.",
         )
     )
     sections.append(("h2", "Measurements"))
