@@ -433,6 +433,50 @@ void over_steps(int64_t steps, int64_t max_rows, const T* base, int64_t K, int64
   for (int64_t t = 0; t < steps; ++t) step(t, int64_t{0}, panels, product);
 }
 
+// The backward time loop of a fused cell: for t = T − 1 … 0, dh = dgates_t · W_hh (or dh +=,
+// where the direct path h_{t−1} → h_t left its part in dh), with `point(t − 1, b, j, k)`, step
+// t − 1's pointwise work for one vector of units, in the product's epilogue for the same rows and
+// units; `point(T − 1, …)` runs first for every live row. Rows that start at t − 1 (packed input,
+// going backwards) are not in step t's product: the thread that owns their units does them after
+// it. One parallel region for the sequence (over_steps).
+template <typename T, typename Point>
+void backward_steps(const Packed<T>& w, const T* dg_all, int64_t lda, T* dhp, int64_t T_,
+                    int64_t B, int64_t H, const std::vector<int64_t>& batch_sizes,
+                    bool accumulate, const Point& point) {
+  constexpr int VS = Tile<T>::VS, NR = Tile<T>::NR;
+  if (T_ == 0) return;
+  at::parallel_for(0, live(batch_sizes, T_ - 1, B), std::max<int64_t>(1, 4096 / lda),
+                   [&](int64_t b0, int64_t b1) {
+                     for (int64_t b = b0; b < b1; ++b) {
+                       for_columns<T>(H, [&](int64_t j, int64_t k) { point(T_ - 1, b, j, k); });
+                     }
+                   });
+  over_steps<T, Tile<T>::NV>(
+      T_, B, w.data.template data_ptr<T>(), w.K, w.panels,
+      [&](int64_t s, int64_t p0, int64_t p1, const auto& product) {
+        const int64_t t = T_ - 1 - s, n = live(batch_sizes, t, B);
+        product(dg_all + t * B * lda, lda, n,
+                [&](int64_t m, int64_t rows, int64_t p, const T* tile) {
+                  const int64_t j0 = p * NR, j1 = std::min<int64_t>(H, j0 + NR);
+                  for (int64_t r = 0; r < rows; ++r) {
+                    const int64_t b = m + r;
+                    for (int64_t j = j0; j < j1; j += VS) {
+                      const int64_t k = std::min<int64_t>(VS, j1 - j);
+                      T* d = dhp + b * H + j;
+                      const Vec<T> x = Vec<T>::loadu(tile + r * NR + (j - j0));
+                      store(accumulate ? load(d, k) + x : x, d, k);
+                      if (t > 0) point(t - 1, b, j, k);
+                    }
+                  }
+                });
+        if (t == 0) return;
+        const int64_t u0 = p0 * NR, u1 = std::min<int64_t>(H, p1 * NR);
+        for (int64_t b = n; b < live(batch_sizes, t - 1, B); ++b) {
+          for (int64_t j = u0; j < u1; j += VS) point(t - 1, b, j, std::min<int64_t>(VS, u1 - j));
+        }
+      });
+}
+
 template <typename T>
 void lstm_forward_fused(T* g_all, T* out_all, T* c_all, const T* h0, const T* c0,
                         const Tensor& w_hh, int64_t T_, int64_t B, int64_t H,
@@ -627,41 +671,7 @@ void gru_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& gates, 
       store(dn, dn_base + (t * B + b) * H + j, k);
       store(grad * z, dhp + b * H + j, k);  // the direct path, h_{t−1} → h_t
     };
-    const auto rows_at = [&](int64_t t, int64_t b0, int64_t b1) {  // rows [b0, b1), all units
-      at::parallel_for(b0, b1, std::max<int64_t>(1, 4096 / (3 * H)), [&](int64_t r0, int64_t r1) {
-        for (int64_t b = r0; b < r1; ++b) {
-          for_columns<T>(H, [&](int64_t j, int64_t k) { point(t, b, j, k); });
-        }
-      });
-    };
-    // As in the LSTM: step t's product dh += dgates_t · W_hh, and step t − 1's pointwise work in
-    // its epilogue; rows that start at t − 1 are done by the thread that owns their units.
-    if (T_ > 0) rows_at(T_ - 1, 0, live(batch_sizes, T_ - 1, B));
-    const T* panels = w_all.data.template data_ptr<T>();
-    over_steps<T, Tile<T>::NV>(
-        T_, B, panels, w_all.K, w_all.panels,
-        [&](int64_t s, int64_t p0, int64_t p1, const auto& product) {
-          constexpr int VS = Tile<T>::VS, NR = Tile<T>::NR;
-          const int64_t t = T_ - 1 - s, n = live(batch_sizes, t, B);
-          product(dg_all + t * B * 3 * H, 3 * H, n,
-                  [&](int64_t m, int64_t rows, int64_t p, const T* tile) {
-                    const int64_t j0 = p * NR, j1 = std::min<int64_t>(H, j0 + NR);
-                    for (int64_t r = 0; r < rows; ++r) {
-                      const int64_t b = m + r;
-                      for (int64_t j = j0; j < j1; j += VS) {
-                        const int64_t k = std::min<int64_t>(VS, j1 - j);
-                        T* d = dhp + b * H + j;
-                        store(load(d, k) + Vec<T>::loadu(tile + r * NR + (j - j0)), d, k);
-                        if (t > 0) point(t - 1, b, j, k);
-                      }
-                    }
-                  });
-          if (t == 0) return;
-          const int64_t u0 = p0 * NR, u1 = std::min<int64_t>(H, p1 * NR);
-          for (int64_t b = n; b < live(batch_sizes, t - 1, B); ++b) {
-            for (int64_t j = u0; j < u1; j += VS) point(t - 1, b, j, std::min<int64_t>(VS, u1 - j));
-          }
-        });
+    backward_steps<T>(w_all, dg_all, 3 * H, dhp, T_, B, H, batch_sizes, true, point);
     return;
   }
   for (int64_t t = T_ - 1; t >= 0; --t) {
@@ -781,41 +791,7 @@ void lstm_backward_impl(const Tensor& grad_out, Tensor& dh, Tensor& dc, const Te
     store(grad * tc * og * (one - og), dgr + 3 * H + j, k);
     store(dcell * f, dcp + b * H + j, k);  // to c_{t−1}
   };
-  const auto rows_at = [&](int64_t t, int64_t b0, int64_t b1) {  // rows [b0, b1), all units
-    at::parallel_for(b0, b1, std::max<int64_t>(1, 4096 / (4 * H)), [&](int64_t r0, int64_t r1) {
-      for (int64_t b = r0; b < r1; ++b) {
-        for_columns<T>(H, [&](int64_t j, int64_t k) { point(t, b, j, k); });
-      }
-    });
-  };
-  // Step t's product dh = dgates_t · W_hh, and in its epilogue step t − 1's pointwise work for
-  // the same rows and units, in one parallel region for the sequence. Rows that start at t − 1
-  // (packed input, going backwards) are not in the product: the thread that owns their units
-  // does them after it.
-  if (T_ > 0) rows_at(T_ - 1, 0, live(batch_sizes, T_ - 1, B));
-  over_steps<T, Tile<T>::NV>(
-      T_, B, w.data.template data_ptr<T>(), w.K, w.panels,
-      [&](int64_t s, int64_t p0, int64_t p1, const auto& product) {
-        constexpr int VS = Tile<T>::VS, NR = Tile<T>::NR;
-        const int64_t t = T_ - 1 - s, n = live(batch_sizes, t, B);
-        product(dg_all + t * B * 4 * H, 4 * H, n,
-                [&](int64_t m, int64_t rows, int64_t p, const T* tile) {
-                  const int64_t j0 = p * NR, j1 = std::min<int64_t>(H, j0 + NR);
-                  for (int64_t r = 0; r < rows; ++r) {
-                    const int64_t b = m + r;
-                    for (int64_t j = j0; j < j1; j += VS) {
-                      const int64_t k = std::min<int64_t>(VS, j1 - j);
-                      store(Vec<T>::loadu(tile + r * NR + (j - j0)), dhp + b * H + j, k);
-                      if (t > 0) point(t - 1, b, j, k);
-                    }
-                  }
-                });
-        if (t == 0) return;
-        const int64_t u0 = p0 * NR, u1 = std::min<int64_t>(H, p1 * NR);
-        for (int64_t b = n; b < live(batch_sizes, t - 1, B); ++b) {
-          for (int64_t j = u0; j < u1; j += VS) point(t - 1, b, j, std::min<int64_t>(VS, u1 - j));
-        }
-      });
+  backward_steps<T>(w, dg_all, 4 * H, dhp, T_, B, H, batch_sizes, false, point);
 }
 
 template <typename T>
@@ -864,37 +840,7 @@ void rnn_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& out, co
                               : Vec<T>(T(1)) - h * h;
     store(grad * slope, dp_all + at, k);
   };
-  if (T_ > 0) {
-    const int64_t n = live(batch_sizes, T_ - 1, B);
-    at::parallel_for(0, n, std::max<int64_t>(1, 4096 / H), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        for_columns<T>(H, [&](int64_t j, int64_t k) { point(T_ - 1, b, j, k); });
-      }
-    });
-  }
-  // as the LSTM's: step t's product, step t − 1's pointwise work in its epilogue
-  over_steps<T, Tile<T>::NV>(
-      T_, B, w.data.template data_ptr<T>(), w.K, w.panels,
-      [&](int64_t s, int64_t p0, int64_t p1, const auto& product) {
-        constexpr int VS = Tile<T>::VS, NR = Tile<T>::NR;
-        const int64_t t = T_ - 1 - s, n = live(batch_sizes, t, B);
-        product(dp_all + t * B * H, H, n, [&](int64_t m, int64_t rows, int64_t p, const T* tile) {
-          const int64_t j0 = p * NR, j1 = std::min<int64_t>(H, j0 + NR);
-          for (int64_t r = 0; r < rows; ++r) {
-            const int64_t b = m + r;
-            for (int64_t j = j0; j < j1; j += VS) {
-              const int64_t k = std::min<int64_t>(VS, j1 - j);
-              store(Vec<T>::loadu(tile + r * NR + (j - j0)), dhp + b * H + j, k);
-              if (t > 0) point(t - 1, b, j, k);
-            }
-          }
-        });
-        if (t == 0) return;
-        const int64_t u0 = p0 * NR, u1 = std::min<int64_t>(H, p1 * NR);
-        for (int64_t b = n; b < live(batch_sizes, t - 1, B); ++b) {
-          for (int64_t j = u0; j < u1; j += VS) point(t - 1, b, j, std::min<int64_t>(VS, u1 - j));
-        }
-      });
+  backward_steps<T>(w, dp_all, H, dhp, T_, B, H, batch_sizes, false, point);
 }
 
 // a (M, K) row-major · r (K, N) any strides (+ bias (N)): the input projection, dx.
