@@ -296,7 +296,7 @@ const T* data_or_null(const c10::optional<Tensor>& t) {
 // With 32 vector registers (AVX-512) a panel can hold all G gates of VS hidden units: column
 // v·VS + u of panel p is gate v of unit p·VS + u. The tile's epilogue then has every gate of its
 // units and finishes the step for them (activations, cell, output) while they are in L1, and the
-// threads that split the panels split the pointwise work too: one fork per step instead of two.
+// threads that split the panels split the pointwise work too, with no second pass over memory.
 #if defined(CPU_CAPABILITY_AVX512)
 constexpr bool kGatePanels = true;
 #else
