@@ -90,7 +90,6 @@ struct Tile {
   typedef T VU __attribute__((vector_size(kVecBytes), aligned(sizeof(T))));  // unaligned access
   static constexpr int VS = kVecBytes / sizeof(T);    // lanes per vector
   static constexpr int NV = kVecBytes == 64 ? 4 : 2;  // vectors per panel row (registers: 16 / 32)
-  static constexpr int MR = 6;                        // rows per micro-tile
   static constexpr int NR = NV * VS;                  // columns per panel
 };
 
@@ -109,7 +108,57 @@ inline Tensor pooled(Slot slot, int64_t numel, const at::TensorOptions& options)
   return buffer.narrow(0, 0, numel);
 }
 
-// R (K, N), any strides, packed as `panels` blocks of (K, NR), the last one zero padded.
+// R (K, ·), any strides, packed into `panels` blocks of (K, width) in the pool's `slot`: column c
+// of panel p is R's column source(p, c), or zeros where that is −1. A transposed weight (R = Wᵀ,
+// columns contiguous) is copied by blocks of 16 rows, both sides in L1 (a strided pass took
+// 0.2–0.9 ms per call); a row-major one row by row, a panel's run of columns with one memcpy.
+template <typename T, typename Source>
+Tensor pack_panels(const Tensor& r, int64_t panels, int64_t width, Slot slot, const Source& source) {
+  constexpr int64_t kMaxWidth = 4 * 64;  // G ≤ 4 gates × 64 bytes of lanes, or 4 vectors
+  TORCH_CHECK(width <= kMaxWidth, "pack_panels: panel width ", width, " > ", kMaxWidth);
+  const int64_t K = r.size(0), sk = r.stride(0), sn = r.stride(1);
+  Tensor data = pooled(slot, panels * K * width, r.options());
+  const T* src = r.data_ptr<T>();
+  T* dst = data.data_ptr<T>();
+  at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+    int64_t column[kMaxWidth];
+    for (int64_t p = p0; p < p1; ++p) {
+      bool run = sn == 1;  // the panel's columns are one contiguous run of a row-major R
+      for (int64_t c = 0; c < width; ++c) {
+        column[c] = source(p, c);
+        run = run && column[c] == column[0] + c && column[c] >= 0;
+      }
+      T* panel = dst + p * K * width;
+      if (sk == 1) {
+        for (int64_t k0 = 0; k0 < K; k0 += 16) {
+          const int64_t k1 = std::min<int64_t>(K, k0 + 16);
+          for (int64_t c = 0; c < width; ++c) {
+            T* to = panel + c;
+            const T* from = src + column[c] * sn;
+            if (column[c] < 0) {
+              for (int64_t k = k0; k < k1; ++k) to[k * width] = T(0);
+            } else {
+              for (int64_t k = k0; k < k1; ++k) to[k * width] = from[k];
+            }
+          }
+        }
+        continue;
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        T* to = panel + k * width;
+        const T* from = src + k * sk;
+        if (run) {
+          std::memcpy(to, from + column[0], width * sizeof(T));
+          continue;
+        }
+        for (int64_t c = 0; c < width; ++c) to[c] = column[c] < 0 ? T(0) : from[column[c] * sn];
+      }
+    }
+  });
+  return data;
+}
+
+// R (K, N) packed as panels of NR columns, the last one zero padded.
 template <typename T>
 struct Packed {
   int64_t K, N, panels;
@@ -117,38 +166,25 @@ struct Packed {
   Packed(const Tensor& r, Slot slot) : K(r.size(0)), N(r.size(1)) {
     constexpr int NR = Tile<T>::NR;
     panels = (N + NR - 1) / NR;
-    data = pooled(slot, panels * K * NR, r.options());
-    const T* src = r.data_ptr<T>();
-    const int64_t sk = r.stride(0), sn = r.stride(1);
-    T* dst = data.data_ptr<T>();
-    at::parallel_for(0, panels, std::max<int64_t>(1, 16384 / (K * NR)), [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t col = p * NR, cols = std::min<int64_t>(NR, N - col);
-        T* panel = dst + p * K * NR;
-        if (sk == 1) {  // R is a transposed weight: transpose 16 × 16 blocks, both sides in L1
-          for (int64_t k0 = 0; k0 < K; k0 += 16) {
-            const int64_t k1 = std::min<int64_t>(K, k0 + 16);
-            for (int64_t c = 0; c < NR; ++c) {
-              if (c >= cols) {
-                for (int64_t k = k0; k < k1; ++k) panel[k * NR + c] = T(0);
-                continue;
-              }
-              const T* from = src + (col + c) * sn;
-              for (int64_t k = k0; k < k1; ++k) panel[k * NR + c] = from[k];
-            }
-          }
-        } else {
-          for (int64_t k = 0; k < K; ++k) {
-            T* row = panel + k * NR;
-            const T* from = src + k * sk + col * sn;
-            if (sn == 1 && cols == NR) {
-              std::memcpy(row, from, NR * sizeof(T));
-              continue;
-            }
-            for (int64_t c = 0; c < NR; ++c) row[c] = c < cols ? from[c * sn] : T(0);
-          }
-        }
-      }
+    data = pack_panels<T>(r, panels, NR, slot, [&](int64_t p, int64_t c) -> int64_t {
+      return p * NR + c < N ? p * NR + c : -1;
+    });
+  }
+};
+
+// R (K, G·H), column v·H + j for gate v of unit j, packed as panels of G gates × VS units: column
+// v·VS + u of panel p is gate v of unit p·VS + u.
+template <typename T>
+struct GatePacked {
+  static constexpr int VS = Tile<T>::VS;
+  int64_t K, H, G, panels;
+  Tensor data;
+  GatePacked(const Tensor& r, int64_t gates)
+      : K(r.size(0)), H(r.size(1) / gates), G(gates) {
+    panels = (H + VS - 1) / VS;
+    data = pack_panels<T>(r, panels, G * VS, kRecurrentSlot, [&](int64_t p, int64_t c) -> int64_t {
+      const int64_t j = p * VS + c % VS;
+      return j < H ? (c / VS) * H + j : -1;
     });
   }
 };
@@ -196,158 +232,12 @@ inline void panel_sums(const T* A, int64_t lda, const T* P, int64_t K,
     }
 }
 
-// One MR × NR tile of C: the accumulators stay in registers for the whole K loop.
-template <typename T, int MR>
-inline void micro_tile(const T* A, int64_t lda, const T* P, int64_t K, T* C, int64_t ldc,
-                       int64_t cols, const T* bias, bool accumulate) {
-  using V = typename Tile<T>::V;
-  using VU = typename Tile<T>::VU;
-  constexpr int NV = Tile<T>::NV, VS = Tile<T>::VS, NR = Tile<T>::NR;
-  V acc[MR][NV];
-  panel_sums<T, MR, NV>(A, lda, P, K, acc);
-  if (cols == NR) {
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) {
-        VU* out = reinterpret_cast<VU*>(C + r * ldc + v * VS);
-        V x = acc[r][v];
-        if (bias != nullptr) x += *reinterpret_cast<const VU*>(bias + v * VS);
-        if (accumulate) x += *out;
-        *out = x;
-      }
-    return;
-  }
-  T tile[MR][NR];  // the last, partial panel
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) *reinterpret_cast<VU*>(&tile[r][v * VS]) = acc[r][v];
-  for (int r = 0; r < MR; ++r) {
-    for (int64_t c = 0; c < cols; ++c) {
-      const T x = tile[r][c] + (bias != nullptr ? bias[c] : T(0));
-      C[r * ldc + c] = accumulate ? C[r * ldc + c] + x : x;
-    }
-  }
-}
-
-template <typename T>
-void gemm(const T* A, int64_t lda, int64_t M, const Packed<T>& R, T* C, int64_t ldc, const T* bias,
-          bool accumulate) {
-  constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
-  const int64_t K = R.K, N = R.N;
-  if (M == 0) return;
-  if (K == 0) {  // an empty product: C = bias (+ C)
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t c = 0; c < N; ++c) {
-        const T x = bias != nullptr ? bias[c] : T(0);
-        C[m * ldc + c] = accumulate ? C[m * ldc + c] + x : x;
-      }
-    return;
-  }
-  const T* base = R.data.template data_ptr<T>();
-  // Rows [m0, m1) of C against panels [p0, p1).
-  const auto block = [&](int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const T* P = base + p * K * NR;
-      const int64_t col = p * NR, cols = std::min<int64_t>(NR, N - col);
-      const T* b = bias != nullptr ? bias + col : nullptr;
-      int64_t m = m0;
-      for (; m + MR <= m1; m += MR) {
-        micro_tile<T, MR>(A + m * lda, lda, P, K, C + m * ldc + col, ldc, cols, b, accumulate);
-      }
-      const T* a = A + m * lda;
-      T* c = C + m * ldc + col;
-      switch (m1 - m) {
-        case 5: micro_tile<T, 5>(a, lda, P, K, c, ldc, cols, b, accumulate); break;
-        case 4: micro_tile<T, 4>(a, lda, P, K, c, ldc, cols, b, accumulate); break;
-        case 3: micro_tile<T, 3>(a, lda, P, K, c, ldc, cols, b, accumulate); break;
-        case 2: micro_tile<T, 2>(a, lda, P, K, c, ldc, cols, b, accumulate); break;
-        case 1: micro_tile<T, 1>(a, lda, P, K, c, ldc, cols, b, accumulate); break;
-        default: break;
-      }
-    }
-  };
-  constexpr int64_t kRowBlock = 16 * MR;
-  if (M < 4 * kRowBlock) {  // (fewer row blocks would leave a thread idle)
-    // a step's product: threads split the panels, the same way every step, so each keeps its
-    // part of the weight in its own cache; a thread takes at least ~128K multiply-adds
-    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / (M * K * NR));
-    at::parallel_for(0, R.panels, grain, [&](int64_t p0, int64_t p1) { block(0, M, p0, p1); });
-  } else {
-    // all steps at once (the input projection): threads split row blocks, which stay in cache
-    // while the panels stream past
-    const int64_t blocks = (M + kRowBlock - 1) / kRowBlock;
-    at::parallel_for(0, blocks, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        block(r * kRowBlock, std::min(M, (r + 1) * kRowBlock), 0, R.panels);
-      }
-    });
-  }
-}
-static_assert(Tile<float>::MR == 6, "the remainder switch above covers MR − 1 rows");
-
-template <typename T>
-const T* data_or_null(const c10::optional<Tensor>& t) {
-  return t.has_value() ? t->template data_ptr<T>() : nullptr;
-}
-
-// ---- Gate panels: the product and the cell's pointwise step in one pass -------------------------
-// With 32 vector registers (AVX-512) a panel can hold all G gates of VS hidden units: column
-// v·VS + u of panel p is gate v of unit p·VS + u. The tile's epilogue then has every gate of its
-// units and finishes the step for them (activations, cell, output) while they are in L1, and the
-// threads that split the panels split the pointwise work too, with no second pass over memory.
-#if defined(CPU_CAPABILITY_AVX512)
-constexpr bool kGatePanels = true;
-#else
-constexpr bool kGatePanels = false;  // 16 registers: the plain panels and a separate pass
-#endif
-
-// R (K, G·H), column v·H + j for gate v of unit j, packed as panels of G gates × VS units.
-template <typename T>
-struct GatePacked {
-  static constexpr int VS = Tile<T>::VS;
-  int64_t K, H, G, panels;
-  Tensor data;
-  GatePacked(const Tensor& r, int64_t gates)
-      : K(r.size(0)), H(r.size(1) / gates), G(gates) {
-    panels = (H + VS - 1) / VS;
-    data = pooled(kRecurrentSlot, panels * K * G * VS, r.options());
-    const T* src = r.data_ptr<T>();
-    const int64_t sk = r.stride(0), sn = r.stride(1);
-    T* dst = data.data_ptr<T>();
-    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        T* panel = dst + p * K * G * VS;
-        for (int64_t k0 = 0; k0 < K; k0 += 16) {  // blocks of 16 rows: reads and writes in L1
-          const int64_t k1 = std::min<int64_t>(K, k0 + 16);
-          for (int64_t v = 0; v < G; ++v) {
-            for (int64_t u = 0; u < VS; ++u) {  // a column of R: contiguous when R = Wᵀ
-              const int64_t j = p * VS + u;
-              T* to = panel + v * VS + u;
-              if (j >= H) {
-                for (int64_t k = k0; k < k1; ++k) to[k * G * VS] = T(0);
-                continue;
-              }
-              const T* from = src + (v * H + j) * sn;
-              if (sk == 1) {
-                for (int64_t k = k0; k < k1; ++k) to[k * G * VS] = from[k];
-              } else {
-                for (int64_t k = k0; k < k1; ++k) to[k * G * VS] = from[k * sk];
-              }
-            }
-          }
-        }
-      }
-    });
-  }
-};
-
 // tile[r][v·VS + u] = Σ_k A[r, k] · P[k, v·VS + u] for MR rows and NV vectors. Not inlined: in
 // the caller, the activations' constants hoisted out of the loops would take the registers that
 // the accumulators need (inlined, the fused LSTM step ran at half the speed of the bare product).
 template <typename T, int MR, int NV>
-__attribute__((noinline)) void tile_product(const T* A, int64_t lda, const T* P, int64_t K, T* tile) {
+__attribute__((noinline)) void tile_product(const T* A, int64_t lda, const T* P, int64_t K,
+                                            T* tile) {
   using V = typename Tile<T>::V;
   using VU = typename Tile<T>::VU;
   constexpr int VS = Tile<T>::VS, NR = NV * VS;
@@ -371,7 +261,6 @@ inline void with_rows(int64_t rows, const F& f) {
   }
 }
 
-
 // Rows [0, M) of A against panels [p0, p1) of NV vectors (K rows each, from `base`), then
 // epilogue(row0, rows, panel, tile) with tile (rows, NV·VS) of products, in the thread that
 // computed them: threads that split the panels split the epilogue's work too.
@@ -391,6 +280,68 @@ void panel_range(const T* A, int64_t lda, int64_t M, const T* base, int64_t K, i
     }
   }
 }
+
+// C = A·R (+ bias) (+ C) for R packed in plain panels.
+template <typename T>
+void gemm(const T* A, int64_t lda, int64_t M, const Packed<T>& R, T* C, int64_t ldc, const T* bias,
+          bool accumulate) {
+  constexpr int VS = Tile<T>::VS, NR = Tile<T>::NR;
+  static_assert(VS == Vec<T>::size(), "the tiles and ATen's vectors have the same width");
+  const int64_t K = R.K, N = R.N;
+  const T* base = R.data.template data_ptr<T>();
+  // Rows [m0, m1) of C against panels [p0, p1).
+  const auto block = [&](int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
+    panel_range<T, Tile<T>::NV>(
+        A + m0 * lda, lda, m1 - m0, base, K, p0, p1,
+        [&](int64_t m, int64_t rows, int64_t p, const T* tile) {
+          const int64_t col = p * NR, cols = std::min<int64_t>(NR, N - col);
+          for (int64_t r = 0; r < rows; ++r) {
+            T* c = C + (m0 + m + r) * ldc + col;
+            for (int64_t j = 0; j < cols; j += VS) {
+              const int64_t k = std::min<int64_t>(VS, cols - j);
+              Vec<T> x = Vec<T>::loadu(tile + r * NR + j);
+              if (bias != nullptr) x = x + load(bias + col + j, k);
+              store(accumulate ? load(c + j, k) + x : x, c + j, k);
+            }
+          }
+        });
+  };
+  constexpr int64_t kRowBlock = 96;
+  if (M == 0) return;
+  if (M < 4 * kRowBlock) {  // (fewer row blocks would leave a thread idle)
+    // a step's product: threads split the panels, the same way every step, so each keeps its
+    // part of the weight in its own cache; a thread takes at least ~128K multiply-adds
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(M * K * NR, 1));
+    at::parallel_for(0, R.panels, grain, [&](int64_t p0, int64_t p1) { block(0, M, p0, p1); });
+  } else {
+    // all steps at once (the input projection): threads split row blocks, which stay in cache
+    // while the panels stream past
+    const int64_t blocks = (M + kRowBlock - 1) / kRowBlock;
+    at::parallel_for(0, blocks, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        block(r * kRowBlock, std::min(M, (r + 1) * kRowBlock), 0, R.panels);
+      }
+    });
+  }
+}
+
+template <typename T>
+const T* data_or_null(const c10::optional<Tensor>& t) {
+  return t.has_value() ? t->template data_ptr<T>() : nullptr;
+}
+
+// ---- Fused steps: the product and the cell's pointwise work in one pass -------------------------
+// With 32 vector registers (AVX-512) the forward step packs W_hh in gate panels (GatePacked): the
+// tile's epilogue then has every gate of its units and finishes the step for them (activations,
+// cell, output) while they are in L1, and the threads that split the panels split the pointwise
+// work too, with no second pass over memory. The backward steps fuse on plain panels in every
+// build: step t's product gives dh for a panel's units, and step t − 1's pointwise work for those
+// units follows in the epilogue.
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr bool kGatePanels = true;
+#else
+constexpr bool kGatePanels = false;  // 16 registers: the plain panels and a separate pass
+#endif
 
 // Threads worth forking for `work` multiply-adds per step: each takes at least ~128K.
 inline int64_t threads_for(int64_t work, int64_t panels) {
@@ -477,39 +428,47 @@ void backward_steps(const Packed<T>& w, const T* dg_all, int64_t lda, T* dhp, in
       });
 }
 
+// The forward time loop of a fused cell over gate panels: step t's product h_{t−1} · W_hhᵀ, and in
+// its epilogue `unit(t, b, j, k, pre)` for each row b and vector of units [j, j + k), with `pre`
+// the G·VS recurrent pre-activations of that row and panel (gate v at pre + v·VS). One parallel
+// region for the sequence (over_steps).
+template <typename T, int G, typename Unit>
+void forward_steps(const Tensor& w_hh, const T* h0, const T* out_all, int64_t T_, int64_t B,
+                   int64_t H, const std::vector<int64_t>& batch_sizes, const Unit& unit) {
+  constexpr int VS = Tile<T>::VS;
+  const GatePacked<T> w(w_hh.t(), G);
+  over_steps<T, G>(
+      T_, B, w.data.template data_ptr<T>(), w.K, w.panels,
+      [&](int64_t t, int64_t, int64_t, const auto& product) {
+        const T* hp = t == 0 ? h0 : out_all + (t - 1) * B * H;
+        product(hp, H, live(batch_sizes, t, B),
+                [&](int64_t m, int64_t rows, int64_t p, const T* tile) {
+                  const int64_t j = p * VS, k = std::min<int64_t>(VS, H - j);
+                  for (int64_t r = 0; r < rows; ++r) unit(t, m + r, j, k, tile + r * G * VS);
+                });
+      });
+}
+
 template <typename T>
 void lstm_forward_fused(T* g_all, T* out_all, T* c_all, const T* h0, const T* c0,
                         const Tensor& w_hh, int64_t T_, int64_t B, int64_t H,
                         const std::vector<int64_t>& batch_sizes) {
   constexpr int VS = Tile<T>::VS;
-  const GatePacked<T> w(w_hh.t(), 4);
-  const T* panels = w.data.template data_ptr<T>();
-  over_steps<T, 4>(T_, B, panels, w.K, w.panels, [&](int64_t t, int64_t, int64_t, const auto& product) {
-    const int64_t n = live(batch_sizes, t, B);
-    const T* hp = t == 0 ? h0 : out_all + (t - 1) * B * H;
+  forward_steps<T, 4>(w_hh, h0, out_all, T_, B, H, batch_sizes,
+                      [&](int64_t t, int64_t b, int64_t j, int64_t k, const T* pre) {
     const T* cp = t == 0 ? c0 : c_all + (t - 1) * B * H;
-    T* g = g_all + t * B * 4 * H;
-    T* o = out_all + t * B * H;
-    T* c = c_all + t * B * H;
-    product(hp, H, n, [&](int64_t m, int64_t rows, int64_t p, const T* tile) {
-      const int64_t j = p * VS, k = std::min<int64_t>(VS, H - j);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t b = m + r;
-        T* gr = g + b * 4 * H;
-        const T* tr = tile + r * 4 * VS;
-        const Vec<T> i = sigmoid(Vec<T>::loadu(tr) + load(gr + j, k));
-        const Vec<T> f = sigmoid(Vec<T>::loadu(tr + VS) + load(gr + H + j, k));
-        const Vec<T> cand = tanh(Vec<T>::loadu(tr + 2 * VS) + load(gr + 2 * H + j, k));
-        const Vec<T> og = sigmoid(Vec<T>::loadu(tr + 3 * VS) + load(gr + 3 * H + j, k));
-        const Vec<T> cell = f * load(cp + b * H + j, k) + i * cand;
-        store(i, gr + j, k);
-        store(f, gr + H + j, k);
-        store(cand, gr + 2 * H + j, k);
-        store(og, gr + 3 * H + j, k);
-        store(cell, c + b * H + j, k);
-        store(og * tanh(cell), o + b * H + j, k);
-      }
-    });
+    T* gr = g_all + (t * B + b) * 4 * H;
+    const Vec<T> i = sigmoid(Vec<T>::loadu(pre) + load(gr + j, k));
+    const Vec<T> f = sigmoid(Vec<T>::loadu(pre + VS) + load(gr + H + j, k));
+    const Vec<T> cand = tanh(Vec<T>::loadu(pre + 2 * VS) + load(gr + 2 * H + j, k));
+    const Vec<T> og = sigmoid(Vec<T>::loadu(pre + 3 * VS) + load(gr + 3 * H + j, k));
+    const Vec<T> cell = f * load(cp + b * H + j, k) + i * cand;
+    store(i, gr + j, k);
+    store(f, gr + H + j, k);
+    store(cand, gr + 2 * H + j, k);
+    store(og, gr + 3 * H + j, k);
+    store(cell, c_all + (t * B + b) * H + j, k);
+    store(og * tanh(cell), out_all + (t * B + b) * H + j, k);
   });
 }
 
@@ -518,36 +477,22 @@ void gru_forward_fused(T* g_all, T* out_all, T* rec_all, const T* h0, const Tens
                        const T* b_hh, int64_t T_, int64_t B, int64_t H,
                        const std::vector<int64_t>& batch_sizes) {
   constexpr int VS = Tile<T>::VS;
-  const GatePacked<T> w(w_hh.t(), 3);
-  const T* panels = w.data.template data_ptr<T>();
-  over_steps<T, 3>(T_, B, panels, w.K, w.panels, [&](int64_t t, int64_t, int64_t, const auto& product) {
-    const int64_t n = live(batch_sizes, t, B);
+  forward_steps<T, 3>(w_hh, h0, out_all, T_, B, H, batch_sizes,
+                      [&](int64_t t, int64_t b, int64_t j, int64_t k, const T* pre) {
     const T* hp = t == 0 ? h0 : out_all + (t - 1) * B * H;
-    T* g = g_all + t * B * 3 * H;
-    T* o = out_all + t * B * H;
-    T* rc = rec_all + t * B * H;
-    product(hp, H, n, [&](int64_t m, int64_t rows, int64_t p, const T* tile) {
-      const int64_t j = p * VS, k = std::min<int64_t>(VS, H - j);
-      const Vec<T> zero(T(0));
-      const Vec<T> b_r = b_hh != nullptr ? load(b_hh + j, k) : zero;
-      const Vec<T> b_z = b_hh != nullptr ? load(b_hh + H + j, k) : zero;
-      const Vec<T> b_n = b_hh != nullptr ? load(b_hh + 2 * H + j, k) : zero;
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t b = m + r;
-        T* gr = g + b * 3 * H;
-        const T* tr = tile + r * 3 * VS;
-        const Vec<T> rg = sigmoid(Vec<T>::loadu(tr) + b_r + load(gr + j, k));
-        const Vec<T> z = sigmoid(Vec<T>::loadu(tr + VS) + b_z + load(gr + H + j, k));
-        const Vec<T> hn = Vec<T>::loadu(tr + 2 * VS) + b_n;
-        const Vec<T> cand = tanh(load(gr + 2 * H + j, k) + rg * hn);
-        const Vec<T> h = load(hp + b * H + j, k);
-        store(rg, gr + j, k);
-        store(z, gr + H + j, k);
-        store(cand, gr + 2 * H + j, k);
-        store(hn, rc + b * H + j, k);
-        store(cand + z * (h - cand), o + b * H + j, k);  // (1 − z) ⊙ n + z ⊙ h
-      }
-    });
+    T* gr = g_all + (t * B + b) * 3 * H;
+    const Vec<T> zero(T(0));
+    const auto bias = [&](int64_t v) { return b_hh != nullptr ? load(b_hh + v * H + j, k) : zero; };
+    const Vec<T> rg = sigmoid(Vec<T>::loadu(pre) + bias(0) + load(gr + j, k));
+    const Vec<T> z = sigmoid(Vec<T>::loadu(pre + VS) + bias(1) + load(gr + H + j, k));
+    const Vec<T> hn = Vec<T>::loadu(pre + 2 * VS) + bias(2);
+    const Vec<T> cand = tanh(load(gr + 2 * H + j, k) + rg * hn);
+    const Vec<T> h = load(hp + b * H + j, k);
+    store(rg, gr + j, k);
+    store(z, gr + H + j, k);
+    store(cand, gr + 2 * H + j, k);
+    store(hn, rec_all + (t * B + b) * H + j, k);
+    store(cand + z * (h - cand), out_all + (t * B + b) * H + j, k);  // (1 − z) ⊙ n + z ⊙ h
   });
 }
 
