@@ -33,7 +33,12 @@ from torch import Tensor
 
 from gatedrnn.backends import LayerConfig
 from gatedrnn.backends.compiled import compiled_loops
-from gatedrnn.backends.reference import first_derivatives_only, project_inputs, run_stack
+from gatedrnn.backends.reference import (
+    first_derivatives_only,
+    fused_arguments,
+    project_inputs,
+    run_stack,
+)
 
 __all__ = ["CpuBackend", "CpuPythonBackend"]
 
@@ -495,9 +500,7 @@ class CpuBackend:
 
     def _run(self, config, x, state, w, batch_sizes, lengths):
         spec = config.spec
-        x = x.contiguous()
-        state = tuple(s.contiguous() for s in state)
-        args = (w["weight_ih"], w["weight_hh"], w.get("bias_ih"), w.get("bias_hh"))
+        x, state, args = fused_arguments(x, state, w)
         if spec.kind == "lstm":
             return _LSTM.apply(x, *state, *args, batch_sizes, lengths, self.compiled)
         if spec.kind == "gru":

@@ -40,7 +40,12 @@ import torch
 from torch import Tensor
 
 from gatedrnn.backends import LayerConfig
-from gatedrnn.backends.reference import first_derivatives_only, project_inputs, run_stack
+from gatedrnn.backends.reference import (
+    first_derivatives_only,
+    fused_arguments,
+    project_inputs,
+    run_stack,
+)
 
 __all__ = ["TritonBackend", "interpreting", "triton_unavailable"]
 
@@ -436,9 +441,7 @@ class TritonBackend:
         spec = config.spec
 
         def direction(x, state, w):
-            x = x.contiguous()
-            state = tuple(s.contiguous() for s in state)
-            args = (w["weight_ih"], w["weight_hh"], w.get("bias_ih"), w.get("bias_hh"))
+            x, state, args = fused_arguments(x, state, w)
             if spec.kind == "lstm":
                 out, h, c = _LSTM.apply(x, *state, *args, lengths)
                 return out, (h, c)

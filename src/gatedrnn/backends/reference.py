@@ -37,6 +37,15 @@ def project_inputs(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
     return out.view(T, B, -1)
 
 
+def fused_arguments(
+    x: Tensor, state: tuple[Tensor, ...], w: Mapping[str, Tensor]
+) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor | None, ...]]:
+    """One direction's inputs as the fused backends' autograd Functions take them: contiguous x
+    and states, and (W_ih, W_hh, b_ih, b_hh) with None for absent biases."""
+    weights = (w["weight_ih"], w["weight_hh"], w.get("bias_ih"), w.get("bias_hh"))
+    return x.contiguous(), tuple(s.contiguous() for s in state), weights
+
+
 def first_derivatives_only(backend: str) -> None:
     """Called at the top of a hand-written backward: refuse double backward. Backward runs with
     grad mode on exactly when the caller asked for ``create_graph=True``."""

@@ -135,13 +135,18 @@ class Task(ABC):
         for batch in self.batches(split, batch_size):
             yield batch.to(device)
 
+    def loss_totals(self, model: nn.Module, split: str, batch_size: int) -> tuple[float, int]:
+        """Σ loss and the count it is over, for ``split``; call under :func:`evaluating`."""
+        total, count = 0.0, 0
+        for batch in self.eval_batches(model, split, batch_size):
+            loss, n = self.loss(model, batch)
+            total, count = total + float(loss), count + n
+        return total, count
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, batch_size: int = 64) -> dict[str, float]:
-        total, count = 0.0, 0
         with evaluating(model):
-            for batch in self.eval_batches(model, split, batch_size):
-                loss, n = self.loss(model, batch)
-                total, count = total + float(loss), count + n
+            total, count = self.loss_totals(model, split, batch_size)
         return self.metric_values(total, count)
 
 

@@ -345,11 +345,8 @@ class Multi30k(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, batch_size: int = 64) -> dict[str, float]:
-        total, count = 0.0, 0
         with evaluating(model):
-            for batch in self.eval_batches(model, split, batch_size):
-                loss, n = self.loss(model, batch)
-                total, count = total + float(loss), count + n
+            total, count = self.loss_totals(model, split, batch_size)
             beam = self.beam if split == "test" else 1
             hypotheses = self.translate(model, split, beam, batch_size)
         references = [t for _, t in self.pairs[split]]
