@@ -343,10 +343,12 @@ constexpr bool kGatePanels = true;
 constexpr bool kGatePanels = false;  // 16 registers: the plain panels and a separate pass
 #endif
 
-// Threads worth forking for `work` multiply-adds per step: each takes at least ~128K.
+// Threads worth running for `work` multiply-adds per step: each takes at least ~64K (within one
+// parallel region a step costs a barrier, not a fork; at ~128K a batch-of-one GRU with H = 256
+// ran on one thread, at twice the time of two).
 inline int64_t threads_for(int64_t work, int64_t panels) {
   if (at::in_parallel_region()) return 1;
-  const int64_t useful = std::max<int64_t>(1, work >> 17);
+  const int64_t useful = std::max<int64_t>(1, work >> 16);
   return std::max<int64_t>(1, std::min<int64_t>({int64_t{at::get_num_threads()}, panels, useful}));
 }
 
