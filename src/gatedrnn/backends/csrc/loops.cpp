@@ -112,16 +112,14 @@ inline Tensor pooled(Slot slot, int64_t numel, const at::TensorOptions& options)
 // of panel p is R's column source(p, c), or zeros where that is −1. A transposed weight (R = Wᵀ,
 // columns contiguous) is copied by blocks of 16 rows, both sides in L1 (a strided pass took
 // 0.2–0.9 ms per call); a row-major one row by row, a panel's run of columns with one memcpy.
-template <typename T, typename Source>
-Tensor pack_panels(const Tensor& r, int64_t panels, int64_t width, Slot slot, const Source& source) {
-  constexpr int64_t kMaxWidth = 4 * 64;  // G ≤ 4 gates × 64 bytes of lanes, or 4 vectors
-  TORCH_CHECK(width <= kMaxWidth, "pack_panels: panel width ", width, " > ", kMaxWidth);
+template <typename T, int64_t width, typename Source>
+Tensor pack_panels(const Tensor& r, int64_t panels, Slot slot, const Source& source) {
   const int64_t K = r.size(0), sk = r.stride(0), sn = r.stride(1);
   Tensor data = pooled(slot, panels * K * width, r.options());
   const T* src = r.data_ptr<T>();
   T* dst = data.data_ptr<T>();
   at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-    int64_t column[kMaxWidth];
+    int64_t column[width];
     for (int64_t p = p0; p < p1; ++p) {
       bool run = sn == 1;  // the panel's columns are one contiguous run of a row-major R
       for (int64_t c = 0; c < width; ++c) {
@@ -166,7 +164,7 @@ struct Packed {
   Packed(const Tensor& r, Slot slot) : K(r.size(0)), N(r.size(1)) {
     constexpr int NR = Tile<T>::NR;
     panels = (N + NR - 1) / NR;
-    data = pack_panels<T>(r, panels, NR, slot, [&](int64_t p, int64_t c) -> int64_t {
+    data = pack_panels<T, NR>(r, panels, slot, [&](int64_t p, int64_t c) -> int64_t {
       return p * NR + c < N ? p * NR + c : -1;
     });
   }
@@ -182,10 +180,13 @@ struct GatePacked {
   GatePacked(const Tensor& r, int64_t gates)
       : K(r.size(0)), H(r.size(1) / gates), G(gates) {
     panels = (H + VS - 1) / VS;
-    data = pack_panels<T>(r, panels, G * VS, kRecurrentSlot, [&](int64_t p, int64_t c) -> int64_t {
+    const auto source = [&](int64_t p, int64_t c) -> int64_t {
       const int64_t j = p * VS + c % VS;
       return j < H ? (c / VS) * H + j : -1;
-    });
+    };
+    TORCH_CHECK(G == 3 || G == 4, "GatePacked: 3 or 4 gates, got ", G);
+    data = G == 4 ? pack_panels<T, 4 * VS>(r, panels, kRecurrentSlot, source)
+                  : pack_panels<T, 3 * VS>(r, panels, kRecurrentSlot, source);
   }
 };
 
