@@ -120,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         "(num_warps, BK, num_stages, BH)",
     )
     parser.add_argument(
+        "--variants",
+        default="",
+        help="with --sweep: a JSON list of launch overrides to time instead of the default list, "
+        "e.g. '[{}, {\"resident\": 0}]'",
+    )
+    parser.add_argument(
         "--write-table", action="store_true", help="update the auto table of the triton backend"
     )
     args = parser.parse_args(argv)
@@ -127,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_speed: no CUDA device", file=sys.stderr)
         return 2
     if args.sweep:
-        return sweep(args.sweep, args.T, args.out)
+        variants = json.loads(args.variants) if args.variants else None
+        return sweep(args.sweep, args.T, args.out, variants)
     batches = [int(b) for b in args.batch.split(",")]
     hiddens = [int(h) for h in args.hidden.split(",")]
     dtypes = args.dtypes.split(",")
@@ -173,11 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def sweep(spec: str, T: int, out: Path) -> int:
+def sweep(spec: str, T: int, out: Path, variants: list[dict] | None = None) -> int:
     """Time launch variants of our kernels at a few shapes (forward and forward + backward)."""
     from gatedrnn.backends import gpu
 
-    variants = [
+    variants = variants or [
         {},
         {"num_warps": 2},
         {"num_warps": 8},
@@ -186,6 +193,7 @@ def sweep(spec: str, T: int, out: Path) -> int:
         {"num_stages": 2},
         {"num_stages": 4},
         {"BH": 32},
+        {"resident": 0},
     ]
     results = []
     for item in spec.split(","):

@@ -11,7 +11,7 @@ timeout ${TEST_TIMEOUT:-200} python3 -m pytest tests/backends/test_triton.py -q 
 grep "^gru\|^lstm" "$OUT/tests.log" | tail -40
 timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/gpu_speed.py --out "$OUT/gpu_speed.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -60
 if [ -n "${SWEEP:-}" ]; then
-  timeout ${SWEEP_TIMEOUT:-120} python3 benchmarks/gpu_speed.py --sweep "$SWEEP" --out "$OUT/sweep.json" 2>&1 | tee "$OUT/sweep.log" | grep "^sweep" | tail -30
+  timeout ${SWEEP_TIMEOUT:-120} python3 benchmarks/gpu_speed.py --sweep "$SWEEP" --variants "${SWEEP_VARIANTS:-}" --out "$OUT/sweep.json" 2>&1 | tee "$OUT/sweep.log" | grep "^sweep" | tail -30
 fi
 if [ -n "${FP32_ALT:-}" ]; then
   # the float32 checks and a few timings again with another precision of the recurrent product

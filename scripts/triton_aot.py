@@ -36,7 +36,14 @@ def build(fn, consts, dtype, warps, stages, sass_dir):
         else:
             signature[name] = "*" + POINTERS.get(name, dtype if name in LOW else "fp32")
     constexprs = {(fn.arg_names.index(c),): v for c, v in consts.items()}
-    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    # pointers 16-byte aligned, as the launcher specialises them: without this hint every load
+    # compiles to scalar accesses and the report says nothing about the real kernel
+    aligned = {
+        (i,): [["tt.divisibility", 16]]
+        for i, n in enumerate(fn.arg_names)
+        if signature[n].startswith("*")
+    }
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=aligned)
     options = {"num_warps": warps, "num_stages": stages}
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     cuobjdump = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
@@ -50,7 +57,7 @@ def build(fn, consts, dtype, warps, stages, sass_dir):
             name = f"{fn.__name__}_{dtype}_{consts.get('RESET_AFTER', '')}.sass"
             Path(sass_dir, name).write_text(sass.stdout)
     regs, stack = line.split()[0], line.split()[1]
-    flags = {k_: v for k_, v in consts.items() if k_ in ("RESET_AFTER", "SAVE")}
+    flags = {k_: v for k_, v in consts.items() if k_ in ("RESET_AFTER", "SAVE", "LSTM", "BB")}
     print(f"{fn.__name__:22} {dtype} {flags} {regs} {stack} smem {compiled.metadata.shared}")
 
 
@@ -58,6 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--H", type=int, default=1024)
     parser.add_argument("--BB", type=int, default=16)
+    parser.add_argument("--B", type=int, default=16, help="batch, for the resident kernel's sizes")
     parser.add_argument("--BH", type=int, default=16)
     parser.add_argument("--BK", type=int, default=128)
     parser.add_argument("--warps", type=int, default=4)
@@ -82,6 +90,36 @@ def main() -> None:
         ]
         for fn, extra in jobs:
             build(fn, {**common, **extra}, dtype, args.warps, args.stages, args.sass)
+        # the resident forward, with the launcher's sizes for this H and batch (sm_90)
+        launch = resident_launch(args.H, args.B, dtype)
+        if launch is None:
+            print(f"resident_forward_kernel {dtype} does not fit at H={args.H}, B={args.B}")
+            continue
+        for lstm in (False, True):
+            consts = {
+                key: common[key] for key in ("H", "HAS_LENS", "DOT_DTYPE", "PREC", "SPIN_LIMIT")
+            }
+            consts.update(launch["meta"], LSTM=lstm, SAVE=True, Y_IS_HS=dtype == "fp32")
+            warps = consts.pop("num_warps")
+            build(k.resident_forward_kernel, consts, dtype, warps, args.stages, args.sass)
+
+
+def resident_launch(H, B, dtype):
+    """gpu._resident_launch for a 132-multiprocessor sm_90 GPU, without one."""
+    from unittest import mock
+
+    import torch
+
+    from gatedrnn.backends import gpu
+
+    torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
+    with (
+        mock.patch.object(gpu, "_sm_count", lambda index: 132),
+        mock.patch.object(torch.cuda, "get_device_capability", lambda index: (9, 0)),
+        mock.patch.object(torch.cuda, "current_device", lambda: 0),
+        mock.patch.object(gpu, "fp32_precision", lambda: "tf32"),
+    ):
+        return gpu._resident_launch(H, B, torch.device("cuda", 0), torch_dtype)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,15 @@ def _poison(monkeypatch):
     monkeypatch.setattr(gpu, "POISON", True)
 
 
+@pytest.fixture(params=["resident", "streamed"])
+def forward_kernel(request, monkeypatch):
+    """Both forward kernels of the GRU (reset after) and the LSTM: the one that keeps the weights
+    on chip (the default where it fits) and the one that streams them every step."""
+    if request.param == "streamed":
+        monkeypatch.setitem(gpu.TUNING, "resident", 0)
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def _ieee_at_small_sizes(request, monkeypatch):
     """TF32's rounding (2⁻¹¹) over a handful of terms is not averaged out: tiny shapes are checked
@@ -116,19 +125,45 @@ SMALL_DTYPES = [torch.float32, torch.float16] if not CUDA else [torch.float32, t
 @pytest.mark.parametrize("cell", sorted(CELLS))
 @pytest.mark.parametrize("dtype", SMALL_DTYPES, ids=str)
 @pytest.mark.parametrize("H", [5, 16, 20])
-def test_one_layer_matches_reference(cell, dtype, H):
+def test_one_layer_matches_reference(cell, dtype, H, forward_kernel):
     check(cell, dtype, T=6, B=3, I=4, H=H, seed=H)
 
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
-def test_stack_bidirectional_packed(cell):
+def test_stack_bidirectional_packed(cell, forward_kernel):
     lengths = torch.tensor([2, 7, 1, 5])
     check(cell, torch.float32, T=7, B=4, I=3, H=6, layers=2, bidirectional=True, lengths=lengths)
 
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
-def test_batch_wider_than_one_block(cell):
+def test_batch_wider_than_one_block(cell, forward_kernel):
     check(cell, torch.float32, T=3, B=17, I=2, H=3)
+
+
+@pytest.mark.parametrize("cell, resident", [("gru", True), ("lstm", True), ("gru-before", False)])
+def test_forward_kernel_choice(cell, resident, monkeypatch, forward_kernel):
+    """The resident kernel runs the GRU (reset after) and LSTM forward unless turned off; the
+    reset-before GRU always streams. Checked by which kernel is launched, not assumed."""
+    launched = []
+    kernels = gpu._kernels()
+    for name in ("resident_forward_kernel", "gru_forward_kernel", "lstm_forward_kernel"):
+        original = getattr(kernels, name)
+
+        class Spy:
+            def __init__(self, name, original):
+                self.name, self.original = name, original
+
+            def __getitem__(self, grid):
+                launched.append(self.name)
+                return self.original[grid]
+
+        monkeypatch.setattr(kernels, name, Spy(name, original))
+    layer_cls, options = CELLS[cell]
+    layer = layer_cls(3, 5, backend="triton", **options).to(DEVICE)
+    with torch.no_grad():
+        layer(torch.randn(4, 2, 3, device=DEVICE))
+    expect_resident = resident and forward_kernel == "resident"
+    assert (launched == ["resident_forward_kernel"]) == expect_resident, launched
 
 
 def test_fresh_inputs_each_draw():
@@ -227,9 +262,12 @@ REAL = [
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("cell, dtype, B, H", REAL, ids=str)
-def test_real_sizes_on_gpu(cell, dtype, B, H):
+def test_real_sizes_on_gpu(cell, dtype, B, H, forward_kernel):
+    if cell == "gru-before" and forward_kernel == "streamed":
+        pytest.skip("the reset-before GRU has one forward kernel")
+    resident = gpu._resident_launch(H, B, torch.device(DEVICE), dtype) is not None
     errors = check(cell, dtype, T=64, B=B, I=H, H=H, seed=B + H)
-    print(cell, dtype, B, H, {k: f"{v:.1e}" for k, v in errors.items()})
+    print(cell, dtype, B, H, forward_kernel, resident, {k: f"{v:.1e}" for k, v in errors.items()})
 
 
 @pytest.mark.gpu

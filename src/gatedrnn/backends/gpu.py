@@ -130,6 +130,41 @@ def _launch(H: int, B: int, device: torch.device, dtype: torch.dtype) -> dict | 
     return None
 
 
+SHARED_MEMORY = 220 * 1024
+"""Shared memory the resident forward may plan for: Hopper gives a block up to 227 KB; the rest
+is the compiler's scratch for the gate math's layout changes."""
+
+
+def _resident_launch(H: int, B: int, device: torch.device, dtype: torch.dtype) -> dict | None:
+    """Grid and block sizes for :func:`~gatedrnn.backends.triton_kernels.resident_forward_kernel`,
+    or None where it does not apply: the program's weight rows (64 × H) and one step's state of
+    its batch rows (H × BB) must fit in shared memory with at most one program per
+    multiprocessor, and the product must be a warpgroup MMA (Hopper or newer, operands read from
+    shared memory; bfloat16, float16, or float32 with TF32 products). Elsewhere the forward runs
+    :func:`gru_forward_kernel` / :func:`lstm_forward_kernel`. ``TUNING["resident"] = 0`` turns it
+    off (benchmarks compare the two)."""
+    if not TUNING.get("resident", 1):
+        return None
+    KP = _next_pow2(max(H, 16))
+    if device.type != "cuda":
+        return {
+            "grid": (1, 1),
+            "meta": {"BH": max(16, _next_pow2(H)), "BB": max(16, _next_pow2(B)), "KP": KP},
+        }
+    if dtype == torch.float32 and fp32_precision() != "tf32":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if torch.cuda.get_device_capability(index) < (9, 0):
+        return None
+    size = dtype.itemsize
+    for BB in (16, 32, 64):
+        grid = (math.ceil(H / 16), math.ceil(B / BB))
+        if grid[0] * grid[1] <= _sm_count(index) and (64 + BB) * KP * size <= SHARED_MEMORY:
+            warps = TUNING.get("num_warps", 8 if KP * BB >= 8192 else 4)
+            return {"grid": grid, "meta": {"BH": 16, "BB": BB, "KP": KP, "num_warps": warps}}
+    return None
+
+
 def _max_batch(H: int, device: torch.device) -> int:
     sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     return 64 * (sms // math.ceil(H / 64))
@@ -229,13 +264,21 @@ class _GRU(torch.autograd.Function):
             T if (save or not reset_after) else 0, B, 4 * H, dtype=torch.float32, device=x.device
         )
         lens = _lens(lengths, x.device)
-        cnt, err = _sync_buffers(cfg["grid"], x.device)
-        k.gru_forward_kernel[cfg["grid"]](
-            xg, w_hh.contiguous(), bhh, hs, y, gates, lens, cnt, err, T, B,
-            H=H, RESET_AFTER=reset_after, SAVE=save, HAS_LENS=lengths is not None,
-            Y_IS_HS=y is hs, DOT_DTYPE=dot_dtype, PREC=prec, SPIN_LIMIT=SPIN_LIMIT,
-            **cfg["meta"],
-        )  # fmt: skip
+        resident = _resident_launch(H, B, x.device, x.dtype) if reset_after else None
+        cnt, err = _sync_buffers((resident or cfg)["grid"], x.device)
+        if resident:
+            k.resident_forward_kernel[resident["grid"]](
+                xg, w_hh.contiguous(), bhh, hs, hs, y, gates, lens, cnt, err, T, B,
+                H=H, LSTM=False, SAVE=save, HAS_LENS=lengths is not None, Y_IS_HS=y is hs,
+                DOT_DTYPE=dot_dtype, PREC=prec, SPIN_LIMIT=SPIN_LIMIT, **resident["meta"],
+            )  # fmt: skip
+        else:
+            k.gru_forward_kernel[cfg["grid"]](
+                xg, w_hh.contiguous(), bhh, hs, y, gates, lens, cnt, err, T, B,
+                H=H, RESET_AFTER=reset_after, SAVE=save, HAS_LENS=lengths is not None,
+                Y_IS_HS=y is hs, DOT_DTYPE=dot_dtype, PREC=prec, SPIN_LIMIT=SPIN_LIMIT,
+                **cfg["meta"],
+            )  # fmt: skip
         _check(err)
         out = y[1:]
         ctx.save_for_backward(x, w_ih, w_hh, hs, y, gates, lens)
@@ -302,13 +345,22 @@ class _LSTM(torch.autograd.Function):
         cs[0] = c0
         gates = _empty(T if save else 0, B, 4 * H, dtype=torch.float32, device=x.device)
         lens = _lens(lengths, x.device)
-        cnt, err = _sync_buffers(cfg["grid"], x.device)
-        k.lstm_forward_kernel[cfg["grid"]](
-            xg, w_hh.contiguous(), hs, cs, y, gates, lens, cnt, err, T, B,
-            H=H, SAVE=save,
-            HAS_LENS=lengths is not None, DOT_DTYPE=dot_dtype, PREC=prec, SPIN_LIMIT=SPIN_LIMIT,
-            **cfg["meta"],
-        )  # fmt: skip
+        resident = _resident_launch(H, B, x.device, x.dtype)
+        cnt, err = _sync_buffers((resident or cfg)["grid"], x.device)
+        if resident:
+            no_bias = torch.zeros(1, dtype=torch.float32, device=x.device)
+            k.resident_forward_kernel[resident["grid"]](
+                xg, w_hh.contiguous(), no_bias, hs, cs, y, gates, lens, cnt, err, T, B,
+                H=H, LSTM=True, SAVE=save, HAS_LENS=lengths is not None, Y_IS_HS=y is hs,
+                DOT_DTYPE=dot_dtype, PREC=prec, SPIN_LIMIT=SPIN_LIMIT, **resident["meta"],
+            )  # fmt: skip
+        else:
+            k.lstm_forward_kernel[cfg["grid"]](
+                xg, w_hh.contiguous(), hs, cs, y, gates, lens, cnt, err, T, B,
+                H=H, SAVE=save,
+                HAS_LENS=lengths is not None, DOT_DTYPE=dot_dtype, PREC=prec,
+                SPIN_LIMIT=SPIN_LIMIT, **cfg["meta"],
+            )  # fmt: skip
         _check(err)
         ctx.save_for_backward(x, w_ih, w_hh, y, cs, gates, lens)
         ctx.launch, ctx.has_lens = (cfg, dot_dtype, prec), lengths is not None

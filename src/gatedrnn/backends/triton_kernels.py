@@ -39,6 +39,7 @@ __all__ = [
     "gru_forward_kernel",
     "lstm_backward_kernel",
     "lstm_forward_kernel",
+    "resident_forward_kernel",
 ]
 
 
@@ -444,3 +445,130 @@ def lstm_backward_kernel(
         t -= 1
     tl.store(DH + own, dh, mask=m2)
     tl.store(DC + own, dc, mask=m2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward with the weights on chip (GRU with the reset after, LSTM)
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _gate_rows(W, H: tl.constexpr, BH: tl.constexpr, KP: tl.constexpr, NG: tl.constexpr):
+    """This program's rows of the recurrent weights (rows g·H + u of W for its units u), gate-major
+    as one (4·BH, KP) tile: row g·BH + j holds W[g·H + p·BH + j, :]; zeros past H and, for a
+    three-gate cell, in the fourth block."""
+    i = tl.arange(0, 4 * BH)
+    gate = i // BH
+    unit = tl.program_id(0) * BH + i % BH
+    ks = tl.arange(0, KP)
+    mask = ((gate < NG) & (unit < H))[:, None] & (ks < H)[None, :]
+    return tl.load(W + (gate * H + unit)[:, None] * H + ks[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _gate_blocks(acc, BH: tl.constexpr, BB: tl.constexpr):
+    """The four (BH, BB) gate blocks of a gate-major (4·BH, BB) product."""
+    x = tl.permute(tl.reshape(acc, (2, 2, BH, BB)), (2, 3, 0, 1))  # [unit, row, g // 2, g % 2]
+    even, odd = tl.split(x)
+    g0, g2 = tl.split(even)
+    g1, g3 = tl.split(odd)
+    return g0, g1, g2, g3
+
+
+@triton.jit
+def resident_forward_kernel(
+    XG,  # (T, B, NG·H) input projections (+ biases: b_ih for the GRU, b_ih + b_hh for the LSTM)
+    W,  # (NG·H, H) recurrent weights r|z|n or i|f|g|o
+    BHH,  # (3H,) GRU recurrent bias, float32 (zeros without bias); unused for the LSTM
+    HS,  # (T+1, B, H) float32 h: HS[0] = h0 on entry; every step for a saving GRU, else HS[T]
+    CS,  # (T+1, B, H) float32 c (LSTM): CS[0] = c0 on entry; every step when SAVE, else CS[T]
+    Y,  # (T+1, B, H) states as the product reads them and the output, Y[0] = h0 (may be HS)
+    G,  # (T, B, 4H) float32 when SAVE: r|z|n|U_n h + b_hn (GRU), i|f|g|o (LSTM)
+    LENS, CNT, ERR,
+    T, B,
+    H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr,
+    LSTM: tl.constexpr, SAVE: tl.constexpr, HAS_LENS: tl.constexpr, Y_IS_HS: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, SPIN_LIMIT: tl.constexpr,
+):  # fmt: skip
+    """The forward of :func:`gru_forward_kernel` (reset after) and :func:`lstm_forward_kernel`
+    with the product turned around: each step computes gatesᵀ (4·BH, BB) = W_p (4·BH, H) · hᵀ
+    (H, BB), where W_p, the program's gate rows, is loaded once before the time loop and stays
+    in shared memory (it is the product's first operand, which the tensor cores read from there:
+    on Hopper one warpgroup MMA chain over the whole of K), and hᵀ, the previous state of the
+    program's batch rows, is loaded whole each step, every load in flight at once. The pointwise
+    work runs on (units, rows) tiles. Needs 4·BH·KP weights and KP·BB states in shared memory:
+    the launcher uses it only where they fit (BH = 16, so 4·BH = 64 rows, one warpgroup's M)."""
+    NP_H = tl.num_programs(0)
+    NG: tl.constexpr = 4 if LSTM else 3
+    u = tl.program_id(0) * BH + tl.arange(0, BH)
+    rows = tl.program_id(1) * BB + tl.arange(0, BB)
+    u_mask = u < H
+    row_mask = rows < B
+    m2 = u_mask[:, None] & row_mask[None, :]
+    own = rows[None, :] * H + u[:, None]
+    own_xg = rows[None, :] * (NG * H) + u[:, None]
+    own_g = rows[None, :] * (4 * H) + u[:, None]
+    ks = tl.arange(0, KP)
+    state_mask = (ks < H)[:, None] & row_mask[None, :]
+    w = _gate_rows(W, H, BH, KP, NG).to(DOT_DTYPE)
+    cnt = CNT + tl.program_id(1)
+    h = tl.load(HS + own, mask=m2, other=0.0)
+    if LSTM:
+        c = tl.load(CS + own, mask=m2, other=0.0)
+        b_0 = tl.zeros((BH, 1), tl.float32)
+        b_1 = b_0
+        b_2 = b_0
+    else:
+        c = h
+        b_0 = tl.load(BHH + u, mask=u_mask, other=0.0)[:, None]
+        b_1 = tl.load(BHH + H + u, mask=u_mask, other=0.0)[:, None]
+        b_2 = tl.load(BHH + 2 * H + u, mask=u_mask, other=0.0)[:, None]
+    x0, x1, x2, x3 = _load_gates(XG + own_xg, H, m2, NG)
+    target = 0
+    t = 0
+    while t < T:
+        if HAS_LENS:
+            live = (t < tl.load(LENS + rows, mask=row_mask, other=0))[None, :]
+        else:
+            live = row_mask[None, :]
+        h_t = tl.load(
+            Y + t * B * H + rows[None, :] * H + ks[:, None], mask=state_mask, other=0.0,
+            cache_modifier=".cg",
+        )  # fmt: skip
+        a0, a1, a2, a3 = _gate_blocks(tl.dot(w, h_t.to(DOT_DTYPE), input_precision=PREC), BH, BB)
+        g = G + t * B * 4 * H + own_g
+        if LSTM:
+            i = _sigmoid(x0 + a0)
+            f = _sigmoid(x1 + a1)
+            gg = _tanh(x2 + a2)
+            o = _sigmoid(x3 + a3)
+            c = tl.where(live, f * c + i * gg, c)
+            h = tl.where(live, o * _tanh(c), h)
+            if SAVE:
+                tl.store(CS + (t + 1) * B * H + own, c, mask=m2)
+                tl.store(g, i, mask=m2)
+                tl.store(g + H, f, mask=m2)
+                tl.store(g + 2 * H, gg, mask=m2)
+                tl.store(g + 3 * H, o, mask=m2)
+        else:
+            r = _sigmoid(x0 + a0 + b_0)
+            z = _sigmoid(x1 + a1 + b_1)
+            hn = a2 + b_2
+            n = _tanh(x2 + r * hn)
+            h = tl.where(live, (1.0 - z) * n + z * h, h)
+            if SAVE:
+                if not Y_IS_HS:
+                    tl.store(HS + (t + 1) * B * H + own, h, mask=m2)
+                tl.store(g, r, mask=m2)
+                tl.store(g + H, z, mask=m2)
+                tl.store(g + 2 * H, n, mask=m2)
+                tl.store(g + 3 * H, hn, mask=m2)
+        tl.store(Y + (t + 1) * B * H + own, tl.where(live, h, 0.0), mask=m2)
+        nxt = m2 & (t + 1 < T)
+        x0, x1, x2, x3 = _load_gates(XG + (t + 1) * B * NG * H + own_xg, H, nxt, NG)
+        target += NP_H
+        _sync(cnt, ERR, target, SPIN_LIMIT)
+        t += 1
+    tl.store(HS + T * B * H + own, h, mask=m2)
+    if LSTM:
+        tl.store(CS + T * B * H + own, c, mask=m2)
