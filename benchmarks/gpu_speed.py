@@ -38,6 +38,9 @@ LAYERS = {"gru": (gatedrnn.GRU, torch.nn.GRU), "lstm": (gatedrnn.LSTM, torch.nn.
 def _pair(cell: str, H: int, dtype: torch.dtype):
     ours_cls, torch_cls = LAYERS[cell]
     reference = torch_cls(H, H, device="cuda", dtype=dtype)
+    # built on the device its weights are separate tensors, which cuDNN would copy into one
+    # buffer on every call ("not part of single contiguous chunk of memory"): flatten them once
+    reference.flatten_parameters()
     ours = ours_cls(H, H, backend="triton", device="cuda", dtype=dtype)
     ours.load_state_dict(reference.state_dict())
     return ours, reference
