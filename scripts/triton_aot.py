@@ -54,7 +54,7 @@ def build(fn, consts, dtype, warps, stages, sass_dir):
         line = next(x.strip() for x in usage.stdout.splitlines() if "REG" in x)
         if sass_dir:
             sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True)
-            name = f"{fn.__name__}_{dtype}_{consts.get('RESET_AFTER', '')}.sass"
+            name = f"{fn.__name__}_{dtype}_{consts.get('RESET_AFTER', consts.get('LSTM', ''))}.sass"
             Path(sass_dir, name).write_text(sass.stdout)
     regs, stack = line.split()[0], line.split()[1]
     flags = {k_: v for k_, v in consts.items() if k_ in ("RESET_AFTER", "SAVE", "LSTM", "BB")}
@@ -90,22 +90,25 @@ def main() -> None:
         ]
         for fn, extra in jobs:
             build(fn, {**common, **extra}, dtype, args.warps, args.stages, args.sass)
-        # the resident forward, with the launcher's sizes for this H and batch (sm_90)
-        launch = resident_launch(args.H, args.B, dtype)
-        if launch is None:
-            print(f"resident_forward_kernel {dtype} does not fit at H={args.H}, B={args.B}")
-            continue
-        for lstm in (False, True):
-            consts = {
-                key: common[key] for key in ("H", "HAS_LENS", "DOT_DTYPE", "PREC", "SPIN_LIMIT")
-            }
-            consts.update(launch["meta"], LSTM=lstm, SAVE=True, Y_IS_HS=dtype == "fp32")
-            warps = consts.pop("num_warps")
-            build(k.resident_forward_kernel, consts, dtype, warps, args.stages, args.sass)
+        # the resident kernels, with the launcher's sizes for this H and batch (sm_90)
+        for fn, launcher, extra in (
+            (k.resident_forward_kernel, "_resident_launch", {"SAVE": True, "Y_IS_HS": False}),
+            (k.resident_backward_kernel, "_resident_backward_launch", {}),
+        ):
+            launch = resident_launch(launcher, args.H, args.B, dtype)
+            if launch is None:
+                print(f"{fn.__name__} {dtype} does not fit at H={args.H}, B={args.B}")
+                continue
+            for lstm in (False, True):
+                keys = ("H", "HAS_LENS", "DOT_DTYPE", "PREC", "SPIN_LIMIT")
+                consts = {key: common[key] for key in keys}
+                consts.update(launch["meta"], LSTM=lstm, **extra)
+                warps = consts.pop("num_warps")
+                build(fn, consts, dtype, warps, args.stages, args.sass)
 
 
-def resident_launch(H, B, dtype):
-    """gpu._resident_launch for a 132-multiprocessor sm_90 GPU, without one."""
+def resident_launch(launcher, H, B, dtype):
+    """gpu's launcher for a resident kernel on a 132-multiprocessor sm_90 GPU, without one."""
     from unittest import mock
 
     import torch
@@ -119,7 +122,7 @@ def resident_launch(H, B, dtype):
         mock.patch.object(torch.cuda, "current_device", lambda: 0),
         mock.patch.object(gpu, "fp32_precision", lambda: "tf32"),
     ):
-        return gpu._resident_launch(H, B, torch.device("cuda", 0), torch_dtype)
+        return getattr(gpu, launcher)(H, B, torch.device("cuda", 0), torch_dtype)
 
 
 if __name__ == "__main__":

@@ -43,8 +43,8 @@ def _poison(monkeypatch):
 
 @pytest.fixture(params=["resident", "streamed"])
 def forward_kernel(request, monkeypatch):
-    """Both forward kernels of the GRU (reset after) and the LSTM: the one that keeps the weights
-    on chip (the default where it fits) and the one that streams them every step."""
+    """Both kernel pairs of the GRU (reset after) and the LSTM: the ones that keep the weights
+    on chip (the default where they fit) and the ones that stream them every step."""
     if request.param == "streamed":
         monkeypatch.setitem(gpu.TUNING, "resident", 0)
     return request.param
@@ -141,29 +141,31 @@ def test_batch_wider_than_one_block(cell, forward_kernel):
 
 
 @pytest.mark.parametrize("cell, resident", [("gru", True), ("lstm", True), ("gru-before", False)])
-def test_forward_kernel_choice(cell, resident, monkeypatch, forward_kernel):
-    """The resident kernel runs the GRU (reset after) and LSTM forward unless turned off; the
-    reset-before GRU always streams. Checked by which kernel is launched, not assumed."""
+def test_kernel_choice(cell, resident, monkeypatch, forward_kernel):
+    """The resident kernels run the GRU (reset after) and the LSTM, forward and backward, unless
+    turned off; the reset-before GRU always streams. Checked by which kernels are launched."""
     launched = []
     kernels = gpu._kernels()
-    for name in ("resident_forward_kernel", "gru_forward_kernel", "lstm_forward_kernel"):
-        original = getattr(kernels, name)
 
-        class Spy:
-            def __init__(self, name, original):
-                self.name, self.original = name, original
+    class Spy:
+        def __init__(self, name, original):
+            self.name, self.original = name, original
 
-            def __getitem__(self, grid):
-                launched.append(self.name)
-                return self.original[grid]
+        def __getitem__(self, grid):
+            launched.append(self.name)
+            return self.original[grid]
 
-        monkeypatch.setattr(kernels, name, Spy(name, original))
+    for name in kernels.__all__:
+        monkeypatch.setattr(kernels, name, Spy(name, getattr(kernels, name)))
     layer_cls, options = CELLS[cell]
     layer = layer_cls(3, 5, backend="triton", **options).to(DEVICE)
-    with torch.no_grad():
-        layer(torch.randn(4, 2, 3, device=DEVICE))
-    expect_resident = resident and forward_kernel == "resident"
-    assert (launched == ["resident_forward_kernel"]) == expect_resident, launched
+    out, _ = layer(torch.randn(4, 2, 3, device=DEVICE, requires_grad=True))
+    out.sum().backward()
+    if resident and forward_kernel == "resident":
+        assert launched == ["resident_forward_kernel", "resident_backward_kernel"]
+    else:
+        assert not any(name.startswith("resident") for name in launched), launched
+        assert len(launched) == 2, launched
 
 
 def test_fresh_inputs_each_draw():

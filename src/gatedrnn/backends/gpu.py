@@ -165,6 +165,34 @@ def _resident_launch(H: int, B: int, device: torch.device, dtype: torch.dtype) -
     return None
 
 
+def _resident_backward_launch(
+    H: int, B: int, device: torch.device, dtype: torch.dtype
+) -> dict | None:
+    """Sizes for :func:`~gatedrnn.backends.triton_kernels.resident_backward_kernel`, or None
+    where it does not apply (as :func:`_resident_launch`): the program's weight columns
+    (64 × H) and one step's gradients of its batch rows (H × 4·BB) must fit in shared memory."""
+    if not TUNING.get("resident", 1):
+        return None
+    KP = _next_pow2(max(H, 16))
+    if device.type != "cuda":
+        return {
+            "grid": (1, 1),
+            "meta": {"BH": max(16, _next_pow2(H)), "BB": max(8, _next_pow2(B)), "KP": KP},
+        }
+    if dtype == torch.float32 and fp32_precision() != "tf32":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if torch.cuda.get_device_capability(index) < (9, 0):
+        return None
+    for BB in (8, 16, 32, 64):
+        grid = (math.ceil(H / 16), math.ceil(B / BB))
+        fits = (64 + 4 * BB) * KP * dtype.itemsize <= SHARED_MEMORY
+        if grid[0] * grid[1] <= _sm_count(index) and fits:
+            warps = TUNING.get("num_warps", 8 if 4 * BB * KP >= 16384 else 4)
+            return {"grid": grid, "meta": {"BH": 16, "BB": BB, "KP": KP, "num_warps": warps}}
+    return None
+
+
 def _max_batch(H: int, device: torch.device) -> int:
     sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     return 64 * (sms // math.ceil(H / 64))
@@ -299,13 +327,21 @@ class _GRU(torch.autograd.Function):
         dgh = _empty(T, B, 3 * H, dtype=x.dtype, device=x.device) if reset_after else dxg
         dh = grad_last.float().contiguous().clone() if grad_last is not None else hs.new_zeros(B, H)
         dy = grad_out.contiguous() if grad_out is not None else x.new_zeros(T, B, H)
-        cnt, err = _sync_buffers(cfg["grid"], x.device)
-        k.gru_backward_kernel[cfg["grid"]](
-            dy, hs, gates, w_hh.contiguous(), dxg, dgh, dh, lens, cnt, err, T, B,
-            H=H, RESET_AFTER=reset_after,
-            HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec, SPIN_LIMIT=SPIN_LIMIT,
-            **cfg["meta"],
-        )  # fmt: skip
+        resident = _resident_backward_launch(H, B, x.device, x.dtype) if reset_after else None
+        cnt, err = _sync_buffers((resident or cfg)["grid"], x.device)
+        if resident:
+            k.resident_backward_kernel[resident["grid"]](
+                dy, hs, hs, gates, w_hh.contiguous(), dxg, dgh, dh, dh, lens, cnt, err, T, B,
+                H=H, LSTM=False, HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec,
+                SPIN_LIMIT=SPIN_LIMIT, **resident["meta"],
+            )  # fmt: skip
+        else:
+            k.gru_backward_kernel[cfg["grid"]](
+                dy, hs, gates, w_hh.contiguous(), dxg, dgh, dh, lens, cnt, err, T, B,
+                H=H, RESET_AFTER=reset_after,
+                HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec, SPIN_LIMIT=SPIN_LIMIT,
+                **cfg["meta"],
+            )  # fmt: skip
         _check(err)
         needs = ctx.needs_input_grad
         h_prev = y[:T].reshape(T * B, H)  # h_{t−1} in the dtype (zero rows where ended: dg = 0)
@@ -379,13 +415,21 @@ class _LSTM(torch.autograd.Function):
         dh = grad_h.float().contiguous().clone() if grad_h is not None else cs.new_zeros(B, H)
         dc = grad_c.float().contiguous().clone() if grad_c is not None else cs.new_zeros(B, H)
         dy = grad_out.contiguous() if grad_out is not None else x.new_zeros(T, B, H)
-        cnt, err = _sync_buffers(cfg["grid"], x.device)
-        k.lstm_backward_kernel[cfg["grid"]](
-            dy, cs, gates, w_hh.contiguous(), dg, dh, dc, lens, cnt, err, T, B,
-            H=H, HAS_LENS=ctx.has_lens,
-            DOT_DTYPE=dot_dtype, PREC=prec, SPIN_LIMIT=SPIN_LIMIT,
-            **cfg["meta"],
-        )  # fmt: skip
+        resident = _resident_backward_launch(H, B, x.device, x.dtype)
+        cnt, err = _sync_buffers((resident or cfg)["grid"], x.device)
+        if resident:
+            k.resident_backward_kernel[resident["grid"]](
+                dy, cs, cs, gates, w_hh.contiguous(), dg, dg, dh, dc, lens, cnt, err, T, B,
+                H=H, LSTM=True, HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec,
+                SPIN_LIMIT=SPIN_LIMIT, **resident["meta"],
+            )  # fmt: skip
+        else:
+            k.lstm_backward_kernel[cfg["grid"]](
+                dy, cs, gates, w_hh.contiguous(), dg, dh, dc, lens, cnt, err, T, B,
+                H=H, HAS_LENS=ctx.has_lens,
+                DOT_DTYPE=dot_dtype, PREC=prec, SPIN_LIMIT=SPIN_LIMIT,
+                **cfg["meta"],
+            )  # fmt: skip
         _check(err)
         needs = ctx.needs_input_grad
         flat = dg.reshape(T * B, 4 * H)

@@ -39,6 +39,7 @@ __all__ = [
     "gru_forward_kernel",
     "lstm_backward_kernel",
     "lstm_forward_kernel",
+    "resident_backward_kernel",
     "resident_forward_kernel",
 ]
 
@@ -572,3 +573,160 @@ def resident_forward_kernel(
     tl.store(HS + T * B * H + own, h, mask=m2)
     if LSTM:
         tl.store(CS + T * B * H + own, c, mask=m2)
+
+
+@triton.jit
+def _gate_columns(W, H: tl.constexpr, BH: tl.constexpr, KP: tl.constexpr, NG: tl.constexpr):
+    """This program's columns of the recurrent weights, one block per gate: row g·BH + j, column
+    k holds W[g·H + k, p·BH + j], a (4·BH, KP) tile; zeros past H and in a three-gate cell's
+    fourth block."""
+    i = tl.arange(0, 4 * BH)
+    gate = i // BH
+    unit = tl.program_id(0) * BH + i % BH
+    ks = tl.arange(0, KP)
+    mask = ((gate < NG) & (unit < H))[:, None] & (ks < H)[None, :]
+    return tl.load(W + (gate[:, None] * H + ks[None, :]) * H + unit[:, None], mask=mask, other=0.0)
+
+
+@triton.jit
+def _gate_diagonal(acc, BH: tl.constexpr, BB: tl.constexpr):
+    """Σ_g of the diagonal blocks of a (4·BH, 4·BB) product whose rows are (gate, unit) and
+    columns (gate, batch row): the (BH, BB) sum over gates of each gate's own product. Taken
+    with splits, not reductions: a reduction's result layout spread into the loop-carried ∂h
+    and ∂c and replicated them across threads (255 registers and spills at H = 1024)."""
+    # [g // 2, g % 2, unit, g' // 2, g' % 2, row] → [unit, row, g // 2, g' // 2, g % 2, g' % 2]
+    x = tl.permute(tl.reshape(acc, (2, 2, BH, 2, 2, BB)), (2, 5, 0, 3, 1, 4))
+    c0, c1 = tl.split(x)
+    even, _ = tl.split(c0)
+    _, odd = tl.split(c1)
+    y = even + odd  # [unit, row, g // 2, g' // 2], g % 2 = g' % 2
+    c0, c1 = tl.split(y)
+    even, _ = tl.split(c0)
+    _, odd = tl.split(c1)
+    return even + odd
+
+
+@triton.jit
+def resident_backward_kernel(
+    DY,  # (T, B, H) gradient of the outputs
+    HS,  # (T+1, B, H) float32 states h (GRU)
+    CS,  # (T+1, B, H) float32 cells c (LSTM)
+    G,  # (T, B, 4H) float32 saved gates: r|z|n|U_n h + b_hn (GRU), i|f|g|o (LSTM)
+    W,  # (NG·H, H) recurrent weights
+    DX,  # (T, B, NG·H) out: input-side pre-activation gradients (GRU r|z|n; LSTM i|f|g|o)
+    DR,  # (T, B, 3H) out (GRU): the recurrent side's r|z|(dn ⊙ r); for the LSTM, DX again
+    DH,  # (B, H) float32: ∂ final h on entry, ∂h0 on exit
+    DC,  # (B, H) float32 (LSTM): ∂c_T on entry, ∂c0 on exit
+    LENS, CNT, ERR,
+    T, B,
+    H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr,
+    LSTM: tl.constexpr, HAS_LENS: tl.constexpr, DOT_DTYPE: tl.constexpr, PREC: tl.constexpr,
+    SPIN_LIMIT: tl.constexpr,
+):  # fmt: skip
+    """The backward of :func:`gru_backward_kernel` (reset after) and :func:`lstm_backward_kernel`
+    with the program's weight columns on chip. ∂h_{t−1} = carry + D_t · W[:, u] (D_t the step's
+    recurrent-side pre-activation gradients, NG·H wide) as one warpgroup MMA: the columns of the
+    program's units, one (BH, H) block per gate, stacked into the (4·BH, KP) first operand and
+    kept in shared memory from before the time loop; the second operand (KP, 4·BB) holds D_t's
+    gate blocks side by side, loaded whole each step. The product pairs every gate's weights with
+    every gate's gradients; the sum of its diagonal blocks is the answer (three quarters of the
+    MMA work is thrown away, which costs less than the round trips a K loop would take)."""
+    NP_H = tl.num_programs(0)
+    NG: tl.constexpr = 4 if LSTM else 3
+    u = tl.program_id(0) * BH + tl.arange(0, BH)
+    rows = tl.program_id(1) * BB + tl.arange(0, BB)
+    u_mask = u < H
+    row_mask = rows < B
+    m2 = u_mask[:, None] & row_mask[None, :]
+    own = rows[None, :] * H + u[:, None]
+    own_x = rows[None, :] * (NG * H) + u[:, None]
+    own_g = rows[None, :] * (4 * H) + u[:, None]
+    # the second operand: column (g, b) of row k is D_t[b, g·H + k]. Its (KP, 4·BB) offsets are
+    # formed inside the time loop from the step's column offsets (a (KP, 4·BB) tensor made before
+    # it would be hoisted and held in registers all along)
+    ks = tl.arange(0, KP)
+    col = tl.arange(0, 4 * BB)
+    col_gate = col // BB
+    col_row = tl.program_id(1) * BB + col % BB
+    d_cols = col_row * (NG * H) + col_gate * H
+    d_ok = (col_gate < NG) & (col_row < B)
+    w = _gate_columns(W, H, BH, KP, NG).to(DOT_DTYPE)
+    cnt = CNT + tl.program_id(1)
+    dh = tl.load(DH + own, mask=m2, other=0.0)
+    t = T - 1
+    dy = tl.load(DY + t * B * H + own, mask=m2, other=0.0).to(tl.float32)
+    g0, g1, g2, g3 = _load_gates(G + t * B * 4 * H + own_g, H, m2, 4)
+    if LSTM:
+        dc = tl.load(DC + own, mask=m2, other=0.0)
+        c = tl.load(CS + (t + 1) * B * H + own, mask=m2, other=0.0)
+        prev = tl.load(CS + t * B * H + own, mask=m2, other=0.0)
+    else:
+        dc = dh
+        c = dh
+        prev = tl.load(HS + t * B * H + own, mask=m2, other=0.0)
+    target = 0
+    while t >= 0:
+        if HAS_LENS:
+            live = (t < tl.load(LENS + rows, mask=row_mask, other=0))[None, :]
+        else:
+            live = row_mask[None, :]
+        dh = dh + tl.where(live, dy, 0.0)
+        dx = DX + t * B * NG * H + own_x
+        if LSTM:
+            i, f, gg, o = g0, g1, g2, g3
+            tc = _tanh(c)
+            dc = dc + tl.where(live, dh * o * (1.0 - tc * tc), 0.0)
+            tl.store(
+                dx, tl.where(live, dc * gg * i * (1.0 - i), 0.0).to(DX.dtype.element_ty), mask=m2
+            )
+            tl.store(
+                dx + H, tl.where(live, dc * prev * f * (1.0 - f), 0.0).to(DX.dtype.element_ty),
+                mask=m2,
+            )  # fmt: skip
+            tl.store(
+                dx + 2 * H, tl.where(live, dc * i * (1.0 - gg * gg), 0.0).to(DX.dtype.element_ty),
+                mask=m2,
+            )  # fmt: skip
+            tl.store(
+                dx + 3 * H, tl.where(live, dh * tc * o * (1.0 - o), 0.0).to(DX.dtype.element_ty),
+                mask=m2,
+            )  # fmt: skip
+            dc = tl.where(live, dc * f, dc)
+            carry = tl.where(live, 0.0, dh)
+            c = prev
+        else:
+            r, z, n, hn = g0, g1, g2, g3
+            dan = tl.where(live, dh * (1.0 - z) * (1.0 - n * n), 0.0)
+            daz = tl.where(live, dh * (prev - n) * z * (1.0 - z), 0.0)
+            dar = dan * hn * r * (1.0 - r)
+            tl.store(dx, dar.to(DX.dtype.element_ty), mask=m2)
+            tl.store(dx + H, daz.to(DX.dtype.element_ty), mask=m2)
+            tl.store(dx + 2 * H, dan.to(DX.dtype.element_ty), mask=m2)
+            dr = DR + t * B * 3 * H + own_x
+            tl.store(dr, dar.to(DR.dtype.element_ty), mask=m2)
+            tl.store(dr + H, daz.to(DR.dtype.element_ty), mask=m2)
+            tl.store(dr + 2 * H, (dan * r).to(DR.dtype.element_ty), mask=m2)
+            carry = tl.where(live, dh * z, dh)
+        # the previous step's pointwise inputs do not depend on the others: load them now
+        prv = m2 & (t > 0)
+        dy = tl.load(DY + (t - 1) * B * H + own, mask=prv, other=0.0).to(tl.float32)
+        g0, g1, g2, g3 = _load_gates(G + (t - 1) * B * 4 * H + own_g, H, prv, 4)
+        if LSTM:
+            prev = tl.load(CS + (t - 1) * B * H + own, mask=prv, other=0.0)
+        else:
+            prev = tl.load(HS + (t - 1) * B * H + own, mask=prv, other=0.0)
+        target += NP_H
+        _sync(cnt, ERR, target, SPIN_LIMIT)
+        d_step = t * B * NG * H + d_cols
+        if KP == H:  # noqa: SIM108 (compile-time: the k mask is not emitted)
+            d_mask = d_ok[None, :]
+        else:
+            d_mask = (ks < H)[:, None] & d_ok[None, :]
+        d_t = tl.load(
+            DR + d_step[None, :] + ks[:, None], mask=d_mask, other=0.0, cache_modifier=".cg"
+        ).to(DOT_DTYPE)
+        dh = carry + _gate_diagonal(tl.dot(w, d_t, input_precision=PREC), BH, BB)
+        t -= 1
+    tl.store(DH + own, dh, mask=m2)
+    if LSTM:
+        tl.store(DC + own, dc, mask=m2)
