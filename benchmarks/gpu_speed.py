@@ -46,6 +46,12 @@ def _pair(cell: str, H: int, dtype: torch.dtype):
     return ours, reference
 
 
+def _set_tuning(tuning: dict) -> None:
+    from gatedrnn.backends import gpu
+
+    gpu.TUNING.update(tuning)
+
+
 def _compile_one(job: tuple[str, str, int, int]) -> str:
     """Run one step of each kernel variant the timings will use, filling the disk cache."""
     cell, dtype_name, B, H = job
@@ -129,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         "e.g. '[{}, {\"resident\": 0}]'",
     )
     parser.add_argument(
+        "--tuning",
+        default="",
+        help="launch overrides for the whole grid, JSON, e.g. '{\"resident\": 0}' times the "
+        "kernels that stream the weights every step",
+    )
+    parser.add_argument(
         "--write-table", action="store_true", help="update the auto table of the triton backend"
     )
     args = parser.parse_args(argv)
@@ -138,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep:
         variants = json.loads(args.variants) if args.variants else None
         return sweep(args.sweep, args.T, args.out, variants)
+    tuning = json.loads(args.tuning) if args.tuning else {}
+    if tuning and args.write_table:
+        parser.error("--write-table measures the kernels as they launch by default: no --tuning")
+    if tuning:
+        from gatedrnn.backends import gpu
+
+        gpu.TUNING.update(tuning)
     batches = [int(b) for b in args.batch.split(",")]
     hiddens = [int(h) for h in args.hidden.split(",")]
     dtypes = args.dtypes.split(",")
@@ -149,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+        with ProcessPoolExecutor(
+            args.jobs, mp_context=context, initializer=_set_tuning, initargs=(tuning,)
+        ) as pool:
             for problem in pool.map(_compile_one, jobs):
                 if problem:
                     print("compile:", problem, flush=True)
@@ -173,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         "triton": __import__("triton").__version__,
         "python": platform.python_version(),
         "tf32": torch.backends.cudnn.allow_tf32,
+        "tuning": tuning,
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
