@@ -102,7 +102,8 @@ def main() -> None:
             for lstm in (False, True):
                 keys = ("H", "HAS_LENS", "DOT_DTYPE", "PREC", "SPIN_LIMIT")
                 consts = {key: common[key] for key in keys}
-                consts.update(launch["meta"], LSTM=lstm, **extra)
+                round_tf32 = dtype == "fp32" and common["PREC"] == "tf32"
+                consts.update(launch["meta"], LSTM=lstm, ROUND=round_tf32, **extra)
                 warps = consts.pop("num_warps")
                 build(fn, consts, dtype, warps, args.stages, args.sass)
 

@@ -219,6 +219,27 @@ def _dot_options(dtype: torch.dtype):
     return {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype], "ieee"
 
 
+def _round_tf32(dtype: torch.dtype, prec: str) -> bool:
+    """Whether the resident kernels round their float32 operands to nearest TF32 before the
+    product (the warpgroup MMA would truncate them); ``$GATEDRNN_TRITON_TF32_ROUND=0`` turns it
+    off, for comparison."""
+    return (
+        dtype == torch.float32
+        and prec == "tf32"
+        and os.environ.get("GATEDRNN_TRITON_TF32_ROUND", "1") != "0"
+    )
+
+
+def round_tf32(x: Tensor) -> Tensor:
+    """float32 x rounded to nearest TF32 (ties away from zero, as ``cvt.rna.tf32.f32``)."""
+    return ((x.view(torch.int32) + 0x1000) & -0x2000).view(torch.float32)
+
+
+def _resident_weights(w: Tensor, prec: str) -> Tensor:
+    w = w.contiguous()
+    return round_tf32(w) if _round_tf32(w.dtype, prec) else w
+
+
 def _lens(lengths: Tensor | None, device: torch.device) -> Tensor:
     if lengths is None:
         return torch.zeros(1, dtype=torch.int32, device=device)
@@ -296,9 +317,10 @@ class _GRU(torch.autograd.Function):
         cnt, err = _sync_buffers((resident or cfg)["grid"], x.device)
         if resident:
             k.resident_forward_kernel[resident["grid"]](
-                xg, w_hh.contiguous(), bhh, hs, hs, y, gates, lens, cnt, err, T, B,
+                xg, _resident_weights(w_hh, prec), bhh, hs, hs, y, gates, lens, cnt, err, T, B,
                 H=H, LSTM=False, SAVE=save, HAS_LENS=lengths is not None, Y_IS_HS=y is hs,
-                DOT_DTYPE=dot_dtype, PREC=prec, SPIN_LIMIT=SPIN_LIMIT, **resident["meta"],
+                DOT_DTYPE=dot_dtype, PREC=prec, ROUND=_round_tf32(x.dtype, prec),
+                SPIN_LIMIT=SPIN_LIMIT, **resident["meta"],
             )  # fmt: skip
         else:
             k.gru_forward_kernel[cfg["grid"]](
@@ -330,10 +352,12 @@ class _GRU(torch.autograd.Function):
         resident = _resident_backward_launch(H, B, x.device, x.dtype) if reset_after else None
         cnt, err = _sync_buffers((resident or cfg)["grid"], x.device)
         if resident:
+            w_res = _resident_weights(w_hh, prec)
             k.resident_backward_kernel[resident["grid"]](
-                dy, hs, hs, gates, w_hh.contiguous(), dxg, dgh, dh, dh, lens, cnt, err, T, B,
+                dy, hs, hs, gates, w_res, dxg, dgh, dh, dh, lens, cnt, err, T, B,
                 H=H, LSTM=False, HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec,
-                SPIN_LIMIT=SPIN_LIMIT, **resident["meta"],
+                ROUND=_round_tf32(x.dtype, prec), SPIN_LIMIT=SPIN_LIMIT,
+                **resident["meta"],
             )  # fmt: skip
         else:
             k.gru_backward_kernel[cfg["grid"]](
@@ -386,9 +410,10 @@ class _LSTM(torch.autograd.Function):
         if resident:
             no_bias = torch.zeros(1, dtype=torch.float32, device=x.device)
             k.resident_forward_kernel[resident["grid"]](
-                xg, w_hh.contiguous(), no_bias, hs, cs, y, gates, lens, cnt, err, T, B,
+                xg, _resident_weights(w_hh, prec), no_bias, hs, cs, y, gates, lens, cnt, err, T, B,
                 H=H, LSTM=True, SAVE=save, HAS_LENS=lengths is not None, Y_IS_HS=y is hs,
-                DOT_DTYPE=dot_dtype, PREC=prec, SPIN_LIMIT=SPIN_LIMIT, **resident["meta"],
+                DOT_DTYPE=dot_dtype, PREC=prec, ROUND=_round_tf32(x.dtype, prec),
+                SPIN_LIMIT=SPIN_LIMIT, **resident["meta"],
             )  # fmt: skip
         else:
             k.lstm_forward_kernel[cfg["grid"]](
@@ -418,10 +443,12 @@ class _LSTM(torch.autograd.Function):
         resident = _resident_backward_launch(H, B, x.device, x.dtype)
         cnt, err = _sync_buffers((resident or cfg)["grid"], x.device)
         if resident:
+            w_res = _resident_weights(w_hh, prec)
             k.resident_backward_kernel[resident["grid"]](
-                dy, cs, cs, gates, w_hh.contiguous(), dg, dg, dh, dc, lens, cnt, err, T, B,
+                dy, cs, cs, gates, w_res, dg, dg, dh, dc, lens, cnt, err, T, B,
                 H=H, LSTM=True, HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec,
-                SPIN_LIMIT=SPIN_LIMIT, **resident["meta"],
+                ROUND=_round_tf32(x.dtype, prec), SPIN_LIMIT=SPIN_LIMIT,
+                **resident["meta"],
             )  # fmt: skip
         else:
             k.lstm_backward_kernel[cfg["grid"]](

@@ -454,6 +454,20 @@ def lstm_backward_kernel(
 
 
 @triton.jit
+def _to_tf32(x, ROUND: tl.constexpr):
+    """x rounded to nearest TF32 (10 mantissa bits) when ROUND, else x. A warpgroup MMA in TF32
+    reads a float32 operand's upper 19 bits, which truncates: rounding first halves the error.
+    For the second operand only: the first (the weights), computed on, would be given to the MMA
+    from registers, all of it; the launcher rounds the weights instead (:func:`round_tf32`)."""
+    if ROUND:
+        # cvt.rna.tf32.f32 in integer arithmetic (inline assembly here made the compiler give up
+        # the warpgroup MMA): add half of the dropped 13 bits' range to the magnitude, clear them
+        bits = x.to(tl.uint32, bitcast=True)
+        x = ((bits + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+    return x
+
+
+@triton.jit
 def _gate_rows(W, H: tl.constexpr, BH: tl.constexpr, KP: tl.constexpr, NG: tl.constexpr):
     """This program's rows of the recurrent weights (rows g·H + u of W for its units u), gate-major
     as one (4·BH, KP) tile: row g·BH + j holds W[g·H + p·BH + j, :]; zeros past H and, for a
@@ -489,7 +503,7 @@ def resident_forward_kernel(
     T, B,
     H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr,
     LSTM: tl.constexpr, SAVE: tl.constexpr, HAS_LENS: tl.constexpr, Y_IS_HS: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, SPIN_LIMIT: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, ROUND: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
     """The forward of :func:`gru_forward_kernel` (reset after) and :func:`lstm_forward_kernel`
     with the product turned around: each step computes gatesᵀ (4·BH, BB) = W_p (4·BH, H) · hᵀ
@@ -511,7 +525,7 @@ def resident_forward_kernel(
     own_g = rows[None, :] * (4 * H) + u[:, None]
     ks = tl.arange(0, KP)
     state_mask = (ks < H)[:, None] & row_mask[None, :]
-    w = _gate_rows(W, H, BH, KP, NG).to(DOT_DTYPE)
+    w = _gate_rows(W, H, BH, KP, NG).to(DOT_DTYPE)  # rounded to TF32 by the caller if ROUND
     cnt = CNT + tl.program_id(1)
     h = tl.load(HS + own, mask=m2, other=0.0)
     if LSTM:
@@ -536,7 +550,8 @@ def resident_forward_kernel(
             Y + t * B * H + rows[None, :] * H + ks[:, None], mask=state_mask, other=0.0,
             cache_modifier=".cg",
         )  # fmt: skip
-        a0, a1, a2, a3 = _gate_blocks(tl.dot(w, h_t.to(DOT_DTYPE), input_precision=PREC), BH, BB)
+        h_t = _to_tf32(h_t, ROUND).to(DOT_DTYPE)
+        a0, a1, a2, a3 = _gate_blocks(tl.dot(w, h_t, input_precision=PREC), BH, BB)
         g = G + t * B * 4 * H + own_g
         if LSTM:
             i = _sigmoid(x0 + a0)
@@ -621,7 +636,7 @@ def resident_backward_kernel(
     T, B,
     H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr,
     LSTM: tl.constexpr, HAS_LENS: tl.constexpr, DOT_DTYPE: tl.constexpr, PREC: tl.constexpr,
-    SPIN_LIMIT: tl.constexpr,
+    ROUND: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
     """The backward of :func:`gru_backward_kernel` (reset after) and :func:`lstm_backward_kernel`
     with the program's weight columns on chip. ∂h_{t−1} = carry + D_t · W[:, u] (D_t the step's
@@ -650,7 +665,7 @@ def resident_backward_kernel(
     col_row = tl.program_id(1) * BB + col % BB
     d_cols = col_row * (NG * H) + col_gate * H
     d_ok = (col_gate < NG) & (col_row < B)
-    w = _gate_columns(W, H, BH, KP, NG).to(DOT_DTYPE)
+    w = _gate_columns(W, H, BH, KP, NG).to(DOT_DTYPE)  # rounded to TF32 by the caller if ROUND
     cnt = CNT + tl.program_id(1)
     dh = tl.load(DH + own, mask=m2, other=0.0)
     t = T - 1
@@ -724,7 +739,8 @@ def resident_backward_kernel(
             d_mask = (ks < H)[:, None] & d_ok[None, :]
         d_t = tl.load(
             DR + d_step[None, :] + ks[:, None], mask=d_mask, other=0.0, cache_modifier=".cg"
-        ).to(DOT_DTYPE)
+        )
+        d_t = _to_tf32(d_t, ROUND).to(DOT_DTYPE)
         dh = carry + _gate_diagonal(tl.dot(w, d_t, input_precision=PREC), BH, BB)
         t -= 1
     tl.store(DH + own, dh, mask=m2)
