@@ -78,6 +78,7 @@ def main() -> None:
         common = dict(
             H=args.H, BH=args.BH, BB=args.BB, BK=args.BK, HAS_LENS=False, DOT_DTYPE=dot,
             PREC=os.environ.get("PREC", "tf32") if dtype == "fp32" else "ieee",
+            ROUND=dtype == "fp32" and os.environ.get("PREC", "tf32") == "tf32",
             SPIN_LIMIT=1 << 20,
         )  # fmt: skip
         jobs = [
@@ -102,8 +103,7 @@ def main() -> None:
             for lstm in (False, True):
                 keys = ("H", "HAS_LENS", "DOT_DTYPE", "PREC", "SPIN_LIMIT")
                 consts = {key: common[key] for key in keys}
-                round_tf32 = dtype == "fp32" and common["PREC"] == "tf32"
-                consts.update(launch["meta"], LSTM=lstm, ROUND=round_tf32, **extra)
+                consts.update(launch["meta"], LSTM=lstm, ROUND=common["ROUND"], **extra)
                 warps = consts.pop("num_warps")
                 build(fn, consts, dtype, warps, args.stages, args.sass)
 

@@ -75,6 +75,7 @@ def _sync(cnt_ptr, err_ptr, target, SPIN_LIMIT: tl.constexpr):
 def _mm(
     acc, a_ptr, a_stride, rows, row_mask, w_ptr, w_k_stride, w_n_stride, cols, col_mask,
     K: tl.constexpr, BK: tl.constexpr, DOT_DTYPE: tl.constexpr, PREC: tl.constexpr,
+    ROUND: tl.constexpr,
 ):  # fmt: skip
     """acc += A[rows, 0:K] @ Wt[0:K, cols], A row-major with row stride a_stride, Wt[k, n] at
     w_ptr + k·w_k_stride + n·w_n_stride. A is read through L2 (.cg): other programs wrote it."""
@@ -92,7 +93,7 @@ def _mm(
             mask=k_mask[:, None] & col_mask[None, :],
             other=0.0,
         )
-        acc = tl.dot(a.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=PREC)
+        acc = tl.dot(_to_tf32(a, ROUND).to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=PREC)
     return acc
 
 
@@ -100,7 +101,7 @@ def _mm(
 def _mm_gates(
     acc0, acc1, acc2, acc3, a_ptr, a_stride, rows, row_mask, w_ptr, cols, col_mask,
     NG: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, ROUND: tl.constexpr,
 ):  # fmt: skip
     """acc_g += A[rows, 0:K] @ W[g·K + cols, 0:K]ᵀ for the first NG gates g: one pass over A
     (the state every program reads) feeding the NG products. W is row-major (·, K)."""
@@ -112,7 +113,8 @@ def _mm_gates(
             mask=row_mask[:, None] & k_mask[None, :],
             other=0.0,
             cache_modifier=".cg",
-        ).to(DOT_DTYPE)
+        )
+        a = _to_tf32(a, ROUND).to(DOT_DTYPE)
         w_mask = k_mask[:, None] & col_mask[None, :]
         w_tile = w_ptr + ks[:, None] + cols[None, :] * K
         w = tl.load(w_tile, mask=w_mask, other=0.0)
@@ -206,7 +208,7 @@ def gru_forward_kernel(
     T, B,
     H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
     RESET_AFTER: tl.constexpr, SAVE: tl.constexpr, HAS_LENS: tl.constexpr,
-    Y_IS_HS: tl.constexpr, DOT_DTYPE: tl.constexpr, PREC: tl.constexpr,
+    Y_IS_HS: tl.constexpr, DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, ROUND: tl.constexpr,
     SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
     NP_H = tl.num_programs(0)
@@ -226,7 +228,7 @@ def gru_forward_kernel(
         zero = tl.zeros((BB, BH), tl.float32)
         acc_r, acc_z, acc_n, _ = _mm_gates(
             zero, zero, zero, zero, Y + t * B * H, H, rows, row_mask, W, u, u_mask,
-            3 if RESET_AFTER else 2, H, BK, DOT_DTYPE, PREC,
+            3 if RESET_AFTER else 2, H, BK, DOT_DTYPE, PREC, ROUND,
         )  # fmt: skip
         r = _sigmoid(x_r + acc_r + b_r)
         z = _sigmoid(x_z + acc_z + b_z)
@@ -242,7 +244,7 @@ def gru_forward_kernel(
             _sync(cnt, ERR, target, SPIN_LIMIT)
             acc_n, _, _, _ = _mm_gates(
                 zero, zero, zero, zero, G + t * B * 4 * H + 3 * H, 4 * H, rows, row_mask,
-                W + 2 * H * H, u, u_mask, 1, H, BK, DOT_DTYPE, PREC,
+                W + 2 * H * H, u, u_mask, 1, H, BK, DOT_DTYPE, PREC, ROUND,
             )  # fmt: skip
             n = _tanh(x_n + acc_n + b_n)
         h = tl.where(live, (1.0 - z) * n + z * h, h)
@@ -275,7 +277,7 @@ def gru_backward_kernel(
     T, B,
     H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
     RESET_AFTER: tl.constexpr, HAS_LENS: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, SPIN_LIMIT: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, ROUND: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
     NP_H = tl.num_programs(0)
     u, u_mask, rows, row_mask, m2, own = _tile(B, H, BH, BB)
@@ -315,7 +317,7 @@ def gru_backward_kernel(
             drh = tl.zeros((BB, BH), tl.float32)
             drh = _mm(
                 drh, DXG + t * B * 3 * H + 2 * H, 3 * H, rows, row_mask, W + 2 * H * H, H, 1,
-                u, u_mask, H, BK, DOT_DTYPE, PREC,
+                u, u_mask, H, BK, DOT_DTYPE, PREC, ROUND,
             )  # fmt: skip
             dar = drh * h_now * r_now * (1.0 - r_now)
             tl.store(DXG + t * B * 3 * H + own_x, dar.to(DXG.dtype.element_ty), mask=m2)
@@ -324,12 +326,12 @@ def gru_backward_kernel(
             _sync(cnt, ERR, target, SPIN_LIMIT)
             dh = _mm(
                 carry, DXG + t * B * 3 * H, 3 * H, rows, row_mask, W, H, 1, u, u_mask, 2 * H,
-                BK, DOT_DTYPE, PREC,
+                BK, DOT_DTYPE, PREC, ROUND,
             )  # fmt: skip
         else:
             dh = _mm(
                 carry, DGH + t * B * 3 * H, 3 * H, rows, row_mask, W, H, 1, u, u_mask, 3 * H,
-                BK, DOT_DTYPE, PREC,
+                BK, DOT_DTYPE, PREC, ROUND,
             )  # fmt: skip
         t -= 1
     tl.store(DH + own, dh, mask=m2)
@@ -352,7 +354,7 @@ def lstm_forward_kernel(
     T, B,
     H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
     SAVE: tl.constexpr, HAS_LENS: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, SPIN_LIMIT: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, ROUND: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
     NP_H = tl.num_programs(0)
     u, u_mask, rows, row_mask, m2, own = _tile(B, H, BH, BB)
@@ -368,7 +370,7 @@ def lstm_forward_kernel(
         zero = tl.zeros((BB, BH), tl.float32)
         a_i, a_f, a_g, a_o = _mm_gates(
             zero, zero, zero, zero, Y + t * B * H, H, rows, row_mask, W, u, u_mask, 4, H, BK,
-            DOT_DTYPE, PREC,
+            DOT_DTYPE, PREC, ROUND,
         )  # fmt: skip
         i = _sigmoid(x_i + a_i)
         f = _sigmoid(x_f + a_f)
@@ -406,7 +408,7 @@ def lstm_backward_kernel(
     T, B,
     H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
     HAS_LENS: tl.constexpr, DOT_DTYPE: tl.constexpr, PREC: tl.constexpr,
-    SPIN_LIMIT: tl.constexpr,
+    ROUND: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
     NP_H = tl.num_programs(0)
     u, u_mask, rows, row_mask, m2, own = _tile(B, H, BH, BB)
@@ -441,7 +443,7 @@ def lstm_backward_kernel(
         _sync(cnt, ERR, target, SPIN_LIMIT)
         dh = _mm(
             carry, DG + t * B * 4 * H, 4 * H, rows, row_mask, W, H, 1, u, u_mask, 4 * H, BK,
-            DOT_DTYPE, PREC,
+            DOT_DTYPE, PREC, ROUND,
         )  # fmt: skip
         t -= 1
     tl.store(DH + own, dh, mask=m2)
