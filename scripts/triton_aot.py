@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--H", type=int, default=1024)
     parser.add_argument("--BB", type=int, default=16)
     parser.add_argument("--B", type=int, default=16, help="batch, for the resident kernel's sizes")
+    parser.add_argument("--fold", type=int, default=1, help="the resident forward's FOLD (1, 2)")
     parser.add_argument("--BH", type=int, default=16)
     parser.add_argument("--BK", type=int, default=128)
     parser.add_argument("--warps", type=int, default=4)
@@ -96,7 +97,7 @@ def main() -> None:
             (k.resident_forward_kernel, "_resident_launch", {"SAVE": True, "Y_IS_HS": False}),
             (k.resident_backward_kernel, "_resident_backward_launch", {}),
         ):
-            launch = resident_launch(launcher, args.H, args.B, dtype)
+            launch = resident_launch(launcher, args.H, args.B, dtype, args.fold)
             if launch is None:
                 print(f"{fn.__name__} {dtype} does not fit at H={args.H}, B={args.B}")
                 continue
@@ -108,7 +109,7 @@ def main() -> None:
                 build(fn, consts, dtype, warps, args.stages, args.sass)
 
 
-def resident_launch(launcher, H, B, dtype):
+def resident_launch(launcher, H, B, dtype, fold=1):
     """gpu's launcher for a resident kernel on a 132-multiprocessor sm_90 GPU, without one."""
     from unittest import mock
 
@@ -122,6 +123,7 @@ def resident_launch(launcher, H, B, dtype):
         mock.patch.object(torch.cuda, "get_device_capability", lambda index: (9, 0)),
         mock.patch.object(torch.cuda, "current_device", lambda: 0),
         mock.patch.object(gpu, "fp32_precision", lambda: "tf32"),
+        mock.patch.dict(gpu.TUNING, {"fold": fold}),
     ):
         return getattr(gpu, launcher)(H, B, torch.device("cuda", 0), torch_dtype)
 

@@ -43,12 +43,15 @@ def _poison(monkeypatch):
     monkeypatch.setattr(gpu, "POISON", True)
 
 
-@pytest.fixture(params=["resident", "streamed"])
+@pytest.fixture(params=["resident", "folded", "streamed"])
 def forward_kernel(request, monkeypatch):
     """Both kernel pairs of the GRU (reset after) and the LSTM: the ones that keep the weights
-    on chip (the default where they fit) and the ones that stream them every step."""
+    on chip (the default where they fit; "folded": the opt-in forward with half the weights per
+    program) and the ones that stream them every step."""
     if request.param == "streamed":
         monkeypatch.setitem(gpu.TUNING, "resident", 0)
+    if request.param == "folded":
+        monkeypatch.setitem(gpu.TUNING, "fold", 2)
     return request.param
 
 
@@ -167,7 +170,7 @@ def test_kernel_choice(cell, resident, monkeypatch, forward_kernel):
     layer = layer_cls(3, 5, backend="triton", **options).to(DEVICE)
     out, _ = layer(torch.randn(4, 2, 3, device=DEVICE, requires_grad=True))
     out.sum().backward()
-    if resident and forward_kernel == "resident":
+    if resident and forward_kernel != "streamed":
         assert launched == ["resident_forward_kernel", "resident_backward_kernel"]
     else:
         assert not any(name.startswith("resident") for name in launched), launched
@@ -301,7 +304,7 @@ REAL = [
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("cell, dtype, B, H", REAL, ids=str)
 def test_real_sizes_on_gpu(cell, dtype, B, H, forward_kernel):
-    if cell == "gru-before" and forward_kernel == "streamed":
+    if cell == "gru-before" and forward_kernel != "resident":
         pytest.skip("the reset-before GRU has one forward kernel")
     resident = gpu._resident_launch(H, B, torch.device(DEVICE), dtype) is not None
     errors = check(cell, dtype, T=64, B=B, I=H, H=H, seed=B + H)

@@ -153,26 +153,37 @@ def _resident_launch(H: int, B: int, device: torch.device, dtype: torch.dtype) -
     multiprocessor, and the product must be a warpgroup MMA (Hopper or newer, operands read from
     shared memory; bfloat16, float16, or float32 with TF32 products). Elsewhere the forward runs
     :func:`gru_forward_kernel` / :func:`lstm_forward_kernel`. ``TUNING["resident"] = 0`` turns it
-    off (benchmarks compare the two)."""
+    off (benchmarks compare the two); ``TUNING["fold"] = 2`` asks for the folded variant (8 units
+    per program, half the weights; not yet measured on a GPU, so never chosen by itself)."""
     if not TUNING.get("resident", 1):
         return None
+    fold = TUNING.get("fold", 1)
+    if fold not in (1, 2):
+        raise ValueError(f"TUNING['fold'] must be 1 or 2, got {fold!r}")
     KP = _next_pow2(max(H, 16))
     if device.type != "cuda":
         return {
             "grid": (1, 1),
-            "meta": {"BH": max(16, _next_pow2(H)), "BB": max(16, _next_pow2(B)), "KP": KP},
-        }
+            "meta": {
+                "BH": max(16 // fold, _next_pow2(H)), "BB": max(16, _next_pow2(B)), "KP": KP,
+                "FOLD": fold,
+            },
+        }  # fmt: skip
     if dtype == torch.float32 and fp32_precision() != "tf32":
         return None
     index = device.index if device.index is not None else torch.cuda.current_device()
     if torch.cuda.get_device_capability(index) < (9, 0):
         return None
-    size = dtype.itemsize
+    BH = 16 // fold
     for BB in (16, 32, 64):
-        grid = (math.ceil(H / 16), math.ceil(B / BB))
-        if grid[0] * grid[1] <= _sm_count(index) and (64 + BB) * KP * size <= SHARED_MEMORY:
+        grid = (math.ceil(H / BH), math.ceil(B / BB))
+        if (
+            grid[0] * grid[1] <= _sm_count(index)
+            and (64 // fold + BB) * KP * dtype.itemsize <= SHARED_MEMORY
+        ):
             warps = TUNING.get("num_warps", 8 if KP * BB >= 8192 else 4)
-            return {"grid": grid, "meta": {"BH": 16, "BB": BB, "KP": KP, "num_warps": warps}}
+            meta = {"BH": BH, "BB": BB, "KP": KP, "FOLD": fold, "num_warps": warps}
+            return {"grid": grid, "meta": meta}
     return None
 
 

@@ -484,16 +484,32 @@ def _to_tf32(x, ROUND: tl.constexpr):
 
 
 @triton.jit
-def _gate_rows(W, H: tl.constexpr, BH: tl.constexpr, KP: tl.constexpr, NG: tl.constexpr):
+def _gate_rows(
+    W, H: tl.constexpr, BH: tl.constexpr, KP: tl.constexpr, NG: tl.constexpr,
+    FOLD: tl.constexpr,
+):  # fmt: skip
     """This program's rows of the recurrent weights (rows g·H + u of W for its units u), gate-major
-    as one (4·BH, KP) tile: row g·BH + j holds W[g·H + p·BH + j, :]; zeros past H and, for a
-    three-gate cell, in the fourth block."""
-    i = tl.arange(0, 4 * BH)
-    gate = i // BH
+    as one (FOLD·4·BH, KP / FOLD) tile: row (f·4 + g)·BH + j holds the f-th of FOLD K ranges of
+    W[g·H + p·BH + j, :]; zeros past H and, for a three-gate cell, in the fourth block."""
+    KF: tl.constexpr = KP // FOLD
+    i = tl.arange(0, FOLD * 4 * BH)
+    part = i // (4 * BH)
+    gate = (i // BH) % 4
     unit = tl.program_id(0) * BH + i % BH
-    ks = tl.arange(0, KP)
-    mask = ((gate < NG) & (unit < H))[:, None] & (ks < H)[None, :]
-    return tl.load(W + (gate * H + unit)[:, None] * H + ks[None, :], mask=mask, other=0.0)
+    k = part[:, None] * KF + tl.arange(0, KF)[None, :]
+    mask = ((gate < NG) & (unit < H))[:, None] & (k < H)
+    return tl.load(W + (gate * H + unit)[:, None] * H + k, mask=mask, other=0.0)
+
+
+@triton.jit
+def _fold_diagonal(acc, R: tl.constexpr, BB: tl.constexpr):
+    """Σ_f of the diagonal blocks of a (2·R, 2·BB) product whose rows are (K range f, r) and
+    columns (K range f', batch row): the (R, BB) product over the whole of K."""
+    x = tl.permute(tl.reshape(acc, (2, R, 2, BB)), (1, 3, 0, 2))  # [r, row, f, f']
+    f_0, f_1 = tl.split(x)  # f' = 0 and f' = 1
+    diagonal_0, _ = tl.split(f_0)
+    _, diagonal_1 = tl.split(f_1)
+    return diagonal_0 + diagonal_1
 
 
 @triton.jit
@@ -517,7 +533,7 @@ def resident_forward_kernel(
     G,  # (T, B, 4H) float32 when SAVE: r|z|n|U_n h + b_hn (GRU), i|f|g|o (LSTM)
     LENS, CNT, ERR,
     T, B,
-    H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr,
+    H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr, FOLD: tl.constexpr,
     LSTM: tl.constexpr, SAVE: tl.constexpr, HAS_LENS: tl.constexpr, Y_IS_HS: tl.constexpr,
     DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, ROUND: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
@@ -528,7 +544,12 @@ def resident_forward_kernel(
     on Hopper one warpgroup MMA chain over the whole of K), and hᵀ, the previous state of the
     program's batch rows, is loaded whole each step, every load in flight at once. The pointwise
     work runs on (units, rows) tiles. Needs 4·BH·KP weights and KP·BB states in shared memory:
-    the launcher uses it only where they fit (BH = 16, so 4·BH = 64 rows, one warpgroup's M)."""
+    the launcher uses it only where they fit (BH = 16, so 4·BH = 64 rows, one warpgroup's M).
+
+    FOLD = 2 (opt-in, ``TUNING["fold"]``; checked in the interpreter only, not yet on a GPU)
+    halves a program's weights for float32 at H = 1024: BH = 8 units, the two halves of K become
+    two 32-row blocks of the 64-row operand, the state's two halves of K sit side by side as
+    (KP / 2, 2·BB), and the product's two diagonal blocks are summed."""
     NP_H = tl.num_programs(0)
     NG: tl.constexpr = 4 if LSTM else 3
     u = tl.program_id(0) * BH + tl.arange(0, BH)
@@ -539,9 +560,13 @@ def resident_forward_kernel(
     own = rows[None, :] * H + u[:, None]
     own_xg = rows[None, :] * (NG * H) + u[:, None]
     own_g = rows[None, :] * (4 * H) + u[:, None]
-    ks = tl.arange(0, KP)
-    state_mask = (ks < H)[:, None] & row_mask[None, :]
-    w = _gate_rows(W, H, BH, KP, NG).to(DOT_DTYPE)  # rounded to TF32 by the caller if ROUND
+    # the state operand (KP / FOLD, FOLD·BB): column (f, b) of row k is h[b, f·KP / FOLD + k]
+    col = tl.arange(0, FOLD * BB)
+    col_row = tl.program_id(1) * BB + col % BB
+    state_k = (col // BB)[None, :] * (KP // FOLD) + tl.arange(0, KP // FOLD)[:, None]
+    state_offsets = col_row[None, :] * H + state_k
+    state_mask = (state_k < H) & (col_row < B)[None, :]
+    w = _gate_rows(W, H, BH, KP, NG, FOLD).to(DOT_DTYPE)  # rounded to TF32 by the caller if ROUND
     cnt = CNT + tl.program_id(1)
     h = tl.load(HS + own, mask=m2, other=0.0)
     if LSTM:
@@ -563,11 +588,13 @@ def resident_forward_kernel(
         else:
             live = row_mask[None, :]
         h_t = tl.load(
-            Y + t * B * H + rows[None, :] * H + ks[:, None], mask=state_mask, other=0.0,
-            cache_modifier=".cg",
-        )  # fmt: skip
+            Y + t * B * H + state_offsets, mask=state_mask, other=0.0, cache_modifier=".cg"
+        )
         h_t = _to_tf32(h_t, ROUND).to(DOT_DTYPE)
-        a0, a1, a2, a3 = _gate_blocks(tl.dot(w, h_t, input_precision=PREC), BH, BB)
+        product = tl.dot(w, h_t, input_precision=PREC)
+        if FOLD == 2:
+            product = _fold_diagonal(product, 4 * BH, BB)
+        a0, a1, a2, a3 = _gate_blocks(product, BH, BB)
         g = G + t * B * 4 * H + own_g
         if LSTM:
             i = _sigmoid(x0 + a0)
