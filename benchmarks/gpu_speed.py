@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
+    # the partial rows were for a cut-off run (the device tool brings back only a few files)
+    args.out.with_suffix(".partial.json").unlink(missing_ok=True)
     print_table(rows, device)
     if args.write_table:
         write_table(rows, device)

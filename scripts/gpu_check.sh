@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call: the GPU correctness tests of the triton backend, the speed grid against cuDNN,
-# and a sweep of launch variants; logs and JSON under $OUT (the device tool brings them back).
+# and a sweep of launch variants; logs and JSON under $OUT (the device tool brings them back, but
+# only a handful of files: keep what lands there few).
 set -o pipefail
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
