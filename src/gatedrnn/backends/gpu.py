@@ -435,9 +435,8 @@ class _LSTM(torch.autograd.Function):
         resident = _resident_launch(H, B, x.device, x.dtype)
         cnt, err = _sync_buffers((resident or cfg)["grid"], x.device)
         if resident:
-            no_bias = torch.zeros(1, dtype=torch.float32, device=x.device)
             k.resident_forward_kernel[resident["grid"]](
-                xg, w_dot, no_bias, hs, cs, y, gates, lens, cnt, err, T, B,
+                xg, w_dot, hs, hs, cs, y, gates, lens, cnt, err, T, B,  # BHH: unused (LSTM)
                 H=H, LSTM=True, SAVE=save, HAS_LENS=lengths is not None, Y_IS_HS=y is hs,
                 DOT_DTYPE=dot_dtype, PREC=prec, ROUND=round_dot,
                 SPIN_LIMIT=SPIN_LIMIT, **resident["meta"],
