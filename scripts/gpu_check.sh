@@ -1,23 +1,34 @@
 #!/usr/bin/env bash
 # One device call: the GPU correctness tests of the triton backend, the speed grid against cuDNN,
-# and a sweep of launch variants; logs and JSON under $OUT (the device tool brings them back, but
-# only a handful of files: keep what lands there few).
+# optional A/B timings; logs and JSON under $OUT. The device tool brings back only a handful of
+# files (8 came back, a 9th was left behind): each step writes one log, and at most one JSON.
+#
+#   bash scripts/gpu_check.sh                                   # tests, grid (BENCH_ARGS=--write-table)
+#   FOLD=1 bash scripts/gpu_check.sh                            # + the folded forward against the default
+#   SWEEP=gru:bfloat16:16:1024 SWEEP_VARIANTS='[{}, {"resident": 0}]' bash scripts/gpu_check.sh
 set -o pipefail
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used,utilization.gpu --format=csv | tee "$OUT/card.txt"
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cudnn', torch.backends.cudnn.version())" | tee -a "$OUT/card.txt"
-timeout ${TEST_TIMEOUT:-200} python3 -m pytest tests/backends/test_triton.py -q -p no:cacheprovider -s 2>&1 | tee "$OUT/tests.log" | grep -v "^gru\|^lstm" | tail -25
+{
+  nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used,utilization.gpu --format=csv
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cudnn', torch.backends.cudnn.version())"
+} 2>&1 | tee "$OUT/tests.log"
+timeout ${TEST_TIMEOUT:-200} python3 -m pytest tests/backends/test_triton.py -q -p no:cacheprovider -s 2>&1 | tee -a "$OUT/tests.log" | grep -v "^gru\|^lstm" | tail -25
 grep "^gru\|^lstm" "$OUT/tests.log" | tail -40
 timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/gpu_speed.py --out "$OUT/gpu_speed.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -60
+if [ -n "${FOLD:-}" ]; then
+  # the folded resident forward (8 units per program: float32 fits at H = 1024) against the default
+  timeout ${FOLD_TIMEOUT:-90} python3 benchmarks/gpu_speed.py --sweep "${FOLD_SHAPES:-gru:float32:1:1024,gru:float32:16:1024,lstm:float32:1:1024,lstm:float32:16:1024,gru:bfloat16:16:1024}" --variants '[{}, {"fold": 2}]' --out "$OUT/fold.json" 2>&1 | grep "^sweep" | tee "$OUT/fold.log"
+fi
 if [ -n "${SWEEP:-}" ]; then
-  timeout ${SWEEP_TIMEOUT:-120} python3 benchmarks/gpu_speed.py --sweep "$SWEEP" --variants "${SWEEP_VARIANTS:-}" --out "$OUT/sweep.json" 2>&1 | tee "$OUT/sweep.log" | grep "^sweep" | tail -30
+  timeout ${SWEEP_TIMEOUT:-120} python3 benchmarks/gpu_speed.py --sweep "$SWEEP" --variants "${SWEEP_VARIANTS:-}" --out "$OUT/sweep.json" 2>&1 | grep "^sweep" | tail -30
 fi
 if [ -n "${FP32_ALT:-}" ]; then
   # the float32 checks and a few timings again with another precision of the recurrent product
-  GATEDRNN_TRITON_FP32=$FP32_ALT timeout ${ALT_TEST_TIMEOUT:-60} python3 -m pytest tests/backends/test_triton.py -q -p no:cacheprovider -s -m gpu -k float32 2>&1 | tee "$OUT/tests_alt.log" | grep -v "^gru\|^lstm" | tail -8
-  grep "^gru\|^lstm" "$OUT/tests_alt.log" | tail -12
-  GATEDRNN_TRITON_FP32=$FP32_ALT timeout ${ALT_BENCH_TIMEOUT:-90} python3 benchmarks/gpu_speed.py --dtypes float32 --batch 1,64 --hidden 256,1024 --out "$OUT/gpu_speed_alt.json" 2>&1 | tee "$OUT/bench_alt.log" | tail -16
+  {
+    GATEDRNN_TRITON_FP32=$FP32_ALT timeout ${ALT_TEST_TIMEOUT:-60} python3 -m pytest tests/backends/test_triton.py -q -p no:cacheprovider -s -m gpu -k float32 2>&1
+    GATEDRNN_TRITON_FP32=$FP32_ALT timeout ${ALT_BENCH_TIMEOUT:-90} python3 benchmarks/gpu_speed.py --dtypes float32 --batch 1,64 --hidden 256,1024 --out "$OUT/gpu_speed_alt.json" 2>&1
+  } | tee "$OUT/alt.log" | grep -v "^gru\|^lstm" | tail -24
 fi
 [ -f src/gatedrnn/backends/gpu_table.json ] && cp src/gatedrnn/backends/gpu_table.json "$OUT/" || true
