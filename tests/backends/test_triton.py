@@ -177,6 +177,57 @@ def test_kernel_choice(cell, resident, monkeypatch, forward_kernel):
         assert len(launched) == 2, launched
 
 
+@pytest.fixture
+def hopper(monkeypatch):
+    """The launchers' view of a 132-multiprocessor sm_90 GPU with TF32 on, without one."""
+    monkeypatch.setattr(gpu, "_sm_count", lambda index: 132)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(gpu, "fp32_precision", lambda: "tf32")
+    return torch.device("cuda", 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("fold", [1, 2])
+def test_resident_launches_fit_the_chip(hopper, monkeypatch, dtype, fold):
+    """Every size the resident launchers accept covers H and B, keeps one program per
+    multiprocessor (the barrier needs them all resident) and plans within shared memory."""
+    monkeypatch.setitem(gpu.TUNING, "fold", fold)
+    size = dtype.itemsize
+    for H in (16, 100, 256, 320, 512, 1000, 1024, 2048):
+        for B in (1, 8, 16, 17, 64, 256):
+            forward = gpu._resident_launch(H, B, hopper, dtype)
+            backward = gpu._resident_backward_launch(H, B, hopper, dtype)
+            for launch, operand in ((forward, 1), (backward, 4)):
+                if launch is None:
+                    continue
+                (p, q), meta = launch["grid"], launch["meta"]
+                assert p * q <= 132 and p * meta["BH"] >= H and q * meta["BB"] >= B
+                weights = 64 * meta["KP"] // meta.get("FOLD", 1)
+                assert (weights + operand * meta["BB"] * meta["KP"]) * size <= gpu.SHARED_MEMORY
+    # where they apply, as the notes say
+    small = gpu._resident_launch(1024, 16, hopper, torch.bfloat16)
+    assert small["grid"] == ((64, 1) if fold == 1 else (128, 1))  # 16 or 8 units a program
+    assert (gpu._resident_launch(1024, 16, hopper, torch.float32) is None) == (fold == 1)
+    assert gpu._resident_launch(1024, 256, hopper, torch.bfloat16) is None
+    assert gpu._resident_backward_launch(1024, 16, hopper, torch.bfloat16)["meta"]["BB"] == 8
+    assert gpu._resident_backward_launch(1024, 64, hopper, torch.bfloat16) is None
+    assert gpu._resident_backward_launch(512, 64, hopper, torch.float32) is None
+
+
+def test_resident_launches_need_hopper_and_tf32(hopper, monkeypatch):
+    assert gpu._resident_launch(256, 16, hopper, torch.float32) is not None
+    monkeypatch.setattr(gpu, "fp32_precision", lambda: "tf32x3")
+    assert gpu._resident_launch(256, 16, hopper, torch.float32) is None
+    assert gpu._resident_launch(256, 16, hopper, torch.bfloat16) is not None
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (8, 0))
+    assert gpu._resident_launch(256, 16, hopper, torch.bfloat16) is None
+    assert gpu._resident_backward_launch(256, 16, hopper, torch.bfloat16) is None
+    monkeypatch.setitem(gpu.TUNING, "fold", 3)
+    with pytest.raises(ValueError, match="must be 1 or 2, got 3"):
+        gpu._resident_launch(256, 16, hopper, torch.bfloat16)
+
+
 def test_round_tf32_rounds_to_nearest():
     one = 1.0 + 2.0**-10  # the TF32 neighbours of 1: 1 and 1 + 2⁻¹⁰
     x = torch.tensor([1.0, one, 1 + 2.0**-12, 1 + 3 * 2.0**-12, 1 + 2.0**-11, -(1 + 3 * 2.0**-12)])
