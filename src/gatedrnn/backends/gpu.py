@@ -146,12 +146,40 @@ SHARED_MEMORY = 220 * 1024
 is the compiler's scratch for the gate math's layout changes."""
 
 
+def _resident_sizes(
+    H: int, B: int, device: torch.device, dtype: torch.dtype, *, units: int,
+    operand_columns: int, batch_tiles: tuple[int, ...], warps_from: int,
+) -> dict | None:  # fmt: skip
+    """What the two resident launchers share: grid and block sizes for a resident kernel whose
+    programs own ``units`` hidden units (a 64-row weight operand of KP·units/16 columns) and
+    whose per-step operand is KP × operand_columns·BB, or None where it cannot run: Hopper or
+    newer (warpgroup MMA, operands read from shared memory), bfloat16/float16 or TF32, the
+    weights and that operand within :data:`SHARED_MEMORY`, at most one program per
+    multiprocessor. BB is the smallest of ``batch_tiles`` that fits; eight warps from
+    KP·BB ≥ ``warps_from``. Under the interpreter: one program covering everything."""
+    KP = _next_pow2(max(H, 16))
+    if device.type != "cuda":
+        BB = max(batch_tiles[0], _next_pow2(B))
+        return {"grid": (1, 1), "meta": {"BH": max(units, _next_pow2(H)), "BB": BB, "KP": KP}}
+    if dtype == torch.float32 and fp32_precision() != "tf32":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if torch.cuda.get_device_capability(index) < (9, 0):
+        return None
+    weights = 64 * KP * units // 16
+    for BB in batch_tiles:
+        grid = (math.ceil(H / units), math.ceil(B / BB))
+        fits = (weights + operand_columns * BB * KP) * dtype.itemsize <= SHARED_MEMORY
+        if grid[0] * grid[1] <= _sm_count(index) and fits:
+            warps = TUNING.get("num_warps", 8 if warps_from <= KP * BB else 4)
+            return {"grid": grid, "meta": {"BH": units, "BB": BB, "KP": KP, "num_warps": warps}}
+    return None
+
+
 def _resident_launch(H: int, B: int, device: torch.device, dtype: torch.dtype) -> dict | None:
     """Grid and block sizes for :func:`~gatedrnn.backends.triton_kernels.resident_forward_kernel`,
-    or None where it does not apply: the program's weight rows (64 × H) and one step's state of
-    its batch rows (H × BB) must fit in shared memory with at most one program per
-    multiprocessor, and the product must be a warpgroup MMA (Hopper or newer, operands read from
-    shared memory; bfloat16, float16, or float32 with TF32 products). Elsewhere the forward runs
+    or None where it does not apply (:func:`_resident_sizes`): the program's weight rows (64 × H)
+    and one step's state of its batch rows (H × BB) must fit. Elsewhere the forward runs
     :func:`gru_forward_kernel` / :func:`lstm_forward_kernel`. ``TUNING["resident"] = 0`` turns it
     off (benchmarks compare the two); ``TUNING["fold"] = 2`` asks for the folded variant (8 units
     per program, half the weights; not yet measured on a GPU, so never chosen by itself)."""
@@ -160,59 +188,27 @@ def _resident_launch(H: int, B: int, device: torch.device, dtype: torch.dtype) -
     fold = TUNING.get("fold", 1)
     if fold not in (1, 2):
         raise ValueError(f"TUNING['fold'] must be 1 or 2, got {fold!r}")
-    KP = _next_pow2(max(H, 16))
-    if device.type != "cuda":
-        return {
-            "grid": (1, 1),
-            "meta": {
-                "BH": max(16 // fold, _next_pow2(H)), "BB": max(16, _next_pow2(B)), "KP": KP,
-                "FOLD": fold,
-            },
-        }  # fmt: skip
-    if dtype == torch.float32 and fp32_precision() != "tf32":
-        return None
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if torch.cuda.get_device_capability(index) < (9, 0):
-        return None
-    BH = 16 // fold
-    for BB in (16, 32, 64):
-        grid = (math.ceil(H / BH), math.ceil(B / BB))
-        if (
-            grid[0] * grid[1] <= _sm_count(index)
-            and (64 // fold + BB) * KP * dtype.itemsize <= SHARED_MEMORY
-        ):
-            warps = TUNING.get("num_warps", 8 if KP * BB >= 8192 else 4)
-            meta = {"BH": BH, "BB": BB, "KP": KP, "FOLD": fold, "num_warps": warps}
-            return {"grid": grid, "meta": meta}
-    return None
+    launch = _resident_sizes(
+        H, B, device, dtype, units=16 // fold, operand_columns=1, batch_tiles=(16, 32, 64),
+        warps_from=8192,
+    )  # fmt: skip
+    if launch is not None:
+        launch["meta"]["FOLD"] = fold
+    return launch
 
 
 def _resident_backward_launch(
     H: int, B: int, device: torch.device, dtype: torch.dtype
 ) -> dict | None:
     """Sizes for :func:`~gatedrnn.backends.triton_kernels.resident_backward_kernel`, or None
-    where it does not apply (as :func:`_resident_launch`): the program's weight columns
-    (64 × H) and one step's gradients of its batch rows (H × 4·BB) must fit in shared memory."""
+    where it does not apply (:func:`_resident_sizes`): the program's weight columns (64 × H) and
+    one step's gradients of its batch rows (H × 4·BB) must fit."""
     if not TUNING.get("resident", 1):
         return None
-    KP = _next_pow2(max(H, 16))
-    if device.type != "cuda":
-        return {
-            "grid": (1, 1),
-            "meta": {"BH": max(16, _next_pow2(H)), "BB": max(8, _next_pow2(B)), "KP": KP},
-        }
-    if dtype == torch.float32 and fp32_precision() != "tf32":
-        return None
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if torch.cuda.get_device_capability(index) < (9, 0):
-        return None
-    for BB in (8, 16, 32, 64):
-        grid = (math.ceil(H / 16), math.ceil(B / BB))
-        fits = (64 + 4 * BB) * KP * dtype.itemsize <= SHARED_MEMORY
-        if grid[0] * grid[1] <= _sm_count(index) and fits:
-            warps = TUNING.get("num_warps", 8 if 4 * BB * KP >= 16384 else 4)
-            return {"grid": grid, "meta": {"BH": 16, "BB": BB, "KP": KP, "num_warps": warps}}
-    return None
+    return _resident_sizes(
+        H, B, device, dtype, units=16, operand_columns=4, batch_tiles=(8, 16, 32, 64),
+        warps_from=4096,
+    )  # fmt: skip
 
 
 def _max_batch(H: int, device: torch.device) -> int:
@@ -357,25 +353,24 @@ class _GRU(torch.autograd.Function):
             )  # fmt: skip
         _check(err)
         out = y[1:]
-        ctx.save_for_backward(x, w_ih, w_hh, hs, y, gates, lens)
+        ctx.save_for_backward(x, w_ih, w_dot, hs, y, gates, lens)
         ctx.reset_after, ctx.has_bias = reset_after, b_ih is not None
-        ctx.launch, ctx.has_lens = (cfg, dot_dtype, prec), lengths is not None
+        ctx.launch, ctx.has_lens = (cfg, dot_dtype, prec, round_dot), lengths is not None
         return out, hs[T].to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out, grad_last):
         first_derivatives_only("triton")
-        x, w_ih, w_hh, hs, y, gates, lens = ctx.saved_tensors
+        x, w_ih, w_dot, hs, y, gates, lens = ctx.saved_tensors
         T, B, _ = x.shape
         H = hs.shape[2]
         reset_after = ctx.reset_after
         k = _kernels()
-        cfg, dot_dtype, prec = ctx.launch
+        cfg, dot_dtype, prec, round_dot = ctx.launch  # w_dot: the weights as the forward read
         dxg = _empty(T, B, 3 * H, dtype=x.dtype, device=x.device)
         dgh = _empty(T, B, 3 * H, dtype=x.dtype, device=x.device) if reset_after else dxg
         dh = grad_last.float().contiguous().clone() if grad_last is not None else hs.new_zeros(B, H)
         dy = grad_out.contiguous() if grad_out is not None else x.new_zeros(T, B, H)
-        w_dot, round_dot = _weights_for_dot(w_hh, prec), _round_tf32(x.dtype, prec)
         resident = _resident_backward_launch(H, B, x.device, x.dtype) if reset_after else None
         cnt, err = _sync_buffers((resident or cfg)["grid"], x.device)
         if resident:
@@ -449,24 +444,23 @@ class _LSTM(torch.autograd.Function):
                 SPIN_LIMIT=SPIN_LIMIT, **cfg["meta"],
             )  # fmt: skip
         _check(err)
-        ctx.save_for_backward(x, w_ih, w_hh, y, cs, gates, lens)
-        ctx.launch, ctx.has_lens = (cfg, dot_dtype, prec), lengths is not None
+        ctx.save_for_backward(x, w_ih, w_dot, y, cs, gates, lens)
+        ctx.launch, ctx.has_lens = (cfg, dot_dtype, prec, round_dot), lengths is not None
         ctx.has_bias = b_ih is not None
         return y[1:], hs[T].to(x.dtype), cs[T].to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out, grad_h, grad_c):
         first_derivatives_only("triton")
-        x, w_ih, w_hh, y, cs, gates, lens = ctx.saved_tensors
+        x, w_ih, w_dot, y, cs, gates, lens = ctx.saved_tensors
         T, B, _ = x.shape
         H = cs.shape[2]
         k = _kernels()
-        cfg, dot_dtype, prec = ctx.launch
+        cfg, dot_dtype, prec, round_dot = ctx.launch  # w_dot: the weights as the forward read
         dg = _empty(T, B, 4 * H, dtype=x.dtype, device=x.device)
         dh = grad_h.float().contiguous().clone() if grad_h is not None else cs.new_zeros(B, H)
         dc = grad_c.float().contiguous().clone() if grad_c is not None else cs.new_zeros(B, H)
         dy = grad_out.contiguous() if grad_out is not None else x.new_zeros(T, B, H)
-        w_dot, round_dot = _weights_for_dot(w_hh, prec), _round_tf32(x.dtype, prec)
         resident = _resident_backward_launch(H, B, x.device, x.dtype)
         cnt, err = _sync_buffers((resident or cfg)["grid"], x.device)
         if resident:

@@ -160,6 +160,20 @@ def _tile(B, H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr):
 
 
 @triton.jit
+def _tile_t(B, H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr):
+    """:func:`_tile` turned around, for the resident kernels' (units, rows) tiles: the (BH, BB)
+    mask of the program's slice and the slice's offsets in a (B, H) array."""
+    u = tl.program_id(0) * BH + tl.arange(0, BH)
+    rows = tl.program_id(1) * BB + tl.arange(0, BB)
+    u_mask = u < H
+    row_mask = rows < B
+    return (
+        u, u_mask, rows, row_mask, u_mask[:, None] & row_mask[None, :],
+        rows[None, :] * H + u[:, None],
+    )  # fmt: skip
+
+
+@triton.jit
 def _load_gates(ptr, H: tl.constexpr, mask, NG: tl.constexpr):
     """The gate blocks at ptr, ptr + H, … (NG of them, 3 or 4) as float32; the fourth is zeros
     when NG is 3."""
@@ -552,12 +566,7 @@ def resident_forward_kernel(
     (KP / 2, 2·BB), and the product's two diagonal blocks are summed."""
     NP_H = tl.num_programs(0)
     NG: tl.constexpr = 4 if LSTM else 3
-    u = tl.program_id(0) * BH + tl.arange(0, BH)
-    rows = tl.program_id(1) * BB + tl.arange(0, BB)
-    u_mask = u < H
-    row_mask = rows < B
-    m2 = u_mask[:, None] & row_mask[None, :]
-    own = rows[None, :] * H + u[:, None]
+    u, u_mask, rows, row_mask, m2, own = _tile_t(B, H, BH, BB)
     own_xg = rows[None, :] * (NG * H) + u[:, None]
     own_g = rows[None, :] * (4 * H) + u[:, None]
     # the state operand (KP / FOLD, FOLD·BB): column (f, b) of row k is h[b, f·KP / FOLD + k]
@@ -691,12 +700,7 @@ def resident_backward_kernel(
     MMA work is thrown away, which costs less than the round trips a K loop would take)."""
     NP_H = tl.num_programs(0)
     NG: tl.constexpr = 4 if LSTM else 3
-    u = tl.program_id(0) * BH + tl.arange(0, BH)
-    rows = tl.program_id(1) * BB + tl.arange(0, BB)
-    u_mask = u < H
-    row_mask = rows < B
-    m2 = u_mask[:, None] & row_mask[None, :]
-    own = rows[None, :] * H + u[:, None]
+    u, _, rows, row_mask, m2, own = _tile_t(B, H, BH, BB)
     own_x = rows[None, :] * (NG * H) + u[:, None]
     own_g = rows[None, :] * (4 * H) + u[:, None]
     # the second operand: column (g, b) of row k is D_t[b, g·H + k]. Its (KP, 4·BB) offsets are
