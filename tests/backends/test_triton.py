@@ -46,8 +46,9 @@ def _poison(monkeypatch):
 @pytest.fixture(params=["resident", "folded", "streamed"])
 def forward_kernel(request, monkeypatch):
     """Both kernel pairs of the GRU (reset after) and the LSTM: the ones that keep the weights
-    on chip (the default where they fit; "folded": the opt-in forward with half the weights per
-    program) and the ones that stream them every step."""
+    on chip (the default where they fit; "folded": the forward with half the weights per program,
+    which the launcher takes where the unfolded one does not fit, here forced at every size) and
+    the ones that stream them every step."""
     if request.param == "streamed":
         monkeypatch.setitem(gpu.TUNING, "resident", 0)
     if request.param == "folded":
@@ -188,11 +189,13 @@ def hopper(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("fold", [1, 2])
+@pytest.mark.parametrize("fold", [None, 1, 2])
 def test_resident_launches_fit_the_chip(hopper, monkeypatch, dtype, fold):
     """Every size the resident launchers accept covers H and B, keeps one program per
-    multiprocessor (the barrier needs them all resident) and plans within shared memory."""
-    monkeypatch.setitem(gpu.TUNING, "fold", fold)
+    multiprocessor (the barrier needs them all resident) and plans within shared memory.
+    fold None: the default, unfolded where that fits, else folded."""
+    if fold is not None:
+        monkeypatch.setitem(gpu.TUNING, "fold", fold)
     size = dtype.itemsize
     for H in (16, 100, 256, 320, 512, 1000, 1024, 2048):
         for B in (1, 8, 16, 17, 64, 256):
@@ -207,8 +210,14 @@ def test_resident_launches_fit_the_chip(hopper, monkeypatch, dtype, fold):
                 assert (weights + operand * meta["BB"] * meta["KP"]) * size <= gpu.SHARED_MEMORY
     # where they apply, as the notes say
     small = gpu._resident_launch(1024, 16, hopper, torch.bfloat16)
-    assert small["grid"] == ((64, 1) if fold == 1 else (128, 1))  # 16 or 8 units a program
-    assert (gpu._resident_launch(1024, 16, hopper, torch.float32) is None) == (fold == 1)
+    assert small["grid"] == ((128, 1) if fold == 2 else (64, 1))  # 8 or 16 units a program
+    assert small["meta"]["FOLD"] == (fold or 1)
+    fp32 = gpu._resident_launch(1024, 16, hopper, torch.float32)
+    assert (fp32 is None) == (fold == 1)
+    if fold is None:
+        assert fp32["meta"]["FOLD"] == 2 and fp32["grid"] == (128, 1)
+        assert gpu._resident_launch(512, 16, hopper, torch.float32)["meta"]["FOLD"] == 1
+        assert gpu._resident_launch(1024, 64, hopper, torch.float32) is None  # 512 programs
     assert gpu._resident_launch(1024, 256, hopper, torch.bfloat16) is None
     assert gpu._resident_backward_launch(1024, 16, hopper, torch.bfloat16)["meta"]["BB"] == 8
     assert gpu._resident_backward_launch(1024, 64, hopper, torch.bfloat16) is None

@@ -179,22 +179,25 @@ def _resident_sizes(
 def _resident_launch(H: int, B: int, device: torch.device, dtype: torch.dtype) -> dict | None:
     """Grid and block sizes for :func:`~gatedrnn.backends.triton_kernels.resident_forward_kernel`,
     or None where it does not apply (:func:`_resident_sizes`): the program's weight rows (64 × H)
-    and one step's state of its batch rows (H × BB) must fit. Elsewhere the forward runs
-    :func:`gru_forward_kernel` / :func:`lstm_forward_kernel`. ``TUNING["resident"] = 0`` turns it
-    off (benchmarks compare the two); ``TUNING["fold"] = 2`` asks for the folded variant (8 units
-    per program, half the weights; not yet measured on a GPU, so never chosen by itself)."""
+    and one step's state of its batch rows (H × BB) must fit. Where they do not, the folded
+    variant (FOLD = 2: 8 units per program, half the weights; this is what puts float32 at
+    H = 1024, B ≤ 16 on chip), and elsewhere :func:`gru_forward_kernel` /
+    :func:`lstm_forward_kernel`. ``TUNING["resident"] = 0`` turns the resident kernels off,
+    ``TUNING["fold"]`` = 1 or 2 asks for one variant only (benchmarks compare them)."""
     if not TUNING.get("resident", 1):
         return None
-    fold = TUNING.get("fold", 1)
-    if fold not in (1, 2):
+    fold = TUNING.get("fold")
+    if fold not in (None, 1, 2):
         raise ValueError(f"TUNING['fold'] must be 1 or 2, got {fold!r}")
-    launch = _resident_sizes(
-        H, B, device, dtype, units=16 // fold, operand_columns=1, batch_tiles=(16, 32, 64),
-        warps_from=8192,
-    )  # fmt: skip
-    if launch is not None:
-        launch["meta"]["FOLD"] = fold
-    return launch
+    for FOLD in (1, 2) if fold is None else (fold,):
+        launch = _resident_sizes(
+            H, B, device, dtype, units=16 // FOLD, operand_columns=1,
+            batch_tiles=(16, 32, 64), warps_from=8192,
+        )  # fmt: skip
+        if launch is not None:
+            launch["meta"]["FOLD"] = FOLD
+            return launch
+    return None
 
 
 def _resident_backward_launch(
