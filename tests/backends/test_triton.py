@@ -206,6 +206,7 @@ def test_resident_launches_fit_the_chip(hopper, monkeypatch, dtype, fold):
                     continue
                 (p, q), meta = launch["grid"], launch["meta"]
                 assert p * q <= 132 and p * meta["BH"] >= H and q * meta["BB"] >= B
+                assert meta["KP"] // meta.get("FOLD", 1) >= 16  # the MMA's smallest K (bf16)
                 weights = 64 * meta["KP"] // meta.get("FOLD", 1)
                 assert (weights + operand * meta["BB"] * meta["KP"]) * size <= gpu.SHARED_MEMORY
     # where they apply, as the notes say

@@ -157,7 +157,9 @@ def _resident_sizes(
     weights and that operand within :data:`SHARED_MEMORY`, at most one program per
     multiprocessor. BB is the smallest of ``batch_tiles`` that fits; eight warps from
     KP·BB ≥ ``warps_from``. Under the interpreter: one program covering everything."""
-    KP = _next_pow2(max(H, 16))
+    # K of the MMA: a power of two, and at least 16 (bf16's smallest) in each of the folded
+    # variant's 16 / units K ranges
+    KP = _next_pow2(max(H, 16 * (16 // units)))
     if device.type != "cuda":
         BB = max(batch_tiles[0], _next_pow2(B))
         return {"grid": (1, 1), "meta": {"BH": max(units, _next_pow2(H)), "BB": BB, "KP": KP}}
