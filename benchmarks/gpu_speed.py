@@ -262,21 +262,28 @@ def print_table(rows: list[dict], device: str) -> None:
 
 
 def write_table(rows: list[dict], device: str) -> None:
+    """Put this run's ratios into the auto table: rows of the shapes measured replace the
+    device's rows of the same shapes, the device's other rows stay (a partial grid, e.g.
+    ``--hidden 1024``, refreshes only those)."""
     from gatedrnn.backends.gpu import TABLE_PATH
 
+    def key(row: dict) -> tuple:
+        return row["kind"], row["dtype"], row["grad"], row["H"], row["B"]
+
     table = json.loads(TABLE_PATH.read_text()) if TABLE_PATH.exists() else {"devices": {}}
-    table["devices"][device] = [
-        {
-            "kind": row["cell"],
-            "dtype": row["dtype"],
-            "grad": row["grad"],
-            "H": row["H"],
-            "B": row["B"],
-            "ratio": round(1 / row["speedup"], 3),
-        }
-        for row in rows
-        if "speedup" in row
-    ]
+    merged = {key(row): row for row in table["devices"].get(device, [])}
+    for row in rows:
+        if "speedup" in row:
+            entry = {
+                "kind": row["cell"],
+                "dtype": row["dtype"],
+                "grad": row["grad"],
+                "H": row["H"],
+                "B": row["B"],
+                "ratio": round(1 / row["speedup"], 3),
+            }
+            merged[key(entry)] = entry
+    table["devices"][device] = sorted(merged.values(), key=key)
     TABLE_PATH.write_text(json.dumps(table, indent=1) + "\n")
     print(f"wrote {TABLE_PATH}")
 

@@ -6,6 +6,8 @@
 #   bash scripts/gpu_check.sh                                   # tests, grid (BENCH_ARGS=--write-table)
 #   FOLD=1 bash scripts/gpu_check.sh                            # + the forward folded, unfolded, default
 #   SWEEP=gru:bfloat16:16:1024 SWEEP_VARIANTS='[{}, {"resident": 0}]' bash scripts/gpu_check.sh
+#   TEST_K="not streamed" BENCH_ARGS='--write-table --hidden 1024' bash scripts/gpu_check.sh
+#                                     # some tests; a partial grid, merged into the auto table
 set -o pipefail
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
@@ -14,7 +16,7 @@ export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
   nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used,utilization.gpu --format=csv
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cudnn', torch.backends.cudnn.version())"
 } 2>&1 | tee "$OUT/tests.log"
-timeout ${TEST_TIMEOUT:-300} python3 -m pytest tests/backends/test_triton.py -q -p no:cacheprovider -s 2>&1 | tee -a "$OUT/tests.log" | grep -v "^gru\|^lstm" | tail -25
+timeout ${TEST_TIMEOUT:-300} python3 -m pytest tests/backends/test_triton.py -q -p no:cacheprovider -s ${TEST_K:+-k "$TEST_K"} 2>&1 | tee -a "$OUT/tests.log" | grep -v "^gru\|^lstm" | tail -25
 grep "^gru\|^lstm" "$OUT/tests.log" | tail -40
 timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/gpu_speed.py --out "$OUT/gpu_speed.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -60
 if [ -n "${FOLD:-}" ]; then

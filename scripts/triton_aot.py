@@ -57,7 +57,8 @@ def build(fn, consts, dtype, warps, stages, sass_dir):
             name = f"{fn.__name__}_{dtype}_{consts.get('RESET_AFTER', consts.get('LSTM', ''))}.sass"
             Path(sass_dir, name).write_text(sass.stdout)
     regs, stack = line.split()[0], line.split()[1]
-    flags = {k_: v for k_, v in consts.items() if k_ in ("RESET_AFTER", "SAVE", "LSTM", "BB")}
+    shown = ("RESET_AFTER", "SAVE", "LSTM", "BB", "FOLD", "CHUNKS")
+    flags = {k_: v for k_, v in consts.items() if k_ in shown}
     print(f"{fn.__name__:22} {dtype} {flags} {regs} {stack} smem {compiled.metadata.shared}")
 
 
@@ -66,7 +67,13 @@ def main() -> None:
     parser.add_argument("--H", type=int, default=1024)
     parser.add_argument("--BB", type=int, default=16)
     parser.add_argument("--B", type=int, default=16, help="batch, for the resident kernel's sizes")
-    parser.add_argument("--fold", type=int, default=1, help="the resident forward's FOLD (1, 2)")
+    parser.add_argument(
+        "--fold", type=int, default=0, help="the resident kernels' FOLD (1, 2; 0: the launcher's)"
+    )
+    parser.add_argument(
+        "--chunks", type=int, default=0, help="the resident backward's CHUNKS (0: the launcher's)"
+    )
+    parser.add_argument("--resident-only", action="store_true", help="skip the streamed kernels")
     parser.add_argument("--BH", type=int, default=16)
     parser.add_argument("--BK", type=int, default=128)
     parser.add_argument("--warps", type=int, default=4)
@@ -90,14 +97,14 @@ def main() -> None:
             (k.lstm_forward_kernel, dict(SAVE=True)),
             (k.lstm_backward_kernel, {}),
         ]
-        for fn, extra in jobs:
+        for fn, extra in [] if args.resident_only else jobs:
             build(fn, {**common, **extra}, dtype, args.warps, args.stages, args.sass)
         # the resident kernels, with the launcher's sizes for this H and batch (sm_90)
         for fn, launcher, extra in (
             (k.resident_forward_kernel, "_resident_launch", {"SAVE": True, "Y_IS_HS": False}),
             (k.resident_backward_kernel, "_resident_backward_launch", {}),
         ):
-            launch = resident_launch(launcher, args.H, args.B, dtype, args.fold)
+            launch = resident_launch(launcher, args.H, args.B, dtype, args.fold, args.chunks)
             if launch is None:
                 print(f"{fn.__name__} {dtype} does not fit at H={args.H}, B={args.B}")
                 continue
@@ -109,7 +116,7 @@ def main() -> None:
                 build(fn, consts, dtype, warps, args.stages, args.sass)
 
 
-def resident_launch(launcher, H, B, dtype, fold=1):
+def resident_launch(launcher, H, B, dtype, fold=0, chunks=0):
     """gpu's launcher for a resident kernel on a 132-multiprocessor sm_90 GPU, without one."""
     from unittest import mock
 
@@ -123,7 +130,8 @@ def resident_launch(launcher, H, B, dtype, fold=1):
         mock.patch.object(torch.cuda, "get_device_capability", lambda index: (9, 0)),
         mock.patch.object(torch.cuda, "current_device", lambda: 0),
         mock.patch.object(gpu, "fp32_precision", lambda: "tf32"),
-        mock.patch.dict(gpu.TUNING, {"fold": fold}),
+        mock.patch.dict(gpu.TUNING, {"fold": fold} if fold else {}),
+        mock.patch.dict(gpu.TUNING, {"chunks": chunks} if chunks else {}),
     ):
         return getattr(gpu, launcher)(H, B, torch.device("cuda", 0), torch_dtype)
 

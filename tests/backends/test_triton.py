@@ -6,6 +6,9 @@ the same checks run at real sizes with TF32 and bfloat16 tolerances (``-m gpu``)
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -43,16 +46,20 @@ def _poison(monkeypatch):
     monkeypatch.setattr(gpu, "POISON", True)
 
 
-@pytest.fixture(params=["resident", "folded", "streamed"])
-def forward_kernel(request, monkeypatch):
+@pytest.fixture(params=["resident", "folded", "chunked", "streamed"])
+def kernel_variant(request, monkeypatch):
     """Both kernel pairs of the GRU (reset after) and the LSTM: the ones that keep the weights
-    on chip (the default where they fit; "folded": the forward with half the weights per program,
-    which the launcher takes where the unfolded one does not fit, here forced at every size) and
-    the ones that stream them every step."""
+    on chip (the default where they fit), in the variants the launchers take where they do not
+    ("folded": half the weights per program, the backward's gradients in two chunks per step;
+    "chunked": the backward's gradients in four chunks; here forced at every size), and the
+    ones that stream the weights every step."""
     if request.param == "streamed":
         monkeypatch.setitem(gpu.TUNING, "resident", 0)
     if request.param == "folded":
         monkeypatch.setitem(gpu.TUNING, "fold", 2)
+        monkeypatch.setitem(gpu.TUNING, "chunks", 2)
+    if request.param == "chunked":
+        monkeypatch.setitem(gpu.TUNING, "chunks", 4)
     return request.param
 
 
@@ -130,24 +137,26 @@ SMALL_DTYPES = [torch.float32, torch.float16] if not CUDA else [torch.float32, t
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
 @pytest.mark.parametrize("dtype", SMALL_DTYPES, ids=str)
-@pytest.mark.parametrize("H", [5, 16, 20])
-def test_one_layer_matches_reference(cell, dtype, H, forward_kernel):
+@pytest.mark.parametrize("H", [5, 16, 20, 60])
+def test_one_layer_matches_reference(cell, dtype, H, kernel_variant):
+    """H = 60: every K range of the folded and chunked variants (16 wide each, K padded to 64)
+    holds weights, the last one in part."""
     check(cell, dtype, T=6, B=3, I=4, H=H, seed=H)
 
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
-def test_stack_bidirectional_packed(cell, forward_kernel):
+def test_stack_bidirectional_packed(cell, kernel_variant):
     lengths = torch.tensor([2, 7, 1, 5])
     check(cell, torch.float32, T=7, B=4, I=3, H=6, layers=2, bidirectional=True, lengths=lengths)
 
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
-def test_batch_wider_than_one_block(cell, forward_kernel):
+def test_batch_wider_than_one_block(cell, kernel_variant):
     check(cell, torch.float32, T=3, B=17, I=2, H=3)
 
 
 @pytest.mark.parametrize("cell, resident", [("gru", True), ("lstm", True), ("gru-before", False)])
-def test_kernel_choice(cell, resident, monkeypatch, forward_kernel):
+def test_kernel_choice(cell, resident, monkeypatch, kernel_variant):
     """The resident kernels run the GRU (reset after) and the LSTM, forward and backward, unless
     turned off; the reset-before GRU always streams. Checked by which kernels are launched."""
     if CUDA:
@@ -171,7 +180,7 @@ def test_kernel_choice(cell, resident, monkeypatch, forward_kernel):
     layer = layer_cls(3, 5, backend="triton", **options).to(DEVICE)
     out, _ = layer(torch.randn(4, 2, 3, device=DEVICE, requires_grad=True))
     out.sum().backward()
-    if resident and forward_kernel != "streamed":
+    if resident and kernel_variant != "streamed":
         assert launched == ["resident_forward_kernel", "resident_backward_kernel"]
     else:
         assert not any(name.startswith("resident") for name in launched), launched
@@ -192,8 +201,9 @@ def hopper(monkeypatch):
 @pytest.mark.parametrize("fold", [None, 1, 2])
 def test_resident_launches_fit_the_chip(hopper, monkeypatch, dtype, fold):
     """Every size the resident launchers accept covers H and B, keeps one program per
-    multiprocessor (the barrier needs them all resident) and plans within shared memory.
-    fold None: the default, unfolded where that fits, else folded."""
+    multiprocessor (the barrier needs them all resident) and plans the weights and one chunk of
+    the step's operand within shared memory, with K ranges the MMA takes and a product at most
+    256 wide. fold None: the default, unfolded where that fits, else folded."""
     if fold is not None:
         monkeypatch.setitem(gpu.TUNING, "fold", fold)
     size = dtype.itemsize
@@ -205,24 +215,42 @@ def test_resident_launches_fit_the_chip(hopper, monkeypatch, dtype, fold):
                 if launch is None:
                     continue
                 (p, q), meta = launch["grid"], launch["meta"]
+                F, C, KP = meta["FOLD"], meta.get("CHUNKS", 1), meta["KP"]
+                assert fold in (None, F) and meta["BH"] == 16 // F
                 assert p * q <= 132 and p * meta["BH"] >= H and q * meta["BB"] >= B
-                assert meta["KP"] // meta.get("FOLD", 1) >= 16  # the MMA's smallest K (bf16)
-                weights = 64 * meta["KP"] // meta.get("FOLD", 1)
-                assert (weights + operand * meta["BB"] * meta["KP"]) * size <= gpu.SHARED_MEMORY
+                assert KP >= H and KP // F // C >= 16  # the MMA's smallest K (bf16)
+                assert operand * F * meta["BB"] <= 256
+                weights = 64 * KP // F
+                assert (weights + operand * meta["BB"] * KP // C) * size <= gpu.SHARED_MEMORY
     # where they apply, as the notes say
     small = gpu._resident_launch(1024, 16, hopper, torch.bfloat16)
     assert small["grid"] == ((128, 1) if fold == 2 else (64, 1))  # 8 or 16 units a program
     assert small["meta"]["FOLD"] == (fold or 1)
     fp32 = gpu._resident_launch(1024, 16, hopper, torch.float32)
     assert (fp32 is None) == (fold == 1)
+    assert gpu._resident_launch(1024, 256, hopper, torch.bfloat16) is None
+    back = gpu._resident_backward_launch(1024, 16, hopper, torch.bfloat16)
+    assert back["meta"]["BB"] == (16 if fold == 2 else 8)
+    back = gpu._resident_backward_launch(1024, 64, hopper, torch.bfloat16)
+    assert (back is None) == (fold == 2)  # folded, 64 rows would be a 512-wide product
     if fold is None:
         assert fp32["meta"]["FOLD"] == 2 and fp32["grid"] == (128, 1)
         assert gpu._resident_launch(512, 16, hopper, torch.float32)["meta"]["FOLD"] == 1
         assert gpu._resident_launch(1024, 64, hopper, torch.float32) is None  # 512 programs
-    assert gpu._resident_launch(1024, 256, hopper, torch.bfloat16) is None
-    assert gpu._resident_backward_launch(1024, 16, hopper, torch.bfloat16)["meta"]["BB"] == 8
-    assert gpu._resident_backward_launch(1024, 64, hopper, torch.bfloat16) is None
-    assert gpu._resident_backward_launch(512, 64, hopper, torch.float32) is None
+        assert back["meta"] == {
+            "BH": 16, "BB": 32, "KP": 1024, "FOLD": 1, "CHUNKS": 4, "num_warps": 8
+        }  # fmt: skip
+        assert gpu._resident_backward_launch(1024, 16, hopper, torch.bfloat16)["meta"][
+            "CHUNKS"
+        ] == 1  # fmt: skip
+        for B, BB, chunks in ((1, 8, 2), (16, 16, 4)):
+            back = gpu._resident_backward_launch(1024, B, hopper, torch.float32)
+            assert back["grid"] == (128, 1)
+            assert back["meta"]["FOLD"] == 2 and back["meta"]["CHUNKS"] == chunks
+            assert back["meta"]["BB"] == BB
+        assert gpu._resident_backward_launch(1024, 64, hopper, torch.float32) is None
+        back = gpu._resident_backward_launch(512, 64, hopper, torch.float32)
+        assert back["meta"]["FOLD"] == 1 and back["meta"]["CHUNKS"] == 2
 
 
 def test_resident_launches_need_hopper_and_tf32(hopper, monkeypatch):
@@ -236,6 +264,10 @@ def test_resident_launches_need_hopper_and_tf32(hopper, monkeypatch):
     monkeypatch.setitem(gpu.TUNING, "fold", 3)
     with pytest.raises(ValueError, match="must be 1 or 2, got 3"):
         gpu._resident_launch(256, 16, hopper, torch.bfloat16)
+    monkeypatch.setitem(gpu.TUNING, "fold", 1)
+    monkeypatch.setitem(gpu.TUNING, "chunks", 3)
+    with pytest.raises(ValueError, match="must be 1, 2 or 4, got 3"):
+        gpu._resident_backward_launch(256, 16, hopper, torch.bfloat16)
 
 
 def test_round_tf32_rounds_to_nearest():
@@ -357,19 +389,25 @@ REAL = [
     (cell, dtype, B, H)
     for cell in sorted(CELLS)
     for dtype in (torch.float32, torch.bfloat16)
-    for B, H in [(1, 256), (16, 1024), (64, 512), (256, 256)]
+    for B, H in [(1, 256), (16, 1024), (64, 512), (64, 1024), (256, 256)]
 ]
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("cell, dtype, B, H", REAL, ids=str)
-def test_real_sizes_on_gpu(cell, dtype, B, H, forward_kernel):
-    if cell == "gru-before" and forward_kernel != "resident":
+def test_real_sizes_on_gpu(cell, dtype, B, H, kernel_variant):
+    if cell == "gru-before" and kernel_variant != "resident":
         pytest.skip("the reset-before GRU has one forward kernel")
-    resident = gpu._resident_launch(H, B, torch.device(DEVICE), dtype) is not None
+    launches = [
+        (launch or {}).get("meta")
+        for launch in (
+            gpu._resident_launch(H, B, torch.device(DEVICE), dtype),
+            gpu._resident_backward_launch(H, B, torch.device(DEVICE), dtype),
+        )
+    ]
     errors = check(cell, dtype, T=64, B=B, I=H, H=H, seed=B + H)
-    print(cell, dtype, B, H, forward_kernel, resident, {k: f"{v:.1e}" for k, v in errors.items()})
+    print(cell, dtype, B, H, kernel_variant, launches, {k: f"{v:.1e}" for k, v in errors.items()})
 
 
 @pytest.mark.gpu
@@ -383,9 +421,34 @@ def test_float32_accurate_products_on_gpu(cell, monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("cell", sorted(CELLS))
-def test_stack_packed_on_gpu(cell, forward_kernel):
+def test_stack_packed_on_gpu(cell, kernel_variant):
     lengths = torch.tensor([30, 64, 1, 17, 64, 5, 40, 2])
     errors = check(
         cell, torch.float32, T=64, B=8, I=96, H=320, layers=2, bidirectional=True, lengths=lengths
     )
-    print(cell, "stack", forward_kernel, {k: f"{v:.1e}" for k, v in errors.items()})
+    print(cell, "stack", kernel_variant, {k: f"{v:.1e}" for k, v in errors.items()})
+
+
+def test_benchmark_table_update_keeps_unmeasured_rows(tmp_path, monkeypatch):
+    """``gpu_speed.py --write-table`` after a partial grid replaces only the measured shapes."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_speed.py"
+    spec = importlib.util.spec_from_file_location("gpu_speed", path)
+    gpu_speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_speed)
+    table = tmp_path / "gpu_table.json"
+    monkeypatch.setattr(gpu, "TABLE_PATH", table)
+    old = [
+        {"kind": "gru", "dtype": "float32", "grad": g, "H": H, "B": 1, "ratio": 0.5}
+        for H in (256, 1024)
+        for g in (False, True)
+    ]
+    table.write_text(json.dumps({"devices": {"GPU": old, "Other": old[:1]}}))
+    measured = {"cell": "gru", "dtype": "float32", "B": 1, "H": 1024, "grad": True}
+    rows = [{**measured, "speedup": 4.0}, {**measured, "grad": False}]  # the second failed
+    gpu_speed.write_table(rows, "GPU")
+    written = json.loads(table.read_text())["devices"]
+    assert written["Other"] == old[:1]
+    ratios = {(r["H"], r["grad"]): r["ratio"] for r in written["GPU"]}
+    assert ratios == {(256, False): 0.5, (256, True): 0.5, (1024, False): 0.5, (1024, True): 0.25}

@@ -147,34 +147,60 @@ is the compiler's scratch for the gate math's layout changes."""
 
 
 def _resident_sizes(
-    H: int, B: int, device: torch.device, dtype: torch.dtype, *, units: int,
-    operand_columns: int, batch_tiles: tuple[int, ...], warps_from: int,
+    H: int, B: int, device: torch.device, dtype: torch.dtype, *, operand_columns: int,
+    batch_tiles: tuple[int, ...], warps_from: int, chunks: tuple[int, ...] | None = None,
 ) -> dict | None:  # fmt: skip
     """What the two resident launchers share: grid and block sizes for a resident kernel whose
-    programs own ``units`` hidden units (a 64-row weight operand of KP·units/16 columns) and
-    whose per-step operand is KP × operand_columns·BB, or None where it cannot run: Hopper or
-    newer (warpgroup MMA, operands read from shared memory), bfloat16/float16 or TF32, the
-    weights and that operand within :data:`SHARED_MEMORY`, at most one program per
-    multiprocessor. BB is the smallest of ``batch_tiles`` that fits; eight warps from
-    KP·BB ≥ ``warps_from``. Under the interpreter: one program covering everything."""
-    # K of the MMA: a power of two, and at least 16 (bf16's smallest) in each of the folded
-    # variant's 16 / units K ranges
-    KP = _next_pow2(max(H, 16 * (16 // units)))
+    programs own BH = 16 / FOLD hidden units (a 64-row weight operand, KP / FOLD columns) and
+    whose per-step operand is KP × operand_columns·BB, loaded in CHUNKS pieces (``chunks``:
+    the counts to try, None for a kernel without the parameter), or None where it cannot run:
+    Hopper or newer (warpgroup MMA, operands read from shared memory), bfloat16/float16 or TF32,
+    the weights and one chunk of the operand within :data:`SHARED_MEMORY`, at most one program
+    per multiprocessor, the product at most 256 columns wide (the MMA's N). Takes the smallest
+    of ``batch_tiles`` that fits, unfolded before folded (``TUNING["fold"]`` = 1 or 2 forces
+    one), then the fewest chunks (``TUNING["chunks"]`` forces a count); eight warps from
+    KP·BB / CHUNKS ≥ ``warps_from``. Under the interpreter: one program covering everything,
+    with the first fold and chunk count."""
+    fold = TUNING.get("fold")
+    if fold not in (None, 1, 2):
+        raise ValueError(f"TUNING['fold'] must be 1 or 2, got {fold!r}")
+    folds = (1, 2) if fold is None else (fold,)
+    if chunks is not None and "chunks" in TUNING:
+        if TUNING["chunks"] not in (1, 2, 4):
+            raise ValueError(f"TUNING['chunks'] must be 1, 2 or 4, got {TUNING['chunks']!r}")
+        chunks = (TUNING["chunks"],)
+
+    def meta(BH: int, BB: int, F: int, C: int) -> dict:
+        # K of the MMA: a power of two, and at least 16 (bf16's smallest) in every K range and
+        # chunk
+        result = {"BH": BH, "BB": BB, "KP": _next_pow2(max(H, 16 * F * C)), "FOLD": F}
+        if chunks is not None:
+            result["CHUNKS"] = C
+        return result
+
     if device.type != "cuda":
+        F, C = folds[0], (chunks or (1,))[0]
         BB = max(batch_tiles[0], _next_pow2(B))
-        return {"grid": (1, 1), "meta": {"BH": max(units, _next_pow2(H)), "BB": BB, "KP": KP}}
+        return {"grid": (1, 1), "meta": meta(max(16 // F, _next_pow2(H)), BB, F, C)}
     if dtype == torch.float32 and fp32_precision() != "tf32":
         return None
     index = device.index if device.index is not None else torch.cuda.current_device()
     if torch.cuda.get_device_capability(index) < (9, 0):
         return None
-    weights = 64 * KP * units // 16
     for BB in batch_tiles:
-        grid = (math.ceil(H / units), math.ceil(B / BB))
-        fits = (weights + operand_columns * BB * KP) * dtype.itemsize <= SHARED_MEMORY
-        if grid[0] * grid[1] <= _sm_count(index) and fits:
-            warps = TUNING.get("num_warps", 8 if warps_from <= KP * BB else 4)
-            return {"grid": grid, "meta": {"BH": units, "BB": BB, "KP": KP, "num_warps": warps}}
+        for F in folds:
+            grid = (math.ceil(H / (16 // F)), math.ceil(B / BB))
+            if grid[0] * grid[1] > _sm_count(index) or operand_columns * F * BB > 256:
+                continue
+            for C in chunks or (1,):
+                launch = meta(16 // F, BB, F, C)
+                KP = launch["KP"]
+                operand = operand_columns * BB * KP // C  # one chunk
+                if (64 * KP // F + operand) * dtype.itemsize <= SHARED_MEMORY:
+                    launch["num_warps"] = TUNING.get(
+                        "num_warps", 8 if warps_from <= KP * BB // C else 4
+                    )
+                    return {"grid": grid, "meta": launch}
     return None
 
 
@@ -188,18 +214,9 @@ def _resident_launch(H: int, B: int, device: torch.device, dtype: torch.dtype) -
     ``TUNING["fold"]`` = 1 or 2 asks for one variant only (benchmarks compare them)."""
     if not TUNING.get("resident", 1):
         return None
-    fold = TUNING.get("fold")
-    if fold not in (None, 1, 2):
-        raise ValueError(f"TUNING['fold'] must be 1 or 2, got {fold!r}")
-    for FOLD in (1, 2) if fold is None else (fold,):
-        launch = _resident_sizes(
-            H, B, device, dtype, units=16 // FOLD, operand_columns=1,
-            batch_tiles=(16, 32, 64), warps_from=8192,
-        )  # fmt: skip
-        if launch is not None:
-            launch["meta"]["FOLD"] = FOLD
-            return launch
-    return None
+    return _resident_sizes(
+        H, B, device, dtype, operand_columns=1, batch_tiles=(16, 32, 64), warps_from=8192
+    )
 
 
 def _resident_backward_launch(
@@ -207,12 +224,13 @@ def _resident_backward_launch(
 ) -> dict | None:
     """Sizes for :func:`~gatedrnn.backends.triton_kernels.resident_backward_kernel`, or None
     where it does not apply (:func:`_resident_sizes`): the program's weight columns (64 × H) and
-    one step's gradients of its batch rows (H × 4·BB) must fit."""
+    a chunk of one step's gradients of its batch rows (H × 4·BB in 1, 2 or 4 chunks) must fit,
+    folded (8 units per program) where unfolded they do not."""
     if not TUNING.get("resident", 1):
         return None
     return _resident_sizes(
-        H, B, device, dtype, units=16, operand_columns=4, batch_tiles=(8, 16, 32, 64),
-        warps_from=4096,
+        H, B, device, dtype, operand_columns=4, batch_tiles=(8, 16, 32, 64), warps_from=4096,
+        chunks=(1, 2, 4),
     )  # fmt: skip
 
 

@@ -643,16 +643,36 @@ def resident_forward_kernel(
 
 
 @triton.jit
-def _gate_columns(W, H: tl.constexpr, BH: tl.constexpr, KP: tl.constexpr, NG: tl.constexpr):
-    """This program's columns of the recurrent weights, one block per gate: row g·BH + j, column
-    k holds W[g·H + k, p·BH + j], a (4·BH, KP) tile; zeros past H and in a three-gate cell's
-    fourth block."""
-    i = tl.arange(0, 4 * BH)
-    gate = i // BH
+def _gate_columns(
+    W, H: tl.constexpr, BH: tl.constexpr, KP: tl.constexpr, NG: tl.constexpr,
+    FOLD: tl.constexpr, KC: tl.constexpr, c: tl.constexpr,
+):  # fmt: skip
+    """Chunk c (KC wide) of this program's columns of the recurrent weights, one block per gate
+    and K range: row (f·4 + g)·BH + j, column k holds W[g·H + f·KP / FOLD + c·KC + k, p·BH + j],
+    a (FOLD·4·BH, KC) tile; zeros past H and in a three-gate cell's fourth blocks."""
+    i = tl.arange(0, FOLD * 4 * BH)
+    part = i // (4 * BH)
+    gate = (i // BH) % 4
     unit = tl.program_id(0) * BH + i % BH
-    ks = tl.arange(0, KP)
-    mask = ((gate < NG) & (unit < H))[:, None] & (ks < H)[None, :]
-    return tl.load(W + (gate[:, None] * H + ks[None, :]) * H + unit[:, None], mask=mask, other=0.0)
+    k = part[:, None] * (KP // FOLD) + c * KC + tl.arange(0, KC)[None, :]
+    mask = ((gate < NG) & (unit < H))[:, None] & (k < H)
+    return tl.load(W + (gate[:, None] * H + k) * H + unit[:, None], mask=mask, other=0.0)
+
+
+@triton.jit
+def _gradient_chunk(
+    DR, step, ok, k0, c: tl.constexpr, KC: tl.constexpr, H: tl.constexpr, KP: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, ROUND: tl.constexpr,
+):  # fmt: skip
+    """Chunk c of the backward's second operand, (KC, columns): row k of column n is
+    DR[step[n] + c·KC + k], which lies k0[n] + c·KC + k into its gate's H (zero past H)."""
+    k = c * KC + tl.arange(0, KC)
+    if KP == H:  # noqa: SIM108 (compile-time: the k mask is not emitted)
+        mask = ok[None, :]
+    else:
+        mask = (k0[None, :] + k[:, None] < H) & ok[None, :]
+    d = tl.load(DR + step[None, :] + k[:, None], mask=mask, other=0.0, cache_modifier=".cg")
+    return _to_tf32(d, ROUND).to(DOT_DTYPE)
 
 
 @triton.jit
@@ -686,9 +706,9 @@ def resident_backward_kernel(
     DC,  # (B, H) float32 (LSTM): ∂c_T on entry, ∂c0 on exit
     LENS, CNT, ERR,
     T, B,
-    H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr,
-    LSTM: tl.constexpr, HAS_LENS: tl.constexpr, DOT_DTYPE: tl.constexpr, PREC: tl.constexpr,
-    ROUND: tl.constexpr, SPIN_LIMIT: tl.constexpr,
+    H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr, FOLD: tl.constexpr,
+    CHUNKS: tl.constexpr, LSTM: tl.constexpr, HAS_LENS: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    PREC: tl.constexpr, ROUND: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
     """The backward of :func:`gru_backward_kernel` (reset after) and :func:`lstm_backward_kernel`
     with the program's weight columns on chip. ∂h_{t−1} = carry + D_t · W[:, u] (D_t the step's
@@ -697,22 +717,39 @@ def resident_backward_kernel(
     kept in shared memory from before the time loop; the second operand (KP, 4·BB) holds D_t's
     gate blocks side by side, loaded whole each step. The product pairs every gate's weights with
     every gate's gradients; the sum of its diagonal blocks is the answer (three quarters of the
-    MMA work is thrown away, which costs less than the round trips a K loop would take)."""
+    MMA work is thrown away, which costs less than the round trips a K loop would take).
+
+    Where that does not fit in shared memory (:func:`~gatedrnn.backends.gpu._resident_sizes`):
+    FOLD = 2 halves the weights (8 units per program; the two halves of K become two 32-row
+    blocks of the first operand and two column blocks of the second, eight diagonal blocks
+    summed), and CHUNKS = 2 or 4 loads the second operand in that many K chunks per step, one
+    product each, the weights held as as many tiles (float32 at H = 1024, B ≤ 16; bfloat16 at
+    H = 1024, B = 64; TF32 at H = 512, B = 64)."""
     NP_H = tl.num_programs(0)
     NG: tl.constexpr = 4 if LSTM else 3
     u, _, rows, row_mask, m2, own = _tile_t(B, H, BH, BB)
     own_x = rows[None, :] * (NG * H) + u[:, None]
     own_g = rows[None, :] * (4 * H) + u[:, None]
-    # the second operand: column (g, b) of row k is D_t[b, g·H + k]. Its (KP, 4·BB) offsets are
-    # formed inside the time loop from the step's column offsets (a (KP, 4·BB) tensor made before
-    # it would be hoisted and held in registers all along)
-    ks = tl.arange(0, KP)
-    col = tl.arange(0, 4 * BB)
-    col_gate = col // BB
+    # the second operand: column (f, g, b) of row k is D_t[b, g·H + f·KP / FOLD + k]. Its 2-D
+    # offsets are formed inside the time loop from the step's column offsets (a tensor made
+    # before it would be hoisted and held in registers all along)
+    KC: tl.constexpr = KP // FOLD // CHUNKS
+    col = tl.arange(0, FOLD * 4 * BB)
+    col_gate = (col // BB) % 4
+    col_k0 = (col // (4 * BB)) * (KP // FOLD)
     col_row = tl.program_id(1) * BB + col % BB
-    d_cols = col_row * (NG * H) + col_gate * H
+    d_cols = col_row * (NG * H) + col_gate * H + col_k0
     d_ok = (col_gate < NG) & (col_row < B)
-    w = _gate_columns(W, H, BH, KP, NG).to(DOT_DTYPE)  # rounded to TF32 by the caller if ROUND
+    # the weight columns, one tile per chunk (rounded to TF32 by the caller if ROUND)
+    w0 = _gate_columns(W, H, BH, KP, NG, FOLD, KC, 0).to(DOT_DTYPE)
+    w1 = w0
+    w2 = w0
+    w3 = w0
+    if CHUNKS > 1:
+        w1 = _gate_columns(W, H, BH, KP, NG, FOLD, KC, 1).to(DOT_DTYPE)
+    if CHUNKS > 2:
+        w2 = _gate_columns(W, H, BH, KP, NG, FOLD, KC, 2).to(DOT_DTYPE)
+        w3 = _gate_columns(W, H, BH, KP, NG, FOLD, KC, 3).to(DOT_DTYPE)
     cnt = CNT + tl.program_id(1)
     dh = tl.load(DH + own, mask=m2, other=0.0)
     t = T - 1
@@ -779,16 +816,20 @@ def resident_backward_kernel(
             prev = tl.load(HS + (t - 1) * B * H + own, mask=prv, other=0.0)
         target += NP_H
         _sync(cnt, ERR, target, SPIN_LIMIT)
-        d_step = t * B * NG * H + d_cols
-        if KP == H:  # noqa: SIM108 (compile-time: the k mask is not emitted)
-            d_mask = d_ok[None, :]
-        else:
-            d_mask = (ks < H)[:, None] & d_ok[None, :]
-        d_t = tl.load(
-            DR + d_step[None, :] + ks[:, None], mask=d_mask, other=0.0, cache_modifier=".cg"
-        )
-        d_t = _to_tf32(d_t, ROUND).to(DOT_DTYPE)
-        dh = carry + _gate_diagonal(tl.dot(w, d_t, input_precision=PREC), BH, BB)
+        step = t * B * NG * H + d_cols
+        d = _gradient_chunk(DR, step, d_ok, col_k0, 0, KC, H, KP, DOT_DTYPE, ROUND)
+        product = tl.dot(w0, d, input_precision=PREC)
+        if CHUNKS > 1:
+            d = _gradient_chunk(DR, step, d_ok, col_k0, 1, KC, H, KP, DOT_DTYPE, ROUND)
+            product = tl.dot(w1, d, product, input_precision=PREC)
+        if CHUNKS > 2:
+            d = _gradient_chunk(DR, step, d_ok, col_k0, 2, KC, H, KP, DOT_DTYPE, ROUND)
+            product = tl.dot(w2, d, product, input_precision=PREC)
+            d = _gradient_chunk(DR, step, d_ok, col_k0, 3, KC, H, KP, DOT_DTYPE, ROUND)
+            product = tl.dot(w3, d, product, input_precision=PREC)
+        if FOLD == 2:
+            product = _fold_diagonal(product, 4 * BH, 4 * BB)
+        dh = carry + _gate_diagonal(product, BH, BB)
         t -= 1
     tl.store(DH + own, dh, mask=m2)
     if LSTM:
