@@ -243,14 +243,14 @@ def test_resident_launches_fit_the_chip(hopper, monkeypatch, dtype, fold):
         assert gpu._resident_backward_launch(1024, 16, hopper, torch.bfloat16)["meta"][
             "CHUNKS"
         ] == 1  # fmt: skip
-        for B, BB, chunks in ((1, 8, 2), (16, 16, 4)):
+        for B, BB, chunks in ((1, 8, 4), (16, 16, 4)):
             back = gpu._resident_backward_launch(1024, B, hopper, torch.float32)
             assert back["grid"] == (128, 1)
             assert back["meta"]["FOLD"] == 2 and back["meta"]["CHUNKS"] == chunks
             assert back["meta"]["BB"] == BB
         assert gpu._resident_backward_launch(1024, 64, hopper, torch.float32) is None
         back = gpu._resident_backward_launch(512, 64, hopper, torch.float32)
-        assert back["meta"]["FOLD"] == 1 and back["meta"]["CHUNKS"] == 2
+        assert back["meta"]["FOLD"] == 1 and back["meta"]["CHUNKS"] == 4
 
 
 def test_resident_launches_need_hopper_and_tf32(hopper, monkeypatch):
@@ -389,7 +389,7 @@ REAL = [
     (cell, dtype, B, H)
     for cell in sorted(CELLS)
     for dtype in (torch.float32, torch.bfloat16)
-    for B, H in [(1, 256), (16, 1024), (64, 512), (64, 1024), (256, 256)]
+    for B, H in [(1, 256), (1, 1024), (16, 1024), (64, 512), (64, 1024), (256, 256)]
 ]
 
 
