@@ -8,6 +8,7 @@
 #   SWEEP=gru:bfloat16:16:1024 SWEEP_VARIANTS='[{}, {"resident": 0}]' bash scripts/gpu_check.sh
 #   TEST_K="not streamed" BENCH_ARGS='--write-table --hidden 1024' bash scripts/gpu_check.sh
 #                                     # some tests; a partial grid, merged into the auto table
+#   GRID=0 TEST_K=eight_chunks SWEEP=... bash scripts/gpu_check.sh   # no grid
 set -o pipefail
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
@@ -18,7 +19,9 @@ export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 } 2>&1 | tee "$OUT/tests.log"
 timeout ${TEST_TIMEOUT:-300} python3 -m pytest tests/backends/test_triton.py -q -p no:cacheprovider -s ${TEST_K:+-k "$TEST_K"} 2>&1 | tee -a "$OUT/tests.log" | grep -v "^gru\|^lstm" | tail -25
 grep "^gru\|^lstm" "$OUT/tests.log" | tail -40
-timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/gpu_speed.py --out "$OUT/gpu_speed.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -60
+if [ "${GRID:-1}" != 0 ]; then
+  timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/gpu_speed.py --out "$OUT/gpu_speed.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -60
+fi
 if [ -n "${FOLD:-}" ]; then
   # the resident forward folded (8 units per program: float32 fits at H = 1024; the default where
   # the unfolded one does not fit) and not (at float32 H = 1024: the streamed kernels)

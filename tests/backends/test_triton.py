@@ -144,6 +144,24 @@ def test_one_layer_matches_reference(cell, dtype, H, kernel_variant):
     check(cell, dtype, T=6, B=3, I=4, H=H, seed=H)
 
 
+@pytest.mark.parametrize("fold", [1, 2])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_backward_in_eight_chunks(cell, fold, monkeypatch):
+    """The resident backward's opt-in eight chunks (``TUNING["chunks"] = 8``), unfolded and
+    folded, with every 16-wide chunk holding weights: H = 120 (K padded to 128), folded H = 250
+    (K padded to 256, two halves of eight chunks)."""
+    if CUDA and torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("the resident kernels need a warpgroup MMA (Hopper or newer)")
+    if CUDA:
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # resident: TF32 only
+    monkeypatch.setitem(gpu.TUNING, "chunks", 8)
+    monkeypatch.setitem(gpu.TUNING, "fold", fold)
+    H = 120 if fold == 1 else 250
+    launch = gpu._resident_backward_launch(H, 3, torch.device(DEVICE), torch.float32)
+    assert launch["meta"]["CHUNKS"] == 8 and launch["meta"]["FOLD"] == fold
+    check(cell, torch.float32, T=4, B=3, I=5, H=H, seed=fold)
+
+
 @pytest.mark.parametrize("cell", sorted(CELLS))
 def test_stack_bidirectional_packed(cell, kernel_variant):
     lengths = torch.tensor([2, 7, 1, 5])
@@ -266,7 +284,7 @@ def test_resident_launches_need_hopper_and_tf32(hopper, monkeypatch):
         gpu._resident_launch(256, 16, hopper, torch.bfloat16)
     monkeypatch.setitem(gpu.TUNING, "fold", 1)
     monkeypatch.setitem(gpu.TUNING, "chunks", 3)
-    with pytest.raises(ValueError, match="must be 1, 2 or 4, got 3"):
+    with pytest.raises(ValueError, match="must be 1, 2, 4 or 8, got 3"):
         gpu._resident_backward_launch(256, 16, hopper, torch.bfloat16)
 
 

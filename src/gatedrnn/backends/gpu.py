@@ -6,8 +6,10 @@ runs all T steps, each program holding a slice of the hidden units and synchroni
 others through a grid barrier once per step, instead of a GEMM launch and a pointwise launch per
 step as cuDNN's non-persistent kernels do. Backward runs the same way in reverse time; the weight
 gradients are one GEMM per matrix after the loop. Where a program's slice of the weights and one
-step's operand fit in shared memory (on Hopper or newer; bfloat16/float16 up to H = 1024 at small
-batches, TF32 up to H = 512), the GRU (reset after) and the LSTM run the *resident* kernels, which
+step's operand fit in shared memory (on Hopper or newer, bfloat16/float16 or TF32; half the units
+per program where the weights would not fit otherwise, the backward's operand in four loads where
+it would not: with 132 multiprocessors bfloat16 to H = 1024 at B ≤ 64, TF32 to H = 512 at B ≤ 64
+and at H = 1024 for B ≤ 16), the GRU (reset after) and the LSTM run the *resident* kernels, which
 keep that slice on chip for the whole sequence (:func:`_resident_launch`,
 :func:`_resident_backward_launch`); elsewhere the *streamed* ones, which read it from L2 every
 step.
@@ -63,8 +65,10 @@ an element a kernel fails to write shows in the results."""
 SPIN_LIMIT = 1 << 20  # ~1 s of spinning at one barrier before the kernel reports a fault
 
 TUNING: dict[str, int] = {}
-"""Overrides of the launch parameters (``BH``, ``BB``, ``BK``, ``num_warps``) for tuning runs:
-``benchmarks/gpu_speed.py --sweep`` sets them; empty in normal use."""
+"""Overrides of the launch parameters for tuning runs: the streamed kernels' ``BH``, ``BB``,
+``BK``, ``num_stages``; ``num_warps``; ``resident`` (0: the streamed kernels everywhere), ``fold``
+(1 or 2) and ``chunks`` (1, 2, 4 or 8) for the resident ones. ``benchmarks/gpu_speed.py --sweep``
+and ``--tuning`` set them; empty in normal use."""
 TABLE_PATH = Path(__file__).with_name("gpu_table.json")
 AUTO_MARGIN = 0.95
 """``auto`` takes the triton backend only where its measured time was at most this fraction of
@@ -166,8 +170,8 @@ def _resident_sizes(
         raise ValueError(f"TUNING['fold'] must be 1 or 2, got {fold!r}")
     folds = (1, 2) if fold is None else (fold,)
     if chunks is not None and "chunks" in TUNING:
-        if TUNING["chunks"] not in (1, 2, 4):
-            raise ValueError(f"TUNING['chunks'] must be 1, 2 or 4, got {TUNING['chunks']!r}")
+        if TUNING["chunks"] not in (1, 2, 4, 8):
+            raise ValueError(f"TUNING['chunks'] must be 1, 2, 4 or 8, got {TUNING['chunks']!r}")
         chunks = (TUNING["chunks"],)
 
     def meta(BH: int, BB: int, F: int, C: int) -> dict:

@@ -722,9 +722,10 @@ def resident_backward_kernel(
     Where that does not fit in shared memory (:func:`~gatedrnn.backends.gpu._resident_sizes`):
     FOLD = 2 halves the weights (8 units per program; the two halves of K become two 32-row
     blocks of the first operand and two column blocks of the second, eight diagonal blocks
-    summed), and CHUNKS = 2 or 4 loads the second operand in that many K chunks per step, one
-    product each, the weights held as as many tiles (float32 at H = 1024, B ≤ 16; bfloat16 at
-    H = 1024, B = 64; TF32 at H = 512, B = 64)."""
+    summed), and CHUNKS = 2, 4 or 8 loads the second operand in that many K chunks per step,
+    one product each, the weights held as as many tiles (the launcher takes 4 where one load does
+    not fit: float32 at H = 1024, B ≤ 16; bfloat16 at H = 1024, B = 64; TF32 at H = 512,
+    B = 64; 2 and 8 only when asked for, 8 not yet measured on a GPU)."""
     NP_H = tl.num_programs(0)
     NG: tl.constexpr = 4 if LSTM else 3
     u, _, rows, row_mask, m2, own = _tile_t(B, H, BH, BB)
@@ -750,6 +751,15 @@ def resident_backward_kernel(
     if CHUNKS > 2:
         w2 = _gate_columns(W, H, BH, KP, NG, FOLD, KC, 2).to(DOT_DTYPE)
         w3 = _gate_columns(W, H, BH, KP, NG, FOLD, KC, 3).to(DOT_DTYPE)
+    w4 = w0
+    w5 = w0
+    w6 = w0
+    w7 = w0
+    if CHUNKS > 4:
+        w4 = _gate_columns(W, H, BH, KP, NG, FOLD, KC, 4).to(DOT_DTYPE)
+        w5 = _gate_columns(W, H, BH, KP, NG, FOLD, KC, 5).to(DOT_DTYPE)
+        w6 = _gate_columns(W, H, BH, KP, NG, FOLD, KC, 6).to(DOT_DTYPE)
+        w7 = _gate_columns(W, H, BH, KP, NG, FOLD, KC, 7).to(DOT_DTYPE)
     cnt = CNT + tl.program_id(1)
     dh = tl.load(DH + own, mask=m2, other=0.0)
     t = T - 1
@@ -827,6 +837,15 @@ def resident_backward_kernel(
             product = tl.dot(w2, d, product, input_precision=PREC)
             d = _gradient_chunk(DR, step, d_ok, col_k0, 3, KC, H, KP, DOT_DTYPE, ROUND)
             product = tl.dot(w3, d, product, input_precision=PREC)
+        if CHUNKS > 4:
+            d = _gradient_chunk(DR, step, d_ok, col_k0, 4, KC, H, KP, DOT_DTYPE, ROUND)
+            product = tl.dot(w4, d, product, input_precision=PREC)
+            d = _gradient_chunk(DR, step, d_ok, col_k0, 5, KC, H, KP, DOT_DTYPE, ROUND)
+            product = tl.dot(w5, d, product, input_precision=PREC)
+            d = _gradient_chunk(DR, step, d_ok, col_k0, 6, KC, H, KP, DOT_DTYPE, ROUND)
+            product = tl.dot(w6, d, product, input_precision=PREC)
+            d = _gradient_chunk(DR, step, d_ok, col_k0, 7, KC, H, KP, DOT_DTYPE, ROUND)
+            product = tl.dot(w7, d, product, input_precision=PREC)
         if FOLD == 2:
             product = _fold_diagonal(product, 4 * BH, 4 * BB)
         dh = carry + _gate_diagonal(product, BH, BB)
