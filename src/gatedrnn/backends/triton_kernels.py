@@ -560,10 +560,10 @@ def resident_forward_kernel(
     work runs on (units, rows) tiles. Needs 4·BH·KP weights and KP·BB states in shared memory:
     the launcher uses it only where they fit (BH = 16, so 4·BH = 64 rows, one warpgroup's M).
 
-    FOLD = 2 (opt-in, ``TUNING["fold"]``; checked in the interpreter only, not yet on a GPU)
-    halves a program's weights for float32 at H = 1024: BH = 8 units, the two halves of K become
-    two 32-row blocks of the 64-row operand, the state's two halves of K sit side by side as
-    (KP / 2, 2·BB), and the product's two diagonal blocks are summed."""
+    FOLD = 2 (the launcher's choice where FOLD = 1 does not fit, e.g. float32 at H = 1024, B ≤ 16)
+    halves a program's weights: BH = 8 units, the two halves of K become two 32-row blocks of the
+    64-row operand, the state's two halves of K sit side by side as (KP / 2, 2·BB), and the
+    product's two diagonal blocks are summed."""
     NP_H = tl.num_programs(0)
     NG: tl.constexpr = 4 if LSTM else 3
     u, u_mask, rows, row_mask, m2, own = _tile_t(B, H, BH, BB)
