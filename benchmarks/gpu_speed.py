@@ -3,6 +3,7 @@
     python benchmarks/gpu_speed.py                         # T=256, B 1/16/64/256, H 256/512/1024
     python benchmarks/gpu_speed.py --batch 64 --hidden 1024 --dtypes bfloat16
     python benchmarks/gpu_speed.py --write-table           # also update the backend's auto table
+    python benchmarks/gpu_speed.py --shapes lstm:float32:16:1024,gru:bfloat16:64:1024 --write-table
 
 For each cell, dtype, batch and width: one layer, input size = H, the same weights in both; the
 forward alone (no autograd) and forward + backward (gradients of the input, the state and every
@@ -120,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden", default="256,512,1024")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--cells", default="gru,lstm")
+    parser.add_argument(
+        "--shapes",
+        default="",
+        help="instead of the grid of --cells × --dtypes × --hidden × --batch: these shapes only, "
+        "CELL:DTYPE:B:H[,...] (with --write-table, only their rows change)",
+    )
     parser.add_argument("--jobs", type=int, default=min(16, os.cpu_count() or 1))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/gpu_speed.json")
     parser.add_argument(
@@ -162,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     dtypes = args.dtypes.split(",")
     cells = args.cells.split(",")
     jobs = [(c, d, B, H) for c in cells for d in dtypes for H in hiddens for B in batches]
+    if args.shapes:
+        jobs = [_shape(item) for item in args.shapes.split(",")]
 
     start = time.perf_counter()
     if args.jobs > 1:
@@ -207,6 +216,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _shape(item: str) -> tuple[str, str, int, int]:
+    """``CELL:DTYPE:B:H`` → (cell, dtype name, B, H)."""
+    parts = item.split(":")
+    if (
+        len(parts) != 4
+        or parts[0] not in ("gru", "lstm")
+        or not all(p.isdigit() for p in parts[2:])
+    ):
+        raise SystemExit(
+            f"gpu_speed: expected CELL:DTYPE:B:H (e.g. gru:float32:16:1024), got {item!r}"
+        )
+    return parts[0], parts[1], int(parts[2]), int(parts[3])
+
+
 def sweep(spec: str, T: int, out: Path, variants: list[dict] | None = None) -> int:
     """Time launch variants of our kernels at a few shapes (forward and forward + backward)."""
     from gatedrnn.backends import gpu
@@ -224,11 +247,11 @@ def sweep(spec: str, T: int, out: Path, variants: list[dict] | None = None) -> i
     ]
     results = []
     for item in spec.split(","):
-        cell, dtype_name, B, H = item.split(":")
+        cell, dtype_name, B, H = _shape(item)
         for variant in variants:
             gpu.TUNING.clear()
             gpu.TUNING.update(variant)
-            for row in measure(cell, dtype_name, int(B), int(H), T):
+            for row in measure(cell, dtype_name, B, H, T):
                 row["variant"] = variant
                 results.append(row)
                 print(

@@ -447,14 +447,27 @@ def test_stack_packed_on_gpu(cell, kernel_variant):
     print(cell, "stack", kernel_variant, {k: f"{v:.1e}" for k, v in errors.items()})
 
 
-def test_benchmark_table_update_keeps_unmeasured_rows(tmp_path, monkeypatch):
-    """``gpu_speed.py --write-table`` after a partial grid replaces only the measured shapes."""
+def _gpu_speed():
     import importlib.util
 
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_speed.py"
     spec = importlib.util.spec_from_file_location("gpu_speed", path)
     gpu_speed = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_speed)
+    return gpu_speed
+
+
+def test_benchmark_shapes_are_parsed_or_refused():
+    gpu_speed = _gpu_speed()
+    assert gpu_speed._shape("lstm:float32:16:1024") == ("lstm", "float32", 16, 1024)
+    for bad in ("lstm:float32:16", "rnn:float32:1:8", "gru:float32:B:8"):
+        with pytest.raises(SystemExit, match="expected CELL:DTYPE:B:H"):
+            gpu_speed._shape(bad)
+
+
+def test_benchmark_table_update_keeps_unmeasured_rows(tmp_path, monkeypatch):
+    """``gpu_speed.py --write-table`` after a partial grid replaces only the measured shapes."""
+    gpu_speed = _gpu_speed()
     table = tmp_path / "gpu_table.json"
     monkeypatch.setattr(gpu, "TABLE_PATH", table)
     old = [
