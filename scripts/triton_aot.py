@@ -130,8 +130,7 @@ def resident_launch(launcher, H, B, dtype, fold=0, chunks=0):
         mock.patch.object(torch.cuda, "get_device_capability", lambda index: (9, 0)),
         mock.patch.object(torch.cuda, "current_device", lambda: 0),
         mock.patch.object(gpu, "fp32_precision", lambda: "tf32"),
-        mock.patch.dict(gpu.TUNING, {"fold": fold} if fold else {}),
-        mock.patch.dict(gpu.TUNING, {"chunks": chunks} if chunks else {}),
+        mock.patch.dict(gpu.TUNING, {k_: v for k_, v in (("fold", fold), ("chunks", chunks)) if v}),
     ):
         return getattr(gpu, launcher)(H, B, torch.device("cuda", 0), torch_dtype)
 

@@ -296,11 +296,16 @@ def _lens(lengths: Tensor | None, device: torch.device) -> Tensor:
     return lengths.to(device=device, dtype=torch.int32)
 
 
-def _sync_buffers(grid: tuple[int, int], device: torch.device) -> tuple[Tensor, Tensor]:
-    return (
-        torch.zeros(grid[1], dtype=torch.int32, device=device),
-        torch.zeros(1, dtype=torch.int32, device=device),
+def _run(kernel, launch: dict, arrays: tuple, lens: Tensor, T: int, B: int, **constants) -> None:
+    """One persistent kernel over the T steps: ``kernel(*arrays, lens, cnt, err, T, B)`` on its
+    launch's grid, with the launch's block sizes and these constants; cnt holds a barrier counter
+    per batch group, err the fault flag, checked after (:func:`_check`)."""
+    cnt = torch.zeros(launch["grid"][1], dtype=torch.int32, device=lens.device)
+    err = torch.zeros(1, dtype=torch.int32, device=lens.device)
+    kernel[launch["grid"]](
+        *arrays, lens, cnt, err, T, B, SPIN_LIMIT=SPIN_LIMIT, **constants, **launch["meta"]
     )
+    _check(err)
 
 
 _BARRIER_FAULT = (
@@ -365,22 +370,18 @@ class _GRU(torch.autograd.Function):
         lens = _lens(lengths, x.device)
         w_dot, round_dot = _weights_for_dot(w_hh, prec), _round_tf32(x.dtype, prec)
         resident = _resident_launch(H, B, x.device, x.dtype) if reset_after else None
-        cnt, err = _sync_buffers((resident or cfg)["grid"], x.device)
+        constants = dict(
+            H=H, SAVE=save, HAS_LENS=lengths is not None, Y_IS_HS=y is hs, DOT_DTYPE=dot_dtype,
+            PREC=prec, ROUND=round_dot,
+        )  # fmt: skip
         if resident:
-            k.resident_forward_kernel[resident["grid"]](
-                xg, w_dot, bhh, hs, hs, y, gates, lens, cnt, err, T, B,
-                H=H, LSTM=False, SAVE=save, HAS_LENS=lengths is not None, Y_IS_HS=y is hs,
-                DOT_DTYPE=dot_dtype, PREC=prec, ROUND=round_dot,
-                SPIN_LIMIT=SPIN_LIMIT, **resident["meta"],
-            )  # fmt: skip
+            arrays = (xg, w_dot, bhh, hs, hs, y, gates)
+            _run(k.resident_forward_kernel, resident, arrays, lens, T, B, LSTM=False, **constants)
         else:
-            k.gru_forward_kernel[cfg["grid"]](
-                xg, w_dot, bhh, hs, y, gates, lens, cnt, err, T, B,
-                H=H, RESET_AFTER=reset_after, SAVE=save, HAS_LENS=lengths is not None,
-                Y_IS_HS=y is hs, DOT_DTYPE=dot_dtype, PREC=prec, ROUND=round_dot,
-                SPIN_LIMIT=SPIN_LIMIT, **cfg["meta"],
-            )  # fmt: skip
-        _check(err)
+            arrays = (xg, w_dot, bhh, hs, y, gates)
+            _run(
+                k.gru_forward_kernel, cfg, arrays, lens, T, B, RESET_AFTER=reset_after, **constants
+            )
         out = y[1:]
         ctx.save_for_backward(x, w_ih, w_dot, hs, y, gates, lens)
         ctx.reset_after, ctx.has_bias = reset_after, b_ih is not None
@@ -401,22 +402,17 @@ class _GRU(torch.autograd.Function):
         dh = grad_last.float().contiguous().clone() if grad_last is not None else hs.new_zeros(B, H)
         dy = grad_out.contiguous() if grad_out is not None else x.new_zeros(T, B, H)
         resident = _resident_backward_launch(H, B, x.device, x.dtype) if reset_after else None
-        cnt, err = _sync_buffers((resident or cfg)["grid"], x.device)
+        constants = dict(
+            H=H, HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec, ROUND=round_dot
+        )  # fmt: skip
         if resident:
-            k.resident_backward_kernel[resident["grid"]](
-                dy, hs, hs, gates, w_dot, dxg, dgh, dh, dh, lens, cnt, err, T, B,
-                H=H, LSTM=False, HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec,
-                ROUND=round_dot, SPIN_LIMIT=SPIN_LIMIT,
-                **resident["meta"],
-            )  # fmt: skip
+            arrays = (dy, hs, hs, gates, w_dot, dxg, dgh, dh, dh)
+            _run(k.resident_backward_kernel, resident, arrays, lens, T, B, LSTM=False, **constants)
         else:
-            k.gru_backward_kernel[cfg["grid"]](
-                dy, hs, gates, w_dot, dxg, dgh, dh, lens, cnt, err, T, B,
-                H=H, RESET_AFTER=reset_after,
-                HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec, ROUND=round_dot,
-                SPIN_LIMIT=SPIN_LIMIT, **cfg["meta"],
-            )  # fmt: skip
-        _check(err)
+            arrays = (dy, hs, gates, w_dot, dxg, dgh, dh)
+            _run(
+                k.gru_backward_kernel, cfg, arrays, lens, T, B, RESET_AFTER=reset_after, **constants
+            )
         needs = ctx.needs_input_grad
         h_prev = y[:T].reshape(T * B, H)  # h_{t−1} in the dtype (zero rows where ended: dg = 0)
         if h_prev.dtype != x.dtype:
@@ -457,22 +453,19 @@ class _LSTM(torch.autograd.Function):
         lens = _lens(lengths, x.device)
         w_dot, round_dot = _weights_for_dot(w_hh, prec), _round_tf32(x.dtype, prec)
         resident = _resident_launch(H, B, x.device, x.dtype)
-        cnt, err = _sync_buffers((resident or cfg)["grid"], x.device)
+        constants = dict(
+            H=H, SAVE=save, HAS_LENS=lengths is not None, DOT_DTYPE=dot_dtype, PREC=prec,
+            ROUND=round_dot,
+        )  # fmt: skip
         if resident:
-            k.resident_forward_kernel[resident["grid"]](
-                xg, w_dot, hs, hs, cs, y, gates, lens, cnt, err, T, B,  # BHH: unused (LSTM)
-                H=H, LSTM=True, SAVE=save, HAS_LENS=lengths is not None, Y_IS_HS=y is hs,
-                DOT_DTYPE=dot_dtype, PREC=prec, ROUND=round_dot,
-                SPIN_LIMIT=SPIN_LIMIT, **resident["meta"],
+            arrays = (xg, w_dot, hs, hs, cs, y, gates)  # BHH (hs): unused by the LSTM
+            _run(
+                k.resident_forward_kernel, resident, arrays, lens, T, B, LSTM=True,
+                Y_IS_HS=y is hs, **constants,
             )  # fmt: skip
         else:
-            k.lstm_forward_kernel[cfg["grid"]](
-                xg, w_dot, hs, cs, y, gates, lens, cnt, err, T, B,
-                H=H, SAVE=save,
-                HAS_LENS=lengths is not None, DOT_DTYPE=dot_dtype, PREC=prec, ROUND=round_dot,
-                SPIN_LIMIT=SPIN_LIMIT, **cfg["meta"],
-            )  # fmt: skip
-        _check(err)
+            arrays = (xg, w_dot, hs, cs, y, gates)
+            _run(k.lstm_forward_kernel, cfg, arrays, lens, T, B, **constants)
         ctx.save_for_backward(x, w_ih, w_dot, y, cs, gates, lens)
         ctx.launch, ctx.has_lens = (cfg, dot_dtype, prec, round_dot), lengths is not None
         ctx.has_bias = b_ih is not None
@@ -491,22 +484,15 @@ class _LSTM(torch.autograd.Function):
         dc = grad_c.float().contiguous().clone() if grad_c is not None else cs.new_zeros(B, H)
         dy = grad_out.contiguous() if grad_out is not None else x.new_zeros(T, B, H)
         resident = _resident_backward_launch(H, B, x.device, x.dtype)
-        cnt, err = _sync_buffers((resident or cfg)["grid"], x.device)
+        constants = dict(
+            H=H, HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec, ROUND=round_dot
+        )  # fmt: skip
         if resident:
-            k.resident_backward_kernel[resident["grid"]](
-                dy, cs, cs, gates, w_dot, dg, dg, dh, dc, lens, cnt, err, T, B,
-                H=H, LSTM=True, HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec,
-                ROUND=round_dot, SPIN_LIMIT=SPIN_LIMIT,
-                **resident["meta"],
-            )  # fmt: skip
+            arrays = (dy, cs, cs, gates, w_dot, dg, dg, dh, dc)
+            _run(k.resident_backward_kernel, resident, arrays, lens, T, B, LSTM=True, **constants)
         else:
-            k.lstm_backward_kernel[cfg["grid"]](
-                dy, cs, gates, w_dot, dg, dh, dc, lens, cnt, err, T, B,
-                H=H, HAS_LENS=ctx.has_lens,
-                DOT_DTYPE=dot_dtype, PREC=prec, ROUND=round_dot, SPIN_LIMIT=SPIN_LIMIT,
-                **cfg["meta"],
-            )  # fmt: skip
-        _check(err)
+            arrays = (dy, cs, gates, w_dot, dg, dh, dc)
+            _run(k.lstm_backward_kernel, cfg, arrays, lens, T, B, **constants)
         needs = ctx.needs_input_grad
         flat = dg.reshape(T * B, 4 * H)
         h_prev = y[:T].reshape(T * B, H)

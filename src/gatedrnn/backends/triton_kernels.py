@@ -86,6 +86,20 @@ def _sync(cnt_ptr, err_ptr, target, SPIN_LIMIT: tl.constexpr):
 
 
 @triton.jit
+def _to_tf32(x, ROUND: tl.constexpr):
+    """x rounded to nearest TF32 (10 mantissa bits) when ROUND, else x. A warpgroup MMA in TF32
+    reads a float32 operand's upper 19 bits, which truncates: rounding first halves the error.
+    For the second operand only: the first (the weights), computed on, would be given to the MMA
+    from registers, all of it; the launcher rounds the weights instead (:func:`round_tf32`)."""
+    if ROUND:
+        # cvt.rna.tf32.f32 in integer arithmetic (inline assembly here made the compiler give up
+        # the warpgroup MMA): add half of the dropped 13 bits' range to the magnitude, clear them
+        bits = x.to(tl.uint32, bitcast=True)
+        x = ((bits + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+    return x
+
+
+@triton.jit
 def _mm(
     acc, a_ptr, a_stride, rows, row_mask, w_ptr, w_k_stride, w_n_stride, cols, col_mask,
     K: tl.constexpr, BK: tl.constexpr, DOT_DTYPE: tl.constexpr, PREC: tl.constexpr,
@@ -146,13 +160,18 @@ def _mm_gates(
 
 
 @triton.jit
+def _units_rows(B, H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr):
+    """This program's hidden units and batch rows and their masks."""
+    u = tl.program_id(0) * BH + tl.arange(0, BH)
+    rows = tl.program_id(1) * BB + tl.arange(0, BB)
+    return u, u < H, rows, rows < B
+
+
+@triton.jit
 def _tile(B, H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr):
     """This program's hidden units and batch rows, their masks, the (BB, BH) mask of its slice
     and the slice's offsets in a (B, H) array."""
-    u = tl.program_id(0) * BH + tl.arange(0, BH)
-    rows = tl.program_id(1) * BB + tl.arange(0, BB)
-    u_mask = u < H
-    row_mask = rows < B
+    u, u_mask, rows, row_mask = _units_rows(B, H, BH, BB)
     return (
         u, u_mask, rows, row_mask, row_mask[:, None] & u_mask[None, :],
         rows[:, None] * H + u[None, :],
@@ -163,10 +182,7 @@ def _tile(B, H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr):
 def _tile_t(B, H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr):
     """:func:`_tile` turned around, for the resident kernels' (units, rows) tiles: the (BH, BB)
     mask of the program's slice and the slice's offsets in a (B, H) array."""
-    u = tl.program_id(0) * BH + tl.arange(0, BH)
-    rows = tl.program_id(1) * BB + tl.arange(0, BB)
-    u_mask = u < H
-    row_mask = rows < B
+    u, u_mask, rows, row_mask = _units_rows(B, H, BH, BB)
     return (
         u, u_mask, rows, row_mask, u_mask[:, None] & row_mask[None, :],
         rows[None, :] * H + u[:, None],
@@ -208,13 +224,13 @@ def _lstm_step_inputs(DY, G, CS, t, B, own, own_g, mask, H: tl.constexpr):
 
 @triton.jit
 def _live(lens_ptr, rows, row_mask, t, HAS_LENS: tl.constexpr):
-    """(BB, 1) mask of the rows still inside their sequence at step t."""
+    """(BB,) mask of the rows still inside their sequence at step t."""
     if HAS_LENS:
         n = tl.load(lens_ptr + rows, mask=row_mask, other=0)
         live = t < n
     else:
         live = row_mask
-    return live[:, None]
+    return live
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,7 +268,7 @@ def gru_forward_kernel(
     target = 0
     t = 0
     while t < T:
-        live = _live(LENS, rows, row_mask, t, HAS_LENS)
+        live = _live(LENS, rows, row_mask, t, HAS_LENS)[:, None]
         zero = tl.zeros((BB, BH), tl.float32)
         acc_r, acc_z, acc_n, _ = _mm_gates(
             zero, zero, zero, zero, Y + t * B * H, H, rows, row_mask, W, u, u_mask,
@@ -318,7 +334,7 @@ def gru_backward_kernel(
     dy, r, z, n, extra, h_prev = _gru_step_inputs(DY, G, HS, t, B, own, own_g, m2, H)
     target = 0
     while t >= 0:
-        live = _live(LENS, rows, row_mask, t, HAS_LENS)
+        live = _live(LENS, rows, row_mask, t, HAS_LENS)[:, None]
         dh = dh + tl.where(live, dy, 0.0)
         dan = tl.where(live, dh * (1.0 - z) * (1.0 - n * n), 0.0)
         daz = tl.where(live, dh * (h_prev - n) * z * (1.0 - z), 0.0)
@@ -394,7 +410,7 @@ def lstm_forward_kernel(
     target = 0
     t = 0
     while t < T:
-        live = _live(LENS, rows, row_mask, t, HAS_LENS)
+        live = _live(LENS, rows, row_mask, t, HAS_LENS)[:, None]
         zero = tl.zeros((BB, BH), tl.float32)
         a_i, a_f, a_g, a_o = _mm_gates(
             zero, zero, zero, zero, Y + t * B * H, H, rows, row_mask, W, u, u_mask, 4, H, BK,
@@ -449,7 +465,7 @@ def lstm_backward_kernel(
     dy, i, f, gg, o, c_prev = _lstm_step_inputs(DY, G, CS, t, B, own, own_g, m2, H)
     target = 0
     while t >= 0:
-        live = _live(LENS, rows, row_mask, t, HAS_LENS)
+        live = _live(LENS, rows, row_mask, t, HAS_LENS)[:, None]
         dh = dh + tl.where(live, dy, 0.0)
         tc = _tanh(c)
         dc = dc + tl.where(live, dh * o * (1.0 - tc * tc), 0.0)
@@ -479,22 +495,16 @@ def lstm_backward_kernel(
 
 
 # ---------------------------------------------------------------------------------------------
-# Forward with the weights on chip (GRU with the reset after, LSTM)
+# The resident kernels: weights on chip (GRU with the reset after, LSTM)
 # ---------------------------------------------------------------------------------------------
 
 
 @triton.jit
-def _to_tf32(x, ROUND: tl.constexpr):
-    """x rounded to nearest TF32 (10 mantissa bits) when ROUND, else x. A warpgroup MMA in TF32
-    reads a float32 operand's upper 19 bits, which truncates: rounding first halves the error.
-    For the second operand only: the first (the weights), computed on, would be given to the MMA
-    from registers, all of it; the launcher rounds the weights instead (:func:`round_tf32`)."""
-    if ROUND:
-        # cvt.rna.tf32.f32 in integer arithmetic (inline assembly here made the compiler give up
-        # the warpgroup MMA): add half of the dropped 13 bits' range to the magnitude, clear them
-        bits = x.to(tl.uint32, bitcast=True)
-        x = ((bits + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
-    return x
+def _gate_blocks_index(BH: tl.constexpr, FOLD: tl.constexpr):
+    """For the FOLD·4·BH rows of a resident kernel's weight operand, (K range, gate, unit) blocks:
+    each row's K range, gate and hidden unit."""
+    i = tl.arange(0, FOLD * 4 * BH)
+    return i // (4 * BH), (i // BH) % 4, tl.program_id(0) * BH + i % BH
 
 
 @triton.jit
@@ -506,10 +516,7 @@ def _gate_rows(
     as one (FOLD·4·BH, KP / FOLD) tile: row (f·4 + g)·BH + j holds the f-th of FOLD K ranges of
     W[g·H + p·BH + j, :]; zeros past H and, for a three-gate cell, in the fourth block."""
     KF: tl.constexpr = KP // FOLD
-    i = tl.arange(0, FOLD * 4 * BH)
-    part = i // (4 * BH)
-    gate = (i // BH) % 4
-    unit = tl.program_id(0) * BH + i % BH
+    part, gate, unit = _gate_blocks_index(BH, FOLD)
     k = part[:, None] * KF + tl.arange(0, KF)[None, :]
     mask = ((gate < NG) & (unit < H))[:, None] & (k < H)
     return tl.load(W + (gate * H + unit)[:, None] * H + k, mask=mask, other=0.0)
@@ -592,10 +599,7 @@ def resident_forward_kernel(
     target = 0
     t = 0
     while t < T:
-        if HAS_LENS:
-            live = (t < tl.load(LENS + rows, mask=row_mask, other=0))[None, :]
-        else:
-            live = row_mask[None, :]
+        live = _live(LENS, rows, row_mask, t, HAS_LENS)[None, :]
         h_t = tl.load(
             Y + t * B * H + state_offsets, mask=state_mask, other=0.0, cache_modifier=".cg"
         )
@@ -650,10 +654,7 @@ def _gate_columns(
     """Chunk c (KC wide) of this program's columns of the recurrent weights, one block per gate
     and K range: row (f·4 + g)·BH + j, column k holds W[g·H + f·KP / FOLD + c·KC + k, p·BH + j],
     a (FOLD·4·BH, KC) tile; zeros past H and in a three-gate cell's fourth blocks."""
-    i = tl.arange(0, FOLD * 4 * BH)
-    part = i // (4 * BH)
-    gate = (i // BH) % 4
-    unit = tl.program_id(0) * BH + i % BH
+    part, gate, unit = _gate_blocks_index(BH, FOLD)
     k = part[:, None] * (KP // FOLD) + c * KC + tl.arange(0, KC)[None, :]
     mask = ((gate < NG) & (unit < H))[:, None] & (k < H)
     return tl.load(W + (gate[:, None] * H + k) * H + unit[:, None], mask=mask, other=0.0)
@@ -775,10 +776,7 @@ def resident_backward_kernel(
         prev = tl.load(HS + t * B * H + own, mask=m2, other=0.0)
     target = 0
     while t >= 0:
-        if HAS_LENS:
-            live = (t < tl.load(LENS + rows, mask=row_mask, other=0))[None, :]
-        else:
-            live = row_mask[None, :]
+        live = _live(LENS, rows, row_mask, t, HAS_LENS)[None, :]
         dh = dh + tl.where(live, dy, 0.0)
         dx = DX + t * B * NG * H + own_x
         if LSTM:
