@@ -73,6 +73,9 @@ def main() -> None:
     parser.add_argument(
         "--chunks", type=int, default=0, help="the resident backward's CHUNKS (0: the launcher's)"
     )
+    parser.add_argument(
+        "--forward-chunks", type=int, default=0, help="the resident forward's CHUNKS (0: 1)"
+    )
     parser.add_argument("--resident-only", action="store_true", help="skip the streamed kernels")
     parser.add_argument("--BH", type=int, default=16)
     parser.add_argument("--BK", type=int, default=128)
@@ -104,7 +107,9 @@ def main() -> None:
             (k.resident_forward_kernel, "_resident_launch", {"SAVE": True, "Y_IS_HS": False}),
             (k.resident_backward_kernel, "_resident_backward_launch", {}),
         ):
-            launch = resident_launch(launcher, args.H, args.B, dtype, args.fold, args.chunks)
+            launch = resident_launch(
+                launcher, args.H, args.B, dtype, args.fold, args.chunks, args.forward_chunks
+            )
             if launch is None:
                 print(f"{fn.__name__} {dtype} does not fit at H={args.H}, B={args.B}")
                 continue
@@ -116,7 +121,7 @@ def main() -> None:
                 build(fn, consts, dtype, warps, args.stages, args.sass)
 
 
-def resident_launch(launcher, H, B, dtype, fold=0, chunks=0):
+def resident_launch(launcher, H, B, dtype, fold=0, chunks=0, forward_chunks=0):
     """gpu's launcher for a resident kernel on a 132-multiprocessor sm_90 GPU, without one."""
     from unittest import mock
 
@@ -125,12 +130,13 @@ def resident_launch(launcher, H, B, dtype, fold=0, chunks=0):
     from gatedrnn.backends import gpu
 
     torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
+    tuning = {"fold": fold, "chunks": chunks, "forward_chunks": forward_chunks}
     with (
         mock.patch.object(gpu, "_sm_count", lambda index: 132),
         mock.patch.object(torch.cuda, "get_device_capability", lambda index: (9, 0)),
         mock.patch.object(torch.cuda, "current_device", lambda: 0),
         mock.patch.object(gpu, "fp32_precision", lambda: "tf32"),
-        mock.patch.dict(gpu.TUNING, {k_: v for k_, v in (("fold", fold), ("chunks", chunks)) if v}),
+        mock.patch.dict(gpu.TUNING, {key: v for key, v in tuning.items() if v}),
     ):
         return getattr(gpu, launcher)(H, B, torch.device("cuda", 0), torch_dtype)
 

@@ -50,16 +50,18 @@ def _poison(monkeypatch):
 def kernel_variant(request, monkeypatch):
     """Both kernel pairs of the GRU (reset after) and the LSTM: the ones that keep the weights
     on chip (the default where they fit), in the variants the launchers take where they do not
-    ("folded": half the weights per program, the backward's gradients in two chunks per step;
-    "chunked": the backward's gradients in four chunks; here forced at every size), and the
-    ones that stream the weights every step."""
+    or may be asked for ("folded": half the weights per program, the forward's state and the
+    backward's gradients in two chunks per step; "chunked": both in four chunks; here forced at
+    every size), and the ones that stream the weights every step."""
     if request.param == "streamed":
         monkeypatch.setitem(gpu.TUNING, "resident", 0)
     if request.param == "folded":
         monkeypatch.setitem(gpu.TUNING, "fold", 2)
         monkeypatch.setitem(gpu.TUNING, "chunks", 2)
+        monkeypatch.setitem(gpu.TUNING, "forward_chunks", 2)
     if request.param == "chunked":
         monkeypatch.setitem(gpu.TUNING, "chunks", 4)
+        monkeypatch.setitem(gpu.TUNING, "forward_chunks", 4)
     return request.param
 
 
@@ -146,19 +148,22 @@ def test_one_layer_matches_reference(cell, dtype, H, kernel_variant):
 
 @pytest.mark.parametrize("fold", [1, 2])
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_backward_in_eight_chunks(cell, fold, monkeypatch):
-    """The resident backward's opt-in eight chunks (``TUNING["chunks"] = 8``), unfolded and
-    folded, with every 16-wide chunk holding weights: H = 120 (K padded to 128), folded H = 250
-    (K padded to 256, two halves of eight chunks)."""
+def test_eight_chunks(cell, fold, monkeypatch):
+    """The resident kernels' opt-in eight chunks (``TUNING["chunks"] = 8`` for the backward,
+    ``TUNING["forward_chunks"] = 8``), unfolded and folded, with every 16-wide chunk holding
+    weights: H = 120 (K padded to 128), folded H = 250 (K padded to 256, two halves of eight
+    chunks)."""
     if CUDA and torch.cuda.get_device_capability() < (9, 0):
         pytest.skip("the resident kernels need a warpgroup MMA (Hopper or newer)")
     if CUDA:
         monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # resident: TF32 only
     monkeypatch.setitem(gpu.TUNING, "chunks", 8)
+    monkeypatch.setitem(gpu.TUNING, "forward_chunks", 8)
     monkeypatch.setitem(gpu.TUNING, "fold", fold)
     H = 120 if fold == 1 else 250
-    launch = gpu._resident_backward_launch(H, 3, torch.device(DEVICE), torch.float32)
-    assert launch["meta"]["CHUNKS"] == 8 and launch["meta"]["FOLD"] == fold
+    for launcher in (gpu._resident_launch, gpu._resident_backward_launch):
+        launch = launcher(H, 3, torch.device(DEVICE), torch.float32)
+        assert launch["meta"]["CHUNKS"] == 8 and launch["meta"]["FOLD"] == fold
     check(cell, torch.float32, T=4, B=3, I=5, H=H, seed=fold)
 
 
@@ -224,22 +229,7 @@ def test_resident_launches_fit_the_chip(hopper, monkeypatch, dtype, fold):
     256 wide. fold None: the default, unfolded where that fits, else folded."""
     if fold is not None:
         monkeypatch.setitem(gpu.TUNING, "fold", fold)
-    size = dtype.itemsize
-    for H in (16, 100, 256, 320, 512, 1000, 1024, 2048):
-        for B in (1, 8, 16, 17, 64, 256):
-            forward = gpu._resident_launch(H, B, hopper, dtype)
-            backward = gpu._resident_backward_launch(H, B, hopper, dtype)
-            for launch, operand in ((forward, 1), (backward, 4)):
-                if launch is None:
-                    continue
-                (p, q), meta = launch["grid"], launch["meta"]
-                F, C, KP = meta["FOLD"], meta.get("CHUNKS", 1), meta["KP"]
-                assert fold in (None, F) and meta["BH"] == 16 // F
-                assert p * q <= 132 and p * meta["BH"] >= H and q * meta["BB"] >= B
-                assert KP >= H and KP // F // C >= 16  # the MMA's smallest K (bf16)
-                assert operand * F * meta["BB"] <= 256
-                weights = 64 * KP // F
-                assert (weights + operand * meta["BB"] * KP // C) * size <= gpu.SHARED_MEMORY
+    _every_launch_fits(hopper, dtype, fold)
     # where they apply, as the notes say
     small = gpu._resident_launch(1024, 16, hopper, torch.bfloat16)
     assert small["grid"] == ((128, 1) if fold == 2 else (64, 1))  # 8 or 16 units a program
@@ -271,6 +261,50 @@ def test_resident_launches_fit_the_chip(hopper, monkeypatch, dtype, fold):
         assert back["meta"]["FOLD"] == 1 and back["meta"]["CHUNKS"] == 4
 
 
+def _every_launch_fits(hopper, dtype, fold=None, chunks=None):
+    """The launchers' sizes at many H and B pass the rules of
+    :func:`test_resident_launches_fit_the_chip`; returns how many were accepted."""
+    size, accepted = dtype.itemsize, 0
+    for H in (16, 100, 256, 320, 512, 1000, 1024, 2048):
+        for B in (1, 8, 16, 17, 64, 256):
+            forward = gpu._resident_launch(H, B, hopper, dtype)
+            backward = gpu._resident_backward_launch(H, B, hopper, dtype)
+            for launch, operand in ((forward, 1), (backward, 4)):
+                if launch is None:
+                    continue
+                accepted += 1
+                (p, q), meta = launch["grid"], launch["meta"]
+                F, C, KP = meta["FOLD"], meta["CHUNKS"], meta["KP"]
+                assert fold in (None, F) and meta["BH"] == 16 // F and chunks in (None, C)
+                assert p * q <= 132 and p * meta["BH"] >= H and q * meta["BB"] >= B
+                assert KP >= H and KP // F // C >= 16  # the MMA's smallest K (bf16)
+                assert operand * F * meta["BB"] <= 256
+                weights = 64 * KP // F
+                assert (weights + operand * meta["BB"] * KP // C) * size <= gpu.SHARED_MEMORY
+    return accepted
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("chunks", [2, 4, 8])
+def test_forward_chunks_on_request(hopper, monkeypatch, dtype, chunks):
+    """``TUNING["forward_chunks"]`` loads the resident forward's state in chunks (the backward's
+    count stays its own), within the same rules; four put float32 at H = 1024, B = 64 on chip,
+    folded (whole, the state alone would be 256 KB)."""
+    monkeypatch.setitem(gpu.TUNING, "forward_chunks", chunks)
+    monkeypatch.setitem(gpu.TUNING, "chunks", 1)
+    accepted = _every_launch_fits(hopper, dtype, chunks=None)
+    assert accepted > 0
+    for H in (256, 1024):
+        assert gpu._resident_launch(H, 16, hopper, dtype)["meta"]["CHUNKS"] == chunks
+    assert gpu._resident_backward_launch(256, 1, hopper, dtype)["meta"]["CHUNKS"] == 1
+    if dtype == torch.float32 and chunks >= 4:
+        launch = gpu._resident_launch(1024, 64, hopper, dtype)
+        assert launch["grid"] == (128, 1)
+        assert launch["meta"] == {
+            "BH": 8, "BB": 64, "KP": 1024, "FOLD": 2, "CHUNKS": chunks, "num_warps": 8
+        }  # fmt: skip
+
+
 def test_resident_launches_need_hopper_and_tf32(hopper, monkeypatch):
     assert gpu._resident_launch(256, 16, hopper, torch.float32) is not None
     monkeypatch.setattr(gpu, "fp32_precision", lambda: "tf32x3")
@@ -284,8 +318,12 @@ def test_resident_launches_need_hopper_and_tf32(hopper, monkeypatch):
         gpu._resident_launch(256, 16, hopper, torch.bfloat16)
     monkeypatch.setitem(gpu.TUNING, "fold", 1)
     monkeypatch.setitem(gpu.TUNING, "chunks", 3)
-    with pytest.raises(ValueError, match="must be 1, 2, 4 or 8, got 3"):
+    with pytest.raises(ValueError, match=r"TUNING\['chunks'\] must be 1, 2, 4 or 8, got 3"):
         gpu._resident_backward_launch(256, 16, hopper, torch.bfloat16)
+    gpu._resident_launch(256, 16, hopper, torch.bfloat16)  # the backward's count only
+    monkeypatch.setitem(gpu.TUNING, "forward_chunks", 16)
+    with pytest.raises(ValueError, match=r"TUNING\['forward_chunks'\] must be .*, got 16"):
+        gpu._resident_launch(256, 16, hopper, torch.bfloat16)
 
 
 def test_round_tf32_rounds_to_nearest():

@@ -67,8 +67,8 @@ SPIN_LIMIT = 1 << 20  # ~1 s of spinning at one barrier before the kernel report
 TUNING: dict[str, int] = {}
 """Overrides of the launch parameters for tuning runs: the streamed kernels' ``BH``, ``BB``,
 ``BK``, ``num_stages``; ``num_warps``; ``resident`` (0: the streamed kernels everywhere), ``fold``
-(1 or 2) and ``chunks`` (1, 2, 4 or 8) for the resident ones. ``benchmarks/gpu_speed.py --sweep``
-and ``--tuning`` set them; empty in normal use."""
+(1 or 2), ``chunks`` (the backward's) and ``forward_chunks`` (1, 2, 4 or 8) for the resident
+ones. ``benchmarks/gpu_speed.py --sweep`` and ``--tuning`` set them; empty in normal use."""
 TABLE_PATH = Path(__file__).with_name("gpu_table.json")
 AUTO_MARGIN = 0.95
 """``auto`` takes the triton backend only where its measured time was at most this fraction of
@@ -152,38 +152,37 @@ is the compiler's scratch for the gate math's layout changes."""
 
 def _resident_sizes(
     H: int, B: int, device: torch.device, dtype: torch.dtype, *, operand_columns: int,
-    batch_tiles: tuple[int, ...], warps_from: int, chunks: tuple[int, ...] | None = None,
+    batch_tiles: tuple[int, ...], warps_from: int, chunks: tuple[int, ...], chunks_key: str,
 ) -> dict | None:  # fmt: skip
     """What the two resident launchers share: grid and block sizes for a resident kernel whose
     programs own BH = 16 / FOLD hidden units (a 64-row weight operand, KP / FOLD columns) and
     whose per-step operand is KP × operand_columns·BB, loaded in CHUNKS pieces (``chunks``:
-    the counts to try, None for a kernel without the parameter), or None where it cannot run:
+    the counts to try; ``TUNING[chunks_key]`` forces one), or None where it cannot run:
     Hopper or newer (warpgroup MMA, operands read from shared memory), bfloat16/float16 or TF32,
     the weights and one chunk of the operand within :data:`SHARED_MEMORY`, at most one program
     per multiprocessor, the product at most 256 columns wide (the MMA's N). Takes the smallest
     of ``batch_tiles`` that fits, unfolded before folded (``TUNING["fold"]`` = 1 or 2 forces
-    one), then the fewest chunks (``TUNING["chunks"]`` forces a count); eight warps from
+    one), then the fewest chunks; eight warps from
     KP·BB / CHUNKS ≥ ``warps_from``. Under the interpreter: one program covering everything,
     with the first fold and chunk count."""
     fold = TUNING.get("fold")
     if fold not in (None, 1, 2):
         raise ValueError(f"TUNING['fold'] must be 1 or 2, got {fold!r}")
     folds = (1, 2) if fold is None else (fold,)
-    if chunks is not None and "chunks" in TUNING:
-        if TUNING["chunks"] not in (1, 2, 4, 8):
-            raise ValueError(f"TUNING['chunks'] must be 1, 2, 4 or 8, got {TUNING['chunks']!r}")
-        chunks = (TUNING["chunks"],)
+    if chunks_key in TUNING:
+        if TUNING[chunks_key] not in (1, 2, 4, 8):
+            raise ValueError(
+                f"TUNING[{chunks_key!r}] must be 1, 2, 4 or 8, got {TUNING[chunks_key]!r}"
+            )
+        chunks = (TUNING[chunks_key],)
 
     def meta(BH: int, BB: int, F: int, C: int) -> dict:
         # K of the MMA: a power of two, and at least 16 (bf16's smallest) in every K range and
         # chunk
-        result = {"BH": BH, "BB": BB, "KP": _next_pow2(max(H, 16 * F * C)), "FOLD": F}
-        if chunks is not None:
-            result["CHUNKS"] = C
-        return result
+        return {"BH": BH, "BB": BB, "KP": _next_pow2(max(H, 16 * F * C)), "FOLD": F, "CHUNKS": C}
 
     if device.type != "cuda":
-        F, C = folds[0], (chunks or (1,))[0]
+        F, C = folds[0], chunks[0]
         BB = max(batch_tiles[0], _next_pow2(B))
         return {"grid": (1, 1), "meta": meta(max(16 // F, _next_pow2(H)), BB, F, C)}
     if dtype == torch.float32 and fp32_precision() != "tf32":
@@ -196,7 +195,7 @@ def _resident_sizes(
             grid = (math.ceil(H / (16 // F)), math.ceil(B / BB))
             if grid[0] * grid[1] > _sm_count(index) or operand_columns * F * BB > 256:
                 continue
-            for C in chunks or (1,):
+            for C in chunks:
                 launch = meta(16 // F, BB, F, C)
                 KP = launch["KP"]
                 operand = operand_columns * BB * KP // C  # one chunk
@@ -215,12 +214,16 @@ def _resident_launch(H: int, B: int, device: torch.device, dtype: torch.dtype) -
     variant (FOLD = 2: 8 units per program, half the weights; this is what puts float32 at
     H = 1024, B ≤ 16 on chip), and elsewhere :func:`gru_forward_kernel` /
     :func:`lstm_forward_kernel`. ``TUNING["resident"] = 0`` turns the resident kernels off,
-    ``TUNING["fold"]`` = 1 or 2 asks for one variant only (benchmarks compare them)."""
+    ``TUNING["fold"]`` = 1 or 2 asks for one variant only (benchmarks compare them). The state
+    is loaded whole each step unless ``TUNING["forward_chunks"]`` (2, 4, 8) asks for chunks
+    (written for float32 at H = 1024, B = 64, where it fits folded in 4 chunks; not yet timed on
+    a GPU, so not yet chosen by default)."""
     if not TUNING.get("resident", 1):
         return None
     return _resident_sizes(
-        H, B, device, dtype, operand_columns=1, batch_tiles=(16, 32, 64), warps_from=8192
-    )
+        H, B, device, dtype, operand_columns=1, batch_tiles=(16, 32, 64), warps_from=8192,
+        chunks=(1,), chunks_key="forward_chunks",
+    )  # fmt: skip
 
 
 def _resident_backward_launch(
@@ -236,7 +239,7 @@ def _resident_backward_launch(
         return None
     return _resident_sizes(
         H, B, device, dtype, operand_columns=4, batch_tiles=(8, 16, 32, 64), warps_from=4096,
-        chunks=(1, 4),
+        chunks=(1, 4), chunks_key="chunks",
     )  # fmt: skip
 
 

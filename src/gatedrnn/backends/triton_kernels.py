@@ -510,14 +510,14 @@ def _gate_blocks_index(BH: tl.constexpr, FOLD: tl.constexpr):
 @triton.jit
 def _gate_rows(
     W, H: tl.constexpr, BH: tl.constexpr, KP: tl.constexpr, NG: tl.constexpr,
-    FOLD: tl.constexpr,
+    FOLD: tl.constexpr, KC: tl.constexpr, c: tl.constexpr,
 ):  # fmt: skip
-    """This program's rows of the recurrent weights (rows g·H + u of W for its units u), gate-major
-    as one (FOLD·4·BH, KP / FOLD) tile: row (f·4 + g)·BH + j holds the f-th of FOLD K ranges of
-    W[g·H + p·BH + j, :]; zeros past H and, for a three-gate cell, in the fourth block."""
-    KF: tl.constexpr = KP // FOLD
+    """Chunk c (KC wide) of this program's rows of the recurrent weights (rows g·H + u of W for
+    its units u), gate-major as one (FOLD·4·BH, KC) tile: row (f·4 + g)·BH + j, column k holds
+    W[g·H + p·BH + j, f·KP / FOLD + c·KC + k]; zeros past H and, for a three-gate cell, in the
+    fourth block."""
     part, gate, unit = _gate_blocks_index(BH, FOLD)
-    k = part[:, None] * KF + tl.arange(0, KF)[None, :]
+    k = part[:, None] * (KP // FOLD) + c * KC + tl.arange(0, KC)[None, :]
     mask = ((gate < NG) & (unit < H))[:, None] & (k < H)
     return tl.load(W + (gate * H + unit)[:, None] * H + k, mask=mask, other=0.0)
 
@@ -544,6 +544,113 @@ def _gate_blocks(acc, BH: tl.constexpr, BB: tl.constexpr):
 
 
 @triton.jit
+def _gate_columns(
+    W, H: tl.constexpr, BH: tl.constexpr, KP: tl.constexpr, NG: tl.constexpr,
+    FOLD: tl.constexpr, KC: tl.constexpr, c: tl.constexpr,
+):  # fmt: skip
+    """Chunk c (KC wide) of this program's columns of the recurrent weights, one block per gate
+    and K range: row (f·4 + g)·BH + j, column k holds W[g·H + f·KP / FOLD + c·KC + k, p·BH + j],
+    a (FOLD·4·BH, KC) tile; zeros past H and in a three-gate cell's fourth blocks."""
+    part, gate, unit = _gate_blocks_index(BH, FOLD)
+    k = part[:, None] * (KP // FOLD) + c * KC + tl.arange(0, KC)[None, :]
+    mask = ((gate < NG) & (unit < H))[:, None] & (k < H)
+    return tl.load(W + (gate[:, None] * H + k) * H + unit[:, None], mask=mask, other=0.0)
+
+
+@triton.jit
+def _operand_chunk(
+    SRC, step, ok, k0, c: tl.constexpr, KC: tl.constexpr, H: tl.constexpr, KP: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, ROUND: tl.constexpr,
+):  # fmt: skip
+    """Chunk c of a resident kernel's per-step second operand, (KC, columns): row k of column n
+    is SRC[step[n] + c·KC + k], which lies k0[n] + c·KC + k into its H (zero past H or where
+    not ok[n])."""
+    k = c * KC + tl.arange(0, KC)
+    if KP == H:  # noqa: SIM108 (compile-time: the k mask is not emitted)
+        mask = ok[None, :]
+    else:
+        mask = (k0[None, :] + k[:, None] < H) & ok[None, :]
+    d = tl.load(SRC + step[None, :] + k[:, None], mask=mask, other=0.0, cache_modifier=".cg")
+    return _to_tf32(d, ROUND).to(DOT_DTYPE)
+
+
+@triton.jit
+def _weight_chunk(
+    W, H: tl.constexpr, BH: tl.constexpr, KP: tl.constexpr, NG: tl.constexpr,
+    FOLD: tl.constexpr, KC: tl.constexpr, c: tl.constexpr, COLUMNS: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """Chunk c of the program's gate rows (:func:`_gate_rows`, the forward's) or, with COLUMNS,
+    its gate columns (:func:`_gate_columns`, the backward's), in the product's dtype."""
+    if COLUMNS:
+        tile = _gate_columns(W, H, BH, KP, NG, FOLD, KC, c)
+    else:
+        tile = _gate_rows(W, H, BH, KP, NG, FOLD, KC, c)
+    return tile.to(DOT_DTYPE)
+
+
+@triton.jit
+def _weight_tiles(
+    W, H: tl.constexpr, BH: tl.constexpr, KP: tl.constexpr, NG: tl.constexpr,
+    FOLD: tl.constexpr, CHUNKS: tl.constexpr, COLUMNS: tl.constexpr, DOT_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """A resident kernel's weights in CHUNKS (1, 2, 4 or 8) K chunks (:func:`_weight_chunk`):
+    eight tiles, those past CHUNKS repeating the first (unused). Rounded to TF32 by the caller."""
+    KC: tl.constexpr = KP // FOLD // CHUNKS
+    w0 = _weight_chunk(W, H, BH, KP, NG, FOLD, KC, 0, COLUMNS, DOT_DTYPE)
+    w1 = w0
+    w2 = w0
+    w3 = w0
+    w4 = w0
+    w5 = w0
+    w6 = w0
+    w7 = w0
+    if CHUNKS > 1:
+        w1 = _weight_chunk(W, H, BH, KP, NG, FOLD, KC, 1, COLUMNS, DOT_DTYPE)
+    if CHUNKS > 2:
+        w2 = _weight_chunk(W, H, BH, KP, NG, FOLD, KC, 2, COLUMNS, DOT_DTYPE)
+        w3 = _weight_chunk(W, H, BH, KP, NG, FOLD, KC, 3, COLUMNS, DOT_DTYPE)
+    if CHUNKS > 4:
+        w4 = _weight_chunk(W, H, BH, KP, NG, FOLD, KC, 4, COLUMNS, DOT_DTYPE)
+        w5 = _weight_chunk(W, H, BH, KP, NG, FOLD, KC, 5, COLUMNS, DOT_DTYPE)
+        w6 = _weight_chunk(W, H, BH, KP, NG, FOLD, KC, 6, COLUMNS, DOT_DTYPE)
+        w7 = _weight_chunk(W, H, BH, KP, NG, FOLD, KC, 7, COLUMNS, DOT_DTYPE)
+    return w0, w1, w2, w3, w4, w5, w6, w7
+
+
+@triton.jit
+def _chunked_product(
+    w0, w1, w2, w3, w4, w5, w6, w7, SRC, step, ok, k0,
+    H: tl.constexpr, KP: tl.constexpr, FOLD: tl.constexpr, CHUNKS: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, ROUND: tl.constexpr,
+):  # fmt: skip
+    """Σ_c w_c · chunk c of the step's second operand (:func:`_operand_chunk`): one warpgroup
+    MMA per chunk, each chunk loaded just before its product, so that one chunk's buffer is
+    live at a time."""
+    KC: tl.constexpr = KP // FOLD // CHUNKS
+    d = _operand_chunk(SRC, step, ok, k0, 0, KC, H, KP, DOT_DTYPE, ROUND)
+    product = tl.dot(w0, d, input_precision=PREC)
+    if CHUNKS > 1:
+        d = _operand_chunk(SRC, step, ok, k0, 1, KC, H, KP, DOT_DTYPE, ROUND)
+        product = tl.dot(w1, d, product, input_precision=PREC)
+    if CHUNKS > 2:
+        d = _operand_chunk(SRC, step, ok, k0, 2, KC, H, KP, DOT_DTYPE, ROUND)
+        product = tl.dot(w2, d, product, input_precision=PREC)
+        d = _operand_chunk(SRC, step, ok, k0, 3, KC, H, KP, DOT_DTYPE, ROUND)
+        product = tl.dot(w3, d, product, input_precision=PREC)
+    if CHUNKS > 4:
+        d = _operand_chunk(SRC, step, ok, k0, 4, KC, H, KP, DOT_DTYPE, ROUND)
+        product = tl.dot(w4, d, product, input_precision=PREC)
+        d = _operand_chunk(SRC, step, ok, k0, 5, KC, H, KP, DOT_DTYPE, ROUND)
+        product = tl.dot(w5, d, product, input_precision=PREC)
+        d = _operand_chunk(SRC, step, ok, k0, 6, KC, H, KP, DOT_DTYPE, ROUND)
+        product = tl.dot(w6, d, product, input_precision=PREC)
+        d = _operand_chunk(SRC, step, ok, k0, 7, KC, H, KP, DOT_DTYPE, ROUND)
+        product = tl.dot(w7, d, product, input_precision=PREC)
+    return product
+
+
+@triton.jit
 def resident_forward_kernel(
     XG,  # (T, B, NG·H) input projections (+ biases: b_ih for the GRU, b_ih + b_hh for the LSTM)
     W,  # (NG·H, H) recurrent weights r|z|n or i|f|g|o
@@ -555,7 +662,8 @@ def resident_forward_kernel(
     LENS, CNT, ERR,
     T, B,
     H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr, FOLD: tl.constexpr,
-    LSTM: tl.constexpr, SAVE: tl.constexpr, HAS_LENS: tl.constexpr, Y_IS_HS: tl.constexpr,
+    CHUNKS: tl.constexpr, LSTM: tl.constexpr, SAVE: tl.constexpr, HAS_LENS: tl.constexpr,
+    Y_IS_HS: tl.constexpr,
     DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, ROUND: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
     """The forward of :func:`gru_forward_kernel` (reset after) and :func:`lstm_forward_kernel`
@@ -563,26 +671,33 @@ def resident_forward_kernel(
     (H, BB), where W_p, the program's gate rows, is loaded once before the time loop and stays
     in shared memory (it is the product's first operand, which the tensor cores read from there:
     on Hopper one warpgroup MMA chain over the whole of K), and hᵀ, the previous state of the
-    program's batch rows, is loaded whole each step, every load in flight at once. The pointwise
-    work runs on (units, rows) tiles. Needs 4·BH·KP weights and KP·BB states in shared memory:
-    the launcher uses it only where they fit (BH = 16, so 4·BH = 64 rows, one warpgroup's M).
+    program's batch rows, is loaded whole each step (CHUNKS = 1), every load in flight at once.
+    The pointwise work runs on (units, rows) tiles. Needs 4·BH·KP weights and KP·BB states in
+    shared memory: the launcher uses it only where they fit (BH = 16, so 4·BH = 64 rows, one
+    warpgroup's M).
 
     FOLD = 2 (the launcher's choice where FOLD = 1 does not fit, e.g. float32 at H = 1024, B ≤ 16)
     halves a program's weights: BH = 8 units, the two halves of K become two 32-row blocks of the
     64-row operand, the state's two halves of K sit side by side as (KP / 2, 2·BB), and the
-    product's two diagonal blocks are summed."""
+    product's two diagonal blocks are summed. CHUNKS = 2, 4 or 8 loads the state in that many K
+    chunks per step, one product each (:func:`_chunked_product`, as the backward's gradients),
+    the weights held as as many tiles: only one chunk of the state needs shared memory, which is
+    what would put float32 at H = 1024, B = 64 on chip (folded, 4 chunks). Not yet the
+    launcher's choice (``TUNING["forward_chunks"]`` asks for it): not yet timed on a GPU."""
     NP_H = tl.num_programs(0)
     NG: tl.constexpr = 4 if LSTM else 3
     u, u_mask, rows, row_mask, m2, own = _tile_t(B, H, BH, BB)
     own_xg = rows[None, :] * (NG * H) + u[:, None]
     own_g = rows[None, :] * (4 * H) + u[:, None]
-    # the state operand (KP / FOLD, FOLD·BB): column (f, b) of row k is h[b, f·KP / FOLD + k]
+    # the state operand (KP / FOLD, FOLD·BB): column (f, b) of row k is h[b, f·KP / FOLD + k];
+    # its 2-D offsets are formed in the loop from these column offsets
     col = tl.arange(0, FOLD * BB)
+    col_k0 = (col // BB) * (KP // FOLD)
     col_row = tl.program_id(1) * BB + col % BB
-    state_k = (col // BB)[None, :] * (KP // FOLD) + tl.arange(0, KP // FOLD)[:, None]
-    state_offsets = col_row[None, :] * H + state_k
-    state_mask = (state_k < H) & (col_row < B)[None, :]
-    w = _gate_rows(W, H, BH, KP, NG, FOLD).to(DOT_DTYPE)  # rounded to TF32 by the caller if ROUND
+    h_cols = col_row * H + col_k0
+    h_ok = col_row < B
+    # the gate rows, one tile per chunk (rounded to TF32 by the caller if ROUND)
+    w0, w1, w2, w3, w4, w5, w6, w7 = _weight_tiles(W, H, BH, KP, NG, FOLD, CHUNKS, False, DOT_DTYPE)
     cnt = CNT + tl.program_id(1)
     h = tl.load(HS + own, mask=m2, other=0.0)
     if LSTM:
@@ -600,11 +715,10 @@ def resident_forward_kernel(
     t = 0
     while t < T:
         live = _live(LENS, rows, row_mask, t, HAS_LENS)[None, :]
-        h_t = tl.load(
-            Y + t * B * H + state_offsets, mask=state_mask, other=0.0, cache_modifier=".cg"
-        )
-        h_t = _to_tf32(h_t, ROUND).to(DOT_DTYPE)
-        product = tl.dot(w, h_t, input_precision=PREC)
+        product = _chunked_product(
+            w0, w1, w2, w3, w4, w5, w6, w7, Y, t * B * H + h_cols, h_ok, col_k0,
+            H, KP, FOLD, CHUNKS, DOT_DTYPE, PREC, ROUND,
+        )  # fmt: skip
         if FOLD == 2:
             product = _fold_diagonal(product, 4 * BH, BB)
         a0, a1, a2, a3 = _gate_blocks(product, BH, BB)
@@ -644,36 +758,6 @@ def resident_forward_kernel(
     tl.store(HS + T * B * H + own, h, mask=m2)
     if LSTM:
         tl.store(CS + T * B * H + own, c, mask=m2)
-
-
-@triton.jit
-def _gate_columns(
-    W, H: tl.constexpr, BH: tl.constexpr, KP: tl.constexpr, NG: tl.constexpr,
-    FOLD: tl.constexpr, KC: tl.constexpr, c: tl.constexpr,
-):  # fmt: skip
-    """Chunk c (KC wide) of this program's columns of the recurrent weights, one block per gate
-    and K range: row (f·4 + g)·BH + j, column k holds W[g·H + f·KP / FOLD + c·KC + k, p·BH + j],
-    a (FOLD·4·BH, KC) tile; zeros past H and in a three-gate cell's fourth blocks."""
-    part, gate, unit = _gate_blocks_index(BH, FOLD)
-    k = part[:, None] * (KP // FOLD) + c * KC + tl.arange(0, KC)[None, :]
-    mask = ((gate < NG) & (unit < H))[:, None] & (k < H)
-    return tl.load(W + (gate[:, None] * H + k) * H + unit[:, None], mask=mask, other=0.0)
-
-
-@triton.jit
-def _gradient_chunk(
-    DR, step, ok, k0, c: tl.constexpr, KC: tl.constexpr, H: tl.constexpr, KP: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, ROUND: tl.constexpr,
-):  # fmt: skip
-    """Chunk c of the backward's second operand, (KC, columns): row k of column n is
-    DR[step[n] + c·KC + k], which lies k0[n] + c·KC + k into its gate's H (zero past H)."""
-    k = c * KC + tl.arange(0, KC)
-    if KP == H:  # noqa: SIM108 (compile-time: the k mask is not emitted)
-        mask = ok[None, :]
-    else:
-        mask = (k0[None, :] + k[:, None] < H) & ok[None, :]
-    d = tl.load(DR + step[None, :] + k[:, None], mask=mask, other=0.0, cache_modifier=".cg")
-    return _to_tf32(d, ROUND).to(DOT_DTYPE)
 
 
 @triton.jit
@@ -735,7 +819,6 @@ def resident_backward_kernel(
     # the second operand: column (f, g, b) of row k is D_t[b, g·H + f·KP / FOLD + k]. Its 2-D
     # offsets are formed inside the time loop from the step's column offsets (a tensor made
     # before it would be hoisted and held in registers all along)
-    KC: tl.constexpr = KP // FOLD // CHUNKS
     col = tl.arange(0, FOLD * 4 * BB)
     col_gate = (col // BB) % 4
     col_k0 = (col // (4 * BB)) * (KP // FOLD)
@@ -743,24 +826,7 @@ def resident_backward_kernel(
     d_cols = col_row * (NG * H) + col_gate * H + col_k0
     d_ok = (col_gate < NG) & (col_row < B)
     # the weight columns, one tile per chunk (rounded to TF32 by the caller if ROUND)
-    w0 = _gate_columns(W, H, BH, KP, NG, FOLD, KC, 0).to(DOT_DTYPE)
-    w1 = w0
-    w2 = w0
-    w3 = w0
-    if CHUNKS > 1:
-        w1 = _gate_columns(W, H, BH, KP, NG, FOLD, KC, 1).to(DOT_DTYPE)
-    if CHUNKS > 2:
-        w2 = _gate_columns(W, H, BH, KP, NG, FOLD, KC, 2).to(DOT_DTYPE)
-        w3 = _gate_columns(W, H, BH, KP, NG, FOLD, KC, 3).to(DOT_DTYPE)
-    w4 = w0
-    w5 = w0
-    w6 = w0
-    w7 = w0
-    if CHUNKS > 4:
-        w4 = _gate_columns(W, H, BH, KP, NG, FOLD, KC, 4).to(DOT_DTYPE)
-        w5 = _gate_columns(W, H, BH, KP, NG, FOLD, KC, 5).to(DOT_DTYPE)
-        w6 = _gate_columns(W, H, BH, KP, NG, FOLD, KC, 6).to(DOT_DTYPE)
-        w7 = _gate_columns(W, H, BH, KP, NG, FOLD, KC, 7).to(DOT_DTYPE)
+    w0, w1, w2, w3, w4, w5, w6, w7 = _weight_tiles(W, H, BH, KP, NG, FOLD, CHUNKS, True, DOT_DTYPE)
     cnt = CNT + tl.program_id(1)
     dh = tl.load(DH + own, mask=m2, other=0.0)
     t = T - 1
@@ -824,26 +890,10 @@ def resident_backward_kernel(
             prev = tl.load(HS + (t - 1) * B * H + own, mask=prv, other=0.0)
         target += NP_H
         _sync(cnt, ERR, target, SPIN_LIMIT)
-        step = t * B * NG * H + d_cols
-        d = _gradient_chunk(DR, step, d_ok, col_k0, 0, KC, H, KP, DOT_DTYPE, ROUND)
-        product = tl.dot(w0, d, input_precision=PREC)
-        if CHUNKS > 1:
-            d = _gradient_chunk(DR, step, d_ok, col_k0, 1, KC, H, KP, DOT_DTYPE, ROUND)
-            product = tl.dot(w1, d, product, input_precision=PREC)
-        if CHUNKS > 2:
-            d = _gradient_chunk(DR, step, d_ok, col_k0, 2, KC, H, KP, DOT_DTYPE, ROUND)
-            product = tl.dot(w2, d, product, input_precision=PREC)
-            d = _gradient_chunk(DR, step, d_ok, col_k0, 3, KC, H, KP, DOT_DTYPE, ROUND)
-            product = tl.dot(w3, d, product, input_precision=PREC)
-        if CHUNKS > 4:
-            d = _gradient_chunk(DR, step, d_ok, col_k0, 4, KC, H, KP, DOT_DTYPE, ROUND)
-            product = tl.dot(w4, d, product, input_precision=PREC)
-            d = _gradient_chunk(DR, step, d_ok, col_k0, 5, KC, H, KP, DOT_DTYPE, ROUND)
-            product = tl.dot(w5, d, product, input_precision=PREC)
-            d = _gradient_chunk(DR, step, d_ok, col_k0, 6, KC, H, KP, DOT_DTYPE, ROUND)
-            product = tl.dot(w6, d, product, input_precision=PREC)
-            d = _gradient_chunk(DR, step, d_ok, col_k0, 7, KC, H, KP, DOT_DTYPE, ROUND)
-            product = tl.dot(w7, d, product, input_precision=PREC)
+        product = _chunked_product(
+            w0, w1, w2, w3, w4, w5, w6, w7, DR, t * B * NG * H + d_cols, d_ok, col_k0,
+            H, KP, FOLD, CHUNKS, DOT_DTYPE, PREC, ROUND,
+        )  # fmt: skip
         if FOLD == 2:
             product = _fold_diagonal(product, 4 * BH, 4 * BB)
         dh = carry + _gate_diagonal(product, BH, BB)
