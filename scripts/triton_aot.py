@@ -57,7 +57,7 @@ def build(fn, consts, dtype, warps, stages, sass_dir):
             name = f"{fn.__name__}_{dtype}_{consts.get('RESET_AFTER', consts.get('LSTM', ''))}.sass"
             Path(sass_dir, name).write_text(sass.stdout)
     regs, stack = line.split()[0], line.split()[1]
-    shown = ("RESET_AFTER", "SAVE", "LSTM", "BB", "FOLD", "CHUNKS")
+    shown = ("RESET_AFTER", "SAVE", "LSTM", "BB", "FOLD", "CHUNKS", "SEPARATE")
     flags = {k_: v for k_, v in consts.items() if k_ in shown}
     print(f"{fn.__name__:22} {dtype} {flags} {regs} {stack} smem {compiled.metadata.shared}")
 
@@ -75,6 +75,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--forward-chunks", type=int, default=0, help="the resident forward's CHUNKS (0: 1)"
+    )
+    parser.add_argument(
+        "--separate", action="store_true", help="the resident kernels' chunk products separate"
     )
     parser.add_argument("--resident-only", action="store_true", help="skip the streamed kernels")
     parser.add_argument("--BH", type=int, default=16)
@@ -108,7 +111,14 @@ def main() -> None:
             (k.resident_backward_kernel, "_resident_backward_launch", {}),
         ):
             launch = resident_launch(
-                launcher, args.H, args.B, dtype, args.fold, args.chunks, args.forward_chunks
+                launcher,
+                args.H,
+                args.B,
+                dtype,
+                args.fold,
+                args.chunks,
+                args.forward_chunks,
+                args.separate,
             )
             if launch is None:
                 print(f"{fn.__name__} {dtype} does not fit at H={args.H}, B={args.B}")
@@ -121,7 +131,7 @@ def main() -> None:
                 build(fn, consts, dtype, warps, args.stages, args.sass)
 
 
-def resident_launch(launcher, H, B, dtype, fold=0, chunks=0, forward_chunks=0):
+def resident_launch(launcher, H, B, dtype, fold=0, chunks=0, forward_chunks=0, separate=False):
     """gpu's launcher for a resident kernel on a 132-multiprocessor sm_90 GPU, without one."""
     from unittest import mock
 
@@ -130,7 +140,9 @@ def resident_launch(launcher, H, B, dtype, fold=0, chunks=0, forward_chunks=0):
     from gatedrnn.backends import gpu
 
     torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
-    tuning = {"fold": fold, "chunks": chunks, "forward_chunks": forward_chunks}
+    tuning = {
+        "fold": fold, "chunks": chunks, "forward_chunks": forward_chunks, "separate": int(separate)
+    }  # fmt: skip
     with (
         mock.patch.object(gpu, "_sm_count", lambda index: 132),
         mock.patch.object(torch.cuda, "get_device_capability", lambda index: (9, 0)),

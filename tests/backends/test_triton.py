@@ -51,14 +51,16 @@ def kernel_variant(request, monkeypatch):
     """Both kernel pairs of the GRU (reset after) and the LSTM: the ones that keep the weights
     on chip (the default where they fit), in the variants the launchers take where they do not
     or may be asked for ("folded": half the weights per program, the forward's state and the
-    backward's gradients in two chunks per step; "chunked": both in four chunks; here forced at
-    every size), and the ones that stream the weights every step."""
+    backward's gradients in two chunks per step, their products separate, not chained;
+    "chunked": both in four chunks; here forced at every size), and the ones that stream the
+    weights every step."""
     if request.param == "streamed":
         monkeypatch.setitem(gpu.TUNING, "resident", 0)
     if request.param == "folded":
         monkeypatch.setitem(gpu.TUNING, "fold", 2)
         monkeypatch.setitem(gpu.TUNING, "chunks", 2)
         monkeypatch.setitem(gpu.TUNING, "forward_chunks", 2)
+        monkeypatch.setitem(gpu.TUNING, "separate", 1)
     if request.param == "chunked":
         monkeypatch.setitem(gpu.TUNING, "chunks", 4)
         monkeypatch.setitem(gpu.TUNING, "forward_chunks", 4)
@@ -246,7 +248,8 @@ def test_resident_launches_fit_the_chip(hopper, monkeypatch, dtype, fold):
         assert gpu._resident_launch(512, 16, hopper, torch.float32)["meta"]["FOLD"] == 1
         assert gpu._resident_launch(1024, 64, hopper, torch.float32) is None  # 512 programs
         assert back["meta"] == {
-            "BH": 16, "BB": 32, "KP": 1024, "FOLD": 1, "CHUNKS": 4, "num_warps": 8
+            "BH": 16, "BB": 32, "KP": 1024, "FOLD": 1, "CHUNKS": 4, "SEPARATE": False,
+            "num_warps": 8,
         }  # fmt: skip
         assert gpu._resident_backward_launch(1024, 16, hopper, torch.bfloat16)["meta"][
             "CHUNKS"
@@ -301,7 +304,8 @@ def test_forward_chunks_on_request(hopper, monkeypatch, dtype, chunks):
         launch = gpu._resident_launch(1024, 64, hopper, dtype)
         assert launch["grid"] == (128, 1)
         assert launch["meta"] == {
-            "BH": 8, "BB": 64, "KP": 1024, "FOLD": 2, "CHUNKS": chunks, "num_warps": 8
+            "BH": 8, "BB": 64, "KP": 1024, "FOLD": 2, "CHUNKS": chunks, "SEPARATE": False,
+            "num_warps": 8,
         }  # fmt: skip
 
 

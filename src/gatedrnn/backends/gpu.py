@@ -67,8 +67,9 @@ SPIN_LIMIT = 1 << 20  # ~1 s of spinning at one barrier before the kernel report
 TUNING: dict[str, int] = {}
 """Overrides of the launch parameters for tuning runs: the streamed kernels' ``BH``, ``BB``,
 ``BK``, ``num_stages``; ``num_warps``; ``resident`` (0: the streamed kernels everywhere), ``fold``
-(1 or 2), ``chunks`` (the backward's) and ``forward_chunks`` (1, 2, 4 or 8) for the resident
-ones. ``benchmarks/gpu_speed.py --sweep`` and ``--tuning`` set them; empty in normal use."""
+(1 or 2), ``chunks`` (the backward's) and ``forward_chunks`` (1, 2, 4 or 8) and ``separate``
+(1: the chunks' products added, not chained; see ``_accumulate``) for the resident ones.
+``benchmarks/gpu_speed.py --sweep`` and ``--tuning`` set them; empty in normal use."""
 TABLE_PATH = Path(__file__).with_name("gpu_table.json")
 AUTO_MARGIN = 0.95
 """``auto`` takes the triton backend only where its measured time was at most this fraction of
@@ -179,7 +180,10 @@ def _resident_sizes(
     def meta(BH: int, BB: int, F: int, C: int) -> dict:
         # K of the MMA: a power of two, and at least 16 (bf16's smallest) in every K range and
         # chunk
-        return {"BH": BH, "BB": BB, "KP": _next_pow2(max(H, 16 * F * C)), "FOLD": F, "CHUNKS": C}
+        return {
+            "BH": BH, "BB": BB, "KP": _next_pow2(max(H, 16 * F * C)), "FOLD": F, "CHUNKS": C,
+            "SEPARATE": bool(TUNING.get("separate", 0)),
+        }  # fmt: skip
 
     if device.type != "cuda":
         F, C = folds[0], chunks[0]

@@ -619,34 +619,49 @@ def _weight_tiles(
 
 
 @triton.jit
+def _accumulate(product, w, d, zero, PREC: tl.constexpr, SEPARATE: tl.constexpr):
+    """product + w · d: chained through the MMA's accumulator, or (SEPARATE) as a product of its
+    own, added. Triton lays a dot whose result feeds another dot out with all warps along M
+    (for attention's chains): at 8 warps the 64-row product is then held and computed twice,
+    and converted before the last chunk. A separate product, whose accumulator is a zero Triton
+    cannot see as one (else it folds the sum back into a chain), keeps the 4 × 2 layout."""
+    if SEPARATE:
+        product += tl.dot(w, d, zero, input_precision=PREC)
+    else:
+        product = tl.dot(w, d, product, input_precision=PREC)
+    return product
+
+
+@triton.jit
 def _chunked_product(
     w0, w1, w2, w3, w4, w5, w6, w7, SRC, step, ok, k0,
     H: tl.constexpr, KP: tl.constexpr, FOLD: tl.constexpr, CHUNKS: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, ROUND: tl.constexpr,
+    SEPARATE: tl.constexpr, DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, ROUND: tl.constexpr,
 ):  # fmt: skip
     """Σ_c w_c · chunk c of the step's second operand (:func:`_operand_chunk`): one warpgroup
     MMA per chunk, each chunk loaded just before its product, so that one chunk's buffer is
-    live at a time."""
+    live at a time; the products chained or SEPARATE (:func:`_accumulate`)."""
     KC: tl.constexpr = KP // FOLD // CHUNKS
     d = _operand_chunk(SRC, step, ok, k0, 0, KC, H, KP, DOT_DTYPE, ROUND)
     product = tl.dot(w0, d, input_precision=PREC)
+    zero = tl.broadcast_to((step.to(tl.float32) * 0.0)[None, :], product.shape)
     if CHUNKS > 1:
         d = _operand_chunk(SRC, step, ok, k0, 1, KC, H, KP, DOT_DTYPE, ROUND)
-        product = tl.dot(w1, d, product, input_precision=PREC)
+        product = _accumulate(product, w1, d, zero, PREC, SEPARATE)
     if CHUNKS > 2:
         d = _operand_chunk(SRC, step, ok, k0, 2, KC, H, KP, DOT_DTYPE, ROUND)
-        product = tl.dot(w2, d, product, input_precision=PREC)
+        product = _accumulate(product, w2, d, zero, PREC, SEPARATE)
         d = _operand_chunk(SRC, step, ok, k0, 3, KC, H, KP, DOT_DTYPE, ROUND)
-        product = tl.dot(w3, d, product, input_precision=PREC)
+        product = _accumulate(product, w3, d, zero, PREC, SEPARATE)
     if CHUNKS > 4:
         d = _operand_chunk(SRC, step, ok, k0, 4, KC, H, KP, DOT_DTYPE, ROUND)
-        product = tl.dot(w4, d, product, input_precision=PREC)
+        product = _accumulate(product, w4, d, zero, PREC, SEPARATE)
         d = _operand_chunk(SRC, step, ok, k0, 5, KC, H, KP, DOT_DTYPE, ROUND)
-        product = tl.dot(w5, d, product, input_precision=PREC)
+        product = _accumulate(product, w5, d, zero, PREC, SEPARATE)
         d = _operand_chunk(SRC, step, ok, k0, 6, KC, H, KP, DOT_DTYPE, ROUND)
-        product = tl.dot(w6, d, product, input_precision=PREC)
+        product = _accumulate(product, w6, d, zero, PREC, SEPARATE)
         d = _operand_chunk(SRC, step, ok, k0, 7, KC, H, KP, DOT_DTYPE, ROUND)
-        product = tl.dot(w7, d, product, input_precision=PREC)
+        product = _accumulate(product, w7, d, zero, PREC, SEPARATE)
     return product
 
 
@@ -662,8 +677,8 @@ def resident_forward_kernel(
     LENS, CNT, ERR,
     T, B,
     H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr, FOLD: tl.constexpr,
-    CHUNKS: tl.constexpr, LSTM: tl.constexpr, SAVE: tl.constexpr, HAS_LENS: tl.constexpr,
-    Y_IS_HS: tl.constexpr,
+    CHUNKS: tl.constexpr, SEPARATE: tl.constexpr, LSTM: tl.constexpr, SAVE: tl.constexpr,
+    HAS_LENS: tl.constexpr, Y_IS_HS: tl.constexpr,
     DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, ROUND: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
     """The forward of :func:`gru_forward_kernel` (reset after) and :func:`lstm_forward_kernel`
@@ -717,7 +732,7 @@ def resident_forward_kernel(
         live = _live(LENS, rows, row_mask, t, HAS_LENS)[None, :]
         product = _chunked_product(
             w0, w1, w2, w3, w4, w5, w6, w7, Y, t * B * H + h_cols, h_ok, col_k0,
-            H, KP, FOLD, CHUNKS, DOT_DTYPE, PREC, ROUND,
+            H, KP, FOLD, CHUNKS, SEPARATE, DOT_DTYPE, PREC, ROUND,
         )  # fmt: skip
         if FOLD == 2:
             product = _fold_diagonal(product, 4 * BH, BB)
@@ -792,8 +807,8 @@ def resident_backward_kernel(
     LENS, CNT, ERR,
     T, B,
     H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr, FOLD: tl.constexpr,
-    CHUNKS: tl.constexpr, LSTM: tl.constexpr, HAS_LENS: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    PREC: tl.constexpr, ROUND: tl.constexpr, SPIN_LIMIT: tl.constexpr,
+    CHUNKS: tl.constexpr, SEPARATE: tl.constexpr, LSTM: tl.constexpr, HAS_LENS: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, ROUND: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
     """The backward of :func:`gru_backward_kernel` (reset after) and :func:`lstm_backward_kernel`
     with the program's weight columns on chip. ∂h_{t−1} = carry + D_t · W[:, u] (D_t the step's
@@ -892,7 +907,7 @@ def resident_backward_kernel(
         _sync(cnt, ERR, target, SPIN_LIMIT)
         product = _chunked_product(
             w0, w1, w2, w3, w4, w5, w6, w7, DR, t * B * NG * H + d_cols, d_ok, col_k0,
-            H, KP, FOLD, CHUNKS, DOT_DTYPE, PREC, ROUND,
+            H, KP, FOLD, CHUNKS, SEPARATE, DOT_DTYPE, PREC, ROUND,
         )  # fmt: skip
         if FOLD == 2:
             product = _fold_diagonal(product, 4 * BH, 4 * BB)
