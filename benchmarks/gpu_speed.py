@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import gatedrnn  # noqa: E402
+from gatedrnn.atomic import write_atomic  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LAYERS = {"gru": (gatedrnn.GRU, torch.nn.GRU), "lstm": (gatedrnn.LSTM, torch.nn.LSTM)}
@@ -246,6 +247,7 @@ def sweep(spec: str, T: int, out: Path, variants: list[dict] | None = None) -> i
         {"resident": 0},
     ]
     results = []
+    out.parent.mkdir(parents=True, exist_ok=True)
     for item in spec.split(","):
         cell, dtype_name, B, H = _shape(item)
         for variant in variants:
@@ -260,9 +262,9 @@ def sweep(spec: str, T: int, out: Path, variants: list[dict] | None = None) -> i
                     f"{row.get('ours_error', '')}",
                     flush=True,
                 )
+            # after every variant, so a run cut off by its time limit keeps what it measured
+            write_atomic(out, lambda path: path.write_text(json.dumps(results, indent=1)))
     gpu.TUNING.clear()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
     return 0
 
 

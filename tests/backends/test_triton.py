@@ -525,3 +525,25 @@ def test_benchmark_table_update_keeps_unmeasured_rows(tmp_path, monkeypatch):
     assert written["Other"] == old[:1]
     ratios = {(r["H"], r["grad"]): r["ratio"] for r in written["GPU"]}
     assert ratios == {(256, False): 0.5, (256, True): 0.5, (1024, False): 0.5, (1024, True): 0.25}
+
+
+def test_benchmark_sweep_keeps_what_it_measured_when_cut_off(tmp_path, monkeypatch):
+    """``gpu_speed.py --sweep`` writes its JSON after every variant: a device call that runs out
+    of time keeps the variants it timed, each with the launch overrides it was timed under."""
+    gpu_speed = _gpu_speed()
+    monkeypatch.setattr(gpu, "TUNING", {})  # the sweep sets it; restored after the test
+    seen = []
+
+    def measure(cell, dtype_name, B, H, T):
+        seen.append(dict(gpu.TUNING))
+        if len(seen) == 3:
+            raise KeyboardInterrupt  # as the device tool's time limit would stop it
+        return [{"grad": g, "ours_us_per_step": 1.0, "cudnn_us_per_step": 2.0} for g in (0, 1)]
+
+    monkeypatch.setattr(gpu_speed, "measure", measure)
+    out = tmp_path / "sweep.json"
+    variants = [{}, {"chunks": 8}, {"forward_chunks": 4}]
+    with pytest.raises(KeyboardInterrupt):
+        gpu_speed.sweep("gru:float32:16:1024,lstm:float32:16:1024", 8, out, variants)
+    assert seen == variants
+    assert [row["variant"] for row in json.loads(out.read_text())] == [{}, {}, *variants[1:2] * 2]
