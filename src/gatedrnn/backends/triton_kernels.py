@@ -204,6 +204,29 @@ def _load_gates(ptr, H: tl.constexpr, mask, NG: tl.constexpr):
 
 
 @triton.jit
+def _store_gates(ptr, H: tl.constexpr, mask, NG: tl.constexpr, g0, g1, g2, g3):
+    """Store g0, g1, … at ptr, ptr + H, … (the first NG of them): :func:`_load_gates`' inverse."""
+    tl.store(ptr, g0, mask=mask)
+    tl.store(ptr + H, g1, mask=mask)
+    tl.store(ptr + 2 * H, g2, mask=mask)
+    if NG > 3:
+        tl.store(ptr + 3 * H, g3, mask=mask)
+
+
+@triton.jit
+def _lstm_update(x_i, x_f, x_g, x_o, a_i, a_f, a_g, a_o, c, h, live):
+    """One LSTM step from the input (x) and recurrent (a) pre-activations: the gates i, f, g, o
+    and the new c and h, kept where a row is not live."""
+    i = _sigmoid(x_i + a_i)
+    f = _sigmoid(x_f + a_f)
+    gg = _tanh(x_g + a_g)
+    o = _sigmoid(x_o + a_o)
+    c = tl.where(live, f * c + i * gg, c)
+    h = tl.where(live, o * _tanh(c), h)
+    return i, f, gg, o, c, h
+
+
+@triton.jit
 def _gru_step_inputs(DY, G, HS, t, B, own, own_g, mask, H: tl.constexpr):
     """What the GRU backward reads for step t: ∂y_t, the saved r, z, n and U_n h + b_hn (or
     r ⊙ h), and h_{t−1}."""
@@ -296,9 +319,7 @@ def gru_forward_kernel(
         if SAVE:
             if not Y_IS_HS:
                 tl.store(HS + (t + 1) * B * H + own, h, mask=m2)
-            tl.store(g, r, mask=m2)
-            tl.store(g + H, z, mask=m2)
-            tl.store(g + 2 * H, n, mask=m2)
+            _store_gates(g, H, m2, 3, r, z, n, n)
         # the next step's input projections do not depend on the others: load them now
         nxt = m2 & (t + 1 < T)
         x_r, x_z, x_n, _ = _load_gates(XG + (t + 1) * B * 3 * H + own_xg, H, nxt, 3)
@@ -416,20 +437,11 @@ def lstm_forward_kernel(
             zero, zero, zero, zero, Y + t * B * H, H, rows, row_mask, W, u, u_mask, 4, H, BK,
             DOT_DTYPE, PREC, ROUND,
         )  # fmt: skip
-        i = _sigmoid(x_i + a_i)
-        f = _sigmoid(x_f + a_f)
-        gg = _tanh(x_g + a_g)
-        o = _sigmoid(x_o + a_o)
-        c = tl.where(live, f * c + i * gg, c)
-        h = tl.where(live, o * _tanh(c), h)
+        i, f, gg, o, c, h = _lstm_update(x_i, x_f, x_g, x_o, a_i, a_f, a_g, a_o, c, h, live)
         tl.store(Y + (t + 1) * B * H + own, tl.where(live, h, 0.0), mask=m2)
         if SAVE:
             tl.store(CS + (t + 1) * B * H + own, c, mask=m2)
-            g = G + t * B * 4 * H + own_g
-            tl.store(g, i, mask=m2)
-            tl.store(g + H, f, mask=m2)
-            tl.store(g + 2 * H, gg, mask=m2)
-            tl.store(g + 3 * H, o, mask=m2)
+            _store_gates(G + t * B * 4 * H + own_g, H, m2, 4, i, f, gg, o)
         nxt = m2 & (t + 1 < T)
         x_i, x_f, x_g, x_o = _load_gates(XG + (t + 1) * B * 4 * H + own_g, H, nxt, 4)
         target += NP_H
@@ -739,18 +751,10 @@ def resident_forward_kernel(
         a0, a1, a2, a3 = _gate_blocks(product, BH, BB)
         g = G + t * B * 4 * H + own_g
         if LSTM:
-            i = _sigmoid(x0 + a0)
-            f = _sigmoid(x1 + a1)
-            gg = _tanh(x2 + a2)
-            o = _sigmoid(x3 + a3)
-            c = tl.where(live, f * c + i * gg, c)
-            h = tl.where(live, o * _tanh(c), h)
+            i, f, gg, o, c, h = _lstm_update(x0, x1, x2, x3, a0, a1, a2, a3, c, h, live)
             if SAVE:
                 tl.store(CS + (t + 1) * B * H + own, c, mask=m2)
-                tl.store(g, i, mask=m2)
-                tl.store(g + H, f, mask=m2)
-                tl.store(g + 2 * H, gg, mask=m2)
-                tl.store(g + 3 * H, o, mask=m2)
+                _store_gates(g, H, m2, 4, i, f, gg, o)
         else:
             r = _sigmoid(x0 + a0 + b_0)
             z = _sigmoid(x1 + a1 + b_1)
@@ -760,10 +764,7 @@ def resident_forward_kernel(
             if SAVE:
                 if not Y_IS_HS:
                     tl.store(HS + (t + 1) * B * H + own, h, mask=m2)
-                tl.store(g, r, mask=m2)
-                tl.store(g + H, z, mask=m2)
-                tl.store(g + 2 * H, n, mask=m2)
-                tl.store(g + 3 * H, hn, mask=m2)
+                _store_gates(g, H, m2, 4, r, z, n, hn)
         tl.store(Y + (t + 1) * B * H + own, tl.where(live, h, 0.0), mask=m2)
         nxt = m2 & (t + 1 < T)
         x0, x1, x2, x3 = _load_gates(XG + (t + 1) * B * NG * H + own_xg, H, nxt, NG)
