@@ -88,6 +88,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.sass:
         os.makedirs(args.sass, exist_ok=True)
+    tuning = {
+        "fold": args.fold, "chunks": args.chunks, "forward_chunks": args.forward_chunks,
+        "separate": int(args.separate),
+    }  # fmt: skip
     for dtype, dot in (("fp32", tl.float32), ("bf16", tl.bfloat16)):
         common = dict(
             H=args.H, BH=args.BH, BB=args.BB, BK=args.BK, HAS_LENS=False, DOT_DTYPE=dot,
@@ -110,16 +114,7 @@ def main() -> None:
             (k.resident_forward_kernel, "_resident_launch", {"SAVE": True, "Y_IS_HS": False}),
             (k.resident_backward_kernel, "_resident_backward_launch", {}),
         ):
-            launch = resident_launch(
-                launcher,
-                args.H,
-                args.B,
-                dtype,
-                args.fold,
-                args.chunks,
-                args.forward_chunks,
-                args.separate,
-            )
+            launch = resident_launch(launcher, args.H, args.B, dtype, tuning)
             if launch is None:
                 print(f"{fn.__name__} {dtype} does not fit at H={args.H}, B={args.B}")
                 continue
@@ -131,8 +126,9 @@ def main() -> None:
                 build(fn, consts, dtype, warps, args.stages, args.sass)
 
 
-def resident_launch(launcher, H, B, dtype, fold=0, chunks=0, forward_chunks=0, separate=False):
-    """gpu's launcher for a resident kernel on a 132-multiprocessor sm_90 GPU, without one."""
+def resident_launch(launcher, H, B, dtype, tuning=None):
+    """gpu's launcher for a resident kernel on a 132-multiprocessor sm_90 GPU, without one, with
+    the ``TUNING`` overrides in ``tuning`` that are set (non-zero)."""
     from unittest import mock
 
     import torch
@@ -140,15 +136,12 @@ def resident_launch(launcher, H, B, dtype, fold=0, chunks=0, forward_chunks=0, s
     from gatedrnn.backends import gpu
 
     torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
-    tuning = {
-        "fold": fold, "chunks": chunks, "forward_chunks": forward_chunks, "separate": int(separate)
-    }  # fmt: skip
     with (
         mock.patch.object(gpu, "_sm_count", lambda index: 132),
         mock.patch.object(torch.cuda, "get_device_capability", lambda index: (9, 0)),
         mock.patch.object(torch.cuda, "current_device", lambda: 0),
         mock.patch.object(gpu, "fp32_precision", lambda: "tf32"),
-        mock.patch.dict(gpu.TUNING, {key: v for key, v in tuning.items() if v}),
+        mock.patch.dict(gpu.TUNING, {key: v for key, v in (tuning or {}).items() if v}),
     ):
         return getattr(gpu, launcher)(H, B, torch.device("cuda", 0), torch_dtype)
 
