@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from gatedrnn.backends import triton_kernels as k
 
 POINTERS = {"LENS": "i32", "CNT": "i32", "ERR": "i32"}
-LOW = {"XG", "W", "Y", "DY", "DXG", "DGH", "DG"}  # in the layer's dtype; the rest float32
+LOW = {"XG", "W", "Y", "DY", "DXG", "DGH", "DG", "RING_PTR"}  # the layer's dtype; rest float32
 
 
 def build(fn, consts, dtype, warps, stages, sass_dir):
@@ -33,6 +33,12 @@ def build(fn, consts, dtype, warps, stages, sass_dir):
             signature[name] = "constexpr"
         elif name in ("T", "B"):
             signature[name] = "i32"
+        elif name == "RING" and consts.get("TMA"):
+            # the TMA ring's descriptor: blocks of (FOLD·blocks·BB, KP / FOLD / CHUNKS)
+            blocks = 4 if fn is k.resident_backward_kernel else 1
+            rows = consts["FOLD"] * blocks * consts["BB"]
+            columns = consts["KP"] // consts["FOLD"] // consts["CHUNKS"]
+            signature[name] = f"tensordesc<{dtype}[{rows}, {columns}]>"
         else:
             signature[name] = "*" + POINTERS.get(name, dtype if name in LOW else "fp32")
     constexprs = {(fn.arg_names.index(c),): v for c, v in consts.items()}
@@ -57,7 +63,7 @@ def build(fn, consts, dtype, warps, stages, sass_dir):
             name = f"{fn.__name__}_{dtype}_{consts.get('RESET_AFTER', consts.get('LSTM', ''))}.sass"
             Path(sass_dir, name).write_text(sass.stdout)
     regs, stack = line.split()[0], line.split()[1]
-    shown = ("RESET_AFTER", "SAVE", "LSTM", "BB", "FOLD", "CHUNKS", "SEPARATE")
+    shown = ("RESET_AFTER", "SAVE", "LSTM", "BB", "FOLD", "CHUNKS", "SEPARATE", "TMA")
     flags = {k_: v for k_, v in consts.items() if k_ in shown}
     print(f"{fn.__name__:22} {dtype} {flags} {regs} {stack} smem {compiled.metadata.shared}")
 
@@ -79,6 +85,9 @@ def main() -> None:
     parser.add_argument(
         "--separate", action="store_true", help="the resident kernels' chunk products separate"
     )
+    parser.add_argument(
+        "--tma", action="store_true", help="the resident kernels' operand read by TMA from a ring"
+    )
     parser.add_argument("--resident-only", action="store_true", help="skip the streamed kernels")
     parser.add_argument("--BH", type=int, default=16)
     parser.add_argument("--BK", type=int, default=128)
@@ -90,7 +99,7 @@ def main() -> None:
         os.makedirs(args.sass, exist_ok=True)
     tuning = {
         "fold": args.fold, "chunks": args.chunks, "forward_chunks": args.forward_chunks,
-        "separate": int(args.separate),
+        "separate": int(args.separate), "tma": int(args.tma),
     }  # fmt: skip
     for dtype, dot in (("fp32", tl.float32), ("bf16", tl.bfloat16)):
         common = dict(

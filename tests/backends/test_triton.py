@@ -46,14 +46,16 @@ def _poison(monkeypatch):
     monkeypatch.setattr(gpu, "POISON", True)
 
 
-@pytest.fixture(params=["resident", "folded", "chunked", "streamed"])
+@pytest.fixture(params=["resident", "folded", "chunked", "tma", "tma-chunked", "streamed"])
 def kernel_variant(request, monkeypatch):
     """Both kernel pairs of the GRU (reset after) and the LSTM: the ones that keep the weights
     on chip (the default where they fit), in the variants the launchers take where they do not
     or may be asked for ("folded": half the weights per program, the forward's state and the
     backward's gradients in two chunks per step, their products separate, not chained;
-    "chunked": both in four chunks; here forced at every size), and the ones that stream the
-    weights every step."""
+    "chunked": both in four chunks; "tma": folded, two chunks each, the per-step operand read
+    by TMA from the ring the programs write; "tma-chunked": TMA, the backward in eight chunks,
+    the forward in four, products separate; here forced at every size), and the ones that
+    stream the weights every step."""
     if request.param == "streamed":
         monkeypatch.setitem(gpu.TUNING, "resident", 0)
     if request.param == "folded":
@@ -64,6 +66,16 @@ def kernel_variant(request, monkeypatch):
     if request.param == "chunked":
         monkeypatch.setitem(gpu.TUNING, "chunks", 4)
         monkeypatch.setitem(gpu.TUNING, "forward_chunks", 4)
+    if request.param == "tma":
+        monkeypatch.setitem(gpu.TUNING, "tma", 1)
+        monkeypatch.setitem(gpu.TUNING, "fold", 2)
+        monkeypatch.setitem(gpu.TUNING, "chunks", 2)
+        monkeypatch.setitem(gpu.TUNING, "forward_chunks", 2)
+    if request.param == "tma-chunked":
+        monkeypatch.setitem(gpu.TUNING, "tma", 1)
+        monkeypatch.setitem(gpu.TUNING, "chunks", 8)
+        monkeypatch.setitem(gpu.TUNING, "forward_chunks", 4)
+        monkeypatch.setitem(gpu.TUNING, "separate", 1)
     return request.param
 
 
@@ -249,7 +261,7 @@ def test_resident_launches_fit_the_chip(hopper, monkeypatch, dtype, fold):
         assert gpu._resident_launch(1024, 64, hopper, torch.float32) is None  # 512 programs
         assert back["meta"] == {
             "BH": 16, "BB": 32, "KP": 1024, "FOLD": 1, "CHUNKS": 4, "SEPARATE": False,
-            "num_warps": 8,
+            "TMA": False, "FENCE": False, "num_warps": 8,
         }  # fmt: skip
         assert gpu._resident_backward_launch(1024, 16, hopper, torch.bfloat16)["meta"][
             "CHUNKS"
@@ -305,8 +317,59 @@ def test_forward_chunks_on_request(hopper, monkeypatch, dtype, chunks):
         assert launch["grid"] == (128, 1)
         assert launch["meta"] == {
             "BH": 8, "BB": 64, "KP": 1024, "FOLD": 2, "CHUNKS": chunks, "SEPARATE": False,
-            "num_warps": 8,
+            "TMA": False, "FENCE": False, "num_warps": 8,
         }  # fmt: skip
+
+
+def test_tma_on_request(hopper, monkeypatch):
+    """``TUNING["tma"]`` turns the TMA operand on in both resident launchers, with the proxy
+    fences on a GPU (not under the interpreter, which has no inline assembly), and changes none
+    of the sizes."""
+    plain = [
+        launcher(1024, B, hopper, torch.float32)
+        for launcher in (gpu._resident_launch, gpu._resident_backward_launch)
+        for B in (1, 16)
+    ]
+    monkeypatch.setitem(gpu.TUNING, "tma", 1)
+    for launch, launcher, B in zip(
+        plain, [gpu._resident_launch] * 2 + [gpu._resident_backward_launch] * 2, (1, 16) * 2,
+        strict=True,
+    ):  # fmt: skip
+        tma = launcher(1024, B, hopper, torch.float32)
+        assert tma["meta"].pop("TMA") and tma["meta"].pop("FENCE")
+        assert not launch["meta"].pop("TMA") and not launch["meta"].pop("FENCE")
+        assert tma == launch
+    interpreted = gpu._resident_launch(20, 3, torch.device("cpu"), torch.float32)["meta"]
+    assert interpreted["TMA"] and not interpreted["FENCE"]
+
+
+@pytest.mark.parametrize("fold, blocks", [(1, 1), (2, 1), (2, 4)])
+def test_tma_ring_layout(fold, blocks):
+    """The ring the TMA variant reads (``_ring``): slot 0 holds h0 where the kernels' ring
+    stores put a state (batch tile t, K range f, local row j, column k ← h0[t·BB + j,
+    f·KP / FOLD + k]), zeros past B and H, in the other blocks and in slot 1; its descriptor
+    loads a batch tile's FOLD·blocks·BB rows and one chunk's columns."""
+    BB, KP, chunks, tiles, B, H = 4, 32, 2, 3, 10, 30
+    launch = {
+        "grid": (5, tiles),
+        "meta": {"TMA": True, "FOLD": fold, "BB": BB, "KP": KP, "CHUNKS": chunks},
+    }
+    h0 = torch.randn(B, H)
+    desc, ring = gpu._ring(launch, blocks, torch.float32, torch.device("cpu"), h0)
+    KF, rows = KP // fold, tiles * fold * blocks * BB
+    assert ring.shape == (2 * rows, KF) and desc.base is ring
+    assert desc.block_shape == [fold * blocks * BB, KF // chunks]
+    expected = torch.zeros(2 * rows, KF)
+    for b in range(B):
+        for u in range(H):
+            t, j, f, k = b // BB, b % BB, u // KF, u % KF
+            expected[t * fold * blocks * BB + f * blocks * BB + j, k] = h0[b, u]
+    torch.testing.assert_close(ring, expected, rtol=0, atol=0)
+    rounded = gpu._ring(launch, blocks, torch.float32, torch.device("cpu"), h0, True)[1]
+    assert torch.equal(rounded, gpu.round_tf32(expected)) and not torch.equal(rounded, ring)
+    assert gpu._ring({"meta": {"TMA": False}}, 1, torch.float32, torch.device("cpu")) == (
+        None, None,
+    )  # fmt: skip
 
 
 def test_resident_launches_need_hopper_and_tf32(hopper, monkeypatch):

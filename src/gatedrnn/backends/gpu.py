@@ -67,8 +67,9 @@ SPIN_LIMIT = 1 << 20  # ~1 s of spinning at one barrier before the kernel report
 TUNING: dict[str, int] = {}
 """Overrides of the launch parameters for tuning runs: the streamed kernels' ``BH``, ``BB``,
 ``BK``, ``num_stages``; ``num_warps``; ``resident`` (0: the streamed kernels everywhere), ``fold``
-(1 or 2), ``chunks`` (the backward's) and ``forward_chunks`` (1, 2, 4 or 8) and ``separate``
-(1: the chunks' products added, not chained; see ``_accumulate``) for the resident ones.
+(1 or 2), ``chunks`` (the backward's) and ``forward_chunks`` (1, 2, 4 or 8), ``separate``
+(1: the chunks' products added, not chained; see ``_accumulate``) and ``tma`` (1: the per-step
+operand read by TMA from a ring, see ``_operand_chunk``) for the resident ones.
 ``benchmarks/gpu_speed.py --sweep`` and ``--tuning`` set them; empty in normal use."""
 TABLE_PATH = Path(__file__).with_name("gpu_table.json")
 AUTO_MARGIN = 0.95
@@ -180,9 +181,11 @@ def _resident_sizes(
     def meta(BH: int, BB: int, F: int, C: int) -> dict:
         # K of the MMA: a power of two, and at least 16 (bf16's smallest) in every K range and
         # chunk
+        tma = bool(TUNING.get("tma", 0))
         return {
             "BH": BH, "BB": BB, "KP": _next_pow2(max(H, 16 * F * C)), "FOLD": F, "CHUNKS": C,
-            "SEPARATE": bool(TUNING.get("separate", 0)),
+            "SEPARATE": bool(TUNING.get("separate", 0)), "TMA": tma,
+            "FENCE": tma and device.type == "cuda",
         }  # fmt: skip
 
     if device.type != "cuda":
@@ -245,6 +248,41 @@ def _resident_backward_launch(
         H, B, device, dtype, operand_columns=4, batch_tiles=(8, 16, 32, 64), warps_from=4096,
         chunks=(1, 4), chunks_key="chunks",
     )  # fmt: skip
+
+
+def _ring(
+    launch: dict, blocks: int, dtype: torch.dtype, device: torch.device,
+    first: Tensor | None = None, rounded: bool = False,
+) -> tuple:  # fmt: skip
+    """The TMA variant's operand ring for a resident launch and its descriptor (``RING``,
+    ``RING_PTR``): two slots of ``grid[1]`` batch tiles × FOLD·blocks·BB rows × KP / FOLD
+    columns, zeros, in the layout of :func:`~gatedrnn.backends.triton_kernels._ring_store`
+    (``blocks``: 1 for the forward's states, 4 for the backward's gate gradients), and the
+    (rows, KC) blocks the kernel loads. ``first`` (B, H) fills slot 0's block 0 (the forward's
+    h0), ``rounded`` to TF32 where the product rounds its operand. None, None where the launch
+    does not ask for TMA."""
+    meta = launch["meta"]
+    if not meta["TMA"]:
+        return None, None
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    F, BB, KP = meta["FOLD"], meta["BB"], meta["KP"]
+    tiles = launch["grid"][1]
+    rows = tiles * F * blocks * BB
+    ring = torch.zeros(2 * rows, KP // F, dtype=dtype, device=device)
+    if first is not None:
+        B, H = first.shape
+        padded = torch.zeros(tiles * BB, KP, dtype=torch.float32, device=device)
+        padded[:B, :H] = round_tf32(first.float()) if rounded else first
+        slot = ring[:rows].view(tiles, F, blocks, BB, KP // F)
+        slot[:, :, 0] = padded.view(tiles, BB, F, KP // F).transpose(1, 2)
+    return TensorDescriptor.from_tensor(ring, [F * blocks * BB, KP // F // meta["CHUNKS"]]), ring
+
+
+def _or(ring: tuple, dummy: Tensor) -> tuple:
+    """A resident kernel's ``RING, RING_PTR`` arguments: :func:`_ring`'s, or a tensor of the
+    launch's in both places where it has none (unused: ``TMA`` is off)."""
+    return ring if ring[0] is not None else (dummy, dummy)
 
 
 def _max_batch(H: int, device: torch.device) -> int:
@@ -382,7 +420,8 @@ class _GRU(torch.autograd.Function):
             PREC=prec, ROUND=round_dot,
         )  # fmt: skip
         if resident:
-            arrays = (xg, w_dot, bhh, hs, hs, y, gates)
+            ring = _or(_ring(resident, 1, x.dtype, x.device, h0, round_dot), y)
+            arrays = (xg, w_dot, bhh, hs, hs, y, gates, *ring)
             _run(k.resident_forward_kernel, resident, arrays, lens, T, B, LSTM=False, **constants)
         else:
             arrays = (xg, w_dot, bhh, hs, y, gates)
@@ -413,7 +452,8 @@ class _GRU(torch.autograd.Function):
             H=H, HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec, ROUND=round_dot
         )  # fmt: skip
         if resident:
-            arrays = (dy, hs, hs, gates, w_dot, dxg, dgh, dh, dh)
+            ring = _or(_ring(resident, 4, x.dtype, x.device), dxg)
+            arrays = (dy, hs, hs, gates, w_dot, dxg, dgh, dh, dh, *ring)
             _run(k.resident_backward_kernel, resident, arrays, lens, T, B, LSTM=False, **constants)
         else:
             arrays = (dy, hs, gates, w_dot, dxg, dgh, dh)
@@ -465,7 +505,8 @@ class _LSTM(torch.autograd.Function):
             ROUND=round_dot,
         )  # fmt: skip
         if resident:
-            arrays = (xg, w_dot, hs, hs, cs, y, gates)  # BHH (hs): unused by the LSTM
+            ring = _or(_ring(resident, 1, x.dtype, x.device, h0, round_dot), y)
+            arrays = (xg, w_dot, hs, hs, cs, y, gates, *ring)  # BHH (hs): unused by the LSTM
             _run(
                 k.resident_forward_kernel, resident, arrays, lens, T, B, LSTM=True,
                 Y_IS_HS=y is hs, **constants,
@@ -495,7 +536,8 @@ class _LSTM(torch.autograd.Function):
             H=H, HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec, ROUND=round_dot
         )  # fmt: skip
         if resident:
-            arrays = (dy, cs, cs, gates, w_dot, dg, dg, dh, dc)
+            ring = _or(_ring(resident, 4, x.dtype, x.device), dg)
+            arrays = (dy, cs, cs, gates, w_dot, dg, dg, dh, dc, *ring)
             _run(k.resident_backward_kernel, resident, arrays, lens, T, B, LSTM=True, **constants)
         else:
             arrays = (dy, cs, gates, w_dot, dg, dh, dc)

@@ -86,6 +86,20 @@ def _sync(cnt_ptr, err_ptr, target, SPIN_LIMIT: tl.constexpr):
 
 
 @triton.jit
+def _async_proxy_fence(x, FENCE: tl.constexpr):
+    """``fence.proxy.async.global`` when FENCE (x: any scalar, the asm's dummy operand). TMA
+    reads global memory through the async proxy, plain stores write it through the generic one:
+    the resident kernels' TMA variant fences after storing their share of the next operand
+    (before the barrier's release) and again after the barrier (before the TMA loads). Not under
+    the interpreter, which has no inline assembly (and one proxy)."""
+    if FENCE:
+        tl.inline_asm_elementwise(
+            "fence.proxy.async.global; mov.u32 $0, 0;", "=r,r", [x], dtype=tl.int32,
+            is_pure=False, pack=1,
+        )  # fmt: skip
+
+
+@triton.jit
 def _to_tf32(x, ROUND: tl.constexpr):
     """x rounded to nearest TF32 (10 mantissa bits) when ROUND, else x. A warpgroup MMA in TF32
     reads a float32 operand's upper 19 bits, which truncates: rounding first halves the error.
@@ -571,12 +585,17 @@ def _gate_columns(
 
 @triton.jit
 def _operand_chunk(
-    SRC, step, ok, k0, c: tl.constexpr, KC: tl.constexpr, H: tl.constexpr, KP: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, ROUND: tl.constexpr,
+    SRC, step, ok, k0, RING, r0, c: tl.constexpr, KC: tl.constexpr, H: tl.constexpr,
+    KP: tl.constexpr, DOT_DTYPE: tl.constexpr, ROUND: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
     """Chunk c of a resident kernel's per-step second operand, (KC, columns): row k of column n
     is SRC[step[n] + c·KC + k], which lies k0[n] + c·KC + k into its H (zero past H or where
-    not ok[n])."""
+    not ok[n]). With TMA, the same chunk read by the tensor memory accelerator from the ring's
+    rows r0 … (RING a descriptor of (rows, KP / FOLD) blocks (columns, KC), laid out by
+    :func:`_ring_store`, already rounded) straight into shared memory, where the MMA reads it:
+    no registers on the way."""
+    if TMA:
+        return tl.trans(RING.load([r0, c * KC]))
     k = c * KC + tl.arange(0, KC)
     if KP == H:  # noqa: SIM108 (compile-time: the k mask is not emitted)
         mask = ok[None, :]
@@ -584,6 +603,25 @@ def _operand_chunk(
         mask = (k0[None, :] + k[:, None] < H) & ok[None, :]
     d = tl.load(SRC + step[None, :] + k[:, None], mask=mask, other=0.0, cache_modifier=".cg")
     return _to_tf32(d, ROUND).to(DOT_DTYPE)
+
+
+@triton.jit
+def _ring_store(
+    RING_PTR, r0, u, mask, value, BB: tl.constexpr, KP: tl.constexpr, FOLD: tl.constexpr,
+    BLOCKS: tl.constexpr, ROUND: tl.constexpr,
+):  # fmt: skip
+    """Store the program's (units, batch rows) tile value (mask: its valid part) where the TMA
+    variant's next operand (:func:`_operand_chunk`) reads it, rounded to TF32 if ROUND: a ring
+    slot holds, per batch tile, FOLD·BLOCKS blocks of BB rows (K range f, block g) and KP / FOLD
+    columns, unit u's value for local batch row j at row r0 + (f·BLOCKS)·BB + j, column
+    u − f·KP / FOLD, f = u // (KP / FOLD); r0 is the slot's first row for this batch tile,
+    plus g·BB for block g (the backward's gates; the forward has one block). What is never
+    stored (past H or B, a three-gate cell's fourth block) stays the zero it was allocated as."""
+    KF: tl.constexpr = KP // FOLD
+    f = u // KF
+    row = r0 + (f * (BLOCKS * BB))[:, None] + tl.arange(0, BB)[None, :]
+    dst = RING_PTR + row * KF + (u - f * KF)[:, None]
+    tl.store(dst, _to_tf32(value, ROUND).to(RING_PTR.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -646,33 +684,34 @@ def _accumulate(product, w, d, zero, PREC: tl.constexpr, SEPARATE: tl.constexpr)
 
 @triton.jit
 def _chunked_product(
-    w0, w1, w2, w3, w4, w5, w6, w7, SRC, step, ok, k0,
+    w0, w1, w2, w3, w4, w5, w6, w7, SRC, step, ok, k0, RING, r0,
     H: tl.constexpr, KP: tl.constexpr, FOLD: tl.constexpr, CHUNKS: tl.constexpr,
     SEPARATE: tl.constexpr, DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, ROUND: tl.constexpr,
+    TMA: tl.constexpr,
 ):  # fmt: skip
     """Σ_c w_c · chunk c of the step's second operand (:func:`_operand_chunk`): one warpgroup
     MMA per chunk, each chunk loaded just before its product, so that one chunk's buffer is
     live at a time; the products chained or SEPARATE (:func:`_accumulate`)."""
     KC: tl.constexpr = KP // FOLD // CHUNKS
-    d = _operand_chunk(SRC, step, ok, k0, 0, KC, H, KP, DOT_DTYPE, ROUND)
+    d = _operand_chunk(SRC, step, ok, k0, RING, r0, 0, KC, H, KP, DOT_DTYPE, ROUND, TMA)
     product = tl.dot(w0, d, input_precision=PREC)
     zero = tl.broadcast_to((step.to(tl.float32) * 0.0)[None, :], product.shape)
     if CHUNKS > 1:
-        d = _operand_chunk(SRC, step, ok, k0, 1, KC, H, KP, DOT_DTYPE, ROUND)
+        d = _operand_chunk(SRC, step, ok, k0, RING, r0, 1, KC, H, KP, DOT_DTYPE, ROUND, TMA)
         product = _accumulate(product, w1, d, zero, PREC, SEPARATE)
     if CHUNKS > 2:
-        d = _operand_chunk(SRC, step, ok, k0, 2, KC, H, KP, DOT_DTYPE, ROUND)
+        d = _operand_chunk(SRC, step, ok, k0, RING, r0, 2, KC, H, KP, DOT_DTYPE, ROUND, TMA)
         product = _accumulate(product, w2, d, zero, PREC, SEPARATE)
-        d = _operand_chunk(SRC, step, ok, k0, 3, KC, H, KP, DOT_DTYPE, ROUND)
+        d = _operand_chunk(SRC, step, ok, k0, RING, r0, 3, KC, H, KP, DOT_DTYPE, ROUND, TMA)
         product = _accumulate(product, w3, d, zero, PREC, SEPARATE)
     if CHUNKS > 4:
-        d = _operand_chunk(SRC, step, ok, k0, 4, KC, H, KP, DOT_DTYPE, ROUND)
+        d = _operand_chunk(SRC, step, ok, k0, RING, r0, 4, KC, H, KP, DOT_DTYPE, ROUND, TMA)
         product = _accumulate(product, w4, d, zero, PREC, SEPARATE)
-        d = _operand_chunk(SRC, step, ok, k0, 5, KC, H, KP, DOT_DTYPE, ROUND)
+        d = _operand_chunk(SRC, step, ok, k0, RING, r0, 5, KC, H, KP, DOT_DTYPE, ROUND, TMA)
         product = _accumulate(product, w5, d, zero, PREC, SEPARATE)
-        d = _operand_chunk(SRC, step, ok, k0, 6, KC, H, KP, DOT_DTYPE, ROUND)
+        d = _operand_chunk(SRC, step, ok, k0, RING, r0, 6, KC, H, KP, DOT_DTYPE, ROUND, TMA)
         product = _accumulate(product, w6, d, zero, PREC, SEPARATE)
-        d = _operand_chunk(SRC, step, ok, k0, 7, KC, H, KP, DOT_DTYPE, ROUND)
+        d = _operand_chunk(SRC, step, ok, k0, RING, r0, 7, KC, H, KP, DOT_DTYPE, ROUND, TMA)
         product = _accumulate(product, w7, d, zero, PREC, SEPARATE)
     return product
 
@@ -686,11 +725,13 @@ def resident_forward_kernel(
     CS,  # (T+1, B, H) float32 c (LSTM): CS[0] = c0 on entry; every step when SAVE, else CS[T]
     Y,  # (T+1, B, H) states as the product reads them and the output, Y[0] = h0 (may be HS)
     G,  # (T, B, 4H) float32 when SAVE: r|z|n|U_n h + b_hn (GRU), i|f|g|o (LSTM)
+    RING,  # TMA: descriptor of the state ring (2 slots, _ring_store's layout), slot 0 = h0
+    RING_PTR,  # TMA: the ring itself, in DOT_DTYPE, zeros where never stored
     LENS, CNT, ERR,
     T, B,
     H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr, FOLD: tl.constexpr,
-    CHUNKS: tl.constexpr, SEPARATE: tl.constexpr, LSTM: tl.constexpr, SAVE: tl.constexpr,
-    HAS_LENS: tl.constexpr, Y_IS_HS: tl.constexpr,
+    CHUNKS: tl.constexpr, SEPARATE: tl.constexpr, TMA: tl.constexpr, FENCE: tl.constexpr,
+    LSTM: tl.constexpr, SAVE: tl.constexpr, HAS_LENS: tl.constexpr, Y_IS_HS: tl.constexpr,
     DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, ROUND: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
     """The forward of :func:`gru_forward_kernel` (reset after) and :func:`lstm_forward_kernel`
@@ -710,7 +751,13 @@ def resident_forward_kernel(
     chunks per step, one product each (:func:`_chunked_product`, as the backward's gradients),
     the weights held as as many tiles: only one chunk of the state needs shared memory, which is
     what would put float32 at H = 1024, B = 64 on chip (folded, 4 chunks). Not yet the
-    launcher's choice (``TUNING["forward_chunks"]`` asks for it): not yet timed on a GPU."""
+    launcher's choice (``TUNING["forward_chunks"]`` asks for it): not yet timed on a GPU.
+
+    TMA (``TUNING["tma"]``, not yet timed either): the state operand is read by the tensor
+    memory accelerator straight into shared memory, not through registers (what every chunked
+    kernel spills), from a two-slot ring in the operand's own layout, which each program writes
+    its share of, rounded, next to its output (:func:`_ring_store`); FENCE orders the two
+    memory proxies (:func:`_async_proxy_fence`)."""
     NP_H = tl.num_programs(0)
     NG: tl.constexpr = 4 if LSTM else 3
     u, u_mask, rows, row_mask, m2, own = _tile_t(B, H, BH, BB)
@@ -738,13 +785,17 @@ def resident_forward_kernel(
         b_1 = tl.load(BHH + H + u, mask=u_mask, other=0.0)[:, None]
         b_2 = tl.load(BHH + 2 * H + u, mask=u_mask, other=0.0)[:, None]
     x0, x1, x2, x3 = _load_gates(XG + own_xg, H, m2, NG)
+    # the TMA ring: a slot per step parity, this batch tile's FOLD·BB rows in each
+    slot_rows = tl.num_programs(1) * (FOLD * BB)
+    tile_r0 = tl.program_id(1) * (FOLD * BB)
     target = 0
     t = 0
     while t < T:
         live = _live(LENS, rows, row_mask, t, HAS_LENS)[None, :]
         product = _chunked_product(
             w0, w1, w2, w3, w4, w5, w6, w7, Y, t * B * H + h_cols, h_ok, col_k0,
-            H, KP, FOLD, CHUNKS, SEPARATE, DOT_DTYPE, PREC, ROUND,
+            RING, (t % 2) * slot_rows + tile_r0,
+            H, KP, FOLD, CHUNKS, SEPARATE, DOT_DTYPE, PREC, ROUND, TMA,
         )  # fmt: skip
         if FOLD == 2:
             product = _fold_diagonal(product, 4 * BH, BB)
@@ -766,10 +817,16 @@ def resident_forward_kernel(
                     tl.store(HS + (t + 1) * B * H + own, h, mask=m2)
                 _store_gates(g, H, m2, 4, r, z, n, hn)
         tl.store(Y + (t + 1) * B * H + own, tl.where(live, h, 0.0), mask=m2)
+        if TMA:
+            r0 = ((t + 1) % 2) * slot_rows + tile_r0
+            _ring_store(RING_PTR, r0, u, m2, tl.where(live, h, 0.0), BB, KP, FOLD, 1, ROUND)
+            _async_proxy_fence(t, FENCE)
         nxt = m2 & (t + 1 < T)
         x0, x1, x2, x3 = _load_gates(XG + (t + 1) * B * NG * H + own_xg, H, nxt, NG)
         target += NP_H
         _sync(cnt, ERR, target, SPIN_LIMIT)
+        if TMA:
+            _async_proxy_fence(t, FENCE)
         t += 1
     tl.store(HS + T * B * H + own, h, mask=m2)
     if LSTM:
@@ -805,10 +862,13 @@ def resident_backward_kernel(
     DR,  # (T, B, 3H) out (GRU): the recurrent side's r|z|(dn ⊙ r); for the LSTM, DX again
     DH,  # (B, H) float32: ∂ final h on entry, ∂h0 on exit
     DC,  # (B, H) float32 (LSTM): ∂c_T on entry, ∂c0 on exit
+    RING,  # TMA: descriptor of the gradients' ring (2 slots, _ring_store's layout, 4 blocks)
+    RING_PTR,  # TMA: the ring itself, in DOT_DTYPE, zeros where never stored
     LENS, CNT, ERR,
     T, B,
     H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr, FOLD: tl.constexpr,
-    CHUNKS: tl.constexpr, SEPARATE: tl.constexpr, LSTM: tl.constexpr, HAS_LENS: tl.constexpr,
+    CHUNKS: tl.constexpr, SEPARATE: tl.constexpr, TMA: tl.constexpr, FENCE: tl.constexpr,
+    LSTM: tl.constexpr, HAS_LENS: tl.constexpr,
     DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, ROUND: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
     """The backward of :func:`gru_backward_kernel` (reset after) and :func:`lstm_backward_kernel`
@@ -826,7 +886,8 @@ def resident_backward_kernel(
     summed), and CHUNKS = 2, 4 or 8 loads the second operand in that many K chunks per step,
     one product each, the weights held as as many tiles (the launcher takes 4 where one load does
     not fit: float32 at H = 1024, B ≤ 16; bfloat16 at H = 1024, B = 64; TF32 at H = 512,
-    B = 64; 2 and 8 only when asked for, 8 not yet measured on a GPU)."""
+    B = 64; 2 and 8 only when asked for, 8 not yet measured on a GPU). TMA, FENCE: as in
+    :func:`resident_forward_kernel`, the ring holding the step's gradients (block g: gate g)."""
     NP_H = tl.num_programs(0)
     NG: tl.constexpr = 4 if LSTM else 3
     u, _, rows, row_mask, m2, own = _tile_t(B, H, BH, BB)
@@ -841,6 +902,9 @@ def resident_backward_kernel(
     col_row = tl.program_id(1) * BB + col % BB
     d_cols = col_row * (NG * H) + col_gate * H + col_k0
     d_ok = (col_gate < NG) & (col_row < B)
+    # the TMA ring: a slot per step parity, this batch tile's FOLD·4·BB rows in each
+    slot_rows = tl.num_programs(1) * (FOLD * 4 * BB)
+    tile_r0 = tl.program_id(1) * (FOLD * 4 * BB)
     # the weight columns, one tile per chunk (rounded to TF32 by the caller if ROUND)
     w0, w1, w2, w3, w4, w5, w6, w7 = _weight_tiles(W, H, BH, KP, NG, FOLD, CHUNKS, True, DOT_DTYPE)
     cnt = CNT + tl.program_id(1)
@@ -865,21 +929,14 @@ def resident_backward_kernel(
             i, f, gg, o = g0, g1, g2, g3
             tc = _tanh(c)
             dc = dc + tl.where(live, dh * o * (1.0 - tc * tc), 0.0)
-            tl.store(
-                dx, tl.where(live, dc * gg * i * (1.0 - i), 0.0).to(DX.dtype.element_ty), mask=m2
-            )
-            tl.store(
-                dx + H, tl.where(live, dc * prev * f * (1.0 - f), 0.0).to(DX.dtype.element_ty),
-                mask=m2,
-            )  # fmt: skip
-            tl.store(
-                dx + 2 * H, tl.where(live, dc * i * (1.0 - gg * gg), 0.0).to(DX.dtype.element_ty),
-                mask=m2,
-            )  # fmt: skip
-            tl.store(
-                dx + 3 * H, tl.where(live, dh * tc * o * (1.0 - o), 0.0).to(DX.dtype.element_ty),
-                mask=m2,
-            )  # fmt: skip
+            d0 = tl.where(live, dc * gg * i * (1.0 - i), 0.0)
+            d1 = tl.where(live, dc * prev * f * (1.0 - f), 0.0)
+            d2 = tl.where(live, dc * i * (1.0 - gg * gg), 0.0)
+            d3 = tl.where(live, dh * tc * o * (1.0 - o), 0.0)
+            tl.store(dx, d0.to(DX.dtype.element_ty), mask=m2)
+            tl.store(dx + H, d1.to(DX.dtype.element_ty), mask=m2)
+            tl.store(dx + 2 * H, d2.to(DX.dtype.element_ty), mask=m2)
+            tl.store(dx + 3 * H, d3.to(DX.dtype.element_ty), mask=m2)
             dc = tl.where(live, dc * f, dc)
             carry = tl.where(live, 0.0, dh)
             c = prev
@@ -891,11 +948,21 @@ def resident_backward_kernel(
             tl.store(dx, dar.to(DX.dtype.element_ty), mask=m2)
             tl.store(dx + H, daz.to(DX.dtype.element_ty), mask=m2)
             tl.store(dx + 2 * H, dan.to(DX.dtype.element_ty), mask=m2)
+            # the recurrent side's gradients (the product's operand)
+            d0, d1, d2 = dar, daz, dan * r
             dr = DR + t * B * 3 * H + own_x
-            tl.store(dr, dar.to(DR.dtype.element_ty), mask=m2)
-            tl.store(dr + H, daz.to(DR.dtype.element_ty), mask=m2)
-            tl.store(dr + 2 * H, (dan * r).to(DR.dtype.element_ty), mask=m2)
+            tl.store(dr, d0.to(DR.dtype.element_ty), mask=m2)
+            tl.store(dr + H, d1.to(DR.dtype.element_ty), mask=m2)
+            tl.store(dr + 2 * H, d2.to(DR.dtype.element_ty), mask=m2)
             carry = tl.where(live, dh * z, dh)
+        r0 = (t % 2) * slot_rows + tile_r0
+        if TMA:
+            _ring_store(RING_PTR, r0, u, m2, d0, BB, KP, FOLD, 4, ROUND)
+            _ring_store(RING_PTR, r0 + BB, u, m2, d1, BB, KP, FOLD, 4, ROUND)
+            _ring_store(RING_PTR, r0 + 2 * BB, u, m2, d2, BB, KP, FOLD, 4, ROUND)
+            if LSTM:
+                _ring_store(RING_PTR, r0 + 3 * BB, u, m2, d3, BB, KP, FOLD, 4, ROUND)
+            _async_proxy_fence(t, FENCE)
         # the previous step's pointwise inputs do not depend on the others: load them now
         prv = m2 & (t > 0)
         dy = tl.load(DY + (t - 1) * B * H + own, mask=prv, other=0.0).to(tl.float32)
@@ -906,9 +973,11 @@ def resident_backward_kernel(
             prev = tl.load(HS + (t - 1) * B * H + own, mask=prv, other=0.0)
         target += NP_H
         _sync(cnt, ERR, target, SPIN_LIMIT)
+        if TMA:
+            _async_proxy_fence(t, FENCE)
         product = _chunked_product(
-            w0, w1, w2, w3, w4, w5, w6, w7, DR, t * B * NG * H + d_cols, d_ok, col_k0,
-            H, KP, FOLD, CHUNKS, SEPARATE, DOT_DTYPE, PREC, ROUND,
+            w0, w1, w2, w3, w4, w5, w6, w7, DR, t * B * NG * H + d_cols, d_ok, col_k0, RING, r0,
+            H, KP, FOLD, CHUNKS, SEPARATE, DOT_DTYPE, PREC, ROUND, TMA,
         )  # fmt: skip
         if FOLD == 2:
             product = _fold_diagonal(product, 4 * BH, 4 * BB)
