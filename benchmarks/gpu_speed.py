@@ -59,7 +59,9 @@ def _compile_one(job: tuple[str, str, int, int]) -> str:
     cell, dtype_name, B, H = job
     try:
         ours, _ = _pair(cell, H, DTYPES[dtype_name])
-        x = torch.randn(1, B, H, device="cuda", dtype=DTYPES[dtype_name], requires_grad=True)
+        # T = 16: Triton specialises an integer argument by its divisibility by 16 (and 1 by
+        # value), so these are the kernels a run of T = 256 launches
+        x = torch.randn(16, B, H, device="cuda", dtype=DTYPES[dtype_name], requires_grad=True)
         with torch.no_grad():
             ours(x)
         out, _ = ours(x)
@@ -68,6 +70,34 @@ def _compile_one(job: tuple[str, str, int, int]) -> str:
         return ""
     except Exception as error:  # reported, the timing pass records it per shape
         return f"{job}: {type(error).__name__}: {error}"
+
+
+def _compile_variant(job: tuple[dict, tuple[str, str, int, int]]) -> str:
+    """:func:`_compile_one` for one (launch overrides, shape) of a sweep."""
+    from gatedrnn.backends import gpu
+
+    variant, shape = job
+    gpu.TUNING.clear()
+    gpu.TUNING.update(variant)
+    problem = _compile_one(shape)
+    return problem and f"{variant} {problem}"
+
+
+def _precompile(function, jobs: list, workers: int, initargs: tuple = ({},)) -> None:
+    """Fill Triton's disk cache for these jobs in ``workers`` processes at once (a resident
+    kernel takes seconds to compile; the timing pass then only loads them)."""
+    start = time.perf_counter()
+    if workers > 1:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_set_tuning, initargs=initargs
+        ) as pool:
+            for problem in pool.map(function, jobs):
+                if problem:
+                    print("compile:", problem, flush=True)
+    print(f"compiled in {time.perf_counter() - start:.0f} s", flush=True)
 
 
 def _time(fn, grads_to_none) -> float:
@@ -157,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.sweep:
         variants = json.loads(args.variants) if args.variants else None
-        return sweep(args.sweep, args.T, args.out, variants)
+        return sweep(args.sweep, args.T, args.out, variants, args.jobs)
     tuning = json.loads(args.tuning) if args.tuning else {}
     if tuning and args.write_table:
         parser.error("--write-table measures the kernels as they launch by default: no --tuning")
@@ -173,18 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.shapes:
         jobs = [_shape(item) for item in args.shapes.split(",")]
 
-    start = time.perf_counter()
-    if args.jobs > 1:
-        import multiprocessing
-
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(
-            args.jobs, mp_context=context, initializer=_set_tuning, initargs=(tuning,)
-        ) as pool:
-            for problem in pool.map(_compile_one, jobs):
-                if problem:
-                    print("compile:", problem, flush=True)
-    print(f"compiled in {time.perf_counter() - start:.0f} s", flush=True)
+    _precompile(_compile_one, jobs, args.jobs, (tuning,))
 
     rows = []
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -231,8 +250,11 @@ def _shape(item: str) -> tuple[str, str, int, int]:
     return parts[0], parts[1], int(parts[2]), int(parts[3])
 
 
-def sweep(spec: str, T: int, out: Path, variants: list[dict] | None = None) -> int:
-    """Time launch variants of our kernels at a few shapes (forward and forward + backward)."""
+def sweep(
+    spec: str, T: int, out: Path, variants: list[dict] | None = None, workers: int = 1
+) -> int:
+    """Time launch variants of our kernels at a few shapes (forward and forward + backward),
+    every variant's kernels compiled first in ``workers`` processes."""
     from gatedrnn.backends import gpu
 
     variants = variants or [
@@ -248,8 +270,9 @@ def sweep(spec: str, T: int, out: Path, variants: list[dict] | None = None) -> i
     ]
     results = []
     out.parent.mkdir(parents=True, exist_ok=True)
-    for item in spec.split(","):
-        cell, dtype_name, B, H = _shape(item)
+    shapes = [_shape(item) for item in spec.split(",")]
+    _precompile(_compile_variant, [(v, shape) for shape in shapes for v in variants], workers)
+    for cell, dtype_name, B, H in shapes:
         for variant in variants:
             gpu.TUNING.clear()
             gpu.TUNING.update(variant)
