@@ -279,7 +279,7 @@ def _ring(
     return TensorDescriptor.from_tensor(ring, [F * blocks * BB, KP // F // meta["CHUNKS"]]), ring
 
 
-def _or(ring: tuple, dummy: Tensor) -> tuple:
+def _ring_args(ring: tuple, dummy: Tensor) -> tuple:
     """A resident kernel's ``RING, RING_PTR`` arguments: :func:`_ring`'s, or a tensor of the
     launch's in both places where it has none (unused: ``TMA`` is off)."""
     return ring if ring[0] is not None else (dummy, dummy)
@@ -420,7 +420,7 @@ class _GRU(torch.autograd.Function):
             PREC=prec, ROUND=round_dot,
         )  # fmt: skip
         if resident:
-            ring = _or(_ring(resident, 1, x.dtype, x.device, h0, round_dot), y)
+            ring = _ring_args(_ring(resident, 1, x.dtype, x.device, h0, round_dot), y)
             arrays = (xg, w_dot, bhh, hs, hs, y, gates, *ring)
             _run(k.resident_forward_kernel, resident, arrays, lens, T, B, LSTM=False, **constants)
         else:
@@ -452,7 +452,7 @@ class _GRU(torch.autograd.Function):
             H=H, HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec, ROUND=round_dot
         )  # fmt: skip
         if resident:
-            ring = _or(_ring(resident, 4, x.dtype, x.device), dxg)
+            ring = _ring_args(_ring(resident, 4, x.dtype, x.device), dxg)
             arrays = (dy, hs, hs, gates, w_dot, dxg, dgh, dh, dh, *ring)
             _run(k.resident_backward_kernel, resident, arrays, lens, T, B, LSTM=False, **constants)
         else:
@@ -505,7 +505,7 @@ class _LSTM(torch.autograd.Function):
             ROUND=round_dot,
         )  # fmt: skip
         if resident:
-            ring = _or(_ring(resident, 1, x.dtype, x.device, h0, round_dot), y)
+            ring = _ring_args(_ring(resident, 1, x.dtype, x.device, h0, round_dot), y)
             arrays = (xg, w_dot, hs, hs, cs, y, gates, *ring)  # BHH (hs): unused by the LSTM
             _run(
                 k.resident_forward_kernel, resident, arrays, lens, T, B, LSTM=True,
@@ -536,7 +536,7 @@ class _LSTM(torch.autograd.Function):
             H=H, HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec, ROUND=round_dot
         )  # fmt: skip
         if resident:
-            ring = _or(_ring(resident, 4, x.dtype, x.device), dg)
+            ring = _ring_args(_ring(resident, 4, x.dtype, x.device), dg)
             arrays = (dy, cs, cs, gates, w_dot, dg, dg, dh, dc, *ring)
             _run(k.resident_backward_kernel, resident, arrays, lens, T, B, LSTM=True, **constants)
         else:
