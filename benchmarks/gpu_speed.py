@@ -173,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         "e.g. '[{}, {\"resident\": 0}]'",
     )
     parser.add_argument(
+        "--summarize",
+        type=Path,
+        help="print the summary of a sweep's JSON (what --sweep prints at its end) and exit",
+    )
+    parser.add_argument(
         "--tuning",
         default="",
         help="launch overrides for the whole grid, JSON, e.g. '{\"resident\": 0}' times the "
@@ -182,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         "--write-table", action="store_true", help="update the auto table of the triton backend"
     )
     args = parser.parse_args(argv)
+    if args.summarize:
+        print("\n".join(summarize_sweep(json.loads(args.summarize.read_text()))))
+        return 0
     if not torch.cuda.is_available():
         print("gpu_speed: no CUDA device", file=sys.stderr)
         return 2
@@ -288,7 +296,50 @@ def sweep(
             # after every variant, so a run cut off by its time limit keeps what it measured
             write_atomic(out, lambda path: path.write_text(json.dumps(results, indent=1)))
     gpu.TUNING.clear()
+    print("\n".join(summarize_sweep(results)), flush=True)
     return 0
+
+
+def summarize_sweep(results: list[dict]) -> list[str]:
+    """A sweep's rows as one line per shape and variant, every line starting "summary": our µs
+    per step forward and forward + backward, each as a ratio to the shape's first variant (the
+    default, ``{}``, in the prepared sweeps) and as the speed-up over cuDNN measured with it;
+    ``*`` marks the shape's fastest variant in each direction."""
+    shapes: dict[tuple, dict[str, dict]] = {}
+    for row in results:
+        shape = (row["cell"], row["dtype"], row["B"], row["H"])
+        variant = json.dumps(row.get("variant", {}), sort_keys=True)
+        shapes.setdefault(shape, {}).setdefault(variant, {})[bool(row["grad"])] = row
+    lines = [
+        "summary shape / variant: forward µs (÷ first variant, × cuDNN) | forward + backward "
+        "(the same); * fastest"
+    ]
+    for (cell, dtype, B, H), variants in shapes.items():
+        lines.append(f"summary {cell} {dtype} B={B} H={H}")
+        base = next(iter(variants.values()))
+        best = {
+            grad: min(
+                (v for v in variants if variants[v].get(grad, {}).get("ours_us_per_step")),
+                key=lambda v, grad=grad: variants[v][grad]["ours_us_per_step"],
+                default=None,
+            )
+            for grad in (False, True)
+        }
+        for variant, pair in variants.items():
+            text = []
+            for grad in (False, True):
+                row = pair.get(grad, {})
+                ours = row.get("ours_us_per_step")
+                first = base.get(grad, {}).get("ours_us_per_step")
+                if not ours:
+                    text.append(f"{'error':>8} {'':>6} {'':>6}")
+                    continue
+                mark = "*" if variant == best[grad] else " "
+                ratio = f"{ours / first:6.2f}" if first else f"{'-':>6}"
+                speedup = f"{row['speedup']:5.2f}×" if row.get("speedup") else f"{'-':>6}"
+                text.append(f"{ours:7.2f}{mark} {ratio} {speedup}")
+            lines.append(f"summary   {variant:48} {text[0]} | {text[1]}")
+    return lines
 
 
 def print_table(rows: list[dict], device: str) -> None:

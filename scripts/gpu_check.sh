@@ -28,7 +28,8 @@ if [ -n "${FOLD:-}" ]; then
   timeout ${FOLD_TIMEOUT:-150} python3 benchmarks/gpu_speed.py --sweep "${FOLD_SHAPES:-gru:float32:1:1024,gru:float32:16:1024,lstm:float32:1:1024,lstm:float32:16:1024,gru:bfloat16:16:1024}" --variants '[{"fold": 1}, {"fold": 2}]' --out "$OUT/fold.json" 2>&1 | grep "^sweep" | tee "$OUT/fold.log"
 fi
 if [ -n "${SWEEP:-}" ]; then
-  timeout ${SWEEP_TIMEOUT:-120} python3 benchmarks/gpu_speed.py --sweep "$SWEEP" --variants "${SWEEP_VARIANTS:-}" --out "$OUT/sweep.json" 2>&1 | grep "^sweep" | tee "$OUT/sweep.log" | tail -30
+  # every timing in sweep.log; here the summary (per shape: each variant against the first)
+  timeout ${SWEEP_TIMEOUT:-120} python3 benchmarks/gpu_speed.py --sweep "$SWEEP" --variants "${SWEEP_VARIANTS:-}" --out "$OUT/sweep.json" 2>&1 | grep "^sweep\|^summary\|^compile" | tee "$OUT/sweep.log" | grep "^summary\|^compile" | tail -70
 fi
 if [ -n "${FP32_ALT:-}" ]; then
   # the float32 checks and a few timings again with another precision of the recurrent product

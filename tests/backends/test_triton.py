@@ -610,3 +610,27 @@ def test_benchmark_sweep_keeps_what_it_measured_when_cut_off(tmp_path, monkeypat
         gpu_speed.sweep("gru:float32:16:1024,lstm:float32:16:1024", 8, out, variants)
     assert seen == variants
     assert [row["variant"] for row in json.loads(out.read_text())] == [{}, {}, *variants[1:2] * 2]
+
+
+def test_benchmark_sweep_summary_compares_each_variant_with_the_first():
+    gpu_speed = _gpu_speed()
+
+    def row(variant, grad, ours, cudnn):
+        return {
+            "cell": "lstm", "dtype": "float32", "B": 16, "H": 1024, "grad": grad,
+            "variant": variant, "ours_us_per_step": ours, "cudnn_us_per_step": cudnn,
+            **({"speedup": cudnn / ours} if ours else {}),
+        }  # fmt: skip
+
+    rows = [
+        row({}, False, 8.0, 22.0), row({}, True, 30.0, 54.0),
+        row({"tma": 1}, False, 6.0, 21.0), row({"tma": 1}, True, 36.0, 54.0),
+        row({"chunks": 8}, False, None, 22.0), row({"chunks": 8}, True, 27.0, 54.0),
+    ]  # fmt: skip
+    lines = gpu_speed.summarize_sweep(rows)
+    assert all(line.startswith("summary") for line in lines)
+    assert lines[1] == "summary lstm float32 B=16 H=1024"
+    default, tma, eight = lines[2:]
+    assert "8.00    1.00  2.75×" in default and "30.00    1.00  1.80×" in default
+    assert "6.00*   0.75  3.50×" in tma and "36.00    1.20  1.50×" in tma
+    assert "error" in eight and "27.00*   0.90  2.00×" in eight
