@@ -264,7 +264,15 @@ def _ring(
     meta = launch["meta"]
     if not meta["TMA"]:
         return None, None
-    from triton.tools.tensor_descriptor import TensorDescriptor
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+    except ImportError as error:  # Triton < 3.3
+        import triton
+
+        raise RuntimeError(
+            "TUNING['tma'] needs host-side tensor descriptors (triton.tools.tensor_descriptor, "
+            f"Triton 3.3 or newer); this is Triton {triton.__version__}"
+        ) from error
 
     F, BB, KP = meta["FOLD"], meta["BB"], meta["KP"]
     tiles = launch["grid"][1]
