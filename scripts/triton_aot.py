@@ -34,11 +34,10 @@ def build(fn, consts, dtype, warps, stages, sass_dir):
         elif name in ("T", "B"):
             signature[name] = "i32"
         elif name == "RING" and consts.get("TMA"):
-            # the TMA ring's descriptor: blocks of (FOLD·blocks·BB, KP / FOLD / CHUNKS)
-            blocks = 4 if fn is k.resident_backward_kernel else 1
-            rows = consts["FOLD"] * blocks * consts["BB"]
+            # the TMA ring's descriptor: boxes of (FOLD·blocks, BB, KP / FOLD / CHUNKS)
+            blocks = consts["FOLD"] * (4 if fn is k.resident_backward_kernel else 1)
             columns = consts["KP"] // consts["FOLD"] // consts["CHUNKS"]
-            signature[name] = f"tensordesc<{dtype}[{rows}, {columns}]>"
+            signature[name] = f"tensordesc<{dtype}[{blocks}, {consts['BB']}, {columns}]>"
         else:
             signature[name] = "*" + POINTERS.get(name, dtype if name in LOW else "fp32")
     constexprs = {(fn.arg_names.index(c),): v for c, v in consts.items()}

@@ -343,31 +343,33 @@ def test_tma_on_request(hopper, monkeypatch):
     assert interpreted["TMA"] and not interpreted["FENCE"]
 
 
+@pytest.mark.parametrize("B, tiles", [(10, 3), (3, 1)])
 @pytest.mark.parametrize("fold, blocks", [(1, 1), (2, 1), (2, 4)])
-def test_tma_ring_layout(fold, blocks):
+def test_tma_ring_layout(fold, blocks, B, tiles):
     """The ring the TMA variant reads (``_ring``): slot 0 holds h0 where the kernels' ring
-    stores put a state (batch tile t, K range f, local row j, column k ← h0[t·BB + j,
-    f·KP / FOLD + k]), zeros past B and H, in the other blocks and in slot 1; its descriptor
-    loads a batch tile's FOLD·blocks·BB rows and one chunk's columns."""
-    BB, KP, chunks, tiles, B, H = 4, 32, 2, 3, 10, 30
+    stores put a state (block (t·FOLD + f)·blocks of batch tile t and K range f, local row j,
+    column k ← h0[t·BB + j, f·KP / FOLD + k]), zeros past B and H, in the other blocks and in
+    slot 1; min(B, BB) rows a block (the boxes' rows past B are read as zeros by TMA, out of
+    bounds); its descriptor loads a batch tile's FOLD·blocks blocks of BB rows, one chunk wide."""
+    BB, KP, chunks, H = 4, 32, 2, 30
     launch = {
         "grid": (5, tiles),
         "meta": {"TMA": True, "FOLD": fold, "BB": BB, "KP": KP, "CHUNKS": chunks},
     }
     h0 = torch.randn(B, H)
-    desc, ring = gpu._ring(launch, blocks, torch.float32, torch.device("cpu"), h0)
-    KF, rows = KP // fold, tiles * fold * blocks * BB
-    assert ring.shape == (2 * rows, KF) and desc.base is ring
-    assert desc.block_shape == [fold * blocks * BB, KF // chunks]
-    expected = torch.zeros(2 * rows, KF)
+    desc, ring = gpu._ring(launch, blocks, B, torch.float32, torch.device("cpu"), h0)
+    KF, BT = KP // fold, min(B, BB)
+    assert ring.shape == (2 * tiles * fold * blocks, BT, KF) and desc.base is ring
+    assert desc.block_shape == [fold * blocks, BB, KF // chunks]
+    expected = torch.zeros(2 * tiles * fold * blocks, BT, KF)
     for b in range(B):
         for u in range(H):
             t, j, f, k = b // BB, b % BB, u // KF, u % KF
-            expected[t * fold * blocks * BB + f * blocks * BB + j, k] = h0[b, u]
+            expected[(t * fold + f) * blocks, j, k] = h0[b, u]
     torch.testing.assert_close(ring, expected, rtol=0, atol=0)
-    rounded = gpu._ring(launch, blocks, torch.float32, torch.device("cpu"), h0, True)[1]
+    rounded = gpu._ring(launch, blocks, B, torch.float32, torch.device("cpu"), h0, True)[1]
     assert torch.equal(rounded, gpu.round_tf32(expected)) and not torch.equal(rounded, ring)
-    assert gpu._ring({"meta": {"TMA": False}}, 1, torch.float32, torch.device("cpu")) == (
+    assert gpu._ring({"meta": {"TMA": False}}, 1, B, torch.float32, torch.device("cpu")) == (
         None, None,
     )  # fmt: skip
 

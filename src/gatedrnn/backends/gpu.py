@@ -251,16 +251,17 @@ def _resident_backward_launch(
 
 
 def _ring(
-    launch: dict, blocks: int, dtype: torch.dtype, device: torch.device,
+    launch: dict, blocks: int, B: int, dtype: torch.dtype, device: torch.device,
     first: Tensor | None = None, rounded: bool = False,
 ) -> tuple:  # fmt: skip
     """The TMA variant's operand ring for a resident launch and its descriptor (``RING``,
-    ``RING_PTR``): two slots of ``grid[1]`` batch tiles × FOLD·blocks·BB rows × KP / FOLD
-    columns, zeros, in the layout of :func:`~gatedrnn.backends.triton_kernels._ring_store`
-    (``blocks``: 1 for the forward's states, 4 for the backward's gate gradients), and the
-    (rows, KC) blocks the kernel loads. ``first`` (B, H) fills slot 0's block 0 (the forward's
-    h0), ``rounded`` to TF32 where the product rounds its operand. None, None where the launch
-    does not ask for TMA."""
+    ``RING_PTR``): two slots of ``grid[1]`` batch tiles × FOLD·blocks blocks of min(B, BB)
+    batch rows × KP / FOLD columns, zeros, in the layout of
+    :func:`~gatedrnn.backends.triton_kernels._ring_store` (``blocks``: 1 for the forward's
+    states, 4 for the backward's gate gradients), and the (FOLD·blocks, BB, KC) boxes the
+    kernel loads (rows past B out of bounds where B < BB: zeros, not read). ``first`` (B, H)
+    fills slot 0's block 0 (the forward's h0), ``rounded`` to TF32 where the product rounds its
+    operand. None, None where the launch does not ask for TMA."""
     meta = launch["meta"]
     if not meta["TMA"]:
         return None, None
@@ -275,16 +276,16 @@ def _ring(
         ) from error
 
     F, BB, KP = meta["FOLD"], meta["BB"], meta["KP"]
-    tiles = launch["grid"][1]
-    rows = tiles * F * blocks * BB
-    ring = torch.zeros(2 * rows, KP // F, dtype=dtype, device=device)
+    tiles, BT = launch["grid"][1], min(B, BB)
+    ring = torch.zeros(2 * tiles * F * blocks, BT, KP // F, dtype=dtype, device=device)
     if first is not None:
-        B, H = first.shape
+        H = first.shape[1]
         padded = torch.zeros(tiles * BB, KP, dtype=torch.float32, device=device)
         padded[:B, :H] = round_tf32(first.float()) if rounded else first
-        slot = ring[:rows].view(tiles, F, blocks, BB, KP // F)
-        slot[:, :, 0] = padded.view(tiles, BB, F, KP // F).transpose(1, 2)
-    return TensorDescriptor.from_tensor(ring, [F * blocks * BB, KP // F // meta["CHUNKS"]]), ring
+        states = padded.view(tiles, BB, F, KP // F)[:, :BT].transpose(1, 2)
+        ring.view(2, tiles, F, blocks, BT, KP // F)[0, :, :, 0] = states
+    box = [F * blocks, BB, KP // F // meta["CHUNKS"]]
+    return TensorDescriptor.from_tensor(ring, box), ring
 
 
 def _ring_args(ring: tuple, dummy: Tensor) -> tuple:
@@ -428,7 +429,7 @@ class _GRU(torch.autograd.Function):
             PREC=prec, ROUND=round_dot,
         )  # fmt: skip
         if resident:
-            ring = _ring_args(_ring(resident, 1, x.dtype, x.device, h0, round_dot), y)
+            ring = _ring_args(_ring(resident, 1, B, x.dtype, x.device, h0, round_dot), y)
             arrays = (xg, w_dot, bhh, hs, hs, y, gates, *ring)
             _run(k.resident_forward_kernel, resident, arrays, lens, T, B, LSTM=False, **constants)
         else:
@@ -460,7 +461,7 @@ class _GRU(torch.autograd.Function):
             H=H, HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec, ROUND=round_dot
         )  # fmt: skip
         if resident:
-            ring = _ring_args(_ring(resident, 4, x.dtype, x.device), dxg)
+            ring = _ring_args(_ring(resident, 4, B, x.dtype, x.device), dxg)
             arrays = (dy, hs, hs, gates, w_dot, dxg, dgh, dh, dh, *ring)
             _run(k.resident_backward_kernel, resident, arrays, lens, T, B, LSTM=False, **constants)
         else:
@@ -513,7 +514,7 @@ class _LSTM(torch.autograd.Function):
             ROUND=round_dot,
         )  # fmt: skip
         if resident:
-            ring = _ring_args(_ring(resident, 1, x.dtype, x.device, h0, round_dot), y)
+            ring = _ring_args(_ring(resident, 1, B, x.dtype, x.device, h0, round_dot), y)
             arrays = (xg, w_dot, hs, hs, cs, y, gates, *ring)  # BHH (hs): unused by the LSTM
             _run(
                 k.resident_forward_kernel, resident, arrays, lens, T, B, LSTM=True,
@@ -544,7 +545,7 @@ class _LSTM(torch.autograd.Function):
             H=H, HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec, ROUND=round_dot
         )  # fmt: skip
         if resident:
-            ring = _ring_args(_ring(resident, 4, x.dtype, x.device), dg)
+            ring = _ring_args(_ring(resident, 4, B, x.dtype, x.device), dg)
             arrays = (dy, cs, cs, gates, w_dot, dg, dg, dh, dc, *ring)
             _run(k.resident_backward_kernel, resident, arrays, lens, T, B, LSTM=True, **constants)
         else:

@@ -591,11 +591,12 @@ def _operand_chunk(
     """Chunk c of a resident kernel's per-step second operand, (KC, columns): row k of column n
     is SRC[step[n] + c·KC + k], which lies k0[n] + c·KC + k into its H (zero past H or where
     not ok[n]). With TMA, the same chunk read by the tensor memory accelerator from the ring's
-    rows r0 … (RING a descriptor of (rows, KP / FOLD) blocks (columns, KC), laid out by
-    :func:`_ring_store`, already rounded) straight into shared memory, where the MMA reads it:
-    no registers on the way."""
+    row blocks r0 … (RING a descriptor of (blocks, batch rows, KP / FOLD) boxes (columns / BB,
+    BB, KC), laid out by :func:`_ring_store`, already rounded) straight into shared memory,
+    where the MMA reads it: no registers on the way."""
     if TMA:
-        return tl.trans(RING.load([r0, c * KC]))
+        box = RING.load([r0, 0, c * KC])  # (FOLD·blocks, BB, KC)
+        return tl.trans(tl.reshape(box, (step.shape[0], KC)))
     k = c * KC + tl.arange(0, KC)
     if KP == H:  # noqa: SIM108 (compile-time: the k mask is not emitted)
         mask = ok[None, :]
@@ -607,19 +608,21 @@ def _operand_chunk(
 
 @triton.jit
 def _ring_store(
-    RING_PTR, r0, u, mask, value, BB: tl.constexpr, KP: tl.constexpr, FOLD: tl.constexpr,
+    RING_PTR, r0, BT, u, mask, value, BB: tl.constexpr, KP: tl.constexpr, FOLD: tl.constexpr,
     BLOCKS: tl.constexpr, ROUND: tl.constexpr,
 ):  # fmt: skip
     """Store the program's (units, batch rows) tile value (mask: its valid part) where the TMA
-    variant's next operand (:func:`_operand_chunk`) reads it, rounded to TF32 if ROUND: a ring
-    slot holds, per batch tile, FOLD·BLOCKS blocks of BB rows (K range f, block g) and KP / FOLD
-    columns, unit u's value for local batch row j at row r0 + (f·BLOCKS)·BB + j, column
-    u − f·KP / FOLD, f = u // (KP / FOLD); r0 is the slot's first row for this batch tile,
-    plus g·BB for block g (the backward's gates; the forward has one block). What is never
-    stored (past H or B, a three-gate cell's fourth block) stays the zero it was allocated as."""
+    variant's next operand (:func:`_operand_chunk`) reads it, rounded to TF32 if ROUND. The ring
+    is (blocks, BT, KP / FOLD), BT = min(B, BB) batch rows a block; a slot holds, per batch
+    tile, FOLD·BLOCKS blocks (K range f, block g), and unit u's value for local batch row j goes
+    to block r0 + f·BLOCKS, row j, column u − f·KP / FOLD, f = u // (KP / FOLD); r0 is the
+    slot's first block for this batch tile, plus g for block g (the backward's gates; the
+    forward has one). With B < BB the boxes' rows past B are out of bounds, which TMA fills with
+    zeros without reading memory (at B = 1 a sixteenth of the traffic). What is never stored
+    (past H or B, a three-gate cell's fourth block) stays the zero it was allocated as."""
     KF: tl.constexpr = KP // FOLD
     f = u // KF
-    row = r0 + (f * (BLOCKS * BB))[:, None] + tl.arange(0, BB)[None, :]
+    row = (r0 + f * BLOCKS)[:, None] * BT + tl.arange(0, BB)[None, :]
     dst = RING_PTR + row * KF + (u - f * KF)[:, None]
     tl.store(dst, _to_tf32(value, ROUND).to(RING_PTR.dtype.element_ty), mask=mask)
 
@@ -785,16 +788,17 @@ def resident_forward_kernel(
         b_1 = tl.load(BHH + H + u, mask=u_mask, other=0.0)[:, None]
         b_2 = tl.load(BHH + 2 * H + u, mask=u_mask, other=0.0)[:, None]
     x0, x1, x2, x3 = _load_gates(XG + own_xg, H, m2, NG)
-    # the TMA ring: a slot per step parity, this batch tile's FOLD·BB rows in each
-    slot_rows = tl.num_programs(1) * (FOLD * BB)
-    tile_r0 = tl.program_id(1) * (FOLD * BB)
+    # the TMA ring: a slot per step parity, this batch tile's FOLD blocks in each
+    slot_blocks = tl.num_programs(1) * FOLD
+    tile_r0 = tl.program_id(1) * FOLD
+    BT = tl.minimum(B, BB)
     target = 0
     t = 0
     while t < T:
         live = _live(LENS, rows, row_mask, t, HAS_LENS)[None, :]
         product = _chunked_product(
             w0, w1, w2, w3, w4, w5, w6, w7, Y, t * B * H + h_cols, h_ok, col_k0,
-            RING, (t % 2) * slot_rows + tile_r0,
+            RING, (t % 2) * slot_blocks + tile_r0,
             H, KP, FOLD, CHUNKS, SEPARATE, DOT_DTYPE, PREC, ROUND, TMA,
         )  # fmt: skip
         if FOLD == 2:
@@ -818,8 +822,8 @@ def resident_forward_kernel(
                 _store_gates(g, H, m2, 4, r, z, n, hn)
         tl.store(Y + (t + 1) * B * H + own, tl.where(live, h, 0.0), mask=m2)
         if TMA:
-            r0 = ((t + 1) % 2) * slot_rows + tile_r0
-            _ring_store(RING_PTR, r0, u, m2, tl.where(live, h, 0.0), BB, KP, FOLD, 1, ROUND)
+            r0 = ((t + 1) % 2) * slot_blocks + tile_r0
+            _ring_store(RING_PTR, r0, BT, u, m2, tl.where(live, h, 0.0), BB, KP, FOLD, 1, ROUND)
             _async_proxy_fence(t, FENCE)
         nxt = m2 & (t + 1 < T)
         x0, x1, x2, x3 = _load_gates(XG + (t + 1) * B * NG * H + own_xg, H, nxt, NG)
@@ -902,9 +906,10 @@ def resident_backward_kernel(
     col_row = tl.program_id(1) * BB + col % BB
     d_cols = col_row * (NG * H) + col_gate * H + col_k0
     d_ok = (col_gate < NG) & (col_row < B)
-    # the TMA ring: a slot per step parity, this batch tile's FOLD·4·BB rows in each
-    slot_rows = tl.num_programs(1) * (FOLD * 4 * BB)
-    tile_r0 = tl.program_id(1) * (FOLD * 4 * BB)
+    # the TMA ring: a slot per step parity, this batch tile's FOLD·4 blocks in each
+    slot_blocks = tl.num_programs(1) * (FOLD * 4)
+    tile_r0 = tl.program_id(1) * (FOLD * 4)
+    BT = tl.minimum(B, BB)
     # the weight columns, one tile per chunk (rounded to TF32 by the caller if ROUND)
     w0, w1, w2, w3, w4, w5, w6, w7 = _weight_tiles(W, H, BH, KP, NG, FOLD, CHUNKS, True, DOT_DTYPE)
     cnt = CNT + tl.program_id(1)
@@ -955,13 +960,13 @@ def resident_backward_kernel(
             tl.store(dr + H, d1.to(DR.dtype.element_ty), mask=m2)
             tl.store(dr + 2 * H, d2.to(DR.dtype.element_ty), mask=m2)
             carry = tl.where(live, dh * z, dh)
-        r0 = (t % 2) * slot_rows + tile_r0
+        r0 = (t % 2) * slot_blocks + tile_r0
         if TMA:
-            _ring_store(RING_PTR, r0, u, m2, d0, BB, KP, FOLD, 4, ROUND)
-            _ring_store(RING_PTR, r0 + BB, u, m2, d1, BB, KP, FOLD, 4, ROUND)
-            _ring_store(RING_PTR, r0 + 2 * BB, u, m2, d2, BB, KP, FOLD, 4, ROUND)
+            _ring_store(RING_PTR, r0, BT, u, m2, d0, BB, KP, FOLD, 4, ROUND)
+            _ring_store(RING_PTR, r0 + 1, BT, u, m2, d1, BB, KP, FOLD, 4, ROUND)
+            _ring_store(RING_PTR, r0 + 2, BT, u, m2, d2, BB, KP, FOLD, 4, ROUND)
             if LSTM:
-                _ring_store(RING_PTR, r0 + 3 * BB, u, m2, d3, BB, KP, FOLD, 4, ROUND)
+                _ring_store(RING_PTR, r0 + 3, BT, u, m2, d3, BB, KP, FOLD, 4, ROUND)
             _async_proxy_fence(t, FENCE)
         # the previous step's pointwise inputs do not depend on the others: load them now
         prv = m2 & (t > 0)
