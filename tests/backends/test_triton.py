@@ -46,7 +46,17 @@ def _poison(monkeypatch):
     monkeypatch.setattr(gpu, "POISON", True)
 
 
-@pytest.fixture(params=["resident", "folded", "chunked", "tma", "tma-chunked", "streamed"])
+KERNEL_VARIANTS = {
+    "resident": {},
+    "folded": {"fold": 2, "chunks": 2, "forward_chunks": 2, "separate": 1},
+    "chunked": {"chunks": 4, "forward_chunks": 4},
+    "tma": {"tma": 1, "fold": 2, "chunks": 2, "forward_chunks": 2},
+    "tma-chunked": {"tma": 1, "chunks": 8, "forward_chunks": 4, "separate": 1},
+    "streamed": {"resident": 0},
+}
+
+
+@pytest.fixture(params=list(KERNEL_VARIANTS))
 def kernel_variant(request, monkeypatch):
     """Both kernel pairs of the GRU (reset after) and the LSTM: the ones that keep the weights
     on chip (the default where they fit), in the variants the launchers take where they do not
@@ -56,26 +66,8 @@ def kernel_variant(request, monkeypatch):
     by TMA from the ring the programs write; "tma-chunked": TMA, the backward in eight chunks,
     the forward in four, products separate; here forced at every size), and the ones that
     stream the weights every step."""
-    if request.param == "streamed":
-        monkeypatch.setitem(gpu.TUNING, "resident", 0)
-    if request.param == "folded":
-        monkeypatch.setitem(gpu.TUNING, "fold", 2)
-        monkeypatch.setitem(gpu.TUNING, "chunks", 2)
-        monkeypatch.setitem(gpu.TUNING, "forward_chunks", 2)
-        monkeypatch.setitem(gpu.TUNING, "separate", 1)
-    if request.param == "chunked":
-        monkeypatch.setitem(gpu.TUNING, "chunks", 4)
-        monkeypatch.setitem(gpu.TUNING, "forward_chunks", 4)
-    if request.param == "tma":
-        monkeypatch.setitem(gpu.TUNING, "tma", 1)
-        monkeypatch.setitem(gpu.TUNING, "fold", 2)
-        monkeypatch.setitem(gpu.TUNING, "chunks", 2)
-        monkeypatch.setitem(gpu.TUNING, "forward_chunks", 2)
-    if request.param == "tma-chunked":
-        monkeypatch.setitem(gpu.TUNING, "tma", 1)
-        monkeypatch.setitem(gpu.TUNING, "chunks", 8)
-        monkeypatch.setitem(gpu.TUNING, "forward_chunks", 4)
-        monkeypatch.setitem(gpu.TUNING, "separate", 1)
+    for key, value in KERNEL_VARIANTS[request.param].items():
+        monkeypatch.setitem(gpu.TUNING, key, value)
     return request.param
 
 
@@ -357,7 +349,8 @@ def test_tma_ring_layout(fold, blocks, B, tiles):
         "meta": {"TMA": True, "FOLD": fold, "BB": BB, "KP": KP, "CHUNKS": chunks},
     }
     h0 = torch.randn(B, H)
-    desc, ring = gpu._ring(launch, blocks, B, torch.float32, torch.device("cpu"), h0)
+    like = torch.empty(0)
+    desc, ring = gpu._ring(launch, blocks, B, like, h0)
     KF, BT = KP // fold, min(B, BB)
     assert ring.shape == (2 * tiles * fold * blocks, BT, KF) and desc.base is ring
     assert desc.block_shape == [fold * blocks, BB, KF // chunks]
@@ -367,11 +360,10 @@ def test_tma_ring_layout(fold, blocks, B, tiles):
             t, j, f, k = b // BB, b % BB, u // KF, u % KF
             expected[(t * fold + f) * blocks, j, k] = h0[b, u]
     torch.testing.assert_close(ring, expected, rtol=0, atol=0)
-    rounded = gpu._ring(launch, blocks, B, torch.float32, torch.device("cpu"), h0, True)[1]
+    rounded = gpu._ring(launch, blocks, B, like, h0, True)[1]
     assert torch.equal(rounded, gpu.round_tf32(expected)) and not torch.equal(rounded, ring)
-    assert gpu._ring({"meta": {"TMA": False}}, 1, B, torch.float32, torch.device("cpu")) == (
-        None, None,
-    )  # fmt: skip
+    unused = gpu._ring({"meta": {"TMA": False}}, 1, B, like)
+    assert unused[0] is like and unused[1] is like
 
 
 def test_resident_launches_need_hopper_and_tf32(hopper, monkeypatch):

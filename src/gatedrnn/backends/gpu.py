@@ -251,20 +251,20 @@ def _resident_backward_launch(
 
 
 def _ring(
-    launch: dict, blocks: int, B: int, dtype: torch.dtype, device: torch.device,
-    first: Tensor | None = None, rounded: bool = False,
+    launch: dict, blocks: int, B: int, like: Tensor, first: Tensor | None = None,
+    rounded: bool = False,
 ) -> tuple:  # fmt: skip
-    """The TMA variant's operand ring for a resident launch and its descriptor (``RING``,
-    ``RING_PTR``): two slots of ``grid[1]`` batch tiles × FOLD·blocks blocks of min(B, BB)
-    batch rows × KP / FOLD columns, zeros, in the layout of
-    :func:`~gatedrnn.backends.triton_kernels._ring_store` (``blocks``: 1 for the forward's
-    states, 4 for the backward's gate gradients), and the (FOLD·blocks, BB, KC) boxes the
-    kernel loads (rows past B out of bounds where B < BB: zeros, not read). ``first`` (B, H)
-    fills slot 0's block 0 (the forward's h0), ``rounded`` to TF32 where the product rounds its
-    operand. None, None where the launch does not ask for TMA."""
+    """A resident kernel's ``RING, RING_PTR`` arguments: for the TMA variant the operand ring's
+    descriptor and the ring, two slots of ``grid[1]`` batch tiles × FOLD·blocks blocks of
+    min(B, BB) batch rows × KP / FOLD columns, zeros, in ``like``'s dtype and device and the
+    layout of :func:`~gatedrnn.backends.triton_kernels._ring_store` (``blocks``: 1 for the
+    forward's states, 4 for the backward's gate gradients), loaded in (FOLD·blocks, BB, KC)
+    boxes (rows past B out of bounds where B < BB: zeros, not read). ``first`` (B, H) fills
+    slot 0's block 0 (the forward's h0), ``rounded`` to TF32 where the product rounds its
+    operand. Where the launch does not ask for TMA, ``like`` in both places (unused)."""
     meta = launch["meta"]
     if not meta["TMA"]:
-        return None, None
+        return like, like
     try:
         from triton.tools.tensor_descriptor import TensorDescriptor
     except ImportError as error:  # Triton < 3.3
@@ -276,8 +276,8 @@ def _ring(
         ) from error
 
     F, BB, KP = meta["FOLD"], meta["BB"], meta["KP"]
-    tiles, BT = launch["grid"][1], min(B, BB)
-    ring = torch.zeros(2 * tiles * F * blocks, BT, KP // F, dtype=dtype, device=device)
+    tiles, BT, device = launch["grid"][1], min(B, BB), like.device
+    ring = torch.zeros(2 * tiles * F * blocks, BT, KP // F, dtype=like.dtype, device=device)
     if first is not None:
         H = first.shape[1]
         padded = torch.zeros(tiles * BB, KP, dtype=torch.float32, device=device)
@@ -286,12 +286,6 @@ def _ring(
         ring.view(2, tiles, F, blocks, BT, KP // F)[0, :, :, 0] = states
     box = [F * blocks, BB, KP // F // meta["CHUNKS"]]
     return TensorDescriptor.from_tensor(ring, box), ring
-
-
-def _ring_args(ring: tuple, dummy: Tensor) -> tuple:
-    """A resident kernel's ``RING, RING_PTR`` arguments: :func:`_ring`'s, or a tensor of the
-    launch's in both places where it has none (unused: ``TMA`` is off)."""
-    return ring if ring[0] is not None else (dummy, dummy)
 
 
 def _max_batch(H: int, device: torch.device) -> int:
@@ -429,7 +423,7 @@ class _GRU(torch.autograd.Function):
             PREC=prec, ROUND=round_dot,
         )  # fmt: skip
         if resident:
-            ring = _ring_args(_ring(resident, 1, B, x.dtype, x.device, h0, round_dot), y)
+            ring = _ring(resident, 1, B, y, h0, round_dot)
             arrays = (xg, w_dot, bhh, hs, hs, y, gates, *ring)
             _run(k.resident_forward_kernel, resident, arrays, lens, T, B, LSTM=False, **constants)
         else:
@@ -461,7 +455,7 @@ class _GRU(torch.autograd.Function):
             H=H, HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec, ROUND=round_dot
         )  # fmt: skip
         if resident:
-            ring = _ring_args(_ring(resident, 4, B, x.dtype, x.device), dxg)
+            ring = _ring(resident, 4, B, dxg)
             arrays = (dy, hs, hs, gates, w_dot, dxg, dgh, dh, dh, *ring)
             _run(k.resident_backward_kernel, resident, arrays, lens, T, B, LSTM=False, **constants)
         else:
@@ -514,7 +508,7 @@ class _LSTM(torch.autograd.Function):
             ROUND=round_dot,
         )  # fmt: skip
         if resident:
-            ring = _ring_args(_ring(resident, 1, B, x.dtype, x.device, h0, round_dot), y)
+            ring = _ring(resident, 1, B, y, h0, round_dot)
             arrays = (xg, w_dot, hs, hs, cs, y, gates, *ring)  # BHH (hs): unused by the LSTM
             _run(
                 k.resident_forward_kernel, resident, arrays, lens, T, B, LSTM=True,
@@ -545,7 +539,7 @@ class _LSTM(torch.autograd.Function):
             H=H, HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec, ROUND=round_dot
         )  # fmt: skip
         if resident:
-            ring = _ring_args(_ring(resident, 4, B, x.dtype, x.device), dg)
+            ring = _ring(resident, 4, B, dg)
             arrays = (dy, cs, cs, gates, w_dot, dg, dg, dh, dc, *ring)
             _run(k.resident_backward_kernel, resident, arrays, lens, T, B, LSTM=True, **constants)
         else:

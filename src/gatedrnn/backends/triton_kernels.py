@@ -938,10 +938,8 @@ def resident_backward_kernel(
             d1 = tl.where(live, dc * prev * f * (1.0 - f), 0.0)
             d2 = tl.where(live, dc * i * (1.0 - gg * gg), 0.0)
             d3 = tl.where(live, dh * tc * o * (1.0 - o), 0.0)
-            tl.store(dx, d0.to(DX.dtype.element_ty), mask=m2)
-            tl.store(dx + H, d1.to(DX.dtype.element_ty), mask=m2)
-            tl.store(dx + 2 * H, d2.to(DX.dtype.element_ty), mask=m2)
-            tl.store(dx + 3 * H, d3.to(DX.dtype.element_ty), mask=m2)
+            ty = DX.dtype.element_ty
+            _store_gates(dx, H, m2, 4, d0.to(ty), d1.to(ty), d2.to(ty), d3.to(ty))
             dc = tl.where(live, dc * f, dc)
             carry = tl.where(live, 0.0, dh)
             c = prev
@@ -950,15 +948,14 @@ def resident_backward_kernel(
             dan = tl.where(live, dh * (1.0 - z) * (1.0 - n * n), 0.0)
             daz = tl.where(live, dh * (prev - n) * z * (1.0 - z), 0.0)
             dar = dan * hn * r * (1.0 - r)
-            tl.store(dx, dar.to(DX.dtype.element_ty), mask=m2)
-            tl.store(dx + H, daz.to(DX.dtype.element_ty), mask=m2)
-            tl.store(dx + 2 * H, dan.to(DX.dtype.element_ty), mask=m2)
+            ty = DX.dtype.element_ty
+            _store_gates(dx, H, m2, 3, dar.to(ty), daz.to(ty), dan.to(ty), None)
             # the recurrent side's gradients (the product's operand)
             d0, d1, d2 = dar, daz, dan * r
-            dr = DR + t * B * 3 * H + own_x
-            tl.store(dr, d0.to(DR.dtype.element_ty), mask=m2)
-            tl.store(dr + H, d1.to(DR.dtype.element_ty), mask=m2)
-            tl.store(dr + 2 * H, d2.to(DR.dtype.element_ty), mask=m2)
+            ty = DR.dtype.element_ty
+            _store_gates(
+                DR + t * B * 3 * H + own_x, H, m2, 3, d0.to(ty), d1.to(ty), d2.to(ty), None
+            )
             carry = tl.where(live, dh * z, dh)
         r0 = (t % 2) * slot_blocks + tile_r0
         if TMA:
