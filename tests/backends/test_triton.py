@@ -1,8 +1,10 @@
 """The ``triton`` backend against the float64 reference: outputs, final states and every gradient,
 with every work and output buffer poisoned (NaN) before the kernels run, fresh random inputs each
 time. Without a GPU the kernels run in Triton's interpreter (one program, tiny sizes; bfloat16 is
-left out there because the interpreter's bfloat16 ``dot`` is wrong, float16 stands in); on a GPU
-the same checks run at real sizes with TF32 and bfloat16 tolerances (``-m gpu``)."""
+left out there because the interpreter's bfloat16 ``dot`` is wrong, float16 stands in), and
+``test_many_programs_*`` run the launchers' GPU grids there with every program at once
+(:mod:`tests.backends.concurrent`); on a GPU the same checks run at real sizes with TF32 and
+bfloat16 tolerances (``-m gpu``)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import gatedrnn
 from gatedrnn.backends import BackendUnsupportedError, get_backend, resolve_backend
+from tests.backends import concurrent
 
 pytest.importorskip("triton")
 from gatedrnn.backends import gpu
@@ -182,6 +185,46 @@ def test_stack_bidirectional_packed(cell, kernel_variant):
 @pytest.mark.parametrize("cell", sorted(CELLS))
 def test_batch_wider_than_one_block(cell, kernel_variant):
     check(cell, torch.float32, T=3, B=17, I=2, H=3)
+
+
+@pytest.fixture
+def concurrently():
+    """Interpreted launches run all their programs at once, with random stalls, on the grids the
+    launchers plan for a 16-multiprocessor GPU (:mod:`tests.backends.concurrent`)."""
+    if CUDA:
+        pytest.skip("on a GPU the programs run at once anyway")
+    reason = concurrent.unsupported()
+    if reason:
+        pytest.skip(reason)
+    with concurrent.concurrent_programs(16, jitter=0.05, pause=0.3):
+        yield
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_many_programs_at_once(cell, kernel_variant, concurrently):
+    """What the one-program interpreter runs cannot show: the grid barrier between programs, the
+    tiling into unit slices and batch groups (here 3 × 2 programs, each batch group with its own
+    barrier), one program reading what the others wrote the step before (the TMA ring's two
+    slots). Programs run at once and stall at random, so a barrier that did not wait, or a ring
+    with one slot, fails here (both checked by mutation)."""
+    cpu = torch.device("cpu")
+    launches = [
+        gpu._resident_launch(40, 17, cpu, torch.float32),
+        gpu._resident_backward_launch(40, 17, cpu, torch.float32),
+        gpu._launch(40, 17, cpu, torch.float32),
+    ]
+    grids = {launch["grid"] for launch in launches if launch}
+    assert all(x * y >= 6 for x, y in grids), grids
+    check(cell, torch.float32, T=6, B=17, I=2, H=40)
+
+
+def test_many_programs_packed_stack(concurrently):
+    """Rows that stop early (packed input) in every batch group, both directions, two layers,
+    the reset-before GRU's streamed kernels: many programs at once."""
+    lengths = torch.tensor([2, 5, 1, 5, 4, 3, 5, 4, 5, 1, 2, 5, 5, 3, 1, 5, 4, 2])
+    for cell in ("gru-before", "lstm"):
+        check(cell, torch.float32, T=5, B=18, I=3, H=20, layers=2, bidirectional=True,
+              lengths=lengths)  # fmt: skip
 
 
 @pytest.mark.parametrize("cell, resident", [("gru", True), ("lstm", True), ("gru-before", False)])

@@ -64,6 +64,12 @@ an element a kernel fails to write shows in the results."""
 
 SPIN_LIMIT = 1 << 20  # ~1 s of spinning at one barrier before the kernel reports a fault
 
+INTERPRETED_SMS: int | None = None
+"""Tests set this, with a harness that runs a grid's programs concurrently
+(``tests/backends/concurrent.py``): under the interpreter the launchers then plan grids as for a
+GPU with this many multiprocessors (many programs, a GPU's tile sizes, barriers that really
+wait), not one program covering everything."""
+
 TUNING: dict[str, int] = {}
 """Overrides of the launch parameters for tuning runs: the streamed kernels' ``BH``, ``BB``,
 ``BK``, ``num_stages``; ``num_warps``; ``resident`` (0: the streamed kernels everywhere), ``fold``
@@ -115,17 +121,27 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def _multiprocessors(device: torch.device) -> int:
+    """The programs a grid may have for all of them to be resident at once: the GPU's
+    multiprocessors, or :data:`INTERPRETED_SMS` under the interpreter."""
+    if device.type != "cuda":
+        assert INTERPRETED_SMS is not None
+        return INTERPRETED_SMS
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def _launch(H: int, B: int, device: torch.device, dtype: torch.dtype) -> dict | None:
     """Grid and block sizes, or None when the batch is too large for one resident wave.
 
     Each program owns BH units (≥ 16, the smallest dot tile) of BB batch rows; the grid covers
     H × B exactly once and never has more programs than the GPU has multiprocessors, so all are
     resident at once (the barrier needs that). The smallest tiles that fit win: more programs,
-    less work each. Under the interpreter: one program covering everything."""
-    if device.type != "cuda":
+    less work each. Under the interpreter: one program covering everything (unless
+    :data:`INTERPRETED_SMS`)."""
+    if device.type != "cuda" and INTERPRETED_SMS is None:
         BH, BB = max(16, _next_pow2(H)), max(16, _next_pow2(B))
         return {"grid": (1, 1), "meta": {"BH": BH, "BB": BB, "BK": min(64, BH)}}
-    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    sms = _multiprocessors(device)
     for BH in [TUNING["BH"]] if "BH" in TUNING else [16, 32, 64]:
         for BB in [TUNING["BB"]] if "BB" in TUNING else [16, 32, 64]:
             grid = (math.ceil(H / BH), math.ceil(B / BB))
@@ -166,7 +182,8 @@ def _resident_sizes(
     of ``batch_tiles`` that fits, unfolded before folded (``TUNING["fold"]`` = 1 or 2 forces
     one), then the fewest chunks; eight warps from
     KP·BB / CHUNKS ≥ ``warps_from``. Under the interpreter: one program covering everything,
-    with the first fold and chunk count."""
+    with the first fold and chunk count (unless :data:`INTERPRETED_SMS`: then as on a GPU, with
+    any precision)."""
     fold = TUNING.get("fold")
     if fold not in (None, 1, 2):
         raise ValueError(f"TUNING['fold'] must be 1 or 2, got {fold!r}")
@@ -188,19 +205,20 @@ def _resident_sizes(
             "FENCE": tma and device.type == "cuda",
         }  # fmt: skip
 
-    if device.type != "cuda":
+    if device.type != "cuda" and INTERPRETED_SMS is None:
         F, C = folds[0], chunks[0]
         BB = max(batch_tiles[0], _next_pow2(B))
         return {"grid": (1, 1), "meta": meta(max(16 // F, _next_pow2(H)), BB, F, C)}
-    if dtype == torch.float32 and fp32_precision() != "tf32":
-        return None
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if torch.cuda.get_device_capability(index) < (9, 0):
-        return None
+    if device.type == "cuda":
+        if dtype == torch.float32 and fp32_precision() != "tf32":
+            return None
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if torch.cuda.get_device_capability(index) < (9, 0):
+            return None
     for BB in batch_tiles:
         for F in folds:
             grid = (math.ceil(H / (16 // F)), math.ceil(B / BB))
-            if grid[0] * grid[1] > _sm_count(index) or operand_columns * F * BB > 256:
+            if grid[0] * grid[1] > _multiprocessors(device) or operand_columns * F * BB > 256:
                 continue
             for C in chunks:
                 launch = meta(16 // F, BB, F, C)
@@ -289,8 +307,7 @@ def _ring(
 
 
 def _max_batch(H: int, device: torch.device) -> int:
-    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    return 64 * (sms // math.ceil(H / 64))
+    return 64 * (_multiprocessors(device) // math.ceil(H / 64))
 
 
 def fp32_precision() -> str:
@@ -609,19 +626,16 @@ class TritonBackend:
         T, B = input.shape[:2]
         if (T + 1) * B * 4 * config.hidden_size >= 2**31:
             return "its kernels index with 32-bit offsets: (T+1)·B·4H must stay below 2^31"
-        if (
-            input.device.type == "cuda"
-            and _launch(config.hidden_size, B, input.device, input.dtype) is None
-        ):
-            most = _max_batch(config.hidden_size, input.device)
-            return (
-                f"batch {B} is too large for one resident wave of its programs at hidden size "
-                f"{config.hidden_size} (at most {most} on this GPU)"
-            )
         if input.device.type != "cuda" and not interpreting():
             return (
                 f"it runs on CUDA GPUs, got a {input.device.type} input (TRITON_INTERPRET=1 runs "
                 "its kernels in Triton's CPU interpreter, for tests)"
+            )
+        if _launch(config.hidden_size, B, input.device, input.dtype) is None:
+            most = _max_batch(config.hidden_size, input.device)
+            return (
+                f"batch {B} is too large for one resident wave of its programs at hidden size "
+                f"{config.hidden_size} (at most {most} on this GPU)"
             )
         return triton_unavailable()
 
