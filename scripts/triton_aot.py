@@ -34,9 +34,9 @@ def build(fn, consts, dtype, warps, stages, sass_dir):
         elif name in ("T", "B"):
             signature[name] = "i32"
         elif name == "RING" and consts.get("TMA"):
-            # the TMA ring's descriptor: boxes of (FOLD·blocks, BB, KP / FOLD / CHUNKS)
+            # the TMA ring's descriptor: boxes of (FOLD·blocks, BB, KP / SPLIT / FOLD / CHUNKS)
             blocks = consts["FOLD"] * (4 if fn is k.resident_backward_kernel else 1)
-            columns = consts["KP"] // consts["FOLD"] // consts["CHUNKS"]
+            columns = consts["KP"] // consts["SPLIT"] // consts["FOLD"] // consts["CHUNKS"]
             signature[name] = f"tensordesc<{dtype}[{blocks}, {consts['BB']}, {columns}]>"
         else:
             signature[name] = "*" + POINTERS.get(name, dtype if name in LOW else "fp32")
@@ -62,7 +62,7 @@ def build(fn, consts, dtype, warps, stages, sass_dir):
             name = f"{fn.__name__}_{dtype}_{consts.get('RESET_AFTER', consts.get('LSTM', ''))}.sass"
             Path(sass_dir, name).write_text(sass.stdout)
     regs, stack = line.split()[0], line.split()[1]
-    shown = ("RESET_AFTER", "SAVE", "LSTM", "BB", "FOLD", "CHUNKS", "SEPARATE", "TMA")
+    shown = ("RESET_AFTER", "SAVE", "LSTM", "BB", "FOLD", "SPLIT", "CHUNKS", "SEPARATE", "TMA")
     flags = {k_: v for k_, v in consts.items() if k_ in shown}
     print(f"{fn.__name__:22} {dtype} {flags} {regs} {stack} smem {compiled.metadata.shared}")
 
@@ -87,6 +87,9 @@ def main() -> None:
     parser.add_argument(
         "--tma", action="store_true", help="the resident kernels' operand read by TMA from a ring"
     )
+    parser.add_argument(
+        "--split", action="store_true", help="the resident kernels' K split between two programs"
+    )
     parser.add_argument("--resident-only", action="store_true", help="skip the streamed kernels")
     parser.add_argument("--BH", type=int, default=16)
     parser.add_argument("--BK", type=int, default=128)
@@ -98,7 +101,7 @@ def main() -> None:
         os.makedirs(args.sass, exist_ok=True)
     tuning = {
         "fold": args.fold, "chunks": args.chunks, "forward_chunks": args.forward_chunks,
-        "separate": int(args.separate), "tma": int(args.tma),
+        "separate": int(args.separate), "tma": int(args.tma), "split": 2 if args.split else 0,
     }  # fmt: skip
     for dtype, dot in (("fp32", tl.float32), ("bf16", tl.bfloat16)):
         common = dict(

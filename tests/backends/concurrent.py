@@ -73,15 +73,16 @@ def _run_grid(fn, args: dict, grid: tuple[int, int, int], builder) -> None:
 
 @contextlib.contextmanager
 def concurrent_programs(
-    multiprocessors: int = 16, *, jitter: float = 0.0, pause: float = 2e-3,
+    multiprocessors: int = 16, *, jitter: float = 0.0, pause: float = 2e-3, poll: float = 2e-4,
     switch_interval: float = 1e-4,
 ):  # fmt: skip
     """Within the block, interpreted launches run all their programs at once (one thread each),
     and the gatedrnn launchers plan grids for a GPU of ``multiprocessors`` (at most that many
     programs per launch). ``jitter``: the probability that a program sleeps (up to ``pause``
     seconds) before a memory access, so that the others run ahead of it in varied orders (a
-    race shows sooner). ``switch_interval``: the GIL's, shortened so that a program spinning at
-    a barrier hands over soon."""
+    race shows sooner). A program polling a barrier (an atomic add of zero) sleeps ``poll``
+    seconds after each look, so that the spinning does not hold the GIL from the programs it
+    waits for; ``switch_interval``: the GIL's, shortened so that they take turns often."""
     reason = unsupported()
     if reason:
         raise RuntimeError(reason)
@@ -123,6 +124,12 @@ def concurrent_programs(
         def create_masked_store(self, *args, **kwargs):
             self._pause()
             return super().create_masked_store(*args, **kwargs)
+
+        def create_atomic_rmw(self, op, ptr, val, *args, **kwargs):
+            result = super().create_atomic_rmw(op, ptr, val, *args, **kwargs)
+            if not val.data.any():  # adding zero: a program polling a barrier; let others run
+                time.sleep(poll)
+            return result
 
     def call(self, *args_dev, **kwargs):
         # GridExecutor.__call__ of Triton 3.6, with the programs run concurrently

@@ -55,6 +55,8 @@ KERNEL_VARIANTS = {
     "chunked": {"chunks": 4, "forward_chunks": 4},
     "tma": {"tma": 1, "fold": 2, "chunks": 2, "forward_chunks": 2},
     "tma-chunked": {"tma": 1, "chunks": 8, "forward_chunks": 4, "separate": 1},
+    "split": {"split": 2, "tma": 1, "chunks": 8, "forward_chunks": 2},
+    "split-folded": {"split": 2, "fold": 2, "chunks": 2, "forward_chunks": 2, "separate": 1},
     "streamed": {"resident": 0},
 }
 
@@ -67,9 +69,15 @@ def kernel_variant(request, monkeypatch):
     backward's gradients in two chunks per step, their products separate, not chained;
     "chunked": both in four chunks; "tma": folded, two chunks each, the per-step operand read
     by TMA from the ring the programs write; "tma-chunked": TMA, the backward in eight chunks,
-    the forward in four, products separate; here forced at every size), and the ones that
-    stream the weights every step."""
-    for key, value in KERNEL_VARIANTS[request.param].items():
+    the forward in four, products separate; "split": two programs per unit slice, each over half
+    of K, with TMA, the backward in eight chunks and the forward in two; "split-folded": split
+    and folded, two chunks each, products separate; here forced at every size), and the ones
+    that stream the weights every step. A split needs its programs to run at once: without a
+    GPU only the tests that run them so (``concurrently``) take it."""
+    tuning = KERNEL_VARIANTS[request.param]
+    if tuning.get("split", 1) > 1 and not CUDA and "concurrently" not in request.fixturenames:
+        pytest.skip("a K split's two programs must run at once (test_many_programs_*)")
+    for key, value in tuning.items():
         monkeypatch.setitem(gpu.TUNING, key, value)
     return request.param
 
@@ -196,7 +204,7 @@ def concurrently():
     reason = concurrent.unsupported()
     if reason:
         pytest.skip(reason)
-    with concurrent.concurrent_programs(16, jitter=0.05, pause=0.3):
+    with concurrent.concurrent_programs(16, jitter=0.05, pause=0.15):
         yield
 
 
@@ -205,8 +213,9 @@ def test_many_programs_at_once(cell, kernel_variant, concurrently):
     """What the one-program interpreter runs cannot show: the grid barrier between programs, the
     tiling into unit slices and batch groups (here 3 × 2 programs, each batch group with its own
     barrier), one program reading what the others wrote the step before (the TMA ring's two
-    slots). Programs run at once and stall at random, so a barrier that did not wait, or a ring
-    with one slot, fails here (both checked by mutation)."""
+    slots), the K split's pairs adding their parts. Programs run at once and stall at random, so
+    a barrier that did not wait, a ring with one slot, or a pair that did not wait for the other's
+    part fails here (each checked by mutation)."""
     cpu = torch.device("cpu")
     launches = [
         gpu._resident_launch(40, 17, cpu, torch.float32),
@@ -215,16 +224,19 @@ def test_many_programs_at_once(cell, kernel_variant, concurrently):
     ]
     grids = {launch["grid"] for launch in launches if launch}
     assert all(x * y >= 6 for x, y in grids), grids
-    check(cell, torch.float32, T=6, B=17, I=2, H=40)
+    check(cell, torch.float32, T=4, B=17, I=2, H=40)
 
 
-def test_many_programs_packed_stack(concurrently):
-    """Rows that stop early (packed input) in every batch group, both directions, two layers,
-    the reset-before GRU's streamed kernels: many programs at once."""
+def test_many_programs_packed_stack(concurrently, monkeypatch):
+    """Rows that stop early (packed input) in every batch group: both directions, two layers,
+    the reset-before GRU's streamed kernels and the LSTM's resident ones; one layer of the GRU's
+    K split (whose two programs of a pair each store half the rows)."""
     lengths = torch.tensor([2, 5, 1, 5, 4, 3, 5, 4, 5, 1, 2, 5, 5, 3, 1, 5, 4, 2])
     for cell in ("gru-before", "lstm"):
         check(cell, torch.float32, T=5, B=18, I=3, H=20, layers=2, bidirectional=True,
               lengths=lengths)  # fmt: skip
+    monkeypatch.setattr(gpu, "TUNING", {"split": 2, "tma": 1})
+    check("gru", torch.float32, T=5, B=18, I=3, H=20, lengths=lengths)
 
 
 @pytest.mark.parametrize("cell, resident", [("gru", True), ("lstm", True), ("gru-before", False)])
@@ -295,8 +307,8 @@ def test_resident_launches_fit_the_chip(hopper, monkeypatch, dtype, fold):
         assert gpu._resident_launch(512, 16, hopper, torch.float32)["meta"]["FOLD"] == 1
         assert gpu._resident_launch(1024, 64, hopper, torch.float32) is None  # 512 programs
         assert back["meta"] == {
-            "BH": 16, "BB": 32, "KP": 1024, "FOLD": 1, "CHUNKS": 4, "SEPARATE": False,
-            "TMA": False, "FENCE": False, "num_warps": 8,
+            "BH": 16, "BB": 32, "KP": 1024, "FOLD": 1, "SPLIT": 1, "CHUNKS": 4,
+            "SEPARATE": False, "TMA": False, "FENCE": False, "num_warps": 8,
         }  # fmt: skip
         assert gpu._resident_backward_launch(1024, 16, hopper, torch.bfloat16)["meta"][
             "CHUNKS"
@@ -311,9 +323,10 @@ def test_resident_launches_fit_the_chip(hopper, monkeypatch, dtype, fold):
         assert back["meta"]["FOLD"] == 1 and back["meta"]["CHUNKS"] == 4
 
 
-def _every_launch_fits(hopper, dtype, fold=None, chunks=None):
+def _every_launch_fits(hopper, dtype, fold=None, chunks=None, split=1):
     """The launchers' sizes at many H and B pass the rules of
-    :func:`test_resident_launches_fit_the_chip`; returns how many were accepted."""
+    :func:`test_resident_launches_fit_the_chip` (with a K split: per program, over its half of
+    K); returns how many were accepted."""
     size, accepted = dtype.itemsize, 0
     for H in (16, 100, 256, 320, 512, 1000, 1024, 2048):
         for B in (1, 8, 16, 17, 64, 256):
@@ -324,13 +337,15 @@ def _every_launch_fits(hopper, dtype, fold=None, chunks=None):
                     continue
                 accepted += 1
                 (p, q), meta = launch["grid"], launch["meta"]
-                F, C, KP = meta["FOLD"], meta["CHUNKS"], meta["KP"]
+                F, C, S = meta["FOLD"], meta["CHUNKS"], meta["SPLIT"]
                 assert fold in (None, F) and meta["BH"] == 16 // F and chunks in (None, C)
-                assert p * q <= 132 and p * meta["BH"] >= H and q * meta["BB"] >= B
-                assert KP >= H and KP // F // C >= 16  # the MMA's smallest K (bf16)
+                assert meta["SPLIT"] == split and p % S == 0
+                assert p * q <= 132 and p // S * meta["BH"] >= H and q * meta["BB"] >= B
+                KS = meta["KP"] // S  # a program's part of K
+                assert KS * S >= H and KS // F // C >= 16  # the MMA's smallest K (bf16)
                 assert operand * F * meta["BB"] <= 256
-                weights = 64 * KP // F
-                assert (weights + operand * meta["BB"] * KP // C) * size <= gpu.SHARED_MEMORY
+                weights = 64 * KS // F
+                assert (weights + operand * meta["BB"] * KS // C) * size <= gpu.SHARED_MEMORY
     return accepted
 
 
@@ -351,9 +366,33 @@ def test_forward_chunks_on_request(hopper, monkeypatch, dtype, chunks):
         launch = gpu._resident_launch(1024, 64, hopper, dtype)
         assert launch["grid"] == (128, 1)
         assert launch["meta"] == {
-            "BH": 8, "BB": 64, "KP": 1024, "FOLD": 2, "CHUNKS": chunks, "SEPARATE": False,
-            "TMA": False, "FENCE": False, "num_warps": 8,
+            "BH": 8, "BB": 64, "KP": 1024, "FOLD": 2, "SPLIT": 1, "CHUNKS": chunks,
+            "SEPARATE": False, "TMA": False, "FENCE": False, "num_warps": 8,
         }  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_split_on_request(hopper, monkeypatch, dtype):
+    """``TUNING["split"] = 2``: twice the programs, each pair over the two halves of K, within
+    the same rules per program; what it is for: float32 at H = 1024, B = 64, both directions
+    unfolded, on 128 programs (the backward in eight chunks of 64 KB beside 128 KB of weights,
+    the forward in two). Refused, saying why, where the programs cannot run at once."""
+    monkeypatch.setitem(gpu.TUNING, "split", 2)
+    assert _every_launch_fits(hopper, dtype, split=2) > 0
+    if dtype == torch.float32:
+        forward = gpu._resident_launch(1024, 64, hopper, dtype)
+        backward = gpu._resident_backward_launch(1024, 64, hopper, dtype)
+        assert forward["grid"] == backward["grid"] == (128, 1)
+        expected = {"BH": 16, "BB": 64, "KP": 1024, "FOLD": 1, "SPLIT": 2, "num_warps": 8}
+        assert {key: forward["meta"][key] for key in expected} == expected
+        assert {key: backward["meta"][key] for key in expected} == expected
+        assert forward["meta"]["CHUNKS"] == 2 and backward["meta"]["CHUNKS"] == 8
+    if not CUDA:
+        with pytest.raises(ValueError, match="run at once"):
+            gpu._resident_launch(20, 3, torch.device("cpu"), dtype)
+    monkeypatch.setitem(gpu.TUNING, "split", 3)
+    with pytest.raises(ValueError, match="must be 1 or 2, got 3"):
+        gpu._resident_launch(1024, 64, hopper, dtype)
 
 
 def test_tma_on_request(hopper, monkeypatch):
@@ -379,33 +418,40 @@ def test_tma_on_request(hopper, monkeypatch):
 
 
 @pytest.mark.parametrize("B, tiles", [(10, 3), (3, 1)])
-@pytest.mark.parametrize("fold, blocks", [(1, 1), (2, 1), (2, 4)])
-def test_tma_ring_layout(fold, blocks, B, tiles):
+@pytest.mark.parametrize(
+    "fold, split, blocks", [(1, 1, 1), (2, 1, 1), (2, 1, 4), (1, 2, 1), (2, 2, 4)]
+)
+def test_tma_ring_layout(fold, split, blocks, B, tiles):
     """The ring the TMA variant reads (``_ring``): slot 0 holds h0 where the kernels' ring
-    stores put a state (block (t·FOLD + f)·blocks of batch tile t and K range f, local row j,
-    column k ← h0[t·BB + j, f·KP / FOLD + k]), zeros past B and H, in the other blocks and in
-    slot 1; min(B, BB) rows a block (the boxes' rows past B are read as zeros by TMA, out of
-    bounds); its descriptor loads a batch tile's FOLD·blocks blocks of BB rows, one chunk wide."""
+    stores put a state (block (t·R + f)·blocks of batch tile t and K range f, R = SPLIT·FOLD
+    ranges, local row j, column k ← h0[t·BB + j, f·KP / R + k]), zeros past B and H, in the
+    other blocks and in slot 1; min(B, BB) rows a block (the boxes' rows past B are read as
+    zeros by TMA, out of bounds); its descriptor loads a batch tile's FOLD·blocks blocks of BB
+    rows (a program's K ranges), one chunk wide."""
     BB, KP, chunks, H = 4, 32, 2, 30
     launch = {
-        "grid": (5, tiles),
-        "meta": {"TMA": True, "FOLD": fold, "BB": BB, "KP": KP, "CHUNKS": chunks},
-    }
+        "grid": (5 * split, tiles),
+        "meta": {
+            "TMA": True, "FOLD": fold, "SPLIT": split, "BB": BB, "KP": KP, "CHUNKS": chunks
+        },
+    }  # fmt: skip
     h0 = torch.randn(B, H)
     like = torch.empty(0)
     desc, ring = gpu._ring(launch, blocks, B, like, h0)
-    KF, BT = KP // fold, min(B, BB)
-    assert ring.shape == (2 * tiles * fold * blocks, BT, KF) and desc.base is ring
+    R = fold * split
+    KF, BT = KP // R, min(B, BB)
+    assert ring.shape == (2 * tiles * R * blocks, BT, KF) and desc.base is ring
     assert desc.block_shape == [fold * blocks, BB, KF // chunks]
-    expected = torch.zeros(2 * tiles * fold * blocks, BT, KF)
+    expected = torch.zeros(2 * tiles * R * blocks, BT, KF)
     for b in range(B):
         for u in range(H):
             t, j, f, k = b // BB, b % BB, u // KF, u % KF
-            expected[(t * fold + f) * blocks, j, k] = h0[b, u]
+            expected[(t * R + f) * blocks, j, k] = h0[b, u]
     torch.testing.assert_close(ring, expected, rtol=0, atol=0)
     rounded = gpu._ring(launch, blocks, B, like, h0, True)[1]
     assert torch.equal(rounded, gpu.round_tf32(expected)) and not torch.equal(rounded, ring)
     unused = gpu._ring({"meta": {"TMA": False}}, 1, B, like)
+    assert gpu._exchange({"meta": {"SPLIT": 1}}, like) is like
     assert unused[0] is like and unused[1] is like
 
 

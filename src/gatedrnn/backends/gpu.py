@@ -181,13 +181,19 @@ def _resident_sizes(
     per multiprocessor, the product at most 256 columns wide (the MMA's N). Takes the smallest
     of ``batch_tiles`` that fits, unfolded before folded (``TUNING["fold"]`` = 1 or 2 forces
     one), then the fewest chunks; eight warps from
-    KP·BB / CHUNKS ≥ ``warps_from``. Under the interpreter: one program covering everything,
-    with the first fold and chunk count (unless :data:`INTERPRETED_SMS`: then as on a GPU, with
-    any precision)."""
+    KP·BB / CHUNKS ≥ ``warps_from``. ``TUNING["split"] = 2``: two programs per unit slice, each
+    over half of K (SPLIT: half of everything above per program, twice the programs; 1, 2, 4 or
+    8 chunks tried). Under the interpreter: one program covering everything, with the first fold
+    and chunk count (unless :data:`INTERPRETED_SMS`: then as on a GPU, with any precision)."""
     fold = TUNING.get("fold")
     if fold not in (None, 1, 2):
         raise ValueError(f"TUNING['fold'] must be 1 or 2, got {fold!r}")
     folds = (1, 2) if fold is None else (fold,)
+    S = TUNING.get("split", 1)
+    if S not in (1, 2):
+        raise ValueError(f"TUNING['split'] must be 1 or 2, got {S!r}")
+    if S == 2:
+        chunks = (1, 2, 4, 8)
     if chunks_key in TUNING:
         if TUNING[chunks_key] not in (1, 2, 4, 8):
             raise ValueError(
@@ -200,12 +206,18 @@ def _resident_sizes(
         # chunk
         tma = bool(TUNING.get("tma", 0))
         return {
-            "BH": BH, "BB": BB, "KP": _next_pow2(max(H, 16 * F * C)), "FOLD": F, "CHUNKS": C,
-            "SEPARATE": bool(TUNING.get("separate", 0)), "TMA": tma,
+            "BH": BH, "BB": BB, "KP": _next_pow2(max(H, 16 * S * F * C)), "FOLD": F, "SPLIT": S,
+            "CHUNKS": C, "SEPARATE": bool(TUNING.get("separate", 0)), "TMA": tma,
             "FENCE": tma and device.type == "cuda",
         }  # fmt: skip
 
     if device.type != "cuda" and INTERPRETED_SMS is None:
+        if S != 1:
+            raise ValueError(
+                "TUNING['split'] = 2 needs the two programs of a pair to run at once: on a GPU, "
+                "or under the interpreter with gpu.INTERPRETED_SMS set (tests/backends/"
+                "concurrent.py runs the programs in threads)"
+            )
         F, C = folds[0], chunks[0]
         BB = max(batch_tiles[0], _next_pow2(B))
         return {"grid": (1, 1), "meta": meta(max(16 // F, _next_pow2(H)), BB, F, C)}
@@ -217,16 +229,16 @@ def _resident_sizes(
             return None
     for BB in batch_tiles:
         for F in folds:
-            grid = (math.ceil(H / (16 // F)), math.ceil(B / BB))
+            grid = (S * math.ceil(H / (16 // F)), math.ceil(B / BB))
             if grid[0] * grid[1] > _multiprocessors(device) or operand_columns * F * BB > 256:
                 continue
             for C in chunks:
                 launch = meta(16 // F, BB, F, C)
-                KP = launch["KP"]
-                operand = operand_columns * BB * KP // C  # one chunk
-                if (64 * KP // F + operand) * dtype.itemsize <= SHARED_MEMORY:
+                KS = launch["KP"] // S  # a program's part of K
+                operand = operand_columns * BB * KS // C  # one chunk
+                if (64 * KS // F + operand) * dtype.itemsize <= SHARED_MEMORY:
                     launch["num_warps"] = TUNING.get(
-                        "num_warps", 8 if warps_from <= KP * BB // C else 4
+                        "num_warps", 8 if warps_from <= KS * BB // C else 4
                     )
                     return {"grid": grid, "meta": launch}
     return None
@@ -294,16 +306,29 @@ def _ring(
         ) from error
 
     F, BB, KP = meta["FOLD"], meta["BB"], meta["KP"]
+    R = meta["SPLIT"] * F  # the ring's K ranges; a program reads F of them
     tiles, BT, device = launch["grid"][1], min(B, BB), like.device
-    ring = torch.zeros(2 * tiles * F * blocks, BT, KP // F, dtype=like.dtype, device=device)
+    ring = torch.zeros(2 * tiles * R * blocks, BT, KP // R, dtype=like.dtype, device=device)
     if first is not None:
         H = first.shape[1]
         padded = torch.zeros(tiles * BB, KP, dtype=torch.float32, device=device)
         padded[:B, :H] = round_tf32(first.float()) if rounded else first
-        states = padded.view(tiles, BB, F, KP // F)[:, :BT].transpose(1, 2)
-        ring.view(2, tiles, F, blocks, BT, KP // F)[0, :, :, 0] = states
-    box = [F * blocks, BB, KP // F // meta["CHUNKS"]]
+        states = padded.view(tiles, BB, R, KP // R)[:, :BT].transpose(1, 2)
+        ring.view(2, tiles, R, blocks, BT, KP // R)[0, :, :, 0] = states
+    box = [F * blocks, BB, KP // R // meta["CHUNKS"]]
     return TensorDescriptor.from_tensor(ring, box), ring
+
+
+def _exchange(launch: dict, like: Tensor) -> Tensor:
+    """A resident kernel's ``XCH`` argument: with SPLIT = 2, float32 room for every program's
+    part of the product (4·BH·BB values each; :func:`~gatedrnn.backends.triton_kernels.
+    _pair_sum`); else ``like`` (unused)."""
+    meta = launch["meta"]
+    if meta["SPLIT"] == 1:
+        return like
+    programs = launch["grid"][0] * launch["grid"][1]
+    size = programs * 4 * meta["BH"] * meta["BB"]
+    return _empty(size, dtype=torch.float32, device=like.device)
 
 
 def _max_batch(H: int, device: torch.device) -> int:
@@ -364,8 +389,10 @@ def _lens(lengths: Tensor | None, device: torch.device) -> Tensor:
 def _run(kernel, launch: dict, arrays: tuple, lens: Tensor, T: int, B: int, **constants) -> None:
     """One persistent kernel over the T steps: ``kernel(*arrays, lens, cnt, err, T, B)`` on its
     launch's grid, with the launch's block sizes and these constants; cnt holds a barrier counter
-    per batch group, err the fault flag, checked after (:func:`_check`)."""
-    cnt = torch.zeros(launch["grid"][1], dtype=torch.int32, device=lens.device)
+    per batch group (then one per program, for the pairs of a K split), err the fault flag,
+    checked after (:func:`_check`)."""
+    grid = launch["grid"]
+    cnt = torch.zeros(grid[1] * (1 + grid[0]), dtype=torch.int32, device=lens.device)
     err = torch.zeros(1, dtype=torch.int32, device=lens.device)
     kernel[launch["grid"]](
         *arrays, lens, cnt, err, T, B, SPIN_LIMIT=SPIN_LIMIT, **constants, **launch["meta"]
@@ -441,7 +468,7 @@ class _GRU(torch.autograd.Function):
         )  # fmt: skip
         if resident:
             ring = _ring(resident, 1, B, y, h0, round_dot)
-            arrays = (xg, w_dot, bhh, hs, hs, y, gates, *ring)
+            arrays = (xg, w_dot, bhh, hs, hs, y, gates, *ring, _exchange(resident, hs))
             _run(k.resident_forward_kernel, resident, arrays, lens, T, B, LSTM=False, **constants)
         else:
             arrays = (xg, w_dot, bhh, hs, y, gates)
@@ -473,7 +500,7 @@ class _GRU(torch.autograd.Function):
         )  # fmt: skip
         if resident:
             ring = _ring(resident, 4, B, dxg)
-            arrays = (dy, hs, hs, gates, w_dot, dxg, dgh, dh, dh, *ring)
+            arrays = (dy, hs, hs, gates, w_dot, dxg, dgh, dh, dh, *ring, _exchange(resident, dh))
             _run(k.resident_backward_kernel, resident, arrays, lens, T, B, LSTM=False, **constants)
         else:
             arrays = (dy, hs, gates, w_dot, dxg, dgh, dh)
@@ -526,7 +553,8 @@ class _LSTM(torch.autograd.Function):
         )  # fmt: skip
         if resident:
             ring = _ring(resident, 1, B, y, h0, round_dot)
-            arrays = (xg, w_dot, hs, hs, cs, y, gates, *ring)  # BHH (hs): unused by the LSTM
+            xch = _exchange(resident, hs)
+            arrays = (xg, w_dot, hs, hs, cs, y, gates, *ring, xch)  # BHH (hs): unused by the LSTM
             _run(
                 k.resident_forward_kernel, resident, arrays, lens, T, B, LSTM=True,
                 Y_IS_HS=y is hs, **constants,
@@ -557,7 +585,7 @@ class _LSTM(torch.autograd.Function):
         )  # fmt: skip
         if resident:
             ring = _ring(resident, 4, B, dg)
-            arrays = (dy, cs, cs, gates, w_dot, dg, dg, dh, dc, *ring)
+            arrays = (dy, cs, cs, gates, w_dot, dg, dg, dh, dc, *ring, _exchange(resident, dh))
             _run(k.resident_backward_kernel, resident, arrays, lens, T, B, LSTM=True, **constants)
         else:
             arrays = (dy, cs, gates, w_dot, dg, dh, dc)

@@ -86,6 +86,43 @@ def _sync(cnt_ptr, err_ptr, target, SPIN_LIMIT: tl.constexpr):
 
 
 @triton.jit
+def _pair_sum(part, XCH, PCNT, ERR, target, SPIN_LIMIT: tl.constexpr):
+    """part + the other's part, for the two programs (2p and 2p + 1 of a batch group) that share
+    a unit slice, each with its product over half of K: each stores its part in its own slot of
+    XCH (one per program, the part's size), the two meet at a barrier of their own (counter
+    PCNT: target grows by 2 a step), and each loads the other's. One slot each suffices: a
+    program writes its next part only after the grid barrier that follows the other's read. The
+    two sums are the same additions (commutative): both programs hold identical states."""
+    R: tl.constexpr = part.shape[0]
+    C: tl.constexpr = part.shape[1]
+    i = tl.arange(0, R)[:, None] * C + tl.arange(0, C)[None, :]
+    me = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+    tl.store(XCH + me * (R * C) + i, part)
+    _sync(PCNT, ERR, target, SPIN_LIMIT)
+    other = tl.load(XCH + (me ^ 1) * (R * C) + i, cache_modifier=".cg")
+    return part + other
+
+
+@triton.jit
+def _pair_counter(CNT, SPLIT: tl.constexpr):
+    """The pair barrier's counter of this program (:func:`_pair_sum`): after the batch groups'
+    grid barrier counters, one per unit slice and batch group."""
+    NP_B = tl.num_programs(1)
+    return CNT + NP_B + (tl.program_id(0) // SPLIT) * NP_B + tl.program_id(1)
+
+
+@triton.jit
+def _own_rows(m2, rows, SPLIT: tl.constexpr):
+    """The part of a (units, rows) mask this program stores: all of it, or with SPLIT = 2 (two
+    programs holding the same values) the rows of its parity, so that the two share the stores."""
+    if SPLIT == 1:  # noqa: SIM108 (compile-time: nothing emitted without a split)
+        mine = m2
+    else:
+        mine = m2 & ((rows % SPLIT) == (tl.program_id(0) % SPLIT))[None, :]
+    return mine
+
+
+@triton.jit
 def _async_proxy_fence(x, FENCE: tl.constexpr):
     """``fence.proxy.async.global`` when FENCE (x: any scalar, the asm's dummy operand). TMA
     reads global memory through the async proxy, plain stores write it through the generic one:
@@ -174,9 +211,10 @@ def _mm_gates(
 
 
 @triton.jit
-def _units_rows(B, H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr):
-    """This program's hidden units and batch rows and their masks."""
-    u = tl.program_id(0) * BH + tl.arange(0, BH)
+def _units_rows(B, H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, SPLIT: tl.constexpr):
+    """This program's hidden units and batch rows and their masks (SPLIT programs in a row share
+    the units: :func:`_k_half`)."""
+    u = (tl.program_id(0) // SPLIT) * BH + tl.arange(0, BH)
     rows = tl.program_id(1) * BB + tl.arange(0, BB)
     return u, u < H, rows, rows < B
 
@@ -185,7 +223,7 @@ def _units_rows(B, H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr):
 def _tile(B, H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr):
     """This program's hidden units and batch rows, their masks, the (BB, BH) mask of its slice
     and the slice's offsets in a (B, H) array."""
-    u, u_mask, rows, row_mask = _units_rows(B, H, BH, BB)
+    u, u_mask, rows, row_mask = _units_rows(B, H, BH, BB, 1)
     return (
         u, u_mask, rows, row_mask, row_mask[:, None] & u_mask[None, :],
         rows[:, None] * H + u[None, :],
@@ -193,10 +231,10 @@ def _tile(B, H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr):
 
 
 @triton.jit
-def _tile_t(B, H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr):
+def _tile_t(B, H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, SPLIT: tl.constexpr):
     """:func:`_tile` turned around, for the resident kernels' (units, rows) tiles: the (BH, BB)
     mask of the program's slice and the slice's offsets in a (B, H) array."""
-    u, u_mask, rows, row_mask = _units_rows(B, H, BH, BB)
+    u, u_mask, rows, row_mask = _units_rows(B, H, BH, BB, SPLIT)
     return (
         u, u_mask, rows, row_mask, u_mask[:, None] & row_mask[None, :],
         rows[None, :] * H + u[:, None],
@@ -526,24 +564,36 @@ def lstm_backward_kernel(
 
 
 @triton.jit
-def _gate_blocks_index(BH: tl.constexpr, FOLD: tl.constexpr):
+def _k_half(SPLIT: tl.constexpr):
+    """Which part of K this program multiplies over: with SPLIT = 2 the programs 2p and 2p + 1
+    share unit slice p, each over half of K (:func:`_pair_sum` adds their products)."""
+    if SPLIT == 1:  # noqa: SIM108 (compile-time: nothing emitted without a split)
+        half = 0
+    else:
+        half = tl.program_id(0) % SPLIT
+    return half
+
+
+@triton.jit
+def _gate_blocks_index(BH: tl.constexpr, FOLD: tl.constexpr, SPLIT: tl.constexpr):
     """For the FOLD·4·BH rows of a resident kernel's weight operand, (K range, gate, unit) blocks:
     each row's K range, gate and hidden unit."""
     i = tl.arange(0, FOLD * 4 * BH)
-    return i // (4 * BH), (i // BH) % 4, tl.program_id(0) * BH + i % BH
+    return i // (4 * BH), (i // BH) % 4, (tl.program_id(0) // SPLIT) * BH + i % BH
 
 
 @triton.jit
 def _gate_rows(
-    W, H: tl.constexpr, BH: tl.constexpr, KP: tl.constexpr, NG: tl.constexpr,
-    FOLD: tl.constexpr, KC: tl.constexpr, c: tl.constexpr,
+    W, H: tl.constexpr, BH: tl.constexpr, K0, KP: tl.constexpr, NG: tl.constexpr,
+    FOLD: tl.constexpr, SPLIT: tl.constexpr, KC: tl.constexpr, c: tl.constexpr,
 ):  # fmt: skip
     """Chunk c (KC wide) of this program's rows of the recurrent weights (rows g·H + u of W for
-    its units u), gate-major as one (FOLD·4·BH, KC) tile: row (f·4 + g)·BH + j, column k holds
-    W[g·H + p·BH + j, f·KP / FOLD + c·KC + k]; zeros past H and, for a three-gate cell, in the
-    fourth block."""
-    part, gate, unit = _gate_blocks_index(BH, FOLD)
-    k = part[:, None] * (KP // FOLD) + c * KC + tl.arange(0, KC)[None, :]
+    its units u) over its part of K (KP wide from K0: all of it, or with SPLIT = 2 a half), gate-
+    major as one (FOLD·4·BH, KC) tile: row (f·4 + g)·BH + j, column k holds
+    W[g·H + p·BH + j, K0 + f·KP / FOLD + c·KC + k]; zeros past H and, for a three-gate cell, in
+    the fourth block."""
+    part, gate, unit = _gate_blocks_index(BH, FOLD, SPLIT)
+    k = K0 + part[:, None] * (KP // FOLD) + c * KC + tl.arange(0, KC)[None, :]
     mask = ((gate < NG) & (unit < H))[:, None] & (k < H)
     return tl.load(W + (gate * H + unit)[:, None] * H + k, mask=mask, other=0.0)
 
@@ -571,14 +621,15 @@ def _gate_blocks(acc, BH: tl.constexpr, BB: tl.constexpr):
 
 @triton.jit
 def _gate_columns(
-    W, H: tl.constexpr, BH: tl.constexpr, KP: tl.constexpr, NG: tl.constexpr,
-    FOLD: tl.constexpr, KC: tl.constexpr, c: tl.constexpr,
+    W, H: tl.constexpr, BH: tl.constexpr, K0, KP: tl.constexpr, NG: tl.constexpr,
+    FOLD: tl.constexpr, SPLIT: tl.constexpr, KC: tl.constexpr, c: tl.constexpr,
 ):  # fmt: skip
-    """Chunk c (KC wide) of this program's columns of the recurrent weights, one block per gate
-    and K range: row (f·4 + g)·BH + j, column k holds W[g·H + f·KP / FOLD + c·KC + k, p·BH + j],
-    a (FOLD·4·BH, KC) tile; zeros past H and in a three-gate cell's fourth blocks."""
-    part, gate, unit = _gate_blocks_index(BH, FOLD)
-    k = part[:, None] * (KP // FOLD) + c * KC + tl.arange(0, KC)[None, :]
+    """Chunk c (KC wide) of this program's columns of the recurrent weights over its part of K
+    (as :func:`_gate_rows`), one block per gate and K range: row (f·4 + g)·BH + j, column k holds
+    W[g·H + K0 + f·KP / FOLD + c·KC + k, p·BH + j], a (FOLD·4·BH, KC) tile; zeros past H and in
+    a three-gate cell's fourth blocks."""
+    part, gate, unit = _gate_blocks_index(BH, FOLD, SPLIT)
+    k = K0 + part[:, None] * (KP // FOLD) + c * KC + tl.arange(0, KC)[None, :]
     mask = ((gate < NG) & (unit < H))[:, None] & (k < H)
     return tl.load(W + (gate[:, None] * H + k) * H + unit[:, None], mask=mask, other=0.0)
 
@@ -629,28 +680,30 @@ def _ring_store(
 
 @triton.jit
 def _weight_chunk(
-    W, H: tl.constexpr, BH: tl.constexpr, KP: tl.constexpr, NG: tl.constexpr,
-    FOLD: tl.constexpr, KC: tl.constexpr, c: tl.constexpr, COLUMNS: tl.constexpr,
-    DOT_DTYPE: tl.constexpr,
+    W, H: tl.constexpr, BH: tl.constexpr, K0, KP: tl.constexpr, NG: tl.constexpr,
+    FOLD: tl.constexpr, SPLIT: tl.constexpr, KC: tl.constexpr, c: tl.constexpr,
+    COLUMNS: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):  # fmt: skip
     """Chunk c of the program's gate rows (:func:`_gate_rows`, the forward's) or, with COLUMNS,
     its gate columns (:func:`_gate_columns`, the backward's), in the product's dtype."""
     if COLUMNS:
-        tile = _gate_columns(W, H, BH, KP, NG, FOLD, KC, c)
+        tile = _gate_columns(W, H, BH, K0, KP, NG, FOLD, SPLIT, KC, c)
     else:
-        tile = _gate_rows(W, H, BH, KP, NG, FOLD, KC, c)
+        tile = _gate_rows(W, H, BH, K0, KP, NG, FOLD, SPLIT, KC, c)
     return tile.to(DOT_DTYPE)
 
 
 @triton.jit
 def _weight_tiles(
-    W, H: tl.constexpr, BH: tl.constexpr, KP: tl.constexpr, NG: tl.constexpr,
-    FOLD: tl.constexpr, CHUNKS: tl.constexpr, COLUMNS: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    W, H: tl.constexpr, BH: tl.constexpr, K0, KP: tl.constexpr, NG: tl.constexpr,
+    FOLD: tl.constexpr, SPLIT: tl.constexpr, CHUNKS: tl.constexpr, COLUMNS: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
 ):  # fmt: skip
-    """A resident kernel's weights in CHUNKS (1, 2, 4 or 8) K chunks (:func:`_weight_chunk`):
-    eight tiles, those past CHUNKS repeating the first (unused). Rounded to TF32 by the caller."""
+    """A resident kernel's weights over its part of K (KP wide from K0) in CHUNKS (1, 2, 4 or 8)
+    K chunks (:func:`_weight_chunk`): eight tiles, those past CHUNKS repeating the first
+    (unused). Rounded to TF32 by the caller."""
     KC: tl.constexpr = KP // FOLD // CHUNKS
-    w0 = _weight_chunk(W, H, BH, KP, NG, FOLD, KC, 0, COLUMNS, DOT_DTYPE)
+    w0 = _weight_chunk(W, H, BH, K0, KP, NG, FOLD, SPLIT, KC, 0, COLUMNS, DOT_DTYPE)
     w1 = w0
     w2 = w0
     w3 = w0
@@ -659,15 +712,15 @@ def _weight_tiles(
     w6 = w0
     w7 = w0
     if CHUNKS > 1:
-        w1 = _weight_chunk(W, H, BH, KP, NG, FOLD, KC, 1, COLUMNS, DOT_DTYPE)
+        w1 = _weight_chunk(W, H, BH, K0, KP, NG, FOLD, SPLIT, KC, 1, COLUMNS, DOT_DTYPE)
     if CHUNKS > 2:
-        w2 = _weight_chunk(W, H, BH, KP, NG, FOLD, KC, 2, COLUMNS, DOT_DTYPE)
-        w3 = _weight_chunk(W, H, BH, KP, NG, FOLD, KC, 3, COLUMNS, DOT_DTYPE)
+        w2 = _weight_chunk(W, H, BH, K0, KP, NG, FOLD, SPLIT, KC, 2, COLUMNS, DOT_DTYPE)
+        w3 = _weight_chunk(W, H, BH, K0, KP, NG, FOLD, SPLIT, KC, 3, COLUMNS, DOT_DTYPE)
     if CHUNKS > 4:
-        w4 = _weight_chunk(W, H, BH, KP, NG, FOLD, KC, 4, COLUMNS, DOT_DTYPE)
-        w5 = _weight_chunk(W, H, BH, KP, NG, FOLD, KC, 5, COLUMNS, DOT_DTYPE)
-        w6 = _weight_chunk(W, H, BH, KP, NG, FOLD, KC, 6, COLUMNS, DOT_DTYPE)
-        w7 = _weight_chunk(W, H, BH, KP, NG, FOLD, KC, 7, COLUMNS, DOT_DTYPE)
+        w4 = _weight_chunk(W, H, BH, K0, KP, NG, FOLD, SPLIT, KC, 4, COLUMNS, DOT_DTYPE)
+        w5 = _weight_chunk(W, H, BH, K0, KP, NG, FOLD, SPLIT, KC, 5, COLUMNS, DOT_DTYPE)
+        w6 = _weight_chunk(W, H, BH, K0, KP, NG, FOLD, SPLIT, KC, 6, COLUMNS, DOT_DTYPE)
+        w7 = _weight_chunk(W, H, BH, K0, KP, NG, FOLD, SPLIT, KC, 7, COLUMNS, DOT_DTYPE)
     return w0, w1, w2, w3, w4, w5, w6, w7
 
 
@@ -730,11 +783,13 @@ def resident_forward_kernel(
     G,  # (T, B, 4H) float32 when SAVE: r|z|n|U_n h + b_hn (GRU), i|f|g|o (LSTM)
     RING,  # TMA: descriptor of the state ring (2 slots, _ring_store's layout), slot 0 = h0
     RING_PTR,  # TMA: the ring itself, in DOT_DTYPE, zeros where never stored
+    XCH,  # SPLIT = 2: float32, a (4·BH·BB) slot per program for _pair_sum
     LENS, CNT, ERR,
     T, B,
     H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr, FOLD: tl.constexpr,
-    CHUNKS: tl.constexpr, SEPARATE: tl.constexpr, TMA: tl.constexpr, FENCE: tl.constexpr,
-    LSTM: tl.constexpr, SAVE: tl.constexpr, HAS_LENS: tl.constexpr, Y_IS_HS: tl.constexpr,
+    SPLIT: tl.constexpr, CHUNKS: tl.constexpr, SEPARATE: tl.constexpr, TMA: tl.constexpr,
+    FENCE: tl.constexpr, LSTM: tl.constexpr, SAVE: tl.constexpr, HAS_LENS: tl.constexpr,
+    Y_IS_HS: tl.constexpr,
     DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, ROUND: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
     """The forward of :func:`gru_forward_kernel` (reset after) and :func:`lstm_forward_kernel`
@@ -760,22 +815,34 @@ def resident_forward_kernel(
     memory accelerator straight into shared memory, not through registers (what every chunked
     kernel spills), from a two-slot ring in the operand's own layout, which each program writes
     its share of, rounded, next to its output (:func:`_ring_store`); FENCE orders the two
-    memory proxies (:func:`_async_proxy_fence`)."""
+    memory proxies (:func:`_async_proxy_fence`).
+
+    SPLIT = 2 (``TUNING["split"]``, not yet timed): two programs per unit slice, each with the
+    weights and the state over half of K (half the shared memory, half the state read each step:
+    what would put float32 at H = 1024, B = 64 on chip unfolded); the two add their products
+    (:func:`_pair_sum`: a second, two-program barrier a step), then both run the slice's
+    pointwise work and each stores the batch rows of its parity (:func:`_own_rows`)."""
     NP_H = tl.num_programs(0)
     NG: tl.constexpr = 4 if LSTM else 3
-    u, u_mask, rows, row_mask, m2, own = _tile_t(B, H, BH, BB)
+    KS: tl.constexpr = KP // SPLIT  # the program's part of K, from K0
+    K0 = _k_half(SPLIT) * KS
+    u, u_mask, rows, row_mask, m2, own = _tile_t(B, H, BH, BB, SPLIT)
+    mine = _own_rows(m2, rows, SPLIT)
     own_xg = rows[None, :] * (NG * H) + u[:, None]
     own_g = rows[None, :] * (4 * H) + u[:, None]
-    # the state operand (KP / FOLD, FOLD·BB): column (f, b) of row k is h[b, f·KP / FOLD + k];
+    # the state operand (KS / FOLD, FOLD·BB): column (f, b) of row k is h[b, K0 + f·KS / FOLD + k];
     # its 2-D offsets are formed in the loop from these column offsets
     col = tl.arange(0, FOLD * BB)
-    col_k0 = (col // BB) * (KP // FOLD)
+    col_k0 = K0 + (col // BB) * (KS // FOLD)
     col_row = tl.program_id(1) * BB + col % BB
     h_cols = col_row * H + col_k0
     h_ok = col_row < B
     # the gate rows, one tile per chunk (rounded to TF32 by the caller if ROUND)
-    w0, w1, w2, w3, w4, w5, w6, w7 = _weight_tiles(W, H, BH, KP, NG, FOLD, CHUNKS, False, DOT_DTYPE)
+    w0, w1, w2, w3, w4, w5, w6, w7 = _weight_tiles(
+        W, H, BH, K0, KS, NG, FOLD, SPLIT, CHUNKS, False, DOT_DTYPE
+    )
     cnt = CNT + tl.program_id(1)
+    pair_cnt = _pair_counter(CNT, SPLIT)
     h = tl.load(HS + own, mask=m2, other=0.0)
     if LSTM:
         c = tl.load(CS + own, mask=m2, other=0.0)
@@ -788,28 +855,34 @@ def resident_forward_kernel(
         b_1 = tl.load(BHH + H + u, mask=u_mask, other=0.0)[:, None]
         b_2 = tl.load(BHH + 2 * H + u, mask=u_mask, other=0.0)[:, None]
     x0, x1, x2, x3 = _load_gates(XG + own_xg, H, m2, NG)
-    # the TMA ring: a slot per step parity, this batch tile's FOLD blocks in each
-    slot_blocks = tl.num_programs(1) * FOLD
-    tile_r0 = tl.program_id(1) * FOLD
+    # the TMA ring: a slot per step parity, this batch tile's SPLIT·FOLD blocks in each (K
+    # ranges), the program reading its FOLD from K0's
+    slot_blocks = tl.num_programs(1) * (SPLIT * FOLD)
+    tile_r0 = tl.program_id(1) * (SPLIT * FOLD)
+    read_r0 = tile_r0 + _k_half(SPLIT) * FOLD
     BT = tl.minimum(B, BB)
     target = 0
+    pair_target = 0
     t = 0
     while t < T:
         live = _live(LENS, rows, row_mask, t, HAS_LENS)[None, :]
         product = _chunked_product(
             w0, w1, w2, w3, w4, w5, w6, w7, Y, t * B * H + h_cols, h_ok, col_k0,
-            RING, (t % 2) * slot_blocks + tile_r0,
-            H, KP, FOLD, CHUNKS, SEPARATE, DOT_DTYPE, PREC, ROUND, TMA,
+            RING, (t % 2) * slot_blocks + read_r0,
+            H, KS, FOLD, CHUNKS, SEPARATE, DOT_DTYPE, PREC, ROUND, TMA,
         )  # fmt: skip
         if FOLD == 2:
             product = _fold_diagonal(product, 4 * BH, BB)
+        if SPLIT == 2:
+            pair_target += 2
+            product = _pair_sum(product, XCH, pair_cnt, ERR, pair_target, SPIN_LIMIT)
         a0, a1, a2, a3 = _gate_blocks(product, BH, BB)
         g = G + t * B * 4 * H + own_g
         if LSTM:
             i, f, gg, o, c, h = _lstm_update(x0, x1, x2, x3, a0, a1, a2, a3, c, h, live)
             if SAVE:
-                tl.store(CS + (t + 1) * B * H + own, c, mask=m2)
-                _store_gates(g, H, m2, 4, i, f, gg, o)
+                tl.store(CS + (t + 1) * B * H + own, c, mask=mine)
+                _store_gates(g, H, mine, 4, i, f, gg, o)
         else:
             r = _sigmoid(x0 + a0 + b_0)
             z = _sigmoid(x1 + a1 + b_1)
@@ -818,12 +891,13 @@ def resident_forward_kernel(
             h = tl.where(live, (1.0 - z) * n + z * h, h)
             if SAVE:
                 if not Y_IS_HS:
-                    tl.store(HS + (t + 1) * B * H + own, h, mask=m2)
-                _store_gates(g, H, m2, 4, r, z, n, hn)
-        tl.store(Y + (t + 1) * B * H + own, tl.where(live, h, 0.0), mask=m2)
+                    tl.store(HS + (t + 1) * B * H + own, h, mask=mine)
+                _store_gates(g, H, mine, 4, r, z, n, hn)
+        tl.store(Y + (t + 1) * B * H + own, tl.where(live, h, 0.0), mask=mine)
         if TMA:
             r0 = ((t + 1) % 2) * slot_blocks + tile_r0
-            _ring_store(RING_PTR, r0, BT, u, m2, tl.where(live, h, 0.0), BB, KP, FOLD, 1, ROUND)
+            out = tl.where(live, h, 0.0)
+            _ring_store(RING_PTR, r0, BT, u, mine, out, BB, KP, SPLIT * FOLD, 1, ROUND)
             _async_proxy_fence(t, FENCE)
         nxt = m2 & (t + 1 < T)
         x0, x1, x2, x3 = _load_gates(XG + (t + 1) * B * NG * H + own_xg, H, nxt, NG)
@@ -832,9 +906,9 @@ def resident_forward_kernel(
         if TMA:
             _async_proxy_fence(t, FENCE)
         t += 1
-    tl.store(HS + T * B * H + own, h, mask=m2)
+    tl.store(HS + T * B * H + own, h, mask=mine)
     if LSTM:
-        tl.store(CS + T * B * H + own, c, mask=m2)
+        tl.store(CS + T * B * H + own, c, mask=mine)
 
 
 @triton.jit
@@ -868,11 +942,12 @@ def resident_backward_kernel(
     DC,  # (B, H) float32 (LSTM): ∂c_T on entry, ∂c0 on exit
     RING,  # TMA: descriptor of the gradients' ring (2 slots, _ring_store's layout, 4 blocks)
     RING_PTR,  # TMA: the ring itself, in DOT_DTYPE, zeros where never stored
+    XCH,  # SPLIT = 2: float32, a (4·BH·BB) slot per program for _pair_sum
     LENS, CNT, ERR,
     T, B,
     H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr, FOLD: tl.constexpr,
-    CHUNKS: tl.constexpr, SEPARATE: tl.constexpr, TMA: tl.constexpr, FENCE: tl.constexpr,
-    LSTM: tl.constexpr, HAS_LENS: tl.constexpr,
+    SPLIT: tl.constexpr, CHUNKS: tl.constexpr, SEPARATE: tl.constexpr, TMA: tl.constexpr,
+    FENCE: tl.constexpr, LSTM: tl.constexpr, HAS_LENS: tl.constexpr,
     DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, ROUND: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
     """The backward of :func:`gru_backward_kernel` (reset after) and :func:`lstm_backward_kernel`
@@ -891,28 +966,41 @@ def resident_backward_kernel(
     one product each, the weights held as as many tiles (the launcher takes 4 where one load does
     not fit: float32 at H = 1024, B ≤ 16; bfloat16 at H = 1024, B = 64; TF32 at H = 512,
     B = 64; 2 and 8 only when asked for, 8 not yet measured on a GPU). TMA, FENCE: as in
-    :func:`resident_forward_kernel`, the ring holding the step's gradients (block g: gate g)."""
+    :func:`resident_forward_kernel`, the ring holding the step's gradients (block g: gate g).
+    SPLIT = 2 as there (not yet timed): each program of a pair reads half of the step's gradients
+    (the other half of K), which is what would put float32 at H = 1024, B = 64 on chip (a
+    256-column product, 8 chunks: the whole K would need 512 columns or two batch groups, more
+    programs than multiprocessors); the two add their ∂h parts (:func:`_pair_sum`)."""
     NP_H = tl.num_programs(0)
     NG: tl.constexpr = 4 if LSTM else 3
-    u, _, rows, row_mask, m2, own = _tile_t(B, H, BH, BB)
+    KS: tl.constexpr = KP // SPLIT  # the program's part of K, from K0
+    K0 = _k_half(SPLIT) * KS
+    u, _, rows, row_mask, m2, own = _tile_t(B, H, BH, BB, SPLIT)
+    mine = _own_rows(m2, rows, SPLIT)
     own_x = rows[None, :] * (NG * H) + u[:, None]
     own_g = rows[None, :] * (4 * H) + u[:, None]
-    # the second operand: column (f, g, b) of row k is D_t[b, g·H + f·KP / FOLD + k]. Its 2-D
-    # offsets are formed inside the time loop from the step's column offsets (a tensor made
+    # the second operand: column (f, g, b) of row k is D_t[b, g·H + K0 + f·KS / FOLD + k]. Its
+    # 2-D offsets are formed inside the time loop from the step's column offsets (a tensor made
     # before it would be hoisted and held in registers all along)
     col = tl.arange(0, FOLD * 4 * BB)
     col_gate = (col // BB) % 4
-    col_k0 = (col // (4 * BB)) * (KP // FOLD)
+    col_k0 = K0 + (col // (4 * BB)) * (KS // FOLD)
     col_row = tl.program_id(1) * BB + col % BB
     d_cols = col_row * (NG * H) + col_gate * H + col_k0
     d_ok = (col_gate < NG) & (col_row < B)
-    # the TMA ring: a slot per step parity, this batch tile's FOLD·4 blocks in each
-    slot_blocks = tl.num_programs(1) * (FOLD * 4)
-    tile_r0 = tl.program_id(1) * (FOLD * 4)
+    # the TMA ring: a slot per step parity, this batch tile's SPLIT·FOLD·4 blocks in each, the
+    # program reading its FOLD·4 from K0's
+    slot_blocks = tl.num_programs(1) * (SPLIT * FOLD * 4)
+    tile_r0 = tl.program_id(1) * (SPLIT * FOLD * 4)
+    read_r0 = _k_half(SPLIT) * (FOLD * 4)
     BT = tl.minimum(B, BB)
     # the weight columns, one tile per chunk (rounded to TF32 by the caller if ROUND)
-    w0, w1, w2, w3, w4, w5, w6, w7 = _weight_tiles(W, H, BH, KP, NG, FOLD, CHUNKS, True, DOT_DTYPE)
+    w0, w1, w2, w3, w4, w5, w6, w7 = _weight_tiles(
+        W, H, BH, K0, KS, NG, FOLD, SPLIT, CHUNKS, True, DOT_DTYPE
+    )
     cnt = CNT + tl.program_id(1)
+    pair_cnt = _pair_counter(CNT, SPLIT)
+    pair_target = 0
     dh = tl.load(DH + own, mask=m2, other=0.0)
     t = T - 1
     dy = tl.load(DY + t * B * H + own, mask=m2, other=0.0).to(tl.float32)
@@ -939,7 +1027,7 @@ def resident_backward_kernel(
             d2 = tl.where(live, dc * i * (1.0 - gg * gg), 0.0)
             d3 = tl.where(live, dh * tc * o * (1.0 - o), 0.0)
             ty = DX.dtype.element_ty
-            _store_gates(dx, H, m2, 4, d0.to(ty), d1.to(ty), d2.to(ty), d3.to(ty))
+            _store_gates(dx, H, mine, 4, d0.to(ty), d1.to(ty), d2.to(ty), d3.to(ty))
             dc = tl.where(live, dc * f, dc)
             carry = tl.where(live, 0.0, dh)
             c = prev
@@ -949,21 +1037,22 @@ def resident_backward_kernel(
             daz = tl.where(live, dh * (prev - n) * z * (1.0 - z), 0.0)
             dar = dan * hn * r * (1.0 - r)
             ty = DX.dtype.element_ty
-            _store_gates(dx, H, m2, 3, dar.to(ty), daz.to(ty), dan.to(ty), None)
+            _store_gates(dx, H, mine, 3, dar.to(ty), daz.to(ty), dan.to(ty), None)
             # the recurrent side's gradients (the product's operand)
             d0, d1, d2 = dar, daz, dan * r
             ty = DR.dtype.element_ty
             _store_gates(
-                DR + t * B * 3 * H + own_x, H, m2, 3, d0.to(ty), d1.to(ty), d2.to(ty), None
+                DR + t * B * 3 * H + own_x, H, mine, 3, d0.to(ty), d1.to(ty), d2.to(ty), None
             )
             carry = tl.where(live, dh * z, dh)
         r0 = (t % 2) * slot_blocks + tile_r0
         if TMA:
-            _ring_store(RING_PTR, r0, BT, u, m2, d0, BB, KP, FOLD, 4, ROUND)
-            _ring_store(RING_PTR, r0 + 1, BT, u, m2, d1, BB, KP, FOLD, 4, ROUND)
-            _ring_store(RING_PTR, r0 + 2, BT, u, m2, d2, BB, KP, FOLD, 4, ROUND)
+            KR: tl.constexpr = SPLIT * FOLD  # the ring's K ranges
+            _ring_store(RING_PTR, r0, BT, u, mine, d0, BB, KP, KR, 4, ROUND)
+            _ring_store(RING_PTR, r0 + 1, BT, u, mine, d1, BB, KP, KR, 4, ROUND)
+            _ring_store(RING_PTR, r0 + 2, BT, u, mine, d2, BB, KP, KR, 4, ROUND)
             if LSTM:
-                _ring_store(RING_PTR, r0 + 3, BT, u, m2, d3, BB, KP, FOLD, 4, ROUND)
+                _ring_store(RING_PTR, r0 + 3, BT, u, mine, d3, BB, KP, KR, 4, ROUND)
             _async_proxy_fence(t, FENCE)
         # the previous step's pointwise inputs do not depend on the others: load them now
         prv = m2 & (t > 0)
@@ -978,13 +1067,17 @@ def resident_backward_kernel(
         if TMA:
             _async_proxy_fence(t, FENCE)
         product = _chunked_product(
-            w0, w1, w2, w3, w4, w5, w6, w7, DR, t * B * NG * H + d_cols, d_ok, col_k0, RING, r0,
-            H, KP, FOLD, CHUNKS, SEPARATE, DOT_DTYPE, PREC, ROUND, TMA,
+            w0, w1, w2, w3, w4, w5, w6, w7, DR, t * B * NG * H + d_cols, d_ok, col_k0,
+            RING, r0 + read_r0, H, KS, FOLD, CHUNKS, SEPARATE, DOT_DTYPE, PREC, ROUND, TMA,
         )  # fmt: skip
         if FOLD == 2:
             product = _fold_diagonal(product, 4 * BH, 4 * BB)
-        dh = carry + _gate_diagonal(product, BH, BB)
+        part = _gate_diagonal(product, BH, BB)
+        if SPLIT == 2:
+            pair_target += 2
+            part = _pair_sum(part, XCH, pair_cnt, ERR, pair_target, SPIN_LIMIT)
+        dh = carry + part
         t -= 1
-    tl.store(DH + own, dh, mask=m2)
+    tl.store(DH + own, dh, mask=mine)
     if LSTM:
-        tl.store(DC + own, dc, mask=m2)
+        tl.store(DC + own, dc, mask=mine)
