@@ -129,6 +129,7 @@ def concurrent_programs(
             result = super().create_atomic_rmw(op, ptr, val, *args, **kwargs)
             if not val.data.any():  # adding zero: a program polling a barrier; let others run
                 time.sleep(poll)
+                self._pause()  # now and then right as it leaves: the others run ahead of it
             return result
 
     def call(self, *args_dev, **kwargs):

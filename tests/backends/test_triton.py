@@ -216,6 +216,8 @@ def test_many_programs_at_once(cell, kernel_variant, concurrently):
     slots), the K split's pairs adding their parts. Programs run at once and stall at random, so
     a barrier that did not wait, a ring with one slot, or a pair that did not wait for the other's
     part fails here (each checked by mutation)."""
+    if kernel_variant in ("chunked", "tma-chunked"):
+        pytest.skip("chunks change nothing between programs (the one-program tests check them)")
     cpu = torch.device("cpu")
     launches = [
         gpu._resident_launch(40, 17, cpu, torch.float32),
@@ -228,13 +230,13 @@ def test_many_programs_at_once(cell, kernel_variant, concurrently):
 
 
 def test_many_programs_packed_stack(concurrently, monkeypatch):
-    """Rows that stop early (packed input) in every batch group: both directions, two layers,
-    the reset-before GRU's streamed kernels and the LSTM's resident ones; one layer of the GRU's
-    K split (whose two programs of a pair each store half the rows)."""
+    """Rows that stop early (packed input) in every batch group: the LSTM's resident kernels
+    in a bidirectional two-layer stack, the reset-before GRU's streamed ones both ways, the
+    GRU's K split (whose two programs of a pair each store half the rows)."""
     lengths = torch.tensor([2, 5, 1, 5, 4, 3, 5, 4, 5, 1, 2, 5, 5, 3, 1, 5, 4, 2])
-    for cell in ("gru-before", "lstm"):
-        check(cell, torch.float32, T=5, B=18, I=3, H=20, layers=2, bidirectional=True,
-              lengths=lengths)  # fmt: skip
+    check("lstm", torch.float32, T=5, B=18, I=3, H=20, layers=2, bidirectional=True,
+          lengths=lengths)  # fmt: skip
+    check("gru-before", torch.float32, T=5, B=18, I=3, H=20, bidirectional=True, lengths=lengths)
     monkeypatch.setattr(gpu, "TUNING", {"split": 2, "tma": 1})
     check("gru", torch.float32, T=5, B=18, I=3, H=20, lengths=lengths)
 

@@ -942,7 +942,7 @@ def resident_backward_kernel(
     DC,  # (B, H) float32 (LSTM): ∂c_T on entry, ∂c0 on exit
     RING,  # TMA: descriptor of the gradients' ring (2 slots, _ring_store's layout, 4 blocks)
     RING_PTR,  # TMA: the ring itself, in DOT_DTYPE, zeros where never stored
-    XCH,  # SPLIT = 2: float32, a (4·BH·BB) slot per program for _pair_sum
+    XCH,  # SPLIT = 2: float32, a slot per program for _pair_sum's (BH, BB) parts
     LENS, CNT, ERR,
     T, B,
     H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr, FOLD: tl.constexpr,
