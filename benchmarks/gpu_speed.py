@@ -49,13 +49,16 @@ def _pair(cell: str, H: int, dtype: torch.dtype):
 
 
 def _set_tuning(tuning: dict) -> None:
+    """A precompiling worker's set-up: these launch overrides, and kernels compiled, not run."""
     from gatedrnn.backends import gpu
 
+    os.environ["GATEDRNN_TRITON_COMPILE_ONLY"] = "1"
     gpu.TUNING.update(tuning)
 
 
 def _compile_one(job: tuple[str, str, int, int]) -> str:
-    """Run one step of each kernel variant the timings will use, filling the disk cache."""
+    """Compile (in a worker: ``GATEDRNN_TRITON_COMPILE_ONLY``, not run) each kernel the timings
+    will use, filling the disk cache."""
     cell, dtype_name, B, H = job
     try:
         ours, _ = _pair(cell, H, DTYPES[dtype_name])

@@ -9,6 +9,7 @@
 #   TEST_K="not streamed" BENCH_ARGS='--write-table --hidden 1024' bash scripts/gpu_check.sh
 #                                     # some tests; a partial grid, merged into the auto table
 #   GRID=0 TEST_K=eight_chunks SWEEP=... bash scripts/gpu_check.sh   # no grid
+# The tests' kernels are compiled first in parallel (PRECOMPILE=0: not).
 set -o pipefail
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
@@ -17,6 +18,19 @@ export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
   nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used,utilization.gpu --format=csv
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cudnn', torch.backends.cudnn.version())"
 } 2>&1 | tee "$OUT/tests.log"
+if [ "${PRECOMPILE:-1}" != 0 ]; then
+  # the selected tests' kernels compiled first, in 16 processes at once (compiled, not run:
+  # GATEDRNN_TRITON_COMPILE_ONLY; those runs' results are garbage and ignored), so that the
+  # tests below load them from Triton's cache instead of compiling one at a time
+  start=$SECONDS ids=$(mktemp -d)
+  python3 -m pytest tests/backends/test_triton.py -q -p no:cacheprovider --collect-only ${TEST_K:+-k "$TEST_K"} 2>/dev/null | grep "::" > "$ids/all"
+  split -n r/${JOBS:-16} "$ids/all" "$ids/part."
+  for part in "$ids"/part.*; do
+    GATEDRNN_TRITON_COMPILE_ONLY=1 timeout ${PRECOMPILE_TIMEOUT:-150} xargs -d '\n' -a "$part" python3 -m pytest -q -p no:cacheprovider >/dev/null 2>&1 &
+  done
+  wait
+  echo "precompiled the kernels of $(wc -l < "$ids/all") tests in $((SECONDS - start)) s" | tee -a "$OUT/tests.log"
+fi
 timeout ${TEST_TIMEOUT:-300} python3 -m pytest tests/backends/test_triton.py -q -p no:cacheprovider -s ${TEST_K:+-k "$TEST_K"} 2>&1 | tee -a "$OUT/tests.log" | grep -v "^gru\|^lstm" | tail -25
 grep "^gru\|^lstm" "$OUT/tests.log" | tail -40
 if [ "${GRID:-1}" != 0 ]; then

@@ -273,6 +273,32 @@ def test_kernel_choice(cell, resident, monkeypatch, kernel_variant):
         assert len(launched) == 2, launched
 
 
+def test_compile_only_compiles_without_running(monkeypatch):
+    """``GATEDRNN_TRITON_COMPILE_ONLY``: each kernel a call needs goes to Triton's ``warmup``
+    (compiled, not launched) with the launch's grid and sizes; nothing is computed."""
+    monkeypatch.setenv("GATEDRNN_TRITON_COMPILE_ONLY", "1")
+    warmed = []
+    kernels = gpu._kernels()
+    for name in kernels.__all__:
+        kernel = getattr(kernels, name)
+
+        def warmup(*args, grid, name=name, **options):
+            warmed.append((name, grid, options["BB"], len(args)))
+
+        monkeypatch.setattr(kernel, "warmup", warmup)
+    layer = gatedrnn.LSTM(3, 5, backend="triton").to(DEVICE)
+    x = torch.randn(4, 2, 3, device=DEVICE, requires_grad=True)
+    out, _ = layer(x)
+    out.sum().backward()
+    launch = gpu._resident_launch(5, 2, torch.device(DEVICE), torch.float32)
+    family = "resident" if launch else "lstm"  # on a GPU without TF32: the streamed kernels
+    names = [name for name, *_ in warmed]
+    assert names == [f"{family}_forward_kernel", f"{family}_backward_kernel"]
+    launch = launch or gpu._launch(5, 2, torch.device(DEVICE), torch.float32)
+    assert warmed[0][1:3] == (launch["grid"], launch["meta"]["BB"])
+    assert torch.isnan(out).all()  # poisoned, never written
+
+
 @pytest.fixture
 def hopper(monkeypatch):
     """The launchers' view of a 132-multiprocessor sm_90 GPU with TF32 on, without one."""

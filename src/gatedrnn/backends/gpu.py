@@ -394,10 +394,23 @@ def _run(kernel, launch: dict, arrays: tuple, lens: Tensor, T: int, B: int, **co
     grid = launch["grid"]
     cnt = torch.zeros(grid[1] * (1 + grid[0]), dtype=torch.int32, device=lens.device)
     err = torch.zeros(1, dtype=torch.int32, device=lens.device)
-    kernel[launch["grid"]](
-        *arrays, lens, cnt, err, T, B, SPIN_LIMIT=SPIN_LIMIT, **constants, **launch["meta"]
-    )
+    args = (*arrays, lens, cnt, err, T, B)
+    options = dict(SPIN_LIMIT=SPIN_LIMIT, **constants, **launch["meta"])
+    if compile_only():
+        kernel.warmup(*args, grid=grid, **options)
+        return
+    kernel[grid](*args, **options)
     _check(err)
+
+
+def compile_only() -> bool:
+    """Whether ``$GATEDRNN_TRITON_COMPILE_ONLY`` is set (not 0): then the kernels a call would
+    launch are compiled into Triton's cache but not run, and what the call returns is garbage.
+    For filling the cache ahead of a timed or tested run from many processes at once
+    (``scripts/gpu_check.sh``, ``benchmarks/gpu_speed.py``): compiling a resident kernel takes
+    seconds, and persistent kernels launched side by side on one GPU could not all be
+    resident."""
+    return os.environ.get("GATEDRNN_TRITON_COMPILE_ONLY", "0") not in ("", "0")
 
 
 _BARRIER_FAULT = (
