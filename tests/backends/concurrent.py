@@ -45,9 +45,24 @@ def unsupported() -> str | None:
     return None
 
 
-def _run_grid(fn, args: dict, grid: tuple[int, int, int], builder) -> None:
+class _OtherProgramFailed(RuntimeError):
+    """Raised in a program waiting at a barrier when another program of its launch failed."""
+
+
+def _caused_by(error: BaseException, kind: type) -> bool:
+    """Whether error is a ``kind`` or was raised from one (the interpreter wraps a kernel's
+    errors once per function call)."""
+    while error is not None:
+        if isinstance(error, kind):
+            return True
+        error = error.__cause__
+    return False
+
+
+def _run_grid(fn, args: dict, grid: tuple[int, int, int], builder, failed: threading.Event) -> None:
     """Every program of ``grid`` in its own thread, all started before any is waited for; the
-    first error any of them raised, re-raised here."""
+    first error any of them raised, re-raised here (``failed`` tells the others, which would
+    wait for it at their next barrier, to stop)."""
     errors: list[BaseException] = []
 
     def program(x: int, y: int, z: int) -> None:
@@ -55,7 +70,9 @@ def _run_grid(fn, args: dict, grid: tuple[int, int, int], builder) -> None:
             builder.set_grid_idx(x, y, z)
             fn(**args)
         except BaseException as error:  # re-raised in the caller's thread
-            errors.append(error)
+            if not _caused_by(error, _OtherProgramFailed):
+                errors.append(error)
+            failed.set()
 
     threads = [
         threading.Thread(target=program, args=(x, y, z), name=f"program ({x}, {y}, {z})")
@@ -69,12 +86,14 @@ def _run_grid(fn, args: dict, grid: tuple[int, int, int], builder) -> None:
         thread.join()
     if errors:
         raise errors[0]
+    if failed.is_set():
+        raise RuntimeError("a program stopped without an error of its own")
 
 
 @contextlib.contextmanager
 def concurrent_programs(
     multiprocessors: int = 16, *, jitter: float = 0.0, pause: float = 2e-3, poll: float = 2e-4,
-    switch_interval: float = 1e-4,
+    switch_interval: float = 1e-4, spin_limit: int = 1 << 16,
 ):  # fmt: skip
     """Within the block, interpreted launches run all their programs at once (one thread each),
     and the gatedrnn launchers plan grids for a GPU of ``multiprocessors`` (at most that many
@@ -82,7 +101,9 @@ def concurrent_programs(
     seconds) before a memory access, so that the others run ahead of it in varied orders (a
     race shows sooner). A program polling a barrier (an atomic add of zero) sleeps ``poll``
     seconds after each look, so that the spinning does not hold the GIL from the programs it
-    waits for; ``switch_interval``: the GIL's, shortened so that they take turns often."""
+    waits for; ``switch_interval``: the GIL's, shortened so that they take turns often. A
+    barrier gives up (the kernels' fault) after ``spin_limit`` looks, ≥ spin_limit·poll
+    seconds, and at once where another program of the launch failed."""
     reason = unsupported()
     if reason:
         raise RuntimeError(reason)
@@ -93,6 +114,7 @@ def concurrent_programs(
 
     builder = interp.interpreter_builder
     local = threading.local()
+    failed = threading.Event()
 
     class ThreadGridBuilder(type(builder)):
         """The interpreter's builder with a grid index per thread (each thread one program)."""
@@ -126,6 +148,8 @@ def concurrent_programs(
             return super().create_masked_store(*args, **kwargs)
 
         def create_atomic_rmw(self, op, ptr, val, *args, **kwargs):
+            if failed.is_set():
+                raise _OtherProgramFailed("another program of this launch failed")
             result = super().create_atomic_rmw(op, ptr, val, *args, **kwargs)
             if not val.data.any():  # adding zero: a program polling a barrier; let others run
                 time.sleep(poll)
@@ -149,8 +173,9 @@ def concurrent_programs(
             grid = self.grid(args) if callable(self.grid) else self.grid
             grid = tuple(grid) + (1,) * (3 - len(grid))
             builder.set_grid_dim(*grid)
+            failed.clear()
             try:
-                _run_grid(self.fn, args, grid, builder)
+                _run_grid(self.fn, args, grid, builder, failed)
             except Exception as error:
                 if triton.knobs.compilation.front_end_debugging:
                     raise
@@ -161,14 +186,15 @@ def concurrent_programs(
 
     original_class, original_call = type(builder), interp.GridExecutor.__call__
     original_sms, original_interval = gpu.INTERPRETED_SMS, sys.getswitchinterval()
+    original_limit = gpu.SPIN_LIMIT
     builder.__class__ = ThreadGridBuilder
     interp.GridExecutor.__call__ = call
-    gpu.INTERPRETED_SMS = multiprocessors
+    gpu.INTERPRETED_SMS, gpu.SPIN_LIMIT = multiprocessors, spin_limit
     sys.setswitchinterval(switch_interval)
     try:
         yield
     finally:
         builder.__class__ = original_class
         interp.GridExecutor.__call__ = original_call
-        gpu.INTERPRETED_SMS = original_sms
+        gpu.INTERPRETED_SMS, gpu.SPIN_LIMIT = original_sms, original_limit
         sys.setswitchinterval(original_interval)
