@@ -74,8 +74,9 @@ TUNING: dict[str, int] = {}
 """Overrides of the launch parameters for tuning runs: the streamed kernels' ``BH``, ``BB``,
 ``BK``, ``num_stages``; ``num_warps``; ``resident`` (0: the streamed kernels everywhere), ``fold``
 (1 or 2), ``chunks`` (the backward's) and ``forward_chunks`` (1, 2, 4 or 8), ``separate``
-(1: the chunks' products added, not chained; see ``_accumulate``) and ``tma`` (1: the per-step
-operand read by TMA from a ring, see ``_operand_chunk``) for the resident ones.
+(1: the chunks' products added, not chained; see ``_accumulate``), ``tma`` (1: the per-step
+operand read by TMA from a ring, see ``_operand_chunk``) and ``split`` (2: two programs per unit
+slice, each over half of K, see ``_pair_sum``) for the resident ones.
 ``benchmarks/gpu_speed.py --sweep`` and ``--tuning`` set them; empty in normal use."""
 TABLE_PATH = Path(__file__).with_name("gpu_table.json")
 AUTO_MARGIN = 0.95
