@@ -10,7 +10,8 @@ import pytest
 import torch
 
 # Without a GPU, the triton backend's kernels run in Triton's CPU interpreter (one program, tiny
-# sizes); Triton reads this when a kernel is defined, so it is set before any test imports one.
+# sizes; tests/backends/concurrent.py runs a GPU grid's programs at once); Triton reads this when
+# a kernel is defined, so it is set before any test imports one.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
