@@ -30,6 +30,10 @@ _NEEDED = (
 )  # fmt: skip
 
 
+_ACCESSES = ("create_load", "create_masked_load", "create_descriptor_load", "create_masked_store")
+"""The interpreter builder's memory accesses, each paused at random (``jitter``)."""
+
+
 def unsupported() -> str | None:
     """Why the installed Triton's interpreter cannot be run concurrently here, or None."""
     try:
@@ -131,22 +135,6 @@ def concurrent_programs(
             if jitter and random.random() < jitter:
                 time.sleep(random.uniform(0.0, pause))
 
-        def create_masked_load(self, *args, **kwargs):
-            self._pause()
-            return super().create_masked_load(*args, **kwargs)
-
-        def create_load(self, *args, **kwargs):
-            self._pause()
-            return super().create_load(*args, **kwargs)
-
-        def create_descriptor_load(self, *args, **kwargs):
-            self._pause()
-            return super().create_descriptor_load(*args, **kwargs)
-
-        def create_masked_store(self, *args, **kwargs):
-            self._pause()
-            return super().create_masked_store(*args, **kwargs)
-
         def create_atomic_rmw(self, op, ptr, val, *args, **kwargs):
             if failed.is_set():
                 raise _OtherProgramFailed("another program of this launch failed")
@@ -155,6 +143,19 @@ def concurrent_programs(
                 time.sleep(poll)
                 self._pause()  # now and then right as it leaves: the others run ahead of it
             return result
+
+    def paused(name: str):
+        """The builder's memory access ``name``, after a random pause (``jitter``)."""
+        access = getattr(type(builder), name)
+
+        def method(self, *args, **kwargs):
+            self._pause()
+            return access(self, *args, **kwargs)
+
+        return method
+
+    for name in _ACCESSES:
+        setattr(ThreadGridBuilder, name, paused(name))
 
     def call(self, *args_dev, **kwargs):
         # GridExecutor.__call__ of Triton 3.6, with the programs run concurrently

@@ -108,7 +108,7 @@ def _pair_counter(CNT, SPLIT: tl.constexpr):
     """The pair barrier's counter of this program (:func:`_pair_sum`): after the batch groups'
     grid barrier counters, one per unit slice and batch group."""
     NP_B = tl.num_programs(1)
-    return CNT + NP_B + (tl.program_id(0) // SPLIT) * NP_B + tl.program_id(1)
+    return CNT + NP_B + _unit_slice(SPLIT) * NP_B + tl.program_id(1)
 
 
 @triton.jit
@@ -118,7 +118,7 @@ def _own_rows(m2, rows, SPLIT: tl.constexpr):
     if SPLIT == 1:  # noqa: SIM108 (compile-time: nothing emitted without a split)
         mine = m2
     else:
-        mine = m2 & ((rows % SPLIT) == (tl.program_id(0) % SPLIT))[None, :]
+        mine = m2 & ((rows % SPLIT) == _k_half(SPLIT))[None, :]
     return mine
 
 
@@ -214,7 +214,7 @@ def _mm_gates(
 def _units_rows(B, H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, SPLIT: tl.constexpr):
     """This program's hidden units and batch rows and their masks (SPLIT programs in a row share
     the units: :func:`_k_half`)."""
-    u = (tl.program_id(0) // SPLIT) * BH + tl.arange(0, BH)
+    u = _unit_slice(SPLIT) * BH + tl.arange(0, BH)
     rows = tl.program_id(1) * BB + tl.arange(0, BB)
     return u, u < H, rows, rows < B
 
@@ -564,6 +564,13 @@ def lstm_backward_kernel(
 
 
 @triton.jit
+def _unit_slice(SPLIT: tl.constexpr):
+    """Which slice of BH hidden units this program owns: its number, or with SPLIT = 2 its
+    pair's (:func:`_k_half`)."""
+    return tl.program_id(0) // SPLIT
+
+
+@triton.jit
 def _k_half(SPLIT: tl.constexpr):
     """Which part of K this program multiplies over: with SPLIT = 2 the programs 2p and 2p + 1
     share unit slice p, each over half of K (:func:`_pair_sum` adds their products)."""
@@ -579,7 +586,7 @@ def _gate_blocks_index(BH: tl.constexpr, FOLD: tl.constexpr, SPLIT: tl.constexpr
     """For the FOLD·4·BH rows of a resident kernel's weight operand, (K range, gate, unit) blocks:
     each row's K range, gate and hidden unit."""
     i = tl.arange(0, FOLD * 4 * BH)
-    return i // (4 * BH), (i // BH) % 4, (tl.program_id(0) // SPLIT) * BH + i % BH
+    return i // (4 * BH), (i // BH) % 4, _unit_slice(SPLIT) * BH + i % BH
 
 
 @triton.jit
@@ -893,10 +900,10 @@ def resident_forward_kernel(
                 if not Y_IS_HS:
                     tl.store(HS + (t + 1) * B * H + own, h, mask=mine)
                 _store_gates(g, H, mine, 4, r, z, n, hn)
-        tl.store(Y + (t + 1) * B * H + own, tl.where(live, h, 0.0), mask=mine)
+        out = tl.where(live, h, 0.0)
+        tl.store(Y + (t + 1) * B * H + own, out, mask=mine)
         if TMA:
             r0 = ((t + 1) % 2) * slot_blocks + tile_r0
-            out = tl.where(live, h, 0.0)
             _ring_store(RING_PTR, r0, BT, u, mine, out, BB, KP, SPLIT * FOLD, 1, ROUND)
             _async_proxy_fence(t, FENCE)
         nxt = m2 & (t + 1 < T)
