@@ -4,6 +4,8 @@
     python benchmarks/gpu_speed.py --batch 64 --hidden 1024 --dtypes bfloat16
     python benchmarks/gpu_speed.py --write-table           # also update the backend's auto table
     python benchmarks/gpu_speed.py --shapes lstm:float32:16:1024,gru:bfloat16:64:1024 --write-table
+    python benchmarks/gpu_speed.py --sweep lstm:float32:16:1024 --variants '[{}, {"tma": 1}]' \
+        --write-table                                      # the faster variant becomes the launch
 
 For each cell, dtype, batch and width: one layer, input size = H, the same weights in both; the
 forward alone (no autograd) and forward + backward (gradients of the input, the state and every
@@ -81,7 +83,7 @@ def _compile_variant(job: tuple[dict, tuple[str, str, int, int]]) -> str:
 
     variant, shape = job
     gpu.TUNING.clear()
-    gpu.TUNING.update(variant)
+    gpu.TUNING.update({"table": 0, **variant})
     problem = _compile_one(shape)
     return problem and f"{variant} {problem}"
 
@@ -109,7 +111,44 @@ def _time(fn, grads_to_none) -> float:
     return do_bench(fn, warmup=25, rep=100, grad_to_none=grads_to_none, return_mode="median")
 
 
+def _variant(tuning) -> dict:
+    """Launch overrides as a table row or a sweep's result records them (without ``table``)."""
+    return {key: value for key, value in tuning.items() if key != "table"}
+
+
+AGREEMENT = {"float32": 1e-2, "bfloat16": 5e-2, "float16": 1e-2}
+"""The largest relative difference from cuDNN's results a timed run may have and count: both
+sides' own errors are ~1e-4 (TF32) and ~4e-3 (bfloat16) against float64 (``GPU_NOTES.md``); a
+variant that computes garbage (a race, a missing fence) is off by ~1 or not finite."""
+
+
+def _disagreement(ours, reference, x, dy, grad: bool) -> float:
+    """Relative difference of our results from cuDNN's on the timed input: the output, and with
+    ``grad`` the input's gradient; inf where ours are not finite."""
+    results = []
+    for layer in (ours, reference):
+        x.grad = None
+        with torch.set_grad_enabled(grad):
+            out, _ = layer(x)
+            if grad:
+                out.backward(dy)
+        results.append([out.detach().double()] + ([x.grad.double()] if grad else []))
+    x.grad = None
+    worst = 0.0
+    for a, b in zip(*results, strict=True):
+        if not torch.isfinite(a).all():
+            return float("inf")
+        worst = max(worst, ((a - b).norm() / b.norm().clamp_min(1e-30)).item())
+    return worst
+
+
 def measure(cell: str, dtype_name: str, B: int, H: int, T: int) -> list[dict]:
+    """Ours and cuDNN's µs per step at one shape, forward alone and forward + backward; each row
+    records the launch overrides ours ran with (``tuning``: :data:`TUNING` or the auto table's
+    variant for that size) and how far our results were from cuDNN's (``disagreement``;
+    ``agrees``: within :data:`AGREEMENT`)."""
+    from gatedrnn.backends import gpu
+
     dtype = DTYPES[dtype_name]
     ours, reference = _pair(cell, H, dtype)
     x = torch.randn(T, B, H, device="cuda", dtype=dtype, requires_grad=True)
@@ -137,6 +176,7 @@ def measure(cell: str, dtype_name: str, B: int, H: int, T: int) -> list[dict]:
                 times[name] = None
                 times[f"{name}_error"] = f"{type(error).__name__}: {error}"[:300]
         row = {"cell": cell, "dtype": dtype_name, "B": B, "H": H, "T": T, "grad": grad}
+        row["tuning"] = _variant(gpu.launch_tuning(cell, dtype, grad, H, B, x.device))
         row.update(
             ours_us_per_step=times["ours"],
             cudnn_us_per_step=times["cudnn"],
@@ -144,6 +184,12 @@ def measure(cell: str, dtype_name: str, B: int, H: int, T: int) -> list[dict]:
         )
         if times["ours"] and times["cudnn"]:
             row["speedup"] = times["cudnn"] / times["ours"]
+            try:
+                row["disagreement"] = _disagreement(ours, reference, x, dy, grad)
+            except Exception as error:
+                row["disagreement"] = float("inf")
+                row["ours_error"] = f"{type(error).__name__}: {error}"[:300]
+            row["agrees"] = row["disagreement"] <= AGREEMENT[dtype_name]
         rows.append(row)
     return rows
 
@@ -187,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         "kernels that stream the weights every step",
     )
     parser.add_argument(
-        "--write-table", action="store_true", help="update the auto table of the triton backend"
+        "--write-table",
+        action="store_true",
+        help="update the auto table of the triton backend (with --sweep: each shape's fastest "
+        "variant becomes the launch the backend uses there)",
     )
     args = parser.parse_args(argv)
     if args.summarize:
@@ -198,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.sweep:
         variants = json.loads(args.variants) if args.variants else None
-        return sweep(args.sweep, args.T, args.out, variants, args.jobs)
+        return sweep(args.sweep, args.T, args.out, variants, args.jobs, args.write_table)
     tuning = json.loads(args.tuning) if args.tuning else {}
     if tuning and args.write_table:
         parser.error("--write-table measures the kernels as they launch by default: no --tuning")
@@ -262,10 +311,18 @@ def _shape(item: str) -> tuple[str, str, int, int]:
 
 
 def sweep(
-    spec: str, T: int, out: Path, variants: list[dict] | None = None, workers: int = 1
+    spec: str,
+    T: int,
+    out: Path,
+    variants: list[dict] | None = None,
+    workers: int = 1,
+    write: bool = False,
 ) -> int:
     """Time launch variants of our kernels at a few shapes (forward and forward + backward),
-    every variant's kernels compiled first in ``workers`` processes."""
+    every variant's kernels compiled first in ``workers`` processes; each variant on top of the
+    launchers' own choices (``{}``: those alone), not the auto table's. ``write``: the fastest
+    variant of each shape and direction into the auto table (:func:`fastest_variants`), as each
+    shape's variants are all timed."""
     from gatedrnn.backends import gpu
 
     variants = variants or [
@@ -286,28 +343,62 @@ def sweep(
     for cell, dtype_name, B, H in shapes:
         for variant in variants:
             gpu.TUNING.clear()
-            gpu.TUNING.update(variant)
+            gpu.TUNING.update({"table": 0, **variant})  # {}: the launchers' own choice
             for row in measure(cell, dtype_name, B, H, T):
                 row["variant"] = variant
                 results.append(row)
                 print(
                     f"sweep {cell} {dtype_name} B={B} H={H} grad={row['grad']} {variant}: "
                     f"ours {row['ours_us_per_step']} cudnn {row['cudnn_us_per_step']} "
-                    f"{row.get('ours_error', '')}",
+                    f"{'' if row.get('agrees', True) else 'WRONG '}{row.get('ours_error', '')}",
                     flush=True,
                 )
             # after every variant, so a run cut off by its time limit keeps what it measured
             write_atomic(out, lambda path: path.write_text(json.dumps(results, indent=1)))
+        if write:  # after every shape, for the same reason
+            shape = [row for row in results if (row["cell"], row["dtype"], row["B"], row["H"])
+                     == (cell, dtype_name, B, H)]  # fmt: skip
+            write_table(fastest_variants(shape), torch.cuda.get_device_name())
     gpu.TUNING.clear()
     print("\n".join(summarize_sweep(results)), flush=True)
     return 0
+
+
+def fastest_variants(results: list[dict]) -> list[dict]:
+    """A sweep's rows as the auto table wants them: per shape and direction the fastest variant
+    whose results agreed with cuDNN's (its overrides as ``tuning``), its speed-up over the
+    median of cuDNN's times across the shape's variants (each variant's run timed cuDNN again;
+    they differ by noise alone)."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in results:
+        key = (row["cell"], row["dtype"], row["B"], row["H"], bool(row["grad"]))
+        groups.setdefault(key, []).append(row)
+    fastest = []
+    for rows in groups.values():
+        timed = [row for row in rows if row.get("ours_us_per_step") and row.get("agrees", True)]
+        cudnn = sorted(row["cudnn_us_per_step"] for row in rows if row.get("cudnn_us_per_step"))
+        if not timed or not cudnn:
+            continue
+        best = min(timed, key=lambda row: row["ours_us_per_step"])
+        median = (cudnn[(len(cudnn) - 1) // 2] + cudnn[len(cudnn) // 2]) / 2
+        fastest.append(
+            {
+                **{key: best[key] for key in ("cell", "dtype", "B", "H", "T", "grad")},
+                "ours_us_per_step": best["ours_us_per_step"],
+                "cudnn_us_per_step": median,
+                "speedup": median / best["ours_us_per_step"],
+                "tuning": _variant(best.get("variant", {})),
+            }
+        )
+    return fastest
 
 
 def summarize_sweep(results: list[dict]) -> list[str]:
     """A sweep's rows as one line per shape and variant, every line starting "summary": our µs
     per step forward and forward + backward, each as a ratio to the shape's first variant (the
     default, ``{}``, in the prepared sweeps) and as the speed-up over cuDNN measured with it;
-    ``*`` marks the shape's fastest variant in each direction."""
+    ``*`` marks the shape's fastest variant in each direction; "wrong": results not within
+    :data:`AGREEMENT` of cuDNN's (never fastest)."""
     shapes: dict[tuple, dict[str, dict]] = {}
     for row in results:
         shape = (row["cell"], row["dtype"], row["B"], row["H"])
@@ -322,7 +413,12 @@ def summarize_sweep(results: list[dict]) -> list[str]:
         base = next(iter(variants.values()))
         best = {
             grad: min(
-                (v for v in variants if variants[v].get(grad, {}).get("ours_us_per_step")),
+                (
+                    v
+                    for v in variants
+                    if variants[v].get(grad, {}).get("ours_us_per_step")
+                    and variants[v][grad].get("agrees", True)
+                ),
                 key=lambda v, grad=grad: variants[v][grad]["ours_us_per_step"],
                 default=None,
             )
@@ -334,8 +430,8 @@ def summarize_sweep(results: list[dict]) -> list[str]:
                 row = pair.get(grad, {})
                 ours = row.get("ours_us_per_step")
                 first = base.get(grad, {}).get("ours_us_per_step")
-                if not ours:
-                    text.append(f"{'error':>8} {'':>6} {'':>6}")
+                if not ours or not row.get("agrees", True):
+                    text.append(f"{'error' if not ours else 'wrong':>8} {'':>6} {'':>6}")
                     continue
                 mark = "*" if variant == best[grad] else " "
                 ratio = f"{ours / first:6.2f}" if first else f"{'-':>6}"
@@ -366,7 +462,9 @@ def print_table(rows: list[dict], device: str) -> None:
 def write_table(rows: list[dict], device: str) -> None:
     """Put this run's ratios into the auto table: rows of the shapes measured replace the
     device's rows of the same shapes, the device's other rows stay (a partial grid, e.g.
-    ``--hidden 1024``, refreshes only those)."""
+    ``--hidden 1024``, refreshes only those; a shape whose results disagreed with cuDNN's keeps
+    its old row, or has none). A row's launch overrides (``tuning``: the variant
+    it was timed with, a sweep's fastest or the table's own) go with it; written atomically."""
     from gatedrnn.backends.gpu import TABLE_PATH
 
     def key(row: dict) -> tuple:
@@ -375,18 +473,20 @@ def write_table(rows: list[dict], device: str) -> None:
     table = json.loads(TABLE_PATH.read_text()) if TABLE_PATH.exists() else {"devices": {}}
     merged = {key(row): row for row in table["devices"].get(device, [])}
     for row in rows:
-        if "speedup" in row:
+        if "speedup" in row and row.get("agrees", True):
             entry = {
                 "kind": row["cell"],
                 "dtype": row["dtype"],
-                "grad": row["grad"],
+                "grad": bool(row["grad"]),
                 "H": row["H"],
                 "B": row["B"],
                 "ratio": round(1 / row["speedup"], 3),
             }
+            if row.get("tuning"):
+                entry["tuning"] = _variant(row["tuning"])
             merged[key(entry)] = entry
     table["devices"][device] = sorted(merged.values(), key=key)
-    TABLE_PATH.write_text(json.dumps(table, indent=1) + "\n")
+    write_atomic(TABLE_PATH, lambda path: path.write_text(json.dumps(table, indent=1) + "\n"))
     print(f"wrote {TABLE_PATH}")
 
 

@@ -6,6 +6,7 @@
 #   bash scripts/gpu_check.sh                                   # tests, grid (BENCH_ARGS=--write-table)
 #   FOLD=1 bash scripts/gpu_check.sh                            # + the forward folded, unfolded, default
 #   SWEEP=gru:bfloat16:16:1024 SWEEP_VARIANTS='[{}, {"resident": 0}]' bash scripts/gpu_check.sh
+#   SWEEP=... SWEEP_ARGS=--write-table bash ...   # each shape's fastest variant into the auto table
 #   TEST_K="not streamed" BENCH_ARGS='--write-table --hidden 1024' bash scripts/gpu_check.sh
 #                                     # some tests; a partial grid, merged into the auto table
 #   GRID=0 TEST_K=eight_chunks SWEEP=... bash scripts/gpu_check.sh   # no grid
@@ -43,7 +44,7 @@ if [ -n "${FOLD:-}" ]; then
 fi
 if [ -n "${SWEEP:-}" ]; then
   # every timing in sweep.log; here the summary (per shape: each variant against the first)
-  timeout ${SWEEP_TIMEOUT:-120} python3 benchmarks/gpu_speed.py --sweep "$SWEEP" --variants "${SWEEP_VARIANTS:-}" --out "$OUT/sweep.json" 2>&1 | grep "^sweep\|^summary\|^compile" | tee "$OUT/sweep.log" | grep "^summary\|^compile" | tail -70
+  timeout ${SWEEP_TIMEOUT:-120} python3 benchmarks/gpu_speed.py --sweep "$SWEEP" --variants "${SWEEP_VARIANTS:-}" --out "$OUT/sweep.json" ${SWEEP_ARGS:-} 2>&1 | grep "^sweep\|^summary\|^compile" | tee "$OUT/sweep.log" | grep "^summary\|^compile" | tail -70
 fi
 if [ -n "${FP32_ALT:-}" ]; then
   # the float32 checks and a few timings again with another precision of the recurrent product

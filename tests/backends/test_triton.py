@@ -521,17 +521,34 @@ def test_fresh_inputs_each_draw():
         check("gru", torch.float32, T=4, B=2, I=3, H=7, seed=100 + seed)
 
 
-def test_forward_without_grad_saves_nothing_and_matches():
+@pytest.mark.parametrize("layer_cls", [gatedrnn.GRU, gatedrnn.LSTM])
+def test_forward_without_grad_saves_nothing_and_matches(layer_cls, monkeypatch):
+    """Under no_grad the forward stores no gates for a backward, although the weights require
+    gradients (an autograd Function's ``needs_input_grad`` ignores the grad mode)."""
     torch.manual_seed(0)
-    ours = gatedrnn.GRU(3, 8, backend="triton").to(DEVICE)
-    ref = gatedrnn.GRU(3, 8, backend="reference").to(DEVICE)
+    ours = layer_cls(3, 8, backend="triton").to(DEVICE)
+    ref = layer_cls(3, 8, backend="reference").to(DEVICE)
     ref.load_state_dict(ours.state_dict())
+    saved = []
+    run = gpu._run
+
+    def spy(kernel, launch, *args, **constants):
+        saved.append(constants["SAVE"])
+        return run(kernel, launch, *args, **constants)
+
+    monkeypatch.setattr(gpu, "_run", spy)
     x = torch.randn(5, 2, 3, device=DEVICE)
     with torch.no_grad():
         a, ha = ours(x)
         b, hb = ref(x)
     assert _relative(a, b) < TOLERANCE[torch.float32]
-    assert _relative(ha, hb) < TOLERANCE[torch.float32]
+    for state, expected in zip(
+        ha if isinstance(ha, tuple) else (ha,), hb if isinstance(hb, tuple) else (hb,), strict=True
+    ):
+        assert _relative(state, expected) < TOLERANCE[torch.float32]
+    assert saved == [False]
+    ours(x)
+    assert saved == [False, True]
 
 
 def test_double_backward_is_refused():
@@ -609,6 +626,102 @@ def test_auto_takes_triton_only_with_a_margin(monkeypatch, ratio, takes):
     assert (reason is None) == takes, reason
     if not takes:
         assert "at least 5% faster than cuDNN" in reason and f"{ratio:.2f}" in reason
+
+
+def _table(monkeypatch, rows):
+    """The auto table as ``rows`` for a GPU named "Test GPU", which this machine is."""
+    monkeypatch.setattr(gpu, "_measured", lambda: {"devices": {"Test GPU": rows}})
+    monkeypatch.setattr(gpu, "_device_name", lambda device: "Test GPU")
+
+
+def _row(kind, dtype, grad, H, B, ratio=0.5, **tuning):
+    row = {"kind": kind, "dtype": dtype, "grad": grad, "H": H, "B": B, "ratio": ratio}
+    return {**row, "tuning": tuning} if tuning else row
+
+
+def test_launch_tuning_takes_the_tables_variant(hopper, monkeypatch):
+    """Each call runs with the variant the auto table names at the nearest measured size (a
+    sweep's fastest), per direction; explicit TUNING replaces it; a variant that would lose a
+    kernel the launchers' own choice keeps on chip at this size is dropped."""
+    split = {"split": 2, "tma": 1, "chunks": 8}
+    _table(
+        monkeypatch,
+        [
+            _row("gru", "float32", True, 1024, 64, **split),
+            _row("gru", "float32", False, 1024, 64, fold=2, forward_chunks=4),
+            _row("gru", "float32", True, 1024, 16),
+            _row("lstm", "bfloat16", False, 512, 256, split=2),
+        ],
+    )
+    tuning = gpu.launch_tuning
+    assert tuning("gru", torch.float32, True, 1024, 64, hopper) == split
+    assert tuning("gru", torch.float32, True, 1024, 48, hopper) == split  # nearest: B = 64
+    assert tuning("gru", torch.float32, False, 1024, 64, hopper) == {"fold": 2, "forward_chunks": 4}
+    assert tuning("gru", torch.float32, True, 1024, 16, hopper) == {}  # measured, no variant
+    assert tuning("lstm", torch.float32, True, 1024, 64, hopper) == {}  # not measured
+    # on chip both ways, where the launchers alone stream float32 H=1024 B=64
+    assert gpu._resident_launch(1024, 64, hopper, torch.float32) is None
+    launches = [
+        launcher(1024, 64, hopper, torch.float32, split)
+        for launcher in (gpu._resident_launch, gpu._resident_backward_launch)
+    ]
+    assert [launch["meta"]["SPLIT"] for launch in launches] == [2, 2]
+    # bfloat16 H=512 B=256: on chip by the launchers (4 batch tiles × 32 programs), a split
+    # would need 256 programs: the table's split is not taken here
+    assert gpu._resident_launch(512, 256, hopper, torch.bfloat16) is not None
+    assert gpu._resident_launch(512, 256, hopper, torch.bfloat16, {"split": 2}) is None
+    assert tuning("lstm", torch.bfloat16, False, 512, 256, hopper) == {}
+    assert tuning("lstm", torch.bfloat16, False, 512, 64, hopper) == {"split": 2}
+    monkeypatch.setattr(gpu, "_tensor_descriptors", lambda: False)  # Triton < 3.3: no TMA
+    assert tuning("gru", torch.float32, True, 1024, 64, hopper) == {}
+    monkeypatch.setattr(gpu, "fp32_precision", lambda: "ieee")  # measured in TF32 only
+    assert tuning("gru", torch.float32, False, 1024, 64, hopper) == {}
+    monkeypatch.setattr(gpu, "TUNING", {"table": 0})
+    assert tuning("lstm", torch.bfloat16, False, 512, 64, hopper) == {"table": 0}
+    monkeypatch.setattr(gpu, "TUNING", {"chunks": 4})
+    assert tuning("lstm", torch.bfloat16, False, 512, 64, hopper) == {"chunks": 4}
+
+
+@pytest.mark.skipif(CUDA, reason="the interpreter's single-program launches")
+def test_calls_run_with_the_tables_variant(monkeypatch):
+    """The table's variant for the call's size and direction reaches both kernels of a call:
+    the forward's, and the backward's, run later from what the forward recorded."""
+    _table(
+        monkeypatch,
+        [
+            _row("lstm", "float32", True, 20, 18, fold=2, chunks=2, forward_chunks=2),
+            _row("lstm", "float32", False, 20, 18, forward_chunks=4),
+        ],
+    )
+    launched = []
+    run = gpu._run
+
+    def spy(kernel, launch, *args, **constants):
+        launched.append({key: launch["meta"][key] for key in ("FOLD", "CHUNKS")})
+        return run(kernel, launch, *args, **constants)
+
+    monkeypatch.setattr(gpu, "_run", spy)
+    check("lstm", torch.float32, T=5, B=18, I=3, H=20)
+    assert launched == [{"FOLD": 2, "CHUNKS": 2}] * 2  # forward, then backward
+    launched.clear()
+    layer = gatedrnn.LSTM(3, 20, backend="triton")
+    with torch.no_grad():
+        layer(torch.randn(5, 18, 3))
+    assert launched == [{"FOLD": 1, "CHUNKS": 4}]
+
+
+def test_shipped_table_variants_launch_where_measured(hopper):
+    """Every variant in the shipped auto table names known launch overrides and runs its
+    kernels on chip at the size it was measured at, on a 132-multiprocessor Hopper (H100, H200)."""
+    known = {"BH", "BB", "BK", "num_stages", "num_warps", "resident", "fold", "chunks"}
+    known |= {"forward_chunks", "separate", "tma", "split"}
+    rows = [row for rows in gpu._measured()["devices"].values() for row in rows]
+    assert rows and {"kind", "dtype", "grad", "H", "B", "ratio"} <= set(rows[0])
+    for row in rows:
+        tuning = row.get("tuning", {})
+        assert set(tuning) <= known, row
+        dtype = getattr(torch, row["dtype"])
+        assert gpu._launches_here(tuning, row["H"], row["B"], hopper, dtype, row["grad"]), row
 
 
 def test_without_gpu_or_interpreter_it_says_why(monkeypatch):
@@ -719,8 +832,62 @@ def test_benchmark_sweep_keeps_what_it_measured_when_cut_off(tmp_path, monkeypat
     variants = [{}, {"chunks": 8}, {"forward_chunks": 4}]
     with pytest.raises(KeyboardInterrupt):
         gpu_speed.sweep("gru:float32:16:1024,lstm:float32:16:1024", 8, out, variants)
-    assert seen == variants
+    assert seen == [{"table": 0, **variant} for variant in variants]  # not the table's variants
     assert [row["variant"] for row in json.loads(out.read_text())] == [{}, {}, *variants[1:2] * 2]
+
+
+def test_benchmark_sweep_writes_each_shapes_fastest_variant(tmp_path, monkeypatch):
+    """``gpu_speed.py --sweep ... --write-table``: per shape and direction the fastest variant
+    goes into the auto table as the launch to use there, its ratio against the median of the
+    cuDNN times measured beside the variants; the launchers' own choice leaves no ``tuning``."""
+    gpu_speed = _gpu_speed()
+    table = tmp_path / "gpu_table.json"
+    monkeypatch.setattr(gpu, "TABLE_PATH", table)
+    monkeypatch.setattr(gpu, "TUNING", {})
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "GPU")
+    ours = {  # µs per step (forward, forward + backward) by variant
+        "{}": (4.0, 20.0), '{"tma": 1}': (5.0, 10.0), '{"chunks": 8}': (None, 16.0),
+        '{"separate": 1}': (2.0, 30.0),  # its forward's results disagree with cuDNN's
+    }  # fmt: skip
+    cudnn = iter([12.0, 40.0, 10.0, 50.0, 11.0, 30.0, 13.0, 60.0])
+
+    def measure(cell, dtype_name, B, H, T):
+        variant = {k: v for k, v in gpu.TUNING.items() if k != "table"}
+        times = ours[json.dumps(variant)]
+        return [
+            {"cell": cell, "dtype": dtype_name, "B": B, "H": H, "T": T, "grad": grad,
+             "ours_us_per_step": times[grad], "cudnn_us_per_step": next(cudnn),
+             "agrees": grad or "separate" not in variant,
+             **({"speedup": 1.0} if times[grad] else {})}
+            for grad in (False, True)
+        ]  # fmt: skip
+
+    monkeypatch.setattr(gpu_speed, "measure", measure)
+    variants = [{}, {"tma": 1}, {"chunks": 8}, {"separate": 1}]
+    gpu_speed.sweep("lstm:float32:16:1024", 8, tmp_path / "sweep.json", variants, write=True)
+    forward, both = json.loads(table.read_text())["devices"]["GPU"]
+    assert forward == _row("lstm", "float32", False, 1024, 16, ratio=round(4.0 / 11.5, 3))
+    assert both == _row("lstm", "float32", True, 1024, 16, ratio=round(10.0 / 45.0, 3), tma=1)
+
+
+def test_benchmark_checks_results_against_cudnn():
+    """The timed runs' results are compared with cuDNN's: a layer that computes something else,
+    or NaN, is caught (the layers here on the CPU, torch's own kernels as cuDNN)."""
+    gpu_speed = _gpu_speed()
+    torch.manual_seed(0)
+    reference = torch.nn.GRU(8, 8)
+    ours = gatedrnn.GRU(8, 8, backend="reference")
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(6, 3, 8, requires_grad=True)
+    dy = torch.randn(6, 3, 8)
+    for grad in (False, True):
+        assert gpu_speed._disagreement(ours, reference, x, dy, grad) < 1e-6
+    with torch.no_grad():
+        ours.weight_hh_l0[0, 0] += 1.0
+    assert gpu_speed._disagreement(ours, reference, x, dy, True) > gpu_speed.AGREEMENT["float32"]
+    with torch.no_grad():
+        ours.weight_hh_l0[0, 0] = float("nan")
+    assert gpu_speed._disagreement(ours, reference, x, dy, False) == float("inf")
 
 
 def test_benchmark_sweep_summary_compares_each_variant_with_the_first():

@@ -77,7 +77,9 @@ TUNING: dict[str, int] = {}
 (1: the chunks' products added, not chained; see ``_accumulate``), ``tma`` (1: the per-step
 operand read by TMA from a ring, see ``_operand_chunk``) and ``split`` (2: two programs per unit
 slice, each over half of K, see ``_pair_sum``) for the resident ones.
-``benchmarks/gpu_speed.py --sweep`` and ``--tuning`` set them; empty in normal use."""
+``benchmarks/gpu_speed.py --sweep`` and ``--tuning`` set them; empty in normal use, where each
+call runs with the variant the auto table names for its size (:func:`launch_tuning`); any key
+set here replaces the table's choice (``table``: 0, the launchers' own choices alone)."""
 TABLE_PATH = Path(__file__).with_name("gpu_table.json")
 AUTO_MARGIN = 0.95
 """``auto`` takes the triton backend only where its measured time was at most this fraction of
@@ -131,8 +133,11 @@ def _multiprocessors(device: torch.device) -> int:
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def _launch(H: int, B: int, device: torch.device, dtype: torch.dtype) -> dict | None:
-    """Grid and block sizes, or None when the batch is too large for one resident wave.
+def _launch(
+    H: int, B: int, device: torch.device, dtype: torch.dtype, tuning: Mapping | None = None
+) -> dict | None:
+    """Grid and block sizes, or None when the batch is too large for one resident wave
+    (``tuning``: the launch overrides, :data:`TUNING` if None).
 
     Each program owns BH units (≥ 16, the smallest dot tile) of BB batch rows; the grid covers
     H × B exactly once and never has more programs than the GPU has multiprocessors, so all are
@@ -142,9 +147,10 @@ def _launch(H: int, B: int, device: torch.device, dtype: torch.dtype) -> dict | 
     if device.type != "cuda" and INTERPRETED_SMS is None:
         BH, BB = max(16, _next_pow2(H)), max(16, _next_pow2(B))
         return {"grid": (1, 1), "meta": {"BH": BH, "BB": BB, "BK": min(64, BH)}}
+    tuning = TUNING if tuning is None else tuning
     sms = _multiprocessors(device)
-    for BH in [TUNING["BH"]] if "BH" in TUNING else [16, 32, 64]:
-        for BB in [TUNING["BB"]] if "BB" in TUNING else [16, 32, 64]:
+    for BH in [tuning["BH"]] if "BH" in tuning else [16, 32, 64]:
+        for BB in [tuning["BB"]] if "BB" in tuning else [16, 32, 64]:
             grid = (math.ceil(H / BH), math.ceil(B / BB))
             if grid[0] * grid[1] <= sms:
                 # Chosen from the compiler's resource report (scripts/triton_aot.py): these
@@ -155,11 +161,11 @@ def _launch(H: int, B: int, device: torch.device, dtype: torch.dtype) -> dict | 
                 tile = BB * BH
                 BK = 128 if tile <= 256 and dtype != torch.float32 else 64 if tile <= 512 else 32
                 meta = {
-                    "BH": BH, "BB": BB, "BK": TUNING.get("BK", BK),
-                    "num_warps": TUNING.get("num_warps", 2 if tile <= 512 else 8),
+                    "BH": BH, "BB": BB, "BK": tuning.get("BK", BK),
+                    "num_warps": tuning.get("num_warps", 2 if tile <= 512 else 8),
                 }  # fmt: skip
-                if "num_stages" in TUNING:
-                    meta["num_stages"] = TUNING["num_stages"]
+                if "num_stages" in tuning:
+                    meta["num_stages"] = tuning["num_stages"]
                 return {"grid": grid, "meta": meta}
     return None
 
@@ -172,43 +178,44 @@ is the compiler's scratch for the gate math's layout changes."""
 def _resident_sizes(
     H: int, B: int, device: torch.device, dtype: torch.dtype, *, operand_columns: int,
     batch_tiles: tuple[int, ...], warps_from: int, chunks: tuple[int, ...], chunks_key: str,
+    tuning: Mapping,
 ) -> dict | None:  # fmt: skip
     """What the two resident launchers share: grid and block sizes for a resident kernel whose
     programs own BH = 16 / FOLD hidden units (a 64-row weight operand, KP / FOLD columns) and
     whose per-step operand is KP × operand_columns·BB, loaded in CHUNKS pieces (``chunks``:
-    the counts to try; ``TUNING[chunks_key]`` forces one), or None where it cannot run:
+    the counts to try; ``tuning[chunks_key]`` forces one), or None where it cannot run:
     Hopper or newer (warpgroup MMA, operands read from shared memory), bfloat16/float16 or TF32,
     the weights and one chunk of the operand within :data:`SHARED_MEMORY`, at most one program
     per multiprocessor, the product at most 256 columns wide (the MMA's N). Takes the smallest
-    of ``batch_tiles`` that fits, unfolded before folded (``TUNING["fold"]`` = 1 or 2 forces
+    of ``batch_tiles`` that fits, unfolded before folded (``tuning["fold"]`` = 1 or 2 forces
     one), then the fewest chunks; eight warps from
-    KP·BB / CHUNKS ≥ ``warps_from``. ``TUNING["split"] = 2``: two programs per unit slice, each
+    KP·BB / CHUNKS ≥ ``warps_from``. ``tuning["split"] = 2``: two programs per unit slice, each
     over half of K (SPLIT: half of everything above per program, twice the programs; 1, 2, 4 or
     8 chunks tried). Under the interpreter: one program covering everything, with the first fold
     and chunk count (unless :data:`INTERPRETED_SMS`: then as on a GPU, with any precision)."""
-    fold = TUNING.get("fold")
+    fold = tuning.get("fold")
     if fold not in (None, 1, 2):
         raise ValueError(f"TUNING['fold'] must be 1 or 2, got {fold!r}")
     folds = (1, 2) if fold is None else (fold,)
-    S = TUNING.get("split", 1)
+    S = tuning.get("split", 1)
     if S not in (1, 2):
         raise ValueError(f"TUNING['split'] must be 1 or 2, got {S!r}")
     if S == 2:
         chunks = (1, 2, 4, 8)
-    if chunks_key in TUNING:
-        if TUNING[chunks_key] not in (1, 2, 4, 8):
+    if chunks_key in tuning:
+        if tuning[chunks_key] not in (1, 2, 4, 8):
             raise ValueError(
-                f"TUNING[{chunks_key!r}] must be 1, 2, 4 or 8, got {TUNING[chunks_key]!r}"
+                f"TUNING[{chunks_key!r}] must be 1, 2, 4 or 8, got {tuning[chunks_key]!r}"
             )
-        chunks = (TUNING[chunks_key],)
+        chunks = (tuning[chunks_key],)
 
     def meta(BH: int, BB: int, F: int, C: int) -> dict:
         # K of the MMA: a power of two, and at least 16 (bf16's smallest) in every K range and
         # chunk
-        tma = bool(TUNING.get("tma", 0))
+        tma = bool(tuning.get("tma", 0))
         return {
             "BH": BH, "BB": BB, "KP": _next_pow2(max(H, 16 * S * F * C)), "FOLD": F, "SPLIT": S,
-            "CHUNKS": C, "SEPARATE": bool(TUNING.get("separate", 0)), "TMA": tma,
+            "CHUNKS": C, "SEPARATE": bool(tuning.get("separate", 0)), "TMA": tma,
             "FENCE": tma and device.type == "cuda",
         }  # fmt: skip
 
@@ -238,14 +245,16 @@ def _resident_sizes(
                 KS = launch["KP"] // S  # a program's part of K
                 operand = operand_columns * BB * KS // C  # one chunk
                 if (64 * KS // F + operand) * dtype.itemsize <= SHARED_MEMORY:
-                    launch["num_warps"] = TUNING.get(
+                    launch["num_warps"] = tuning.get(
                         "num_warps", 8 if warps_from <= KS * BB // C else 4
                     )
                     return {"grid": grid, "meta": launch}
     return None
 
 
-def _resident_launch(H: int, B: int, device: torch.device, dtype: torch.dtype) -> dict | None:
+def _resident_launch(
+    H: int, B: int, device: torch.device, dtype: torch.dtype, tuning: Mapping | None = None
+) -> dict | None:
     """Grid and block sizes for :func:`~gatedrnn.backends.triton_kernels.resident_forward_kernel`,
     or None where it does not apply (:func:`_resident_sizes`): the program's weight rows (64 × H)
     and one step's state of its batch rows (H × BB) must fit. Where they do not, the folded
@@ -256,16 +265,17 @@ def _resident_launch(H: int, B: int, device: torch.device, dtype: torch.dtype) -
     is loaded whole each step unless ``TUNING["forward_chunks"]`` (2, 4, 8) asks for chunks
     (written for float32 at H = 1024, B = 64, where it fits folded in 4 chunks; not yet timed on
     a GPU, so not yet chosen by default)."""
-    if not TUNING.get("resident", 1):
+    tuning = TUNING if tuning is None else tuning
+    if not tuning.get("resident", 1):
         return None
     return _resident_sizes(
         H, B, device, dtype, operand_columns=1, batch_tiles=(16, 32, 64), warps_from=8192,
-        chunks=(1,), chunks_key="forward_chunks",
+        chunks=(1,), chunks_key="forward_chunks", tuning=tuning,
     )  # fmt: skip
 
 
 def _resident_backward_launch(
-    H: int, B: int, device: torch.device, dtype: torch.dtype
+    H: int, B: int, device: torch.device, dtype: torch.dtype, tuning: Mapping | None = None
 ) -> dict | None:
     """Sizes for :func:`~gatedrnn.backends.triton_kernels.resident_backward_kernel`, or None
     where it does not apply (:func:`_resident_sizes`): the program's weight columns (64 × H) and
@@ -273,11 +283,12 @@ def _resident_backward_launch(
     folded (8 units per program) where unfolded they do not. Not 2 chunks unless asked for
     (``TUNING["chunks"]``): on an H100 at float32 H = 1024, B = 1 two chunks of 64 KB spilled
     registers and took 11.6 µs a step forward + backward, four of 32 KB 8.8–9.1 µs."""
-    if not TUNING.get("resident", 1):
+    tuning = TUNING if tuning is None else tuning
+    if not tuning.get("resident", 1):
         return None
     return _resident_sizes(
         H, B, device, dtype, operand_columns=4, batch_tiles=(8, 16, 32, 64), warps_from=4096,
-        chunks=(1, 4), chunks_key="chunks",
+        chunks=(1, 4), chunks_key="chunks", tuning=tuning,
     )  # fmt: skip
 
 
@@ -456,11 +467,13 @@ def _states(x: Tensor, h0: Tensor, T: int, B: int, H: int, aliased: bool):
 
 class _GRU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, grad_enabled):
         T, B, _ = x.shape
         H = h0.shape[1]
         k = _kernels()
-        cfg = _launch(H, B, x.device, x.dtype)
+        save = grad_enabled and any(ctx.needs_input_grad)
+        tuning = launch_tuning("gru", x.dtype, save, H, B, x.device)
+        cfg = _launch(H, B, x.device, x.dtype, tuning)
         dot_dtype, prec = _dot_options(x.dtype)
         xg = project_inputs(x, w_ih, b_ih)
         bhh = (
@@ -468,14 +481,13 @@ class _GRU(torch.autograd.Function):
             if b_hh is not None
             else torch.zeros(3 * H, dtype=torch.float32, device=x.device)
         )
-        save = any(ctx.needs_input_grad)
         hs, y = _states(x, h0, T, B, H, x.dtype == torch.float32 and lengths is None)
         gates = _empty(
             T if (save or not reset_after) else 0, B, 4 * H, dtype=torch.float32, device=x.device
         )
         lens = _lens(lengths, x.device)
         w_dot, round_dot = _weights_for_dot(w_hh, prec), _round_tf32(x.dtype, prec)
-        resident = _resident_launch(H, B, x.device, x.dtype) if reset_after else None
+        resident = _resident_launch(H, B, x.device, x.dtype, tuning) if reset_after else None
         constants = dict(
             H=H, SAVE=save, HAS_LENS=lengths is not None, Y_IS_HS=y is hs, DOT_DTYPE=dot_dtype,
             PREC=prec, ROUND=round_dot,
@@ -492,7 +504,8 @@ class _GRU(torch.autograd.Function):
         out = y[1:]
         ctx.save_for_backward(x, w_ih, w_dot, hs, y, gates, lens)
         ctx.reset_after, ctx.has_bias = reset_after, b_ih is not None
-        ctx.launch, ctx.has_lens = (cfg, dot_dtype, prec, round_dot), lengths is not None
+        ctx.launch = (cfg, tuning, dot_dtype, prec, round_dot)
+        ctx.has_lens = lengths is not None
         return out, hs[T].to(x.dtype)
 
     @staticmethod
@@ -503,12 +516,14 @@ class _GRU(torch.autograd.Function):
         H = hs.shape[2]
         reset_after = ctx.reset_after
         k = _kernels()
-        cfg, dot_dtype, prec, round_dot = ctx.launch  # w_dot: the weights as the forward read
+        cfg, tuning, dot_dtype, prec, round_dot = ctx.launch  # w_dot: as the forward read it
         dxg = _empty(T, B, 3 * H, dtype=x.dtype, device=x.device)
         dgh = _empty(T, B, 3 * H, dtype=x.dtype, device=x.device) if reset_after else dxg
         dh = grad_last.float().contiguous().clone() if grad_last is not None else hs.new_zeros(B, H)
         dy = grad_out.contiguous() if grad_out is not None else x.new_zeros(T, B, H)
-        resident = _resident_backward_launch(H, B, x.device, x.dtype) if reset_after else None
+        resident = (
+            _resident_backward_launch(H, B, x.device, x.dtype, tuning) if reset_after else None
+        )
         constants = dict(
             H=H, HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec, ROUND=round_dot
         )  # fmt: skip
@@ -541,26 +556,27 @@ class _GRU(torch.autograd.Function):
         db_ih = flat_x.sum(0) if ctx.has_bias and needs[4] else None
         db_hh = flat_h.sum(0) if ctx.has_bias and needs[5] else None
         dh0 = dh.to(x.dtype) if needs[1] else None
-        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None
+        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None
 
 
 class _LSTM(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, grad_enabled):
         T, B, _ = x.shape
         H = h0.shape[1]
         k = _kernels()
-        cfg = _launch(H, B, x.device, x.dtype)
+        save = grad_enabled and any(ctx.needs_input_grad)
+        tuning = launch_tuning("lstm", x.dtype, save, H, B, x.device)
+        cfg = _launch(H, B, x.device, x.dtype, tuning)
         dot_dtype, prec = _dot_options(x.dtype)
         xg = project_inputs(x, w_ih, None if b_ih is None else b_ih + b_hh)
-        save = any(ctx.needs_input_grad)
         hs, y = _states(x, h0, T, B, H, x.dtype == torch.float32 and lengths is None)
         cs = _empty(T + 1, B, H, dtype=torch.float32, device=x.device)
         cs[0] = c0
         gates = _empty(T if save else 0, B, 4 * H, dtype=torch.float32, device=x.device)
         lens = _lens(lengths, x.device)
         w_dot, round_dot = _weights_for_dot(w_hh, prec), _round_tf32(x.dtype, prec)
-        resident = _resident_launch(H, B, x.device, x.dtype)
+        resident = _resident_launch(H, B, x.device, x.dtype, tuning)
         constants = dict(
             H=H, SAVE=save, HAS_LENS=lengths is not None, DOT_DTYPE=dot_dtype, PREC=prec,
             ROUND=round_dot,
@@ -577,8 +593,8 @@ class _LSTM(torch.autograd.Function):
             arrays = (xg, w_dot, hs, cs, y, gates)
             _run(k.lstm_forward_kernel, cfg, arrays, lens, T, B, **constants)
         ctx.save_for_backward(x, w_ih, w_dot, y, cs, gates, lens)
-        ctx.launch, ctx.has_lens = (cfg, dot_dtype, prec, round_dot), lengths is not None
-        ctx.has_bias = b_ih is not None
+        ctx.launch = (cfg, tuning, dot_dtype, prec, round_dot)
+        ctx.has_lens, ctx.has_bias = lengths is not None, b_ih is not None
         return y[1:], hs[T].to(x.dtype), cs[T].to(x.dtype)
 
     @staticmethod
@@ -588,12 +604,12 @@ class _LSTM(torch.autograd.Function):
         T, B, _ = x.shape
         H = cs.shape[2]
         k = _kernels()
-        cfg, dot_dtype, prec, round_dot = ctx.launch  # w_dot: the weights as the forward read
+        cfg, tuning, dot_dtype, prec, round_dot = ctx.launch  # w_dot: as the forward read it
         dg = _empty(T, B, 4 * H, dtype=x.dtype, device=x.device)
         dh = grad_h.float().contiguous().clone() if grad_h is not None else cs.new_zeros(B, H)
         dc = grad_c.float().contiguous().clone() if grad_c is not None else cs.new_zeros(B, H)
         dy = grad_out.contiguous() if grad_out is not None else x.new_zeros(T, B, H)
-        resident = _resident_backward_launch(H, B, x.device, x.dtype)
+        resident = _resident_backward_launch(H, B, x.device, x.dtype, tuning)
         constants = dict(
             H=H, HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec, ROUND=round_dot
         )  # fmt: skip
@@ -615,18 +631,40 @@ class _LSTM(torch.autograd.Function):
         db = flat.sum(0) if ctx.has_bias and (needs[5] or needs[6]) else None
         return (
             dx, dh.to(x.dtype) if needs[1] else None, dc.to(x.dtype) if needs[2] else None,
-            dw_ih, dw_hh, db, db, None,
+            dw_ih, dw_hh, db, db, None, None,
         )  # fmt: skip
 
 
 @functools.cache
 def _measured() -> dict:
-    """The auto table: {device name: [{kind, dtype, grad, H, B, ratio}, ...]}, ratio = our time
-    over cuDNN's at that size (below 1: ours faster)."""
+    """The auto table: {"devices": {device name: [row, ...]}}, each row {kind, dtype, grad, H, B,
+    ratio} with ratio = our time over cuDNN's at that size (below 1: ours faster), and where a
+    sweep found a launch variant faster than the launchers' own choice, ``tuning``: its
+    overrides (:data:`TUNING`'s keys)."""
     try:
         return json.loads(TABLE_PATH.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def _device_name(device) -> str:
+    return torch.cuda.get_device_name(device) if torch.cuda.is_available() else ""
+
+
+def _nearest_row(kind: str, dtype: torch.dtype, grad: bool, H: int, B: int, device) -> dict | None:
+    """The auto table's row measured nearest (H, B) on this GPU model, or None (float32 was
+    measured with TF32 products: another precision counts as unmeasured)."""
+    if dtype == torch.float32 and fp32_precision() != "tf32":
+        return None
+    rows = [
+        row
+        for row in _measured().get("devices", {}).get(_device_name(device), [])
+        if row["kind"] == kind and row["dtype"] == str(dtype).removeprefix("torch.")
+        and row["grad"] == grad
+    ]  # fmt: skip
+    if not rows:
+        return None
+    return min(rows, key=lambda r: (abs(math.log2(r["H"] / H)), abs(math.log2(r["B"] / max(B, 1)))))
 
 
 def measured_ratio(
@@ -634,21 +672,55 @@ def measured_ratio(
 ) -> float | None:
     """Our time over cuDNN's at the measured size nearest (H, B) on this GPU model, or None
     (float32 was measured with TF32 products: another precision counts as unmeasured)."""
-    if dtype == torch.float32 and fp32_precision() != "tf32":
-        return None
-    name = torch.cuda.get_device_name(device) if torch.cuda.is_available() else ""
-    rows = [
-        row
-        for row in _measured().get("devices", {}).get(name, [])
-        if row["kind"] == kind and row["dtype"] == str(dtype).removeprefix("torch.")
-        and row["grad"] == grad
-    ]  # fmt: skip
-    if not rows:
-        return None
-    nearest = min(
-        rows, key=lambda r: (abs(math.log2(r["H"] / H)), abs(math.log2(r["B"] / max(B, 1))))
-    )
-    return nearest["ratio"]
+    row = _nearest_row(kind, dtype, grad, H, B, device)
+    return None if row is None else row["ratio"]
+
+
+def launch_tuning(
+    kind: str, dtype: torch.dtype, grad: bool, H: int, B: int, device: torch.device
+) -> Mapping:
+    """The launch overrides one layer call runs with (forward and backward alike): :data:`TUNING`
+    where it sets anything (tuning runs; ``{"table": 0}`` asks for the launchers' own choices),
+    else the variant a sweep measured fastest at the nearest size on this GPU model (the auto
+    table row's ``tuning``; ``grad``: the row of forward + backward, else of the forward alone),
+    where it launches here as well as the launchers' own choice does; else none."""
+    if TUNING:
+        return dict(TUNING)
+    row = _nearest_row(kind, dtype, grad, H, B, device)
+    tuning = row.get("tuning", {}) if row else {}
+    if tuning and not _launches_here(tuning, H, B, device, dtype, grad):
+        return {}
+    return tuning
+
+
+def _launches_here(
+    tuning: Mapping, H: int, B: int, device: torch.device, dtype: torch.dtype, grad: bool
+) -> bool:
+    """Whether a table's variant runs every kernel the launchers' own choice would run on chip
+    at this size (a variant measured at the nearest size may not fit this one), and TMA only
+    where Triton has host-side tensor descriptors."""
+    if not tuning.get("resident", 1):
+        return _launch(H, B, device, dtype, tuning) is not None
+    if tuning.get("tma") and not _tensor_descriptors():
+        return False
+    launchers = (_resident_launch, _resident_backward_launch) if grad else (_resident_launch,)
+    try:
+        return all(
+            launcher(H, B, device, dtype, tuning) is not None
+            or launcher(H, B, device, dtype, {}) is None
+            for launcher in launchers
+        )
+    except ValueError:  # a split where its pairs cannot run at once
+        return False
+
+
+@functools.cache
+def _tensor_descriptors() -> bool:
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class TritonBackend:
@@ -711,10 +783,14 @@ class TritonBackend:
 
         def direction(x, state, w):
             x, state, args = fused_arguments(x, state, w)
+            # inside forward grad mode is always off, and needs_input_grad ignores it: under
+            # no_grad nothing is saved for a backward only when told so
+            grad_enabled = torch.is_grad_enabled()
             if spec.kind == "lstm":
-                out, h, c = _LSTM.apply(x, *state, *args, lengths)
+                out, h, c = _LSTM.apply(x, *state, *args, lengths, grad_enabled)
                 return out, (h, c)
-            out, h = _GRU.apply(x, state[0], *args, lengths, spec.reset == "after")
+            reset_after = spec.reset == "after"
+            out, h = _GRU.apply(x, state[0], *args, lengths, reset_after, grad_enabled)
             return out, (h,)
 
         return run_stack(config, input, lengths, hx, weights, training, direction)
