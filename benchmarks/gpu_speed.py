@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import gatedrnn  # noqa: E402
 from gatedrnn.atomic import write_atomic  # noqa: E402
+from gatedrnn.backends.gpu_tune import AGREEMENT, disagreement  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LAYERS = {"gru": (gatedrnn.GRU, torch.nn.GRU), "lstm": (gatedrnn.LSTM, torch.nn.LSTM)}
@@ -116,37 +117,11 @@ def _variant(tuning) -> dict:
     return {key: value for key, value in tuning.items() if key != "table"}
 
 
-AGREEMENT = {"float32": 1e-2, "bfloat16": 5e-2, "float16": 1e-2}
-"""The largest relative difference from cuDNN's results a timed run may have and count: both
-sides' own errors are ~1e-4 (TF32) and ~4e-3 (bfloat16) against float64 (``GPU_NOTES.md``); a
-variant that computes garbage (a race, a missing fence) is off by ~1 or not finite."""
-
-
-def _disagreement(ours, reference, x, dy, grad: bool) -> float:
-    """Relative difference of our results from cuDNN's on the timed input: the output, and with
-    ``grad`` the input's gradient; inf where ours are not finite."""
-    results = []
-    for layer in (ours, reference):
-        x.grad = None
-        with torch.set_grad_enabled(grad):
-            out, _ = layer(x)
-            if grad:
-                out.backward(dy)
-        results.append([out.detach().double()] + ([x.grad.double()] if grad else []))
-    x.grad = None
-    worst = 0.0
-    for a, b in zip(*results, strict=True):
-        if not torch.isfinite(a).all():
-            return float("inf")
-        worst = max(worst, ((a - b).norm() / b.norm().clamp_min(1e-30)).item())
-    return worst
-
-
 def measure(cell: str, dtype_name: str, B: int, H: int, T: int) -> list[dict]:
     """Ours and cuDNN's µs per step at one shape, forward alone and forward + backward; each row
     records the launch overrides ours ran with (``tuning``: :data:`TUNING` or the auto table's
     variant for that size) and how far our results were from cuDNN's (``disagreement``;
-    ``agrees``: within :data:`AGREEMENT`)."""
+    ``agrees``: within ``gpu_tune.AGREEMENT``)."""
     from gatedrnn.backends import gpu
 
     dtype = DTYPES[dtype_name]
@@ -185,7 +160,7 @@ def measure(cell: str, dtype_name: str, B: int, H: int, T: int) -> list[dict]:
         if times["ours"] and times["cudnn"]:
             row["speedup"] = times["cudnn"] / times["ours"]
             try:
-                row["disagreement"] = _disagreement(ours, reference, x, dy, grad)
+                row["disagreement"] = disagreement(ours, reference, x, dy, grad)
             except Exception as error:
                 row["disagreement"] = float("inf")
                 row["ours_error"] = f"{type(error).__name__}: {error}"[:300]
@@ -398,7 +373,7 @@ def summarize_sweep(results: list[dict]) -> list[str]:
     per step forward and forward + backward, each as a ratio to the shape's first variant (the
     default, ``{}``, in the prepared sweeps) and as the speed-up over cuDNN measured with it;
     ``*`` marks the shape's fastest variant in each direction; "wrong": results not within
-    :data:`AGREEMENT` of cuDNN's (never fastest)."""
+    ``gpu_tune.AGREEMENT`` of cuDNN's (never fastest)."""
     shapes: dict[tuple, dict[str, dict]] = {}
     for row in results:
         shape = (row["cell"], row["dtype"], row["B"], row["H"])

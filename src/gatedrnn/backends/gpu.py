@@ -33,7 +33,11 @@ program (the barrier is trivial), which is how the test suite checks them withou
 ``backend="auto"`` takes it only where the measured table (``gpu_table.json`` beside this file,
 written by ``benchmarks/gpu_speed.py --write-table``; read by :func:`measured_ratio`) says it
 beat cuDNN by at least 5% (:data:`AUTO_MARGIN`) on this GPU model at the nearest measured size;
-elsewhere ``auto`` uses cuDNN. Measured so far: NVIDIA H100 80GB HBM3 and NVIDIA H200.
+elsewhere ``auto`` uses cuDNN. Measured so far: NVIDIA H100 80GB HBM3 and NVIDIA H200. The table
+also names, per size, the launch variant a sweep measured fastest there, which triton calls run
+with (:func:`launch_tuning`). With ``GATEDRNN_TRITON_TUNE=1`` each size a program uses is
+measured on its own GPU at first use, into a table of that machine's
+(:mod:`gatedrnn.backends.gpu_tune`).
 """
 
 from __future__ import annotations
@@ -635,45 +639,80 @@ class _LSTM(torch.autograd.Function):
         )  # fmt: skip
 
 
-@functools.cache
 def _measured() -> dict:
     """The auto table: {"devices": {device name: [row, ...]}}, each row {kind, dtype, grad, H, B,
-    ratio} with ratio = our time over cuDNN's at that size (below 1: ours faster), and where a
-    sweep found a launch variant faster than the launchers' own choice, ``tuning``: its
-    overrides (:data:`TUNING`'s keys)."""
+    ratio} with ratio = our time over cuDNN's at that size (below 1: ours faster; None: ours
+    failed there), and where a sweep found a launch variant faster than the launchers' own
+    choice, ``tuning``: its overrides (:data:`TUNING`'s keys). With tuning on
+    (:mod:`gatedrnn.backends.gpu_tune`), this machine's own rows over the shipped ones."""
+    return _table(_tune().enabled())
+
+
+@functools.cache
+def _table(local: bool) -> dict:
     try:
-        return json.loads(TABLE_PATH.read_text())
+        table = json.loads(TABLE_PATH.read_text())
     except (OSError, ValueError):
-        return {}
+        table = {}
+    if local:
+
+        def key(row: dict) -> tuple:
+            return row["kind"], row["dtype"], row["grad"], row["H"], row["B"]
+
+        devices = table.setdefault("devices", {})
+        for name, rows in _tune().read_local()["devices"].items():
+            merged = {key(row): row for row in devices.get(name, [])}
+            merged.update((key(row), row) for row in rows)
+            devices[name] = list(merged.values())
+    return table
+
+
+def _tune():
+    from gatedrnn.backends import gpu_tune
+
+    return gpu_tune
 
 
 def _device_name(device) -> str:
     return torch.cuda.get_device_name(device) if torch.cuda.is_available() else ""
 
 
-def _nearest_row(kind: str, dtype: torch.dtype, grad: bool, H: int, B: int, device) -> dict | None:
-    """The auto table's row measured nearest (H, B) on this GPU model, or None (float32 was
-    measured with TF32 products: another precision counts as unmeasured)."""
+def _rows(kind: str, dtype: torch.dtype, grad: bool, device) -> list[dict]:
+    """The auto table's rows of this cell, dtype and direction on this GPU model (none for
+    float32 in another precision than TF32, the one measured)."""
     if dtype == torch.float32 and fp32_precision() != "tf32":
-        return None
-    rows = [
+        return []
+    return [
         row
         for row in _measured().get("devices", {}).get(_device_name(device), [])
         if row["kind"] == kind and row["dtype"] == str(dtype).removeprefix("torch.")
         and row["grad"] == grad
     ]  # fmt: skip
+
+
+def _nearest_row(kind: str, dtype: torch.dtype, grad: bool, H: int, B: int, device) -> dict | None:
+    """The auto table's row measured nearest (H, B) on this GPU model, or None."""
+    rows = _rows(kind, dtype, grad, device)
     if not rows:
         return None
     return min(rows, key=lambda r: (abs(math.log2(r["H"] / H)), abs(math.log2(r["B"] / max(B, 1)))))
 
 
+def _exact_row(kind: str, dtype: torch.dtype, grad: bool, H: int, B: int, device) -> dict | None:
+    """The auto table's row measured at exactly (H, B) on this GPU model, or None."""
+    return next((r for r in _rows(kind, dtype, grad, device) if (r["H"], r["B"]) == (H, B)), None)
+
+
 def measured_ratio(
     kind: str, dtype: torch.dtype, grad: bool, H: int, B: int, device
 ) -> float | None:
-    """Our time over cuDNN's at the measured size nearest (H, B) on this GPU model, or None
-    (float32 was measured with TF32 products: another precision counts as unmeasured)."""
+    """Our time over cuDNN's at the measured size nearest (H, B) on this GPU model (inf where
+    ours failed there), or None (float32 was measured with TF32 products: another precision
+    counts as unmeasured)."""
     row = _nearest_row(kind, dtype, grad, H, B, device)
-    return None if row is None else row["ratio"]
+    if row is None:
+        return None
+    return math.inf if row["ratio"] is None else row["ratio"]
 
 
 def launch_tuning(
@@ -756,13 +795,17 @@ class TritonBackend:
     def auto_declines(self, config: LayerConfig, input: Tensor) -> str | None:
         if input.device.type != "cuda":
             return "the interpreter is for tests, far slower than the CPU backends"
-        B = input.shape[1]
-        ratio = measured_ratio(
-            config.spec.kind, input.dtype, torch.is_grad_enabled(), config.hidden_size, B,
-            input.device,
+        size = (
+            config.spec.kind, input.dtype, torch.is_grad_enabled(), config.hidden_size,
+            input.shape[1], input.device,
         )  # fmt: skip
+        _tune().ensure(*size)
+        ratio = measured_ratio(*size)
         if ratio is None:
-            return "not measured against cuDNN on this GPU (benchmarks/gpu_speed.py)"
+            return (
+                "not measured against cuDNN on this GPU (benchmarks/gpu_speed.py, or "
+                "GATEDRNN_TRITON_TUNE=1 to measure each size on first use)"
+            )
         if ratio > AUTO_MARGIN:
             return (
                 f"not measured at least {1 - AUTO_MARGIN:.0%} faster than cuDNN at the nearest "
@@ -780,6 +823,11 @@ class TritonBackend:
         training: bool,
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         spec = config.spec
+        if input.device.type == "cuda":
+            _tune().ensure(
+                spec.kind, input.dtype, torch.is_grad_enabled(), config.hidden_size,
+                input.shape[1], input.device,
+            )  # fmt: skip
 
         def direction(x, state, w):
             x, state, args = fused_arguments(x, state, w)

@@ -1,0 +1,270 @@
+"""Measuring the triton backend against cuDNN on this GPU, at the sizes a program runs
+(``GATEDRNN_TRITON_TUNE=1``).
+
+The auto table shipped with the package (``gpu_table.json``) holds the GPU models we measured.
+With tuning on, the first triton or ``auto`` call of a size that table does not hold exactly on
+this GPU model (cell, dtype, with or without gradients, H, B) times our kernels in each launch
+variant of :data:`CANDIDATES` that launches there, and cuDNN, at that size (T = :data:`STEPS`,
+medians of CUDA-event timings), checks every variant's results against cuDNN's
+(:data:`AGREEMENT`), and writes a row as ``gpu_speed.py --write-table`` would into a table of
+this machine's own (:func:`local_table_path`): the fastest variant that agreed, and its time
+over cuDNN's. From then on, for every process with tuning on, ``auto`` decides at that size by
+the row and triton calls run with its variant. Rows measured by another version of gatedrnn or
+Triton are not used (their kernels differ). A first call of a new size takes seconds to a
+minute (each variant's kernels are compiled, once, into Triton's cache); don't turn tuning on
+while capturing CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from gatedrnn.atomic import write_atomic
+
+__all__ = ["AGREEMENT", "CANDIDATES", "disagreement", "enabled", "local_table_path", "tune"]
+
+logger = logging.getLogger(__name__)
+
+STEPS = 64
+"""T of the timed runs: the per-step times of the persistent kernels and of cuDNN hardly change
+with T beyond a few dozen steps."""
+
+CANDIDATES: tuple[Mapping[str, int], ...] = (
+    {},
+    {"tma": 1},
+    {"chunks": 8},
+    {"tma": 1, "chunks": 8},
+    {"tma": 1, "forward_chunks": 4},
+    {"split": 2, "tma": 1, "chunks": 8},
+    {"split": 2, "tma": 1, "chunks": 8, "forward_chunks": 8},
+    {"resident": 0},
+)
+"""The launch variants tried (``gpu.TUNING``'s keys on top of the launchers' own choice, ``{}``);
+at a given size those that do not launch, or launch exactly as an earlier one, are skipped."""
+
+AGREEMENT = {"float32": 1e-2, "bfloat16": 5e-2, "float16": 1e-2}
+"""The largest relative difference from cuDNN's results a timed run may have and count: both
+sides' own errors are ~1e-4 (TF32) and ~4e-3 (bfloat16) against float64 (``GPU_NOTES.md``); a
+variant that computes garbage (a race, a missing fence) is off by ~1 or not finite."""
+
+_tried: set[tuple] = set()  # sizes this process measured or failed to: not again
+
+
+def enabled() -> bool:
+    """Whether ``$GATEDRNN_TRITON_TUNE`` is set (not 0)."""
+    return os.environ.get("GATEDRNN_TRITON_TUNE", "0") not in ("", "0")
+
+
+def local_table_path() -> Path:
+    """``$GATEDRNN_TRITON_TABLE``, else ``gatedrnn/gpu_table.json`` in ``$XDG_CACHE_HOME``
+    (``~/.cache``)."""
+    if os.environ.get("GATEDRNN_TRITON_TABLE"):
+        return Path(os.environ["GATEDRNN_TRITON_TABLE"])
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "gatedrnn" / "gpu_table.json"
+
+
+def _versions() -> dict:
+    import triton
+
+    from gatedrnn import __version__
+
+    return {"gatedrnn": __version__, "triton": triton.__version__}
+
+
+def read_local() -> dict:
+    """This machine's table ({"devices": {name: [row, ...]}}), empty where there is none or it
+    was measured by other versions. A file that is not such a table is moved aside (to
+    ``*.corrupt``, with a warning) and counts as none."""
+    path = local_table_path()
+    try:
+        table = json.loads(path.read_text())
+        if not isinstance(table, dict) or not isinstance(table.get("devices", {}), dict):
+            raise ValueError("not a table: expected {'devices': {name: [rows]}}")
+    except FileNotFoundError:
+        return {"devices": {}}
+    except (OSError, ValueError) as error:
+        aside = path.with_name(path.name + ".corrupt")
+        warnings.warn(
+            f"the triton backend's local table {path} could not be read ({error}); moved to "
+            f"{aside}, sizes will be measured again",
+            stacklevel=2,
+        )
+        path.replace(aside)
+        return {"devices": {}}
+    if {key: table.get(key) for key in ("gatedrnn", "triton")} != _versions():
+        return {"devices": {}}
+    return table
+
+
+def _write_row(row: dict, device_name: str) -> None:
+    """Put ``row`` into this machine's table (replacing its size's row), atomically."""
+    path = local_table_path()
+    table = read_local()
+    table.update(_versions())
+
+    def key(r: dict) -> tuple:
+        return r["kind"], r["dtype"], r["grad"], r["H"], r["B"]
+
+    rows = {key(r): r for r in table["devices"].get(device_name, [])}
+    rows[key(row)] = row
+    table["devices"][device_name] = sorted(rows.values(), key=key)
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(table, indent=1) + "\n"))
+
+
+def disagreement(ours, reference, x, dy, grad: bool) -> float:
+    """Relative difference of ``ours``' results from ``reference``'s on ``x``: the output, and
+    with ``grad`` the input's gradient (of ``dy`` at the output); inf where ours are not
+    finite."""
+    results = []
+    for layer in (ours, reference):
+        x.grad = None
+        with torch.set_grad_enabled(grad):
+            out, _ = layer(x)
+            if grad:
+                out.backward(dy)
+        results.append([out.detach().double()] + ([x.grad.double()] if grad else []))
+    x.grad = None
+    worst = 0.0
+    for a, b in zip(*results, strict=True):
+        if not torch.isfinite(a).all():
+            return math.inf
+        worst = max(worst, ((a - b).norm() / b.norm().clamp_min(1e-30)).item())
+    return worst
+
+
+def _time(fn, params) -> float:
+    """Median milliseconds of ``fn()``: CUDA events after warm-up on a GPU (Triton's
+    ``do_bench``), wall time of a few runs elsewhere."""
+    if torch.cuda.is_available():
+        from triton.testing import do_bench
+
+        return do_bench(fn, warmup=10, rep=40, grad_to_none=params, return_mode="median")
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _runner(layer, x, dy, grad: bool):
+    def run():
+        with torch.set_grad_enabled(grad):
+            out, _ = layer(x)
+            if grad:
+                out.backward(dy)
+
+    return run
+
+
+def _variants(kind: str, dtype: torch.dtype, grad: bool, H: int, B: int, device) -> list:
+    """The :data:`CANDIDATES` that launch at this size, each launching differently."""
+    from gatedrnn.backends import gpu
+
+    seen, kept = set(), []
+    for variant in CANDIDATES:
+        if variant and not gpu._launches_here(variant, H, B, device, dtype, grad):
+            continue
+        forward = gpu._resident_launch(H, B, device, dtype, variant)
+        backward = gpu._resident_backward_launch(H, B, device, dtype, variant) if grad else None
+        if forward is None:  # the streamed kernels
+            forward = gpu._launch(H, B, device, dtype, variant)
+        key = json.dumps([forward, backward], sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            kept.append(variant)
+    return kept
+
+
+def tune(kind: str, dtype: torch.dtype, grad: bool, H: int, B: int, device: torch.device) -> dict:
+    """Time our kernels in each launch variant and cuDNN at this size (input size = H, one
+    layer, :data:`STEPS` steps); the auto table's row for it: ``ratio`` = the fastest agreeing
+    variant's time over cuDNN's (None where none ran and agreed: then ``auto`` keeps cuDNN
+    there), ``tuning`` = that variant (where not the launchers' own), and ``measured``: cuDNN's
+    and every variant's ms, or why it does not count (the error it raised, its results off)."""
+    from gatedrnn.nn import GRU, LSTM
+
+    ours_cls, torch_cls = {"gru": (GRU, torch.nn.GRU), "lstm": (LSTM, torch.nn.LSTM)}[kind]
+    # the caller's random streams untouched (a seeded run is the same with tuning on), its
+    # autocast off for these runs
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), torch.autocast(device.type, enabled=False):
+        reference = torch_cls(H, H, device=device, dtype=dtype)
+        reference.flatten_parameters()
+        ours = ours_cls(H, H, backend="triton", device=device, dtype=dtype)
+        ours.load_state_dict(reference.state_dict())
+        x = torch.randn(STEPS, B, H, device=device, dtype=dtype, requires_grad=grad)
+        dy = torch.randn(STEPS, B, H, device=device, dtype=dtype)
+        params = [x, *ours.parameters(), *reference.parameters()]
+        cudnn = _time(_runner(reference, x, dy, grad), params)
+        measured = _time_variants(kind, dtype, grad, H, B, device, ours, reference, x, dy, params)
+    times = [(ms, name) for name, ms in measured.items() if isinstance(ms, float)]
+    best = min(times) if times else None
+    row = {
+        "kind": kind, "dtype": str(dtype).removeprefix("torch."), "grad": grad, "H": H, "B": B,
+        "ratio": round(best[0] / cudnn, 3) if best else None,
+    }  # fmt: skip
+    if best and json.loads(best[1]):
+        row["tuning"] = json.loads(best[1])
+    rounded = {name: round(ms, 4) if isinstance(ms, float) else ms for name, ms in measured.items()}
+    row["measured"] = {"cudnn": round(cudnn, 4), **rounded}
+    return row
+
+
+def _time_variants(kind, dtype, grad, H, B, device, ours, reference, x, dy, params) -> dict:
+    """{variant as JSON: ms, or why it does not count} for each of :func:`_variants`."""
+    from gatedrnn.backends import gpu
+
+    measured = {}
+    saved = dict(gpu.TUNING)
+    try:
+        for variant in _variants(kind, dtype, grad, H, B, device):
+            gpu.TUNING.clear()
+            gpu.TUNING.update({"table": 0, **variant})
+            name = json.dumps(variant, sort_keys=True)
+            try:
+                ms = _time(_runner(ours, x, dy, grad), params)
+                off = disagreement(ours, reference, x, dy, grad)
+            except Exception as error:  # a variant that fails is not chosen; others may run
+                measured[name] = f"{type(error).__name__}: {error}"[:200]
+                continue
+            agrees = off <= AGREEMENT[str(dtype).removeprefix("torch.")]
+            measured[name] = float(ms) if agrees else f"results off by {off:.2g}"
+    finally:
+        gpu.TUNING.clear()
+        gpu.TUNING.update(saved)
+    return measured
+
+
+def ensure(kind: str, dtype: torch.dtype, grad: bool, H: int, B: int, device) -> None:
+    """With tuning on: measure this size on this GPU (:func:`tune`) unless a table (shipped or
+    this machine's) holds it exactly or this process tried it; the row goes into this machine's
+    table, which the backend then reads."""
+    from gatedrnn.backends import gpu
+
+    if not enabled() or gpu.TUNING:  # explicit launch overrides: a tuning run of its own
+        return
+    name = gpu._device_name(device)
+    key = (name, kind, dtype, grad, H, B)
+    if key in _tried or gpu._exact_row(kind, dtype, grad, H, B, device) is not None:
+        return
+    _tried.add(key)
+    start = time.perf_counter()
+    row = tune(kind, dtype, grad, H, B, device)
+    logger.info(
+        "triton backend: measured %s %s grad=%s H=%d B=%d on %s in %.0f s: %s",
+        kind, dtype, grad, H, B, name, time.perf_counter() - start, row,
+    )  # fmt: skip
+    _write_row(row, name)
+    gpu._table.cache_clear()

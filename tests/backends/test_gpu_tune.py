@@ -1,0 +1,179 @@
+"""Measuring the triton backend on the machine it runs on (``GATEDRNN_TRITON_TUNE=1``).
+
+The timing is faked (there is no GPU here) but everything else is real: the kernels run in
+Triton's interpreter against torch's own layers, the results are compared, the table is written,
+read back and used by ``auto`` and by the launches."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import gatedrnn
+from gatedrnn.backends import get_backend, gpu, gpu_tune
+
+CUDA = torch.cuda.is_available()
+if not CUDA and not gpu.interpreting():
+    pytest.skip("no GPU and TRITON_INTERPRET is not set", allow_module_level=True)
+pytestmark = pytest.mark.skipif(CUDA, reason="the timings are faked: for the CPU")
+
+
+@pytest.fixture
+def local(tmp_path, monkeypatch):
+    """Tuning on, this machine's table in a temporary file, a GPU model named "Test GPU", no
+    size tried yet; the shipped table left as it is."""
+    path = tmp_path / "gpu_table.json"
+    monkeypatch.setenv("GATEDRNN_TRITON_TUNE", "1")
+    monkeypatch.setenv("GATEDRNN_TRITON_TABLE", str(path))
+    monkeypatch.setattr(gpu, "_device_name", lambda device: "Test GPU")
+    monkeypatch.setattr(gpu, "TUNING", {})
+    monkeypatch.setattr(gpu_tune, "_tried", set())
+    gpu._table.cache_clear()
+    yield path
+    gpu._table.cache_clear()
+
+
+def _fake_times(monkeypatch, by_variant: dict, cudnn: float):
+    """_time answers from ``by_variant`` (the variant in effect, as JSON) or ``cudnn`` (no
+    variant set: the reference runs outside them)."""
+
+    def fake(fn, params):
+        fn()  # the run itself, so that its kernels are exercised
+        variant = {k: v for k, v in gpu.TUNING.items() if k != "table"}
+        return by_variant[json.dumps(variant, sort_keys=True)] if gpu.TUNING else cudnn
+
+    monkeypatch.setattr(gpu_tune, "_time", fake)
+
+
+def test_tune_takes_the_fastest_variant_that_agrees(local, monkeypatch):
+    monkeypatch.setattr(gpu_tune, "STEPS", 6)
+    monkeypatch.setattr(
+        gpu_tune,
+        "CANDIDATES",
+        ({}, {"fold": 2}, {"chunks": 4}, {"fold": 2, "chunks": 4}, {"split": 2}, {"resident": 0}),
+    )
+    _fake_times(
+        monkeypatch,
+        {"{}": 4.0, '{"fold": 2}': 1.0, '{"chunks": 4}': 3.0, '{"chunks": 4, "fold": 2}': 2.5,
+         '{"resident": 0}': 6.0},
+        cudnn=10.0,
+    )  # fmt: skip
+    real = gpu_tune.disagreement
+
+    def folded_is_wrong(*args):
+        off = real(*args)
+        assert off < 1e-4  # every variant's kernels agree with torch's own layer here
+        return 1.0 if gpu.TUNING.get("fold") == 2 and "chunks" not in gpu.TUNING else off
+
+    monkeypatch.setattr(gpu_tune, "disagreement", folded_is_wrong)
+    state = torch.get_rng_state()
+    row = gpu_tune.tune("lstm", torch.float32, True, 12, 3, torch.device("cpu"))
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream untouched
+    assert row["ratio"] == 0.25 and row["tuning"] == {"chunks": 4, "fold": 2}
+    measured = row["measured"]
+    assert measured["cudnn"] == 10.0 and measured['{"fold": 2}'] == "results off by 1"
+    assert measured["{}"] == 4.0 and measured['{"resident": 0}'] == 6.0
+    assert '{"split": 2}' not in measured  # its pairs cannot run at once here: not tried
+    assert gpu.TUNING == {}  # restored
+
+
+def test_variants_that_launch_alike_are_timed_once(monkeypatch):
+    """Under the interpreter's one program the batch tile follows B: at H = 8, B = 2 one chunk
+    or eight of a 128-wide K are different launches, fold 1 is the default's."""
+    monkeypatch.setattr(gpu, "TUNING", {})
+    monkeypatch.setattr(gpu_tune, "CANDIDATES", ({}, {"fold": 1}, {"chunks": 8}, {"resident": 0}))
+    cpu = torch.device("cpu")
+    assert gpu_tune._variants("gru", torch.float32, True, 8, 2, cpu) == [
+        {}, {"chunks": 8}, {"resident": 0}
+    ]  # fmt: skip
+    # forward only: the backward's chunks change nothing
+    assert gpu_tune._variants("gru", torch.float32, False, 8, 2, cpu) == [{}, {"resident": 0}]
+
+
+def test_first_use_measures_once_and_the_backend_follows(local, monkeypatch):
+    """With tuning on, the first call of a size measures it (once per process, and not again
+    in a later one), writes this machine's table, and ``auto`` and the launches follow it."""
+    calls = []
+
+    def tune(kind, dtype, grad, H, B, device):
+        calls.append((kind, dtype, grad, H, B))
+        ratio = 0.5 if grad else None  # forward only: ours failed there
+        row = {"kind": kind, "dtype": "float32", "grad": grad, "H": H, "B": B, "ratio": ratio}
+        return {**row, "tuning": {"forward_chunks": 2}} if grad else row
+
+    monkeypatch.setattr(gpu_tune, "tune", tune)
+    layer = gatedrnn.GRU(3, 20, backend="triton")
+    cuda_input = SimpleNamespace(
+        device=torch.device("cuda", 0), shape=(5, 7, 3), dtype=torch.float32
+    )
+    backend = get_backend("triton")
+    assert backend.auto_declines(layer.config, cuda_input) is None  # measured: 0.5
+    assert backend.auto_declines(layer.config, cuda_input) is None
+    with torch.no_grad():
+        reason = backend.auto_declines(layer.config, cuda_input)
+    assert "at least 5% faster" in reason and "inf" in reason
+    assert calls == [("gru", torch.float32, True, 20, 7), ("gru", torch.float32, False, 20, 7)]
+    table = json.loads(local.read_text())
+    assert table["gatedrnn"] == gatedrnn.__version__ and len(table["devices"]["Test GPU"]) == 2
+    cpu = torch.device("cpu")
+    assert gpu.launch_tuning("gru", torch.float32, True, 20, 7, cpu) == {"forward_chunks": 2}
+    launched = []
+    run = gpu._run
+    monkeypatch.setattr(
+        gpu, "_run", lambda k, launch, *a, **c: launched.append(launch["meta"]["CHUNKS"])
+        or run(k, launch, *a, **c)
+    )  # fmt: skip
+    out, _ = layer(torch.randn(5, 7, 3))
+    out.sum().backward()
+    assert launched == [2, 1]  # the forward in two chunks, as measured; the backward as always
+    # another process: the rows are read back, nothing measured again
+    monkeypatch.setattr(gpu_tune, "_tried", set())
+    gpu._table.cache_clear()
+    assert backend.auto_declines(layer.config, cuda_input) is None
+    assert len(calls) == 2
+    # tuning off: this machine's rows are not used
+    monkeypatch.delenv("GATEDRNN_TRITON_TUNE")
+    assert "not measured" in backend.auto_declines(layer.config, cuda_input)
+
+
+def test_a_corrupt_local_table_is_moved_aside(local):
+    local.write_text("{not json")
+    with pytest.warns(UserWarning, match="could not be read"):
+        assert gpu_tune.read_local() == {"devices": {}}
+    assert not local.exists() and local.with_name("gpu_table.json.corrupt").exists()
+    local.write_text(json.dumps({"devices": []}))
+    with pytest.warns(UserWarning, match="not a table"):
+        assert gpu_tune.read_local() == {"devices": {}}
+
+
+def test_rows_of_other_versions_are_not_used(local):
+    row = {"kind": "gru", "dtype": "float32", "grad": True, "H": 20, "B": 7, "ratio": 0.5}
+    gpu_tune._write_row(row, "Test GPU")
+    assert gpu_tune.read_local()["devices"]["Test GPU"] == [row]
+    table = json.loads(local.read_text())
+    table["gatedrnn"] = "0.0.1"
+    local.write_text(json.dumps(table))
+    assert gpu_tune.read_local() == {"devices": {}}
+    assert gpu.measured_ratio("gru", torch.float32, True, 20, 7, None) is None
+
+
+def test_disagreement_catches_wrong_and_non_finite_results():
+    """The check on every timed run (here a layer against torch's own on the CPU): the same
+    weights agree; one changed weight, or a NaN, does not."""
+    torch.manual_seed(0)
+    reference = torch.nn.GRU(8, 8)
+    ours = gatedrnn.GRU(8, 8, backend="reference")
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(6, 3, 8, requires_grad=True)
+    dy = torch.randn(6, 3, 8)
+    for grad in (False, True):
+        assert gpu_tune.disagreement(ours, reference, x, dy, grad) < 1e-6
+    with torch.no_grad():
+        ours.weight_hh_l0[0, 0] += 1.0
+    assert gpu_tune.disagreement(ours, reference, x, dy, True) > gpu_tune.AGREEMENT["float32"]
+    with torch.no_grad():
+        ours.weight_hh_l0[0, 0] = float("nan")
+    assert gpu_tune.disagreement(ours, reference, x, dy, False) == float("inf")
