@@ -148,6 +148,71 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _gpu_tune(args: argparse.Namespace, console: Console) -> int:
+    from gatedrnn.backends import gpu, gpu_tune
+
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    bad = [c for c in args.cells if c not in ("gru", "lstm")]
+    bad += [d for d in args.dtypes if d not in dtypes]
+    bad += [d for d in args.directions if d not in ("forward", "both")]
+    if bad:
+        raise ValueError(
+            f"unknown {', '.join(map(repr, bad))}: cells are gru, lstm; dtypes float32, "
+            "bfloat16, float16; directions forward, both"
+        )
+    if not torch.cuda.is_available():
+        raise RuntimeError("gpu-tune measures the triton backend on a CUDA GPU; there is none")
+    if gpu.triton_unavailable():
+        raise RuntimeError(gpu.triton_unavailable())
+    device = torch.device("cuda", torch.cuda.current_device())
+    name = torch.cuda.get_device_name(device)
+    table = Table(
+        title=f"triton against cuDNN on {name} (time ratio < {gpu.AUTO_MARGIN}: auto takes "
+        "triton); into " + str(gpu_tune.local_table_path()),
+        box=box.SIMPLE_HEAD,
+    )
+    for column in ("cell", "dtype", "H", "B", "direction", "cuDNN ms", "ratio", "variant", "auto"):
+        table.add_column(column, justify="right" if column in ("H", "B", "ratio") else "left")
+    sizes = [
+        (cell, dtype, grad, H, B)
+        for cell in args.cells
+        for dtype in args.dtypes
+        for grad in [d == "both" for d in args.directions]
+        for H in args.hidden
+        for B in args.batch
+    ]
+    with console.status("measuring") as status:
+        for cell, dtype, grad, H, B in sizes:
+            direction = "both" if grad else "forward"
+            status.update(f"measuring {cell} {dtype} H={H} B={B} {direction}")
+            size = (cell, dtypes[dtype], grad, H, B, device)
+            start = [cell, dtype, str(H), str(B), direction]
+            if dtype == "float32" and gpu.fp32_precision() != "tf32":
+                table.add_row(*start, "skipped: the table's float32 is TF32 (allow_tf32 is off)")
+                continue
+            try:
+                if args.force or gpu._exact_row(*size) is None:
+                    gpu_tune.ensure(*size, force=True)
+            except Exception as error:  # one size failing leaves the others to measure
+                table.add_row(*start, f"error: {type(error).__name__}: {error}"[:80])
+                continue
+            row = gpu._exact_row(*size)
+            if row is None:  # launch overrides set in gpu.TUNING: nothing measured
+                table.add_row(*start, "not measured (gatedrnn.backends.gpu.TUNING is set)")
+                continue
+            ratio = row["ratio"]
+            cudnn = row.get("measured", {}).get("cudnn")
+            table.add_row(
+                *start,
+                f"{cudnn:.3f}" if cudnn else "(shipped)",
+                "failed" if ratio is None else f"{ratio:.2f}",
+                " ".join(f"{k}={v}" for k, v in row.get("tuning", {}).items()) or "-",
+                "triton" if ratio is not None and ratio <= gpu.AUTO_MARGIN else "cudnn",
+            )  # fmt: skip
+    console.print(table)
+    return 0
+
+
 def _short(mode: str) -> str:
     return mode.replace("forward", "fwd").replace("backward", "bwd")
 
@@ -435,6 +500,27 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", help="write every timing and the environment to this JSON file")
     bench.add_argument("--smoke", action="store_true", help="a tiny run that takes seconds")
     bench.set_defaults(run=_bench)
+
+    tune = commands.add_parser(
+        "gpu-tune",
+        help="measure the triton backend against cuDNN on this GPU, for auto and the launches",
+    )
+    tune.add_argument("--cells", type=_csv(str), default=["gru", "lstm"], help="gru, lstm")
+    tune.add_argument(
+        "--dtypes", type=_csv(str), default=["bfloat16", "float32"], help="float32, bfloat16, …"
+    )
+    tune.add_argument("--hidden", type=_csv(int), default=[256, 512, 1024], help="hidden sizes")
+    tune.add_argument("--batch", type=_csv(int), default=[1, 16, 64], help="batch sizes")
+    tune.add_argument(
+        "--directions",
+        type=_csv(str),
+        default=["forward", "both"],
+        help="forward (inference), both (training: forward + backward); default both of them",
+    )
+    tune.add_argument(
+        "--force", action="store_true", help="measure sizes the shipped table holds too"
+    )
+    tune.set_defaults(run=_gpu_tune)
 
     tasks = commands.add_parser("tasks", help="the registered tasks and their data state")
     tasks.add_argument("--data-dir", help="look for datasets here first")

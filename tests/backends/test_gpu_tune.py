@@ -24,7 +24,8 @@ pytestmark = pytest.mark.skipif(CUDA, reason="the timings are faked: for the CPU
 @pytest.fixture
 def local(tmp_path, monkeypatch):
     """Tuning on, this machine's table in a temporary file, a GPU model named "Test GPU", no
-    size tried yet; the shipped table left as it is."""
+    size tried yet; the shipped table left as it is. (The gpu-tune command's tests use the
+    same fixture: the CLI is the other way into the same table.)"""
     path = tmp_path / "gpu_table.json"
     monkeypatch.setenv("GATEDRNN_TRITON_TUNE", "1")
     monkeypatch.setenv("GATEDRNN_TRITON_TABLE", str(path))
@@ -134,9 +135,13 @@ def test_first_use_measures_once_and_the_backend_follows(local, monkeypatch):
     gpu._table.cache_clear()
     assert backend.auto_declines(layer.config, cuda_input) is None
     assert len(calls) == 2
-    # tuning off: this machine's rows are not used
+    # tuning off: this machine's rows are still used, new sizes are not measured
     monkeypatch.delenv("GATEDRNN_TRITON_TUNE")
-    assert "not measured" in backend.auto_declines(layer.config, cuda_input)
+    assert backend.auto_declines(layer.config, cuda_input) is None
+    other = SimpleNamespace(device=cuda_input.device, shape=(5, 9, 3), dtype=torch.float32)
+    assert backend.auto_declines(layer.config, other) is None  # nearest: B = 7
+    layer = gatedrnn.GRU(3, 20, backend="triton")
+    assert len(calls) == 2
 
 
 def test_a_corrupt_local_table_is_moved_aside(local):
@@ -177,3 +182,44 @@ def test_disagreement_catches_wrong_and_non_finite_results():
     with torch.no_grad():
         ours.weight_hh_l0[0, 0] = float("nan")
     assert gpu_tune.disagreement(ours, reference, x, dy, False) == float("inf")
+
+
+def test_gpu_tune_command_measures_the_sizes_asked(local, monkeypatch, capsys):
+    """``gatedrnn gpu-tune``: each size not in a table is measured (all with --force) and shown
+    with auto's choice; bad names and a machine without a GPU get clear errors."""
+    from gatedrnn.cli import main
+
+    monkeypatch.setenv("COLUMNS", "160")
+    assert main(["gpu-tune", "--cells", "rnn"]) == 2
+    assert "unknown 'rnn': cells are gru, lstm" in capsys.readouterr().out
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["gpu-tune"]) == 2
+    assert "on a CUDA GPU; there is none" in capsys.readouterr().out
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Test GPU")
+    measured = []
+
+    def tune(kind, dtype, grad, H, B, device):
+        measured.append((kind, grad, H, B))
+        ratio = {1: 0.3, 4: 1.4}.get(B)  # B = 2: ours failed
+        row = {"kind": kind, "dtype": "bfloat16", "grad": grad, "H": H, "B": B, "ratio": ratio}
+        return {**row, "tuning": {"tma": 1}, "measured": {"cudnn": 2.5}} if B == 1 else row
+
+    monkeypatch.setattr(gpu_tune, "tune", tune)
+    argv = ["gpu-tune", "--cells", "gru", "--dtypes", "bfloat16", "--hidden", "64"]
+    argv += ["--batch", "1,2,4", "--directions", "both"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert measured == [("gru", True, 64, B) for B in (1, 2, 4)]
+    lines = [line for line in out.splitlines() if line.lstrip().startswith("gru")]
+    assert len(lines) == 3
+    assert "2.500" in lines[0] and "0.30" in lines[0] and "tma=1" in lines[0]
+    assert lines[0].rstrip().endswith("triton")
+    assert "failed" in lines[1] and lines[1].rstrip().endswith("cudnn")
+    assert "1.40" in lines[2] and lines[2].rstrip().endswith("cudnn")
+    assert len(json.loads(local.read_text())["devices"]["Test GPU"]) == 3
+    assert main(argv) == 0  # measured already: nothing again
+    assert len(measured) == 3
+    assert main([*argv, "--force"]) == 0
+    assert len(measured) == 6

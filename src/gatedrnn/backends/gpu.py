@@ -35,9 +35,9 @@ written by ``benchmarks/gpu_speed.py --write-table``; read by :func:`measured_ra
 beat cuDNN by at least 5% (:data:`AUTO_MARGIN`) on this GPU model at the nearest measured size;
 elsewhere ``auto`` uses cuDNN. Measured so far: NVIDIA H100 80GB HBM3 and NVIDIA H200. The table
 also names, per size, the launch variant a sweep measured fastest there, which triton calls run
-with (:func:`launch_tuning`). With ``GATEDRNN_TRITON_TUNE=1`` each size a program uses is
-measured on its own GPU at first use, into a table of that machine's
-(:mod:`gatedrnn.backends.gpu_tune`).
+with (:func:`launch_tuning`). A machine's own measurements (``gatedrnn gpu-tune``, or with
+``GATEDRNN_TRITON_TUNE=1`` each size a program uses, at first use) go into a table of its own
+that overrides the shipped one (:mod:`gatedrnn.backends.gpu_tune`).
 """
 
 from __future__ import annotations
@@ -643,27 +643,26 @@ def _measured() -> dict:
     """The auto table: {"devices": {device name: [row, ...]}}, each row {kind, dtype, grad, H, B,
     ratio} with ratio = our time over cuDNN's at that size (below 1: ours faster; None: ours
     failed there), and where a sweep found a launch variant faster than the launchers' own
-    choice, ``tuning``: its overrides (:data:`TUNING`'s keys). With tuning on
-    (:mod:`gatedrnn.backends.gpu_tune`), this machine's own rows over the shipped ones."""
-    return _table(_tune().enabled())
+    choice, ``tuning``: its overrides (:data:`TUNING`'s keys). The shipped table, with this
+    machine's own rows over it (measured here by :mod:`gatedrnn.backends.gpu_tune`)."""
+    return _table()
 
 
 @functools.cache
-def _table(local: bool) -> dict:
+def _table() -> dict:
     try:
         table = json.loads(TABLE_PATH.read_text())
     except (OSError, ValueError):
         table = {}
-    if local:
 
-        def key(row: dict) -> tuple:
-            return row["kind"], row["dtype"], row["grad"], row["H"], row["B"]
+    def key(row: dict) -> tuple:
+        return row["kind"], row["dtype"], row["grad"], row["H"], row["B"]
 
-        devices = table.setdefault("devices", {})
-        for name, rows in _tune().read_local()["devices"].items():
-            merged = {key(row): row for row in devices.get(name, [])}
-            merged.update((key(row), row) for row in rows)
-            devices[name] = list(merged.values())
+    devices = table.setdefault("devices", {})
+    for name, rows in _tune().read_local()["devices"].items():
+        merged = {key(row): row for row in devices.get(name, [])}
+        merged.update((key(row), row) for row in rows)
+        devices[name] = list(merged.values())
     return table
 
 

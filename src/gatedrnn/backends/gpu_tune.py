@@ -1,17 +1,19 @@
-"""Measuring the triton backend against cuDNN on this GPU, at the sizes a program runs
-(``GATEDRNN_TRITON_TUNE=1``).
+"""Measuring the triton backend against cuDNN on this GPU, at the sizes a program runs.
 
 The auto table shipped with the package (``gpu_table.json``) holds the GPU models we measured.
-With tuning on, the first triton or ``auto`` call of a size that table does not hold exactly on
-this GPU model (cell, dtype, with or without gradients, H, B) times our kernels in each launch
-variant of :data:`CANDIDATES` that launches there, and cuDNN, at that size (T = :data:`STEPS`,
-medians of CUDA-event timings), checks every variant's results against cuDNN's
-(:data:`AGREEMENT`), and writes a row as ``gpu_speed.py --write-table`` would into a table of
-this machine's own (:func:`local_table_path`): the fastest variant that agreed, and its time
-over cuDNN's. From then on, for every process with tuning on, ``auto`` decides at that size by
-the row and triton calls run with its variant. Rows measured by another version of gatedrnn or
-Triton are not used (their kernels differ). A first call of a new size takes seconds to a
-minute (each variant's kernels are compiled, once, into Triton's cache); don't turn tuning on
+:func:`tune` times our kernels in each launch variant of :data:`CANDIDATES` that launches at a
+size (cell, dtype, with or without gradients, H, B), and cuDNN (T = :data:`STEPS`, medians of
+CUDA-event timings), checks every variant's results against cuDNN's (:data:`AGREEMENT`), and
+makes the row ``gpu_speed.py --write-table`` would: the fastest variant that agreed, and its time
+over cuDNN's. Rows go into a table of this machine's own (:func:`local_table_path`), which the
+backend reads over the shipped one: ``auto`` then decides at that size by the row, and triton
+calls run with its variant. Rows measured by another version of gatedrnn or Triton are not
+used (their kernels differ).
+
+Two ways to measure: ``gatedrnn gpu-tune`` (sizes given; ``--force`` measures sizes the shipped
+table holds too), or ``GATEDRNN_TRITON_TUNE=1``: the first triton or ``auto`` call of a size
+that no table holds exactly on this GPU model measures it (:func:`ensure`). A size takes seconds
+to a minute (each variant's kernels are compiled, once, into Triton's cache); don't measure
 while capturing CUDA graphs.
 """
 
@@ -31,7 +33,9 @@ import torch
 
 from gatedrnn.atomic import write_atomic
 
-__all__ = ["AGREEMENT", "CANDIDATES", "disagreement", "enabled", "local_table_path", "tune"]
+__all__ = [
+    "AGREEMENT", "CANDIDATES", "disagreement", "enabled", "ensure", "local_table_path", "tune",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -247,18 +251,22 @@ def _time_variants(kind, dtype, grad, H, B, device, ours, reference, x, dy, para
     return measured
 
 
-def ensure(kind: str, dtype: torch.dtype, grad: bool, H: int, B: int, device) -> None:
-    """With tuning on: measure this size on this GPU (:func:`tune`) unless a table (shipped or
-    this machine's) holds it exactly or this process tried it; the row goes into this machine's
-    table, which the backend then reads."""
+def ensure(
+    kind: str, dtype: torch.dtype, grad: bool, H: int, B: int, device, *, force: bool = False
+) -> dict | None:
+    """Measure this size on this GPU (:func:`tune`) and put its row into this machine's table,
+    unless a table (shipped or this machine's) holds it exactly or this process tried it (with
+    ``force``: whatever the tables hold). Does nothing unless ``force`` or ``$GATEDRNN_TRITON_TUNE``
+    is set (:func:`enabled`), or while explicit launch overrides (``gpu.TUNING``) are set. Returns
+    the row measured, or None."""
     from gatedrnn.backends import gpu
 
-    if not enabled() or gpu.TUNING:  # explicit launch overrides: a tuning run of its own
-        return
+    if not (force or enabled()) or gpu.TUNING:
+        return None
     name = gpu._device_name(device)
     key = (name, kind, dtype, grad, H, B)
-    if key in _tried or gpu._exact_row(kind, dtype, grad, H, B, device) is not None:
-        return
+    if not force and (key in _tried or gpu._exact_row(kind, dtype, grad, H, B, device)):
+        return None
     _tried.add(key)
     start = time.perf_counter()
     row = tune(kind, dtype, grad, H, B, device)
@@ -268,3 +276,4 @@ def ensure(kind: str, dtype: torch.dtype, grad: bool, H: int, B: int, device) ->
     )  # fmt: skip
     _write_row(row, name)
     gpu._table.cache_clear()
+    return row
