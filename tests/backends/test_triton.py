@@ -521,13 +521,14 @@ def test_fresh_inputs_each_draw():
         check("gru", torch.float32, T=4, B=2, I=3, H=7, seed=100 + seed)
 
 
-@pytest.mark.parametrize("layer_cls", [gatedrnn.GRU, gatedrnn.LSTM])
-def test_forward_without_grad_saves_nothing_and_matches(layer_cls, monkeypatch):
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_forward_without_grad_saves_nothing_and_matches(cell, monkeypatch):
     """Under no_grad the forward stores no gates for a backward, although the weights require
     gradients (an autograd Function's ``needs_input_grad`` ignores the grad mode)."""
+    layer_cls, options = CELLS[cell]
     torch.manual_seed(0)
-    ours = layer_cls(3, 8, backend="triton").to(DEVICE)
-    ref = layer_cls(3, 8, backend="reference").to(DEVICE)
+    ours = layer_cls(3, 8, backend="triton", **options).to(DEVICE)
+    ref = layer_cls(3, 8, backend="reference", **options).to(DEVICE)
     ref.load_state_dict(ours.state_dict())
     saved = []
     run = gpu._run

@@ -257,12 +257,15 @@ def ensure(
     """Measure this size on this GPU (:func:`tune`) and put its row into this machine's table,
     unless a table (shipped or this machine's) holds it exactly or this process tried it (with
     ``force``: whatever the tables hold). Does nothing unless ``force`` or ``$GATEDRNN_TRITON_TUNE``
-    is set (:func:`enabled`), or while explicit launch overrides (``gpu.TUNING``) are set. Returns
-    the row measured, or None."""
+    is set (:func:`enabled`), while explicit launch overrides (``gpu.TUNING``) are set, or for
+    float32 in another precision than TF32. Returns the row measured, or None. Measuring sets
+    ``gpu.TUNING`` for a while: not while other threads run the backend."""
     from gatedrnn.backends import gpu
 
     if not (force or enabled()) or gpu.TUNING:
         return None
+    if dtype == torch.float32 and gpu.fp32_precision() != "tf32":
+        return None  # the tables' float32 rows are TF32's: IEEE or tf32x3 is never chosen by them
     name = gpu._device_name(device)
     key = (name, kind, dtype, grad, H, B)
     if not force and (key in _tried or gpu._exact_row(kind, dtype, grad, H, B, device)):
