@@ -431,7 +431,11 @@ def print_table(rows: list[dict], device: str) -> None:
         return text + (f" {row['speedup']:5.2f}" if "speedup" in row else f" {'-':>5}")
 
     for (cell, dtype, B, H), pair in by_key.items():
-        print(f"{cell:5} {dtype:9} {B:4} {H:5} | {cells(pair[False])} | {cells(pair[True])}")
+        line = f"{cell:5} {dtype:9} {B:4} {H:5} | {cells(pair[False])} | {cells(pair[True])}"
+        variants = [json.dumps(pair[grad].get("tuning", {})) for grad in (False, True)]
+        if variants != ["{}", "{}"]:  # launched with a table's (or --tuning's) variant
+            line += f" | {variants[0]} | {variants[1]}"
+        print(line)
 
 
 def write_table(rows: list[dict], device: str) -> None:
