@@ -156,6 +156,9 @@ def test_a_corrupt_local_table_is_moved_aside(local):
     local.write_text(json.dumps({"devices": []}))
     with pytest.warns(UserWarning, match="not a table"):
         assert gpu_tune.read_local() == {"devices": {}}
+    local.write_text(json.dumps({"devices": {"Test GPU": [{"kind": "gru", "H": "64"}]}}))
+    with pytest.warns(UserWarning, match="a row the backend cannot read"):
+        assert gpu_tune.read_local() == {"devices": {}}
 
 
 def test_rows_of_other_versions_are_not_used(local):

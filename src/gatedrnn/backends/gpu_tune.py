@@ -19,6 +19,7 @@ while capturing CUDA graphs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -93,8 +94,7 @@ def read_local() -> dict:
     path = local_table_path()
     try:
         table = json.loads(path.read_text())
-        if not isinstance(table, dict) or not isinstance(table.get("devices", {}), dict):
-            raise ValueError("not a table: expected {'devices': {name: [rows]}}")
+        _check_table(table)
     except FileNotFoundError:
         return {"devices": {}}
     except (OSError, ValueError) as error:
@@ -104,11 +104,32 @@ def read_local() -> dict:
             f"{aside}, sizes will be measured again",
             stacklevel=2,
         )
-        path.replace(aside)
+        with contextlib.suppress(OSError):  # another process moved it first
+            path.replace(aside)
         return {"devices": {}}
     if {key: table.get(key) for key in ("gatedrnn", "triton")} != _versions():
         return {"devices": {}}
     return table
+
+
+_ROW = {"kind": str, "dtype": str, "grad": bool, "H": int, "B": int}
+
+
+def _check_table(table) -> None:
+    """Raise ValueError unless ``table`` is {"devices": {name: [row, ...]}} with rows the backend
+    can read (:data:`_ROW`'s keys and types, ``ratio`` a number or null, ``tuning`` a dict)."""
+    if not isinstance(table, dict) or not isinstance(table.get("devices"), dict):
+        raise ValueError("not a table: expected {'devices': {name: [rows]}}")
+    for name, rows in table["devices"].items():
+        if not isinstance(rows, list):
+            raise ValueError(f"device {name!r}: expected a list of rows, got {type(rows).__name__}")
+        for row in rows:
+            bad = not isinstance(row, dict) or any(
+                not isinstance(row.get(key), kind) for key, kind in _ROW.items()
+            )
+            bad = bad or not isinstance(row.get("ratio", 0), int | float | None)
+            if bad or not isinstance(row.get("tuning", {}), dict):
+                raise ValueError(f"device {name!r}: a row the backend cannot read: {row!r}"[:200])
 
 
 def _write_row(row: dict, device_name: str) -> None:
