@@ -230,3 +230,9 @@ def test_gpu_tune_command_measures_the_sizes_asked(local, monkeypatch, capsys):
     assert len(measured) == 3
     assert main([*argv, "--force"]) == 0
     assert len(measured) == 6
+
+
+def test_a_variant_must_beat_the_launchers_own_choice_by_a_margin():
+    assert gpu_tune.fastest({"{}": 10.0, '{"tma": 1}': 9.0, '{"chunks": 8}': 9.5}) == '{"tma": 1}'
+    assert gpu_tune.fastest({"{}": 10.0, '{"tma": 1}': 9.8}) == "{}"  # within noise
+    assert gpu_tune.fastest({'{"tma": 1}': 9.8, '{"chunks": 8}': 9.9}) == '{"tma": 1}'
