@@ -91,6 +91,12 @@ def main() -> None:
         "--split", action="store_true", help="the resident kernels' K split between two programs"
     )
     parser.add_argument("--resident-only", action="store_true", help="skip the streamed kernels")
+    parser.add_argument(
+        "--no-save",
+        action="store_true",
+        help="the forward kernels as calls without gradients run them (nothing stored for a "
+        "backward)",
+    )
     parser.add_argument("--BH", type=int, default=16)
     parser.add_argument("--BK", type=int, default=128)
     parser.add_argument("--warps", type=int, default=4)
@@ -103,6 +109,7 @@ def main() -> None:
         "fold": args.fold, "chunks": args.chunks, "forward_chunks": args.forward_chunks,
         "separate": int(args.separate), "tma": int(args.tma), "split": 2 if args.split else 0,
     }  # fmt: skip
+    save = not args.no_save
     for dtype, dot in (("fp32", tl.float32), ("bf16", tl.bfloat16)):
         common = dict(
             H=args.H, BH=args.BH, BB=args.BB, BK=args.BK, HAS_LENS=False, DOT_DTYPE=dot,
@@ -111,18 +118,18 @@ def main() -> None:
             SPIN_LIMIT=1 << 20,
         )  # fmt: skip
         jobs = [
-            (k.gru_forward_kernel, dict(RESET_AFTER=True, SAVE=True, Y_IS_HS=dtype == "fp32")),
-            (k.gru_forward_kernel, dict(RESET_AFTER=False, SAVE=True, Y_IS_HS=False)),
+            (k.gru_forward_kernel, dict(RESET_AFTER=True, SAVE=save, Y_IS_HS=dtype == "fp32")),
+            (k.gru_forward_kernel, dict(RESET_AFTER=False, SAVE=save, Y_IS_HS=False)),
             (k.gru_backward_kernel, dict(RESET_AFTER=True)),
             (k.gru_backward_kernel, dict(RESET_AFTER=False)),
-            (k.lstm_forward_kernel, dict(SAVE=True)),
+            (k.lstm_forward_kernel, dict(SAVE=save)),
             (k.lstm_backward_kernel, {}),
         ]
         for fn, extra in [] if args.resident_only else jobs:
             build(fn, {**common, **extra}, dtype, args.warps, args.stages, args.sass)
         # the resident kernels, with the launcher's sizes for this H and batch (sm_90)
         for fn, launcher, extra in (
-            (k.resident_forward_kernel, "_resident_launch", {"SAVE": True, "Y_IS_HS": False}),
+            (k.resident_forward_kernel, "_resident_launch", {"SAVE": save, "Y_IS_HS": False}),
             (k.resident_backward_kernel, "_resident_backward_launch", {}),
         ):
             launch = resident_launch(launcher, args.H, args.B, dtype, tuning)
