@@ -32,23 +32,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-import gatedrnn  # noqa: E402
 from gatedrnn.atomic import write_atomic  # noqa: E402
-from gatedrnn.backends.gpu_tune import AGREEMENT, disagreement, fastest  # noqa: E402
+from gatedrnn.backends.gpu_tune import (  # noqa: E402
+    AGREEMENT,
+    disagreement,
+    fastest,
+    layer_pair,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-LAYERS = {"gru": (gatedrnn.GRU, torch.nn.GRU), "lstm": (gatedrnn.LSTM, torch.nn.LSTM)}
-
-
-def _pair(cell: str, H: int, dtype: torch.dtype):
-    ours_cls, torch_cls = LAYERS[cell]
-    reference = torch_cls(H, H, device="cuda", dtype=dtype)
-    # built on the device its weights are separate tensors, which cuDNN would copy into one
-    # buffer on every call ("not part of single contiguous chunk of memory"): flatten them once
-    reference.flatten_parameters()
-    ours = ours_cls(H, H, backend="triton", device="cuda", dtype=dtype)
-    ours.load_state_dict(reference.state_dict())
-    return ours, reference
 
 
 def _set_tuning(tuning: dict) -> None:
@@ -64,7 +56,7 @@ def _compile_one(job: tuple[str, str, int, int]) -> str:
     will use, filling the disk cache."""
     cell, dtype_name, B, H = job
     try:
-        ours, _ = _pair(cell, H, DTYPES[dtype_name])
+        ours, _ = layer_pair(cell, H, DTYPES[dtype_name], "cuda")
         # T = 16: Triton specialises an integer argument by its divisibility by 16 (and 1 by
         # value), so these are the kernels a run of T = 256 launches
         x = torch.randn(16, B, H, device="cuda", dtype=DTYPES[dtype_name], requires_grad=True)
@@ -125,7 +117,7 @@ def measure(cell: str, dtype_name: str, B: int, H: int, T: int) -> list[dict]:
     from gatedrnn.backends import gpu
 
     dtype = DTYPES[dtype_name]
-    ours, reference = _pair(cell, H, dtype)
+    ours, reference = layer_pair(cell, H, dtype, "cuda")
     x = torch.randn(T, B, H, device="cuda", dtype=dtype, requires_grad=True)
     dy = torch.randn(T, B, H, device="cuda", dtype=dtype)
     rows = []
@@ -447,9 +439,7 @@ def write_table(rows: list[dict], device: str) -> None:
     its old row, or has none). A row's launch overrides (``tuning``: the variant
     it was timed with, a sweep's fastest or the table's own) go with it; written atomically."""
     from gatedrnn.backends.gpu import TABLE_PATH
-
-    def key(row: dict) -> tuple:
-        return row["kind"], row["dtype"], row["grad"], row["H"], row["B"]
+    from gatedrnn.backends.gpu import row_key as key
 
     table = json.loads(TABLE_PATH.read_text()) if TABLE_PATH.exists() else {"devices": {}}
     merged = {key(row): row for row in table["devices"].get(device, [])}

@@ -191,8 +191,7 @@ def _gpu_tune(args: argparse.Namespace, console: Console) -> int:
                 table.add_row(*start, "skipped: the table's float32 is TF32 (allow_tf32 is off)")
                 continue
             try:
-                if args.force or gpu._exact_row(*size) is None:
-                    gpu_tune.ensure(*size, force=True)
+                gpu_tune.measure(*size, force=args.force)
             except Exception as error:  # one size failing leaves the others to measure
                 table.add_row(*start, f"error: {type(error).__name__}: {error}"[:80])
                 continue

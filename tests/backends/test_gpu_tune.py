@@ -132,7 +132,7 @@ def test_first_use_measures_once_and_the_backend_follows(local, monkeypatch):
     assert launched == [2, 1]  # the forward in two chunks, as measured; the backward as always
     # float32 in another precision than the tables' TF32: not measured
     monkeypatch.setattr(gpu, "fp32_precision", lambda: "ieee")
-    assert gpu_tune.ensure("gru", torch.float32, True, 20, 5, cuda_input.device) is None
+    assert gpu_tune.measure("gru", torch.float32, True, 20, 5, cuda_input.device) is None
     monkeypatch.setattr(gpu, "fp32_precision", lambda: "tf32")
     # another process: the rows are read back, nothing measured again
     monkeypatch.setattr(gpu_tune, "_tried", set())

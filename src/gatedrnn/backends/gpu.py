@@ -654,16 +654,17 @@ def _table() -> dict:
         table = json.loads(TABLE_PATH.read_text())
     except (OSError, ValueError):
         table = {}
-
-    def key(row: dict) -> tuple:
-        return row["kind"], row["dtype"], row["grad"], row["H"], row["B"]
-
     devices = table.setdefault("devices", {})
     for name, rows in _tune().read_local()["devices"].items():
-        merged = {key(row): row for row in devices.get(name, [])}
-        merged.update((key(row), row) for row in rows)
+        merged = {row_key(row): row for row in devices.get(name, [])}
+        merged.update((row_key(row), row) for row in rows)
         devices[name] = list(merged.values())
     return table
+
+
+def row_key(row: Mapping) -> tuple:
+    """What an auto table row measured: (kind, dtype, grad, H, B); one row per key and device."""
+    return row["kind"], row["dtype"], row["grad"], row["H"], row["B"]
 
 
 def _tune():

@@ -10,11 +10,11 @@ backend reads over the shipped one: ``auto`` then decides at that size by the ro
 calls run with its variant. Rows measured by another version of gatedrnn or Triton are not
 used (their kernels differ).
 
-Two ways to measure: ``gatedrnn gpu-tune`` (sizes given; ``--force`` measures sizes the shipped
-table holds too), or ``GATEDRNN_TRITON_TUNE=1``: the first triton or ``auto`` call of a size
-that no table holds exactly on this GPU model measures it (:func:`ensure`). A size takes seconds
-to a minute (each variant's kernels are compiled, once, into Triton's cache); don't measure
-while capturing CUDA graphs.
+Two ways to measure: ``gatedrnn gpu-tune`` (:func:`measure` for the sizes given; ``--force``
+measures sizes the shipped table holds too), or ``GATEDRNN_TRITON_TUNE=1``: the first triton or
+``auto`` call of a size that no table holds exactly on this GPU model measures it
+(:func:`ensure`). A size takes seconds to a minute (each variant's kernels are compiled, once,
+into Triton's cache); don't measure while capturing CUDA graphs.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ import torch
 from gatedrnn.atomic import write_atomic
 
 __all__ = [
-    "AGREEMENT", "CANDIDATES", "disagreement", "enabled", "ensure", "local_table_path", "tune",
+    "AGREEMENT", "CANDIDATES", "disagreement", "enabled", "ensure", "layer_pair",
+    "local_table_path", "measure", "tune",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -149,15 +150,13 @@ def _check_table(table) -> None:
 def _write_row(row: dict, device_name: str) -> None:
     """Put ``row`` into this machine's table (replacing its size's row), atomically."""
     path = local_table_path()
+    from gatedrnn.backends.gpu import row_key
+
     table = read_local()
     table.update(_versions())
-
-    def key(r: dict) -> tuple:
-        return r["kind"], r["dtype"], r["grad"], r["H"], r["B"]
-
-    rows = {key(r): r for r in table["devices"].get(device_name, [])}
-    rows[key(row)] = row
-    table["devices"][device_name] = sorted(rows.values(), key=key)
+    rows = {row_key(r): r for r in table["devices"].get(device_name, [])}
+    rows[row_key(row)] = row
+    table["devices"][device_name] = sorted(rows.values(), key=row_key)
     write_atomic(path, lambda tmp: tmp.write_text(json.dumps(table, indent=1) + "\n"))
 
 
@@ -197,6 +196,21 @@ def _time(fn, params) -> float:
     return statistics.median(times)
 
 
+def layer_pair(kind: str, H: int, dtype: torch.dtype, device):
+    """One layer of ``kind`` (input size = H) on the triton backend and torch.nn's (cuDNN), with
+    the same weights."""
+    from gatedrnn.nn import GRU, LSTM
+
+    ours_cls, torch_cls = {"gru": (GRU, torch.nn.GRU), "lstm": (LSTM, torch.nn.LSTM)}[kind]
+    reference = torch_cls(H, H, device=device, dtype=dtype)
+    # built on the device its weights are separate tensors, which cuDNN would copy into one
+    # buffer on every call ("not part of single contiguous chunk of memory"): flatten them once
+    reference.flatten_parameters()
+    ours = ours_cls(H, H, backend="triton", device=device, dtype=dtype)
+    ours.load_state_dict(reference.state_dict())
+    return ours, reference
+
+
 def _runner(layer, x, dy, grad: bool):
     def run():
         with torch.set_grad_enabled(grad):
@@ -233,17 +247,12 @@ def tune(kind: str, dtype: torch.dtype, grad: bool, H: int, B: int, device: torc
     ``auto`` keeps cuDNN there), ``tuning`` = that variant (where not the launchers' own), and
     ``measured``: cuDNN's and every variant's ms, or why it does not count (the error it
     raised, its results off)."""
-    from gatedrnn.nn import GRU, LSTM
 
-    ours_cls, torch_cls = {"gru": (GRU, torch.nn.GRU), "lstm": (LSTM, torch.nn.LSTM)}[kind]
     # the caller's random streams untouched (a seeded run is the same with tuning on), its
     # autocast off for these runs
     cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda), torch.autocast(device.type, enabled=False):
-        reference = torch_cls(H, H, device=device, dtype=dtype)
-        reference.flatten_parameters()
-        ours = ours_cls(H, H, backend="triton", device=device, dtype=dtype)
-        ours.load_state_dict(reference.state_dict())
+        ours, reference = layer_pair(kind, H, dtype, device)
         x = torch.randn(STEPS, B, H, device=device, dtype=dtype, requires_grad=grad)
         dy = torch.randn(STEPS, B, H, device=device, dtype=dtype)
         params = [x, *ours.parameters(), *reference.parameters()]
@@ -287,18 +296,25 @@ def _time_variants(kind, dtype, grad, H, B, device, ours, reference, x, dy, para
     return measured
 
 
-def ensure(
+def ensure(kind: str, dtype: torch.dtype, grad: bool, H: int, B: int, device) -> None:
+    """With ``$GATEDRNN_TRITON_TUNE`` set (:func:`enabled`): :func:`measure` this size unless a
+    table holds it or this process tried it. The backend calls this before each call."""
+    if enabled():
+        measure(kind, dtype, grad, H, B, device)
+
+
+def measure(
     kind: str, dtype: torch.dtype, grad: bool, H: int, B: int, device, *, force: bool = False
 ) -> dict | None:
     """Measure this size on this GPU (:func:`tune`) and put its row into this machine's table,
     unless a table (shipped or this machine's) holds it exactly or this process tried it (with
-    ``force``: whatever the tables hold). Does nothing unless ``force`` or ``$GATEDRNN_TRITON_TUNE``
-    is set (:func:`enabled`), while explicit launch overrides (``gpu.TUNING``) are set, or for
-    float32 in another precision than TF32. Returns the row measured, or None. Measuring sets
-    ``gpu.TUNING`` for a while: not while other threads run the backend."""
+    ``force``: whatever the tables hold). Nothing while explicit launch overrides
+    (``gpu.TUNING``) are set, or for float32 in another precision than TF32. Returns the row
+    measured, or None. Measuring sets ``gpu.TUNING`` for a while: not while other threads run
+    the backend."""
     from gatedrnn.backends import gpu
 
-    if not (force or enabled()) or gpu.TUNING:
+    if gpu.TUNING:
         return None
     if dtype == torch.float32 and gpu.fp32_precision() != "tf32":
         return None  # the tables' float32 rows are TF32's: IEEE or tf32x3 is never chosen by them
