@@ -32,9 +32,10 @@ def local(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu, "_device_name", lambda device: "Test GPU")
     monkeypatch.setattr(gpu, "TUNING", {})
     monkeypatch.setattr(gpu_tune, "_tried", set())
-    gpu._table.cache_clear()
+    monkeypatch.setattr(gpu, "_tunings", {})
+    gpu.table_changed()
     yield path
-    gpu._table.cache_clear()
+    gpu.table_changed()
 
 
 def _fake_times(monkeypatch, by_variant: dict, cudnn: float):
@@ -136,7 +137,7 @@ def test_first_use_measures_once_and_the_backend_follows(local, monkeypatch):
     monkeypatch.setattr(gpu, "fp32_precision", lambda: "tf32")
     # another process: the rows are read back, nothing measured again
     monkeypatch.setattr(gpu_tune, "_tried", set())
-    gpu._table.cache_clear()
+    gpu.table_changed()
     assert backend.auto_declines(layer.config, cuda_input) is None
     assert len(calls) == 2
     # tuning off: this machine's rows are still used, new sizes are not measured

@@ -633,6 +633,7 @@ def _table(monkeypatch, rows):
     """The auto table as ``rows`` for a GPU named "Test GPU", which this machine is."""
     monkeypatch.setattr(gpu, "_measured", lambda: {"devices": {"Test GPU": rows}})
     monkeypatch.setattr(gpu, "_device_name", lambda device: "Test GPU")
+    monkeypatch.setattr(gpu, "_tunings", {})  # what launch_tuning remembered of other tables
 
 
 def _row(kind, dtype, grad, H, B, ratio=0.5, **tuning):
@@ -674,6 +675,7 @@ def test_launch_tuning_takes_the_tables_variant(hopper, monkeypatch):
     assert tuning("lstm", torch.bfloat16, False, 512, 256, hopper) == {}
     assert tuning("lstm", torch.bfloat16, False, 512, 64, hopper) == {"split": 2}
     monkeypatch.setattr(gpu, "_tensor_descriptors", lambda: False)  # Triton < 3.3: no TMA
+    gpu.table_changed()  # (what TMA needs is read once a process)
     assert tuning("gru", torch.float32, True, 1024, 64, hopper) == {}
     monkeypatch.setattr(gpu, "fp32_precision", lambda: "ieee")  # measured in TF32 only
     assert tuning("gru", torch.float32, False, 1024, 64, hopper) == {}
@@ -791,7 +793,7 @@ def test_tune_measures_on_gpu(monkeypatch, tmp_path):
     monkeypatch.setattr(gpu_tune, "CANDIDATES", ({}, {"tma": 1}))
     monkeypatch.setattr(gpu_tune, "_tried", set())
     monkeypatch.setattr(gpu, "TUNING", {})
-    gpu._table.cache_clear()
+    gpu.table_changed()
     H, B = 320, 24  # in no shipped table
     layer = gatedrnn.GRU(H, H, backend="auto", device="cuda", dtype=torch.bfloat16)
     x = torch.randn(32, B, H, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -806,7 +808,7 @@ def test_tune_measures_on_gpu(monkeypatch, tmp_path):
     assert isinstance(row["measured"]["cudnn"], float) and row["ratio"] is not None
     chosen = resolve_backend("auto", layer.config, x)
     assert chosen.name == ("triton" if row["ratio"] <= gpu.AUTO_MARGIN else "cudnn")
-    gpu._table.cache_clear()
+    gpu.table_changed()
 
 
 def _gpu_speed():

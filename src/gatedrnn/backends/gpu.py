@@ -725,11 +725,27 @@ def launch_tuning(
     where it launches here as well as the launchers' own choice does; else none."""
     if TUNING:
         return dict(TUNING)
-    row = _nearest_row(kind, dtype, grad, H, B, device)
-    tuning = row.get("tuning", {}) if row else {}
-    if tuning and not _launches_here(tuning, H, B, device, dtype, grad):
-        return {}
-    return tuning
+    # per call and layer direction: remembered (the table's lookup and the launch checks cost
+    # 10–35 µs of Python), keyed by all they read that may change but the table itself, after
+    # whose changes table_changed() forgets them
+    key = (kind, dtype, grad, H, B, device, fp32_precision() if dtype == torch.float32 else "")
+    if key not in _tunings:
+        row = _nearest_row(kind, dtype, grad, H, B, device)
+        tuning = row.get("tuning", {}) if row else {}
+        if tuning and not _launches_here(tuning, H, B, device, dtype, grad):
+            tuning = {}
+        _tunings[key] = tuning
+    return _tunings[key]
+
+
+_tunings: dict[tuple, Mapping] = {}
+
+
+def table_changed() -> None:
+    """Forget what was read from the auto tables (:func:`_table`, :func:`launch_tuning`'s
+    choices): after this machine's table was written."""
+    _table.cache_clear()
+    _tunings.clear()
 
 
 def _launches_here(

@@ -330,5 +330,5 @@ def measure(
         kind, dtype, grad, H, B, name, time.perf_counter() - start, row,
     )  # fmt: skip
     _write_row(row, name)
-    gpu._table.cache_clear()
+    gpu.table_changed()
     return row
