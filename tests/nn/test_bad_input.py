@@ -54,6 +54,18 @@ def test_input_dtype_differs_from_parameters():
         gatedrnn.GRU(5, 6)(torch.randn(3, 2, 5, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("backend", ["auto", "cpu", "cudnn", "reference"])
+def test_input_device_differs_from_parameters(backend):
+    # the parameters on the meta device stand in for a GPU here: before the check the cpu
+    # backend's compiled loops were handed their (unallocated) memory
+    layer = gatedrnn.GRU(5, 6, backend=backend).to("meta")
+    with raises(ValueError, "input on meta (the parameters' device), got input on cpu"):
+        layer(torch.randn(3, 2, 5))
+    cell = gatedrnn.LSTMCell(5, 6, device="meta")
+    with raises(ValueError, "input on meta (the parameters' device), got input on cpu"):
+        cell(torch.randn(2, 5))
+
+
 def test_non_tensor_input():
     with raises(TypeError, "expected input to be a Tensor or PackedSequence, got list"):
         gatedrnn.GRU(5, 6)([[1.0] * 5])

@@ -218,7 +218,9 @@ class RecurrentBase(nn.Module):
                 hx = hx.to(amp)
             elif isinstance(hx, (tuple, list)):
                 hx = tuple(s.to(amp) if isinstance(s, Tensor) else s for s in hx)
-        check_input(owner, x, self.input_size, amp or self.weight_ih_l0.dtype)
+        check_input(
+            owner, x, self.input_size, amp or self.weight_ih_l0.dtype, self.weight_ih_l0.device
+        )
         if x.shape[0] == 0:
             raise ValueError(
                 f"{owner}: expected a sequence of at least one time step, got input of shape "

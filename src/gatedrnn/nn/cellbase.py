@@ -71,7 +71,7 @@ class CellBase(nn.Module):
                 f"{owner}: expected a 2-D batched input (N, H_in) or a 1-D unbatched input "
                 f"(H_in), got {input.dim()}-D input of shape {tuple(input.shape)}"
             )
-        check_input(owner, input, self.input_size, self.weight_ih.dtype)
+        check_input(owner, input, self.input_size, self.weight_ih.dtype, self.weight_ih.device)
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
         n = self.spec.num_states

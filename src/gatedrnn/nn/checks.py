@@ -20,14 +20,24 @@ def check_positive_int(owner: str, name: str, value: object, *, allow_zero: bool
     return int(value)
 
 
-def check_input(owner: str, x: Tensor, input_size: int, param_dtype: torch.dtype) -> None:
-    """Check a time-major (T, B, H_in) or (B, H_in) input against the module's parameters."""
+def check_input(
+    owner: str, x: Tensor, input_size: int, param_dtype: torch.dtype, param_device: torch.device
+) -> None:
+    """Check a time-major (T, B, H_in) or (B, H_in) input against the module's parameters:
+    floating point, their dtype, their device (a backend handed weights on another device than
+    its input would fail deep inside, or, for compiled CPU loops given GPU memory, crash), and
+    ``input_size`` features."""
     if not x.is_floating_point():
         raise TypeError(f"{owner}: expected a floating-point input, got dtype {x.dtype}")
     if x.dtype != param_dtype:
         raise TypeError(
             f"{owner}: expected input of dtype {param_dtype} (the parameters' dtype), got "
             f"{x.dtype}; convert one with .to()"
+        )
+    if x.device != param_device:
+        raise ValueError(
+            f"{owner}: expected input on {param_device} (the parameters' device), got input on "
+            f"{x.device}; move one with .to()"
         )
     if x.shape[-1] != input_size:
         raise ValueError(
