@@ -9,6 +9,7 @@ bfloat16 tolerances (``-m gpu``)."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -560,6 +561,68 @@ def test_double_backward_is_refused():
         torch.autograd.grad(out.sum(), x, create_graph=True)
 
 
+def _spy_runs(monkeypatch) -> list:
+    """Record each kernel launch of the backend (kernel name, grid) and run it."""
+    runs, run = [], gpu._run
+
+    def spy(kernel, launch, *args, **constants):
+        runs.append((kernel.fn.__name__, launch["grid"]))
+        return run(kernel, launch, *args, **constants)
+
+    monkeypatch.setattr(gpu, "_run", spy)
+    return runs
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_torch_compile_runs_the_kernels_as_they_are(cell, monkeypatch):
+    """Under ``torch.compile`` the layer runs our kernels, as launched eagerly (Dynamo does not
+    trace into them: it would re-grid or fuse a persistent launch with a grid barrier), and
+    the results and gradients are eager's; the backend's checks (GPU properties, the tables)
+    run as they are too, so Dynamo has no warning."""
+    layer_cls, options = CELLS[cell]
+    torch.manual_seed(0)
+    ours = layer_cls(3, 8, backend="triton", **options).to(DEVICE)
+    eager = layer_cls(3, 8, backend="triton", **options).to(DEVICE)
+    eager.load_state_dict(ours.state_dict())
+    x = torch.randn(5, 2, 3, device=DEVICE)
+    torch._dynamo.reset()
+    compiled = torch.compile(ours, backend="aot_eager")
+    results, runs = [], _spy_runs(monkeypatch)
+    for layer in (compiled, eager):
+        runs.clear()
+        xi = x.clone().requires_grad_()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out, final = layer(xi)
+        dynamo = [str(w.message) for w in caught if "torch/_dynamo" in w.filename]
+        assert not dynamo, dynamo  # it traced into something it should have left alone
+        h = final[0] if isinstance(final, tuple) else final
+        (out.sum() + h.pow(2).sum()).backward()
+        results.append((list(runs), [out, h, xi.grad, *(p.grad for p in layer.parameters())]))
+    (runs, got), (eager_runs, want) = results
+    assert runs == eager_runs and len(runs) == 2  # forward and backward kernels, same grids
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_kernels_launch_on_the_inputs_device(monkeypatch):
+    """Triton launches on the current CUDA device, so the backend makes the input's device
+    current around its launches (a layer on cuda:1 called while cuda:0 is current)."""
+    entered = []
+    on_device = gpu._on_device
+
+    def spy(device):
+        entered.append(device)
+        return on_device(device)
+
+    monkeypatch.setattr(gpu, "_on_device", spy)
+    layer = gatedrnn.GRU(3, 4, backend="triton", num_layers=2).to(DEVICE)
+    layer(torch.randn(2, 1, 3, device=DEVICE))
+    assert entered == [torch.device(DEVICE, 0) if CUDA else torch.device("cpu")]
+    context = on_device(torch.device("cuda", 1))
+    assert isinstance(context, torch.cuda.device) and context.idx == 1
+
+
 @pytest.mark.parametrize(
     "layer, reason",
     [
@@ -809,6 +872,49 @@ def test_tune_measures_on_gpu(monkeypatch, tmp_path):
     chosen = resolve_backend("auto", layer.config, x)
     assert chosen.name == ("triton" if row["ratio"] <= gpu.AUTO_MARGIN else "cudnn")
     gpu.table_changed()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_cuda_graph_capture_replays(cell):
+    """A forward captured in a CUDA graph (inference with ``torch.cuda.graph``, or
+    ``torch.compile(mode="reduce-overhead")``) replays what eager calls compute: the barrier
+    counters are zeroed inside the graph, and no fault check queries an event of the capture."""
+    layer_cls, options = CELLS[cell]
+    torch.manual_seed(0)
+    layer = layer_cls(256, 256, backend="triton", device="cuda", dtype=torch.bfloat16, **options)
+    static = torch.randn(32, 8, 256, device="cuda", dtype=torch.bfloat16)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.no_grad(), torch.cuda.stream(side):
+        for _ in range(2):  # warm-up off the capture: compiles, tables, pinned buffers
+            layer(static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        out, _ = layer(static)
+    for seed in range(3):
+        x = torch.randn(32, 8, 256, device="cuda", dtype=torch.bfloat16) * (seed + 1)
+        static.copy_(x)
+        graph.replay()
+        with torch.no_grad():
+            want, _ = layer(x)
+        assert _relative(out, want) < 1e-3  # the same kernels (the projection's GEMM may not be)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_layer_on_a_second_gpu():
+    layer = gatedrnn.GRU(64, 64, backend="triton", device="cuda:1")
+    reference = gatedrnn.GRU(64, 64, backend="cudnn", device="cuda:1")
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(16, 4, 64, device="cuda:1")
+    with torch.cuda.device(0):
+        out, h = layer(x)
+        want, want_h = reference(x)
+    torch.testing.assert_close(out, want, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(h, want_h, rtol=1e-3, atol=1e-3)
 
 
 def _gpu_speed():

@@ -28,6 +28,7 @@ __all__ = [
     "LayerConfig",
     "available_backends",
     "get_backend",
+    "load_backends",
     "register_backend",
     "resolve_backend",
 ]
@@ -138,6 +139,14 @@ def get_backend(name: str) -> Backend:
         module_name, _, attr = _REGISTRY[name].partition(":")
         _LOADED[name] = getattr(importlib.import_module(module_name), attr)()
     return _LOADED[name]
+
+
+def load_backends(name: str) -> None:
+    """Import the backend ``name`` (for ``"auto"``: every backend in :data:`AUTO_ORDER`) now.
+    The layers call it when built, so that their first call has nothing to import: an import
+    is where ``torch.compile`` cannot trace (it would break a ``fullgraph`` compile)."""
+    for candidate in AUTO_ORDER if name == "auto" else (name,):
+        get_backend(candidate)
 
 
 def resolve_backend(name: str, config: LayerConfig, input: Tensor) -> Backend:

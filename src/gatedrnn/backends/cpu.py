@@ -469,6 +469,9 @@ class CpuBackend:
             return "without autograd, torch's kernels beat our PyTorch loops forward-only"
         return None
 
+    # torch.compile runs it as it is, between graphs: the compiled loops are an extension it
+    # cannot trace (it would break its graph inside the autograd function, with a warning)
+    @torch.compiler.disable
     def forward(
         self,
         config: LayerConfig,

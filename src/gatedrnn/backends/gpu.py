@@ -42,10 +42,12 @@ that overrides the shipped one (:mod:`gatedrnn.backends.gpu_tune`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -435,24 +437,30 @@ _BARRIER_FAULT = (
     "use backend='cudnn'"
 )
 _pending: list[tuple[Tensor, torch.cuda.Event]] = []
+_pending_lock = threading.Lock()
 
 
 def _check(err: Tensor) -> None:
     """Raise if a kernel reported a barrier fault. On the GPU this never waits for the kernel:
     the flag is copied to pinned memory behind it and looked at by a later call, once its event
-    has completed (a fault surfaces one call late, or at the next check after a synchronize)."""
+    has completed (a fault surfaces one call late, or at the next check after a synchronize).
+    Not while a CUDA graph is being captured (an event of a capture cannot be queried): a graph's
+    replays run unchecked."""
     if err.device.type != "cuda":
         if int(err.item()):
             raise RuntimeError(_BARRIER_FAULT)
+        return
+    if capturing():
         return
     host = torch.empty(1, dtype=torch.int32, pin_memory=True)
     host.copy_(err, non_blocking=True)
     event = torch.cuda.Event()
     event.record()
-    _pending.append((host, event))
-    done = [item for item in _pending if item[1].query()]
-    for item in done:
-        _pending.remove(item)
+    with _pending_lock:  # layers on several GPUs may run in threads (nn.DataParallel)
+        _pending.append((host, event))
+        done = [item for item in _pending if item[1].query()]
+        for item in done:
+            _pending.remove(item)
     if any(int(h.item()) for h, _ in done):
         raise RuntimeError(_BARRIER_FAULT)
 
@@ -769,6 +777,19 @@ def _launches_here(
         return False
 
 
+def capturing() -> bool:
+    """Whether the current CUDA stream is capturing a CUDA graph (False without CUDA)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def _on_device(device: torch.device):
+    """The context in which kernels run on ``device``: Triton launches on the *current* CUDA
+    device and its current stream, whatever the tensors' device, so a layer on cuda:1 called
+    while cuda:0 is current would hand device 1's memory to a launch on device 0 (the backward
+    needs nothing: autograd runs it with its device current)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 @functools.cache
 def _tensor_descriptors() -> bool:
     try:
@@ -784,6 +805,9 @@ class TritonBackend:
     name = "triton"
     twice_differentiable = False
 
+    # torch.compile runs these as they are, between graphs: they read the GPU's properties, the
+    # measured tables and the environment, and keep their answers in caches
+    @torch.compiler.disable
     def unsupported(self, config: LayerConfig, input: Tensor) -> str | None:
         spec = config.spec
         if spec.kind not in ("gru", "lstm"):
@@ -808,6 +832,7 @@ class TritonBackend:
             )
         return triton_unavailable()
 
+    @torch.compiler.disable
     def auto_declines(self, config: LayerConfig, input: Tensor) -> str | None:
         if input.device.type != "cuda":
             return "the interpreter is for tests, far slower than the CPU backends"
@@ -829,6 +854,9 @@ class TritonBackend:
             )
         return None
 
+    # and this: its kernels are persistent launches with a grid barrier that no compiler may
+    # re-grid, fuse or autotune
+    @torch.compiler.disable
     def forward(
         self,
         config: LayerConfig,
@@ -838,6 +866,10 @@ class TritonBackend:
         weights: Sequence[Mapping[str, Tensor]],
         training: bool,
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        with _on_device(input.device):
+            return self._forward(config, input, lengths, hx, weights, training)
+
+    def _forward(self, config, input, lengths, hx, weights, training):
         spec = config.spec
         if input.device.type == "cuda":
             _tune().ensure(

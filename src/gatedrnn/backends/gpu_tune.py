@@ -298,8 +298,11 @@ def _time_variants(kind, dtype, grad, H, B, device, ours, reference, x, dy, para
 
 def ensure(kind: str, dtype: torch.dtype, grad: bool, H: int, B: int, device) -> None:
     """With ``$GATEDRNN_TRITON_TUNE`` set (:func:`enabled`): :func:`measure` this size unless a
-    table holds it or this process tried it. The backend calls this before each call."""
-    if enabled():
+    table holds it or this process tried it. The backend calls this before each call; not while
+    a CUDA graph is being captured (nothing could be timed)."""
+    from gatedrnn.backends import gpu
+
+    if enabled() and not gpu.capturing():
         measure(kind, dtype, grad, H, B, device)
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from gatedrnn.backends import LayerConfig, available_backends, resolve_backend
+from gatedrnn.backends import LayerConfig, available_backends, load_backends, resolve_backend
 from gatedrnn.nn.checks import check_input, check_positive_int, check_states
 from gatedrnn.nn.init import check_init_options, init_recurrent_
 from gatedrnn.nn.spec import CellSpec
@@ -85,6 +85,7 @@ class RecurrentBase(nn.Module):
                 f"{owner}: unknown backend {backend!r}; expected 'auto' or one of: "
                 f"{', '.join(available_backends())}"
             )
+        load_backends(backend)
         check_init_options(spec, init, forget_bias, bias)
         self.spec = spec
         self.bias = bool(bias)

@@ -1,0 +1,60 @@
+"""The layers under ``torch.compile``: the same outputs and gradients as eager. Backends written
+in PyTorch (``reference``, ``cudnn``) are traced into one graph, from the first call
+(``fullgraph``); the ``cpu`` backend's compiled loops run as they are between graphs, without
+Dynamo warning about an extension it cannot trace. (The ``triton`` backend's own check is in
+``tests/backends/test_triton.py``.) AOTAutograd's eager backend stands in for Inductor: it traces
+the forward and the backward the same way and compiles nothing."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import gatedrnn
+
+
+def _pair(cls, backend, **options):
+    torch.manual_seed(0)
+    ours = cls(4, 6, backend=backend, **options)
+    eager = cls(4, 6, backend=backend, **options)
+    eager.load_state_dict(ours.state_dict())
+    return ours, eager
+
+
+def _run(layer, x):
+    x = x.clone().requires_grad_()
+    out, final = layer(x)
+    finals = final if isinstance(final, tuple) else (final,)
+    (out.sum() + sum(f.pow(2).sum() for f in finals)).backward()
+    return [out, *finals, x.grad, *(p.grad for p in layer.parameters())]
+
+
+@pytest.mark.parametrize("backend", ["reference", "cudnn"])
+@pytest.mark.parametrize("cls", [gatedrnn.GRU, gatedrnn.LSTM], ids=lambda c: c.__name__)
+def test_pytorch_backends_compile_into_one_graph(cls, backend):
+    torch._dynamo.reset()
+    ours, eager = _pair(cls, backend, num_layers=2, bidirectional=True)
+    compiled = torch.compile(ours, backend="aot_eager", fullgraph=True)  # a break would raise
+    x = torch.randn(5, 3, 4)
+    for got, want in zip(_run(compiled, x), _run(eager, x), strict=True):
+        torch.testing.assert_close(got, want)
+    assert ours.last_backend == backend
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cpu-python"])
+@pytest.mark.parametrize("cls", [gatedrnn.GRU, gatedrnn.LSTM], ids=lambda c: c.__name__)
+def test_cpu_loops_run_between_graphs(cls, backend):
+    torch._dynamo.reset()
+    ours, eager = _pair(cls, backend, batch_first=True)
+    compiled = torch.compile(ours, backend="aot_eager")
+    x = torch.randn(3, 5, 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = _run(compiled, x)
+    dynamo = [str(w.message) for w in caught if "torch/_dynamo" in w.filename]
+    assert not dynamo, dynamo
+    for got, want in zip(results, _run(eager, x), strict=True):
+        torch.testing.assert_close(got, want)
+    assert ours.last_backend == backend
