@@ -9,6 +9,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import gatedrnn
+from gatedrnn.backends import BackendUnsupportedError
 from tests.conftest import assert_close
 from tests.nn.variants import VARIANTS, cell_options, variant_id
 
@@ -175,3 +176,26 @@ def test_unbatched_equals_batch_of_one(variant):
     assert torch.equal(out, out_b[0])
     for a, b in zip(_as_tuple(final), _as_tuple(final_b), strict=True):
         assert torch.equal(a, b[:, 0])
+
+
+@pytest.mark.parametrize("backend", ["auto", "cpu", "cpu-python", "cudnn", "reference"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
+def test_empty_batch_gives_empty_results(variant, backend):
+    """A batch of zero sequences, as torch.nn allows: empty outputs and states of the right
+    shapes, and a backward (zero gradients), whatever backend was asked for (the cpu loops
+    failed on it)."""
+    layer_cls, cell_cls, options = variant
+    layer = layer_cls(I, H, num_layers=2, bidirectional=True, backend=backend, **options)
+    x = torch.randn(T, 0, I, requires_grad=True)
+    try:
+        out, final = layer(x)
+    except BackendUnsupportedError:
+        assert backend in ("cpu", "cpu-python", "cudnn")  # the variant is not theirs
+        return
+    assert out.shape == (T, 0, 2 * layer.output_size)
+    sizes = (layer.output_size, layer.hidden_size)[: layer.spec.num_states]
+    assert [tuple(s.shape) for s in _as_tuple(final)] == [(4, 0, size) for size in sizes]
+    (out.sum() + sum(s.sum() for s in _as_tuple(final))).backward()
+    assert x.grad.shape == x.shape
+    cell = cell_cls(I, H, **cell_options(options))
+    assert [tuple(s.shape) for s in _as_tuple(cell(torch.randn(0, I)))] == [(0, H)] * len(sizes)

@@ -12,7 +12,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from gatedrnn.backends import LayerConfig, available_backends, load_backends, resolve_backend
+from gatedrnn.backends import (
+    LayerConfig,
+    available_backends,
+    get_backend,
+    load_backends,
+    resolve_backend,
+)
 from gatedrnn.nn.checks import check_input, check_positive_int, check_states
 from gatedrnn.nn.init import check_init_options, init_recurrent_
 from gatedrnn.nn.spec import CellSpec
@@ -235,6 +241,8 @@ class RecurrentBase(nn.Module):
         states = self._prepare_states(hx, x, batched)
         config = self.config
         backend = resolve_backend(self.backend, config, x)
+        if x.shape[1] == 0:  # an empty batch, as torch.nn allows: nothing for a fast loop to do
+            backend = get_backend("reference")
         self.last_backend = backend.name  # what "auto" chose for the latest call
         weights = self._layer_weights()
         if amp is not None:
