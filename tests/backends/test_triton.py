@@ -605,6 +605,12 @@ def test_torch_compile_runs_the_kernels_as_they_are(cell, monkeypatch):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_export_refuses_the_kernels_with_the_way_out():
+    layer = gatedrnn.GRU(3, 4, backend="triton").to(DEVICE)
+    with pytest.raises(BackendUnsupportedError, match=r"launches, which torch\.export cannot"):
+        torch.export.export(layer, (torch.randn(2, 1, 3, device=DEVICE),))
+
+
 def test_kernels_launch_on_the_inputs_device(monkeypatch):
     """Triton launches on the current CUDA device, so the backend makes the input's device
     current around its launches (a layer on cuda:1 called while cuda:0 is current)."""

@@ -3,7 +3,9 @@ in PyTorch (``reference``, ``cudnn``) are traced into one graph, from the first 
 (``fullgraph``); the ``cpu`` backend's compiled loops run as they are between graphs, without
 Dynamo warning about an extension it cannot trace. (The ``triton`` backend's own check is in
 ``tests/backends/test_triton.py``.) AOTAutograd's eager backend stands in for Inductor: it traces
-the forward and the backward the same way and compiles nothing."""
+the forward and the backward the same way and compiles nothing. ``torch.export`` takes the layers
+with the backends written in PyTorch operations (``auto`` picks one of those while exporting) and
+refuses the others with the way out."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pytest
 import torch
 
 import gatedrnn
+from gatedrnn.backends import BackendUnsupportedError
 
 
 def _pair(cls, backend, **options):
@@ -58,3 +61,40 @@ def test_cpu_loops_run_between_graphs(cls, backend):
     for got, want in zip(results, _run(eager, x), strict=True):
         torch.testing.assert_close(got, want)
     assert ours.last_backend == backend
+
+
+class _Model(torch.nn.Module):
+    def __init__(self, backend: str):
+        super().__init__()
+        self.rnn = gatedrnn.LSTM(4, 6, num_layers=2, batch_first=True, backend=backend)
+        self.head = torch.nn.Linear(6, 2)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+@pytest.mark.parametrize("backend", ["auto", "cudnn", "reference"])
+def test_export_traces_a_pytorch_backend(backend):
+    """torch.export traces PyTorch operations: a layer exports with the backends written in
+    them, and ``auto`` (the default) takes torch's fused LSTM while exporting instead of the
+    compiled loops; the exported program computes what the model does, with gradients."""
+    torch.manual_seed(0)
+    model = _Model(backend)
+    x = torch.randn(3, 5, 4)
+    program = torch.export.export(model, (x,))
+    fused = any("lstm" in str(node.target) for node in program.graph.nodes)
+    assert fused == (backend != "reference")
+    y = torch.randn(3, 5, 4)
+    exported = program.module()
+    got, want = exported(y), model(y)
+    torch.testing.assert_close(got, want)
+    got.sum().backward()
+    want.sum().backward()
+    torch.testing.assert_close(exported.head.weight.grad, model.head.weight.grad)
+
+
+@pytest.mark.parametrize("backend, what", [("cpu", "an extension"), ("cpu-python", "in place")])
+def test_export_refuses_the_cpu_loops_with_the_way_out(backend, what):
+    with pytest.raises(BackendUnsupportedError, match=f"{what}, which torch.export cannot trace"):
+        torch.export.export(_Model(backend), (torch.randn(3, 5, 4),))
