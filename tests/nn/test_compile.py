@@ -96,5 +96,38 @@ def test_export_traces_a_pytorch_backend(backend):
 
 @pytest.mark.parametrize("backend, what", [("cpu", "an extension"), ("cpu-python", "in place")])
 def test_export_refuses_the_cpu_loops_with_the_way_out(backend, what):
-    with pytest.raises(BackendUnsupportedError, match=f"{what}, which torch.export cannot trace"):
+    with pytest.raises(BackendUnsupportedError, match=rf"{what}, which torch\.export cannot trace"):
         torch.export.export(_Model(backend), (torch.randn(3, 5, 4),))
+
+
+def test_func_transforms_run_through_auto():
+    """Inside ``torch.func`` transforms ``auto`` takes the reference loops (the compiled loops are
+    opaque to them, torch's fused cells have no vmap rule): an ensemble's forward under
+    ``vmap`` and a ``grad`` of a functional call equal the plain modules'."""
+    from torch.func import functional_call, grad, stack_module_state, vmap
+
+    torch.manual_seed(0)
+    models = [gatedrnn.GRU(4, 6, num_layers=2) for _ in range(3)]
+    params, buffers = stack_module_state(models)
+    base = models[0]
+    x = torch.randn(5, 2, 4)
+
+    def output(p, b, x):
+        return functional_call(base, (p, b), (x,))[0]
+
+    ensemble = vmap(output, in_dims=(0, 0, None))(params, buffers, x)
+    torch.testing.assert_close(ensemble, torch.stack([m(x)[0] for m in models]))
+    first = {name: p[0] for name, p in params.items()}
+    grads = grad(lambda p: output(p, {}, x).pow(2).sum())(first)
+    models[0](x)[0].pow(2).sum().backward()
+    for name, p in models[0].named_parameters():
+        torch.testing.assert_close(grads[name], p.grad)
+
+
+def test_func_transforms_refuse_the_cpu_loops_with_the_way_out():
+    from torch.func import functional_call, grad
+
+    layer = gatedrnn.LSTM(4, 6, backend="cpu")
+    params = dict(layer.named_parameters())
+    with pytest.raises(BackendUnsupportedError, match=r"torch\.func transforms cannot trace; use"):
+        grad(lambda p: functional_call(layer, p, (torch.randn(5, 2, 4),))[0].sum())(params)

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import torch
 from torch import Tensor
 
 from gatedrnn.nn.spec import CellSpec
@@ -31,6 +32,8 @@ __all__ = [
     "load_backends",
     "register_backend",
     "resolve_backend",
+    "tracing",
+    "untraceable",
 ]
 
 
@@ -98,6 +101,37 @@ class Backend(Protocol):
             ``output`` (T, B, D·H_out) with zeros at padded steps, and the final states, each
             (L·D, B, ·), taken at each sequence's last valid step.
         """
+
+
+def tracing() -> str | None:
+    """What traces the current call through PyTorch operations, if anything: ``"torch.export"``
+    while exporting, ``"torch.func transforms"`` inside ``grad``, ``vmap``, ``jacrev`` …; None
+    otherwise, and under ``torch.compile`` (there a backend that cannot be traced runs between
+    graphs, eagerly)."""
+    if torch.compiler.is_exporting():
+        return "torch.export"
+    if torch.compiler.is_compiling():
+        return None
+    level = getattr(torch._C._functorch, "maybe_current_level", None)
+    if level is not None and level() is not None:
+        return "torch.func transforms"
+    return None
+
+
+def untraceable(what: str) -> str | None:
+    """For a backend whose loops are not PyTorch operations (``what`` they are): why it cannot
+    run the call while :func:`tracing` says something traces it, with the way out; else None."""
+    context = tracing()
+    if context is None:
+        return None
+    if context == "torch.export":
+        instead = "a layer exports with backend='cudnn' or 'reference' (backend='auto' picks one)"
+    else:  # torch's fused cells have gradients but no vmap rule
+        instead = (
+            "use backend='reference', which backend='auto' picks there ('cudnn' works under grad "
+            "alone: torch's fused cells have no vmap rule)"
+        )
+    return f"its {what}, which {context} cannot trace; {instead}"
 
 
 # name -> "module:attribute" of a zero-argument factory; imported on first use.

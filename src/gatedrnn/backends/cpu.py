@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from gatedrnn.backends import LayerConfig
+from gatedrnn.backends import LayerConfig, untraceable
 from gatedrnn.backends.compiled import compiled_loops
 from gatedrnn.backends.reference import (
     first_derivatives_only,
@@ -40,7 +40,7 @@ from gatedrnn.backends.reference import (
     run_stack,
 )
 
-__all__ = ["EXPORT_REFUSAL", "CpuBackend", "CpuPythonBackend"]
+__all__ = ["CpuBackend", "CpuPythonBackend"]
 
 
 # The backward loops carry the gradient w.r.t. the state in a (B, H) buffer that starts as the
@@ -436,12 +436,6 @@ _PYTHON_LOOPS = {
 }
 
 
-EXPORT_REFUSAL = (
-    "its {what}, which torch.export cannot trace; a layer exports with backend='cudnn' or "
-    "'reference' (backend='auto' takes one of them while exporting)"
-)
-
-
 class CpuBackend:
     """Fused loops with a hand-written backward for RNN, GRU and LSTM on the CPU, compiled on
     first use where possible (:mod:`gatedrnn.backends.compiled`)."""
@@ -460,10 +454,9 @@ class CpuBackend:
             return f"it has no loop for {spec.kind}"
         if spec.kind == "lstm" and (spec.peepholes or spec.coupled or config.proj_size):
             return "its LSTM loop has no peepholes, coupled gate or projection"
-        if torch.compiler.is_exporting():
-            what = "compiled loops are an extension" if self.compiled else "loops write in place"
-            return EXPORT_REFUSAL.format(what=what)
-        return None
+        return untraceable(
+            "compiled loops are an extension" if self.compiled else "loops write in place"
+        )
 
     def auto_declines(self, config: LayerConfig, input: Tensor) -> str | None:
         # Measured with benchmarks/layer_speed.py on 2 cores (T=100, B in {1, 32}, H 128–512);

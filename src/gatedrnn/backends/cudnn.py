@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from torch import _VF, Tensor
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from gatedrnn.backends import LayerConfig
+from gatedrnn.backends import LayerConfig, tracing
 
 __all__ = ["CudnnBackend"]
 
@@ -34,6 +34,11 @@ class CudnnBackend:
             return "torch's GRU kernels compute reset='after' only"
         if spec.kind == "lstm" and (spec.peepholes or spec.coupled):
             return "torch's LSTM kernels have no peepholes or coupled gate"
+        return None
+
+    def auto_declines(self, config: LayerConfig, input: Tensor) -> str | None:
+        if tracing() == "torch.func transforms":
+            return "torch's fused cells have no vmap rule (reference runs every transform)"
         return None
 
     def forward(

@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from gatedrnn.backends import LayerConfig
+from gatedrnn.backends import LayerConfig, untraceable
 from gatedrnn.backends.reference import (
     first_derivatives_only,
     fused_arguments,
@@ -814,10 +814,9 @@ class TritonBackend:
             return f"it has kernels for the GRU and the LSTM only, not {spec.kind}"
         if spec.kind == "lstm" and (spec.peepholes or spec.coupled or config.proj_size):
             return "its LSTM kernel has no peepholes, coupled gate or projection"
-        if torch.compiler.is_exporting():
-            from gatedrnn.backends.cpu import EXPORT_REFUSAL
-
-            return EXPORT_REFUSAL.format(what="persistent kernels are launches")
+        reason = untraceable("persistent kernels are Triton launches")
+        if reason is not None:
+            return reason
         if input.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             return f"it computes in float32, bfloat16 or float16, got {input.dtype}"
         T, B = input.shape[:2]
