@@ -458,6 +458,8 @@ class CpuBackend:
             "compiled loops are an extension" if self.compiled else "loops write in place"
         )
 
+    # torch.compile runs it as it is: it may build the compiled loops (files, a compiler)
+    @torch.compiler.disable
     def auto_declines(self, config: LayerConfig, input: Tensor) -> str | None:
         # Measured with benchmarks/layer_speed.py on 2 cores (T=100, B in {1, 32}, H 128–512);
         # the numbers are in the README. Compiled, our loops beat torch.nn everywhere but the
