@@ -218,16 +218,15 @@ class RecurrentBase(nn.Module):
             x = input if batched else input.unsqueeze(1)
             if batched and self.batch_first:
                 x = x.transpose(0, 1)
-        amp = _autocast_dtype(x, self.weight_ih_l0.dtype)
+        first = self.weight_ih_l0
+        amp = _autocast_dtype(x, first.dtype)
         if amp is not None:  # under torch.autocast: compute in its dtype, as torch.nn's RNNs do
             x = x.to(amp)
             if isinstance(hx, Tensor):
                 hx = hx.to(amp)
             elif isinstance(hx, (tuple, list)):
                 hx = tuple(s.to(amp) if isinstance(s, Tensor) else s for s in hx)
-        check_input(
-            owner, x, self.input_size, amp or self.weight_ih_l0.dtype, self.weight_ih_l0.device
-        )
+        check_input(owner, x, self.input_size, amp or first.dtype, first.device)
         if x.shape[0] == 0:
             raise ValueError(
                 f"{owner}: expected a sequence of at least one time step, got input of shape "
