@@ -910,6 +910,30 @@ def test_cuda_graph_capture_replays(cell):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_cuda_graph_training_step():
+    """Forward and backward captured together (``torch.cuda.make_graphed_callables``): the
+    replayed gradients are an eager step's."""
+    torch.manual_seed(0)
+    layer = gatedrnn.LSTM(256, 256, backend="triton", device="cuda", dtype=torch.bfloat16)
+    eager = gatedrnn.LSTM(256, 256, backend="triton", device="cuda", dtype=torch.bfloat16)
+    eager.load_state_dict(layer.state_dict())
+    sample = torch.randn(32, 8, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    graphed = torch.cuda.make_graphed_callables(layer, (sample,))
+    for _ in range(2):
+        x = torch.randn(32, 8, 256, device="cuda", dtype=torch.bfloat16)
+        for module in (layer, eager):
+            module.zero_grad()
+        out, _ = graphed(x.clone().requires_grad_())
+        want, _ = eager(x.clone().requires_grad_())
+        out.float().square().sum().backward()
+        want.float().square().sum().backward()
+        assert _relative(out, want) < 1e-3
+        for (name, p), q in zip(layer.named_parameters(), eager.parameters(), strict=True):
+            assert _relative(p.grad, q.grad) < 1e-2, name
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_layer_on_a_second_gpu():
     layer = gatedrnn.GRU(64, 64, backend="triton", device="cuda:1")
