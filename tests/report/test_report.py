@@ -109,3 +109,20 @@ def test_published_anchors_cover_the_music_sets_and_ptb():
         assert "Chung et al. 2014, Table 2" in ANCHORS[task]
         assert all(cell in ANCHORS[task] for cell in ("tanh-RNN", "GRU", "LSTM"))
     assert "Zaremba et al. 2014" in ANCHORS["ptb"]
+
+
+def test_report_of_a_study_whose_trials_all_failed(smoke_study, tmp_path):
+    """Every trial failed (a CUDA study on a machine without one, say): the report still builds,
+    judges nothing it has no results for, and lists each failure with its error."""
+    import sqlite3
+
+    db = tmp_path / "study.sqlite"
+    shutil.copy(smoke_study / "study.sqlite", db)
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
+        connection.execute(
+            "UPDATE trials SET status = 'failed', result = NULL, error = 'RuntimeError: no GPU'"
+        )
+    md, _, summary = build_report(db, tmp_path / "report")
+    assert summary["simpler"][0] == "supported"  # from the cell definitions alone
+    assert {v for c, (v, _) in summary.items() if c != "simpler"} == {"inconclusive"}
+    assert md.read_text().count("RuntimeError: no GPU") > 0

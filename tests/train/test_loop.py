@@ -93,6 +93,8 @@ def test_step_schedule_follows_zaremba():
         ({"lr": -1}, r"lr: expected a number > 0, got -1.0"),
         ({"optimizer": "lbfgs"}, "optimizer: expected one of .*adam"),
         ({"fraction": 0}, r"fraction: expected a number in \(0, 1\], got 0.0"),
+        ({"backend": "fastest"}, "backend: expected 'auto' or one of .*'cudnn'.*got 'fastest'"),
+        ({"device": "gpu0"}, "device: expected a torch device such as 'cpu'.*got 'gpu0'"),
     ],
 )
 def test_bad_configuration_names_the_key(values, message):

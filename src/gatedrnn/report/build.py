@@ -77,7 +77,8 @@ def _curves(task: str, rows: list[dict], epochs: dict[str, list[dict]], x_key: s
         ax.set_xlabel("updates" if x_key == "updates" else "training seconds")
         ax.set_ylabel(f"validation {metric}")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # nothing completed: no lines
+            ax.legend()
     return _figure_png(fig)
 
 
@@ -96,7 +97,8 @@ def _fractions(task: str, rows: list[dict]) -> bytes | None:
                     r["result"]["test"][metric]
                     for r in rows
                     if r["cell"] == cell and r["width"] == width and r["fraction"] == f
-                ]
+                    and r["status"] == "completed"
+                ]  # fmt: skip
                 ci = mean_ci(values)
                 means.append(ci.estimate)
                 lows.append(ci.low if ci.defined else ci.estimate)
@@ -114,7 +116,8 @@ def _fractions(task: str, rows: list[dict]) -> bytes | None:
         ax.set_xlabel("fraction of the training set")
         ax.set_ylabel(f"test {metric}")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # nothing completed: no lines
+            ax.legend()
     return _figure_png(fig)
 
 

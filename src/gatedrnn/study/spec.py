@@ -133,7 +133,7 @@ class StudySpec:
 
 
 def _spec_options(choice: CellChoice) -> dict[str, Any]:
-    return {k: v for k, v in choice.options.items() if k not in ("forget_bias", "backend")}
+    return {k: v for k, v in choice.options.items() if k != "forget_bias"}
 
 
 def _fail(path: str, message: str) -> ValueError:

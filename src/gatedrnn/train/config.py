@@ -12,6 +12,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
+from gatedrnn.backends import available_backends
+
 __all__ = ["OPTIMIZERS", "SCHEDULES", "TrainConfig"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -27,7 +31,7 @@ class TrainConfig:
     num_layers: int = 1
     dropout: float = 0.0  # between stacked layers
     cell_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"reset": "before"}
-    backend: str = "auto"
+    backend: str = "auto"  # auto (each layer picks) | cpu | cudnn | triton | reference | cpu-python
     optimizer: str = "adam"  # adam | adamw | sgd | rmsprop
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -62,10 +66,22 @@ class TrainConfig:
             (0 < self.lr_decay <= 1, "lr_decay", "a number in (0, 1]"),
             (self.seed >= 0, "seed", "an integer >= 0"),
             (0 < self.fraction <= 1, "fraction", "a number in (0, 1]"),
+            (
+                self.backend == "auto" or self.backend in available_backends(),
+                "backend",
+                f"'auto' or one of {available_backends()}",
+            ),
         ]
         for ok, key, expected in checks:
             if not ok:
                 raise ValueError(f"{key}: expected {expected}, got {getattr(self, key)!r}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ValueError(
+                f"device: expected a torch device such as 'cpu', 'cuda' or 'cuda:1', got "
+                f"{self.device!r}"
+            ) from None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "") -> TrainConfig:
