@@ -444,6 +444,7 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
         device=args.device,
         executor=args.executor,
         data=args.data,
+        backend=args.backend,
     )
     start = time.perf_counter()
     db_path = _run_with_progress(spec, args, console)
@@ -588,6 +589,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--cells", type=_csv(str), help="comma-separated (default rnn,lstm,gru)")
     compare.add_argument("--seeds", type=int, help="seeds per configuration")
     compare.add_argument("--device", help="cpu (default) or cuda")
+    compare.add_argument(
+        "--backend",
+        help="one backend for every cell (default: auto, per cell; time and memory are judged "
+        "only between cells on the same backend)",
+    )
     compare.add_argument("--executor", choices=("local", "ray"))
     compare.add_argument(
         "--data",

@@ -77,3 +77,25 @@ def test_speed_needs_epochs_long_enough_to_time(candidate, baseline, expected):
     assert verdict.verdict == expected, verdict
     if expected == "inconclusive":
         assert "too short to time" in verdict.measurement
+
+
+def test_time_and_memory_need_one_backend():
+    """A GRU on one backend against an LSTM on another measures the implementations: the time
+    and memory verdicts are inconclusive and say why (the claims compare on one backend)."""
+    from gatedrnn.claims.verdicts import _memory, _speed
+
+    def trials(seconds, saved, backend):
+        common = {"saved_bytes": saved, "parameters": 1000, "backend": backend}
+        return [
+            {"seconds_per_epoch": s, "environment": {"device": "cuda"}, **common} for s in seconds
+        ]
+
+    fast, slow = [0.20, 0.21, 0.19], [0.30, 0.31, 0.29]
+    same = _speed(trials(fast, 1e6, "triton"), trials(slow, 2e6, "triton"), "t / w")
+    assert same.verdict == "supported" and "triton vs triton" in same.measurement
+    mixed = _speed(trials(fast, 1e6, "triton"), trials(slow, 2e6, "cudnn"), "t / w")
+    assert mixed.verdict == "inconclusive"
+    assert "different backends (triton vs cudnn)" in mixed.measurement
+    assert _memory(trials(fast, 1e6, "cpu"), trials(slow, 2e6, "cpu"), "t").verdict == "supported"
+    memory = _memory(trials(fast, 1e6, "cpu"), trials(slow, 2e6, "cpu,cudnn"), "t")
+    assert memory.verdict == "inconclusive" and "compares implementations" in memory.measurement

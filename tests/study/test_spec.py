@@ -59,6 +59,8 @@ BAD = [
      "budget: a lstm layer with input_size=88 needs .* more than the budget of 100"),
     (BASE + '[train]\nlr = "fast"', "train.lr: expected float, got str"),
     (BASE + "[train]\nseed = 3", "train.seed: is set by the study grid"),
+    (BASE + '[train]\nbackend = "fast"', "train.backend: expected 'auto' or one of"),
+    ('tasks = ["adding"]\ncells = [{ cell = "gru", backend = "cpu" }]', "option 'backend'"),
     (BASE + 'widths = ["equal_flops"]', "widths\\[0\\]: expected one of"),
     ('tasks = ["adding"]\ncells = ["gru", "gru"]', "cells: labels must differ"),
     (BASE + "fractions = [0]", "fractions\\[0\\]: expected a number in"),
@@ -97,6 +99,9 @@ def test_compare_presets_build_and_carry_their_task_options():
     assert all(t.config.task_options == {"steps": 50, "train_size": 2000} for t in adding)
     with pytest.raises(ValueError, match="scale: expected one of"):
         compare_study("huge")
+    pinned = compare_study("smoke", backend="cudnn")  # one backend for every cell: its own study
+    assert {t.config.backend for t in pinned.trials()} == {"cudnn"}
+    assert pinned.name.endswith("-cudnn") and pinned.name != compare_study("smoke").name
 
 
 def test_compare_with_the_users_file(tmp_path):

@@ -175,24 +175,43 @@ def _simpler(cand: dict, base: dict, cand_label: str, base_label: str) -> ClaimV
     )
 
 
+def _backends(trials: list[dict]) -> str:
+    return "/".join(sorted({r["backend"] for r in trials}))
+
+
+def _other_backends(a: list[dict], b: list[dict]) -> str | None:
+    """Why a time or memory comparison of these trials would measure the implementations rather
+    than the cells (the claims compare them on the same device and backend), or None."""
+    if _backends(a) == _backends(b):
+        return None
+    return (
+        f"the cells ran on different backends ({_backends(a)} vs {_backends(b)}), so this "
+        "compares implementations, not cells: give every cell one backend ([train] backend in "
+        "a study, --backend for compare)"
+    )
+
+
 def _memory(a: list[dict], b: list[dict], scope: str) -> ClaimVerdict:
     # saved activations + parameters, gradients and Adam's two moments (float32)
     def total(r: dict) -> float:
         return r["saved_bytes"] + 4 * 4 * r["parameters"]
 
     ta, tb = (sum(total(r) for r in rs) / len(rs) for rs in (a, b))
+    verdict = _fact(ta, tb)
+    measurement = (
+        f"{ta / 1e6:.2f} MB vs {tb / 1e6:.2f} MB (saved for backward + params, grads, Adam state)"
+    )
+    other = _other_backends(a, b)  # what a backend saves for its backward is its own
+    if other:
+        verdict, measurement = INCONCLUSIVE, f"{measurement}; {other}"
     return ClaimVerdict(
-        "lower memory",
-        scope,
-        _fact(ta, tb),
-        f"{ta / 1e6:.2f} MB vs {tb / 1e6:.2f} MB (saved for backward + params, grads, Adam state)",
-        {"candidate": ta, "baseline": tb},
+        "lower memory", scope, verdict, measurement, {"candidate": ta, "baseline": tb}
     )
 
 
 def _speed(a: list[dict], b: list[dict], scope: str) -> ClaimVerdict:
     ratio = paired_ratio([r["seconds_per_epoch"] for r in a], [r["seconds_per_epoch"] for r in b])
-    where = f"{a[0]['environment'].get('device', '?')}, {a[0]['backend']} vs {b[0]['backend']}"
+    where = f"{a[0]['environment'].get('device', '?')}, {_backends(a)} vs {_backends(b)}"
     shortest = min(r["seconds_per_epoch"] for r in a + b)
     measurement = f"time per epoch ratio {ratio} ({where})"
     verdict = _ratio_verdict(ratio)
@@ -202,6 +221,9 @@ def _speed(a: list[dict], b: list[dict], scope: str) -> ClaimVerdict:
             f"; epochs of {shortest * 1e3:.1f} ms are too short to time against each other "
             f"(under {MIN_TIMED_EPOCH * 1e3:.0f} ms)"
         )
+    other = _other_backends(a, b)
+    if other:
+        verdict, measurement = INCONCLUSIVE, f"{measurement}; {other}"
     return ClaimVerdict(
         "faster training", scope, verdict, measurement,
         {"ratio": ratio.__dict__, "shortest_epoch_seconds": shortest},

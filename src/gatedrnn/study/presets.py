@@ -52,6 +52,7 @@ def compare_study(
     executor: str | None = None,
     workers: int = 0,
     data: str | None = None,
+    backend: str | None = None,
 ) -> StudySpec:
     """The comparison study at ``scale``, with any of its choices overridden. ``data`` is the
     user's file for the generic tasks: ``seqcls`` (.npz, .csv) or ``textcls`` (.tsv), which
@@ -88,8 +89,12 @@ def compare_study(
         raw["seeds"] = seeds
     if device:
         raw["train"]["device"] = device
+    if backend:
+        raw["train"]["backend"] = backend
     raw["executor"] = {"kind": executor or "local", "workers": workers}
     suffix = "-".join(raw["tasks"]) + "-" + "-".join(raw["cells"]) + f"-s{raw['seeds']}"
-    if (tasks, cells, seeds, device) != (None, None, None, None):
+    if backend:
+        suffix += f"-{backend}"
+    if (tasks, cells, seeds, device, backend) != (None, None, None, None, None):
         raw["name"] += "-" + suffix.replace("/", "_")
     return parse_study(raw)
