@@ -104,16 +104,44 @@ def _time(fn, grads_to_none) -> float:
     return do_bench(fn, warmup=25, rep=100, grad_to_none=grads_to_none, return_mode="median")
 
 
+def graphed(layer, x: torch.Tensor, dy: torch.Tensor, grad: bool):
+    """The layer call as a CUDA graph replay, for timing both sides without the host's launch
+    overhead (cuDNN relaunches its GEMM and pointwise kernels each step; a graph replays them
+    with no Python or driver work in between): forward alone captured with ``torch.cuda.graph``
+    (on a side stream's warm-up first), forward + backward with
+    ``torch.cuda.make_graphed_callables``. Returns the function to time."""
+    if grad:
+        graphed_layer = torch.cuda.make_graphed_callables(layer, (x,))
+
+        def step():
+            out, _ = graphed_layer(x)
+            out.backward(dy)
+
+        return step
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.no_grad(), torch.cuda.stream(side):
+        for _ in range(3):
+            layer(x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        layer(x)
+    return graph.replay
+
+
 def _variant(tuning) -> dict:
     """Launch overrides as a table row or a sweep's result records them (without ``table``)."""
     return {key: value for key, value in tuning.items() if key != "table"}
 
 
-def measure(cell: str, dtype_name: str, B: int, H: int, T: int) -> list[dict]:
+def measure(cell: str, dtype_name: str, B: int, H: int, T: int, graphs: bool = False) -> list[dict]:
     """Ours and cuDNN's µs per step at one shape, forward alone and forward + backward; each row
     records the launch overrides ours ran with (``tuning``: :data:`TUNING` or the auto table's
     variant for that size) and how far our results were from cuDNN's (``disagreement``;
-    ``agrees``: within ``gpu_tune.AGREEMENT``)."""
+    ``agrees``: within ``gpu_tune.AGREEMENT``). With ``graphs`` both are also timed as CUDA
+    graph replays (:func:`graphed`): ``ours_graph_us_per_step``, ``cudnn_graph_us_per_step``,
+    ``speedup_graphs`` (an error, e.g. a capture that failed, is recorded per side)."""
     from gatedrnn.backends import gpu
 
     dtype = DTYPES[dtype_name]
@@ -142,6 +170,13 @@ def measure(cell: str, dtype_name: str, B: int, H: int, T: int) -> list[dict]:
             except Exception as error:
                 times[name] = None
                 times[f"{name}_error"] = f"{type(error).__name__}: {error}"[:300]
+            if graphs:
+                try:
+                    replay = graphed(layer, x, dy, grad)
+                    times[f"{name}_graph"] = _time(replay, params) * 1e3 / T
+                except Exception as error:
+                    times[f"{name}_graph"] = None
+                    times[f"{name}_graph_error"] = f"{type(error).__name__}: {error}"[:300]
         row = {"cell": cell, "dtype": dtype_name, "B": B, "H": H, "T": T, "grad": grad}
         row["tuning"] = _variant(gpu.launch_tuning(cell, dtype, grad, H, B, x.device))
         row.update(
@@ -149,6 +184,13 @@ def measure(cell: str, dtype_name: str, B: int, H: int, T: int) -> list[dict]:
             cudnn_us_per_step=times["cudnn"],
             **{k: v for k, v in times.items() if k.endswith("_error")},
         )
+        if graphs:
+            row.update(
+                ours_graph_us_per_step=times["ours_graph"],
+                cudnn_graph_us_per_step=times["cudnn_graph"],
+            )
+            if times["ours_graph"] and times["cudnn_graph"]:
+                row["speedup_graphs"] = times["cudnn_graph"] / times["ours_graph"]
         if times["ours"] and times["cudnn"]:
             row["speedup"] = times["cudnn"] / times["ours"]
             try:
@@ -200,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         "kernels that stream the weights every step",
     )
     parser.add_argument(
+        "--graphs",
+        action="store_true",
+        help="also time both sides as CUDA graph replays (no host launch overhead: cuDNN's "
+        "per-step launches are then as cheap as they get); not written to the auto table",
+    )
+    parser.add_argument(
         "--write-table",
         action="store_true",
         help="update the auto table of the triton backend (with --sweep: each shape's fastest "
@@ -235,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for job in jobs:
-        rows.extend(measure(*job, T=args.T))
+        rows.extend(measure(*job, T=args.T, graphs=args.graphs))
         args.out.with_suffix(".partial.json").write_text(json.dumps(rows))  # kept if cut off
         last = rows[-1]
         print(
@@ -418,14 +466,17 @@ def print_table(rows: list[dict], device: str) -> None:
     for row in rows:
         by_key.setdefault((row["cell"], row["dtype"], row["B"], row["H"]), {})[row["grad"]] = row
 
-    def cells(row):
-        ours, cudnn = row["ours_us_per_step"], row["cudnn_us_per_step"]
+    def cells(row, graph=""):
+        ours, cudnn = row.get(f"ours{graph}_us_per_step"), row.get(f"cudnn{graph}_us_per_step")
+        speedup = row.get("speedup_graphs" if graph else "speedup")
         text = f"{ours:9.2f}" if ours else f"{'error':>9}"
         text += f" {cudnn:7.2f}" if cudnn else f" {'error':>7}"
-        return text + (f" {row['speedup']:5.2f}" if "speedup" in row else f" {'-':>5}")
+        return text + (f" {speedup:5.2f}" if speedup else f" {'-':>5}")
 
     for (cell, dtype, B, H), pair in by_key.items():
         line = f"{cell:5} {dtype:9} {B:4} {H:5} | {cells(pair[False])} | {cells(pair[True])}"
+        if "ours_graph_us_per_step" in pair[False]:  # --graphs: the same as graph replays
+            line += f" | graphs {cells(pair[False], '_graph')} | {cells(pair[True], '_graph')}"
         variants = [json.dumps(pair[grad].get("tuning", {})) for grad in (False, True)]
         if variants != ["{}", "{}"]:  # launched with a table's (or --tuning's) variant
             line += f" | {variants[0]} | {variants[1]}"

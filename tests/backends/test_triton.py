@@ -1063,3 +1063,18 @@ def test_benchmark_sweep_summary_compares_each_variant_with_the_first():
     assert "8.00    1.00  2.75×" in default and "30.00    1.00  1.80×" in default
     assert "6.00*   0.75  3.50×" in tma and "36.00    1.20  1.50×" in tma
     assert "error" in eight and "27.00*   0.90  2.00×" in eight
+
+
+def test_benchmark_table_prints_the_graph_replays_beside(capsys):
+    gpu_speed = _gpu_speed()
+    base = {"cell": "gru", "dtype": "bfloat16", "B": 1, "H": 256, "T": 256}
+    rows = [
+        {**base, "grad": False, "ours_us_per_step": 2.0, "cudnn_us_per_step": 12.0,
+         "speedup": 6.0, "ours_graph_us_per_step": 1.9, "cudnn_graph_us_per_step": 7.6,
+         "speedup_graphs": 4.0},
+        {**base, "grad": True, "ours_us_per_step": 6.0, "cudnn_us_per_step": 30.0,
+         "speedup": 5.0, "ours_graph_us_per_step": None, "cudnn_graph_us_per_step": 20.0},
+    ]  # fmt: skip
+    gpu_speed.print_table(rows, "Test GPU")
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.split(" | graphs ")[1] == "     1.90    7.60  4.00 |     error   20.00     -"
