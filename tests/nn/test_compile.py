@@ -132,3 +132,19 @@ def test_func_transforms_refuse_the_cpu_loops_with_the_way_out():
     params = dict(layer.named_parameters())
     with pytest.raises(BackendUnsupportedError, match=r"torch\.func transforms cannot trace; use"):
         grad(lambda p: functional_call(layer, p, (torch.randn(5, 2, 4),))[0].sum())(params)
+
+
+def test_eager_layers_do_not_import_dynamo():
+    """Keeping Dynamo out of eager use: importing it takes about a second, which the first layer
+    of every process paid while the backends were decorated with torch.compiler.disable."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, gatedrnn\n"
+        "for backend in ('auto', 'cpu', 'cudnn', 'reference'):\n"
+        "    gatedrnn.LSTM(3, 4, backend=backend)(torch.randn(2, 1, 3))[0].sum().backward()\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr

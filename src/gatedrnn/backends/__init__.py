@@ -12,6 +12,7 @@ that supports the call; asking for a named backend that cannot serve the call ra
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ __all__ = [
     "load_backends",
     "register_backend",
     "resolve_backend",
+    "run_eagerly",
     "tracing",
     "untraceable",
 ]
@@ -101,6 +103,22 @@ class Backend(Protocol):
             ``output`` (T, B, D·H_out) with zeros at padded steps, and the final states, each
             (L·D, B, ·), taken at each sequence's last valid step.
         """
+
+
+def run_eagerly(fn):
+    """``fn``, which ``torch.compile`` runs as it is, between graphs, instead of tracing into it:
+    for backend code that is not PyTorch operations (extensions, Triton launches, the GPU's
+    properties, files). While Dynamo traces, the call goes through ``torch.compiler.disable``
+    (one clean graph break, no warnings); otherwise straight to ``fn``, without importing
+    Dynamo (a second, at the first layer a process builds) or its wrapper's per-call cost."""
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            return torch.compiler.disable(fn)(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return call
 
 
 def tracing() -> str | None:

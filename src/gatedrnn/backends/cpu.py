@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from gatedrnn.backends import LayerConfig, untraceable
+from gatedrnn.backends import LayerConfig, run_eagerly, untraceable
 from gatedrnn.backends.compiled import compiled_loops
 from gatedrnn.backends.reference import (
     first_derivatives_only,
@@ -459,7 +459,7 @@ class CpuBackend:
         )
 
     # torch.compile runs it as it is: it may build the compiled loops (files, a compiler)
-    @torch.compiler.disable
+    @run_eagerly
     def auto_declines(self, config: LayerConfig, input: Tensor) -> str | None:
         # Measured with benchmarks/layer_speed.py on 2 cores (T=100, B in {1, 32}, H 128–512);
         # the numbers are in the README. Compiled, our loops beat torch.nn everywhere but the
@@ -475,7 +475,7 @@ class CpuBackend:
 
     # torch.compile runs it as it is, between graphs: the compiled loops are an extension it
     # cannot trace (it would break its graph inside the autograd function, with a warning)
-    @torch.compiler.disable
+    @run_eagerly
     def forward(
         self,
         config: LayerConfig,

@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from gatedrnn.backends import LayerConfig, untraceable
+from gatedrnn.backends import LayerConfig, run_eagerly, untraceable
 from gatedrnn.backends.reference import (
     first_derivatives_only,
     fused_arguments,
@@ -807,7 +807,7 @@ class TritonBackend:
 
     # torch.compile runs these as they are, between graphs: they read the GPU's properties, the
     # measured tables and the environment, and keep their answers in caches
-    @torch.compiler.disable
+    @run_eagerly
     def unsupported(self, config: LayerConfig, input: Tensor) -> str | None:
         spec = config.spec
         if spec.kind not in ("gru", "lstm"):
@@ -835,7 +835,7 @@ class TritonBackend:
             )
         return triton_unavailable()
 
-    @torch.compiler.disable
+    @run_eagerly
     def auto_declines(self, config: LayerConfig, input: Tensor) -> str | None:
         if input.device.type != "cuda":
             return "the interpreter is for tests, far slower than the CPU backends"
@@ -859,7 +859,7 @@ class TritonBackend:
 
     # and this: its kernels are persistent launches with a grid barrier that no compiler may
     # re-grid, fuse or autotune
-    @torch.compiler.disable
+    @run_eagerly
     def forward(
         self,
         config: LayerConfig,
