@@ -237,3 +237,25 @@ def test_a_variant_must_beat_the_launchers_own_choice_by_a_margin():
     assert gpu_tune.fastest({"{}": 10.0, '{"tma": 1}': 9.0, '{"chunks": 8}': 9.5}) == '{"tma": 1}'
     assert gpu_tune.fastest({"{}": 10.0, '{"tma": 1}': 9.8}) == "{}"  # within noise
     assert gpu_tune.fastest({'{"tma": 1}': 9.8, '{"chunks": 8}': 9.9}) == '{"tma": 1}'
+
+
+def _write_rows(first_h: int) -> None:
+    for H in range(first_h, first_h + 25):
+        row = {"kind": "gru", "dtype": "bfloat16", "grad": True, "H": H, "B": 1, "ratio": 0.5}
+        gpu_tune._write_row(row, "Test GPU")
+
+
+def test_processes_measuring_at_once_keep_each_others_rows(local):
+    """Two processes (ranks of a distributed job, each tuning at its first call) writing rows at
+    the same time: every row of both ends up in the table."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_write_rows, args=(first,)) for first in (100, 200)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    rows = json.loads(local.read_text())["devices"]["Test GPU"]
+    assert sorted(row["H"] for row in rows) == [*range(100, 125), *range(200, 225)]

@@ -147,17 +147,39 @@ def _check_table(table) -> None:
                 raise ValueError(f"device {name!r}: a row the backend cannot read: {row!r}"[:200])
 
 
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on ``path``'s lock file while the block runs (POSIX; elsewhere none):
+    processes measuring at once (one per GPU in a distributed job, each at its first call) then
+    add their rows one after another instead of each writing back what it read before the
+    others wrote."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _write_row(row: dict, device_name: str) -> None:
-    """Put ``row`` into this machine's table (replacing its size's row), atomically."""
+    """Put ``row`` into this machine's table (replacing its size's row), atomically, and under
+    the table's lock (:func:`_locked`)."""
     path = local_table_path()
     from gatedrnn.backends.gpu import row_key
 
-    table = read_local()
-    table.update(_versions())
-    rows = {row_key(r): r for r in table["devices"].get(device_name, [])}
-    rows[row_key(row)] = row
-    table["devices"][device_name] = sorted(rows.values(), key=row_key)
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(table, indent=1) + "\n"))
+    with _locked(path):
+        table = read_local()
+        table.update(_versions())
+        rows = {row_key(r): r for r in table["devices"].get(device_name, [])}
+        rows[row_key(row)] = row
+        table["devices"][device_name] = sorted(rows.values(), key=row_key)
+        write_atomic(path, lambda tmp: tmp.write_text(json.dumps(table, indent=1) + "\n"))
 
 
 def disagreement(ours, reference, x, dy, grad: bool) -> float:
