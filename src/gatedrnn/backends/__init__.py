@@ -126,7 +126,8 @@ def tracing() -> str | None:
     while exporting, ``"torch.func transforms"`` inside ``grad``, ``vmap``, ``jacrev`` …; None
     otherwise, and under ``torch.compile`` (there a backend that cannot be traced runs between
     graphs, eagerly)."""
-    if torch.compiler.is_exporting():
+    exporting = getattr(torch.compiler, "is_exporting", None)  # torch ≥ 2.6
+    if exporting is not None and exporting():
         return "torch.export"
     if torch.compiler.is_compiling():
         return None
