@@ -116,3 +116,14 @@ def test_another_study_in_the_same_place_is_refused(tmp_path):
     study.write_text(study.read_text().replace("hidden_size = 8", "hidden_size = 9"))
     with pytest.raises(ValueError, match="holds another study named 's'"):
         run_study(load_study(study), tmp_path, workers=1)
+
+
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="the refusal is for machines without CUDA"
+)
+def test_a_cuda_study_without_a_gpu_is_refused_before_anything_runs(tmp_path):
+    study = tmp_path / "s.toml"
+    study.write_text('tasks = ["adding"]\ncells = ["gru"]\nseeds = 1\n[train]\ndevice = "cuda"\n')
+    with pytest.raises(ValueError, match=r"train\.device: 'cuda', but this machine has no CUDA"):
+        run_study(load_study(study), tmp_path / "runs", workers=1)
+    assert not (tmp_path / "runs").exists()

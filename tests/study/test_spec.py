@@ -102,6 +102,8 @@ def test_compare_presets_build_and_carry_their_task_options():
     pinned = compare_study("smoke", backend="cudnn")  # one backend for every cell: its own study
     assert {t.config.backend for t in pinned.trials()} == {"cudnn"}
     assert pinned.name.endswith("-cudnn") and pinned.name != compare_study("smoke").name
+    on = {device: compare_study("smoke", device=device).name for device in ("cpu", "cuda:1")}
+    assert on["cpu"].endswith("-cpu") and on["cuda:1"].endswith("-cuda1")  # one folder each
 
 
 def test_compare_with_the_users_file(tmp_path):

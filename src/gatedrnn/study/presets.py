@@ -93,6 +93,8 @@ def compare_study(
         raw["train"]["backend"] = backend
     raw["executor"] = {"kind": executor or "local", "workers": workers}
     suffix = "-".join(raw["tasks"]) + "-" + "-".join(raw["cells"]) + f"-s{raw['seeds']}"
+    if device:  # a study's name is its folder: runs on two devices must not share one
+        suffix += f"-{device.replace(':', '')}"
     if backend:
         suffix += f"-{backend}"
     if (tasks, cells, seeds, device, backend) != (None, None, None, None, None):

@@ -67,6 +67,15 @@ def run_study(
     Re-running skips completed and diverged trials and resumes interrupted ones from their
     checkpoints. ``workers`` (default: the spec's, then all cores) processes share the cores.
     """
+    device = torch.device(spec.train.get("device", "cpu"))
+    if spec.executor.kind != "ray" and device.type == "cuda" and not torch.cuda.is_available():
+        # here, not in each trial (every one would fail the same way); a Ray cluster's workers
+        # may have the GPUs its driver lacks
+        raise ValueError(
+            f"train.device: {str(device)!r}, but this machine has no CUDA GPU "
+            "(torch.cuda.is_available() is False); use device 'cpu', or --executor ray on a "
+            "cluster with GPUs"
+        )
     db_path, checkpoints = study_paths(spec, out)
     store = StudyStore(db_path)
     stored, current = store.get_meta("spec"), json.loads(json.dumps(spec.to_dict()))
