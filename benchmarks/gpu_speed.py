@@ -35,12 +35,11 @@ sys.path.insert(0, str(ROOT / "src"))
 from gatedrnn.atomic import write_atomic  # noqa: E402
 from gatedrnn.backends.gpu_tune import (  # noqa: E402
     AGREEMENT,
+    DTYPES,
     disagreement,
     fastest,
     layer_pair,
 )
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _set_tuning(tuning: dict) -> None:

@@ -151,7 +151,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
 def _gpu_tune(args: argparse.Namespace, console: Console) -> int:
     from gatedrnn.backends import gpu, gpu_tune
 
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    dtypes = gpu_tune.DTYPES
     bad = [c for c in args.cells if c not in ("gru", "lstm")]
     bad += [d for d in args.dtypes if d not in dtypes]
     bad += [d for d in args.directions if d not in ("forward", "both")]
@@ -165,7 +165,7 @@ def _gpu_tune(args: argparse.Namespace, console: Console) -> int:
     if gpu.triton_unavailable():
         raise RuntimeError(gpu.triton_unavailable())
     device = torch.device("cuda", torch.cuda.current_device())
-    name = torch.cuda.get_device_name(device)
+    name = gpu._device_name(device)
     table = Table(
         title=f"triton against cuDNN on {name} (time ratio < {gpu.AUTO_MARGIN}: auto takes "
         "triton); into " + str(gpu_tune.local_table_path()),

@@ -652,12 +652,13 @@ def _measured() -> dict:
     ratio} with ratio = our time over cuDNN's at that size (below 1: ours faster; None: ours
     failed there), and where a sweep found a launch variant faster than the launchers' own
     choice, ``tuning``: its overrides (:data:`TUNING`'s keys). The shipped table, with this
-    machine's own rows over it (measured here by :mod:`gatedrnn.backends.gpu_tune`)."""
-    return _table()
+    machine's own rows over it (measured here by :mod:`gatedrnn.backends.gpu_tune`). Tests put
+    their tables here; the files are read once, until :func:`table_changed`."""
+    return _read_tables()
 
 
 @functools.cache
-def _table() -> dict:
+def _read_tables() -> dict:
     try:
         table = json.loads(TABLE_PATH.read_text())
     except (OSError, ValueError):
@@ -685,6 +686,11 @@ def _device_name(device) -> str:
     return torch.cuda.get_device_name(device) if torch.cuda.is_available() else ""
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """How the auto table names a dtype: ``torch.bfloat16`` → ``"bfloat16"``."""
+    return str(dtype).removeprefix("torch.")
+
+
 def _rows(kind: str, dtype: torch.dtype, grad: bool, device) -> list[dict]:
     """The auto table's rows of this cell, dtype and direction on this GPU model (none for
     float32 in another precision than TF32, the one measured)."""
@@ -693,7 +699,7 @@ def _rows(kind: str, dtype: torch.dtype, grad: bool, device) -> list[dict]:
     return [
         row
         for row in _measured().get("devices", {}).get(_device_name(device), [])
-        if row["kind"] == kind and row["dtype"] == str(dtype).removeprefix("torch.")
+        if row["kind"] == kind and row["dtype"] == dtype_name(dtype)
         and row["grad"] == grad
     ]  # fmt: skip
 
@@ -750,9 +756,9 @@ _tunings: dict[tuple, Mapping] = {}
 
 
 def table_changed() -> None:
-    """Forget what was read from the auto tables (:func:`_table`, :func:`launch_tuning`'s
+    """Forget what was read from the auto tables (:func:`_read_tables`, :func:`launch_tuning`'s
     choices): after this machine's table was written."""
-    _table.cache_clear()
+    _read_tables.cache_clear()
     _tunings.clear()
 
 

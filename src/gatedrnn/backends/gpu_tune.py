@@ -35,7 +35,7 @@ import torch
 from gatedrnn.atomic import write_atomic
 
 __all__ = [
-    "AGREEMENT", "CANDIDATES", "disagreement", "enabled", "ensure", "layer_pair",
+    "AGREEMENT", "CANDIDATES", "DTYPES", "disagreement", "enabled", "ensure", "layer_pair",
     "local_table_path", "measure", "tune",
 ]  # fmt: skip
 
@@ -58,6 +58,9 @@ CANDIDATES: tuple[Mapping[str, int], ...] = (
 """The launch variants tried (``gpu.TUNING``'s keys on top of the launchers' own choice, ``{}``);
 at a given size those that do not launch, or launch exactly as an earlier one, are skipped."""
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""The dtypes the triton backend computes in, by the names the tables and commands use."""
+
 AGREEMENT = {"float32": 1e-2, "bfloat16": 5e-2, "float16": 1e-2}
 """The largest relative difference from cuDNN's results a timed run may have and count: both
 sides' own errors are ~1e-4 (TF32) and ~4e-3 (bfloat16) against float64 (``GPU_NOTES.md``); a
@@ -77,7 +80,7 @@ def fastest(times: Mapping[str, float]) -> str:
     return best
 
 
-_tried: set[tuple] = set()  # sizes this process measured or failed to: not again
+_tried: set[tuple] = set()  # sizes this process measured, failed to, or found in a table
 
 
 def enabled() -> bool:
@@ -269,6 +272,7 @@ def tune(kind: str, dtype: torch.dtype, grad: bool, H: int, B: int, device: torc
     ``auto`` keeps cuDNN there), ``tuning`` = that variant (where not the launchers' own), and
     ``measured``: cuDNN's and every variant's ms, or why it does not count (the error it
     raised, its results off)."""
+    from gatedrnn.backends import gpu
 
     # the caller's random streams untouched (a seeded run is the same with tuning on), its
     # autocast off for these runs
@@ -283,7 +287,7 @@ def tune(kind: str, dtype: torch.dtype, grad: bool, H: int, B: int, device: torc
     times = {name: ms for name, ms in measured.items() if isinstance(ms, float)}
     best = fastest(times) if times else None
     row = {
-        "kind": kind, "dtype": str(dtype).removeprefix("torch."), "grad": grad, "H": H, "B": B,
+        "kind": kind, "dtype": gpu.dtype_name(dtype), "grad": grad, "H": H, "B": B,
         "ratio": round(times[best] / cudnn, 3) if best else None,
     }  # fmt: skip
     if best and json.loads(best):
@@ -310,7 +314,7 @@ def _time_variants(kind, dtype, grad, H, B, device, ours, reference, x, dy, para
             except Exception as error:  # a variant that fails is not chosen; others may run
                 measured[name] = f"{type(error).__name__}: {error}"[:200]
                 continue
-            agrees = off <= AGREEMENT[str(dtype).removeprefix("torch.")]
+            agrees = off <= AGREEMENT[gpu.dtype_name(dtype)]
             measured[name] = float(ms) if agrees else f"results off by {off:.2g}"
     finally:
         gpu.TUNING.clear()
@@ -345,9 +349,11 @@ def measure(
         return None  # the tables' float32 rows are TF32's: IEEE or tf32x3 is never chosen by them
     name = gpu._device_name(device)
     key = (name, kind, dtype, grad, H, B)
-    if not force and (key in _tried or gpu._exact_row(kind, dtype, grad, H, B, device)):
+    if not force and key in _tried:  # the backend asks at every call: one set lookup
         return None
     _tried.add(key)
+    if not force and gpu._exact_row(kind, dtype, grad, H, B, device):
+        return None
     start = time.perf_counter()
     row = tune(kind, dtype, grad, H, B, device)
     logger.info(
