@@ -99,3 +99,33 @@ def test_time_and_memory_need_one_backend():
     assert _memory(trials(fast, 1e6, "cpu"), trials(slow, 2e6, "cpu"), "t").verdict == "supported"
     memory = _memory(trials(fast, 1e6, "cpu"), trials(slow, 2e6, "cpu,cudnn"), "t")
     assert memory.verdict == "inconclusive" and "compares implementations" in memory.measurement
+
+
+@pytest.mark.parametrize(
+    "peaks, expected",
+    [
+        (None, "supported"),  # on the CPU: the count alone
+        ((3e6, 5e6), "supported"),  # the device's peak agrees with the count
+        ((5e6, 3e6), "inconclusive"),  # it does not
+        ((4e6, 4e6), "inconclusive"),  # no difference on the device
+    ],
+)
+def test_memory_on_cuda_needs_the_peak_to_agree(peaks, expected):
+    from gatedrnn.claims.verdicts import _memory
+
+    def trials(saved, peak):
+        return [
+            {"saved_bytes": saved, "parameters": 1000, "backend": "cudnn", "peak_cuda_bytes": peak}
+            for _ in range(3)
+        ]
+
+    pa, pb = peaks or (None, None)
+    verdict = _memory(trials(1e6, pa), trials(2e6, pb), "t / equal_hidden")
+    assert verdict.verdict == expected, verdict
+    if peaks:
+        assert f"CUDA peak {pa / 1e6:.2f} MB vs {pb / 1e6:.2f} MB" in verdict.measurement
+        assert verdict.details["peak_cuda_candidate"] == pa
+    else:
+        assert "CUDA" not in verdict.measurement
+    if peaks and peaks[0] > peaks[1]:
+        assert "disagree" in verdict.measurement

@@ -54,6 +54,35 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, cell):
     assert saved["state"]["epoch"] == 4 and saved["config"] == config.to_dict()
 
 
+def test_a_checkpoint_from_before_the_cuda_peak_resumes(tmp_path):
+    config = TrainConfig(task="adding", cell="gru", **SMOKE)
+    path = tmp_path / "run.pt"
+    train(config, checkpoint=path, on_epoch=_StopAfter(2))
+    saved = torch.load(path, weights_only=True)
+    assert saved["state"].pop("peak_cuda_bytes") is None  # on the CPU
+    torch.save(saved, path)  # as an earlier version wrote it
+    resumed = train(config, checkpoint=path)
+    assert resumed.status == "completed" and len(resumed.history) == 4
+    assert resumed.peak_cuda_bytes is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_peak_is_this_runs_own(tmp_path):
+    """Each run's CUDA peak is its own (not the largest of the process's earlier runs) and
+    survives a resume."""
+    options = {**SMOKE, "device": "cuda", "epochs": 2}
+    large = train(TrainConfig(task="adding", cell="lstm", **{**options, "hidden_size": 512}))
+    small = train(TrainConfig(task="adding", cell="gru", **options))
+    assert 0 < small.peak_cuda_bytes < large.peak_cuda_bytes
+    config = TrainConfig(task="adding", cell="lstm", **{**options, "hidden_size": 512})
+    path = tmp_path / "run.pt"
+    train(config, checkpoint=path, on_epoch=_StopAfter(2))  # every epoch done
+    train(TrainConfig(task="adding", cell="gru", **options))  # resets the device's peak
+    resumed = train(config, checkpoint=path)  # evaluates only
+    assert resumed.peak_cuda_bytes >= 0.9 * large.peak_cuda_bytes
+
+
 def test_checkpoint_of_another_configuration_is_refused(tmp_path):
     path = tmp_path / "run.pt"
     train(TrainConfig(task="adding", epochs=1, smoke=True, hidden_size=8), checkpoint=path)

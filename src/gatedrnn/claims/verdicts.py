@@ -192,6 +192,9 @@ def _other_backends(a: list[dict], b: list[dict]) -> str | None:
 
 
 def _memory(a: list[dict], b: list[dict], scope: str) -> ClaimVerdict:
+    """The bytes the cells need, counted (device-independent) and, where the trials ran on
+    CUDA, the peak the device allocated: the verdict needs both to point the same way."""
+
     # saved activations + parameters, gradients and Adam's two moments (float32)
     def total(r: dict) -> float:
         return r["saved_bytes"] + 4 * 4 * r["parameters"]
@@ -201,12 +204,19 @@ def _memory(a: list[dict], b: list[dict], scope: str) -> ClaimVerdict:
     measurement = (
         f"{ta / 1e6:.2f} MB vs {tb / 1e6:.2f} MB (saved for backward + params, grads, Adam state)"
     )
+    details: dict[str, Any] = {"candidate": ta, "baseline": tb}
+    peaks = [[r.get("peak_cuda_bytes") for r in rs] for rs in (a, b)]
+    if all(p is not None for ps in peaks for p in ps):
+        pa, pb = (sum(ps) / len(ps) for ps in peaks)
+        details.update(peak_cuda_candidate=pa, peak_cuda_baseline=pb)
+        measurement += f"; CUDA peak {pa / 1e6:.2f} MB vs {pb / 1e6:.2f} MB (the whole model)"
+        if _fact(pa, pb) != verdict:
+            measurement += ": the count and the device's peak disagree"
+            verdict = INCONCLUSIVE
     other = _other_backends(a, b)  # what a backend saves for its backward is its own
     if other:
         verdict, measurement = INCONCLUSIVE, f"{measurement}; {other}"
-    return ClaimVerdict(
-        "lower memory", scope, verdict, measurement, {"candidate": ta, "baseline": tb}
-    )
+    return ClaimVerdict("lower memory", scope, verdict, measurement, details)
 
 
 def _speed(a: list[dict], b: list[dict], scope: str) -> ClaimVerdict:

@@ -59,7 +59,7 @@ class RunResult:
     parameters: int
     seconds_per_epoch: float | None  # median
     saved_bytes: int  # saved for backward by the first batch (saved-tensor hooks)
-    peak_cuda_bytes: int | None
+    peak_cuda_bytes: int | None  # most CUDA memory allocated during the run; None off CUDA
     backend: str  # what the layer actually ran on
     environment: dict[str, Any] = field(default_factory=dict)
 
@@ -171,6 +171,8 @@ def _train(config, device, checkpoint, on_epoch, on_batch, data_dir) -> RunResul
         layer_options["dropout"] = config.dropout
     model = task.build_model(config.cell, config.hidden_size, config.num_layers, **layer_options)
     model.to(device)
+    if device.type == "cuda":  # this run's peak, not an earlier run's in the same process
+        torch.cuda.reset_peak_memory_stats(device)
     metric = task.metrics[0]
     optimizer = build_optimizer(config, model.parameters())
     schedule = _build_schedule(config, optimizer, metric.higher_is_better)
@@ -178,6 +180,7 @@ def _train(config, device, checkpoint, on_epoch, on_batch, data_dir) -> RunResul
     state: dict[str, Any] = {
         "epoch": 0, "updates": 0, "elapsed": 0.0, "best": None, "best_epoch": None,
         "bad_epochs": 0, "history": [], "saved_bytes": 0, "status": "completed", "reason": None,
+        "peak_cuda_bytes": None,
     }  # fmt: skip
     best_model: dict[str, torch.Tensor] | None = None
     if checkpoint is not None and checkpoint.is_file():
@@ -232,6 +235,7 @@ def _train(config, device, checkpoint, on_epoch, on_batch, data_dir) -> RunResul
                 schedule.step()
             state["epoch"] = epoch
             state["history"].append(asdict(record))
+            state["peak_cuda_bytes"] = _peak_cuda_bytes(device, state.get("peak_cuda_bytes"))
             if checkpoint is not None:
                 saved = {
                     "config": config.to_dict(), "model": model.state_dict(),
@@ -270,10 +274,18 @@ def _train(config, device, checkpoint, on_epoch, on_batch, data_dir) -> RunResul
         parameters=sum(p.numel() for p in model.parameters()),
         seconds_per_epoch=statistics.median(r.seconds for r in history) if history else None,
         saved_bytes=state["saved_bytes"],
-        peak_cuda_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        peak_cuda_bytes=_peak_cuda_bytes(device, state.get("peak_cuda_bytes")),
         backend=backend,
         environment=environment(config),
     )
+
+
+def _peak_cuda_bytes(device: torch.device, before: int | None) -> int | None:
+    """The most CUDA memory this run's tensors have held: since the run (or its resumption)
+    began, and before, as its checkpoint remembers it; None off CUDA."""
+    if device.type != "cuda":
+        return None
+    return max(torch.cuda.max_memory_allocated(device), before or 0)
 
 
 def _train_epoch(task, model, optimizer, config, device, epoch, state, on_batch) -> EpochRecord:
