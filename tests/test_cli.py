@@ -1,4 +1,5 @@
-"""The command line: `gatedrnn cells` prints the table; `compare` says honestly it is not built."""
+"""The command line: the tables, `bench`, the data commands, errors as one clear line, and what
+`compare` says when its trials fail (the end-to-end run is in tests/report)."""
 
 from __future__ import annotations
 
@@ -74,3 +75,50 @@ def test_data_list_and_a_missing_dataset(capsys, tmp_path, monkeypatch):
     assert "jsb" in capsys.readouterr().out
     assert main(["data", "verify", "jsb", "--data-dir", str(tmp_path / "none")]) == 2
     assert "gatedrnn data fetch jsb" in capsys.readouterr().out.replace("\n", " ")
+
+
+def test_errors_are_printed_as_written(capsys, monkeypatch):
+    """A message's brackets ("[train] backend", a path) are text, not rich markup."""
+    import gatedrnn.cli
+
+    def fail(args, console):
+        raise ValueError("give every cell one backend ([train] backend in a study) [x]")
+
+    parser = gatedrnn.cli.build_parser()
+    monkeypatch.setattr(gatedrnn.cli, "build_parser", lambda: parser)
+    parser.set_defaults(run=fail)
+    for action in parser._subparsers._group_actions[0].choices.values():
+        action.set_defaults(run=fail)
+    assert main(["tasks"]) == 2
+    out = capsys.readouterr().out.replace("\n", " ")
+    assert "([train] backend in a study) [x]" in out
+
+
+def test_compare_names_a_missing_dataset_before_running(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("GATEDRNN_DATA", raising=False)
+    code = main(["compare", "--scale", "smoke", "--tasks", "ptb", "--out", str(tmp_path / "runs"),
+                 "--data-dir", str(tmp_path / "mine")])  # fmt: skip
+    assert code == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert "dataset 'ptb' is not present" in out and str(tmp_path / "mine") in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_compare_reports_failed_trials_and_exits_nonzero(capsys, tmp_path, monkeypatch):
+    import gatedrnn.study.runner
+
+    real = gatedrnn.study.runner.train
+
+    def train(config, **kwargs):
+        if config.cell == "lstm":
+            raise RuntimeError("[lstm] broke")
+        return real(config, **kwargs)
+
+    monkeypatch.setattr(gatedrnn.study.runner, "train", train)
+    code = main(["compare", "--scale", "smoke", "--tasks", "adding", "--cells", "lstm,gru",
+                 "--seeds", "2", "--workers", "1", "--out", str(tmp_path)])  # fmt: skip
+    assert code == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "8 failed: RuntimeError: [lstm] broke" in out  # 2 seeds, widths, fractions: once
+    assert (tmp_path / "compare-smoke-adding-lstm-gru-s2" / "report.html").is_file()

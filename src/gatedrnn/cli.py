@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gatedrnn.atomic import write_atomic
@@ -382,7 +383,25 @@ def _study(args: argparse.Namespace, console: Console) -> int:
     db_path = _run_with_progress(spec, args, console)
     counts = StudyStore(db_path).counts()
     console.print(f"done: {counts}")
-    return 0 if not counts.get("failed") else 1
+    return 0 if not _show_failures(db_path, console) else 1
+
+
+def _show_failures(db_path: Path, console: Console) -> int:
+    """Print what made the study's trials fail (each distinct error once, with how many it
+    stopped); returns how many failed."""
+    from collections import Counter
+
+    from gatedrnn.study import StudyStore
+
+    store = StudyStore(db_path)
+    failed = [t for t in store.trials() if t["status"] == "failed"]
+    store.close()
+    errors = Counter((t["error"] or "no error recorded").strip().splitlines()[-1] for t in failed)
+    for error, n in errors.most_common(3):
+        console.print(f"[red]{n} failed:[/] {escape(error)}", soft_wrap=True)
+    if len(errors) > 3:
+        console.print(f"and {len(errors) - 3} other errors: the report lists every failed trial")
+    return len(failed)
 
 
 def _verdict_table(summary: dict[str, tuple[str, str]], title: str) -> Table:
@@ -452,7 +471,7 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
     minutes = (time.perf_counter() - start) / 60
     console.print(_verdict_table(summary, f"{args.candidate} vs {args.baseline}: the claims"))
     console.print(f"report: {page} (and {md}); {minutes:.1f} minutes")
-    return 0
+    return 0 if not _show_failures(db_path, console) else 1
 
 
 def _report(args: argparse.Namespace, console: Console) -> int:
@@ -600,6 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="your file for the generic tasks: .npz/.csv (seqcls) or .tsv (textcls); those tasks "
         "become the default",
     )
+    compare.add_argument("--data-dir", help="look for datasets here first")
     compare.add_argument("--workers", type=int, help="processes (default: all cores)")
     compare.add_argument("--out", default="runs", help="results go to OUT/<study>/ (default runs)")
     compare.add_argument("--candidate", default="gru", help="the cell the claims are about")
@@ -620,7 +640,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args, console)
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as error:
-        console.print(f"[bold red]error:[/] {error}", soft_wrap=True, markup=True)
+        # escaped: a message may hold brackets ("[train] backend", a path) that rich would
+        # otherwise take for markup and drop
+        console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
         return 2
 
 

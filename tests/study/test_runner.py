@@ -3,6 +3,7 @@ the process pool."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import signal
 import sqlite3
@@ -12,6 +13,7 @@ import time
 
 import pytest
 
+from gatedrnn.data.registry import CorruptDataError, DataMissingError
 from gatedrnn.study import StudyStore, load_study, run_study
 
 KILLABLE = """
@@ -126,4 +128,33 @@ def test_a_cuda_study_without_a_gpu_is_refused_before_anything_runs(tmp_path):
     study.write_text('tasks = ["adding"]\ncells = ["gru"]\nseeds = 1\n[train]\ndevice = "cuda"\n')
     with pytest.raises(ValueError, match=r"train\.device: 'cuda', but this machine has no CUDA"):
         run_study(load_study(study), tmp_path / "runs", workers=1)
+    assert not (tmp_path / "runs").exists()
+
+
+DATASET_STUDY = 'tasks = ["jsb", "ptb"]\ncells = ["gru"]\nseeds = 1\n[train]\nsmoke = true\n'
+
+
+def test_a_missing_dataset_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    """Every trial of ptb would fail on the same missing files, after jsb's had run; jsb's
+    embedded copy needs no files."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("GATEDRNN_DATA", raising=False)
+    study = tmp_path / "s.toml"
+    study.write_text(DATASET_STUDY)
+    with pytest.raises(DataMissingError, match=r"dataset 'ptb' is not present.*data fetch ptb"):
+        run_study(load_study(study), tmp_path / "runs", workers=1, data_dir=tmp_path / "data")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_corrupt_dataset_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    monkeypatch.delenv("GATEDRNN_DATA", raising=False)
+    folder = tmp_path / "data" / "ptb"
+    folder.mkdir(parents=True)
+    for split in ("train", "valid", "test"):
+        with gzip.open(folder / f"ptb.{split}.txt.gz", "wt") as f:
+            f.write("not the registered file\n")
+    study = tmp_path / "s.toml"
+    study.write_text(DATASET_STUDY)
+    with pytest.raises(CorruptDataError, match=r"ptb\.train\.txt\.gz: \d+ bytes, expected"):
+        run_study(load_study(study), tmp_path / "runs", workers=1, data_dir=tmp_path / "data")
     assert not (tmp_path / "runs").exists()

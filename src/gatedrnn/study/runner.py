@@ -19,8 +19,10 @@ from typing import Any
 import torch
 
 from gatedrnn.backends.compiled import compiled_loops
+from gatedrnn.data.registry import DataMissingError, get_dataset, locate
 from gatedrnn.study.spec import StudySpec, Trial
 from gatedrnn.study.store import DONE, StudyStore
+from gatedrnn.tasks import TASKS
 from gatedrnn.train import TrainConfig, train
 from gatedrnn.train.loop import environment
 
@@ -66,6 +68,8 @@ def run_study(
 
     Re-running skips completed and diverged trials and resumes interrupted ones from their
     checkpoints. ``workers`` (default: the spec's, then all cores) processes share the cores.
+    On the local executor a CUDA study without a GPU, and a study whose datasets are missing or
+    corrupt, are refused before anything is written.
     """
     device = torch.device(spec.train.get("device", "cpu"))
     if spec.executor.kind != "ray" and device.type == "cuda" and not torch.cuda.is_available():
@@ -76,6 +80,8 @@ def run_study(
             "(torch.cuda.is_available() is False); use device 'cpu', or --executor ray on a "
             "cluster with GPUs"
         )
+    if spec.executor.kind != "ray":
+        _check_datasets(spec, data_dir)
     db_path, checkpoints = study_paths(spec, out)
     store = StudyStore(db_path)
     stored, current = store.get_meta("spec"), json.loads(json.dumps(spec.to_dict()))
@@ -105,6 +111,18 @@ def run_study(
     else:
         _run_pool(store, todo, checkpoints, progress, workers, threads, data_dir)
     return db_path
+
+
+def _check_datasets(spec: StudySpec, data_dir: str | Path | None) -> None:
+    """Every dataset the study's tasks read, present and intact, before any trial starts (each
+    trial would otherwise fail on the same missing or corrupt file, after the ones before it
+    ran). Raises the registry's error, which says where the files go and how to fetch them."""
+    for name in sorted({TASKS[task].dataset for task in spec.tasks} - {None}):
+        try:
+            locate(name, data_dir)
+        except DataMissingError:
+            if get_dataset(name).embedded is None:  # else the package's own copy serves
+                raise
 
 
 class _DirectEvents:
