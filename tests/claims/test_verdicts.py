@@ -19,16 +19,24 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def self_study(tmp_path_factory):
+def self_db(tmp_path_factory):
     spec = parse_study(
         {**TINY, "name": "self", "cells": ["gru", {"cell": "gru", "label": "gru-copy"}, "lstm"]}
     )
-    db = run_study(spec, tmp_path_factory.mktemp("runs"), workers=1)
-    return StudyStore(db).trials()
+    return run_study(spec, tmp_path_factory.mktemp("runs"), workers=1)
 
 
-def test_a_cell_against_itself_never_differs(self_study):
-    for v in evaluate_claims(self_study, "gru", "gru-copy"):
+@pytest.fixture(scope="module")
+def self_study(self_db):
+    return StudyStore(self_db).trials()
+
+
+def test_a_cell_against_itself_never_differs(self_db, self_study):
+    timings = StudyStore(self_db).timings()
+    assert set(timings) == {(t, w) for t in TINY["tasks"] for w in TINY["widths"]}
+    verdicts = evaluate_claims(self_study, "gru", "gru-copy", timings)
+    assert sum("interleaved rounds" in v.measurement for v in verdicts) == 4
+    for v in verdicts:
         if v.claim == "comparable performance":
             assert v.verdict != "contradicted", v  # identical results are equivalent
         else:
@@ -77,6 +85,43 @@ def test_speed_needs_epochs_long_enough_to_time(candidate, baseline, expected):
     assert verdict.verdict == expected, verdict
     if expected == "inconclusive":
         assert "too short to time" in verdict.measurement
+
+
+@pytest.mark.parametrize(
+    "candidate, baseline, expected",
+    [
+        ([0.0020, 0.0021, 0.0019], [0.0030, 0.0031, 0.0029], "supported"),
+        ([0.0030, 0.0031, 0.0029], [0.0020, 0.0021, 0.0019], "contradicted"),
+        ([0.0020, 0.0021, 0.0019], [0.0020, 0.0020, 0.0020], "inconclusive"),
+        ([0.0020, 0.0030, 0.0019], [0.0030, 0.0020, 0.0029], "inconclusive"),  # no interval
+    ],
+)
+def test_speed_from_interleaved_rounds(candidate, baseline, expected):
+    """Where the arm was timed interleaved, its rounds decide (paired by round), whatever the
+    epoch times say; the epochs' ratio is shown beside it, and their length does not matter."""
+    from gatedrnn.claims.verdicts import _speed
+
+    trials = [{"seconds_per_epoch": s, "environment": {"device": "cpu"}, "backend": "cpu"}
+              for s in (0.002, 0.009, 0.003)]  # fmt: skip
+    verdict = _speed(trials, trials, "task / equal_hidden", (candidate, baseline))
+    assert verdict.verdict == expected, verdict
+    assert "time per training step ratio" in verdict.measurement
+    assert "over 3 interleaved rounds" in verdict.measurement
+    assert "per epoch in the trials 1 " in verdict.measurement
+    assert "too short" not in verdict.measurement
+    assert verdict.details["epoch_ratio"]["estimate"] == 1
+
+
+def test_the_study_timings_reach_the_speed_verdict(self_study):
+    rounds = {"gru": [0.002] * 4, "lstm": [0.003, 0.0031, 0.0029, 0.003]}
+    timings = {("adding", "equal_hidden"): rounds}
+    speed = {
+        v.scope: v for v in evaluate_claims(self_study, "gru", "lstm", timings)
+        if v.claim == "faster training"
+    }  # fmt: skip
+    assert speed["adding / equal_hidden"].verdict == "supported"
+    assert "over 4 interleaved rounds" in speed["adding / equal_hidden"].measurement
+    assert "time per epoch ratio" in speed["jsb / equal_hidden"].measurement  # not timed
 
 
 def test_time_and_memory_need_one_backend():

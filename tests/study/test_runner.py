@@ -95,6 +95,29 @@ def test_a_diverging_trial_is_recorded_and_the_study_completes(tmp_path):
     db = run_study(load_study(study), tmp_path, workers=1)
     statuses = {t["cell"]: (t["status"], t["error"]) for t in StudyStore(db).trials()}
     assert all(status == "diverged" and error for status, error in statuses.values())
+    assert StudyStore(db).timings() == {}  # diverges when timed too: left to the epoch times
+
+
+def test_each_arm_is_timed_once_interleaved(tmp_path):
+    """After the trials, each task and width arm's cells are timed against each other (the
+    speed claim's measurement), once: a re-run keeps the rows; a study without them (an
+    earlier version's) gets them on its next run."""
+    study = tmp_path / "t.toml"
+    study.write_text('tasks = ["adding"]\ncells = ["lstm", "gru"]\nseeds = 2\nhidden_size = 8\n'
+                     'widths = ["equal_hidden", "equal_params"]\nbudget = 800\n'
+                     "fractions = [0.5, 1.0]\n[train]\nepochs = 1\nsmoke = true\n")  # fmt: skip
+    db = run_study(load_study(study), tmp_path, workers=1)
+    timings = StudyStore(db).timings()
+    assert set(timings) == {("adding", "equal_hidden"), ("adding", "equal_params")}
+    for cells in timings.values():
+        assert set(cells) == {"lstm", "gru"} and all(len(v) == 7 for v in cells.values())
+    run_study(load_study(study), tmp_path, workers=1)
+    assert StudyStore(db).timings() == timings
+    with sqlite3.connect(db) as connection:
+        connection.execute("DROP TABLE timings")
+    run_study(load_study(study), tmp_path, workers=1)
+    again = StudyStore(db).timings()
+    assert set(again) == set(timings) and again != timings  # measured anew
 
 
 def test_process_pool_gives_the_same_results_as_one_process(tmp_path):

@@ -3,7 +3,9 @@
 Verdicts are *supported*, *contradicted* or *inconclusive*, each with the numbers behind it. The
 rules are deliberately hard to satisfy by chance:
 
-* intervals are 95% t intervals over seeds, paired by seed; fewer than two pairs → inconclusive;
+* intervals are 95% t intervals over seeds, paired by seed (speed: over the rounds of the
+  study's interleaved timing, paired by round, where it has one); fewer than two pairs →
+  inconclusive;
 * a ratio claim (speed, convergence) also needs the whole interval past a 5% practical margin,
   so timing noise between two identical cells does not produce a verdict;
 * facts (parameter counts, bytes, gates) that are equal → inconclusive;
@@ -107,9 +109,15 @@ def _steps_to(history: list[dict], metric: str, target: float, higher: bool, key
 
 
 def evaluate_claims(
-    trials: list[dict[str, Any]], candidate: str = "gru", baseline: str = "lstm"
+    trials: list[dict[str, Any]],
+    candidate: str = "gru",
+    baseline: str = "lstm",
+    timings: dict[tuple[str, str], dict[str, list[float]]] | None = None,
 ) -> list[ClaimVerdict]:
-    """Every claim for ``candidate`` against ``baseline`` (cell labels of the study)."""
+    """Every claim for ``candidate`` against ``baseline`` (cell labels of the study).
+
+    ``timings`` (the store's: (task, width) → cell → seconds per step by round) gives the speed
+    claim its interleaved timing; without one for an arm, the trials' epoch times serve."""
     verdicts: list[ClaimVerdict] = []
     labels = {t["cell"]: t["config"] for t in trials}
     if candidate not in labels or baseline not in labels:
@@ -136,7 +144,11 @@ def evaluate_claims(
                     )
                 )
                 verdicts.append(_memory(a, b, scope))
-            verdicts.append(_speed(a, b, scope))
+            timed = (timings or {}).get((task, width), {})
+            rounds = (
+                (timed[candidate], timed[baseline]) if {candidate, baseline} <= set(timed) else None
+            )
+            verdicts.append(_speed(a, b, scope, rounds))
             verdicts.append(_convergence(a, b, scope, metric.name, metric.higher_is_better))
             verdicts.append(_comparable(a, b, scope, metric.name, metric.higher_is_better))
         fractions = sorted({f for t, w, f in groups if t == task and w == width})
@@ -219,25 +231,38 @@ def _memory(a: list[dict], b: list[dict], scope: str) -> ClaimVerdict:
     return ClaimVerdict("lower memory", scope, verdict, measurement, details)
 
 
-def _speed(a: list[dict], b: list[dict], scope: str) -> ClaimVerdict:
-    ratio = paired_ratio([r["seconds_per_epoch"] for r in a], [r["seconds_per_epoch"] for r in b])
+def _speed(
+    a: list[dict], b: list[dict], scope: str, rounds: tuple[list[float], list[float]] | None = None
+) -> ClaimVerdict:
+    """Time per training step from the interleaved ``rounds`` where the arm was timed (the
+    trials' epoch times shown beside it), else time per epoch from the trials."""
+    epochs = paired_ratio([r["seconds_per_epoch"] for r in a], [r["seconds_per_epoch"] for r in b])
     where = f"{a[0]['environment'].get('device', '?')}, {_backends(a)} vs {_backends(b)}"
     shortest = min(r["seconds_per_epoch"] for r in a + b)
-    measurement = f"time per epoch ratio {ratio} ({where})"
-    verdict = _ratio_verdict(ratio)
-    if shortest < MIN_TIMED_EPOCH:
-        verdict = INCONCLUSIVE
-        measurement += (
-            f"; epochs of {shortest * 1e3:.1f} ms are too short to time against each other "
-            f"(under {MIN_TIMED_EPOCH * 1e3:.0f} ms)"
+    details: dict[str, Any] = {"epoch_ratio": epochs.__dict__, "shortest_epoch_seconds": shortest}
+    if rounds is not None:
+        ratio = paired_ratio(*rounds)
+        verdict = _ratio_verdict(ratio)
+        measurement = (
+            f"time per training step ratio {ratio} over {ratio.n} interleaved rounds ({where}); "
+            f"per epoch in the trials {epochs}"
         )
+    else:
+        ratio = epochs
+        measurement = f"time per epoch ratio {ratio} ({where})"
+        verdict = _ratio_verdict(ratio)
+        if shortest < MIN_TIMED_EPOCH:
+            verdict = INCONCLUSIVE
+            measurement += (
+                f"; epochs of {shortest * 1e3:.1f} ms are too short to time against each other "
+                f"(under {MIN_TIMED_EPOCH * 1e3:.0f} ms)"
+            )
     other = _other_backends(a, b)
     if other:
         verdict, measurement = INCONCLUSIVE, f"{measurement}; {other}"
     return ClaimVerdict(
-        "faster training", scope, verdict, measurement,
-        {"ratio": ratio.__dict__, "shortest_epoch_seconds": shortest},
-    )  # fmt: skip
+        "faster training", scope, verdict, measurement, {"ratio": ratio.__dict__, **details}
+    )
 
 
 def _convergence(a, b, scope, metric: str, higher: bool) -> ClaimVerdict:

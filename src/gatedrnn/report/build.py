@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,9 @@ def _fractions(task: str, rows: list[dict]) -> bytes | None:
     return _figure_png(fig)
 
 
-def _results_table(task: str, rows: list[dict]) -> list[list[str]]:
+def _results_table(
+    task: str, rows: list[dict], timings: dict[tuple[str, str], dict[str, list[float]]]
+) -> list[list[str]]:
     metric = TASKS[task].metrics[0].name
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
@@ -146,6 +149,10 @@ def _results_table(task: str, rows: list[dict]) -> list[list[str]]:
         test = mean_ci([d["test"][metric] for d in done])
         train = mean_ci([d["train"][metric] for d in done])
         seconds = mean_ci([d["seconds_per_epoch"] for d in done])
+        speed = f"{seconds.estimate:.3f} s/epoch, n={len(done)}"
+        step = timings.get((task, width), {}).get(cell)
+        if step and fraction == max(r["fraction"] for r in rows):
+            speed += f"; {statistics.median(step) * 1e3:.3g} ms/step interleaved"
         table.append(
             [
                 width,
@@ -155,7 +162,7 @@ def _results_table(task: str, rows: list[dict]) -> list[list[str]]:
                 f"{done[0]['parameters']:,}",
                 str(test),
                 str(train),
-                f"{seconds.estimate:.3f} s/epoch, n={len(done)}",
+                speed,
             ]
         )
     return table
@@ -176,8 +183,9 @@ def build_report(
     trials = store.trials()
     epochs = {t["key"]: store.epochs(t["key"]) for t in trials}
     spec, env = store.get_meta("spec") or {}, store.get_meta("environment") or {}
+    timings = store.timings()
     store.close()
-    verdicts = evaluate_claims(trials, candidate, baseline)
+    verdicts = evaluate_claims(trials, candidate, baseline, timings)
     summary = overall(verdicts)
 
     sections: list[tuple[str, Any]] = []  # (kind, payload): "h", "p", "table", "figure"
@@ -241,7 +249,7 @@ def build_report(
                         f"train {metric.name}",
                         "speed",
                     ],
-                    _results_table(task, rows),
+                    _results_table(task, rows, timings),
                 ),
             )
         )

@@ -25,6 +25,7 @@ from gatedrnn.study.store import DONE, StudyStore
 from gatedrnn.tasks import TASKS
 from gatedrnn.train import TrainConfig, train
 from gatedrnn.train.loop import environment
+from gatedrnn.train.timing import time_steps
 
 __all__ = ["run_study", "study_paths"]
 
@@ -69,7 +70,9 @@ def run_study(
     Re-running skips completed and diverged trials and resumes interrupted ones from their
     checkpoints. ``workers`` (default: the spec's, then all cores) processes share the cores.
     On the local executor a CUDA study without a GPU, and a study whose datasets are missing or
-    corrupt, are refused before anything is written.
+    corrupt, are refused before anything is written; after its trials, each task and width
+    arm's cells are timed against each other in this process (:func:`time_steps`) for the speed
+    claim.
     """
     device = torch.device(spec.train.get("device", "cpu"))
     if spec.executor.kind != "ray" and device.type == "cuda" and not torch.cuda.is_available():
@@ -110,7 +113,34 @@ def run_study(
         _run_here(store, todo, checkpoints, progress, threads, data_dir)
     else:
         _run_pool(store, todo, checkpoints, progress, workers, threads, data_dir)
+    _time_arms(store, trials, threads, data_dir)
     return db_path
+
+
+def _time_arms(store: StudyStore, trials: list[Trial], threads: int, data_dir) -> None:
+    """The interleaved timing of every task and width arm's cells not yet timed (with seed 0's
+    configuration at the largest training fraction, on as many threads as a trial had), for the
+    speed claim; an arm that cannot be timed is logged and left to the epoch times."""
+    timed = store.timings()
+    largest = max(t.fraction for t in trials)
+    arms: dict[tuple[str, str], dict[str, TrainConfig]] = {}
+    for t in trials:
+        if t.seed == 0 and t.fraction == largest and (t.task, t.width) not in timed:
+            arms.setdefault((t.task, t.width), {})[t.cell.label] = t.config
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for (task, width), configs in arms.items():
+            if len(configs) < 2:
+                continue
+            try:
+                seconds, steps = time_steps(configs, data_dir=data_dir)
+            except Exception as error:
+                logger.warning("timing %s / %s failed: %s", task, width, error)
+                continue
+            store.record_timings(task, width, seconds, steps)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _check_datasets(spec: StudySpec, data_dir: str | Path | None) -> None:

@@ -2,7 +2,8 @@
 
 Tables: ``meta`` (the study spec and environment, JSON), ``trials`` (one row per trial, keyed by
 its configuration hash, with status, error, attempts and the final result as JSON) and ``epochs``
-(one row per finished epoch). Reports read only this database.
+(one row per finished epoch), ``timings`` (the interleaved timing of each task and width arm's
+cells after the trials: seconds per training step, per round). Reports read only this database.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ CREATE TABLE IF NOT EXISTS epochs (
     seconds REAL NOT NULL, elapsed REAL NOT NULL, train_loss REAL NOT NULL, valid TEXT NOT NULL,
     lr REAL NOT NULL, units_per_second REAL NOT NULL,
     PRIMARY KEY (trial, epoch)
+);
+CREATE TABLE IF NOT EXISTS timings (
+    task TEXT NOT NULL, width TEXT NOT NULL, cell TEXT NOT NULL, round INTEGER NOT NULL,
+    seconds_per_step REAL NOT NULL, steps INTEGER NOT NULL,
+    PRIMARY KEY (task, width, cell, round)
 );
 """
 
@@ -141,6 +147,38 @@ class StudyStore:
     def epochs(self, key: str) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT * FROM epochs WHERE trial = ? ORDER BY epoch", (key,))
         return [dict(row) | {"valid": json.loads(row["valid"])} for row in rows]
+
+    def record_timings(
+        self, task: str, width: str, seconds: dict[str, list[float]], steps: int
+    ) -> None:
+        """One arm's interleaved timing (cell label → seconds per step, per round), in one
+        transaction."""
+        rows = [
+            (task, width, cell, r, value, steps)
+            for cell, values in seconds.items()
+            for r, value in enumerate(values)
+        ]
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("DELETE FROM timings WHERE task = ? AND width = ?", (task, width))
+            self.db.executemany(
+                "INSERT INTO timings (task, width, cell, round, seconds_per_step, steps) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def timings(self) -> dict[tuple[str, str], dict[str, list[float]]]:
+        """(task, width) → cell label → seconds per step, by round."""
+        out: dict[tuple[str, str], dict[str, list[float]]] = {}
+        rows = self.db.execute(
+            "SELECT task, width, cell, seconds_per_step FROM timings ORDER BY task, width, cell, "
+            "round"
+        )
+        for row in rows:
+            out.setdefault((row["task"], row["width"]), {}).setdefault(row["cell"], []).append(
+                row["seconds_per_step"]
+            )
+        return out
 
     def counts(self) -> dict[str, int]:
         rows = self.db.execute("SELECT status, COUNT(*) FROM trials GROUP BY status")

@@ -157,24 +157,33 @@ def train(
         torch.use_deterministic_algorithms(previous_determinism)
 
 
-def _train(config, device, checkpoint, on_epoch, on_batch, data_dir) -> RunResult:
-    torch.manual_seed(config.seed)
+def _build_task(config: TrainConfig, data_dir) -> Task:
     task_options = dict(config.task_options)
     if data_dir and TASKS[config.task].dataset:
         task_options["data_dir"] = data_dir
-    task: Task = build_task(
+    return build_task(
         config.task, smoke=config.smoke, fraction=config.fraction, seed=config.seed,
         **task_options,
     )  # fmt: skip
+
+
+def _build_model(config: TrainConfig, task: Task, device: torch.device):
+    """The run's model (on ``device``) and its optimizer."""
     layer_options = {"backend": config.backend, **config.cell_options}
     if config.num_layers > 1:
         layer_options["dropout"] = config.dropout
     model = task.build_model(config.cell, config.hidden_size, config.num_layers, **layer_options)
     model.to(device)
+    return model, build_optimizer(config, model.parameters())
+
+
+def _train(config, device, checkpoint, on_epoch, on_batch, data_dir) -> RunResult:
+    torch.manual_seed(config.seed)
+    task = _build_task(config, data_dir)
+    model, optimizer = _build_model(config, task, device)
     if device.type == "cuda":  # this run's peak, not an earlier run's in the same process
         torch.cuda.reset_peak_memory_stats(device)
     metric = task.metrics[0]
-    optimizer = build_optimizer(config, model.parameters())
     schedule = _build_schedule(config, optimizer, metric.higher_is_better)
 
     state: dict[str, Any] = {
@@ -288,6 +297,24 @@ def _peak_cuda_bytes(device: torch.device, before: int | None) -> int | None:
     return max(torch.cuda.max_memory_allocated(device), before or 0)
 
 
+def _step(task, model, optimizer, config, device, batch, update: int) -> tuple[torch.Tensor, int]:
+    """One update on ``batch``: the loss (summed over its ``n`` units), backward, clipping and
+    the optimizer's step; raises _Diverged at a non-finite loss or gradient norm."""
+    with _precision(config, device):
+        loss, n = task.loss(model, batch)
+    mean = loss / n
+    if not torch.isfinite(mean):
+        raise _Diverged(f"loss is {mean.item()} at update {update}")
+    optimizer.zero_grad(set_to_none=True)
+    mean.backward()
+    if config.clip_norm > 0:
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+        if not torch.isfinite(norm):
+            raise _Diverged(f"gradient norm is {norm.item()} at update {update}")
+    optimizer.step()
+    return loss, n
+
+
 def _train_epoch(task, model, optimizer, config, device, epoch, state, on_batch) -> EpochRecord:
     model.train()
     total, count, batches = 0.0, 0, 0
@@ -295,18 +322,8 @@ def _train_epoch(task, model, optimizer, config, device, epoch, state, on_batch)
     # the shuffle depends only on (seed, epoch), so a resumed run sees the same batches
     for batch in task.batches("train", config.batch_size, shuffle=True,
                               seed=config.seed * 100_003 + epoch):  # fmt: skip
-        with _precision(config, device):
-            loss, n = task.loss(model, _to(batch, device))
-        mean = loss / n
-        if not torch.isfinite(mean):
-            raise _Diverged(f"loss is {mean.item()} at update {state['updates'] + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        mean.backward()
-        if config.clip_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
-            if not torch.isfinite(norm):
-                raise _Diverged(f"gradient norm is {norm.item()} at update {state['updates'] + 1}")
-        optimizer.step()
+        batch = _to(batch, device)
+        loss, n = _step(task, model, optimizer, config, device, batch, state["updates"] + 1)
         state["updates"] += 1
         total, count, batches = total + float(loss.detach()), count + n, batches + 1
         if on_batch:

@@ -1,0 +1,104 @@
+"""Interleaved timing of training steps: the configurations a speed claim compares, trained in one
+process in turn, block after block, so that the machine's drift and its other tenants touch them
+alike.
+
+A study's trials time their own epochs, but they run in a pool beside other trials, and a trial's
+neighbours (and whatever else the machine runs meanwhile) move its epochs by tens of percent, the
+same way for all of them (seen here: one RNN trial at 31 ms per epoch, the same trial with the
+next seed at 67 ms). Here every configuration runs the same batches for the same number of steps
+per block, the order alternating by round, and each round gives one ratio; the interval is over
+rounds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from gatedrnn.train.config import TrainConfig
+from gatedrnn.train.loop import _build_model, _build_task, _Diverged, _step, _to
+
+__all__ = ["time_steps"]
+
+
+def time_steps(
+    configs: Mapping[str, TrainConfig],
+    *,
+    rounds: int = 7,
+    block: float = 0.05,
+    batches: int = 8,
+    data_dir: str | Path | None = None,
+) -> tuple[dict[str, list[float]], int]:
+    """Seconds per training step of each configuration, one value per round, and the steps each
+    configuration ran per round.
+
+    Each model is built as its run builds it (layers, backend, optimizer, initialized from its
+    seed) and trains on the first ``batches`` batches of the run's first epoch, cycled. After a
+    warm-up, each of ``rounds`` rounds runs every configuration twice, in the given order and
+    then reversed (A B C C B A), so that a drift of the machine's speed within the round
+    cancels; each run is the same number of steps for all (equal work), enough that the fastest
+    configuration's two runs take ``block`` seconds. The configurations must share a device and
+    a task with its data and batch size (a GPU is synchronized around each run). Raises
+    ``RuntimeError`` where a configuration's loss or gradients stop being finite.
+    """
+    if not configs:
+        raise ValueError("time_steps: no configurations to time")
+    if rounds < 2:
+        raise ValueError(f"time_steps: rounds must be at least 2 (an interval), got {rounds}")
+    devices = {c.device for c in configs.values()}
+    tasks = {
+        (c.task, json.dumps(c.task_options, sort_keys=True), c.smoke, c.fraction, c.seed,
+         c.batch_size)
+        for c in configs.values()
+    }  # fmt: skip
+    if len(devices) > 1 or len(tasks) > 1:
+        raise ValueError(
+            "time_steps: the configurations must share device, task, data and batches; got "
+            f"devices {sorted(devices)} and {len(tasks)} task settings"
+        )
+    device = torch.device(devices.pop())
+    shared = next(iter(configs.values()))
+    torch.manual_seed(shared.seed)
+    task = _build_task(shared, data_dir)  # one task: the same data and batches for all
+    first = task.batches("train", shared.batch_size, shuffle=True, seed=shared.seed * 100_003 + 1)
+    data = [_to(b, device) for b in itertools.islice(first, batches)]
+    runs = {}
+    for label, config in configs.items():
+        torch.manual_seed(config.seed)
+        model, optimizer = _build_model(config, task, device)
+        model.train()
+        runs[label] = (model, optimizer, config, itertools.cycle(data))
+
+    def run(label: str, steps: int) -> float:
+        model, optimizer, config, batches = runs[label]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for step in range(1, steps + 1):
+            try:
+                _step(task, model, optimizer, config, device, next(batches), step)
+            except _Diverged as error:
+                raise RuntimeError(f"time_steps: {label} diverged: {error}") from None
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    labels = list(configs)
+    for label in labels:  # warm-up: first calls, caches, the allocator
+        run(label, 1)
+    fastest = min(run(label, 1) for label in labels)
+    steps = max(1, math.ceil(block / 2 / max(fastest, 1e-6)))  # per half block
+    seconds: dict[str, list[float]] = {label: [] for label in labels}
+    for _ in range(rounds):
+        spent = dict.fromkeys(labels, 0.0)
+        for label in labels + labels[::-1]:  # A B … B A: a drift within the round cancels
+            spent[label] += run(label, steps)
+        for label in labels:
+            seconds[label].append(spent[label] / (2 * steps))
+    return seconds, 2 * steps

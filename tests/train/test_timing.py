@@ -1,0 +1,62 @@
+"""Interleaved timing of training steps (the speed claim's measurement): every configuration gets
+the same steps on the same batches, round after round; what it measures follows the work."""
+
+from __future__ import annotations
+
+import pytest
+
+from gatedrnn.train import TrainConfig
+from gatedrnn.train.timing import time_steps
+
+SMOKE = dict(task="jsb", smoke=True, batch_size=8, lr=1e-2)
+
+
+def test_every_configuration_gets_every_round_and_equal_steps():
+    configs = {
+        "gru": TrainConfig(cell="gru", hidden_size=8, **SMOKE),
+        "lstm": TrainConfig(cell="lstm", hidden_size=8, **SMOKE),
+        "gru-copy": TrainConfig(cell="gru", hidden_size=8, **SMOKE),
+    }
+    seconds, steps = time_steps(configs, rounds=3, block=0.005)
+    assert list(seconds) == ["gru", "lstm", "gru-copy"]
+    assert all(len(values) == 3 and min(values) > 0 for values in seconds.values())
+    assert steps >= 2 and steps % 2 == 0  # A B C C B A: two runs of steps / 2 each
+
+
+def test_the_slower_configuration_is_measured_slower():
+    """Not a speed target: a model with 32× the hidden size (over 100× the recurrent work)
+    must come out slower in every round, or the labels are crossed."""
+    small = TrainConfig(cell="gru", hidden_size=8, **SMOKE)
+    large = TrainConfig(cell="gru", hidden_size=256, **SMOKE)
+    seconds, _ = time_steps({"small": small, "large": large}, rounds=3, block=0.02)
+    assert all(b > 2 * a for a, b in zip(seconds["small"], seconds["large"], strict=True))
+
+
+@pytest.mark.parametrize(
+    "configs, rounds, message",
+    [
+        ({}, 3, "no configurations to time"),
+        ({"a": TrainConfig(**SMOKE)}, 1, "rounds must be at least 2"),
+        (
+            {"a": TrainConfig(**SMOKE), "b": TrainConfig(**{**SMOKE, "batch_size": 4})},
+            3,
+            "must share device, task, data and batches",
+        ),
+        (
+            {"a": TrainConfig(**SMOKE), "b": TrainConfig(**{**SMOKE, "task": "adding"})},
+            3,
+            "must share",
+        ),
+    ],
+)
+def test_configurations_that_cannot_be_timed_together_are_refused(configs, rounds, message):
+    with pytest.raises(ValueError, match=message):
+        time_steps(configs, rounds=rounds)
+
+
+def test_a_diverging_configuration_is_named():
+    hot = TrainConfig(task="adding", cell="rnn", optimizer="sgd", lr=1e12, clip_norm=0,
+                      smoke=True, hidden_size=16)  # fmt: skip
+    cool = TrainConfig(task="adding", cell="gru", smoke=True, hidden_size=16)
+    with pytest.raises(RuntimeError, match="time_steps: hot diverged: "):
+        time_steps({"cool": cool, "hot": hot}, rounds=2, block=0.01)
