@@ -437,6 +437,8 @@ def _run_with_progress(spec, args, console: Console):
                 f"running {counts.get('running', 0)}, failed {counts.get('failed', 0)}, "
                 f"diverged {counts.get('diverged', 0)}"
             )
+            if counts.get("timing"):
+                text = f"timing the cells interleaved: arm {counts['timing']} of {counts['arms']}"
             progress.update(bar, completed=done, description=text)
 
         run_study(

@@ -113,11 +113,11 @@ def run_study(
         _run_here(store, todo, checkpoints, progress, threads, data_dir)
     else:
         _run_pool(store, todo, checkpoints, progress, workers, threads, data_dir)
-    _time_arms(store, trials, threads, data_dir)
+    _time_arms(store, trials, threads, data_dir, progress)
     return db_path
 
 
-def _time_arms(store: StudyStore, trials: list[Trial], threads: int, data_dir) -> None:
+def _time_arms(store: StudyStore, trials: list[Trial], threads: int, data_dir, progress) -> None:
     """The interleaved timing of every task and width arm's cells not yet timed (with seed 0's
     configuration at the largest training fraction, on as many threads as a trial had), for the
     speed claim; an arm that cannot be timed is logged and left to the epoch times."""
@@ -127,12 +127,13 @@ def _time_arms(store: StudyStore, trials: list[Trial], threads: int, data_dir) -
     for t in trials:
         if t.seed == 0 and t.fraction == largest and (t.task, t.width) not in timed:
             arms.setdefault((t.task, t.width), {})[t.cell.label] = t.config
+    arms = {arm: configs for arm, configs in arms.items() if len(configs) > 1}
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for (task, width), configs in arms.items():
-            if len(configs) < 2:
-                continue
+        for done, ((task, width), configs) in enumerate(arms.items()):
+            if progress:
+                progress(store.counts() | {"timing": done + 1, "arms": len(arms)})
             try:
                 seconds, steps = time_steps(configs, data_dir=data_dir)
             except Exception as error:
@@ -141,6 +142,8 @@ def _time_arms(store: StudyStore, trials: list[Trial], threads: int, data_dir) -
             store.record_timings(task, width, seconds, steps)
     finally:
         torch.set_num_threads(previous)
+    if progress and arms:
+        progress(store.counts())
 
 
 def _check_datasets(spec: StudySpec, data_dir: str | Path | None) -> None:
