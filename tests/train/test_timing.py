@@ -60,3 +60,25 @@ def test_a_diverging_configuration_is_named():
     cool = TrainConfig(task="adding", cell="gru", smoke=True, hidden_size=16)
     with pytest.raises(RuntimeError, match="time_steps: hot diverged: "):
         time_steps({"cool": cool, "hot": hot}, rounds=2, block=0.01)
+
+
+def test_each_configuration_runs_under_its_own_determinism_setting(monkeypatch):
+    """As train() does, and the process's setting is restored afterwards."""
+    import torch
+
+    seen = []
+    original = torch.use_deterministic_algorithms
+
+    def spy(mode, **kwargs):
+        seen.append(mode)
+        original(mode, **kwargs)
+
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", spy)
+    configs = {
+        "a": TrainConfig(cell="gru", hidden_size=8, deterministic=True, **SMOKE),
+        "b": TrainConfig(cell="gru", hidden_size=8, deterministic=False, **SMOKE),
+    }
+    before = torch.are_deterministic_algorithms_enabled()
+    time_steps(configs, rounds=2, block=0.002)
+    assert {True, False} <= set(seen[:-1]) and seen[-1] == before
+    assert torch.are_deterministic_algorithms_enabled() == before

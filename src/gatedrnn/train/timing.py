@@ -77,6 +77,7 @@ def time_steps(
 
     def run(label: str, steps: int) -> float:
         model, optimizer, config, batches = runs[label]
+        torch.use_deterministic_algorithms(config.deterministic, warn_only=True)  # as train()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
@@ -90,15 +91,19 @@ def time_steps(
         return time.perf_counter() - start
 
     labels = list(configs)
-    for label in labels:  # warm-up: first calls, caches, the allocator
-        run(label, 1)
-    fastest = min(run(label, 1) for label in labels)
-    steps = max(1, math.ceil(block / 2 / max(fastest, 1e-6)))  # per half block
-    seconds: dict[str, list[float]] = {label: [] for label in labels}
-    for _ in range(rounds):
-        spent = dict.fromkeys(labels, 0.0)
-        for label in labels + labels[::-1]:  # A B … B A: a drift within the round cancels
-            spent[label] += run(label, steps)
-        for label in labels:
-            seconds[label].append(spent[label] / (2 * steps))
+    previous = torch.are_deterministic_algorithms_enabled()
+    try:
+        for label in labels:  # warm-up: first calls, caches, the allocator
+            run(label, 1)
+        fastest = min(run(label, 1) for label in labels)
+        steps = max(1, math.ceil(block / 2 / max(fastest, 1e-6)))  # per half block
+        seconds: dict[str, list[float]] = {label: [] for label in labels}
+        for _ in range(rounds):
+            spent = dict.fromkeys(labels, 0.0)
+            for label in labels + labels[::-1]:  # A B … B A: a drift within the round cancels
+                spent[label] += run(label, steps)
+            for label in labels:
+                seconds[label].append(spent[label] / (2 * steps))
+    finally:
+        torch.use_deterministic_algorithms(previous)
     return seconds, 2 * steps
