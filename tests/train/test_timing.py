@@ -3,6 +3,8 @@ the same steps on the same batches, round after round; what it measures follows 
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
 
 from gatedrnn.train import TrainConfig
@@ -24,12 +26,13 @@ def test_every_configuration_gets_every_round_and_equal_steps():
 
 
 def test_the_slower_configuration_is_measured_slower():
-    """Not a speed target: a model with 32× the hidden size (over 100× the recurrent work)
-    must come out slower in every round, or the labels are crossed."""
+    """Not a speed target: a model with 64× the hidden size (thousands of times the recurrent
+    work; 16× the step time on an idle machine) must come out slower, or the labels are
+    crossed. Medians over rounds: on a loaded machine single rounds swing several-fold."""
     small = TrainConfig(cell="gru", hidden_size=8, **SMOKE)
-    large = TrainConfig(cell="gru", hidden_size=256, **SMOKE)
+    large = TrainConfig(cell="gru", hidden_size=512, **SMOKE)
     seconds, _ = time_steps({"small": small, "large": large}, rounds=3, block=0.02)
-    assert all(b > 2 * a for a, b in zip(seconds["small"], seconds["large"], strict=True))
+    assert statistics.median(seconds["large"]) > 2 * statistics.median(seconds["small"])
 
 
 @pytest.mark.parametrize(
