@@ -58,6 +58,9 @@ def test_ray_matches_the_local_executor(tmp_path, local_ray):
         assert epochs[key] == [1, 2]  # every epoch reached the driver's database, once
         assert trial["result"]["test"] == local[key]["result"]["test"]
     assert StudyStore(ray_db).get_meta("environment")["executor"] == "ray"
+    timings = StudyStore(ray_db).timings()  # the speed claim's timing ran as a Ray task
+    assert set(timings) == {("adding", "equal_hidden")}
+    assert set(timings["adding", "equal_hidden"]) == {"gru", "lstm"}
     again = run_study(load_study(tmp_path / "ray.toml"), tmp_path / "ray")  # nothing left to do
     assert _results(again)[0] == remote
 

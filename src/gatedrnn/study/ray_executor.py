@@ -4,10 +4,11 @@ Each trial is a Ray task asking for ``cpus_per_trial`` CPUs (and one GPU when th
 is CUDA); it trains exactly as a local worker does (:func:`gatedrnn.study.runner._run_trial`),
 resuming from its checkpoint, and sends every epoch to the driver through a Ray queue. The driver
 alone writes the SQLite database, so the store's guarantees are those of the local executor: a
-killed study loses nothing committed, and re-running it resumes. Checkpoints are written where
-the driver puts them, so on a multi-machine cluster the output folder must be on a file system
-every node sees. ``address`` joins an existing cluster; without one a local Ray instance starts
-with this machine's cores.
+killed study loses nothing committed, and re-running it resumes. After the trials, each task and
+width arm's interleaved timing (the speed claim's) runs as one task with a trial's resources,
+one arm at a time. Checkpoints are written where the driver puts them, so on a multi-machine
+cluster the output folder must be on a file system every node sees. ``address`` joins an
+existing cluster; without one a local Ray instance starts with this machine's cores.
 """
 
 from __future__ import annotations
@@ -82,6 +83,32 @@ def run_on_ray(spec, store, todo, checkpoints: Path, progress, data_dir) -> None
                 _settle(store, running.pop(ref), lambda ref=ref: ray.get(ref))
             _report(store, progress)
         _drain(events, store, Empty)
+        _time_arms_on_ray(ray, spec, store, cpus, progress, data_dir)
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _time_arms_on_ray(ray, spec, store, cpus: int, progress, data_dir) -> None:
+    """Each arm's interleaved timing as one Ray task with a trial's resources, one arm at a
+    time; an arm that cannot be timed is logged and left to the epoch times."""
+    from gatedrnn.study.runner import logger, time_arm, untimed_arms
+
+    arms = untimed_arms(store, spec.trials())
+    remote = ray.remote(time_arm)
+    for done, ((task, width), configs) in enumerate(arms.items()):
+        if progress:
+            progress(store.counts() | {"timing": done + 1, "arms": len(arms)})
+        gpus = 1 if next(iter(configs.values()))["device"].startswith("cuda") else 0
+        ref = remote.options(num_cpus=cpus, num_gpus=gpus, max_retries=0).remote(
+            configs, cpus, str(data_dir) if data_dir else None
+        )
+        try:
+            seconds, steps = ray.get(ref)
+        except Exception as error:
+            cause = getattr(error, "cause", None) or error
+            logger.warning("timing %s / %s failed: %s", task, width, cause)
+            continue
+        store.record_timings(task, width, seconds, steps)
+    if progress and arms:
+        progress(store.counts())

@@ -117,31 +117,45 @@ def run_study(
     return db_path
 
 
-def _time_arms(store: StudyStore, trials: list[Trial], threads: int, data_dir, progress) -> None:
-    """The interleaved timing of every task and width arm's cells not yet timed (with seed 0's
-    configuration at the largest training fraction, on as many threads as a trial had), for the
-    speed claim; an arm that cannot be timed is logged and left to the epoch times."""
+def untimed_arms(store: StudyStore, trials: list[Trial]) -> dict[tuple[str, str], dict]:
+    """(task, width) → cell label → configuration (seed 0's, at the largest training fraction)
+    of every arm with two cells or more that the store holds no timing for."""
     timed = store.timings()
     largest = max(t.fraction for t in trials)
-    arms: dict[tuple[str, str], dict[str, TrainConfig]] = {}
+    arms: dict[tuple[str, str], dict[str, dict]] = {}
     for t in trials:
         if t.seed == 0 and t.fraction == largest and (t.task, t.width) not in timed:
-            arms.setdefault((t.task, t.width), {})[t.cell.label] = t.config
-    arms = {arm: configs for arm, configs in arms.items() if len(configs) > 1}
+            arms.setdefault((t.task, t.width), {})[t.cell.label] = t.config.to_dict()
+    return {arm: configs for arm, configs in arms.items() if len(configs) > 1}
+
+
+def time_arm(
+    configs: dict[str, dict], threads: int, data_dir: str | None
+) -> tuple[dict[str, list[float]], int]:
+    """One arm's interleaved timing (:func:`time_steps`) on ``threads`` threads, as a trial of
+    the study had; here in the driver, or as a Ray task."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for done, ((task, width), configs) in enumerate(arms.items()):
-            if progress:
-                progress(store.counts() | {"timing": done + 1, "arms": len(arms)})
-            try:
-                seconds, steps = time_steps(configs, data_dir=data_dir)
-            except Exception as error:
-                logger.warning("timing %s / %s failed: %s", task, width, error)
-                continue
-            store.record_timings(task, width, seconds, steps)
+        parsed = {label: TrainConfig.from_dict(config) for label, config in configs.items()}
+        return time_steps(parsed, data_dir=data_dir)
     finally:
         torch.set_num_threads(previous)
+
+
+def _time_arms(store: StudyStore, trials: list[Trial], threads: int, data_dir, progress) -> None:
+    """Each arm's cells timed against each other in this process, for the speed claim; an arm
+    that cannot be timed is logged and left to the epoch times."""
+    arms = untimed_arms(store, trials)
+    for done, ((task, width), configs) in enumerate(arms.items()):
+        if progress:
+            progress(store.counts() | {"timing": done + 1, "arms": len(arms)})
+        try:
+            seconds, steps = time_arm(configs, threads, str(data_dir) if data_dir else None)
+        except Exception as error:
+            logger.warning("timing %s / %s failed: %s", task, width, error)
+            continue
+        store.record_timings(task, width, seconds, steps)
     if progress and arms:
         progress(store.counts())
 
