@@ -124,6 +124,28 @@ def test_the_study_timings_reach_the_speed_verdict(self_study):
     assert "time per epoch ratio" in speed["jsb / equal_hidden"].measurement  # not timed
 
 
+def test_convergence_seconds_use_the_interleaved_step_time():
+    """Updates decide; where the arm was timed, its seconds are updates x the median time per
+    step, not the trials' clocks."""
+    from gatedrnn.claims.verdicts import _convergence
+
+    def run(updates_to_target, elapsed):
+        history = [
+            {"valid": {"nll": 5.0}, "updates": 10, "elapsed": 1.0},
+            {"valid": {"nll": 4.0}, "updates": updates_to_target, "elapsed": elapsed},
+        ]
+        return {"best_valid": {"nll": 4.0}, "history": history}  # fmt: skip
+
+    a = [run(20, 9.0), run(20, 9.5), run(20, 8.5)]  # the candidate's clock ran slow
+    b = [run(40, 4.0), run(40, 4.1), run(40, 3.9)]
+    plain = _convergence(a, b, "t / w", "nll", higher=False)
+    assert plain.verdict == "supported" and "updates to the target, ratio 0.5 " in plain.measurement
+    assert plain.details["seconds"]["estimate"] > 2
+    timed = _convergence(a, b, "t / w", "nll", False, ([0.001] * 3, [0.002] * 3))
+    assert "seconds at the interleaved time per step 0.25 " in timed.measurement
+    assert timed.details["seconds"]["estimate"] == pytest.approx(0.25)
+
+
 def test_time_and_memory_need_one_backend():
     """A GRU on one backend against an LSTM on another measures the implementations: the time
     and memory verdicts are inconclusive and say why (the claims compare on one backend)."""

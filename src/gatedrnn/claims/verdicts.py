@@ -17,6 +17,7 @@ Comparing a cell with itself therefore never yields *supported* or *contradicted
 from __future__ import annotations
 
 import math
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,7 +150,7 @@ def evaluate_claims(
                 (timed[candidate], timed[baseline]) if {candidate, baseline} <= set(timed) else None
             )
             verdicts.append(_speed(a, b, scope, rounds))
-            verdicts.append(_convergence(a, b, scope, metric.name, metric.higher_is_better))
+            verdicts.append(_convergence(a, b, scope, metric.name, metric.higher_is_better, rounds))
             verdicts.append(_comparable(a, b, scope, metric.name, metric.higher_is_better))
         fractions = sorted({f for t, w, f in groups if t == task and w == width})
         if fraction == fractions[0]:  # the smallest training set of this task and width
@@ -265,7 +266,12 @@ def _speed(
     )
 
 
-def _convergence(a, b, scope, metric: str, higher: bool) -> ClaimVerdict:
+def _convergence(
+    a, b, scope, metric: str, higher: bool, rounds: tuple[list[float], list[float]] | None = None
+) -> ClaimVerdict:
+    """Updates to the worse cell's best validation value, paired by seed (the verdict); and
+    seconds: the trials' own, or, where the arm was timed interleaved, updates × the median
+    time per step (the trials' clocks ran beside other trials)."""
     updates_a, updates_b, seconds_a, seconds_b = [], [], [], []
     for ra, rb in zip(a, b, strict=True):
         best = [ra["best_valid"][metric], rb["best_valid"][metric]]
@@ -275,12 +281,17 @@ def _convergence(a, b, scope, metric: str, higher: bool) -> ClaimVerdict:
         seconds_a.append(_steps_to(ra["history"], metric, target, higher, "elapsed"))
         seconds_b.append(_steps_to(rb["history"], metric, target, higher, "elapsed"))
     ratio = paired_ratio(updates_a, updates_b)
-    seconds = paired_ratio(seconds_a, seconds_b)
+    if rounds is not None:
+        step_a, step_b = (statistics.median(r) for r in rounds)
+        seconds = paired_ratio([u * step_a for u in updates_a], [u * step_b for u in updates_b])
+        timed = "seconds at the interleaved time per step"
+    else:
+        seconds, timed = paired_ratio(seconds_a, seconds_b), "seconds"
     return ClaimVerdict(
         "faster convergence",
         scope,
         _ratio_verdict(ratio),
-        f"updates to the target, ratio {ratio}; seconds {seconds}",
+        f"updates to the target, ratio {ratio}; {timed} {seconds}",
         {"updates": ratio.__dict__, "seconds": seconds.__dict__},
     )
 
