@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -95,6 +96,24 @@ def test_compare_smoke_end_to_end_and_report_rebuild(smoke_study, tmp_path):
     assert (tmp_path / "elsewhere" / "report.html").is_file() and "simpler" in summary
 
 
+def test_verdicts_json_is_strict_and_matches_the_report(smoke_study):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    document = json.loads((smoke_study / "verdicts.json").read_text(), parse_constant=refuse)
+    assert document["study"] == "compare-smoke"
+    assert (document["candidate"], document["baseline"]) == ("gru", "lstm")
+    markdown = (smoke_study / "report.md").read_text()
+    for claim, entry in document["overall"].items():
+        assert f"| {claim} | {entry['verdict']} | {entry['scopes']} |" in markdown
+    for verdict in document["verdicts"]:
+        assert set(verdict) == {"claim", "scope", "verdict", "measurement", "details"}
+        assert f"| {verdict['claim']} | {verdict['scope']} | {verdict['verdict']} |" in markdown
+    speed = [v for v in document["verdicts"] if v["claim"] == "faster training"]
+    assert speed and all("interleaved rounds" in v["measurement"] for v in speed)
+    assert all(set(v["details"]["ratio"]) == {"estimate", "low", "high", "n"} for v in speed)
+
+
 def test_report_of_a_missing_study(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no study database" in capsys.readouterr().out.replace("\n", " ")
@@ -126,3 +145,10 @@ def test_report_of_a_study_whose_trials_all_failed(smoke_study, tmp_path):
     assert summary["simpler"][0] == "supported"  # from the cell definitions alone
     assert {v for c, (v, _) in summary.items() if c != "simpler"} == {"inconclusive"}
     assert md.read_text().count("RuntimeError: no GPU") > 0
+
+
+def test_undefined_numbers_become_null():
+    from gatedrnn.report.build import _finite
+
+    value = {"ratio": {"estimate": 1.0, "low": float("nan"), "high": float("inf")}, "n": (1, 2.5)}
+    assert _finite(value) == {"ratio": {"estimate": 1.0, "low": None, "high": None}, "n": [1, 2.5]}

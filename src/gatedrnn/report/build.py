@@ -1,6 +1,7 @@
 """The study report: ``report.md`` and a self-contained ``report.html`` (figures embedded), built
 only from the study's database, never by training.
 
+``verdicts.json`` beside them holds the same verdicts with their numbers, for scripts.
 Contents: the verdict table first; every claim's measurement per task and width; per task the
 results table (mean and 95% interval over seeds per cell and width), learning curves against
 updates and against seconds, test metric against training fraction; published anchors; the
@@ -10,8 +11,11 @@ environment; trials that diverged or failed.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
+import json
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -174,8 +178,8 @@ def build_report(
     candidate: str = "gru",
     baseline: str = "lstm",
 ) -> tuple[Path, Path, dict[str, tuple[str, str]]]:
-    """Write report.md (with PNG files beside it) and report.html; returns their paths and the
-    overall verdicts."""
+    """Write report.md (with PNG files beside it), report.html and verdicts.json (every verdict
+    with its numbers, for scripts); returns the first two paths and the overall verdicts."""
     db_path = Path(db_path)
     out = Path(out_dir) if out_dir else db_path.parent
     out.mkdir(parents=True, exist_ok=True)
@@ -293,7 +297,29 @@ def build_report(
     md_path, html_path = out / "report.md", out / "report.html"
     write_atomic(md_path, lambda tmp: tmp.write_text(_markdown(sections)))
     write_atomic(html_path, lambda tmp: tmp.write_text(_html(title, sections, figures)))
+    document = {
+        "study": spec.get("name", db_path.parent.name),
+        "candidate": candidate,
+        "baseline": baseline,
+        "overall": {c: {"verdict": v, "scopes": n} for c, (v, n) in summary.items()},
+        "verdicts": [dataclasses.asdict(v) for v in verdicts],
+        "environment": env,
+    }
+    text = json.dumps(_finite(document), indent=1, allow_nan=False)
+    write_atomic(out / "verdicts.json", lambda tmp: tmp.write_text(text + "\n"))
     return md_path, html_path, summary
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (an undefined interval's bounds) as None, so that
+    the file is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _markdown(sections) -> str:
