@@ -5,9 +5,9 @@ alike.
 A study's trials time their own epochs, but they run in a pool beside other trials, and a trial's
 neighbours (and whatever else the machine runs meanwhile) move its epochs by tens of percent, the
 same way for all of them (seen here: one RNN trial at 31 ms per epoch, the same trial with the
-next seed at 67 ms). Here every configuration runs the same batches for the same number of steps
-per block, the order alternating by round, and each round gives one ratio; the interval is over
-rounds.
+next seed at 67 ms). Here every configuration runs the same batches for the same number of
+steps, twice per round in mirrored order (A B C C B A), and each round gives one ratio; the
+interval is over rounds.
 """
 
 from __future__ import annotations
