@@ -381,7 +381,9 @@ def _study(args: argparse.Namespace, console: Console) -> int:
         )
         spec = dataclasses.replace(spec, executor=executor)
     db_path = _run_with_progress(spec, args, console)
-    counts = StudyStore(db_path).counts()
+    store = StudyStore(db_path)
+    counts = store.counts()
+    store.close()
     console.print(f"done: {counts}")
     return 0 if not _show_failures(db_path, console) else 1
 

@@ -136,7 +136,11 @@ def test_report_of_a_study_whose_trials_all_failed(smoke_study, tmp_path):
     import sqlite3
 
     db = tmp_path / "study.sqlite"
-    shutil.copy(smoke_study / "study.sqlite", db)
+    with (
+        contextlib.closing(sqlite3.connect(smoke_study / "study.sqlite")) as source,
+        contextlib.closing(sqlite3.connect(db)) as copy,
+    ):
+        source.backup(copy)  # with whatever a write-ahead log still holds
     with contextlib.closing(sqlite3.connect(db)) as connection, connection:
         connection.execute(
             "UPDATE trials SET status = 'failed', result = NULL, error = 'RuntimeError: no GPU'"

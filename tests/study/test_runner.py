@@ -82,6 +82,8 @@ def test_rerun_skips_finished_trials(tmp_path):
     study.write_text('tasks = ["adding"]\ncells = ["gru"]\nseeds = 2\nhidden_size = 8\n'
                      "[train]\nepochs = 1\nsmoke = true\n")  # fmt: skip
     db = run_study(load_study(study), tmp_path, workers=1)
+    # the store is closed when the study returns: the database file alone holds everything
+    assert not db.with_name(db.name + "-wal").exists()
     first = {t["key"]: t["finished"] for t in StudyStore(db).trials()}
     run_study(load_study(study), tmp_path, workers=1)
     assert {t["key"]: t["finished"] for t in StudyStore(db).trials()} == first

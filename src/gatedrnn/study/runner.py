@@ -87,6 +87,15 @@ def run_study(
         _check_datasets(spec, data_dir)
     db_path, checkpoints = study_paths(spec, out)
     store = StudyStore(db_path)
+    try:  # closed at the end: the last connection's close folds the WAL into the database file
+        _run_stored(spec, store, db_path, checkpoints, workers, progress, data_dir)
+    finally:
+        store.close()
+    return db_path
+
+
+def _run_stored(spec, store, db_path, checkpoints, workers, progress, data_dir) -> None:
+    """The study's unfinished trials, then its timing, recorded in the open ``store``."""
     stored, current = store.get_meta("spec"), json.loads(json.dumps(spec.to_dict()))
     if stored is not None and stored != current:
         raise ValueError(
@@ -101,7 +110,7 @@ def run_study(
         from gatedrnn.study.ray_executor import run_on_ray
 
         run_on_ray(spec, store, todo, checkpoints, progress, data_dir)
-        return db_path
+        return
     cores = os.cpu_count() or 1
     workers = max(1, min(workers or spec.executor.workers or cores, max(len(todo), 1)))
     threads = max(1, cores // workers)
@@ -114,7 +123,6 @@ def run_study(
     else:
         _run_pool(store, todo, checkpoints, progress, workers, threads, data_dir)
     _time_arms(store, trials, threads, data_dir, progress)
-    return db_path
 
 
 def untimed_arms(store: StudyStore, trials: list[Trial]) -> dict[tuple[str, str], dict]:
