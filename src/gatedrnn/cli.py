@@ -648,6 +648,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # otherwise take for markup and drop
         console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
         return 2
+    except KeyboardInterrupt:
+        resumable = args.run in (_compare, _study)
+        console.print(
+            "[yellow]interrupted[/]"
+            + (": finished trials and epochs are kept; run the same command again to resume"
+               if resumable else "")
+        )  # fmt: skip
+        return 130
 
 
 if __name__ == "__main__":

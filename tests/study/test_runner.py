@@ -77,6 +77,43 @@ def test_sigkill_then_rerun_loses_nothing_and_repeats_nothing(tmp_path):
         assert [e["valid"] for e in epochs[key]] == [e["valid"] for e in whole_epochs[key]]
 
 
+@pytest.mark.slow
+def test_ctrl_c_stops_the_pool_cleanly_and_the_study_resumes(tmp_path):
+    """A Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during a pool run:
+    one line, exit 130, the running trials recorded as interrupted, no process left, and the
+    same command finishes the study."""
+    study = tmp_path / "kill.toml"
+    study.write_text(KILLABLE)
+    out = tmp_path / "runs"
+    db = out / "kill" / "study.sqlite"
+    command = [sys.executable, "-m", "gatedrnn.cli", "study", "run", str(study), "--out", str(out),
+               "--workers", "2"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while _epoch_rows(db) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert process.poll() is None, "the study finished before it could be interrupted"
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, (stdout, stderr)
+    assert "interrupted: finished trials and epochs are kept" in stdout
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    deadline = time.monotonic() + 10  # the workers and the manager are gone (once reaped)
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("processes of the study outlived it")
+    statuses = [t["status"] for t in StudyStore(db).trials()]
+    assert "running" not in statuses and "failed" in statuses
+    assert subprocess.run(command, capture_output=True, check=False).returncode == 0
+    assert {t["status"] for t in StudyStore(db).trials()} == {"completed"}
+
+
 def test_rerun_skips_finished_trials(tmp_path):
     study = tmp_path / "s.toml"
     study.write_text('tasks = ["adding"]\ncells = ["gru"]\nseeds = 2\nhidden_size = 8\n'

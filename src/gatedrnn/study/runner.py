@@ -9,10 +9,12 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict
+from multiprocessing.managers import SyncManager
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +218,12 @@ def _run_here(store, todo: list[Trial], checkpoints: Path, progress, threads, da
 def _run_pool(store, todo, checkpoints, progress, workers, threads, data_dir) -> None:
     compiled_loops()  # build the compiled loops here, once, rather than racing in every worker
     context = multiprocessing.get_context("spawn")  # no forked OpenMP or torch thread state
-    with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
+    manager = SyncManager(ctx=context)
+    manager.start(_leave_interrupts_to_the_driver)
+    pool = ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_leave_interrupts_to_the_driver
+    )
+    with manager, pool:
         events = manager.Queue()
         running: dict[Future, Trial] = {}
         pending = list(todo)
@@ -238,14 +245,37 @@ def _run_pool(store, todo, checkpoints, progress, workers, threads, data_dir) ->
 
         submit()
         _report(store, progress)
-        while running:
-            done, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+        try:
+            while running:
+                done, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+                _drain(events, store)
+                for future in done:
+                    _settle(store, running.pop(future), future.result)
+                submit()
+                _report(store, progress)
             _drain(events, store)
-            for future in done:
-                _settle(store, running.pop(future), future.result)
-            submit()
-            _report(store, progress)
-        _drain(events, store)
+        except KeyboardInterrupt:
+            for trial in running.values():  # resumed from their checkpoints by the next run
+                store.fail(trial.key, "interrupted")
+            _stop(pool)
+            raise
+
+
+def _leave_interrupts_to_the_driver() -> None:
+    """In the pool's workers and the queue's manager: a Ctrl-C (which the terminal sends to
+    every process of the group) is the driver's to handle; it records the running trials as
+    interrupted and ends the workers (:func:`_stop`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Cancel the trials not started and end the running ones now, rather than wait for them
+    to finish (a Ctrl-C reaches the workers too, but a SIGINT sent to the driver alone does
+    not); a trial loses at most the epoch it was in, its checkpoints being per epoch."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
 
 
 def _drain(events, store: StudyStore, empty: type[Exception] = queue.Empty) -> None:
