@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from gatedrnn.cli import main
 
 
@@ -122,3 +124,18 @@ def test_compare_reports_failed_trials_and_exits_nonzero(capsys, tmp_path, monke
     out = " ".join(capsys.readouterr().out.split())
     assert "8 failed: RuntimeError: [lstm] broke" in out  # 2 seeds, widths, fractions: once
     assert (tmp_path / "compare-smoke-adding-lstm-gru-s2" / "report.html").is_file()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--cells", "gru,rnn"], "--baseline 'lstm' is not one of the study's cells ['gru', 'rn"),
+        (["--candidate", "mgu"], "--candidate 'mgu' is not one of the study's cells"),
+    ],
+)
+def test_compare_refuses_a_comparison_its_cells_cannot_make(capsys, tmp_path, extra, message):
+    out = str(tmp_path)
+    code = main(["compare", "--scale", "smoke", "--tasks", "adding", "--out", out, *extra])
+    assert code == 2
+    assert message in " ".join(capsys.readouterr().out.split())
+    assert not any(tmp_path.iterdir())  # refused before the study ran

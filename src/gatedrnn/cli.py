@@ -469,6 +469,13 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
         data=args.data,
         backend=args.backend,
     )
+    labels = [choice.label for choice in spec.cells]
+    for role in ("candidate", "baseline"):
+        if getattr(args, role) not in labels:  # before the study runs, not after
+            raise ValueError(
+                f"--{role} {getattr(args, role)!r} is not one of the study's cells {labels}: add "
+                f"it to --cells, or choose the {role} among them"
+            )
     start = time.perf_counter()
     db_path = _run_with_progress(spec, args, console)
     md, page, summary = build_report(db_path, candidate=args.candidate, baseline=args.baseline)

@@ -121,9 +121,11 @@ def evaluate_claims(
     claim its interleaved timing; without one for an arm, the trials' epoch times serve."""
     verdicts: list[ClaimVerdict] = []
     labels = {t["cell"]: t["config"] for t in trials}
-    if candidate not in labels or baseline not in labels:
+    missing = [label for label in (candidate, baseline) if label not in labels]
+    if missing:
         raise ValueError(
-            f"the study has no {candidate!r} or no {baseline!r} cell; it has {sorted(labels)}"
+            f"the study has no {' or '.join(map(repr, missing))} cell to compare; its cells are "
+            f"{sorted(labels)}"
         )
     verdicts.append(_simpler(labels[candidate], labels[baseline], candidate, baseline))
     groups = _groups(trials)
