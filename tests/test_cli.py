@@ -139,3 +139,27 @@ def test_compare_refuses_a_comparison_its_cells_cannot_make(capsys, tmp_path, ex
     assert code == 2
     assert message in " ".join(capsys.readouterr().out.split())
     assert not any(tmp_path.iterdir())  # refused before the study ran
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench", "--repeats", "0"], "argument --repeats: expected a number >= 1, got 0"),
+        (["bench", "--steps", "ten"], "argument --steps: expected a whole number, got 'ten'"),
+        (["bench", "--hidden", "8,-1"], "argument --hidden: expected a comma-separated list: "),
+        (["bench", "--batch", ","], "argument --batch: expected a comma-separated list, got ','"),
+        (["cells", "--layers", "0"], "argument --layers: expected a number >= 1, got 0"),
+        (["cells", "--budget", "-5"], "argument --budget: expected a number >= 0, got -5"),
+        (["compare", "--seeds", "0"], "argument --seeds: expected a number >= 1, got 0"),
+        (["compare", "--workers", "0"], "argument --workers: expected a number >= 1, got 0"),
+        (["study", "run", "s.toml", "--workers", "-1"], "argument --workers: expected a number"),
+        (["gpu-tune", "--hidden", "0"], "argument --hidden: expected a comma-separated list: "),
+    ],
+)
+def test_counts_on_the_command_line_are_checked(argv, message, capsys):
+    """Zero repeats used to fail with 'no median for empty data', zero layers printed a table
+    of zeros, a negative hidden size a table of nonsense."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err

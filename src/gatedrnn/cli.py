@@ -221,12 +221,30 @@ def write_json_atomic(path: str, data: object) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
 
 
-def _csv(kind: type) -> Callable[[str], list]:
+def _csv(kind: Callable[[str], object]) -> Callable[[str], list]:
     def parse(text: str) -> list:
         try:
-            return [kind(item) for item in text.split(",") if item]
-        except ValueError as error:
+            items = [kind(item) for item in text.split(",") if item]
+        except (ValueError, argparse.ArgumentTypeError) as error:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list: {error}") from None
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        return items
+
+    return parse
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argument type: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a number >= {minimum}, got {value}")
+        return value
 
     return parse
 
@@ -506,11 +524,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     cells = commands.add_parser("cells", help="the registered cells: parameters, gates, FLOPs")
-    cells.add_argument("--input-size", type=int, default=88, help="input features (default 88)")
-    cells.add_argument("--hidden-size", type=int, default=100, help="hidden size (default 100)")
-    cells.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
     cells.add_argument(
-        "--budget", type=int, default=0, help="also solve the hidden size for this parameter budget"
+        "--input-size", type=_count(1), default=88, help="input features (default 88)"
+    )
+    cells.add_argument(
+        "--hidden-size", type=_count(1), default=100, help="hidden size (default 100)"
+    )
+    cells.add_argument("--layers", type=_count(1), default=1, help="stacked layers (default 1)")
+    cells.add_argument(
+        "--budget",
+        type=_count(0),
+        default=0,
+        help="also solve the hidden size for this parameter budget",
     )
     cells.set_defaults(run=_cells)
 
@@ -521,11 +546,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=["rnn", "lstm", "gru"],
         help="comma-separated cells (default rnn,lstm,gru)",
     )
-    bench.add_argument("--hidden", type=_csv(int), default=[128, 256, 512], help="hidden sizes")
-    bench.add_argument("--batch", type=_csv(int), default=[1, 32], help="batch sizes")
-    bench.add_argument("--steps", type=int, default=100, help="sequence length T (default 100)")
-    bench.add_argument("--repeats", type=int, default=7, help="timed repeats (default 7)")
-    bench.add_argument("--warmup", type=int, default=2, help="untimed repeats first")
+    bench.add_argument(
+        "--hidden", type=_csv(_count(1)), default=[128, 256, 512], help="hidden sizes"
+    )
+    bench.add_argument("--batch", type=_csv(_count(1)), default=[1, 32], help="batch sizes")
+    bench.add_argument(
+        "--steps", type=_count(1), default=100, help="sequence length T (default 100)"
+    )
+    bench.add_argument("--repeats", type=_count(1), default=7, help="timed repeats (default 7)")
+    bench.add_argument("--warmup", type=_count(0), default=2, help="untimed repeats first")
     bench.add_argument("--backends", type=_csv(str), default=["cpu"], help="our backends to time")
     bench.add_argument("--out", help="write every timing and the environment to this JSON file")
     bench.add_argument("--smoke", action="store_true", help="a tiny run that takes seconds")
@@ -539,8 +568,10 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument(
         "--dtypes", type=_csv(str), default=["bfloat16", "float32"], help="float32, bfloat16, …"
     )
-    tune.add_argument("--hidden", type=_csv(int), default=[256, 512, 1024], help="hidden sizes")
-    tune.add_argument("--batch", type=_csv(int), default=[1, 16, 64], help="batch sizes")
+    tune.add_argument(
+        "--hidden", type=_csv(_count(1)), default=[256, 512, 1024], help="hidden sizes"
+    )
+    tune.add_argument("--batch", type=_csv(_count(1)), default=[1, 16, 64], help="batch sizes")
     tune.add_argument(
         "--directions",
         type=_csv(str),
@@ -606,7 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     study_run.add_argument("file", help="the study file (TOML)")
     study_run.add_argument("--out", default="runs", help="results go to OUT/<name>/ (default runs)")
     study_run.add_argument(
-        "--workers", type=int, help="processes (default: the file's, else all cores)"
+        "--workers", type=_count(1), help="processes (default: the file's, else all cores)"
     )
     study_run.add_argument("--executor", choices=("local", "ray"), help="override the file's")
     study_run.add_argument("--address", help="ray: the cluster to join (default: start one here)")
@@ -617,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--scale", choices=("smoke", "default", "full"), default="default")
     compare.add_argument("--tasks", type=_csv(str), help="comma-separated (default jsb,adding)")
     compare.add_argument("--cells", type=_csv(str), help="comma-separated (default rnn,lstm,gru)")
-    compare.add_argument("--seeds", type=int, help="seeds per configuration")
+    compare.add_argument("--seeds", type=_count(1), help="seeds per configuration")
     compare.add_argument("--device", help="cpu (default) or cuda")
     compare.add_argument(
         "--backend",
@@ -631,7 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
         "become the default",
     )
     compare.add_argument("--data-dir", help="look for datasets here first")
-    compare.add_argument("--workers", type=int, help="processes (default: all cores)")
+    compare.add_argument("--workers", type=_count(1), help="processes (default: all cores)")
     compare.add_argument("--out", default="runs", help="results go to OUT/<study>/ (default runs)")
     compare.add_argument("--candidate", default="gru", help="the cell the claims are about")
     compare.add_argument("--baseline", default="lstm", help="the cell it is compared with")
