@@ -163,3 +163,9 @@ def test_counts_on_the_command_line_are_checked(argv, message, capsys):
         main(argv)
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_names_an_unknown_cell(capsys):
+    assert main(["bench", "--cells", "gru,mgu", "--smoke"]) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert "unknown cell 'mgu'; expected one of rnn, lstm, gru" in out

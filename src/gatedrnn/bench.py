@@ -97,6 +97,13 @@ def run_benchmark(
     progress: Callable[[str], None] | None = None,
 ) -> list[BenchResult]:
     """Time every configuration; returns one :class:`BenchResult` per implementation × case."""
+    cells = list(cells)
+    unknown = [cell for cell in cells if cell not in TORCH_LAYERS]
+    if unknown:
+        raise ValueError(
+            f"bench: unknown cell {unknown[0]!r}; expected one of {', '.join(TORCH_LAYERS)} (the "
+            "cells torch.nn has, to time against)"
+        )
     results: list[BenchResult] = []
     for cell in cells:
         for hidden in hidden_sizes:
