@@ -119,6 +119,35 @@ def test_report_of_a_missing_study(tmp_path, capsys):
     assert "no study database" in capsys.readouterr().out.replace("\n", " ")
 
 
+def test_report_of_a_file_that_is_not_a_study(tmp_path, capsys):
+    """Not SQLite, or another program's SQLite file: a clear error, and the file untouched
+    (opening it as a study used to create the study's tables in it)."""
+    import sqlite3
+
+    from gatedrnn.study import StudyStore
+
+    garbage = tmp_path / "garbage" / "study.sqlite"
+    garbage.parent.mkdir()
+    garbage.write_text("not a database")
+    assert main(["report", str(garbage.parent)]) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert (
+        f"{garbage}: not a study database (file is not a database)" in out.replace(" ", "")
+        or "not a study database (file is not a database)" in out
+    )
+    with pytest.raises(ValueError, match="not a study database"):
+        StudyStore(garbage)
+
+    foreign = tmp_path / "foreign.sqlite"
+    with contextlib.closing(sqlite3.connect(foreign)) as connection, connection:
+        connection.execute("CREATE TABLE notes (text)")
+    before = foreign.read_bytes()
+    assert main(["report", str(foreign)]) == 2
+    assert "not a study database (its tables: notes)" in " ".join(capsys.readouterr().out.split())
+    assert foreign.read_bytes() == before
+    assert not (tmp_path / "report.md").exists()
+
+
 def test_published_anchors_cover_the_music_sets_and_ptb():
     """Chung et al. 2014 Table 2 for each of the four music sets, Zaremba et al. 2014 for PTB,
     each naming all three cells where the paper has them."""

@@ -29,7 +29,7 @@ import numpy as np
 
 from gatedrnn.atomic import write_atomic
 from gatedrnn.claims import evaluate_claims, mean_ci, overall
-from gatedrnn.study.store import StudyStore
+from gatedrnn.study.store import StudyStore, check_study_file
 from gatedrnn.tasks import TASKS
 
 __all__ = ["ANCHORS", "build_report"]
@@ -181,6 +181,7 @@ def build_report(
     """Write report.md (with PNG files beside it), report.html and verdicts.json (every verdict
     with its numbers, for scripts); returns the first two paths and the overall verdicts."""
     db_path = Path(db_path)
+    check_study_file(db_path)  # before anything is written, there or beside it
     out = Path(out_dir) if out_dir else db_path.parent
     out.mkdir(parents=True, exist_ok=True)
     store = StudyStore(db_path)

@@ -8,6 +8,7 @@ cells after the trials: seconds per training step, per round). Reports read only
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -15,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DONE", "StudyStore"]
+__all__ = ["DONE", "StudyStore", "check_study_file"]
 
 DONE = ("completed", "diverged")  # statuses a re-run skips
 
@@ -42,15 +43,38 @@ CREATE TABLE IF NOT EXISTS timings (
 """
 
 
+def check_study_file(path: str | Path) -> None:
+    """Raise ``ValueError`` unless ``path`` is a study's database (read without writing to
+    it, so that another program's file is left as it was)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no study database")
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        ) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.DatabaseError as error:
+        raise ValueError(f"{path}: not a study database ({error})") from None
+    if not {"meta", "trials", "epochs"} <= tables:
+        raise ValueError(
+            f"{path}: not a study database (its tables: {', '.join(sorted(tables)) or 'none'})"
+        )
+
+
 class StudyStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.executescript(_SCHEMA)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as error:
+            self.db.close()
+            raise ValueError(f"{self.path}: not a study database ({error})") from None
 
     def close(self) -> None:
         self.db.close()
