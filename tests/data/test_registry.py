@@ -73,6 +73,17 @@ def test_corrupt_download_leaves_nothing(toy_dataset, monkeypatch):
     assert not any((tmp / "data" / "toy_data").iterdir())
 
 
+def test_an_unreachable_source_says_how_to_place_the_file_by_hand(toy_dataset, monkeypatch):
+    info, tmp = toy_dataset
+    gone = dataclasses.replace(info.files[0], url=(tmp / "server" / "gone.bin").as_uri())
+    monkeypatch.setitem(registry.DATASETS, "toy", dataclasses.replace(info, files=(gone,)))
+    with pytest.raises(DataMissingError, match=r"could not download toy\.bin of 'toy' from file:"
+                       r".*download it by hand into .*toy_data \(sha256 [0-9a-f]{64}, 1200 bytes\)"
+                       r", then `gatedrnn data verify toy`"):  # fmt: skip
+        fetch("toy", tmp / "data")
+    assert not any((tmp / "data" / "toy_data").iterdir())  # no temporary file left
+
+
 def test_truncated_file_is_named_with_the_expected_checksum(toy_dataset):
     info, tmp = toy_dataset
     folder = tmp / "data" / "toy_data"

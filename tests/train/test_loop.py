@@ -160,3 +160,29 @@ def test_mixed_precision_run_completes_and_layers_compute_in_bfloat16():
                                     "smoke": True, "amp": True})  # fmt: skip
     result = train(config)
     assert result.status == "completed" and math.isfinite(result.test["nll"])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"not a checkpoint", "torch.load with weights only refused it"),
+        ("truncated", "PytorchStreamReader failed reading zip archive"),
+        ({"model": {}}, r"expected the keys \['best_model', 'config'.*found \['model'\]"),
+    ],
+)
+def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path, content, message):
+    """A corrupt or foreign file at the checkpoint path: what it is and what to do, not torch's
+    unpickling traceback (a study's trial would fail the same way at every re-run)."""
+    path = tmp_path / "run.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content == "truncated":
+        torch.save({"model": torch.zeros(100)}, path)
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        torch.save(content, path)
+    config = TrainConfig(task="adding", epochs=1, smoke=True, hidden_size=8)
+    with pytest.raises(
+        ValueError, match=f"run.pt: not a checkpoint of this training loop .*{message}"
+    ):
+        train(config, checkpoint=path)

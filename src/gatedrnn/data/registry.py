@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -165,6 +166,14 @@ def fetch(
                         progress(f.path, done, f.size)
             verify_file(tmp, f)  # before the rename: a bad download never takes the name
 
-        write_atomic(target, download)
+        try:
+            write_atomic(target, download)
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+            reason = getattr(error, "reason", error)
+            raise DataMissingError(
+                f"could not download {f.path} of {name!r} from {f.url} ({reason}); download it "
+                f"by hand into {folder} (sha256 {f.sha256}, {f.size} bytes), then `gatedrnn "
+                f"data verify {name}`"
+            ) from None
         logger.info("fetched %s", target)
     return folder

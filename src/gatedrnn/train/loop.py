@@ -193,7 +193,7 @@ def _train(config, device, checkpoint, on_epoch, on_batch, data_dir) -> RunResul
     }  # fmt: skip
     best_model: dict[str, torch.Tensor] | None = None
     if checkpoint is not None and checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location=device, weights_only=True)
+        saved = _load_checkpoint(checkpoint, device)
         if saved["config"] != config.to_dict():
             raise ValueError(
                 f"{checkpoint} holds a run of another configuration; remove it or choose "
@@ -287,6 +287,33 @@ def _train(config, device, checkpoint, on_epoch, on_batch, data_dir) -> RunResul
         backend=backend,
         environment=environment(config),
     )
+
+
+_CHECKPOINT_KEYS = {"config", "model", "best_model", "optimizer", "schedule", "rng", "state"}
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """A checkpoint this loop wrote (weights only, no code), or a ValueError saying what the
+    file is instead and what to do."""
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # truncated, another format, or a pickle with code in it
+        # torch's own text is about weights_only, which is not the point here
+        why = "torch.load with weights only refused it" if "Weights only" in str(error) else (
+            str(error).strip().split(". ")[0][:160]
+        )  # fmt: skip
+        raise ValueError(
+            f"{path}: not a checkpoint of this training loop ({why}); remove it to start the run "
+            "over, or choose another checkpoint path"
+        ) from None
+    if not isinstance(saved, dict) or not set(saved) >= _CHECKPOINT_KEYS:
+        found = sorted(saved)[:8] if isinstance(saved, dict) else type(saved).__name__
+        raise ValueError(
+            f"{path}: not a checkpoint of this training loop (expected the keys "
+            f"{sorted(_CHECKPOINT_KEYS)}, found {found}); remove it to start the run over, or "
+            "choose another checkpoint path"
+        )
+    return saved
 
 
 def _peak_cuda_bytes(device: torch.device, before: int | None) -> int | None:
