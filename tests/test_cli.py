@@ -46,6 +46,48 @@ def test_bench_smoke_writes_json(tmp_path, capsys):
     if sys.platform != "win32":  # counted per call; a count, never negative
         assert all(r["minor_faults"] >= 0 for r in data["results"])
     assert "GRU time / LSTM time" in capsys.readouterr().out
+    assert data["environment"]["device"] == "cpu"
+
+
+def test_bench_shows_the_cases_a_backend_cannot_run(tmp_path, capsys):
+    """The triton kernels have no plain RNN (and, without a GPU, run nothing): a dash and the
+    reason, the other backends timed as usual; the JSON has the case with no time."""
+    import json
+
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--smoke", "--backends", "cpu,triton", "--out", str(out)])
+    assert code == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "—: backend 'triton' cannot run rnn: it has kernels for the GRU and the LSTM only" in (
+        printed
+    )
+    results = json.loads(out.read_text())["results"]
+    rnn = {r["impl"]: r for r in results if r["cell"] == "rnn" and r["mode"] == "forward"}
+    assert rnn["gatedrnn:cpu"]["median_ms"] > 0 and rnn["gatedrnn:cpu"]["skipped"] is None
+    assert rnn["gatedrnn:triton"]["median_ms"] is None
+    assert "GRU and the LSTM only" in rnn["gatedrnn:triton"]["skipped"]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="for machines without CUDA")
+def test_bench_on_a_gpu_this_machine_lacks(capsys):
+    assert main(["bench", "--smoke", "--device", "cuda"]) == 2
+    assert "this machine has no CUDA GPU" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_bench_on_the_gpu(tmp_path, capsys):
+    """torch.nn (cuDNN) against the triton kernels by default, synchronized timings."""
+    import json
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--smoke", "--device", "cuda", "--cells", "gru,lstm", "--out",
+                 str(out)]) == 0  # fmt: skip
+    data = json.loads(out.read_text())
+    assert data["environment"]["device"] == "cuda" and data["environment"]["gpu"]
+    assert {r["impl"] for r in data["results"]} == {"torch.nn", "gatedrnn:triton"}
+    assert all(r["median_ms"] > 0 for r in data["results"])
+    assert "torch.nn on cuDNN" in " ".join(capsys.readouterr().out.split())
 
 
 def test_saved_bytes_counts_what_backward_keeps():

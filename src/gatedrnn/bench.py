@@ -3,12 +3,13 @@
 For each cell × hidden size × batch size, a torch.nn layer and ours with the same weights run
 forward-only (under ``no_grad``) and forward+backward; the implementations are interleaved within
 each repeat so both see the same machine state, and the median of the repeats after warm-up is
-reported. Bytes saved for backward are counted with saved-tensor hooks (unique storages), which is
-device-independent. The minor page faults of each call are recorded too (median per call, where
-the platform counts them): a multi-megabyte buffer that the allocator hands back as fresh pages
-costs ~1 µs per 4 KiB page, which at B=1 can be as much as the arithmetic, and which side pays
-depends on the heap's state, so the faults explain timings that move between runs. Nothing here
-is asserted: the numbers are written as JSON and printed.
+reported (on a GPU, synchronized around each call: torch.nn runs cuDNN there). Bytes saved for
+backward are counted with saved-tensor hooks (unique storages), which is device-independent. The
+minor page faults of each call are recorded too (median per call, where the platform counts
+them): a multi-megabyte buffer that the allocator hands back as fresh pages costs ~1 µs per 4 KiB
+page, which at B=1 can be as much as the arithmetic, and which side pays depends on the heap's
+state, so the faults explain timings that move between runs. Nothing here is asserted: the
+numbers are written as JSON and printed.
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ class BenchResult:
     steps: int
     mode: str  # "forward" or "forward+backward"
     impl: str  # "torch.nn" or "gatedrnn:<backend>"
-    median_ms: float
+    median_ms: float | None  # None where the backend cannot run the case (``skipped`` says why)
     times_ms: list[float] = field(default_factory=list)
     saved_bytes: int | None = None  # for forward+backward only
     minor_faults: float | None = None  # median per call; None where not counted
+    skipped: str | None = None
 
 
 def saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
@@ -95,8 +97,15 @@ def run_benchmark(
     warmup: int = 2,
     backends: Iterable[str] = ("cpu",),
     progress: Callable[[str], None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> list[BenchResult]:
-    """Time every configuration; returns one :class:`BenchResult` per implementation × case."""
+    """Time every configuration on ``device``; returns one :class:`BenchResult` per
+    implementation × case. A backend that cannot run a case (the triton kernels have no plain
+    RNN, say) gets a result with no time and the reason in ``skipped``."""
+    from gatedrnn.backends import BackendUnsupportedError
+
+    device = torch.device(device)
+    cuda = device.type == "cuda"
     cells = list(cells)
     unknown = [cell for cell in cells if cell not in TORCH_LAYERS]
     if unknown:
@@ -109,13 +118,20 @@ def run_benchmark(
         for hidden in hidden_sizes:
             for batch in batch_sizes:
                 torch.manual_seed(0)
-                reference = TORCH_LAYERS[cell](hidden, hidden)
+                reference = TORCH_LAYERS[cell](hidden, hidden).to(device)
+                x = torch.randn(steps, batch, hidden, device=device)
                 impls: dict[str, nn.Module] = {"torch.nn": reference}
+                skipped: dict[str, str] = {}
                 for backend in backends:
-                    ours = OUR_LAYERS[cell](hidden, hidden, backend=backend)
+                    ours = OUR_LAYERS[cell](hidden, hidden, backend=backend).to(device)
                     ours.load_state_dict(reference.state_dict())
+                    try:
+                        with torch.no_grad():
+                            ours(x[:1])
+                    except BackendUnsupportedError as error:
+                        skipped[f"gatedrnn:{backend}"] = str(error)
+                        continue
                     impls[f"gatedrnn:{backend}"] = ours
-                x = torch.randn(steps, batch, hidden)
                 for mode in ("forward", "forward+backward"):
                     backward = mode == "forward+backward"
                     fns = {name: _step(m, x, backward) for name, m in impls.items()}
@@ -124,8 +140,12 @@ def run_benchmark(
                     for r in range(warmup + repeats):
                         for name, fn in fns.items():  # interleaved: same machine state
                             before = _minor_faults()
+                            if cuda:
+                                torch.cuda.synchronize(device)
                             start = time.perf_counter()
                             fn()
+                            if cuda:
+                                torch.cuda.synchronize(device)
                             elapsed = (time.perf_counter() - start) * 1e3
                             after = _minor_faults()
                             if r >= warmup:
@@ -142,14 +162,26 @@ def run_benchmark(
                         )
                         result.minor_faults = fault
                         results.append(result)
+                    for name, reason in skipped.items():
+                        results.append(
+                            BenchResult(
+                                cell, hidden, batch, steps, mode, name, None, skipped=reason
+                            )
+                        )
                     if progress:
                         progress(f"{cell} H={hidden} B={batch} {mode}")
     return results
 
 
-def environment() -> dict[str, object]:
-    """Machine, versions and threads, stored with every benchmark."""
-    return {
+def environment(device: str | torch.device = "cpu") -> dict[str, object]:
+    """Machine, versions, threads and device, stored with every benchmark."""
+    device = torch.device(device)
+    gpu = {}
+    if device.type == "cuda":
+        gpu = {"gpu": torch.cuda.get_device_name(device), "cuda": torch.version.cuda,
+               "cudnn": torch.backends.cudnn.version()}  # fmt: skip
+    return gpu | {
+        "device": str(device),
         "machine": platform.machine(),
         "processor": platform.processor(),
         "platform": platform.platform(),
@@ -161,5 +193,5 @@ def environment() -> dict[str, object]:
     }
 
 
-def to_json(results: list[BenchResult]) -> dict[str, object]:
-    return {"environment": environment(), "results": [asdict(r) for r in results]}
+def to_json(results: list[BenchResult], device: str | torch.device = "cpu") -> dict[str, object]:
+    return {"environment": environment(device), "results": [asdict(r) for r in results]}

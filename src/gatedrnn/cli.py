@@ -84,6 +84,9 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
 
     if args.smoke:
         args.hidden, args.batch, args.steps, args.repeats, args.warmup = [32], [4], 10, 2, 1
+    device = _device(args.device)
+    if args.backends is None:  # ours that a user of this device would run
+        args.backends = ["triton"] if device.type == "cuda" else ["cpu"]
     with console.status("timing") as status:
         results = run_benchmark(
             args.cells,
@@ -94,11 +97,17 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
             args.warmup,
             args.backends,
             progress=lambda text: status.update(f"timing: {text} done"),
+            device=device,
         )
     by_key = {(r.cell, r.hidden, r.batch, r.mode, r.impl): r for r in results}
+    where = (
+        f"{torch.cuda.get_device_name(device)}, torch.nn on cuDNN"
+        if device.type == "cuda"
+        else f"{torch.get_num_threads()} threads"
+    )
     table = Table(
-        title=f"Time against torch.nn (T={args.steps}, median of {args.repeats}, "
-        f"{torch.get_num_threads()} threads); ratio < 1 is faster",
+        title=f"Time against torch.nn (T={args.steps}, median of {args.repeats}, {where}); "
+        "ratio < 1 is faster",
         box=box.SIMPLE_HEAD,
     )
     memory = Table(title="Bytes saved for backward, ours / torch.nn", box=box.SIMPLE_HEAD)
@@ -117,6 +126,10 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         saved = [r.cell, str(r.hidden), str(r.batch), f"{(r.saved_bytes or 0) / 1e6:.2f}"]
         for backend in args.backends:
             ours = by_key[(r.cell, r.hidden, r.batch, r.mode, f"gatedrnn:{backend}")]
+            if ours.median_ms is None:  # the backend cannot run this cell
+                row += ["—", "—"]
+                saved.append("—")
+                continue
             row += [f"{ours.median_ms:.2f}", f"{ours.median_ms / r.median_ms:.2f}"]
             if r.saved_bytes:
                 saved.append(f"{ours.saved_bytes / r.saved_bytes:.2f}")
@@ -140,13 +153,33 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
             for impl in ("torch.nn", *(f"gatedrnn:{b}" for b in args.backends)):
                 gru = by_key[("gru", r.hidden, r.batch, r.mode, impl)].median_ms
                 lstm = by_key[("lstm", r.hidden, r.batch, r.mode, impl)].median_ms
-                row.append(f"{gru / lstm:.2f}")
+                row.append(f"{gru / lstm:.2f}" if gru and lstm else "—")
             ratios.add_row(*row)
         console.print(ratios)
+    reasons = sorted({r.skipped for r in results if r.skipped})
+    for reason in reasons:
+        console.print(f"—: {escape(reason)}", soft_wrap=True)
     if args.out:
-        write_json_atomic(args.out, to_json(results))
+        write_json_atomic(args.out, to_json(results, device))
         console.print(f"wrote {args.out}")
     return 0
+
+
+def _device(name: str) -> torch.device:
+    """``--device``, refused with the reason where this machine cannot run it."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(
+            f"--device: expected a torch device such as 'cpu' or 'cuda', got {name!r}"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {name}: this machine has no CUDA GPU (torch.cuda.is_available() is False)"
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device: expected 'cpu' or 'cuda', got {name!r}")
+    return device
 
 
 def _gpu_tune(args: argparse.Namespace, console: Console) -> int:
@@ -555,7 +588,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--repeats", type=_count(1), default=7, help="timed repeats (default 7)")
     bench.add_argument("--warmup", type=_count(0), default=2, help="untimed repeats first")
-    bench.add_argument("--backends", type=_csv(str), default=["cpu"], help="our backends to time")
+    bench.add_argument(
+        "--backends",
+        type=_csv(str),
+        help="our backends to time (default: cpu on the CPU, triton on a GPU)",
+    )
+    bench.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     bench.add_argument("--out", help="write every timing and the environment to this JSON file")
     bench.add_argument("--smoke", action="store_true", help="a tiny run that takes seconds")
     bench.set_defaults(run=_bench)
