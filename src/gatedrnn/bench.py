@@ -102,7 +102,7 @@ def run_benchmark(
     """Time every configuration on ``device``; returns one :class:`BenchResult` per
     implementation × case. A backend that cannot run a case (the triton kernels have no plain
     RNN, say) gets a result with no time and the reason in ``skipped``."""
-    from gatedrnn.backends import BackendUnsupportedError
+    from gatedrnn.backends import BackendUnsupportedError, resolve_backend
 
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -125,9 +125,8 @@ def run_benchmark(
                 for backend in backends:
                     ours = OUR_LAYERS[cell](hidden, hidden, backend=backend).to(device)
                     ours.load_state_dict(reference.state_dict())
-                    try:
-                        with torch.no_grad():
-                            ours(x[:1])
+                    try:  # the layer's own choice, without running it
+                        resolve_backend(backend, ours.config, x)
                     except BackendUnsupportedError as error:
                         skipped[f"gatedrnn:{backend}"] = str(error)
                         continue

@@ -133,6 +133,7 @@ def _results_table(
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["width"], r["fraction"], r["cell"])].append(r)
+    largest = max(r["fraction"] for r in rows)  # the arm the timing ran at
     table = []
     for (width, fraction, cell), members in sorted(groups.items()):
         done = [r["result"] for r in members if r["status"] == "completed"]
@@ -155,7 +156,7 @@ def _results_table(
         seconds = mean_ci([d["seconds_per_epoch"] for d in done])
         speed = f"{seconds.estimate:.3f} s/epoch, n={len(done)}"
         step = timings.get((task, width), {}).get(cell)
-        if step and fraction == max(r["fraction"] for r in rows):
+        if step and fraction == largest:
             speed += f"; {statistics.median(step) * 1e3:.3g} ms/step interleaved"
         table.append(
             [

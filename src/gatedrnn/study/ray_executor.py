@@ -91,24 +91,15 @@ def run_on_ray(spec, store, todo, checkpoints: Path, progress, data_dir) -> None
 
 def _time_arms_on_ray(ray, spec, store, cpus: int, progress, data_dir) -> None:
     """Each arm's interleaved timing as one Ray task with a trial's resources, one arm at a
-    time; an arm that cannot be timed is logged and left to the epoch times."""
-    from gatedrnn.study.runner import logger, time_arm, untimed_arms
+    time (:func:`gatedrnn.study.runner.time_arms`)."""
+    from gatedrnn.study.runner import time_arm, time_arms
 
-    arms = untimed_arms(store, spec.trials())
     remote = ray.remote(time_arm)
-    for done, ((task, width), configs) in enumerate(arms.items()):
-        if progress:
-            progress(store.counts() | {"timing": done + 1, "arms": len(arms)})
+    data = str(data_dir) if data_dir else None
+
+    def timed(configs: dict[str, dict]):
         gpus = 1 if next(iter(configs.values()))["device"].startswith("cuda") else 0
-        ref = remote.options(num_cpus=cpus, num_gpus=gpus, max_retries=0).remote(
-            configs, cpus, str(data_dir) if data_dir else None
-        )
-        try:
-            seconds, steps = ray.get(ref)
-        except Exception as error:
-            cause = getattr(error, "cause", None) or error
-            logger.warning("timing %s / %s failed: %s", task, width, cause)
-            continue
-        store.record_timings(task, width, seconds, steps)
-    if progress and arms:
-        progress(store.counts())
+        options = remote.options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+        return ray.get(options.remote(configs, cpus, data))
+
+    time_arms(store, spec.trials(), timed, progress)

@@ -124,19 +124,8 @@ def _run_stored(spec, store, db_path, checkpoints, workers, progress, data_dir) 
         _run_here(store, todo, checkpoints, progress, threads, data_dir)
     else:
         _run_pool(store, todo, checkpoints, progress, workers, threads, data_dir)
-    _time_arms(store, trials, threads, data_dir, progress)
-
-
-def untimed_arms(store: StudyStore, trials: list[Trial]) -> dict[tuple[str, str], dict]:
-    """(task, width) → cell label → configuration (seed 0's, at the largest training fraction)
-    of every arm with two cells or more that the store holds no timing for."""
-    timed = store.timings()
-    largest = max(t.fraction for t in trials)
-    arms: dict[tuple[str, str], dict[str, dict]] = {}
-    for t in trials:
-        if t.seed == 0 and t.fraction == largest and (t.task, t.width) not in timed:
-            arms.setdefault((t.task, t.width), {})[t.cell.label] = t.config.to_dict()
-    return {arm: configs for arm, configs in arms.items() if len(configs) > 1}
+    data = str(data_dir) if data_dir else None
+    time_arms(store, trials, lambda configs: time_arm(configs, threads, data), progress)
 
 
 def time_arm(
@@ -153,17 +142,31 @@ def time_arm(
         torch.set_num_threads(previous)
 
 
-def _time_arms(store: StudyStore, trials: list[Trial], threads: int, data_dir, progress) -> None:
-    """Each arm's cells timed against each other in this process, for the speed claim; an arm
-    that cannot be timed is logged and left to the epoch times."""
-    arms = untimed_arms(store, trials)
-    for done, ((task, width), configs) in enumerate(arms.items()):
+def time_arms(
+    store: StudyStore,
+    trials: list[Trial],
+    timed: Callable[[dict[str, dict]], tuple[dict[str, list[float]], int]],
+    progress: Progress | None,
+) -> None:
+    """Time each arm the store holds no timing for (with two cells or more: seed 0's
+    configurations at the largest training fraction) through ``timed`` (:func:`time_arm`, here
+    or as a Ray task) and record it; an arm that cannot be timed is logged and left to the epoch
+    times."""
+    done = store.timings()
+    largest = max(t.fraction for t in trials)
+    arms: dict[tuple[str, str], dict[str, dict]] = {}
+    for t in trials:
+        if t.seed == 0 and t.fraction == largest and (t.task, t.width) not in done:
+            arms.setdefault((t.task, t.width), {})[t.cell.label] = t.config.to_dict()
+    arms = {arm: configs for arm, configs in arms.items() if len(configs) > 1}
+    for number, ((task, width), configs) in enumerate(arms.items(), 1):
         if progress:
-            progress(store.counts() | {"timing": done + 1, "arms": len(arms)})
+            progress(store.counts() | {"timing": number, "arms": len(arms)})
         try:
-            seconds, steps = time_arm(configs, threads, str(data_dir) if data_dir else None)
+            seconds, steps = timed(configs)
         except Exception as error:
-            logger.warning("timing %s / %s failed: %s", task, width, error)
+            cause = getattr(error, "cause", None) or error  # Ray wraps the task's own exception
+            logger.warning("timing %s / %s failed: %s", task, width, cause)
             continue
         store.record_timings(task, width, seconds, steps)
     if progress and arms:
