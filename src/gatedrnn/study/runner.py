@@ -246,9 +246,9 @@ def _run_pool(store, todo, checkpoints, progress, workers, threads, data_dir) ->
                 )
                 running[future] = trial
 
-        submit()
-        _report(store, progress)
         try:
+            submit()
+            _report(store, progress)
             while running:
                 done, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
                 _drain(events, store)
@@ -258,8 +258,11 @@ def _run_pool(store, todo, checkpoints, progress, workers, threads, data_dir) ->
                 _report(store, progress)
             _drain(events, store)
         except KeyboardInterrupt:
-            for trial in running.values():  # resumed from their checkpoints by the next run
-                store.fail(trial.key, "interrupted")
+            # the store says which were running (the interrupt may fall between marking a trial
+            # and submitting it, or between its end and its record); the next run resumes them
+            for trial in todo:
+                if store.status(trial.key) == "running":
+                    store.fail(trial.key, "interrupted")
             _stop(pool)
             raise
 
