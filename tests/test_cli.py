@@ -21,7 +21,7 @@ def test_cells_table(capsys):
 
 def test_cells_budget_too_small_is_a_clear_error(capsys):
     assert main(["cells", "--budget", "10"]) == 2
-    assert "more than the budget of 10" in capsys.readouterr().out
+    assert "more than the budget of 10" in capsys.readouterr().err
 
 
 def test_console_script_runs():
@@ -71,7 +71,7 @@ def test_bench_shows_the_cases_a_backend_cannot_run(tmp_path, capsys):
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="for machines without CUDA")
 def test_bench_on_a_gpu_this_machine_lacks(capsys):
     assert main(["bench", "--smoke", "--device", "cuda"]) == 2
-    assert "this machine has no CUDA GPU" in " ".join(capsys.readouterr().out.split())
+    assert "this machine has no CUDA GPU" in " ".join(capsys.readouterr().err.split())
 
 
 @pytest.mark.gpu
@@ -118,7 +118,7 @@ def test_data_list_and_a_missing_dataset(capsys, tmp_path, monkeypatch):
     assert main(["data", "list"]) == 0
     assert "jsb" in capsys.readouterr().out
     assert main(["data", "verify", "jsb", "--data-dir", str(tmp_path / "none")]) == 2
-    assert "gatedrnn data fetch jsb" in capsys.readouterr().out.replace("\n", " ")
+    assert "gatedrnn data fetch jsb" in capsys.readouterr().err.replace("\n", " ")
 
 
 def test_errors_are_printed_as_written(capsys, monkeypatch):
@@ -134,7 +134,7 @@ def test_errors_are_printed_as_written(capsys, monkeypatch):
     for action in parser._subparsers._group_actions[0].choices.values():
         action.set_defaults(run=fail)
     assert main(["tasks"]) == 2
-    out = capsys.readouterr().out.replace("\n", " ")
+    out = capsys.readouterr().err.replace("\n", " ")
     assert "([train] backend in a study) [x]" in out
 
 
@@ -144,7 +144,7 @@ def test_compare_names_a_missing_dataset_before_running(capsys, tmp_path, monkey
     code = main(["compare", "--scale", "smoke", "--tasks", "ptb", "--out", str(tmp_path / "runs"),
                  "--data-dir", str(tmp_path / "mine")])  # fmt: skip
     assert code == 2
-    out = " ".join(capsys.readouterr().out.split())
+    out = " ".join(capsys.readouterr().err.split())
     assert "dataset 'ptb' is not present" in out and str(tmp_path / "mine") in out
     assert not (tmp_path / "runs").exists()
 
@@ -179,7 +179,7 @@ def test_compare_refuses_a_comparison_its_cells_cannot_make(capsys, tmp_path, ex
     out = str(tmp_path)
     code = main(["compare", "--scale", "smoke", "--tasks", "adding", "--out", out, *extra])
     assert code == 2
-    assert message in " ".join(capsys.readouterr().out.split())
+    assert message in " ".join(capsys.readouterr().err.split())
     assert not any(tmp_path.iterdir())  # refused before the study ran
 
 
@@ -209,5 +209,5 @@ def test_counts_on_the_command_line_are_checked(argv, message, capsys):
 
 def test_bench_names_an_unknown_cell(capsys):
     assert main(["bench", "--cells", "gru,mgu", "--smoke"]) == 2
-    out = " ".join(capsys.readouterr().out.split())
+    out = " ".join(capsys.readouterr().err.split())
     assert "unknown cell 'mgu'; expected one of rnn, lstm, gru" in out

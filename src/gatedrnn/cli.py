@@ -363,6 +363,7 @@ def _data(args: argparse.Namespace, console: Console) -> int:
 def _train(args: argparse.Namespace, console: Console) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from gatedrnn.tasks import check_datasets
     from gatedrnn.train import train
 
     options: dict = {}
@@ -375,6 +376,8 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         if pairs:
             options[field] = {**options.get(field, {}), **dict(pairs)}
     config = TrainConfig.from_dict(options)
+    _device(config.device)
+    check_datasets([config.task], args.data_dir)
     shape = f"hidden {config.hidden_size} × {config.num_layers}"
     setup = f"{config.optimizer} lr {config.lr}, seed {config.seed}"
     console.print(f"training {config.cell} on {config.task}: {shape}, {setup}")
@@ -410,7 +413,8 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         )
     best = f"best epoch {result.best_epoch}" if result.best_epoch else "no finished epoch"
     why = f" ({result.reason})" if result.reason else ""
-    console.print(f"{result.status}{why}; {best}; test {result.test}")
+    test = ", ".join(f"{k} {v:.4f}" for k, v in (result.test or {}).items()) or "not run"
+    console.print(f"{result.status}{why}; {best}; test {test}")
     console.print(f"{result.parameters} parameters; backend {result.backend}")
     if args.out:
         write_json_atomic(args.out, result.to_dict())
@@ -716,17 +720,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console()
+    console, errors = Console(), Console(stderr=True)  # results on stdout, errors on stderr
     try:
         return args.run(args, console)
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as error:
         # escaped: a message may hold brackets ("[train] backend", a path) that rich would
         # otherwise take for markup and drop
-        console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+        errors.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         resumable = args.run in (_compare, _study)
-        console.print(
+        errors.print(
             "[yellow]interrupted[/]"
             + (": finished trials and epochs are kept; run the same command again to resume"
                if resumable else "")

@@ -199,10 +199,10 @@ def test_gpu_tune_command_measures_the_sizes_asked(local, monkeypatch, capsys):
 
     monkeypatch.setenv("COLUMNS", "160")
     assert main(["gpu-tune", "--cells", "rnn"]) == 2
-    assert "unknown 'rnn': cells are gru, lstm" in capsys.readouterr().out
+    assert "unknown 'rnn': cells are gru, lstm" in capsys.readouterr().err
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["gpu-tune"]) == 2
-    assert "on a CUDA GPU; there is none" in capsys.readouterr().out
+    assert "on a CUDA GPU; there is none" in capsys.readouterr().err
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Test GPU")

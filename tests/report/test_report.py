@@ -116,7 +116,7 @@ def test_verdicts_json_is_strict_and_matches_the_report(smoke_study):
 
 def test_report_of_a_missing_study(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
-    assert "no study database" in capsys.readouterr().out.replace("\n", " ")
+    assert "no study database" in capsys.readouterr().err.replace("\n", " ")
 
 
 def test_report_of_a_file_that_is_not_a_study(tmp_path, capsys):
@@ -130,7 +130,7 @@ def test_report_of_a_file_that_is_not_a_study(tmp_path, capsys):
     garbage.parent.mkdir()
     garbage.write_text("not a database")
     assert main(["report", str(garbage.parent)]) == 2
-    out = " ".join(capsys.readouterr().out.split())
+    out = " ".join(capsys.readouterr().err.split())
     assert "study.sqlite: not a study database (file is not a database)" in out
     with pytest.raises(ValueError, match="not a study database"):
         StudyStore(garbage)
@@ -140,7 +140,7 @@ def test_report_of_a_file_that_is_not_a_study(tmp_path, capsys):
         connection.execute("CREATE TABLE notes (text)")
     before = foreign.read_bytes()
     assert main(["report", str(foreign)]) == 2
-    assert "not a study database (its tables: notes)" in " ".join(capsys.readouterr().out.split())
+    assert "not a study database (its tables: notes)" in " ".join(capsys.readouterr().err.split())
     assert foreign.read_bytes() == before
     assert not (tmp_path / "report.md").exists()
 

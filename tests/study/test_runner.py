@@ -97,7 +97,7 @@ def test_ctrl_c_stops_the_pool_cleanly_and_the_study_resumes(tmp_path):
     os.killpg(process.pid, signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, (stdout, stderr)
-    assert "interrupted: finished trials and epochs are kept" in stdout
+    assert "interrupted: finished trials and epochs are kept" in stderr, (stdout, stderr)
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     deadline = time.monotonic() + 10  # the workers and the manager are gone (once reaped)
     while time.monotonic() < deadline:

@@ -43,6 +43,20 @@ def test_grid_of_a_good_file(tmp_path):
     assert budgeted["gru"] > budgeted["lstm"]  # the same budget buys the GRU more units
 
 
+def test_a_cell_without_biases_gets_its_own_width_for_the_budget(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(
+        'tasks = ["adding"]\ncells = ["gru", { cell = "gru", label = "nobias", bias = false, '
+        'init = "orthogonal" }]\nwidths = ["equal_params"]\nbudget = 2000\n'
+    )
+    widths = {t.cell.label: t.config.hidden_size for t in load_study(path).trials()}
+    size = count_parameters("gru", 2, widths["nobias"], bias=False)
+    assert abs(size - 2000) <= abs(
+        count_parameters("gru", 2, widths["nobias"] + 1, bias=False) - 2000
+    )
+    assert widths["nobias"] > widths["gru"]
+
+
 BASE = 'tasks = ["adding"]\ncells = ["gru"]\n'
 BAD = [
     ("tasks = [", "not valid TOML"),
@@ -61,6 +75,9 @@ BAD = [
     (BASE + "[train]\nseed = 3", "train.seed: is set by the study grid"),
     (BASE + '[train]\nbackend = "fast"', "train.backend: expected 'auto' or one of"),
     ('tasks = ["adding"]\ncells = [{ cell = "gru", backend = "cpu" }]', "option 'backend'"),
+    ('tasks = ["adding"]\ncells = [{ cell = "lstm", batch_first = true }]',
+     "cells\\[0\\]: unknown option 'batch_first' for cell 'lstm'"),
+    ('tasks = ["adding"]\ncells = [{ cell = "gru", init = "xavier" }]', "unknown init 'xavier'"),
     (BASE + 'widths = ["equal_flops"]', "widths\\[0\\]: expected one of"),
     ('tasks = ["adding"]\ncells = ["gru", "gru"]', "cells: labels must differ"),
     (BASE + "fractions = [0]", "fractions\\[0\\]: expected a number in"),
@@ -78,13 +95,13 @@ def test_bad_study_files_are_rejected_before_anything_runs(tmp_path, capsys, tex
         load_study(path)
     out = tmp_path / "runs"
     assert main(["study", "run", str(path), "--out", str(out)]) == 2
-    assert "bad.toml" in capsys.readouterr().out
+    assert "bad.toml" in capsys.readouterr().err
     assert not out.exists()  # nothing written
 
 
 def test_missing_study_file(tmp_path, capsys):
     assert main(["study", "run", str(tmp_path / "none.toml")]) == 2
-    assert "no such study file" in capsys.readouterr().out.replace("\n", " ")
+    assert "no such study file" in capsys.readouterr().err.replace("\n", " ")
 
 
 def test_compare_presets_build_and_carry_their_task_options():

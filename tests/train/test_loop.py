@@ -11,6 +11,7 @@ import torch
 
 from gatedrnn.cli import main
 from gatedrnn.train import TrainConfig, train
+from gatedrnn.train.loop import _build_model, _build_task
 
 SMOKE = dict(smoke=True, hidden_size=16, epochs=4, lr=1e-2, batch_size=8)
 
@@ -124,11 +125,52 @@ def test_step_schedule_follows_zaremba():
         ({"fraction": 0}, r"fraction: expected a number in \(0, 1\], got 0.0"),
         ({"backend": "fastest"}, "backend: expected 'auto' or one of .*'cudnn'.*got 'fastest'"),
         ({"device": "gpu0"}, "device: expected a torch device such as 'cpu'.*got 'gpu0'"),
+        ({"task": "mnist"}, "task: expected one of .*'jsb'.*got 'mnist'"),
+        ({"cell": "lstn"}, "cell: expected one of .*'lstm'.*got 'lstn'"),
+        # batch_first would make the model read time as the batch: refused, not run wrongly
+        (
+            {"cell": "lstm", "cell_options": {"batch_first": True}},
+            "cell_options: unknown option 'batch_first' for cell 'lstm'; expected one of: "
+            "peepholes, coupled, bias, init, forget_bias",
+        ),
+        (
+            {"cell": "gru", "cell_options": {"forget_bias": 1.0}},
+            "cell_options: unknown option 'forget_bias'",
+        ),
+        ({"cell": "gru", "cell_options": {"reset": "mid"}}, "cell_options: option 'reset' of cell"),
+        (
+            {"cell": "lstm", "cell_options": {"bias": False, "forget_bias": 1.0}},
+            "cell_options: forget_bias=1.0 cannot be applied: bias=False",
+        ),
+        ({"cell": "rnn", "cell_options": {"bias": 1}}, "cell_options: option 'bias' of cell"),
+        (
+            {"cell": "rnn", "cell_options": {"init": "xavier"}},
+            "cell_options: unknown init 'xavier'",
+        ),
+        (
+            {"task": "jsb", "task_options": {"steps": 3}},
+            "task_options: unknown option 'steps' for task 'jsb'; expected one of: chunk",
+        ),
     ],
 )
 def test_bad_configuration_names_the_key(values, message):
     with pytest.raises(ValueError, match=f"trial.{message}"):
         TrainConfig.from_dict(values, where="trial")
+
+
+def test_the_layer_options_a_run_accepts_reach_the_layer():
+    config = TrainConfig(
+        task="adding",
+        cell="lstm",
+        hidden_size=8,
+        smoke=True,
+        epochs=1,
+        cell_options={"bias": False, "init": "orthogonal", "peepholes": True},
+    )
+    task = _build_task(config, None)
+    model, _ = _build_model(config, task, torch.device("cpu"))
+    layer = model.rnn
+    assert (layer.bias, layer.init, layer.peepholes) == (False, "orthogonal", True)
 
 
 def test_config_key_is_stable_and_distinguishes():
@@ -143,7 +185,21 @@ def test_train_command_writes_its_result(tmp_path, capsys):
     assert code == 0
     result = json.loads(out.read_text())
     assert result["status"] == "completed" and len(result["history"]) == 2
-    assert "epoch  train loss" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "epoch  train loss" in printed
+    assert f"test mse {result['test']['mse']:.4f}" in printed
+
+
+def test_train_command_checks_data_and_device_before_it_starts(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GATEDRNN_DATA", str(tmp_path))
+    assert main(["train", "--task", "ptb", "--smoke"]) == 2
+    assert "dataset 'ptb' is not present" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["train", "--device", "cuda", "--smoke"]) == 2
+    printed = capsys.readouterr()
+    assert "this machine has no CUDA GPU" in printed.err and "epoch" not in printed.out
+    with pytest.raises(ValueError, match="device: 'cuda', but this machine has no CUDA GPU"):
+        train(TrainConfig(task="adding", device="cuda", smoke=True))
 
 
 def test_mixed_precision_run_completes_and_layers_compute_in_bfloat16():

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-__all__ = ["CELL_KINDS", "CellSpec", "StepCost", "make_spec"]
+__all__ = ["CELL_KINDS", "CellSpec", "StepCost", "make_spec", "variant_options"]
 
 CELL_KINDS = ("rnn", "lstm", "gru", "mgu", "mingru", "minlstm")
 
@@ -189,6 +189,17 @@ class CellSpec:
             pointwise_flops=pointwise,
             nonlinearities=nonlin,
         )
+
+
+def variant_options(kind: str) -> dict[str, object]:
+    """The variant options ``kind`` accepts, with their defaults.
+
+    >>> variant_options("gru")
+    {'reset': 'after'}
+    """
+    if kind not in _OPTIONS:
+        raise ValueError(f"unknown cell {kind!r}; expected one of: {', '.join(CELL_KINDS)}")
+    return dict(_OPTIONS[kind])
 
 
 def make_spec(kind: str, **options: object) -> CellSpec:

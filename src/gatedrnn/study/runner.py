@@ -21,10 +21,9 @@ from typing import Any
 import torch
 
 from gatedrnn.backends.compiled import compiled_loops
-from gatedrnn.data.registry import DataMissingError, get_dataset, locate
 from gatedrnn.study.spec import StudySpec, Trial
 from gatedrnn.study.store import DONE, StudyStore
-from gatedrnn.tasks import TASKS
+from gatedrnn.tasks import check_datasets
 from gatedrnn.train import TrainConfig, train
 from gatedrnn.train.loop import environment
 from gatedrnn.train.timing import time_steps
@@ -86,7 +85,7 @@ def run_study(
             "cluster with GPUs"
         )
     if spec.executor.kind != "ray":
-        _check_datasets(spec, data_dir)
+        check_datasets(spec.tasks, data_dir)
     db_path, checkpoints = study_paths(spec, out)
     store = StudyStore(db_path)
     try:  # closed at the end: the last connection's close folds the WAL into the database file
@@ -171,18 +170,6 @@ def time_arms(
         store.record_timings(task, width, seconds, steps)
     if progress and arms:
         progress(store.counts())
-
-
-def _check_datasets(spec: StudySpec, data_dir: str | Path | None) -> None:
-    """Every dataset the study's tasks read, present and intact, before any trial starts (each
-    trial would otherwise fail on the same missing or corrupt file, after the ones before it
-    ran). Raises the registry's error, which says where the files go and how to fetch them."""
-    for name in sorted({TASKS[task].dataset for task in spec.tasks} - {None}):
-        try:
-            locate(name, data_dir)
-        except DataMissingError:
-            if get_dataset(name).embedded is None:  # else the package's own copy serves
-                raise
 
 
 class _DirectEvents:

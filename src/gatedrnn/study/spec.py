@@ -23,16 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gatedrnn.nn.counting import hidden_for_budget
-from gatedrnn.nn.spec import make_spec
-from gatedrnn.tasks import TASKS
-from gatedrnn.tasks.models import LAYERS
+from gatedrnn.nn.spec import make_spec, variant_options
+from gatedrnn.tasks import LAYERS, TASKS, check_layer_options, task_option_names
 from gatedrnn.train.config import TrainConfig
 
 __all__ = ["CellChoice", "ExecutorSpec", "StudySpec", "Trial", "load_study"]
@@ -121,19 +119,17 @@ class StudySpec:
     def _hidden(self, task: str, choice: CellChoice, width: str) -> int:
         if width == "equal_hidden":
             return self.hidden_size
+        variants = variant_options(choice.cell)
         return hidden_for_budget(
-            make_spec(choice.cell, **_spec_options(choice)),
+            make_spec(choice.cell, **{k: v for k, v in choice.options.items() if k in variants}),
             self.budget,
             TASKS[task].layer_input_size(dict(self.task_options.get(task, {}))),
             self.train.get("num_layers", 1),
+            bias=choice.options.get("bias", True),
         )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _spec_options(choice: CellChoice) -> dict[str, Any]:
-    return {k: v for k, v in choice.options.items() if k != "forget_bias"}
 
 
 def _fail(path: str, message: str) -> ValueError:
@@ -157,7 +153,7 @@ def _parse_cell(raw: Any, path: str) -> CellChoice:
     label = raw.pop("label", None)
     options = raw
     try:
-        make_spec(cell, **{k: v for k, v in options.items() if k != "forget_bias"})
+        check_layer_options(cell, options)
     except ValueError as error:
         raise _fail(path, str(error)) from None
     if label is None:
@@ -215,13 +211,7 @@ def parse_study(raw: dict[str, Any], default_name: str = "study") -> StudySpec:
         if task not in tasks:
             raise _fail(f"task_options.{task}", f"is not one of the study's tasks {list(tasks)}")
         _expect(options, dict, f"task_options.{task}", "a table")
-        accepted = set(inspect.signature(TASKS[task].__init__).parameters) - {
-            "self",
-            "smoke",
-            "fraction",
-            "seed",
-            "data_dir",
-        }
+        accepted = task_option_names(task)
         for key in options:
             if key not in accepted:
                 raise _fail(
@@ -253,12 +243,7 @@ def parse_study(raw: dict[str, Any], default_name: str = "study") -> StudySpec:
         for task in tasks:
             for i, choice in enumerate(cells):
                 try:
-                    hidden_for_budget(
-                        make_spec(choice.cell, **_spec_options(choice)),
-                        budget,
-                        TASKS[task].layer_input_size(dict(task_options.get(task, {}))),
-                        train.get("num_layers", 1),
-                    )
+                    spec._hidden(task, choice, "equal_params")
                 except ValueError as error:
                     raise _fail("budget", f"{error} (cells[{i}] on task {task!r})") from None
     return spec

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from gatedrnn.data.registry import DataMissingError, get_dataset, locate
 
 __all__ = [
     "TASKS",
@@ -24,11 +28,14 @@ __all__ = [
     "Metric",
     "Task",
     "build_task",
+    "check_datasets",
+    "check_task_options",
     "classification_metrics",
     "evaluating",
     "generated_splits",
     "model_device",
     "register_task",
+    "task_option_names",
 ]
 
 
@@ -177,6 +184,41 @@ TASKS: dict[str, type[Task]] = {}
 def register_task(cls: type[Task]) -> type[Task]:
     TASKS[cls.name] = cls
     return cls
+
+
+# Set by the run (the study grid, the training configuration), never as a task option.
+_RUN_ARGUMENTS = ("self", "smoke", "fraction", "seed", "data_dir")
+
+
+def task_option_names(name: str) -> list[str]:
+    """The options task ``name`` takes (its constructor's keywords other than the run's)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; expected one of: {', '.join(sorted(TASKS))}")
+    parameters = inspect.signature(TASKS[name].__init__).parameters
+    return [key for key in parameters if key not in _RUN_ARGUMENTS]
+
+
+def check_task_options(name: str, options: dict[str, Any]) -> None:
+    """Refuse an option task ``name`` does not take, naming the ones it does."""
+    accepted = task_option_names(name)
+    for key in options:
+        if key not in accepted:
+            raise ValueError(
+                f"unknown option {key!r} for task {name!r}; expected one of: "
+                f"{', '.join(accepted) or 'none'}"
+            )
+
+
+def check_datasets(tasks: Iterable[str], data_dir: str | Path | None = None) -> None:
+    """Every dataset ``tasks`` read, present and intact, before a run starts (it would otherwise
+    fail on a missing or corrupt file after the work before it). Raises the registry's error,
+    which says where the files go and how to fetch them. An embedded dataset (JSB) needs none."""
+    for name in sorted({TASKS[task].dataset for task in tasks} - {None}):
+        try:
+            locate(name, data_dir)
+        except DataMissingError:
+            if get_dataset(name).embedded is None:  # else the package's own copy serves
+                raise
 
 
 def build_task(name: str, **kwargs) -> Task:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 import gatedrnn
+from gatedrnn.nn.init import check_init_options
 from gatedrnn.nn.packing import pack_padded_sequence, pad_packed_sequence
+from gatedrnn.nn.spec import make_spec, variant_options
 
-__all__ = ["LAYERS", "SequenceModel", "make_layer"]
+__all__ = ["LAYERS", "SequenceModel", "check_layer_options", "make_layer"]
 
 LAYERS: dict[str, type[nn.Module]] = {
     "rnn": gatedrnn.RNN,
@@ -17,6 +19,41 @@ LAYERS: dict[str, type[nn.Module]] = {
     "mingru": gatedrnn.MinGRU,
     "minlstm": gatedrnn.MinLSTM,
 }
+
+
+def check_layer_options(cell: str, options: dict[str, object]) -> None:
+    """Refuse a cell or a layer option a task's model cannot take, naming the ones it can.
+
+    A run's ``cell_options`` are the cell's variant options (``reset``, ``peepholes`` …) and the
+    layer keywords that leave the model's shapes and input layout alone: ``bias``, ``init`` and
+    the LSTM's ``forget_bias``. The task's model sets the others (``batch_first``,
+    ``bidirectional`` and ``proj_size`` would change what its head reads; ``dropout``,
+    ``backend``, ``device`` and ``dtype`` are settings of the run).
+
+    >>> check_layer_options("gru", {"reset": "before", "init": "orthogonal"})
+    >>> check_layer_options("gru", {"batch_first": True})
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown option 'batch_first' for cell 'gru'; expected one of: reset, bias, init
+    """
+    if cell not in LAYERS:
+        raise ValueError(f"unknown cell {cell!r}; expected one of: {', '.join(LAYERS)}")
+    variants = variant_options(cell)
+    accepted = [*variants, "bias", "init", *(["forget_bias"] if cell == "lstm" else [])]
+    for key in options:
+        if key not in accepted:
+            raise ValueError(
+                f"unknown option {key!r} for cell {cell!r}; expected one of: {', '.join(accepted)}"
+            )
+    spec = make_spec(cell, **{k: v for k, v in options.items() if k in variants})
+    bias = options.get("bias", True)
+    if not isinstance(bias, bool):
+        raise ValueError(f"option 'bias' of cell {cell!r} must be true or false, got {bias!r}")
+    try:
+        init, forget_bias = options.get("init", "torch"), options.get("forget_bias", 0.0)
+        check_init_options(spec, init, forget_bias, bias)
+    except TypeError as error:  # a forget_bias that is not a number
+        raise ValueError(str(error)) from None
 
 
 def make_layer(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, **options):

@@ -1,7 +1,9 @@
 """The configuration of one training run: a frozen dataclass with commented defaults.
 
-It is stored, resolved, with every checkpoint and result; :meth:`TrainConfig.from_dict` rejects
-unknown keys and bad values with the key's name.
+It is stored, resolved, with every checkpoint and result. Building one checks every value, the
+task and cell names and their options (:func:`gatedrnn.tasks.check_layer_options`,
+:func:`~gatedrnn.tasks.check_task_options`) before anything runs; :meth:`TrainConfig.from_dict`
+also rejects unknown keys and wrong types, naming the key.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import torch
 
 from gatedrnn.backends import available_backends
+from gatedrnn.tasks import LAYERS, TASKS, check_layer_options, check_task_options
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "TrainConfig"]
 
@@ -75,6 +78,18 @@ class TrainConfig:
         for ok, key, expected in checks:
             if not ok:
                 raise ValueError(f"{key}: expected {expected}, got {getattr(self, key)!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"task: expected one of {sorted(TASKS)}, got {self.task!r}")
+        if self.cell not in LAYERS:
+            raise ValueError(f"cell: expected one of {list(LAYERS)}, got {self.cell!r}")
+        for key, check, name in (
+            ("cell_options", check_layer_options, self.cell),
+            ("task_options", check_task_options, self.task),
+        ):
+            try:
+                check(name, dict(getattr(self, key)))
+            except ValueError as error:
+                raise ValueError(f"{key}: {error}") from None
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError):

@@ -148,6 +148,11 @@ def train(
     result equals that of an uninterrupted run.
     """
     device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device: {config.device!r}, but this machine has no CUDA GPU "
+            "(torch.cuda.is_available() is False)"
+        )
     previous_determinism = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
     try:
