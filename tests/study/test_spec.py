@@ -82,7 +82,10 @@ BAD = [
     ('tasks = ["adding"]\ncells = ["gru", "gru"]', "cells: labels must differ"),
     (BASE + "fractions = [0]", "fractions\\[0\\]: expected a number in"),
     (BASE + '[executor]\nkind = "slurm"', "executor.kind: expected one of"),
-    (BASE + "[task_options.adding]\nlength = 3", "task_options.adding.length: unknown option"),
+    (BASE + "[task_options.adding]\nlength = 3",
+     "task_options.adding: unknown option 'length' for task 'adding'; expected one of: steps"),
+    (BASE + "[task_options.adding]\nsteps = 0",
+     "task_options.adding: option 'steps' of task 'adding': expected an integer >= 1, got 0"),
     (BASE + "[task_options.jsb]\nsteps = 3", "task_options.jsb: is not one of the study's"),
 ]  # fmt: skip
 

@@ -151,6 +151,18 @@ def test_step_schedule_follows_zaremba():
             {"task": "jsb", "task_options": {"steps": 3}},
             "task_options: unknown option 'steps' for task 'jsb'; expected one of: chunk",
         ),
+        (
+            {"task": "copy", "task_options": {"steps": 2.5}},
+            "task_options: option 'steps' of task 'copy': expected int | None, got float 2.5",
+        ),
+        (
+            {"task": "sst2", "task_options": {"dropout": 1}},
+            r"task_options: option 'dropout' of task 'sst2': expected a number in \[0, 1\)",
+        ),
+        (
+            {"task": "fsdd", "task_options": {"n_mfcc": True}},
+            "task_options: option 'n_mfcc' of task 'fsdd': expected int",
+        ),
     ],
 )
 def test_bad_configuration_names_the_key(values, message):

@@ -30,7 +30,7 @@ from typing import Any
 
 from gatedrnn.nn.counting import hidden_for_budget
 from gatedrnn.nn.spec import make_spec, variant_options
-from gatedrnn.tasks import LAYERS, TASKS, check_layer_options, task_option_names
+from gatedrnn.tasks import LAYERS, TASKS, check_layer_options, check_task_options
 from gatedrnn.train.config import TrainConfig
 
 __all__ = ["CellChoice", "ExecutorSpec", "StudySpec", "Trial", "load_study"]
@@ -211,13 +211,10 @@ def parse_study(raw: dict[str, Any], default_name: str = "study") -> StudySpec:
         if task not in tasks:
             raise _fail(f"task_options.{task}", f"is not one of the study's tasks {list(tasks)}")
         _expect(options, dict, f"task_options.{task}", "a table")
-        accepted = task_option_names(task)
-        for key in options:
-            if key not in accepted:
-                raise _fail(
-                    f"task_options.{task}.{key}",
-                    f"unknown option; expected one of: {', '.join(sorted(accepted)) or 'none'}",
-                )
+        try:
+            check_task_options(task, options)
+        except ValueError as error:
+            raise _fail(f"task_options.{task}", str(error)) from None
     executor_raw = dict(_expect(raw.get("executor", {}), dict, "executor", "a table"))
     for key in executor_raw:
         if key not in ("kind", "workers", "address"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -198,14 +199,61 @@ def task_option_names(name: str) -> list[str]:
     return [key for key in parameters if key not in _RUN_ARGUMENTS]
 
 
+# Bounds of the numeric options, which mean the same in every task that takes them; a task
+# checks what depends on its data (a speaker's name, a file) itself.
+_COUNT = (lambda v: v >= 1, "an integer >= 1")
+_BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "steps": _COUNT,
+    "length": _COUNT,
+    "train_size": _COUNT,
+    "bptt": _COUNT,
+    "n_mfcc": _COUNT,
+    "min_count": _COUNT,
+    "beam": _COUNT,
+    "max_length": _COUNT,
+    "embedding_size": (lambda v: v >= 0, "an integer >= 0 (0: the hidden size)"),
+    "dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+}
+
+
+def _admits(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` has the annotated type (``int | None``, ``str | Path``, ``float`` …); an
+    int is a float, a bool is not an int."""
+    kinds = typing.get_args(annotation) or (annotation,)
+    for kind in kinds:
+        if kind is type(None) and value is None:
+            return True
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if kind in (str, bool) and isinstance(value, kind):
+            return True
+        if kind is Path and isinstance(value, (str, Path)):
+            return True
+    return False
+
+
 def check_task_options(name: str, options: dict[str, Any]) -> None:
-    """Refuse an option task ``name`` does not take, naming the ones it does."""
+    """Refuse an option task ``name`` does not take, naming the ones it does, and a value of the
+    wrong type or out of bounds, saying what is expected."""
     accepted = task_option_names(name)
-    for key in options:
+    hints = typing.get_type_hints(TASKS[name].__init__)
+    for key, value in options.items():
         if key not in accepted:
             raise ValueError(
                 f"unknown option {key!r} for task {name!r}; expected one of: "
                 f"{', '.join(accepted) or 'none'}"
+            )
+        if key in hints and not _admits(hints[key], value):
+            expected = getattr(hints[key], "__name__", None) or str(hints[key])
+            raise ValueError(
+                f"option {key!r} of task {name!r}: expected {expected}, got "
+                f"{type(value).__name__} {value!r}"
+            )
+        if key in _BOUNDS and value is not None and not _BOUNDS[key][0](value):
+            raise ValueError(
+                f"option {key!r} of task {name!r}: expected {_BOUNDS[key][1]}, got {value!r}"
             )
 
 
