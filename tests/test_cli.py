@@ -121,6 +121,26 @@ def test_data_list_and_a_missing_dataset(capsys, tmp_path, monkeypatch):
     assert "gatedrnn data fetch jsb" in capsys.readouterr().err.replace("\n", " ")
 
 
+def test_data_verify_reports_every_dataset_and_fails_if_one_does(capsys, monkeypatch):
+    import gatedrnn.data
+    from gatedrnn.data import CorruptDataError
+
+    def locate(name, data_dir=None):
+        if name == "ptb":
+            raise CorruptDataError("ptb/ptb.train.txt.gz: checksum mismatch")
+        return f"/data/{name}"
+
+    monkeypatch.setattr(gatedrnn.data, "locate", locate)
+    assert main(["data", "verify", "jsb", "ptb", "sst2"]) == 2
+    printed = capsys.readouterr()
+    assert "jsb: verified in /data/jsb" in printed.out and "sst2: verified" in printed.out
+    assert "ptb.train.txt.gz: checksum mismatch" in printed.err
+    assert "1 of 3 failed: ptb" in printed.err
+    assert main(["data", "verify", "jsb", "sst2"]) == 0
+    assert main(["data", "verify", "jsb", "imdb"]) == 2
+    assert "unknown dataset 'imdb'" in capsys.readouterr().err
+
+
 def test_errors_are_printed_as_written(capsys, monkeypatch):
     """A message's brackets ("[train] backend", a path) are text, not rich markup."""
     import gatedrnn.cli

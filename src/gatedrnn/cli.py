@@ -344,20 +344,32 @@ def _data(args: argparse.Namespace, console: Console) -> int:
         console.print(table)
         return 0
     names = args.names or sorted(DATASETS)
-    for name in names:
-        if args.action == "fetch":
-            with console.status(f"fetching {name}") as status:
-                folder = fetch(
-                    name,
-                    args.data_dir,
-                    progress=lambda f, done, total, name=name: status.update(
-                        f"fetching {name}/{f}: {done / 1e6:.1f} of {total / 1e6:.1f} MB"
-                    ),
-                )
-            console.print(f"{name}: fetched and verified in {folder}")
-        else:
-            console.print(f"{name}: verified in {locate(name, args.data_dir)}")
-    return 0
+    unknown = [name for name in names if name not in DATASETS]
+    if unknown:
+        raise ValueError(
+            f"unknown dataset {unknown[0]!r}; expected one of: {', '.join(sorted(DATASETS))}"
+        )
+    failed = []
+    for name in names:  # each in turn: one that fails is reported, and the next is tried
+        try:
+            if args.action == "fetch":
+                with console.status(f"fetching {name}") as status:
+                    folder = fetch(
+                        name,
+                        args.data_dir,
+                        progress=lambda f, done, total, name=name: status.update(
+                            f"fetching {name}/{f}: {done / 1e6:.1f} of {total / 1e6:.1f} MB"
+                        ),
+                    )
+                console.print(f"{name}: fetched and verified in {folder}")
+            else:
+                console.print(f"{name}: verified in {locate(name, args.data_dir)}")
+        except (ValueError, OSError) as error:  # missing, corrupt, unreachable
+            failed.append(name)
+            _print_error(error)
+    if failed and len(names) > 1:
+        _print_error(f"{len(failed)} of {len(names)} failed: {', '.join(failed)}")
+    return 2 if failed else 0
 
 
 def _train(args: argparse.Namespace, console: Console) -> int:
@@ -718,19 +730,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_error(error: object) -> None:
+    """One line on stderr (results go to stdout). Escaped: a message may hold brackets ("[train]
+    backend", a path) that rich would otherwise take for markup and drop."""
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console, errors = Console(), Console(stderr=True)  # results on stdout, errors on stderr
+    console = Console()
     try:
         return args.run(args, console)
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as error:
-        # escaped: a message may hold brackets ("[train] backend", a path) that rich would
-        # otherwise take for markup and drop
-        errors.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+        _print_error(error)
         return 2
     except KeyboardInterrupt:
         resumable = args.run in (_compare, _study)
-        errors.print(
+        Console(stderr=True).print(
             "[yellow]interrupted[/]"
             + (": finished trials and epochs are kept; run the same command again to resume"
                if resumable else "")
