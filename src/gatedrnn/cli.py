@@ -451,8 +451,81 @@ def _study(args: argparse.Namespace, console: Console) -> int:
     store = StudyStore(db_path)
     counts = store.counts()
     store.close()
-    console.print(f"done: {counts}")
+    console.print(f"done: {_summary(counts)}")
     return 0 if not _show_failures(db_path, console) else 1
+
+
+_STATUSES = ("completed", "diverged", "running", "interrupted", "failed", "pending")
+
+
+def _summary(counts: dict[str, int]) -> str:
+    """``{"completed": 40, "failed": 2}`` → "40 completed, 2 failed", in a fixed order."""
+    order = [*_STATUSES, *sorted(set(counts) - set(_STATUSES))]
+    return ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s)) or "no trials"
+
+
+def _study_status(args: argparse.Namespace, console: Console) -> int:
+    """How far a study has come, read from its database (nothing runs, nothing is written).
+    ``args.study`` is its TOML file, or its folder or database (the spec stored in it then says
+    which trials it plans: how `compare` runs are seen)."""
+    from collections import Counter
+
+    from gatedrnn.study import StudyStore, load_study, stored_study, study_paths
+    from gatedrnn.study.store import check_study_file
+
+    path = Path(args.study)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such study file or folder")
+    if path.is_dir() or path.suffix == ".sqlite":
+        db_path = path / "study.sqlite" if path.is_dir() else path
+        check_study_file(db_path)
+        store = StudyStore(db_path)
+        try:
+            stored = store.get_meta("spec")
+        finally:
+            store.close()
+        if stored is None:
+            raise ValueError(f"{db_path}: holds no study spec (its run never started)")
+        spec = stored_study(stored)
+    else:
+        spec = load_study(path)
+        db_path, _ = study_paths(spec, args.out)
+    planned = spec.trials()
+    if not db_path.exists():
+        console.print(f"study {spec.name!r}: not started ({len(planned)} trials; {db_path} absent)")
+        return 0
+    check_study_file(db_path)
+    store = StudyStore(db_path)
+    try:
+        stored_trials = {t["key"]: t for t in store.trials()}
+        epochs = {key: len(store.epochs(key)) for key in stored_trials}
+    finally:
+        store.close()
+    groups: dict[tuple[str, str, str], Counter] = {}
+    done_epochs: Counter = Counter()
+    for trial in planned:
+        group = (trial.task, trial.width, trial.cell.label)
+        row = stored_trials.get(trial.key)
+        groups.setdefault(group, Counter())[row["status"] if row else "pending"] += 1
+        done_epochs[group] += epochs.get(trial.key, 0)
+    total = sum(groups.values(), Counter())
+    shown = [s for s in _STATUSES if total[s]]  # the statuses some trial has
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("task", "width", "cell", *shown, "epochs"):
+        table.add_column(column, justify="left" if column in ("task", "width", "cell") else "right")
+    for (task, width, cell), counts in groups.items():
+        row = [str(counts[s]) if counts[s] else "·" for s in shown]
+        table.add_row(task, width, cell, *row, str(done_epochs[task, width, cell]))
+    console.print(f"study {spec.name!r} ({db_path}): {len(planned)} trials: {_summary(total)}")
+    console.print(table)
+    stale = len(set(stored_trials) - {t.key for t in planned})
+    if stale:
+        console.print(
+            f"{stale} trials in the database are not in the file any more (it changed since); "
+            "the report still reads them"
+        )
+    _show_failures(db_path, console)
+    return 0
 
 
 def _show_failures(db_path: Path, console: Console) -> int:
@@ -685,7 +758,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", help="look for datasets here first")
     train.set_defaults(run=_train)
 
-    study = commands.add_parser("study", help="run a study file (re-running resumes)")
+    study = commands.add_parser(
+        "study", help="run a study file (re-running resumes), or see how far it has come"
+    )
     study_commands = study.add_subparsers(dest="study_command", metavar="ACTION", required=True)
     study_run = study_commands.add_parser("run", help="run every unfinished trial of STUDY.toml")
     study_run.add_argument("file", help="the study file (TOML)")
@@ -697,6 +772,14 @@ def build_parser() -> argparse.ArgumentParser:
     study_run.add_argument("--address", help="ray: the cluster to join (default: start one here)")
     study_run.add_argument("--data-dir", help="look for datasets here first")
     study_run.set_defaults(run=_study)
+    status = study_commands.add_parser(
+        "status", help="how far STUDY.toml's study has come (reads its database; runs nothing)"
+    )
+    status.add_argument("study", help="the study file (TOML), or a study's folder (runs/<name>)")
+    status.add_argument(
+        "--out", default="runs", help="with a study file: it ran in OUT/<name>/ (default runs)"
+    )
+    status.set_defaults(run=_study_status)
 
     compare = commands.add_parser("compare", help="RNN vs LSTM vs GRU: run the study, report")
     compare.add_argument("--scale", choices=("smoke", "default", "full"), default="default")

@@ -220,3 +220,39 @@ def test_a_corrupt_dataset_is_refused_before_anything_runs(tmp_path, monkeypatch
     with pytest.raises(CorruptDataError, match=r"ptb\.train\.txt\.gz: \d+ bytes, expected"):
         run_study(load_study(study), tmp_path / "runs", workers=1, data_dir=tmp_path / "data")
     assert not (tmp_path / "runs").exists()
+
+
+def test_study_status_reads_progress_from_a_file_or_a_folder(tmp_path, capsys, monkeypatch):
+    from gatedrnn.cli import main
+    from gatedrnn.study import stored_study
+
+    monkeypatch.setenv("COLUMNS", "160")
+    study = tmp_path / "s.toml"
+    text = (
+        'name = "s"\ntasks = ["adding"]\ncells = ["lstm", {{ cell = "gru", reset = "before" }}]\n'
+    )
+    text += "seeds = {seeds}\nhidden_size = 8\n[train]\nepochs = 2\nsmoke = true\n"
+    study.write_text(text.format(seeds=1))
+    out = tmp_path / "runs"
+    assert main(["study", "status", str(study), "--out", str(out)]) == 0
+    assert "not started (2 trials" in capsys.readouterr().out
+    db = run_study(load_study(study), out, workers=1)
+    store = StudyStore(db)
+    assert stored_study(store.get_meta("spec")) == load_study(study)  # the spec round-trips
+    store.close()
+    study.write_text(text.format(seeds=2))  # two more trials planned, not run
+    assert main(["study", "status", str(study), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "4 trials: 2 completed, 2 pending" in printed
+    rows = [line.split() for line in printed.splitlines() if line.strip().startswith("adding")]
+    # task, width, cell, completed, pending, epochs
+    assert sorted(r[2:] for r in rows) == [
+        ["gru-reset=before", "1", "1", "2"],
+        ["lstm", "1", "1", "2"],
+    ]
+    before = db.read_bytes()
+    assert main(["study", "status", str(db.parent)]) == 0  # the folder: its stored spec
+    assert "2 trials: 2 completed" in capsys.readouterr().out
+    assert db.read_bytes() == before  # nothing written
+    assert main(["study", "status", str(tmp_path / "nothing")]) == 2
+    assert "no such study file or folder" in capsys.readouterr().err

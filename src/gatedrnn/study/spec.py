@@ -33,7 +33,7 @@ from gatedrnn.nn.spec import make_spec, variant_options
 from gatedrnn.tasks import LAYERS, TASKS, check_layer_options, check_task_options
 from gatedrnn.train.config import TrainConfig
 
-__all__ = ["CellChoice", "ExecutorSpec", "StudySpec", "Trial", "load_study"]
+__all__ = ["CellChoice", "ExecutorSpec", "StudySpec", "Trial", "load_study", "stored_study"]
 
 WIDTHS = ("equal_hidden", "equal_params")
 EXECUTORS = ("local", "ray")
@@ -244,6 +244,16 @@ def parse_study(raw: dict[str, Any], default_name: str = "study") -> StudySpec:
                 except ValueError as error:
                     raise _fail("budget", f"{error} (cells[{i}] on task {task!r})") from None
     return spec
+
+
+def stored_study(values: dict[str, Any]) -> StudySpec:
+    """The spec a study's database keeps (``StudySpec.to_dict`` as stored), checked again."""
+    raw = {key: value for key, value in values.items() if key != "cells"}
+    raw["cells"] = [
+        {"cell": c["cell"], "label": c["label"], **c["options"]} for c in values["cells"]
+    ]
+    raw["executor"] = {k: v for k, v in values["executor"].items() if v is not None}
+    return parse_study(raw)
 
 
 def load_study(path: str | Path) -> StudySpec:
