@@ -131,7 +131,7 @@ def test_convergence_seconds_use_the_interleaved_step_time():
 
     def run(updates_to_target, elapsed):
         history = [
-            {"valid": {"nll": 5.0}, "updates": 10, "elapsed": 1.0},
+            {"valid": {"nll": 5.0}, "updates": updates_to_target - 10, "elapsed": 1.0},
             {"valid": {"nll": 4.0}, "updates": updates_to_target, "elapsed": elapsed},
         ]
         return {"best_valid": {"nll": 4.0}, "history": history}  # fmt: skip
@@ -144,6 +144,41 @@ def test_convergence_seconds_use_the_interleaved_step_time():
     timed = _convergence(a, b, "t / w", "nll", False, ([0.001] * 3, [0.002] * 3))
     assert "seconds at the interleaved time per step 0.25 " in timed.measurement
     assert timed.details["seconds"]["estimate"] == pytest.approx(0.25)
+
+
+def _history(epochs_to_target: int, updates_per_epoch: int = 10) -> dict:
+    """A run validated at each epoch's end that first meets the target (nll 4) at the given
+    epoch, and goes on two epochs more."""
+    history = [
+        {"valid": {"nll": 5.0 if e < epochs_to_target else 4.0}, "updates": e * updates_per_epoch,
+         "elapsed": float(e)}
+        for e in range(1, epochs_to_target + 3)
+    ]  # fmt: skip
+    return {"best_valid": {"nll": 4.0}, "history": history}
+
+
+@pytest.mark.parametrize(
+    "candidate, baseline, expected",
+    [
+        ([2, 2], [3, 3], "inconclusive"),  # 2 vs 3 epochs: the truth may be 20 vs 21 updates
+        ([2, 2, 2], [3, 3, 3], "inconclusive"),
+        ([4, 4, 5], [8, 9, 8], "supported"),  # even 40 against 71 updates is faster
+        ([8, 9, 8], [4, 4, 5], "contradicted"),
+        ([1, 1, 1], [3, 3, 3], "supported"),  # 10 against more than 20
+        ([3, 3, 3], [1, 1, 1], "contradicted"),
+        ([1, 1, 1], [1, 1, 1], "inconclusive"),  # both in the first epoch: no bound
+        ([5, 6, 5], [5, 6, 5], "inconclusive"),
+    ],
+)
+def test_convergence_counts_are_known_to_within_an_epoch(candidate, baseline, expected):
+    """Validation at epoch ends only brackets the update at which the target is met; identical
+    epochs across seeds used to give a zero-width interval, and a verdict from two seeds."""
+    from gatedrnn.claims.verdicts import _convergence
+
+    a, b = [_history(e) for e in candidate], [_history(e) for e in baseline]
+    verdict = _convergence(a, b, "t / w", "nll", higher=False)
+    assert verdict.verdict == expected, verdict
+    assert "updates to the target, ratio" in verdict.measurement
 
 
 def test_time_and_memory_need_one_backend():

@@ -102,11 +102,29 @@ def _pairs(cells: dict[str, dict[int, dict]], candidate: str, baseline: str):
 
 
 def _steps_to(history: list[dict], metric: str, target: float, higher: bool, key: str) -> float:
+    return _bounds_to(history, metric, target, higher, key)[1]
+
+
+def _ratio_unless_zero(a: list[float], b: list[float]) -> Interval:
+    """The paired ratio, or an undefined interval where a count is 0."""
+    if min(a + b) <= 0:
+        return Interval(math.nan, math.nan, math.nan, len(a))
+    return paired_ratio(a, b)
+
+
+def _bounds_to(
+    history: list[dict], metric: str, target: float, higher: bool, key: str
+) -> tuple[float, float]:
+    """Where the target was reached: the run is validated at epoch ends, so it was crossed after
+    the last validation that missed it and by the first that met it; (that earlier count, this
+    one), with 0 before the first epoch and (inf, inf) if it never was."""
+    before = 0.0
     for record in history:
         value = record["valid"][metric]
         if (value >= target) if higher else (value <= target):
-            return record[key]
-    return math.inf
+            return before, record[key]
+        before = record[key]
+    return math.inf, math.inf
 
 
 def evaluate_claims(
@@ -275,14 +293,34 @@ def _convergence(
     seconds: the trials' own, or, where the arm was timed interleaved, updates × the median
     time per step (the trials' clocks ran beside other trials)."""
     updates_a, updates_b, seconds_a, seconds_b = [], [], [], []
+    bounds_a, bounds_b = [], []
     for ra, rb in zip(a, b, strict=True):
         best = [ra["best_valid"][metric], rb["best_valid"][metric]]
         target = min(best) if higher else max(best)  # the worse cell's best: both reach it
-        updates_a.append(_steps_to(ra["history"], metric, target, higher, "updates"))
-        updates_b.append(_steps_to(rb["history"], metric, target, higher, "updates"))
+        bounds_a.append(_bounds_to(ra["history"], metric, target, higher, "updates"))
+        bounds_b.append(_bounds_to(rb["history"], metric, target, higher, "updates"))
         seconds_a.append(_steps_to(ra["history"], metric, target, higher, "elapsed"))
         seconds_b.append(_steps_to(rb["history"], metric, target, higher, "elapsed"))
+    updates_a, updates_b = [hi for _, hi in bounds_a], [hi for _, hi in bounds_b]
     ratio = paired_ratio(updates_a, updates_b)
+    # Each count is known only to within an epoch: the verdict takes the candidate's least
+    # favourable case for "faster" (it needed all of its epoch, the baseline none of its) and
+    # its most favourable for "slower". Reached in the first epoch, a count's lower end is 0,
+    # and nothing can be said. Without this, two seeds reaching the target at the same epochs
+    # gave a zero-width interval and a verdict.
+    slowest = _ratio_unless_zero(updates_a, [lo for lo, _ in bounds_b])
+    fastest = _ratio_unless_zero([lo for lo, _ in bounds_a], updates_b)
+    if slowest.defined and slowest.high < 1 - PRACTICAL:
+        verdict = SUPPORTED
+    elif fastest.defined and fastest.low > 1 + PRACTICAL:
+        verdict = CONTRADICTED
+    else:
+        verdict = INCONCLUSIVE
+    within = (
+        f" (within the epochs: {fastest.estimate:.3g}–{slowest.estimate:.3g})"
+        if math.isfinite(fastest.estimate) and math.isfinite(slowest.estimate)
+        else " (reached in the first epoch: no bound)"
+    )
     if rounds is not None:
         step_a, step_b = (statistics.median(r) for r in rounds)
         seconds = paired_ratio([u * step_a for u in updates_a], [u * step_b for u in updates_b])
@@ -292,9 +330,14 @@ def _convergence(
     return ClaimVerdict(
         "faster convergence",
         scope,
-        _ratio_verdict(ratio),
-        f"updates to the target, ratio {ratio}; {timed} {seconds}",
-        {"updates": ratio.__dict__, "seconds": seconds.__dict__},
+        verdict,
+        f"updates to the target, ratio {ratio}{within}; {timed} {seconds}",
+        {
+            "updates": ratio.__dict__,
+            "updates_slowest": slowest.__dict__,
+            "updates_fastest": fastest.__dict__,
+            "seconds": seconds.__dict__,
+        },
     )
 
 
