@@ -231,3 +231,22 @@ def test_memory_on_cuda_needs_the_peak_to_agree(peaks, expected):
         assert "CUDA" not in verdict.measurement
     if peaks and peaks[0] > peaks[1]:
         assert "disagree" in verdict.measurement
+
+
+def test_simpler_reads_the_variant_and_its_biases_from_the_options():
+    """A run's cell options hold layer keywords (bias, init, forget_bias) besides the variant;
+    the definition's cost takes the variant and the biases."""
+    from gatedrnn.claims.verdicts import _simpler
+
+    gru = {"cell": "gru", "cell_options": {"bias": False, "init": "orthogonal"}}
+    lstm = {"cell": "lstm", "cell_options": {"forget_bias": 1.0, "peepholes": True}}
+    verdict = _simpler(gru, lstm, "gru", "lstm")
+    assert verdict.verdict == "supported"
+    assert (
+        verdict.details["candidate"]["pointwise_flops"]
+        < (
+            _simpler({"cell": "gru", "cell_options": {}}, lstm, "gru", "lstm").details["candidate"][
+                "pointwise_flops"
+            ]
+        )
+    )

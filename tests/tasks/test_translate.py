@@ -117,3 +117,25 @@ def test_real_multi30k_splits():
     assert [len(task.pairs[s]) for s in ("train", "valid", "test")] == [29000, 1014, 1000]
     assert sum(len(t) for _, t in task.pairs["train"]) == 377_534
     assert sum(len(s) for s, _ in task.pairs["train"]) == 360_706
+
+
+@pytest.mark.parametrize(
+    "cell, options, attributes",
+    [
+        ("lstm", {"peepholes": True, "forget_bias": 1.0, "init": "orthogonal"},
+         {"peepholes": True, "forget_bias": 1.0, "init": "orthogonal"}),
+        ("lstm", {"coupled": True, "bias": False}, {"coupled": True, "bias": False}),
+        ("rnn", {"nonlinearity": "relu"}, {"nonlinearity": "relu"}),
+        ("gru", {"reset": "before"}, {"reset": "before"}),
+        ("mingru", {"scan": "sequential"}, {}),  # a cell steps once: no scan to choose
+    ],
+)  # fmt: skip
+def test_the_decoder_is_the_encoders_cell_with_its_options(cell, options, attributes):
+    """The variant under study is the decoder too (it used to get only reset and init: an LSTM
+    with peepholes decoded with a plain LSTM cell)."""
+    from gatedrnn.tasks.translate import Seq2Seq
+
+    model = Seq2Seq(cell, 12, 14, 8, backend="reference", **options)
+    for name, value in attributes.items():
+        assert getattr(model.encoder, name) == value
+        assert getattr(model.decoder, name) == value

@@ -12,6 +12,7 @@ the validation split, beam search of width ``beam`` on the test split) and ``ppl
 from __future__ import annotations
 
 import functools
+import inspect
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,7 +126,9 @@ class Seq2Seq(nn.Module):
         self.encoder = make_layer(
             cell, E, hidden_size, num_layers, bidirectional=True, **layer_options
         )
-        cell_options = {k: v for k, v in layer_options.items() if k in ("reset", "init")}
+        # the decoder is the same cell: every option its step takes (variants, bias, init)
+        takes = inspect.signature(CELLS[cell]).parameters
+        cell_options = {k: v for k, v in layer_options.items() if k in takes}
         self.decoder = CELLS[cell](E + 2 * hidden_size, hidden_size, **cell_options)
         self.bridge = nn.Linear(2 * hidden_size, hidden_size)  # initial decoder state
         self.attend_state = nn.Linear(hidden_size, hidden_size, bias=False)
