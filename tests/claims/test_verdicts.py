@@ -250,3 +250,21 @@ def test_simpler_reads_the_variant_and_its_biases_from_the_options():
             ]
         )
     )
+
+
+def test_generalization_needs_a_reduced_training_set(self_study):
+    """Trained on the whole training set only, the test difference is the 'comparable' claim's;
+    'better generalization on small data' is then not measured, and says why."""
+    whole = [t for t in self_study if t["fraction"] == 1.0]
+    verdicts = evaluate_claims(whole, "gru", "lstm")
+    assert not [v for v in verdicts if v.claim == "better generalization"]
+    summary = overall(verdicts)
+    assert summary["better generalization"] == (
+        "inconclusive",
+        "not measured: needs a training fraction below 1",
+    )
+    assert [v.scope for v in evaluate_claims(self_study, "gru", "lstm")
+            if v.claim == "better generalization"] == [
+        "adding / equal_hidden / 0.5 of train", "adding / equal_params / 0.5 of train",
+        "jsb / equal_hidden / 0.5 of train", "jsb / equal_params / 0.5 of train",
+    ]  # fmt: skip

@@ -173,7 +173,9 @@ def evaluate_claims(
             verdicts.append(_convergence(a, b, scope, metric.name, metric.higher_is_better, rounds))
             verdicts.append(_comparable(a, b, scope, metric.name, metric.higher_is_better))
         fractions = sorted({f for t, w, f in groups if t == task and w == width})
-        if fraction == fractions[0]:  # the smallest training set of this task and width
+        # the smallest training set of this task and width, if smaller than the whole: trained
+        # on all of it, the difference is the "comparable performance" one, not small data's
+        if fraction == fractions[0] and fraction < 1:
             verdicts.append(
                 _generalization(
                     a, b, f"{scope} / {fraction:g} of train", metric.name, metric.higher_is_better
@@ -405,5 +407,17 @@ def overall(verdicts: list[ClaimVerdict]) -> dict[str, tuple[str, str]]:
         elif found and all(x == CONTRADICTED for x in found):
             result[claim] = (CONTRADICTED, counts)
         else:
-            result[claim] = (INCONCLUSIVE, counts or "not measured")
+            result[claim] = (INCONCLUSIVE, counts or f"not measured: {_UNMEASURED[claim]}")
     return result
+
+
+# Why a claim can have no measurement in a study.
+_UNMEASURED = {
+    "simpler": "no cells",
+    "fewer parameters": "needs the equal_hidden width (at an equal budget the counts match)",
+    "lower memory": "needs the equal_hidden width",
+    "faster training": "no completed pair of trials",
+    "faster convergence": "no completed pair of trials",
+    "better generalization": "needs a training fraction below 1",
+    "comparable performance": "no completed pair of trials",
+}
