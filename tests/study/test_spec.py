@@ -3,6 +3,8 @@ anything is written."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gatedrnn import count_parameters
@@ -150,3 +152,16 @@ def test_equal_budget_with_an_embedding_as_wide_as_the_state():
     assert abs(count_parameters("gru", h, h) - 20_000) <= abs(
         count_parameters("gru", h + 1, h + 1) - 20_000
     )
+
+
+STUDIES = sorted((Path(__file__).resolve().parents[2] / "studies").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
+def test_the_shipped_study_files_are_valid(path):
+    spec = load_study(path)
+    assert spec.name == path.stem and spec.trials()
+
+
+def test_the_studies_folder_is_found():
+    assert STUDIES

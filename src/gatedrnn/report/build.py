@@ -37,7 +37,9 @@ __all__ = ["ANCHORS", "build_report"]
 # Published test results to read ours against (different encodings and training budgets).
 ANCHORS = {
     "jsb": "Chung et al. 2014, Table 2, JSB Chorales test NLL: tanh-RNN 9.10, GRU 8.54, LSTM 8.67 "
-    "(their models had ~20K parameters and longer training; their NLL normalisation may differ)",
+    "(~20K-parameter models trained to early stopping; the NLL is per time step, summed over the "
+    "88 keys, as ours: studies/chung2014-jsb.toml, their setting with our optimizer, gave 8.5–8.7 "
+    "for all three cells)",
     "nottingham": "Chung et al. 2014, Table 2, Nottingham test NLL: tanh-RNN 3.13, GRU 3.23, "
     "LSTM 3.20 (~20K-parameter models; their NLL normalisation may differ from ours)",
     "musedata": "Chung et al. 2014, Table 2, MuseData test NLL: tanh-RNN 6.23, GRU 5.99, LSTM 6.23 "
