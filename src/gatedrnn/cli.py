@@ -284,20 +284,12 @@ def _count(minimum: int) -> Callable[[str], int]:
 
 def _key_value(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` with VALUE read as an int, a float, true/false, or else kept as text."""
+    from gatedrnn.study.spec import literal
+
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    value: object = raw
-    if raw.lower() in ("true", "false"):
-        value = raw.lower() == "true"
-    else:
-        for kind in (int, float):
-            try:
-                value = kind(raw)
-                break
-            except ValueError:
-                pass
-    return key, value
+    return key, literal(raw)
 
 
 def _dataset_state(name: str, data_dir: str | None) -> str:
@@ -784,7 +776,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="RNN vs LSTM vs GRU: run the study, report")
     compare.add_argument("--scale", choices=("smoke", "default", "full"), default="default")
     compare.add_argument("--tasks", type=_csv(str), help="comma-separated (default jsb,adding)")
-    compare.add_argument("--cells", type=_csv(str), help="comma-separated (default rnn,lstm,gru)")
+    compare.add_argument(
+        "--cells",
+        type=_csv(str),
+        help="comma-separated (default rnn,lstm,gru); a variant as CELL:KEY=VALUE, e.g. "
+        "gru:reset=before, which is also its name for --candidate and --baseline",
+    )
     compare.add_argument("--seeds", type=_count(1), help="seeds per configuration")
     compare.add_argument("--device", help="cpu (default) or cuda")
     compare.add_argument(

@@ -128,6 +128,29 @@ def test_compare_presets_build_and_carry_their_task_options():
     assert on["cpu"].endswith("-cpu") and on["cuda:1"].endswith("-cuda1")  # one folder each
 
 
+def test_compare_takes_variants_named_as_written():
+    from gatedrnn.study.presets import compare_study
+
+    spec = compare_study(
+        "smoke", cells=["gru", "gru:reset=before", "lstm:peepholes=true:forget_bias=1"]
+    )
+    choices = {c.label: (c.cell, c.options) for c in spec.cells}
+    assert choices == {
+        "gru": ("gru", {}),
+        "gru:reset=before": ("gru", {"reset": "before"}),
+        "lstm:peepholes=true:forget_bias=1": ("lstm", {"peepholes": True, "forget_bias": 1}),
+    }
+    assert ":" not in spec.name  # the study's folder
+    for bad, message in [
+        ("gru:reset", "expected CELL or CELL:KEY=VALUE"),
+        ("gru:reset=before:reset=after", "expected CELL or CELL:KEY=VALUE"),
+        ("gru:reset=mid", "option 'reset' of cell 'gru' must be one of"),
+        ("gru:peepholes=true", "unknown option 'peepholes' for cell 'gru'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            compare_study("smoke", cells=[bad])
+
+
 def test_compare_with_the_users_file(tmp_path):
     import numpy as np
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gatedrnn.study.spec import StudySpec, parse_study
+from gatedrnn.study.spec import StudySpec, literal, parse_study
 
-__all__ = ["SCALES", "compare_study"]
+__all__ = ["SCALES", "cell_entry", "compare_study"]
 
 SCALES = ("smoke", "default", "full")
 
@@ -40,6 +40,28 @@ _SCALE: dict[str, dict[str, Any]] = {
         "train": {"epochs": 100, "lr": 1e-3, "batch_size": 32, "patience": 10},
     },
 }  # fmt: skip
+
+
+def cell_entry(text: str) -> str | dict[str, Any]:
+    """A cell as ``--cells`` writes it: ``gru``, or a variant, ``gru:reset=before`` or
+    ``lstm:peepholes=true:forget_bias=1``, labelled as written.
+
+    >>> cell_entry("gru:reset=before")
+    {'cell': 'gru', 'label': 'gru:reset=before', 'reset': 'before'}
+    """
+    cell, *pairs = text.split(":")
+    if not pairs:
+        return cell
+    entry: dict[str, Any] = {"cell": cell, "label": text}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or key in entry:
+            raise ValueError(
+                f"--cells: expected CELL or CELL:KEY=VALUE[:KEY=VALUE…] such as "
+                f"gru:reset=before, got {text!r}"
+            )
+        entry[key] = literal(value)
+    return entry
 
 
 def compare_study(
@@ -84,7 +106,7 @@ def compare_study(
         options = raw.get("task_options", {})
         raw["task_options"] = {t: o for t, o in options.items() if t in tasks}
     if cells:
-        raw["cells"] = cells
+        raw["cells"] = [cell_entry(text) for text in cells]
     if seeds is not None:
         raw["seeds"] = seeds
     if device:
@@ -92,11 +114,12 @@ def compare_study(
     if backend:
         raw["train"]["backend"] = backend
     raw["executor"] = {"kind": executor or "local", "workers": workers}
-    suffix = "-".join(raw["tasks"]) + "-" + "-".join(raw["cells"]) + f"-s{raw['seeds']}"
+    labels = [c if isinstance(c, str) else c["label"] for c in raw["cells"]]
+    suffix = "-".join(raw["tasks"]) + "-" + "-".join(labels) + f"-s{raw['seeds']}"
     if device:  # a study's name is its folder: runs on two devices must not share one
         suffix += f"-{device.replace(':', '')}"
     if backend:
         suffix += f"-{backend}"
     if (tasks, cells, seeds, device, backend) != (None, None, None, None, None):
-        raw["name"] += "-" + suffix.replace("/", "_")
+        raw["name"] += "-" + suffix.replace("/", "_").replace(":", "_")
     return parse_study(raw)
