@@ -73,13 +73,24 @@ def _curves(task: str, rows: list[dict], epochs: dict[str, list[dict]], x_key: s
         for r in rows:
             if r["width"] == width and r["fraction"] == full and epochs.get(r["key"]):
                 by_cell[r["cell"]].append(epochs[r["key"]])
+        later: list[float] = []  # values from the second epoch on
         for cell, runs in sorted(by_cell.items()):
+            # each seed to its own end, thin; the mean where every seed still runs, thick (a
+            # mean cut at the shortest run hid the seeds that went on and improved)
             n = min(len(e) for e in runs)
             xs = np.mean([[e[i][x_key] for i in range(n)] for e in runs], axis=0)
             ys = np.array([[e[i]["valid"][metric] for i in range(n)] for e in runs])
-            ax.plot(xs, ys.mean(0), label=f"{cell} (n={len(runs)})")
-            if len(runs) > 1:
-                ax.fill_between(xs, ys.min(0), ys.max(0), alpha=0.2)
+            (line,) = ax.plot(xs, ys.mean(0), label=f"{cell} (n={len(runs)})")
+            for e in runs if len(runs) > 1 else []:
+                values = [r["valid"][metric] for r in e]
+                ax.plot([r[x_key] for r in e], values, color=line.get_color(), alpha=0.3, lw=0.8)
+                later += [float(v) for v in values[1:] if np.isfinite(v)]
+            later += [float(v) for v in ys[:, 1:].ravel() if np.isfinite(v)]
+        if later and max(later) > min(later):
+            # the first epoch's value can be far off (an untrained model): framing it would
+            # flatten the part of the curves where the cells differ; it runs off the axis
+            pad = 0.05 * (max(later) - min(later))
+            ax.set_ylim(min(later) - pad, max(later) + pad)
         ax.set_title(f"{task}, {width.replace('_', ' ')}")
         ax.set_xlabel("updates" if x_key == "updates" else "training seconds")
         ax.set_ylabel(f"validation {metric}")
