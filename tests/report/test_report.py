@@ -95,6 +95,14 @@ def test_compare_smoke_end_to_end_and_report_rebuild(smoke_study, tmp_path):
     _, _, summary = build_report(folder / "study.sqlite", tmp_path / "elsewhere")
     assert (tmp_path / "elsewhere" / "report.html").is_file() and "simpler" in summary
 
+    # another pair gets its own files; the GRU/LSTM report stays as it was
+    assert main(["report", str(folder), "--candidate", "rnn", "--baseline", "lstm"]) == 0
+    assert (folder / "report.md").read_text() == before
+    other = (folder / "report-rnn-vs-lstm.md").read_text()
+    assert other.startswith("# gatedrnn study") and "rnn vs lstm" in other.splitlines()[0]
+    assert (folder / "report-rnn-vs-lstm.html").is_file()
+    assert json.loads((folder / "verdicts-rnn-vs-lstm.json").read_text())["candidate"] == "rnn"
+
 
 def test_verdicts_json_is_strict_and_matches_the_report(smoke_study):
     def refuse(constant):

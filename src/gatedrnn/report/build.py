@@ -1,7 +1,8 @@
 """The study report: ``report.md`` and a self-contained ``report.html`` (figures embedded), built
 only from the study's database, never by training.
 
-``verdicts.json`` beside them holds the same verdicts with their numbers, for scripts.
+``verdicts.json`` beside them holds the same verdicts with their numbers, for scripts. Another
+pair than GRU against LSTM gets its own three files (``report-rnn-vs-lstm.md`` …).
 Contents: the verdict table first; every claim's measurement per task and width; per task the
 results table (mean and 95% interval over seeds per cell and width), learning curves against
 updates and against seconds, test metric against training fraction; published anchors; the
@@ -16,6 +17,7 @@ import html
 import io
 import json
 import math
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -193,7 +195,8 @@ def build_report(
     baseline: str = "lstm",
 ) -> tuple[Path, Path, dict[str, tuple[str, str]]]:
     """Write report.md (with PNG files beside it), report.html and verdicts.json (every verdict
-    with its numbers, for scripts); returns the first two paths and the overall verdicts."""
+    with its numbers, for scripts); returns the first two paths and the overall verdicts. A pair
+    other than gru against lstm gets its own files, ``report-rnn-vs-lstm.md`` and so on."""
     db_path = Path(db_path)
     check_study_file(db_path)  # before anything is written, there or beside it
     out = Path(out_dir) if out_dir else db_path.parent
@@ -309,7 +312,8 @@ def build_report(
 
     for name, png in figures.items():
         (out / name).write_bytes(png)
-    md_path, html_path = out / "report.md", out / "report.html"
+    suffix = _pair_suffix(candidate, baseline)
+    md_path, html_path = out / f"report{suffix}.md", out / f"report{suffix}.html"
     write_atomic(md_path, lambda tmp: tmp.write_text(_markdown(sections)))
     write_atomic(html_path, lambda tmp: tmp.write_text(_html(title, sections, figures)))
     document = {
@@ -321,8 +325,17 @@ def build_report(
         "environment": env,
     }
     text = json.dumps(_finite(document), indent=1, allow_nan=False)
-    write_atomic(out / "verdicts.json", lambda tmp: tmp.write_text(text + "\n"))
+    write_atomic(out / f"verdicts{suffix}.json", lambda tmp: tmp.write_text(text + "\n"))
     return md_path, html_path, summary
+
+
+def _pair_suffix(candidate: str, baseline: str) -> str:
+    """ "" for the claims' own pair, GRU against LSTM; else "-rnn-vs-lstm" (a variant's label made
+    safe for a file name), so that another pair's report does not replace that one."""
+    if (candidate, baseline) == ("gru", "lstm"):
+        return ""
+    safe = [re.sub(r"[^A-Za-z0-9._-]+", "_", label) for label in (candidate, baseline)]
+    return f"-{safe[0]}-vs-{safe[1]}"
 
 
 def _finite(value: Any) -> Any:
