@@ -774,7 +774,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(run=_study_status)
 
     compare = commands.add_parser("compare", help="RNN vs LSTM vs GRU: run the study, report")
-    compare.add_argument("--scale", choices=("smoke", "default", "full"), default="default")
+    compare.add_argument(
+        "--scale",
+        choices=("smoke", "default", "full"),
+        default="default",
+        help="smoke: seconds; default: minutes on 2 cores; full: longer runs, more seeds",
+    )
     compare.add_argument("--tasks", type=_csv(str), help="comma-separated (default jsb,adding)")
     compare.add_argument(
         "--cells",
@@ -789,7 +794,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="one backend for every cell (default: auto, per cell; time and memory are judged "
         "only between cells on the same backend)",
     )
-    compare.add_argument("--executor", choices=("local", "ray"))
+    compare.add_argument(
+        "--executor", choices=("local", "ray"), help="local process pool (default) or Ray"
+    )
     compare.add_argument(
         "--data",
         help="your file for the generic tasks: .npz/.csv (seqcls) or .tsv (textcls); those tasks "
@@ -804,8 +811,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="rebuild a study's report from its database")
     report.add_argument("dir", help="the study folder (holding study.sqlite)")
-    report.add_argument("--candidate", default="gru")
-    report.add_argument("--baseline", default="lstm")
+    report.add_argument(
+        "--candidate", default="gru", help="the cell the claims are about (default gru)"
+    )
+    report.add_argument(
+        "--baseline",
+        default="lstm",
+        help="the cell it is compared with (default lstm); another pair than gru/lstm is "
+        "written to report-<candidate>-vs-<baseline>.*",
+    )
     report.set_defaults(run=_report)
     return parser
 
