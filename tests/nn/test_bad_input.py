@@ -54,6 +54,16 @@ def test_input_dtype_differs_from_parameters():
         gatedrnn.GRU(5, 6)(torch.randn(3, 2, 5, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.long])
+def test_a_wrong_input_dtype_is_caught_as_torch_nn_raises_it(dtype):
+    """torch.nn.GRU raises ValueError for it; code written against torch catches ours too."""
+    x = torch.ones(3, 2, 5, dtype=dtype)
+    with pytest.raises(ValueError):
+        torch.nn.GRU(5, 6)(x)
+    with pytest.raises(ValueError):
+        gatedrnn.GRU(5, 6)(x)
+
+
 @pytest.mark.parametrize("backend", ["auto", "cpu", "cudnn", "reference"])
 def test_input_device_differs_from_parameters(backend):
     # the parameters on the meta device stand in for a GPU here: before the check the cpu

@@ -8,7 +8,12 @@ import numbers
 import torch
 from torch import Tensor
 
-__all__ = ["check_input", "check_positive_int", "check_states"]
+__all__ = ["InputDtypeError", "check_input", "check_positive_int", "check_states"]
+
+
+class InputDtypeError(TypeError, ValueError):
+    """An input whose dtype the parameters do not have. A ``TypeError``, and a ``ValueError`` as
+    torch.nn's recurrent layers raise for it, so that code catching either keeps working."""
 
 
 def check_positive_int(owner: str, name: str, value: object, *, allow_zero: bool = False) -> int:
@@ -28,9 +33,9 @@ def check_input(
     its input would fail deep inside, or, for compiled CPU loops given GPU memory, crash), and
     ``input_size`` features."""
     if not x.is_floating_point():
-        raise TypeError(f"{owner}: expected a floating-point input, got dtype {x.dtype}")
+        raise InputDtypeError(f"{owner}: expected a floating-point input, got dtype {x.dtype}")
     if x.dtype != param_dtype:
-        raise TypeError(
+        raise InputDtypeError(
             f"{owner}: expected input of dtype {param_dtype} (the parameters' dtype), got "
             f"{x.dtype}; convert one with .to()"
         )
