@@ -26,7 +26,11 @@ def test_cells_budget_too_small_is_a_clear_error(capsys):
 
 def test_console_script_runs():
     result = subprocess.run(
-        [sys.executable, "-m", "gatedrnn.cli", "cells"], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "gatedrnn.cli", "cells"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "gru" in result.stdout

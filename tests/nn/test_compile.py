@@ -146,5 +146,7 @@ def test_eager_layers_do_not_import_dynamo():
         "    gatedrnn.LSTM(3, 4, backend=backend)(torch.randn(2, 1, 3))[0].sum().backward()\n"
         "print('torch._dynamo' in sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
     assert result.stdout.strip() == "False", result.stderr

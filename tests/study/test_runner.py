@@ -66,7 +66,7 @@ def test_sigkill_then_rerun_loses_nothing_and_repeats_nothing(tmp_path):
     statuses = {t["status"] for t in StudyStore(db).trials()}
     assert "completed" not in statuses or "running" in statuses or "pending" in statuses
 
-    assert subprocess.run(command, capture_output=True, check=False).returncode == 0
+    assert subprocess.run(command, capture_output=True, check=False, timeout=600).returncode == 0
     rows, epochs = _final(db)
     whole_rows, whole_epochs = _final(reference_db)
     assert all(r["status"] == "completed" and r["finished"] for r in rows.values())
@@ -110,7 +110,7 @@ def test_ctrl_c_stops_the_pool_cleanly_and_the_study_resumes(tmp_path):
         pytest.fail("processes of the study outlived it")
     statuses = [t["status"] for t in StudyStore(db).trials()]
     assert "running" not in statuses and "failed" in statuses
-    assert subprocess.run(command, capture_output=True, check=False).returncode == 0
+    assert subprocess.run(command, capture_output=True, check=False, timeout=600).returncode == 0
     assert {t["status"] for t in StudyStore(db).trials()} == {"completed"}
 
 

@@ -6,16 +6,20 @@
 compiler, ninja (``pip install gatedrnn[fast]``) and a CPU with AVX2; it is built for AVX-512
 where torch uses AVX-512. When any is missing, or the
 build fails, a single warning says why and the backend runs its PyTorch loops, which compute the
-same thing more slowly. ``GATEDRNN_CPU_EXTENSION=0`` turns the compiled loops off.
+same thing more slowly. ``GATEDRNN_CPU_EXTENSION=0`` turns the compiled loops off. Loading
+happens under our own lock, so that a process killed while loading cannot leave the next one
+waiting forever on torch's (see :func:`_build_lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -66,20 +70,55 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def _clear_stale_lock(max_age: float = 600.0) -> None:
-    """torch's build lock outlives a process killed mid-build, and every later build then waits
-    on it forever; a build takes under a minute, so a lock older than ``max_age`` is stale."""
+def _build_directory() -> Path | None:
+    """torch's build folder for the module (a private torch helper: None if it moved)."""
     try:
         from torch.utils.cpp_extension import _get_build_directory
 
-        lock = Path(_get_build_directory(_module_name(), verbose=False)) / "lock"
-        if lock.exists() and time.time() - lock.stat().st_mtime > max_age:
+        return Path(_get_build_directory(_module_name(), verbose=False))
+    except Exception:
+        logger.debug("could not find the build folder", exc_info=True)
+        return None
+
+
+@contextlib.contextmanager
+def _build_lock() -> Iterator[None]:
+    """Hold our own lock on the build folder while torch loads (and, if needed, builds) the
+    module.
+
+    torch's lock is a file that its holder deletes when done (``lock`` in the build folder,
+    taken by every process that loads the module, built or not): a process killed while holding
+    it (a study's worker ended by Ctrl-C while it loaded) leaves the file, and every later load
+    waits on it forever. Ours is an ``flock``, which the system releases when its holder dies;
+    as every gatedrnn process loads under it, a ``lock`` file found while holding it was left by
+    a dead process and is removed. Without ``fcntl`` (Windows) a ``lock`` file older than a
+    build can take (10 minutes) is taken for stale instead.
+    """
+    folder = _build_directory()
+    if folder is None:
+        yield
+        return
+    stale = folder / "lock"
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        if stale.exists() and time.time() - stale.stat().st_mtime > 600:
             warnings.warn(
-                f"gatedrnn: removing a stale build lock {lock}", RuntimeWarning, stacklevel=3
+                f"gatedrnn: removing a stale build lock {stale}", RuntimeWarning, stacklevel=4
             )
-            lock.unlink(missing_ok=True)
-    except Exception:  # a private torch helper: if it moved, building still works, unguarded
-        logger.debug("could not check for a stale build lock", exc_info=True)
+            stale.unlink(missing_ok=True)
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "gatedrnn.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            if stale.exists():
+                logger.info("removing %s, left by a process that died while loading", stale)
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def compiled_loops() -> ModuleType | None:
@@ -90,20 +129,21 @@ def compiled_loops() -> ModuleType | None:
     if reason is None:
         from torch.utils.cpp_extension import load
 
-        _clear_stale_lock()
         logger.info("building the compiled CPU loops (once; cached by torch)")
         isa = _ISA[torch.backends.cpu.get_cpu_capability()]
         try:
-            module = load(
-                _module_name(), [str(_SOURCE)], extra_cflags=_COMMON + isa,
-                extra_ldflags=["-fopenmp"],
-            )  # fmt: skip
+            with _build_lock():
+                module = load(
+                    _module_name(), [str(_SOURCE)], extra_cflags=_COMMON + isa,
+                    extra_ldflags=["-fopenmp"],
+                )  # fmt: skip
         except Exception as error:  # a failed build must not stop the layer: say it and go on
             reason = f"the build failed: {str(error).strip().splitlines()[-1][:300]}"
         if module is None:  # a compiler without OpenMP (Apple clang): the loops, single-threaded
             try:
                 serial = [flag for flag in _COMMON if flag != "-fopenmp"]
-                module = load(_module_name(), [str(_SOURCE)], extra_cflags=serial + isa)
+                with _build_lock():
+                    module = load(_module_name(), [str(_SOURCE)], extra_cflags=serial + isa)
                 warnings.warn(
                     f"gatedrnn: the compiled CPU loops built without OpenMP ({reason}); they "
                     "run on one thread",
