@@ -179,6 +179,10 @@ def test_convergence_counts_are_known_to_within_an_epoch(candidate, baseline, ex
     verdict = _convergence(a, b, "t / w", "nll", higher=False)
     assert verdict.verdict == expected, verdict
     assert "updates to the target, ratio" in verdict.measurement
+    first = (min(candidate) == 1, min(baseline) == 1)
+    bound = {(False, False): "–", (True, False): "at most",
+             (False, True): "at least", (True, True): "no bound"}[first]  # fmt: skip
+    assert bound in verdict.measurement, verdict.measurement
 
 
 def test_time_and_memory_need_one_backend():

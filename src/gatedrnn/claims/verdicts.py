@@ -319,10 +319,15 @@ def _convergence(
         verdict = CONTRADICTED
     else:
         verdict = INCONCLUSIVE
+    low, high = math.isfinite(fastest.estimate), math.isfinite(slowest.estimate)
     within = (
         f" (within the epochs: {fastest.estimate:.3g}–{slowest.estimate:.3g})"
-        if math.isfinite(fastest.estimate) and math.isfinite(slowest.estimate)
-        else " (reached in the first epoch: no bound)"
+        if low and high
+        else f" (within the epochs: at most {slowest.estimate:.3g})"
+        if high
+        else f" (within the epochs: at least {fastest.estimate:.3g})"
+        if low
+        else " (both met it in a first epoch: no bound)"
     )
     if rounds is not None:
         step_a, step_b = (statistics.median(r) for r in rounds)
