@@ -456,6 +456,11 @@ def _summary(counts: dict[str, int]) -> str:
     return ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s)) or "no trials"
 
 
+def _study_database(path: Path) -> Path:
+    """A study's database from its folder (``runs/<name>``) or the database itself."""
+    return path / "study.sqlite" if path.is_dir() else path
+
+
 def _study_status(args: argparse.Namespace, console: Console) -> int:
     """How far a study has come, read from its database (nothing runs, nothing is written).
     ``args.study`` is its TOML file, or its folder or database (the spec stored in it then says
@@ -468,37 +473,33 @@ def _study_status(args: argparse.Namespace, console: Console) -> int:
     path = Path(args.study)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such study file or folder")
+    spec = None
     if path.is_dir() or path.suffix == ".sqlite":
-        db_path = path / "study.sqlite" if path.is_dir() else path
-        check_study_file(db_path)
-        store = StudyStore(db_path)
-        try:
-            stored = store.get_meta("spec")
-        finally:
-            store.close()
-        if stored is None:
-            raise ValueError(f"{db_path}: holds no study spec (its run never started)")
-        spec = stored_study(stored)
+        db_path = _study_database(path)
     else:
         spec = load_study(path)
         db_path, _ = study_paths(spec, args.out)
-    planned = spec.trials()
-    if not db_path.exists():
-        console.print(f"study {spec.name!r}: not started ({len(planned)} trials; {db_path} absent)")
-        return 0
+        if not db_path.exists():
+            planned = len(spec.trials())
+            console.print(f"study {spec.name!r}: not started ({planned} trials; {db_path} absent)")
+            return 0
     check_study_file(db_path)
     store = StudyStore(db_path)
     try:
-        stored_trials = {t["key"]: t for t in store.trials()}
-        epochs = {key: len(store.epochs(key)) for key in stored_trials}
+        if spec is None:
+            stored = store.get_meta("spec")
+            if stored is None:
+                raise ValueError(f"{db_path}: holds no study spec (its run never started)")
+            spec = stored_study(stored)
+        statuses, epochs = store.statuses(), store.epoch_counts()
     finally:
         store.close()
+    planned = spec.trials()
     groups: dict[tuple[str, str, str], Counter] = {}
     done_epochs: Counter = Counter()
     for trial in planned:
         group = (trial.task, trial.width, trial.cell.label)
-        row = stored_trials.get(trial.key)
-        groups.setdefault(group, Counter())[row["status"] if row else "pending"] += 1
+        groups.setdefault(group, Counter())[statuses.get(trial.key, "pending")] += 1
         done_epochs[group] += epochs.get(trial.key, 0)
     total = sum(groups.values(), Counter())
     shown = [s for s in _STATUSES if total[s]]  # the statuses some trial has
@@ -510,7 +511,7 @@ def _study_status(args: argparse.Namespace, console: Console) -> int:
         table.add_row(task, width, cell, *row, str(done_epochs[task, width, cell]))
     console.print(f"study {spec.name!r} ({db_path}): {len(planned)} trials: {_summary(total)}")
     console.print(table)
-    stale = len(set(stored_trials) - {t.key for t in planned})
+    stale = len(set(statuses) - {t.key for t in planned})
     if stale:
         console.print(
             f"{stale} trials in the database are not in the file any more (it changed since); "
@@ -620,8 +621,7 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
 def _report(args: argparse.Namespace, console: Console) -> int:
     from gatedrnn.report import build_report
 
-    folder = Path(args.dir)
-    db_path = folder / "study.sqlite" if folder.is_dir() else folder
+    db_path = _study_database(Path(args.dir))
     if not db_path.is_file():
         raise FileNotFoundError(f"{db_path}: no study database (expected DIR/study.sqlite)")
     md, page, summary = build_report(db_path, candidate=args.candidate, baseline=args.baseline)

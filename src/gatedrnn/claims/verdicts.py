@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gatedrnn.claims.stats import Interval, paired_difference, paired_ratio, tost
-from gatedrnn.nn.spec import make_spec, variant_options
+from gatedrnn.nn.spec import spec_from_options
 from gatedrnn.tasks import TASKS
 
 __all__ = ["CLAIMS", "ClaimVerdict", "evaluate_claims", "overall"]
@@ -186,9 +186,10 @@ def evaluate_claims(
 
 def _simpler(cand: dict, base: dict, cand_label: str, base_label: str) -> ClaimVerdict:
     def cost(config: dict):
-        given, variants = config["cell_options"], variant_options(config["cell"])
-        spec = make_spec(config["cell"], **{k: v for k, v in given.items() if k in variants})
-        return spec.step_cost(100, 100, bias=given.get("bias", True))
+        given = config["cell_options"]
+        return spec_from_options(config["cell"], given).step_cost(
+            100, 100, bias=given.get("bias", True)
+        )
 
     a, b = cost(cand), cost(base)
     fields = ("gates", "weight_matrices", "state_tensors", "nonlinearities", "flops")

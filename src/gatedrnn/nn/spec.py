@@ -24,7 +24,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-__all__ = ["CELL_KINDS", "CellSpec", "StepCost", "make_spec", "variant_options"]
+__all__ = [
+    "CELL_KINDS",
+    "CellSpec",
+    "StepCost",
+    "make_spec",
+    "spec_from_options",
+    "variant_options",
+]
 
 CELL_KINDS = ("rnn", "lstm", "gru", "mgu", "mingru", "minlstm")
 
@@ -200,6 +207,17 @@ def variant_options(kind: str) -> dict[str, object]:
     if kind not in _OPTIONS:
         raise ValueError(f"unknown cell {kind!r}; expected one of: {', '.join(CELL_KINDS)}")
     return dict(_OPTIONS[kind])
+
+
+def spec_from_options(kind: str, options: dict[str, object]) -> CellSpec:
+    """The :class:`CellSpec` of a layer built with ``options``: its variant options, checked;
+    the layer's other keywords (``bias``, ``init``, ``forget_bias`` …) are not the cell's.
+
+    >>> spec_from_options("gru", {"reset": "before", "bias": False}).name
+    'gru(reset=before)'
+    """
+    variants = variant_options(kind)
+    return make_spec(kind, **{k: v for k, v in options.items() if k in variants})
 
 
 def make_spec(kind: str, **options: object) -> CellSpec:

@@ -87,11 +87,12 @@ def _curves(task: str, rows: list[dict], epochs: dict[str, list[dict]], x_key: s
             xs = np.mean([[e[i][x_key] for i in range(n)] for e in runs], axis=0)
             ys = np.array([[e[i]["valid"][metric] for i in range(n)] for e in runs])
             (line,) = ax.plot(xs, ys.mean(0), label=f"{cell} (n={len(runs)})")
-            for e in runs if len(runs) > 1 else []:
+            for e in runs:
                 values = [r["valid"][metric] for r in e]
-                ax.plot([r[x_key] for r in e], values, color=line.get_color(), alpha=0.3, lw=0.8)
                 later += [float(v) for v in values[1:] if np.isfinite(v)]
-            later += [float(v) for v in ys[:, 1:].ravel() if np.isfinite(v)]
+                if len(runs) > 1:
+                    ax.plot([r[x_key] for r in e], values, color=line.get_color(), alpha=0.3,
+                            lw=0.8)  # fmt: skip
         if later and max(later) > min(later):
             # the first epoch's value can be far off (an untrained model): framing it would
             # flatten the part of the curves where the cells differ; it runs off the axis

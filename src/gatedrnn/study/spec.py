@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gatedrnn.nn.counting import hidden_for_budget
-from gatedrnn.nn.spec import make_spec, variant_options
+from gatedrnn.nn.spec import spec_from_options
 from gatedrnn.tasks import LAYERS, TASKS, check_layer_options, check_task_options
 from gatedrnn.train.config import TrainConfig
 
@@ -119,9 +119,8 @@ class StudySpec:
     def _hidden(self, task: str, choice: CellChoice, width: str) -> int:
         if width == "equal_hidden":
             return self.hidden_size
-        variants = variant_options(choice.cell)
         return hidden_for_budget(
-            make_spec(choice.cell, **{k: v for k, v in choice.options.items() if k in variants}),
+            spec_from_options(choice.cell, choice.options),
             self.budget,
             TASKS[task].layer_input_size(dict(self.task_options.get(task, {}))),
             self.train.get("num_layers", 1),

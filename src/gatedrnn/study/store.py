@@ -204,6 +204,15 @@ class StudyStore:
             )
         return out
 
+    def statuses(self) -> dict[str, str]:
+        """Trial key → status."""
+        return dict(self.db.execute("SELECT key, status FROM trials"))
+
+    def epoch_counts(self) -> dict[str, int]:
+        """Trial key → epochs recorded (trials with none are absent)."""
+        rows = self.db.execute("SELECT trial, COUNT(*) FROM epochs GROUP BY trial")
+        return dict(rows)
+
     def counts(self) -> dict[str, int]:
         rows = self.db.execute("SELECT status, COUNT(*) FROM trials GROUP BY status")
         return {status: n for status, n in rows}

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 import gatedrnn
 from gatedrnn.nn.init import check_init_options
 from gatedrnn.nn.packing import pack_padded_sequence, pad_packed_sequence
-from gatedrnn.nn.spec import make_spec, variant_options
+from gatedrnn.nn.spec import spec_from_options, variant_options
 
 __all__ = ["LAYERS", "SequenceModel", "check_layer_options", "make_layer"]
 
@@ -38,14 +38,18 @@ def check_layer_options(cell: str, options: dict[str, object]) -> None:
     """
     if cell not in LAYERS:
         raise ValueError(f"unknown cell {cell!r}; expected one of: {', '.join(LAYERS)}")
-    variants = variant_options(cell)
-    accepted = [*variants, "bias", "init", *(["forget_bias"] if cell == "lstm" else [])]
+    accepted = [
+        *variant_options(cell),
+        "bias",
+        "init",
+        *(["forget_bias"] if cell == "lstm" else []),
+    ]
     for key in options:
         if key not in accepted:
             raise ValueError(
                 f"unknown option {key!r} for cell {cell!r}; expected one of: {', '.join(accepted)}"
             )
-    spec = make_spec(cell, **{k: v for k, v in options.items() if k in variants})
+    spec = spec_from_options(cell, options)
     bias = options.get("bias", True)
     if not isinstance(bias, bool):
         raise ValueError(f"option 'bias' of cell {cell!r} must be true or false, got {bias!r}")
