@@ -5,7 +5,8 @@ Dynamo warning about an extension it cannot trace. (The ``triton`` backend's own
 ``tests/backends/test_triton.py``.) AOTAutograd's eager backend stands in for Inductor: it traces
 the forward and the backward the same way and compiles nothing. ``torch.export`` takes the layers
 with the backends written in PyTorch operations (``auto`` picks one of those while exporting) and
-refuses the others with the way out."""
+refuses the others with the way out. ``torch.jit.trace`` records every backend (the loops as one
+node each) and the traced layer computes what the layer does on new input."""
 
 from __future__ import annotations
 
@@ -99,6 +100,24 @@ def test_export_traces_a_pytorch_backend(backend):
 def test_export_refuses_the_cpu_loops_with_the_way_out(backend, what):
     with pytest.raises(BackendUnsupportedError, match=rf"{what}, which torch\.export cannot trace"):
         torch.export.export(_Model(backend), (torch.randn(3, 5, 4),))
+
+
+@pytest.mark.parametrize("backend", ["auto", "cpu", "cpu-python", "reference", "cudnn"])
+@pytest.mark.parametrize(
+    "cls", [gatedrnn.GRU, gatedrnn.LSTM, gatedrnn.RNN], ids=lambda c: c.__name__
+)
+def test_jit_trace_follows_new_input(cls, backend):
+    """Two layers, both directions: the second layer's loops take the first's output (the
+    compiled loops failed there with ``unordered_map::at`` while their own ATen calls were
+    recorded)."""
+    ours, eager = _pair(cls, backend, num_layers=2, bidirectional=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 points to export
+        traced = torch.jit.trace(ours, (torch.randn(5, 3, 4),))
+    y = torch.randn(5, 3, 4)
+    for got, want in zip(_run(traced, y), _run(eager, y), strict=True):
+        torch.testing.assert_close(got, want)
 
 
 def test_func_transforms_run_through_auto():

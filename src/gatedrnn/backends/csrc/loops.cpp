@@ -8,6 +8,7 @@
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+#include <ATen/TracerMode.h>
 #include <ATen/cpu/vec/vec.h>
 #if defined(_OPENMP)
 #include <omp.h>
@@ -791,8 +792,16 @@ void rnn_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& out, co
   backward_steps<T>(w, dp_all, H, dhp, T_, B, H, batch_sizes, false, point);
 }
 
+// Held by each entry point below: the ATen calls inside (buffers, transposes) are not recorded by
+// torch.jit.trace, which records the autograd Function that calls us as one node and cannot
+// follow tensors made here (it failed with `unordered_map::at` at a second layer).
+struct Untraced {
+  at::tracer::impl::NoTracerDispatchMode no_tracer;
+};
+
 // a (M, K) row-major · r (K, N) any strides (+ bias (N)): the input projection, dx.
 Tensor matmul(const Tensor& a, const Tensor& r, const c10::optional<Tensor>& bias) {
+  const Untraced untraced;
   TORCH_CHECK(a.dim() == 2 && r.dim() == 2 && a.size(1) == r.size(0) && a.stride(1) == 1,
               "matmul: expected a (M, K) row-major and r (K, N), got ", a.sizes(), " and ",
               r.sizes());
@@ -808,6 +817,7 @@ Tensor matmul(const Tensor& a, const Tensor& r, const c10::optional<Tensor>& bia
 void gru_forward(Tensor gates, Tensor out, Tensor rec, const Tensor& h0, const Tensor& w_hh,
                  const c10::optional<Tensor>& b_hh, const std::vector<int64_t>& batch_sizes,
                  bool reset_after) {
+  const Untraced untraced;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_forward", [&] {
     gru_forward_impl<scalar_t>(gates, out, rec, h0, w_hh, b_hh, batch_sizes, reset_after);
   });
@@ -817,6 +827,7 @@ void gru_backward(const Tensor& grad_out, Tensor dh, const Tensor& gates, const 
                   const Tensor& out, const Tensor& h0, const Tensor& w_hh, Tensor dgates,
                   const c10::optional<Tensor>& dn_all, const std::vector<int64_t>& batch_sizes,
                   bool reset_after) {
+  const Untraced untraced;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_backward", [&] {
     gru_backward_impl<scalar_t>(grad_out, dh, gates, rec, out, h0, w_hh, dgates, dn_all,
                                 batch_sizes, reset_after);
@@ -825,6 +836,7 @@ void gru_backward(const Tensor& grad_out, Tensor dh, const Tensor& gates, const 
 
 void lstm_forward(Tensor gates, Tensor out, Tensor cells, const Tensor& h0, const Tensor& c0,
                   const Tensor& w_hh, const std::vector<int64_t>& batch_sizes) {
+  const Untraced untraced;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_forward", [&] {
     lstm_forward_impl<scalar_t>(gates, out, cells, h0, c0, w_hh, batch_sizes);
   });
@@ -833,6 +845,7 @@ void lstm_forward(Tensor gates, Tensor out, Tensor cells, const Tensor& h0, cons
 void lstm_backward(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& gates,
                    const Tensor& cells, const Tensor& c0, const Tensor& w_hh, Tensor dgates,
                    const std::vector<int64_t>& batch_sizes) {
+  const Untraced untraced;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
     lstm_backward_impl<scalar_t>(grad_out, dh, dc, gates, cells, c0, w_hh, dgates, batch_sizes);
   });
@@ -840,6 +853,7 @@ void lstm_backward(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& g
 
 void rnn_forward(Tensor out, const Tensor& h0, const Tensor& w_hh,
                  const std::vector<int64_t>& batch_sizes, bool relu) {
+  const Untraced untraced;
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnn_forward", [&] {
     rnn_forward_impl<scalar_t>(out, h0, w_hh, batch_sizes, relu);
   });
@@ -847,6 +861,7 @@ void rnn_forward(Tensor out, const Tensor& h0, const Tensor& w_hh,
 
 void rnn_backward(const Tensor& grad_out, Tensor dh, const Tensor& out, const Tensor& w_hh,
                   Tensor dpre, const std::vector<int64_t>& batch_sizes, bool relu) {
+  const Untraced untraced;
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnn_backward", [&] {
     rnn_backward_impl<scalar_t>(grad_out, dh, out, w_hh, dpre, batch_sizes, relu);
   });
