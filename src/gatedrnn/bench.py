@@ -47,13 +47,19 @@ class BenchResult:
     skipped: str | None = None
 
 
-def saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
-    """Bytes of the distinct storages autograd saves for backward while ``fn`` runs."""
+def saved_bytes(fn: Callable[[], torch.Tensor], parameters: Iterable[torch.Tensor] = ()) -> int:
+    """Bytes of the distinct storages autograd saves for backward while ``fn`` runs, less those
+    of ``parameters`` (and of views of them): those live as long as the module either way and
+    are counted as parameters, and whether a backend's graph also refers to them (torch's
+    composite LSTM saves its weights, our loops save them to differentiate twice) costs no
+    memory."""
+    owned = {p.untyped_storage().data_ptr() for p in parameters}
     storages: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
+        if storage.data_ptr() not in owned:
+            storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -153,7 +159,11 @@ def run_benchmark(
                                     faults[name].append(after - before)
                     for name, module in impls.items():
                         module.zero_grad(set_to_none=True)
-                        nbytes = saved_bytes(lambda m=module, x=x: m(x)[0]) if backward else None
+                        nbytes = (
+                            saved_bytes(lambda m=module, x=x: m(x)[0], module.parameters())
+                            if backward
+                            else None
+                        )
                         median = statistics.median(times[name])
                         fault = statistics.median(faults[name]) if faults[name] else None
                         result = BenchResult(

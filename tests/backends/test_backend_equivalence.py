@@ -45,7 +45,7 @@ def test_backend_matches_reference(backend, variant, form, dtype):
 
 @pytest.mark.parametrize("backend", ["cpu", "cpu-python"])
 @pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])
-def test_frozen_input_weights_and_plain_inputs_are_not_saved(backend, cell):
+def test_frozen_input_weights_and_a_plain_input_keep_no_input(backend, cell):
     import gatedrnn
     from gatedrnn.bench import saved_bytes
 
@@ -54,11 +54,61 @@ def test_frozen_input_weights_and_plain_inputs_are_not_saved(backend, cell):
     reference = getattr(gatedrnn, cell)(4, 6, backend="reference")
     reference.load_state_dict(ours.state_dict())
     x = torch.randn(5, 3, 4, dtype=torch.float32)
-    full = saved_bytes(lambda: ours(x.clone().requires_grad_())[0].sum())
+    full = saved_bytes(lambda: ours(x.clone().requires_grad_())[0].sum(), ours.parameters())
     for layer in (ours, reference):
         layer.weight_ih_l0.requires_grad_(False)
         layer(x)[0].sum().backward()  # x needs no gradient, W_ih is frozen
     for name, p in ours.named_parameters():
         if p.requires_grad:
             assert_close(p.grad, dict(reference.named_parameters())[name].grad, f"grad of {name}")
-    assert saved_bytes(lambda: ours(x)[0].sum()) < full  # neither x nor W_ih kept alive
+    frozen = saved_bytes(lambda: ours(x)[0].sum(), ours.parameters())
+    assert full - frozen == x.numel() * x.element_size()  # the input is not kept alive
+
+
+@pytest.mark.parametrize("wrt_input", [True, False], ids=["penalty", "maml"])
+@pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])
+def test_double_backward_matches_torch_nn(cell, wrt_input):
+    """torch.nn differentiates twice on the CPU, and so does ``auto`` (the compiled loops): the
+    squared norm of a first gradient, w.r.t. the input (a gradient penalty) or w.r.t. the weights
+    (MAML's inner step), then backward; two layers, both directions, packed."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    import gatedrnn
+
+    torch.manual_seed(0)
+    options = dict(num_layers=2, bidirectional=True, dtype=torch.float64)
+    ours = getattr(gatedrnn, cell)(I, H, **options)
+    theirs = getattr(torch.nn, cell)(I, H, **options)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    results = []
+    for layer in (ours, theirs):
+        leaf = x.clone().requires_grad_(wrt_input)
+        packed = pack_padded_sequence(leaf, torch.tensor([7, 3, 5, 1]), enforce_sorted=False)
+        out, final = layer(packed)
+        finals = final if isinstance(final, tuple) else (final,)
+        loss = pad_packed_sequence(out)[0].pow(2).sum() + sum(f.sin().sum() for f in finals)
+        params = list(layer.parameters())
+        first = torch.autograd.grad(loss, [leaf] if wrt_input else params, create_graph=True)
+        sum(g.pow(2).sum() for g in first).backward()
+        results.append([*first, *(p.grad for p in params), *([leaf.grad] if wrt_input else [])])
+    assert ours.last_backend == "cpu"
+    for a, b in zip(*results, strict=True):
+        assert_close(a, b, "second-order gradient")
+
+
+def test_double_backward_without_the_input_says_why():
+    """A frozen W_ih and a plain input: the loops kept no input to rerun, so a gradient with
+    ``create_graph=True`` is refused with the way out; without it the same gradient is exact."""
+    import gatedrnn
+
+    layer = gatedrnn.GRU(I, H, backend="cpu")
+    layer.weight_ih_l0.requires_grad_(False)
+    x = torch.randn(T, B, I)
+    with pytest.raises(RuntimeError, match="does not keep when neither the input nor weight_ih"):
+        torch.autograd.grad(layer(x)[0].pow(2).sum(), [layer.weight_hh_l0], create_graph=True)
+    reference = gatedrnn.GRU(I, H, backend="reference")
+    reference.load_state_dict(layer.state_dict())
+    (got,) = torch.autograd.grad(layer(x)[0].pow(2).sum(), [layer.weight_hh_l0])
+    (want,) = torch.autograd.grad(reference(x)[0].pow(2).sum(), [reference.weight_hh_l0])
+    assert_close(got, want, "grad of weight_hh_l0")

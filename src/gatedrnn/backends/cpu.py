@@ -18,7 +18,8 @@ so at step t only the first ``batch_sizes[t]`` rows are live and every op works 
 The reverse direction reads each sequence reversed within its own length.
 
 Covers RNN (tanh, relu), GRU (reset after and before) and the standard LSTM; refuses the rest
-with the reason. First derivatives only (like cuDNN): for double backward use ``"reference"``.
+with the reason. Twice differentiable, as torch.nn is on the CPU: with ``create_graph=True`` the
+backward reruns the reference loop on the saved input and differentiates that (:func:`_twice`).
 ``"auto"`` takes it where it measured faster than torch's own kernels: every cell it covers with
 the compiled loops (the LSTM forward alone ties with oneDNN's); with the PyTorch loops, RNN and
 GRU for training only (see :meth:`CpuBackend.auto_declines`).
@@ -34,11 +35,12 @@ from torch import Tensor
 from gatedrnn.backends import LayerConfig, run_eagerly, untraceable
 from gatedrnn.backends.compiled import compiled_loops
 from gatedrnn.backends.reference import (
-    first_derivatives_only,
     fused_arguments,
     project_inputs,
+    run_direction,
     run_stack,
 )
+from gatedrnn.nn.spec import CellSpec
 
 __all__ = ["CpuBackend", "CpuPythonBackend"]
 
@@ -117,11 +119,50 @@ def _weight_grads(
     return dx, dw_ih, dw_hh
 
 
-def _inputs_for_backward(ctx, x: Tensor, w_ih: Tensor, x_index: int, w_ih_index: int):
-    """x and W_ih, each saved only if backward will read it: x for dW_ih, W_ih for dx (with frozen
-    weights or an input that needs no gradient, neither is kept alive by the graph)."""
+def _save(ctx, inputs: tuple[Tensor | None, ...], activations: tuple[Tensor, ...], w_ih_index: int):
+    """Saves for backward a Function's tensor ``inputs`` (x, the states, W_ih, W_hh, b_ih, b_hh)
+    and then the ``activations`` its backward loop reads: the inputs to rerun the reference loop
+    on with ``create_graph=True`` (:func:`_twice`). x is saved only if it or W_ih needs a
+    gradient (x for dW_ih), so a frozen W_ih and a plain input keep no input alive; the weights
+    are the module's own tensors, which saving keeps no longer than the module does."""
     needs = ctx.needs_input_grad
-    return (x if needs[w_ih_index] else None, w_ih if needs[x_index] else None)
+    x = inputs[0] if needs[0] or needs[w_ih_index] else None
+    ctx.save_for_backward(x, *inputs[1:], *activations)
+    ctx.inputs = len(inputs)
+
+
+def _saved(ctx) -> tuple[tuple[Tensor | None, ...], tuple[Tensor, ...]]:
+    """What :func:`_save` saved: (inputs, activations)."""
+    saved = ctx.saved_tensors
+    return saved[: ctx.inputs], saved[ctx.inputs :]
+
+
+def _twice(ctx, spec: CellSpec, lengths: Tensor | None, grads: tuple[Tensor, ...]):
+    """The backward with ``create_graph=True`` (grad mode on in backward): the gradients as a
+    differentiable function of the inputs and of ``grads``, by rerunning the reference loop on
+    the saved inputs and differentiating it; the loops' hand-written backward gives first
+    derivatives only. Double backward through this layer costs a reference forward more."""
+    inputs, _ = _saved(ctx)
+    needs = ctx.needs_input_grad
+    if inputs[0] is None:
+        raise RuntimeError(
+            "the 'cpu' backend differentiates twice by rerunning the layer on its input, which it "
+            "does not keep when neither the input nor weight_ih needs a gradient; build the layer "
+            "with backend='reference' for this double backward"
+        )
+    x, *states, w_ih, w_hh, b_ih, b_hh = inputs
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    weights = {k: w for k, w in zip(names, (w_ih, w_hh, b_ih, b_hh), strict=True) if w is not None}
+    with torch.enable_grad():
+        out, final = run_direction(spec, x, lengths, tuple(states), weights)
+    wanted = [i for i, t in enumerate(inputs) if t is not None and needs[i]]
+    found = torch.autograd.grad(
+        (out, *final), [inputs[i] for i in wanted], grads, create_graph=True, allow_unused=True
+    )
+    result: list[Tensor | None] = [None] * len(needs)
+    for i, g in zip(wanted, found, strict=True):
+        result[i] = g
+    return tuple(result)
 
 
 def _sum_bias(dgates: Tensor, wanted: bool) -> Tensor | None:
@@ -157,23 +198,26 @@ class _RNN(torch.autograd.Function):
     """h_t = act(W_ih x_t + b_ih + W_hh h_{t−1} + b_hh) over a whole sequence."""
 
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, relu, compiled):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, spec, compiled):
         T, B, _ = x.shape
+        relu = spec.nonlinearity == "relu"
         bias = None if b_ih is None else b_ih + b_hh
         out = _project(x, w_ih, bias, compiled)  # (T, B, H): pre-activations, then h in place
         forward_loop, _ = _loops("rnn", compiled)
         forward_loop(out, h0, w_hh, list(batch_sizes or ()), relu)
         if batch_sizes is not None:  # steps past a sequence's end hold no state
             out.mul_(_mask(batch_sizes, T, B, out))
-        ctx.save_for_backward(*_inputs_for_backward(ctx, x, w_ih, 0, 2), h0, w_hh, out)
+        _save(ctx, (x, h0, w_ih, w_hh, b_ih, b_hh), (out,), 2)
+        ctx.lengths, ctx.spec = lengths, spec
         ctx.batch_sizes, ctx.relu, ctx.compiled = batch_sizes, relu, compiled
         ctx.has_bias = b_ih is not None
         return out, _last(out, lengths)
 
     @staticmethod
     def backward(ctx, grad_out, grad_last):
-        first_derivatives_only("cpu")
-        x, w_ih, h0, w_hh, out = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _twice(ctx, ctx.spec, ctx.lengths, (grad_out, grad_last))
+        (x, h0, w_ih, w_hh, _, _), (out,) = _saved(ctx)
         dpre = _buffer(out, out.shape, ctx.batch_sizes is not None)
         dh = grad_last.clone()
         _, backward_loop = _loops("rnn", ctx.compiled)
@@ -286,24 +330,27 @@ class _GRU(torch.autograd.Function):
     """GRU over a whole sequence, gate order r|z|n, either reset placement."""
 
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, reset_after, compiled):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, spec, compiled):
         T, B, _ = x.shape
         H = h0.shape[1]
+        reset_after = spec.reset == "after"
         padded = batch_sizes is not None
         gates = _project(x, w_ih, b_ih, compiled)  # (T, B, 3H): pre-activations, then r|z|n
         out = _buffer(x, (T, B, H), padded)
         rec = _buffer(x, (T, B, H), padded)
         forward_loop, _ = _loops("gru", compiled)
         forward_loop(gates, out, rec, h0, w_hh, b_hh, list(batch_sizes or ()), reset_after)
-        ctx.save_for_backward(*_inputs_for_backward(ctx, x, w_ih, 0, 2), h0, w_hh, gates, rec, out)
+        _save(ctx, (x, h0, w_ih, w_hh, b_ih, b_hh), (gates, rec, out), 2)
+        ctx.lengths, ctx.spec = lengths, spec
         ctx.batch_sizes, ctx.reset_after, ctx.compiled = batch_sizes, reset_after, compiled
         ctx.has_bias = b_ih is not None
         return out, _last(out, lengths)
 
     @staticmethod
     def backward(ctx, grad_out, grad_last):
-        first_derivatives_only("cpu")
-        x, w_ih, h0, w_hh, gates, rec, out = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _twice(ctx, ctx.spec, ctx.lengths, (grad_out, grad_last))
+        (x, h0, w_ih, w_hh, _, _), (gates, rec, out) = _saved(ctx)
         H = h0.shape[1]
         reset_after = ctx.reset_after
         padded = ctx.batch_sizes is not None
@@ -390,7 +437,7 @@ class _LSTM(torch.autograd.Function):
     """LSTM over a whole sequence, gate order i|f|g|o."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, compiled):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, spec, compiled):
         T, B, _ = x.shape
         H = h0.shape[1]
         padded = batch_sizes is not None
@@ -400,17 +447,17 @@ class _LSTM(torch.autograd.Function):
         cells = _buffer(x, (T, B, H), padded)
         forward_loop, _ = _loops("lstm", compiled)
         forward_loop(gates, out, cells, h0, c0, w_hh, list(batch_sizes or ()))
-        ctx.save_for_backward(
-            *_inputs_for_backward(ctx, x, w_ih, 0, 3), h0, c0, w_hh, gates, cells, out
-        )
+        _save(ctx, (x, h0, c0, w_ih, w_hh, b_ih, b_hh), (gates, cells, out), 3)
+        ctx.lengths, ctx.spec = lengths, spec
         ctx.batch_sizes, ctx.compiled = batch_sizes, compiled
         ctx.has_bias = b_ih is not None
         return out, _last(out, lengths), _last(cells, lengths)
 
     @staticmethod
     def backward(ctx, grad_out, grad_h_last, grad_c_last):
-        first_derivatives_only("cpu")
-        x, w_ih, h0, c0, w_hh, gates, cells, out = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _twice(ctx, ctx.spec, ctx.lengths, (grad_out, grad_h_last, grad_c_last))
+        (x, h0, c0, w_ih, w_hh, _, _), (gates, cells, out) = _saved(ctx)
         dgates = _buffer(gates, gates.shape, ctx.batch_sizes is not None)
         dh, dc = grad_h_last.clone(), grad_c_last.clone()
         _, backward_loop = _loops("lstm", ctx.compiled)
@@ -425,7 +472,7 @@ class _LSTM(torch.autograd.Function):
         db = _sum_bias(dgates, ctx.has_bias and (needs[5] or needs[6]))
         return (
             dx, dh if needs[1] else None, dc if needs[2] else None, dw_ih, dw_hh, db, db,
-            None, None, None,
+            None, None, None, None,
         )  # fmt: skip
 
 
@@ -441,7 +488,7 @@ class CpuBackend:
     first use where possible (:mod:`gatedrnn.backends.compiled`)."""
 
     name = "cpu"
-    twice_differentiable = False
+    twice_differentiable = True  # by rerunning the reference loop (_twice)
     compiled = True
 
     def unsupported(self, config: LayerConfig, input: Tensor) -> str | None:
@@ -508,13 +555,8 @@ class CpuBackend:
     def _run(self, config, x, state, w, batch_sizes, lengths):
         spec = config.spec
         x, state, args = fused_arguments(x, state, w)
-        if spec.kind == "lstm":
-            return _LSTM.apply(x, *state, *args, batch_sizes, lengths, self.compiled)
-        if spec.kind == "gru":
-            reset_after = spec.reset == "after"
-            return _GRU.apply(x, state[0], *args, batch_sizes, lengths, reset_after, self.compiled)
-        relu = spec.nonlinearity == "relu"
-        return _RNN.apply(x, state[0], *args, batch_sizes, lengths, relu, self.compiled)
+        function = {"lstm": _LSTM, "gru": _GRU, "rnn": _RNN}[spec.kind]
+        return function.apply(x, *state, *args, batch_sizes, lengths, spec, self.compiled)
 
 
 class CpuPythonBackend(CpuBackend):

@@ -18,12 +18,14 @@ from torch import Tensor
 
 from gatedrnn.backends import LayerConfig
 from gatedrnn.nn.functional import cell_step, min_scan
+from gatedrnn.nn.spec import CellSpec
 
 __all__ = [
     "ReferenceBackend",
     "first_derivatives_only",
     "project_inputs",
     "reverse_padded",
+    "run_direction",
     "run_stack",
 ]
 
@@ -69,22 +71,28 @@ def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
     return x.gather(0, index)
 
 
-def _run_direction(
-    config: LayerConfig,
+def run_direction(
+    spec: CellSpec,
     x: Tensor,
-    valid: Tensor | None,
+    lengths: Tensor | None,
     state: tuple[Tensor, ...],
     weights: Mapping[str, Tensor],
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """One direction of one layer over time-major ``x`` (T, B, F); ``valid`` (T, B, 1) marks real
-    steps. Returns every h (T, B, H_out) and the final state."""
-    spec = config.spec
+    """One direction of one layer over time-major ``x`` (T, B, F), each sequence ``lengths[b]``
+    steps long from the start (None: all T). Returns every h (T, B, H_out), zero at padded steps,
+    and the final state, taken at each sequence's last step. The fused backends rerun it for
+    double backward: it is differentiable any number of times."""
+    valid = None
+    if lengths is not None:
+        valid = torch.arange(x.shape[0]).unsqueeze(1) < lengths.cpu().unsqueeze(0)  # (T, B)
+        valid = valid.unsqueeze(-1).to(x.device)  # (T, B, 1)
     if not spec.recurrent and spec.scan == "parallel":
         outputs = min_scan(spec, x, state[0], weights["weight_ih"], weights.get("bias_ih"))
         if valid is None:
             return outputs, (outputs[-1],)
         last = valid.sum(0, keepdim=True) - 1  # (1, B, 1): index of each sequence's last step
-        return outputs, (outputs.gather(0, last.expand(1, *outputs.shape[1:])).squeeze(0),)
+        final = outputs.gather(0, last.expand(1, *outputs.shape[1:])).squeeze(0)
+        return outputs * valid, (final,)
     outputs = []
     for t in range(x.shape[0]):
         new_state = cell_step(spec, x[t], state, weights)
@@ -94,7 +102,8 @@ def _run_direction(
             )
         state = new_state
         outputs.append(state[0])
-    return torch.stack(outputs), state
+    out = torch.stack(outputs)
+    return (out if valid is None else out * valid), state
 
 
 Direction = Callable[
@@ -150,14 +159,7 @@ class ReferenceBackend:
         weights: Sequence[Mapping[str, Tensor]],
         training: bool,
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        T = input.shape[0]
-        valid = None
-        if lengths is not None:
-            valid = (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).to(input.device)
-            valid = valid.unsqueeze(-1)  # (T, B, 1)
-
         def direction(x, state, w):
-            out, final = _run_direction(config, x, valid, state, w)
-            return (out if valid is None else out * valid), final  # padded steps hold zeros
+            return run_direction(config.spec, x, lengths, state, w)
 
         return run_stack(config, input, lengths, hx, weights, training, direction)

@@ -216,7 +216,9 @@ def _train(config, device, checkpoint, on_epoch, on_batch, data_dir) -> RunResul
     rng = torch.get_rng_state()  # measuring must not shift the random stream
     with _precision(config, device):
         if not state["saved_bytes"]:
-            state["saved_bytes"] = saved_bytes(lambda: task.loss(model, first)[0])
+            state["saved_bytes"] = saved_bytes(
+                lambda: task.loss(model, first)[0], model.parameters()
+            )
         else:
             with torch.no_grad():
                 task.loss(model, first)  # for the backends the layers choose
