@@ -182,6 +182,19 @@ def run_benchmark(
     return results
 
 
+def _cpu_model() -> str:
+    """The CPU's model name: from /proc/cpuinfo on Linux, where ``platform.processor()`` is
+    empty; the CPU decides which of torch's kernels and ours is faster."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def environment(device: str | torch.device = "cpu") -> dict[str, object]:
     """Machine, versions, threads and device, stored with every benchmark."""
     device = torch.device(device)
@@ -192,7 +205,7 @@ def environment(device: str | torch.device = "cpu") -> dict[str, object]:
     return gpu | {
         "device": str(device),
         "machine": platform.machine(),
-        "processor": platform.processor(),
+        "processor": _cpu_model(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,

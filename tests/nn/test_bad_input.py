@@ -234,9 +234,15 @@ def test_auto_skips_backends_that_cannot_run(refuser_backend):
     with torch.no_grad():  # inference: torch's kernels beat our PyTorch loops, not the compiled
         expected = "cpu" if compiled_loops() is not None else "cudnn"
         assert resolve_backend("auto", rnn, x).name == expected
-    # the LSTM: compiled, ours beat oneDNN's fused kernel training and tie with it forward-only
+    # the LSTM: compiled, ours beat oneDNN's fused kernel training, and forward-only below
+    # batch 8; from batch 8 forward-only oneDNN's is as fast or faster
     lstm = "cpu" if compiled_loops() is not None else "cudnn"
-    assert resolve_backend("auto", LayerConfig(make_spec("lstm"), 5, 6), x).name == lstm
+    lstm_config = LayerConfig(make_spec("lstm"), 5, 6)
+    for batch in (2, 8):
+        assert resolve_backend("auto", lstm_config, torch.randn(3, batch, 5)).name == lstm
+    with torch.no_grad():
+        assert resolve_backend("auto", lstm_config, torch.randn(3, 7, 5)).name == lstm
+        assert resolve_backend("auto", lstm_config, torch.randn(3, 8, 5)).name == "cudnn"
     assert (
         resolve_backend("auto", LayerConfig(make_spec("gru", reset="before"), 5, 6), x).name
         == "cpu"

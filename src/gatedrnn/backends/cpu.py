@@ -508,11 +508,15 @@ class CpuBackend:
     # torch.compile runs it as it is: it may build the compiled loops (files, a compiler)
     @run_eagerly
     def auto_declines(self, config: LayerConfig, input: Tensor) -> str | None:
-        # Measured with benchmarks/layer_speed.py on 2 cores (T=100, B in {1, 32}, H 128–512);
-        # the numbers are in the README. Compiled, our loops beat torch.nn everywhere but the
-        # LSTM forward alone, where they tie with its oneDNN kernel; the PyTorch twins lose to
-        # oneDNN's LSTM, and to torch's kernels forward-only.
+        # Measured with benchmarks/layer_speed.py on 2 cores (T=100, B 1–32, H 128–512); the
+        # numbers are in the README. Compiled, our loops beat torch.nn everywhere but the LSTM
+        # forward alone: at batch 8 and up oneDNN's fused LSTM tied with them on an AMD EPYC and
+        # beat them by 5–39% on an Intel Xeon (Sapphire Rapids), where MKL's GEMM is also faster
+        # than ours for the input projection; below batch 8 ours is faster on both. The PyTorch
+        # twins lose to oneDNN's LSTM, and to torch's kernels forward-only.
         if self.compiled and compiled_loops() is not None:
+            if config.spec.kind == "lstm" and not torch.is_grad_enabled() and input.shape[1] >= 8:
+                return "forward-only at batch 8 and up, torch's fused LSTM (oneDNN) is as fast"
             return None
         if config.spec.kind == "lstm":
             return "torch's fused LSTM (oneDNN) beats our PyTorch loops (no compiled loops here)"
