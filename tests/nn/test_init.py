@@ -49,3 +49,26 @@ def test_reset_parameters_redraws():
     before = layer.weight_hh_l0.detach().clone()
     layer.reset_parameters()
     assert not torch.equal(before, layer.weight_hh_l0)
+
+
+@pytest.mark.parametrize(
+    "layer_cls", [gatedrnn.GRU, gatedrnn.LSTM, gatedrnn.RNN, gatedrnn.MGU, gatedrnn.MinGRU]
+)
+def test_deferred_initialisation_on_the_meta_device(layer_cls):
+    """As with torch.nn: a layer built on ``meta`` gives its output shapes without memory (the
+    autocast check used to fail there), then ``to_empty`` and ``reset_parameters`` make it real,
+    initialised as a layer built on the CPU would be."""
+    options = dict(num_layers=2, bidirectional=True, batch_first=True)
+    meta = layer_cls(5, 7, device="meta", **options)
+    out, _ = meta(torch.empty(3, 4, 5, device="meta"))
+    assert out.shape == (3, 4, 14) and out.device.type == "meta"
+    meta.to_empty(device="cpu")
+    torch.manual_seed(0)
+    meta.reset_parameters()
+    torch.manual_seed(0)
+    built = layer_cls(5, 7, **options)
+    pairs = zip(meta.named_parameters(), built.named_parameters(), strict=True)
+    for (name, got), (_, want) in pairs:
+        torch.testing.assert_close(got, want, msg=name)
+    x = torch.randn(3, 4, 5)
+    torch.testing.assert_close(meta(x)[0], built(x)[0])

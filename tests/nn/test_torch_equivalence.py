@@ -103,7 +103,12 @@ def test_torch_loads_our_state_dict(cell, bidirectional):
     ours = OUR_LAYERS[cell](**kwargs)
     theirs = TORCH_LAYERS[cell](**kwargs)
     assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert ours._flat_weights_names == theirs._flat_weights_names  # read by torch.nn-era code
     theirs.load_state_dict(ours.state_dict())
+    for got, want in zip(ours._flat_weights, theirs._flat_weights, strict=True):
+        assert torch.equal(got, want)
+    for got, want in zip(ours.all_weights, theirs.all_weights, strict=True):
+        assert [tuple(w.shape) for w in got] == [tuple(w.shape) for w in want]
     x = torch.randn(T, B, I)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -147,6 +147,17 @@ class RecurrentBase(nn.Module):
         """The parameters of each layer direction, in torch.nn's order."""
         return [[getattr(self, full) for _, full in names] for names in self._weight_names]
 
+    @property
+    def _flat_weights_names(self) -> list[str]:
+        """torch.nn.RNNBase's private list of parameter names, in its order, which code written
+        for torch.nn (weight dropping, pruning helpers) reads."""
+        return [full for names in self._weight_names for _, full in names]
+
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        """The tensors ``_flat_weights_names`` names, as they are now (parametrized ones too)."""
+        return [getattr(self, name) for name in self._flat_weights_names]
+
     def reset_parameters(self) -> None:
         init_recurrent_(self, self.spec, self.hidden_size, self.init, self.forget_bias)
 
@@ -260,7 +271,9 @@ def _autocast_dtype(x: Tensor, parameter_dtype: torch.dtype) -> torch.dtype | No
     """The dtype torch.autocast asks for on ``x``'s device, if it is on and the parameters are
     float32 (autocast leaves other dtypes alone), else None."""
     kind = x.device.type
-    if parameter_dtype == torch.float32 and torch.is_autocast_enabled(kind):
+    if parameter_dtype != torch.float32 or kind == "meta":  # meta: autocast has no such device
+        return None
+    if torch.is_autocast_enabled(kind):
         return torch.get_autocast_dtype(kind)
     return None
 
