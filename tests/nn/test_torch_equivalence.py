@@ -167,3 +167,22 @@ def test_cells_match_torch(ours_cls, theirs_cls, kwargs, batched, dtype):
             assert (a is None) == (b is None)
             if a is not None:
                 assert_close(a, b, "cell grad")
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_autocast_computes_every_cell_in_its_dtype(cell):
+    """Under CPU autocast every layer computes in bfloat16, like torch.nn's LSTM and RNN (its GRU
+    is left in float32 there): the same output as torch's layer cast to bfloat16, and float32
+    gradients for the float32 parameters."""
+    torch.manual_seed(0)
+    ours = OUR_LAYERS[cell](I, H, num_layers=2)
+    theirs = TORCH_LAYERS[cell](I, H, num_layers=2)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(T, B, I)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = ours(x)
+    assert out.dtype == torch.bfloat16
+    want = theirs.bfloat16()(x.bfloat16())[0]
+    torch.testing.assert_close(out.float(), want.float(), atol=3e-2, rtol=3e-2)
+    out.float().sum().backward()
+    assert ours.weight_hh_l1.grad.dtype == torch.float32

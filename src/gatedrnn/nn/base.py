@@ -232,6 +232,7 @@ class RecurrentBase(nn.Module):
         first = self.weight_ih_l0
         amp = _autocast_dtype(x, first.dtype)
         if amp is not None:  # under torch.autocast: compute in its dtype, as torch.nn's RNNs do
+            # (all but its GRU on the CPU, which autocast leaves in float32: every cell alike here)
             x = x.to(amp)
             if isinstance(hx, Tensor):
                 hx = hx.to(amp)
