@@ -163,6 +163,7 @@ def test_step_schedule_follows_zaremba():
             {"task": "fsdd", "task_options": {"n_mfcc": True}},
             "task_options: option 'n_mfcc' of task 'fsdd': expected int",
         ),
+        ({"weight_noise": -0.1}, r"weight_noise: expected a number >= 0 \(0: none\), got -0.1"),
     ],
 )
 def test_bad_configuration_names_the_key(values, message):
@@ -188,6 +189,44 @@ def test_the_layer_options_a_run_accepts_reach_the_layer():
 def test_config_key_is_stable_and_distinguishes():
     assert TrainConfig().key == TrainConfig().key
     assert TrainConfig(seed=1).key != TrainConfig(seed=2).key
+    # the keys of studies stored before weight_noise existed: they still resume
+    assert TrainConfig().key == "f5c197cddab9cf58"
+    assert TrainConfig(task="adding", cell="lstm", seed=3).key == "fa7c2182f024235a"
+    assert TrainConfig(weight_noise=0.075).key != TrainConfig().key
+
+
+def test_weight_noise_perturbs_each_update_and_leaves_clean_weights(monkeypatch):
+    """Each update's forward and backward see every parameter plus N(0, std²) noise, and the
+    optimizer updates the clean values: with a vanishing learning rate each update starts from
+    the weights the previous one started from, not from the noisy ones."""
+    from gatedrnn.train import loop
+
+    seen = []  # per update: (noisy, clean) parameters
+    original = loop._add_weight_noise
+
+    def spy(model, std):
+        clean = original(model, std)
+        seen.append(([p.detach().clone() for p in model.parameters()], clean))
+        return clean
+
+    monkeypatch.setattr(loop, "_add_weight_noise", spy)
+    options = {**SMOKE, "epochs": 1, "lr": 1e-9, "optimizer": "sgd", "weight_noise": 0.1}
+    result = train(TrainConfig(task="adding", cell="gru", **options))
+    assert result.status == "completed" and len(seen) == result.history[0].updates > 1
+    noisy, clean = seen[0]
+    noise = torch.cat([(a - b).flatten() for a, b in zip(noisy, clean, strict=True)])
+    assert abs(noise.std().item() - 0.1) < 0.02 and abs(noise.mean().item()) < 0.02
+    for a, b in zip(seen[1][1], clean, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_weight_noise_changes_training_and_is_reproducible():
+    base = dict(task="jsb", cell="gru", **SMOKE)
+    plain = train(TrainConfig(**base))
+    noisy = train(TrainConfig(**base, weight_noise=0.05))
+    again = train(TrainConfig(**base, weight_noise=0.05))
+    assert noisy.history[0].train_loss != plain.history[0].train_loss
+    assert [r.valid for r in noisy.history] == [r.valid for r in again.history]
 
 
 def test_train_command_writes_its_result(tmp_path, capsys):

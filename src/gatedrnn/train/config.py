@@ -22,6 +22,7 @@ from gatedrnn.tasks import LAYERS, TASKS, check_layer_options, check_task_option
 __all__ = ["OPTIMIZERS", "SCHEDULES", "TrainConfig"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+_ADDED_LATER = {"weight_noise": 0.0}  # field -> default; see TrainConfig.key
 SCHEDULES = ("none", "step", "plateau")
 
 
@@ -40,6 +41,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     momentum: float = 0.0  # sgd and rmsprop only
     clip_norm: float = 1.0  # gradient-norm clipping; 0 turns it off
+    # std of Gaussian noise added to every parameter for each update's forward and backward, the
+    # gradient then applied to the clean parameters (Graves 2011; Chung et al. 2014: 0.075)
+    weight_noise: float = 0.0
     batch_size: int = 32
     epochs: int = 20
     patience: int = 5  # epochs without a better validation metric before stopping; 0 = never
@@ -62,6 +66,7 @@ class TrainConfig:
             (self.lr > 0, "lr", "a number > 0"),
             (self.weight_decay >= 0, "weight_decay", "a number >= 0"),
             (self.clip_norm >= 0, "clip_norm", "a number >= 0 (0 turns clipping off)"),
+            (self.weight_noise >= 0, "weight_noise", "a number >= 0 (0: none)"),
             (self.batch_size >= 1, "batch_size", "an integer >= 1"),
             (self.epochs >= 1, "epochs", "an integer >= 1"),
             (self.patience >= 0, "patience", "an integer >= 0"),
@@ -131,6 +136,12 @@ class TrainConfig:
 
     @property
     def key(self) -> str:
-        """A short hash of the resolved configuration: the identity of a trial."""
-        text = json.dumps(self.to_dict(), sort_keys=True)
+        """A short hash of the resolved configuration: the identity of a trial. Fields added
+        since the first release count only away from their defaults, so the trials of a study
+        stored before keep their identity and resume."""
+        values = self.to_dict()
+        for name, default in _ADDED_LATER.items():
+            if values[name] == default:
+                del values[name]
+        text = json.dumps(values, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -334,19 +334,37 @@ def _peak_cuda_bytes(device: torch.device, before: int | None) -> int | None:
 def _step(task, model, optimizer, config, device, batch, update: int) -> tuple[torch.Tensor, int]:
     """One update on ``batch``: the loss (summed over its ``n`` units), backward, clipping and
     the optimizer's step; raises _Diverged at a non-finite loss or gradient norm."""
-    with _precision(config, device):
-        loss, n = task.loss(model, batch)
-    mean = loss / n
-    if not torch.isfinite(mean):
-        raise _Diverged(f"loss is {mean.item()} at update {update}")
-    optimizer.zero_grad(set_to_none=True)
-    mean.backward()
+    clean = _add_weight_noise(model, config.weight_noise) if config.weight_noise > 0 else None
+    try:
+        with _precision(config, device):
+            loss, n = task.loss(model, batch)
+        mean = loss / n
+        if not torch.isfinite(mean):
+            raise _Diverged(f"loss is {mean.item()} at update {update}")
+        optimizer.zero_grad(set_to_none=True)
+        mean.backward()
+    finally:
+        if clean is not None:  # the gradient at the noisy weights updates the clean ones
+            with torch.no_grad():
+                for p, value in zip(model.parameters(), clean, strict=True):
+                    p.copy_(value)
     if config.clip_norm > 0:
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
         if not torch.isfinite(norm):
             raise _Diverged(f"gradient norm is {norm.item()} at update {update}")
     optimizer.step()
     return loss, n
+
+
+def _add_weight_noise(model: torch.nn.Module, std: float) -> list[torch.Tensor]:
+    """Adds N(0, std²) noise to every parameter (Graves 2011's weight noise, drawn from torch's
+    generator, which the run seeds and its checkpoints keep); returns the clean values."""
+    clean = []
+    with torch.no_grad():
+        for p in model.parameters():
+            clean.append(p.detach().clone())
+            p.add_(torch.randn_like(p), alpha=std)
+    return clean
 
 
 def _train_epoch(task, model, optimizer, config, device, epoch, state, on_batch) -> EpochRecord:
