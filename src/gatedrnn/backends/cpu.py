@@ -21,8 +21,8 @@ Covers RNN (tanh, relu), GRU (reset after and before) and the standard LSTM; ref
 with the reason. Twice differentiable, as torch.nn is on the CPU: with ``create_graph=True`` the
 backward reruns the reference loop on the saved input and differentiates that (:func:`_twice`).
 ``"auto"`` takes it where it measured faster than torch's own kernels: every cell it covers with
-the compiled loops (the LSTM forward alone ties with oneDNN's); with the PyTorch loops, RNN and
-GRU for training only (see :meth:`CpuBackend.auto_declines`).
+the compiled loops, but for the LSTM forward alone from batch 8 (oneDNN's ties or wins there);
+with the PyTorch loops, RNN and GRU for training only (see :meth:`CpuBackend.auto_declines`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from gatedrnn.backends.reference import (
     run_direction,
     run_stack,
 )
-from gatedrnn.nn.spec import CellSpec
 
 __all__ = ["CpuBackend", "CpuPythonBackend"]
 
@@ -137,11 +136,12 @@ def _saved(ctx) -> tuple[tuple[Tensor | None, ...], tuple[Tensor, ...]]:
     return saved[: ctx.inputs], saved[ctx.inputs :]
 
 
-def _twice(ctx, spec: CellSpec, lengths: Tensor | None, grads: tuple[Tensor, ...]):
+def _twice(ctx, grads: tuple[Tensor, ...]):
     """The backward with ``create_graph=True`` (grad mode on in backward): the gradients as a
     differentiable function of the inputs and of ``grads``, by rerunning the reference loop on
     the saved inputs and differentiating it; the loops' hand-written backward gives first
-    derivatives only. Double backward through this layer costs a reference forward more."""
+    derivatives only. Double backward through this layer costs a reference forward more. Reads
+    ``ctx.spec`` and ``ctx.lengths`` (each sequence's length, sorted as x is) besides."""
     inputs, _ = _saved(ctx)
     needs = ctx.needs_input_grad
     if inputs[0] is None:
@@ -154,7 +154,7 @@ def _twice(ctx, spec: CellSpec, lengths: Tensor | None, grads: tuple[Tensor, ...
     names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
     weights = {k: w for k, w in zip(names, (w_ih, w_hh, b_ih, b_hh), strict=True) if w is not None}
     with torch.enable_grad():
-        out, final = run_direction(spec, x, lengths, tuple(states), weights)
+        out, final = run_direction(ctx.spec, x, ctx.lengths, tuple(states), weights)
     wanted = [i for i, t in enumerate(inputs) if t is not None and needs[i]]
     found = torch.autograd.grad(
         (out, *final), [inputs[i] for i in wanted], grads, create_graph=True, allow_unused=True
@@ -216,7 +216,7 @@ class _RNN(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_last):
         if torch.is_grad_enabled():
-            return _twice(ctx, ctx.spec, ctx.lengths, (grad_out, grad_last))
+            return _twice(ctx, (grad_out, grad_last))
         (x, h0, w_ih, w_hh, _, _), (out,) = _saved(ctx)
         dpre = _buffer(out, out.shape, ctx.batch_sizes is not None)
         dh = grad_last.clone()
@@ -349,7 +349,7 @@ class _GRU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_last):
         if torch.is_grad_enabled():
-            return _twice(ctx, ctx.spec, ctx.lengths, (grad_out, grad_last))
+            return _twice(ctx, (grad_out, grad_last))
         (x, h0, w_ih, w_hh, _, _), (gates, rec, out) = _saved(ctx)
         H = h0.shape[1]
         reset_after = ctx.reset_after
@@ -456,7 +456,7 @@ class _LSTM(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_h_last, grad_c_last):
         if torch.is_grad_enabled():
-            return _twice(ctx, ctx.spec, ctx.lengths, (grad_out, grad_h_last, grad_c_last))
+            return _twice(ctx, (grad_out, grad_h_last, grad_c_last))
         (x, h0, c0, w_ih, w_hh, _, _), (gates, cells, out) = _saved(ctx)
         dgates = _buffer(gates, gates.shape, ctx.batch_sizes is not None)
         dh, dc = grad_h_last.clone(), grad_c_last.clone()
