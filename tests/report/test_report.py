@@ -80,6 +80,10 @@ def test_compare_smoke_end_to_end_and_report_rebuild(smoke_study, tmp_path):
     page = (folder / "report.html").read_text()
     markdown = (folder / "report.md").read_text()
     assert markdown.startswith("# gatedrnn study") and "## Verdicts" in markdown
+    # how the trials were trained: settings they share with their value, the rest per trial
+    training = markdown.split("## Training")[1].split("## Environment")[0]
+    assert "| optimizer | adam |" in training and "| weight_noise | 0.0 |" in training
+    assert "| cell |" not in training and "| seed |" not in training
     images = re.findall(r"<img [^>]*src='([^']+)'", page)
     assert images and all(src.startswith("data:image/png;base64,") for src in images)
     assert not re.search(r"(src|href)=['\"]https?:", page)  # nothing from the network

@@ -312,6 +312,9 @@ def build_report(
                 ),
             )
         )
+    if trials:
+        sections.append(("h2", "Training"))
+        sections.append(("table", (["setting", "value"], _training_rows(trials))))
     sections.append(("h2", "Environment"))
     sections.append(("table", (["key", "value"], [[k, str(v)] for k, v in sorted(env.items())])))
 
@@ -332,6 +335,23 @@ def build_report(
     text = json.dumps(_finite(document), indent=1, allow_nan=False)
     write_atomic(out / f"verdicts{suffix}.json", lambda tmp: tmp.write_text(text + "\n"))
     return md_path, html_path, summary
+
+
+_PER_TRIAL = ("task", "cell", "hidden_size", "seed", "fraction")  # in the tasks' tables
+
+
+def _training_rows(trials: list[dict]) -> list[list[str]]:
+    """How the trials were trained, from their stored configurations: each setting with its one
+    value, or its values where the trials differ (a cell's options, say); what the tasks' tables
+    show per trial is left out."""
+    rows = []
+    for key in trials[0]["config"]:
+        if key in _PER_TRIAL:
+            continue
+        values = {json.dumps(t["config"].get(key), sort_keys=True) for t in trials}
+        shown = [v.strip('"') if v.startswith('"') else v for v in sorted(values)]
+        rows.append([key, "; ".join(shown)])
+    return rows
 
 
 def _pair_suffix(candidate: str, baseline: str) -> str:
