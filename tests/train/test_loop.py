@@ -51,6 +51,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, cell):
     assert resumed.status == "completed"
     assert [r.valid for r in resumed.history] == [r.valid for r in whole.history]
     assert resumed.test == whole.test
+    assert resumed.backend == whole.backend  # what trained, not what a forward-only call picks
     saved = torch.load(path, weights_only=True)  # loadable without pickle
     assert saved["state"]["epoch"] == 4 and saved["config"] == config.to_dict()
 

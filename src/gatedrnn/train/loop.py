@@ -219,9 +219,8 @@ def _train(config, device, checkpoint, on_epoch, on_batch, data_dir) -> RunResul
             state["saved_bytes"] = saved_bytes(
                 lambda: task.loss(model, first)[0], model.parameters()
             )
-        else:
-            with torch.no_grad():
-                task.loss(model, first)  # for the backends the layers choose
+        else:  # for the backends the layers choose to train with (with autograd: "auto"
+            task.loss(model, first)  # may pick others for forward-only calls)
     torch.set_rng_state(rng)
     backend = _backends_used(model)
 
