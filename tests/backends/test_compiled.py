@@ -56,9 +56,15 @@ def test_fallback_warns_once_and_computes_the_same(no_extension):
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("hidden", [64, 83])
-def test_compiled_products_past_one_tile(cell, options, dtype, hidden):
+@pytest.mark.parametrize("gemm", ["ours", "blas"])
+def test_compiled_products_past_one_tile(cell, options, dtype, hidden, gemm, monkeypatch):
+    """Both homes of the many-row products (our packed GEMM, torch's BLAS: which one a machine
+    uses is fixed by its CPU) under the compiled loops."""
     if compiled.unavailable_reason() is not None:
         pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
+    from gatedrnn.backends import cpu
+
+    monkeypatch.setattr(cpu, "blas_products", lambda: gemm == "blas")
     from tests.conftest import assert_close
     from tests.nn.torch_pairs import run
 
@@ -182,3 +188,19 @@ def test_packed_weight_pools_are_per_thread():
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+def test_the_many_row_products_follow_the_cpu_or_the_environment(monkeypatch):
+    from gatedrnn.backends import cpu
+
+    try:
+        for choice, expected in (("blas", True), ("ours", False)):
+            monkeypatch.setenv("GATEDRNN_CPU_GEMM", choice)
+            cpu.blas_products.cache_clear()
+            assert cpu.blas_products() is expected
+        monkeypatch.delenv("GATEDRNN_CPU_GEMM")
+        cpu.blas_products.cache_clear()
+        intel = cpu._cpu_vendor() == "GenuineIntel"
+        assert cpu.blas_products() is (intel and torch.backends.mkl.is_available())
+    finally:
+        cpu.blas_products.cache_clear()
