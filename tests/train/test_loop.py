@@ -42,7 +42,9 @@ class _StopAfter:
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_resume_equals_an_uninterrupted_run(tmp_path, cell):
-    config = TrainConfig(task="jsb", cell=cell, num_layers=2, dropout=0.3, **SMOKE)
+    # batch 16: forward-only, auto would take torch's LSTM there (the backend record below)
+    options = {**SMOKE, "batch_size": 16}
+    config = TrainConfig(task="jsb", cell=cell, num_layers=2, dropout=0.3, **options)
     whole = train(config)
     path = tmp_path / "run.pt"
     first = train(config, checkpoint=path, on_epoch=_StopAfter(3))

@@ -21,7 +21,7 @@ Covers RNN (tanh, relu), GRU (reset after and before) and the standard LSTM; ref
 with the reason. Twice differentiable, as torch.nn is on the CPU: with ``create_graph=True`` the
 backward reruns the reference loop on the saved input and differentiates that (:func:`_twice`).
 ``"auto"`` takes it where it measured faster than torch's own kernels: every cell it covers with
-the compiled loops, but for the LSTM forward alone from batch 8 (oneDNN's ties or wins there);
+the compiled loops, but for the LSTM forward alone from batch 16 (oneDNN's ties or wins there);
 with the PyTorch loops, RNN and GRU for training only (see :meth:`CpuBackend.auto_declines`).
 """
 
@@ -537,13 +537,13 @@ class CpuBackend:
     def auto_declines(self, config: LayerConfig, input: Tensor) -> str | None:
         # Measured with benchmarks/layer_speed.py on 2 cores (T=100, B 1–32, H 128–512); the
         # numbers are in the README. Compiled, our loops beat torch.nn everywhere but the LSTM
-        # forward alone: at batch 8 and up oneDNN's fused LSTM tied with them on an AMD EPYC and
-        # beat them by 5–39% on an Intel Xeon (Sapphire Rapids), where MKL's GEMM is also faster
-        # than ours for the input projection; below batch 8 ours is faster on both. The PyTorch
-        # twins lose to oneDNN's LSTM, and to torch's kernels forward-only.
+        # forward alone: at batch 16 and up oneDNN's fused LSTM tied with them on an AMD EPYC,
+        # and on an Intel Xeon (Sapphire Rapids) tied at 16 and won by 13–16% at 32; below batch
+        # 16 ours was as fast or faster on both (0.57–1.13 at batch 4–8 on the Xeon). The
+        # PyTorch twins lose to oneDNN's LSTM, and to torch's kernels forward-only.
         if self.compiled and compiled_loops() is not None:
-            if config.spec.kind == "lstm" and not torch.is_grad_enabled() and input.shape[1] >= 8:
-                return "forward-only at batch 8 and up, torch's fused LSTM (oneDNN) is as fast"
+            if config.spec.kind == "lstm" and not torch.is_grad_enabled() and input.shape[1] >= 16:
+                return "forward-only at batch 16 and up, torch's fused LSTM (oneDNN) is as fast"
             return None
         if config.spec.kind == "lstm":
             return "torch's fused LSTM (oneDNN) beats our PyTorch loops (no compiled loops here)"
