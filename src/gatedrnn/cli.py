@@ -17,7 +17,7 @@ from rich.table import Table
 from gatedrnn.atomic import write_atomic
 from gatedrnn.nn.counting import count_parameters, hidden_for_budget
 from gatedrnn.nn.spec import CellSpec, make_spec
-from gatedrnn.train.config import TrainConfig
+from gatedrnn.train.config import HELP, TrainConfig
 
 # The cells `gatedrnn cells` lists: every kind, and the variants the literature compares.
 CELL_TABLE: tuple[CellSpec, ...] = (
@@ -722,10 +722,12 @@ def build_parser() -> argparse.ArgumentParser:
                 flag,
                 action=argparse.BooleanOptionalAction,
                 default=None,
-                help=f"(default {default})",
+                help=f"{HELP[name]} (default {default})",
             )
         else:
-            train.add_argument(flag, type=type(default), default=None, help=f"(default {default})")
+            train.add_argument(
+                flag, type=type(default), default=None, help=f"{HELP[name]} (default {default})"
+            )
     train.add_argument(
         "--task-option",
         type=_key_value,

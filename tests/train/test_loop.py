@@ -189,6 +189,16 @@ def test_the_layer_options_a_run_accepts_reach_the_layer():
     assert (layer.bias, layer.init, layer.peepholes) == (False, "orthogonal", True)
 
 
+def test_every_setting_is_explained_in_the_train_help(capsys):
+    from gatedrnn.train.config import HELP
+
+    assert set(HELP) == set(TrainConfig.__dataclass_fields__)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--weight-noise WEIGHT_NOISE std of Gaussian noise on every parameter" in text
+
+
 def test_config_key_is_stable_and_distinguishes():
     assert TrainConfig().key == TrainConfig().key
     assert TrainConfig(seed=1).key != TrainConfig(seed=2).key

@@ -19,11 +19,43 @@ import torch
 from gatedrnn.backends import available_backends
 from gatedrnn.tasks import LAYERS, TASKS, check_layer_options, check_task_options
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "TrainConfig"]
+__all__ = ["HELP", "OPTIMIZERS", "SCHEDULES", "TrainConfig"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 _ADDED_LATER = {"weight_noise": 0.0}  # field -> default; see TrainConfig.key
 SCHEDULES = ("none", "step", "plateau")
+
+
+HELP: dict[str, str] = {
+    "task": "a registered task (gatedrnn tasks)",
+    "task_options": "the task's options, e.g. adding: {steps = 50}",
+    "cell": "rnn, lstm, gru, mgu, mingru or minlstm",
+    "hidden_size": "units per layer",
+    "num_layers": "stacked layers",
+    "dropout": "between stacked layers",
+    "cell_options": "the cell's variant options, e.g. {reset = 'before'}",
+    "backend": "auto (each layer picks), cpu, cudnn, triton, reference or cpu-python",
+    "optimizer": "adam, adamw, sgd or rmsprop",
+    "lr": "learning rate",
+    "weight_decay": "the optimizer's weight decay",
+    "momentum": "sgd and rmsprop only",
+    "clip_norm": "rescale the gradient to this norm when larger; 0 turns it off",
+    "weight_noise": "std of Gaussian noise on every parameter for each update's forward and "
+    "backward, the gradient applied to the clean ones (Graves 2011; Chung et al. 2014: 0.075)",
+    "batch_size": "examples (sequences, or streams for language models) per update",
+    "epochs": "the most epochs to train",
+    "patience": "epochs without a better validation metric before stopping; 0 = never",
+    "schedule": "none, step (Zaremba et al. 2014) or plateau",
+    "lr_decay": "factor for the step and plateau schedules",
+    "decay_start": "step schedule: the first epoch (1-based) whose lr is decayed",
+    "seed": "initialisation, shuffling and dropout",
+    "fraction": "of the training set (learning curves)",
+    "smoke": "the task's seconds-long size",
+    "deterministic": "torch.use_deterministic_algorithms for the run",
+    "device": "cpu, cuda or cuda:N",
+    "amp": "autocast to bfloat16 (mixed precision; meant for CUDA, works on the CPU)",
+}
+"""What each :class:`TrainConfig` field means, for ``gatedrnn train --help``."""
 
 
 @dataclass(frozen=True)
