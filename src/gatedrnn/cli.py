@@ -369,6 +369,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
 
     from gatedrnn.tasks import check_datasets
     from gatedrnn.train import train
+    from gatedrnn.train.loop import check_backend
 
     options: dict = {}
     if args.preset:
@@ -381,6 +382,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
             options[field] = {**options.get(field, {}), **dict(pairs)}
     config = TrainConfig.from_dict(options)
     _device(config.device)
+    check_backend(config)
     check_datasets([config.task], args.data_dir)
     shape = f"hidden {config.hidden_size} × {config.num_layers}"
     setup = f"{config.optimizer} lr {config.lr}, seed {config.seed}"

@@ -264,6 +264,15 @@ def test_train_command_checks_data_and_device_before_it_starts(tmp_path, capsys,
     assert "this machine has no CUDA GPU" in printed.err and "epoch" not in printed.out
     with pytest.raises(ValueError, match="device: 'cuda', but this machine has no CUDA GPU"):
         train(TrainConfig(task="adding", device="cuda", smoke=True))
+    # a named backend that cannot run the cell: before the header, not at the first batch
+    monkeypatch.undo()
+    assert main(["train", "--cell", "gru", "--cell-option", "reset=before", "--backend",
+                 "cudnn", "--smoke"]) == 2  # fmt: skip
+    printed = capsys.readouterr()
+    assert "backend: 'cudnn' cannot run gru(reset=before) on cpu" in printed.err
+    assert printed.out == ""
+    with pytest.raises(ValueError, match=r"'cpu' cannot run lstm\(peepholes\).*use 'auto'"):
+        train(TrainConfig(cell="lstm", cell_options={"peepholes": True}, backend="cpu"))
 
 
 def test_mixed_precision_run_completes_and_layers_compute_in_bfloat16():

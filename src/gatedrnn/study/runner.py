@@ -25,7 +25,7 @@ from gatedrnn.study.spec import StudySpec, Trial
 from gatedrnn.study.store import DONE, StudyStore
 from gatedrnn.tasks import check_datasets
 from gatedrnn.train import TrainConfig, train
-from gatedrnn.train.loop import environment
+from gatedrnn.train.loop import check_backend, environment
 from gatedrnn.train.timing import time_steps
 
 __all__ = ["run_study", "study_paths"]
@@ -86,6 +86,15 @@ def run_study(
         )
     if spec.executor.kind != "ray":
         check_datasets(spec.tasks, data_dir)
+        checked = set()
+        for trial in spec.trials():  # a backend that cannot run a cell: refused before any trial
+            cell = (trial.config.cell, json.dumps(trial.config.cell_options, sort_keys=True))
+            if cell not in checked:
+                checked.add(cell)
+                try:
+                    check_backend(trial.config)
+                except ValueError as error:
+                    raise ValueError(f"train.{error} (cell {trial.cell.label!r})") from None
     db_path, checkpoints = study_paths(spec, out)
     store = StudyStore(db_path)
     try:  # closed at the end: the last connection's close folds the WAL into the database file

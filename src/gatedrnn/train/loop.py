@@ -29,7 +29,7 @@ from gatedrnn.bench import saved_bytes
 from gatedrnn.tasks import TASKS, Batch, Task, build_task
 from gatedrnn.train.config import TrainConfig
 
-__all__ = ["EpochRecord", "RunResult", "build_optimizer", "environment", "train"]
+__all__ = ["EpochRecord", "RunResult", "build_optimizer", "check_backend", "environment", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +153,7 @@ def train(
             f"device: {config.device!r}, but this machine has no CUDA GPU "
             "(torch.cuda.is_available() is False)"
         )
+    check_backend(config)
     previous_determinism = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
     try:
@@ -160,6 +161,27 @@ def train(
                       on_batch, data_dir)  # fmt: skip
     finally:
         torch.use_deterministic_algorithms(previous_determinism)
+
+
+def check_backend(config: TrainConfig) -> None:
+    """Raises ValueError when the backend ``config`` names cannot run its cell on its device and
+    dtype (``cpu`` with peepholes, ``cudnn`` with ``reset=before`` …), before any data is loaded
+    or anything printed; the layer would say the same at its first call. ``auto`` always runs."""
+    from gatedrnn.backends import LayerConfig, get_backend
+    from gatedrnn.nn.spec import spec_from_options
+
+    if config.backend == "auto":
+        return
+    spec = spec_from_options(config.cell, dict(config.cell_options))
+    layer = LayerConfig(spec, config.hidden_size, config.hidden_size, config.num_layers)
+    dtype = torch.bfloat16 if config.amp else torch.float32
+    probe = torch.empty(1, 1, config.hidden_size, dtype=dtype, device=config.device)
+    reason = get_backend(config.backend).unsupported(layer, probe)
+    if reason:
+        raise ValueError(
+            f"backend: {config.backend!r} cannot run {spec.name} on {config.device} ({reason}); "
+            "use 'auto', which picks one that can"
+        )
 
 
 def _build_task(config: TrainConfig, data_dir) -> Task:
