@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 import gatedrnn
+from gatedrnn.backends.cpu import cpu_info
 
 __all__ = ["BenchResult", "run_benchmark", "saved_bytes"]
 
@@ -182,19 +183,6 @@ def run_benchmark(
     return results
 
 
-def _cpu_model() -> str:
-    """The CPU's model name: from /proc/cpuinfo on Linux, where ``platform.processor()`` is
-    empty; the CPU decides which of torch's kernels and ours is faster."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def environment(device: str | torch.device = "cpu") -> dict[str, object]:
     """Machine, versions, threads and device, stored with every benchmark."""
     device = torch.device(device)
@@ -205,7 +193,9 @@ def environment(device: str | torch.device = "cpu") -> dict[str, object]:
     return gpu | {
         "device": str(device),
         "machine": platform.machine(),
-        "processor": _cpu_model(),
+        # the CPU decides which of torch's kernels and ours is faster; on Linux
+        # platform.processor() is empty
+        "processor": cpu_info("model name") or platform.processor(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -96,18 +96,22 @@ def blas_products() -> bool:
     choice = os.environ.get("GATEDRNN_CPU_GEMM", "")
     if choice in ("blas", "ours"):
         return choice == "blas"
-    return torch.backends.mkl.is_available() and _cpu_vendor() == "GenuineIntel"
+    vendor = cpu_info("vendor_id") or ("GenuineIntel" if "Intel" in platform.processor() else "")
+    return torch.backends.mkl.is_available() and vendor == "GenuineIntel"
 
 
-def _cpu_vendor() -> str:
+def cpu_info(name: str) -> str | None:
+    """A field of /proc/cpuinfo (``vendor_id``, ``model name`` …) for the first CPU; None where
+    there is no such file (not Linux) or field."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
             for line in info:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
     except OSError:
         pass
-    return "GenuineIntel" if "Intel" in platform.processor() else platform.processor()
+    return None
 
 
 def _product(a: Tensor, r: Tensor, bias: Tensor | None, compiled: bool) -> Tensor:

@@ -22,8 +22,8 @@ from gatedrnn.tasks import LAYERS, TASKS, check_layer_options, check_task_option
 __all__ = ["HELP", "OPTIMIZERS", "SCHEDULES", "TrainConfig"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-_ADDED_LATER = {"weight_noise": 0.0}  # field -> default; see TrainConfig.key
 SCHEDULES = ("none", "step", "plateau")
+_ADDED_LATER = {"weight_noise": 0.0}  # field -> default; see TrainConfig.key
 
 
 HELP: dict[str, str] = {
@@ -73,9 +73,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     momentum: float = 0.0  # sgd and rmsprop only
     clip_norm: float = 1.0  # gradient-norm clipping; 0 turns it off
-    # std of Gaussian noise added to every parameter for each update's forward and backward, the
-    # gradient then applied to the clean parameters (Graves 2011; Chung et al. 2014: 0.075)
-    weight_noise: float = 0.0
+    weight_noise: float = 0.0  # Graves 2011's, on every parameter for each update (HELP)
     batch_size: int = 32
     epochs: int = 20
     patience: int = 5  # epochs without a better validation metric before stopping; 0 = never
