@@ -51,6 +51,7 @@ def test_bench_smoke_writes_json(tmp_path, capsys):
         assert all(r["minor_faults"] >= 0 for r in data["results"])
     assert "GRU time / LSTM time" in capsys.readouterr().out
     assert data["environment"]["device"] == "cpu"
+    assert data["environment"]["cpu_gemm"] in ("blas", "ours")
 
 
 def test_bench_shows_the_cases_a_backend_cannot_run(tmp_path, capsys):

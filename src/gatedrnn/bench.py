@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import gatedrnn
-from gatedrnn.backends.cpu import cpu_info
+from gatedrnn.backends.cpu import blas_products, cpu_info
 
 __all__ = ["BenchResult", "run_benchmark", "saved_bytes"]
 
@@ -202,6 +202,8 @@ def environment(device: str | torch.device = "cpu") -> dict[str, object]:
         "gatedrnn": gatedrnn.__version__,
         "threads": torch.get_num_threads(),
         "mkldnn": torch.backends.mkldnn.is_available(),
+        # where the cpu backend's many-row products ran: torch's BLAS or our packed GEMM
+        "cpu_gemm": "blas" if blas_products() else "ours",
     }
 
 
