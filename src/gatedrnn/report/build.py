@@ -348,9 +348,8 @@ def _training_rows(trials: list[dict]) -> list[list[str]]:
     for key in trials[0]["config"]:
         if key in _PER_TRIAL:
             continue
-        values = {json.dumps(t["config"].get(key), sort_keys=True) for t in trials}
-        shown = [v.strip('"') if v.startswith('"') else v for v in sorted(values)]
-        rows.append([key, "; ".join(shown)])
+        values = sorted({json.dumps(t["config"].get(key), sort_keys=True) for t in trials})
+        rows.append([key, "; ".join(json.loads(v) if v[0] == '"' else v for v in values)])
     return rows
 
 

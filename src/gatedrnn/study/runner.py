@@ -86,15 +86,13 @@ def run_study(
         )
     if spec.executor.kind != "ray":
         check_datasets(spec.tasks, data_dir)
-        checked = set()
-        for trial in spec.trials():  # a backend that cannot run a cell: refused before any trial
-            cell = (trial.config.cell, json.dumps(trial.config.cell_options, sort_keys=True))
-            if cell not in checked:
-                checked.add(cell)
-                try:
-                    check_backend(trial.config)
-                except ValueError as error:
-                    raise ValueError(f"train.{error} (cell {trial.cell.label!r})") from None
+        # a backend that cannot run a cell: refused before any trial, once per cell (its label
+        # names the cell and its options)
+        for label, trial in {t.cell.label: t for t in spec.trials()}.items():
+            try:
+                check_backend(trial.config)
+            except ValueError as error:
+                raise ValueError(f"train.{error} (cell {label!r})") from None
     db_path, checkpoints = study_paths(spec, out)
     store = StudyStore(db_path)
     try:  # closed at the end: the last connection's close folds the WAL into the database file
