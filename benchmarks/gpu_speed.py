@@ -334,7 +334,8 @@ def sweep(
 ) -> int:
     """Time launch variants of our kernels at a few shapes (forward and forward + backward),
     every variant's kernels compiled first in ``workers`` processes; each variant on top of the
-    launchers' own choices (``{}``: those alone), not the auto table's. ``write``: the fastest
+    launchers' own choices (``{}``: those alone), not the auto table's (a variant asking for
+    ``f16`` only at float32 shapes, the only ones it changes). ``write``: the fastest
     variant of each shape and direction into the auto table (:func:`fastest_variants`), as each
     shape's variants are all timed."""
     from gatedrnn.backends import gpu
@@ -356,6 +357,8 @@ def sweep(
     _precompile(_compile_variant, [(v, shape) for shape in shapes for v in variants], workers)
     for cell, dtype_name, B, H in shapes:
         for variant in variants:
+            if variant.get("f16") and dtype_name != "float32":
+                continue  # a float32 layer's float16 product: elsewhere the variant without it
             gpu.TUNING.clear()
             gpu.TUNING.update({"table": 0, **variant})  # {}: the launchers' own choice
             for row in measure(cell, dtype_name, B, H, T):

@@ -22,7 +22,7 @@ from triton.compiler import ASTSource
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from gatedrnn.backends import triton_kernels as k
 
-POINTERS = {"LENS": "i32", "CNT": "i32", "ERR": "i32"}
+POINTERS = {"LENS": "i32", "CNT": "i32", "ERR": "i32", "HQ": "fp16"}
 LOW = {"XG", "W", "Y", "DY", "DXG", "DGH", "DG", "RING_PTR"}  # the layer's dtype; rest float32
 
 
@@ -33,11 +33,14 @@ def build(fn, consts, dtype, warps, stages, sass_dir):
             signature[name] = "constexpr"
         elif name in ("T", "B"):
             signature[name] = "i32"
+        elif name == "W" and consts.get("F16"):
+            signature[name] = "*fp16"  # the float32 layer's weights, scaled, in float16
         elif name == "RING" and consts.get("TMA"):
             # the TMA ring's descriptor: boxes of (FOLD·blocks, BB, KP / SPLIT / FOLD / CHUNKS)
             blocks = consts["FOLD"] * (4 if fn is k.resident_backward_kernel else 1)
             columns = consts["KP"] // consts["SPLIT"] // consts["FOLD"] // consts["CHUNKS"]
-            signature[name] = f"tensordesc<{dtype}[{blocks}, {consts['BB']}, {columns}]>"
+            ring = "fp16" if consts.get("F16") else dtype
+            signature[name] = f"tensordesc<{ring}[{blocks}, {consts['BB']}, {columns}]>"
         else:
             signature[name] = "*" + POINTERS.get(name, dtype if name in LOW else "fp32")
     constexprs = {(fn.arg_names.index(c),): v for c, v in consts.items()}
@@ -63,6 +66,7 @@ def build(fn, consts, dtype, warps, stages, sass_dir):
             Path(sass_dir, name).write_text(sass.stdout)
     regs, stack = line.split()[0], line.split()[1]
     shown = ("RESET_AFTER", "SAVE", "LSTM", "BB", "FOLD", "SPLIT", "CHUNKS", "SEPARATE", "TMA")
+    shown += ("F16",)
     flags = {k_: v for k_, v in consts.items() if k_ in shown}
     print(f"{fn.__name__:22} {dtype} {flags} {regs} {stack} smem {compiled.metadata.shared}")
 
@@ -90,6 +94,9 @@ def main() -> None:
     parser.add_argument(
         "--split", action="store_true", help="the resident kernels' K split between two programs"
     )
+    parser.add_argument(
+        "--f16", action="store_true", help="the float32 resident forward's product in float16"
+    )
     parser.add_argument("--resident-only", action="store_true", help="skip the streamed kernels")
     parser.add_argument(
         "--no-save",
@@ -108,6 +115,7 @@ def main() -> None:
     tuning = {
         "fold": args.fold, "chunks": args.chunks, "forward_chunks": args.forward_chunks,
         "separate": int(args.separate), "tma": int(args.tma), "split": 2 if args.split else 0,
+        "f16": int(args.f16),
     }  # fmt: skip
     save = not args.no_save
     for dtype, dot in (("fp32", tl.float32), ("bf16", tl.bfloat16)):
@@ -140,6 +148,8 @@ def main() -> None:
                 keys = ("H", "HAS_LENS", "DOT_DTYPE", "PREC", "SPIN_LIMIT")
                 consts = {key: common[key] for key in keys}
                 consts.update(launch["meta"], LSTM=lstm, ROUND=common["ROUND"], **extra)
+                if consts.get("F16"):  # as gpu._forward_operands launches it
+                    consts.update(DOT_DTYPE=tl.float16, PREC="ieee", ROUND=False)
                 warps = consts.pop("num_warps")
                 build(fn, consts, dtype, warps, args.stages, args.sass)
 

@@ -58,6 +58,7 @@ KERNEL_VARIANTS = {
     "tma-chunked": {"tma": 1, "chunks": 8, "forward_chunks": 4, "separate": 1},
     "split": {"split": 2, "tma": 1, "chunks": 8, "forward_chunks": 2},
     "split-folded": {"split": 2, "fold": 2, "chunks": 2, "forward_chunks": 2, "separate": 1},
+    "f16": {"f16": 1},
     "streamed": {"resident": 0},
 }
 
@@ -72,8 +73,9 @@ def kernel_variant(request, monkeypatch):
     by TMA from the ring the programs write; "tma-chunked": TMA, the backward in eight chunks,
     the forward in four, products separate; "split": two programs per unit slice, each over half
     of K, with TMA, the backward in eight chunks and the forward in two; "split-folded": split
-    and folded, two chunks each, products separate; here forced at every size), and the ones
-    that stream the weights every step. A split needs its programs to run at once: without a
+    and folded, two chunks each, products separate; "f16": a float32 layer's forward product
+    in float16, scaled, held to TF32's bounds; here forced at every size), and the ones that
+    stream the weights every step. A split needs its programs to run at once: without a
     GPU only the tests that run them so (``concurrently``) take it."""
     tuning = KERNEL_VARIANTS[request.param]
     if tuning.get("split", 1) > 1 and not CUDA and "concurrently" not in request.fixturenames:
@@ -143,6 +145,8 @@ def check(cell, dtype, T, B, I, H, *, layers=1, bidirectional=False, lengths=Non
     for name, g in expected[2].items():
         errors[f"grad {name}"] = _relative(actual[2][name], g)
     tf32 = dtype == torch.float32 and CUDA and gpu.fp32_precision() == "tf32"
+    # a float16 product (TUNING["f16"], the resident forward's) rounds its operands as TF32 does
+    tf32 = tf32 or (dtype == torch.float32 and bool(gpu.TUNING.get("f16")))
     for what, error in errors.items():
         tolerance = TOLERANCE[dtype]
         if tf32:
@@ -240,6 +244,8 @@ def test_many_programs_packed_stack(concurrently, monkeypatch):
     check("gru-before", torch.float32, T=5, B=18, I=3, H=20, bidirectional=True, lengths=lengths)
     monkeypatch.setattr(gpu, "TUNING", {"split": 2, "tma": 1})
     check("gru", torch.float32, T=5, B=18, I=3, H=20, lengths=lengths)
+    monkeypatch.setattr(gpu, "TUNING", {"split": 2, "tma": 1, "f16": 1})  # the ring in float16
+    check("lstm", torch.float32, T=5, B=18, I=3, H=20, lengths=lengths)
 
 
 @pytest.mark.parametrize("cell, resident", [("gru", True), ("lstm", True), ("gru-before", False)])
@@ -356,7 +362,7 @@ def _every_launch_fits(hopper, dtype, fold=None, chunks=None, split=1):
     """The launchers' sizes at many H and B pass the rules of
     :func:`test_resident_launches_fit_the_chip` (with a K split: per program, over its half of
     K); returns how many were accepted."""
-    size, accepted = dtype.itemsize, 0
+    accepted = 0
     for H in (16, 100, 256, 320, 512, 1000, 1024, 2048):
         for B in (1, 8, 16, 17, 64, 256):
             forward = gpu._resident_launch(H, B, hopper, dtype)
@@ -366,6 +372,7 @@ def _every_launch_fits(hopper, dtype, fold=None, chunks=None, split=1):
                     continue
                 accepted += 1
                 (p, q), meta = launch["grid"], launch["meta"]
+                size = 2 if meta.get("F16") else dtype.itemsize
                 F, C, S = meta["FOLD"], meta["CHUNKS"], meta["SPLIT"]
                 assert fold in (None, F) and meta["BH"] == 16 // F and chunks in (None, C)
                 assert meta["SPLIT"] == split and p % S == 0
@@ -396,7 +403,7 @@ def test_forward_chunks_on_request(hopper, monkeypatch, dtype, chunks):
         assert launch["grid"] == (128, 1)
         assert launch["meta"] == {
             "BH": 8, "BB": 64, "KP": 1024, "FOLD": 2, "SPLIT": 1, "CHUNKS": chunks,
-            "SEPARATE": False, "TMA": False, "FENCE": False, "num_warps": 8,
+            "SEPARATE": False, "TMA": False, "FENCE": False, "F16": False, "num_warps": 8,
         }  # fmt: skip
 
 
@@ -422,6 +429,113 @@ def test_split_on_request(hopper, monkeypatch, dtype):
     monkeypatch.setitem(gpu.TUNING, "split", 3)
     with pytest.raises(ValueError, match="must be 1 or 2, got 3"):
         gpu._resident_launch(1024, 64, hopper, dtype)
+
+
+@pytest.mark.parametrize("fold", [None, 2])
+def test_f16_on_request(hopper, monkeypatch, fold):
+    """``TUNING["f16"]`` gives a float32 layer's resident forward a float16 product: half the
+    shared memory, so float32 at H = 1024 takes bfloat16's launches (unfolded at B = 16 and, on
+    128 programs of 32 rows, at B = 64, where TF32 fits nowhere without chunks; folded: 128
+    programs of 64 rows); bfloat16 layers and the backward
+    are as they were, and it gives way to a more accurate float32 precision asked for."""
+    if fold:
+        monkeypatch.setitem(gpu.TUNING, "fold", fold)
+    tf32 = gpu._resident_launch(1024, 64, hopper, torch.float32)
+    monkeypatch.setitem(gpu.TUNING, "f16", 1)
+    assert _every_launch_fits(hopper, torch.float32, fold) > 0
+    for B in (16, 64):
+        f16 = gpu._resident_launch(1024, B, hopper, torch.float32)
+        bf16 = gpu._resident_launch(1024, B, hopper, torch.bfloat16)
+        assert f16["meta"].pop("F16") and not bf16["meta"].pop("F16")
+        assert f16 == bf16
+    assert tf32 is None and f16["grid"] == ((128, 1) if fold else (64, 2))
+    assert f16["meta"]["BB"] == (64 if fold else 32) and f16["meta"]["FOLD"] == (fold or 1)
+    assert "F16" not in gpu._resident_backward_launch(1024, 16, hopper, torch.float32)["meta"]
+    monkeypatch.setattr(gpu, "fp32_precision", lambda: "tf32x3")
+    assert gpu._resident_launch(1024, 16, hopper, torch.float32) is None
+    monkeypatch.setitem(gpu.TUNING, "f16", 2)
+    with pytest.raises(ValueError, match=r"TUNING\['f16'\] must be 0 or 1, got 2"):
+        gpu._resident_launch(1024, 16, hopper, torch.bfloat16)
+
+
+@pytest.mark.parametrize("w_scale", [1e-6, 1.0, 3e4])
+@pytest.mark.parametrize("h_scale", [1e-3, 1.0, 1e6])
+def test_f16_operands_stay_in_range(w_scale, h_scale):
+    """The F16 product's operands (``_f16_operands``): weights and h0 scaled by powers of two,
+    the largest weight in [2^14, 2^15), every state within 2^14 (the bound the cells keep:
+    max(1, |h0|)), both rounded as TF32 rounds (10 mantissa bits), and SCALE undoing them, at
+    magnitudes float16 alone would flush or overflow."""
+    w = torch.randn(12, 4, dtype=torch.float64).float() * w_scale
+    h0 = torch.randn(3, 4, dtype=torch.float64).float() * h_scale
+    w16, hq, scale = gpu._f16_operands(w, h0)
+    assert w16.dtype == hq.dtype == torch.float16 and scale.dtype == torch.float32
+    assert 2**14 <= w16.abs().max() < 2**15
+    bound = max(1.0, h0.abs().max().item())
+    assert 2**13 <= bound * scale[0] < 2**14
+    a_and_b = 1 / scale[1].double()
+    assert torch.log2(scale[0].double()) % 1 == 0 and torch.log2(a_and_b) % 1 == 0
+    weights = w16.double() * scale[0].double() / a_and_b
+    torch.testing.assert_close(weights, w.double(), rtol=2**-11, atol=0)
+    # normal down to 2^-28 of the largest: the smaller ones are as exact as TF32 would keep them
+    torch.testing.assert_close(hq[0].double() / scale[0].double(), h0.double(), rtol=2**-11,
+                               atol=bound * 2**-38)  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # saturated gates, interpreted
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_f16_product_outside_float16s_range(cell, monkeypatch):
+    """End to end, with the scales needed: an initial state of magnitude 10^5 (past float16's
+    65504: unscaled it would be inf) and weights of 10^-6 (float16 subnormals), both cells
+    held to TF32's bounds."""
+    monkeypatch.setitem(gpu.TUNING, "f16", 1)
+    layer_cls, options = CELLS[cell]
+    torch.manual_seed(3)
+    for h_scale, w_scale in ((1e5, 1.0), (1.0, 1e-6)):
+        reference = layer_cls(4, 20, backend="reference", dtype=torch.float64, **options)
+        with torch.no_grad():
+            reference.weight_hh_l0.mul_(w_scale)
+        ours = layer_cls(4, 20, backend="triton", **options).to(DEVICE)
+        ours.load_state_dict({k: v.float() for k, v in reference.state_dict().items()})
+        x = torch.randn(6, 3, 4).to(DEVICE)
+        states = [torch.randn(1, 3, 20).to(DEVICE) * h_scale for _ in range(len(CELL_STATES[cell]))]
+        with torch.no_grad():
+            expected = reference(x.double(), _hx([s.double() for s in states]))
+            actual = ours(x, _hx(states))
+        assert _relative(actual[0], expected[0]) <= TF32_TOLERANCE
+        for a, b in zip(_states_of(actual[1]), _states_of(expected[1]), strict=True):
+            assert _relative(a, b) <= TF32_TOLERANCE
+
+
+CELL_STATES = {"gru": ("h",), "lstm": ("h", "c")}
+
+
+def _hx(states: list):
+    """A layer's hx from its state tensors: the one tensor, or the LSTM's pair."""
+    return states[0] if len(states) == 1 else tuple(states)
+
+
+def _states_of(final) -> tuple:
+    return final if isinstance(final, tuple) else (final,)
+
+
+@pytest.mark.parametrize(
+    "tuning",
+    [
+        {"f16": 1, "tma": 1},
+        {"f16": 1, "fold": 2, "forward_chunks": 2, "separate": 1},
+        {"f16": 1, "tma": 1, "fold": 2, "forward_chunks": 4},
+    ],
+    ids=["tma", "folded", "tma-folded"],
+)
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_f16_with_the_other_variants(cell, tuning, monkeypatch):
+    """The float16 product with the resident forward's other variants: the TMA ring (holding
+    the scaled float16 state), folded K, chunks; packed input, two layers both ways."""
+    for key, value in tuning.items():
+        monkeypatch.setitem(gpu.TUNING, key, value)
+    lengths = torch.tensor([2, 5, 1])
+    check(cell, torch.float32, T=5, B=3, I=3, H=40, layers=2, bidirectional=True,
+          lengths=lengths)  # fmt: skip
 
 
 def test_tma_on_request(hopper, monkeypatch):
@@ -786,7 +900,7 @@ def test_shipped_table_variants_launch_where_measured(hopper):
     """Every variant in the shipped auto table names known launch overrides and runs its
     kernels on chip at the size it was measured at, on a 132-multiprocessor Hopper (H100, H200)."""
     known = {"BH", "BB", "BK", "num_stages", "num_warps", "resident", "fold", "chunks"}
-    known |= {"forward_chunks", "separate", "tma", "split"}
+    known |= {"forward_chunks", "separate", "tma", "split", "f16"}
     shipped = json.loads(gpu.TABLE_PATH.read_text())
     rows = [row for rows in shipped["devices"].values() for row in rows]
     assert rows and {"kind", "dtype", "grad", "H", "B", "ratio"} <= set(rows[0])
@@ -1005,6 +1119,12 @@ def test_benchmark_sweep_keeps_what_it_measured_when_cut_off(tmp_path, monkeypat
         gpu_speed.sweep("gru:float32:16:1024,lstm:float32:16:1024", 8, out, variants)
     assert seen == [{"table": 0, **variant} for variant in variants]  # not the table's variants
     assert [row["variant"] for row in json.loads(out.read_text())] == [{}, {}, *variants[1:2] * 2]
+    # a float16 product is timed only where it changes anything: at the float32 shapes
+    seen.clear()
+    monkeypatch.setattr(gpu_speed, "measure", lambda *shape: seen.append(dict(gpu.TUNING)) or [])
+    variants = [{}, {"f16": 1}]
+    gpu_speed.sweep("gru:bfloat16:16:1024,gru:float32:16:1024", 8, out, variants)
+    assert seen == [{"table": 0}, {"table": 0}, {"table": 0, "f16": 1}]
 
 
 def test_benchmark_sweep_writes_each_shapes_fastest_variant(tmp_path, monkeypatch):

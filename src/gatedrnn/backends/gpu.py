@@ -81,8 +81,9 @@ TUNING: dict[str, int] = {}
 ``BK``, ``num_stages``; ``num_warps``; ``resident`` (0: the streamed kernels everywhere), ``fold``
 (1 or 2), ``chunks`` (the backward's) and ``forward_chunks`` (1, 2, 4 or 8), ``separate``
 (1: the chunks' products added, not chained; see ``_accumulate``), ``tma`` (1: the per-step
-operand read by TMA from a ring, see ``_operand_chunk``) and ``split`` (2: two programs per unit
-slice, each over half of K, see ``_pair_sum``) for the resident ones.
+operand read by TMA from a ring, see ``_operand_chunk``), ``split`` (2: two programs per unit
+slice, each over half of K, see ``_pair_sum``) and ``f16`` (1: a float32 layer's forward product
+in float16 with power-of-two scales, see :func:`_f16_operands`) for the resident ones.
 ``benchmarks/gpu_speed.py --sweep`` and ``--tuning`` set them; empty in normal use, where each
 call runs with the variant the auto table names for its size (:func:`launch_tuning`); any key
 set here replaces the table's choice (``table``: 0, the launchers' own choices alone)."""
@@ -184,7 +185,7 @@ is the compiler's scratch for the gate math's layout changes."""
 def _resident_sizes(
     H: int, B: int, device: torch.device, dtype: torch.dtype, *, operand_columns: int,
     batch_tiles: tuple[int, ...], warps_from: int, chunks: tuple[int, ...], chunks_key: str,
-    tuning: Mapping,
+    tuning: Mapping, forward: bool = False,
 ) -> dict | None:  # fmt: skip
     """What the two resident launchers share: grid and block sizes for a resident kernel whose
     programs own BH = 16 / FOLD hidden units (a 64-row weight operand, KP / FOLD columns) and
@@ -197,8 +198,14 @@ def _resident_sizes(
     one), then the fewest chunks; eight warps from
     KP·BB / CHUNKS ≥ ``warps_from``. ``tuning["split"] = 2``: two programs per unit slice, each
     over half of K (SPLIT: half of everything above per program, twice the programs; 1, 2, 4 or
-    8 chunks tried). Under the interpreter: one program covering everything, with the first fold
+    8 chunks tried). ``forward``: the launch gets ``F16``, true where ``tuning["f16"]`` asks for
+    a float32 layer's product in float16 (:func:`_f16_operands`; its operands then take half the
+    shared memory). Under the interpreter: one program covering everything, with the first fold
     and chunk count (unless :data:`INTERPRETED_SMS`: then as on a GPU, with any precision)."""
+    if tuning.get("f16", 0) not in (0, 1):
+        raise ValueError(f"TUNING['f16'] must be 0 or 1, got {tuning['f16']!r}")
+    f16 = forward and dtype == torch.float32 and bool(tuning.get("f16", 0))
+    itemsize = 2 if f16 else dtype.itemsize
     fold = tuning.get("fold")
     if fold not in (None, 1, 2):
         raise ValueError(f"TUNING['fold'] must be 1 or 2, got {fold!r}")
@@ -219,11 +226,14 @@ def _resident_sizes(
         # K of the MMA: a power of two, and at least 16 (bf16's smallest) in every K range and
         # chunk
         tma = bool(tuning.get("tma", 0))
-        return {
+        launch = {
             "BH": BH, "BB": BB, "KP": _next_pow2(max(H, 16 * S * F * C)), "FOLD": F, "SPLIT": S,
             "CHUNKS": C, "SEPARATE": bool(tuning.get("separate", 0)), "TMA": tma,
             "FENCE": tma and device.type == "cuda",
         }  # fmt: skip
+        if forward:
+            launch["F16"] = f16
+        return launch
 
     if device.type != "cuda" and INTERPRETED_SMS is None:
         if S != 1:
@@ -250,7 +260,7 @@ def _resident_sizes(
                 launch = meta(16 // F, BB, F, C)
                 KS = launch["KP"] // S  # a program's part of K
                 operand = operand_columns * BB * KS // C  # one chunk
-                if (64 * KS // F + operand) * dtype.itemsize <= SHARED_MEMORY:
+                if (64 * KS // F + operand) * itemsize <= SHARED_MEMORY:
                     launch["num_warps"] = tuning.get(
                         "num_warps", 8 if warps_from <= KS * BB // C else 4
                     )
@@ -276,7 +286,7 @@ def _resident_launch(
         return None
     return _resident_sizes(
         H, B, device, dtype, operand_columns=1, batch_tiles=(16, 32, 64), warps_from=8192,
-        chunks=(1,), chunks_key="forward_chunks", tuning=tuning,
+        chunks=(1,), chunks_key="forward_chunks", tuning=tuning, forward=True,
     )  # fmt: skip
 
 
@@ -398,6 +408,39 @@ def _weights_for_dot(w: Tensor, prec: str) -> Tensor:
     return round_tf32(w) if _round_tf32(w.dtype, prec) else w
 
 
+def _f16_operands(w: Tensor, h0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """What the resident forward takes for a float32 layer's product in float16 (``F16``,
+    ``TUNING["f16"]``): the recurrent weights × 2^a in float16, a such that the largest
+    magnitude lies in [2^14, 2^15); HQ, the (2, B, H) float16 state the product reads (a slot per
+    step parity), slot 0 = h0 × 2^b, b such that max(1, |h0|) ≤ 2^(14 − b), a bound every later
+    state keeps (the GRU's h is a convex mix of its last value and a tanh, the LSTM's o·tanh(c));
+    and SCALE = (2^b, 2^−(a+b)), float32. Powers of two change no rounding: float16's 10 mantissa
+    bits, rounded to nearest, are TF32's, and the scales keep every value inside its range (below
+    65504, and normal down to 2^−28 of the largest). Computed on the device, without a
+    synchronisation (a CUDA graph captures it)."""
+    one = torch.ones((), dtype=torch.float32, device=w.device)
+    w_exponent = torch.frexp(w.detach().abs().amax().float().clamp_min(2.0**-60)).exponent
+    h_exponent = torch.frexp(h0.detach().abs().amax().float().clamp_min(1.0)).exponent
+    a, b = 15 - w_exponent, 14 - h_exponent
+    w16 = (w.detach().float() * torch.ldexp(one, a)).to(torch.float16).contiguous()
+    hq = _empty(2, *h0.shape, dtype=torch.float16, device=w.device)
+    hq[0] = h0.detach().float() * torch.ldexp(one, b)
+    return w16, hq, torch.stack([torch.ldexp(one, b), torch.ldexp(one, -(a + b))])
+
+
+def _forward_operands(resident: dict | None, w_hh: Tensor, h0: Tensor, constants: dict, like):
+    """The recurrent weights, HQ and SCALE the forward launch reads, and its constants: the
+    F16 ones (:func:`_f16_operands`, a float16 product) where the resident launch has ``F16``,
+    else ``constants``' own, with ``like`` for the unused HQ and SCALE."""
+    if resident and resident["meta"].get("F16"):
+        import triton.language as tl
+
+        w16, hq, scale = _f16_operands(w_hh, h0)
+        f16 = {"DOT_DTYPE": tl.float16, "PREC": "ieee", "ROUND": False}
+        return w16, hq, scale, {**constants, **f16}
+    return None, like, like, constants
+
+
 def _lens(lengths: Tensor | None, device: torch.device) -> Tensor:
     if lengths is None:
         return torch.zeros(1, dtype=torch.int32, device=device)
@@ -505,9 +548,17 @@ class _GRU(torch.autograd.Function):
             PREC=prec, ROUND=round_dot,
         )  # fmt: skip
         if resident:
-            ring = _ring(resident, 1, B, y, h0, round_dot)
-            arrays = (xg, w_dot, bhh, hs, hs, y, gates, *ring, _exchange(resident, hs))
-            _run(k.resident_forward_kernel, resident, arrays, lens, T, B, LSTM=False, **constants)
+            w16, hq, scale, fwd = _forward_operands(resident, w_hh, h0, constants, hs)
+            ring = (
+                _ring(resident, 1, B, y, h0, round_dot)
+                if w16 is None
+                else _ring(resident, 1, B, hq, hq[0])
+            )
+            arrays = (
+                xg, w_dot if w16 is None else w16, bhh, hs, hs, y, gates, *ring,
+                _exchange(resident, hs), hq, scale,
+            )  # fmt: skip
+            _run(k.resident_forward_kernel, resident, arrays, lens, T, B, LSTM=False, **fwd)
         else:
             arrays = (xg, w_dot, bhh, hs, y, gates)
             _run(
@@ -594,12 +645,19 @@ class _LSTM(torch.autograd.Function):
             ROUND=round_dot,
         )  # fmt: skip
         if resident:
-            ring = _ring(resident, 1, B, y, h0, round_dot)
+            w16, hq, scale, fwd = _forward_operands(resident, w_hh, h0, constants, hs)
+            ring = (
+                _ring(resident, 1, B, y, h0, round_dot)
+                if w16 is None
+                else _ring(resident, 1, B, hq, hq[0])
+            )
             xch = _exchange(resident, hs)
-            arrays = (xg, w_dot, hs, hs, cs, y, gates, *ring, xch)  # BHH (hs): unused by the LSTM
+            arrays = (  # BHH (hs): unused by the LSTM
+                xg, w_dot if w16 is None else w16, hs, hs, cs, y, gates, *ring, xch, hq, scale,
+            )  # fmt: skip
             _run(
                 k.resident_forward_kernel, resident, arrays, lens, T, B, LSTM=True,
-                Y_IS_HS=y is hs, **constants,
+                Y_IS_HS=y is hs, **fwd,
             )  # fmt: skip
         else:
             arrays = (xg, w_dot, hs, cs, y, gates)

@@ -53,6 +53,9 @@ CANDIDATES: tuple[Mapping[str, int], ...] = (
     {"tma": 1, "forward_chunks": 4},
     {"split": 2, "tma": 1, "chunks": 8},
     {"split": 2, "tma": 1, "chunks": 8, "forward_chunks": 8},
+    {"f16": 1},
+    {"f16": 1, "tma": 1},
+    {"f16": 1, "split": 2, "tma": 1, "chunks": 8},
     {"resident": 0},
 )
 """The launch variants tried (``gpu.TUNING``'s keys on top of the launchers' own choice, ``{}``);

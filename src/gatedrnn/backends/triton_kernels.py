@@ -791,12 +791,14 @@ def resident_forward_kernel(
     RING,  # TMA: descriptor of the state ring (2 slots, _ring_store's layout), slot 0 = h0
     RING_PTR,  # TMA: the ring itself, in DOT_DTYPE, zeros where never stored
     XCH,  # SPLIT = 2: float32, a (4·BH·BB) slot per program for _pair_sum
+    HQ,  # F16: (2, B, H) float16, the state scaled as the product reads it, slot t % 2 = h_t
+    SCALE,  # F16: float32 (2,): the state's scale, and 1 / (the weights' scale × the state's)
     LENS, CNT, ERR,
     T, B,
     H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr, FOLD: tl.constexpr,
     SPLIT: tl.constexpr, CHUNKS: tl.constexpr, SEPARATE: tl.constexpr, TMA: tl.constexpr,
-    FENCE: tl.constexpr, LSTM: tl.constexpr, SAVE: tl.constexpr, HAS_LENS: tl.constexpr,
-    Y_IS_HS: tl.constexpr,
+    FENCE: tl.constexpr, F16: tl.constexpr, LSTM: tl.constexpr, SAVE: tl.constexpr,
+    HAS_LENS: tl.constexpr, Y_IS_HS: tl.constexpr,
     DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, ROUND: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
     """The forward of :func:`gru_forward_kernel` (reset after) and :func:`lstm_forward_kernel`
@@ -828,7 +830,16 @@ def resident_forward_kernel(
     weights and the state over half of K (half the shared memory, half the state read each step:
     what would put float32 at H = 1024, B = 64 on chip unfolded); the two add their products
     (:func:`_pair_sum`: a second, two-program barrier a step), then both run the slice's
-    pointwise work and each stores the batch rows of its parity (:func:`_own_rows`)."""
+    pointwise work and each stores the batch rows of its parity (:func:`_own_rows`).
+
+    F16 (``TUNING["f16"]``, float32 layers; not yet timed): the product in float16 with float32
+    accumulation, as accurate as TF32's (both round to 10 mantissa bits) where float16's range
+    holds, which power-of-two scales make sure of: W holds the weights × 2^a (the largest in
+    [2^14, 2^15)), HQ each step's state × 2^b (|h| ≤ max(1, |h0|) ≤ 2^(14 − b), a bound the GRU's
+    convex update and the LSTM's o·tanh(c) keep), and the product is multiplied back by
+    2^−(a+b) in float32. Half of TF32's weights and state in shared memory and half the state
+    read each step, as bfloat16: what puts float32 at H = 1024, B = 64 on chip unfolded. The
+    layer's output and carried state stay float32; only the product's operands are float16."""
     NP_H = tl.num_programs(0)
     NG: tl.constexpr = 4 if LSTM else 3
     KS: tl.constexpr = KP // SPLIT  # the program's part of K, from K0
@@ -868,13 +879,22 @@ def resident_forward_kernel(
     tile_r0 = tl.program_id(1) * (SPLIT * FOLD)
     read_r0 = tile_r0 + _k_half(SPLIT) * FOLD
     BT = tl.minimum(B, BB)
+    if F16:
+        h_scale = tl.load(SCALE)
+        unscale = tl.load(SCALE + 1)
     target = 0
     pair_target = 0
     t = 0
     while t < T:
         live = _live(LENS, rows, row_mask, t, HAS_LENS)[None, :]
+        if F16:
+            src = HQ
+            step = (t % 2) * B * H + h_cols
+        else:
+            src = Y
+            step = t * B * H + h_cols
         product = _chunked_product(
-            w0, w1, w2, w3, w4, w5, w6, w7, Y, t * B * H + h_cols, h_ok, col_k0,
+            w0, w1, w2, w3, w4, w5, w6, w7, src, step, h_ok, col_k0,
             RING, (t % 2) * slot_blocks + read_r0,
             H, KS, FOLD, CHUNKS, SEPARATE, DOT_DTYPE, PREC, ROUND, TMA,
         )  # fmt: skip
@@ -883,6 +903,8 @@ def resident_forward_kernel(
         if SPLIT == 2:
             pair_target += 2
             product = _pair_sum(product, XCH, pair_cnt, ERR, pair_target, SPIN_LIMIT)
+        if F16:
+            product = product * unscale
         a0, a1, a2, a3 = _gate_blocks(product, BH, BB)
         g = G + t * B * 4 * H + own_g
         if LSTM:
@@ -902,10 +924,15 @@ def resident_forward_kernel(
                 _store_gates(g, H, mine, 4, r, z, n, hn)
         out = tl.where(live, h, 0.0)
         tl.store(Y + (t + 1) * B * H + own, out, mask=mine)
+        operand = out
+        if F16:
+            operand = out * h_scale
         if TMA:
             r0 = ((t + 1) % 2) * slot_blocks + tile_r0
-            _ring_store(RING_PTR, r0, BT, u, mine, out, BB, KP, SPLIT * FOLD, 1, ROUND)
+            _ring_store(RING_PTR, r0, BT, u, mine, operand, BB, KP, SPLIT * FOLD, 1, ROUND)
             _async_proxy_fence(t, FENCE)
+        elif F16:
+            tl.store(HQ + ((t + 1) % 2) * B * H + own, operand.to(tl.float16), mask=mine)
         nxt = m2 & (t + 1 < T)
         x0, x1, x2, x3 = _load_gates(XG + (t + 1) * B * NG * H + own_xg, H, nxt, NG)
         target += NP_H
