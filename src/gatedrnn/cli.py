@@ -762,7 +762,9 @@ def build_parser() -> argparse.ArgumentParser:
     study_run.add_argument("file", help="the study file (TOML)")
     study_run.add_argument("--out", default="runs", help="results go to OUT/<name>/ (default runs)")
     study_run.add_argument(
-        "--workers", type=_count(1), help="processes (default: the file's, else all cores)"
+        "--workers",
+        type=_count(1),
+        help="processes (default: the file's, else all cores; on CUDA one per GPU)",
     )
     study_run.add_argument("--executor", choices=("local", "ray"), help="override the file's")
     study_run.add_argument("--address", help="ray: the cluster to join (default: start one here)")
@@ -807,7 +809,9 @@ def build_parser() -> argparse.ArgumentParser:
         "become the default",
     )
     compare.add_argument("--data-dir", help="look for datasets here first")
-    compare.add_argument("--workers", type=_count(1), help="processes (default: all cores)")
+    compare.add_argument(
+        "--workers", type=_count(1), help="processes (default: all cores; on CUDA one per GPU)"
+    )
     compare.add_argument("--out", default="runs", help="results go to OUT/<study>/ (default runs)")
     compare.add_argument("--candidate", default="gru", help="the cell the claims are about")
     compare.add_argument("--baseline", default="lstm", help="the cell it is compared with")

@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from gatedrnn.data.registry import CorruptDataError, DataMissingError
 from gatedrnn.study import StudyStore, load_study, run_study
@@ -270,3 +271,44 @@ def test_study_status_reads_progress_from_a_file_or_a_folder(tmp_path, capsys, m
     assert db.read_bytes() == before  # nothing written
     assert main(["study", "status", str(tmp_path / "nothing")]) == 2
     assert "no such study file or folder" in capsys.readouterr().err
+
+
+def test_local_workers_default_per_device(monkeypatch):
+    """The local executor's processes: what was asked for (at most one per trial), else all
+    cores on the CPU, one per visible GPU for device 'cuda', one for a GPU named by index."""
+    from gatedrnn.study import runner
+
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert runner.local_workers(0, cpu, 100) == 16
+    assert runner.local_workers(0, cuda, 100) == 3
+    assert runner.local_workers(0, torch.device("cuda", 1), 100) == 1
+    assert runner.local_workers(5, cuda, 100) == 5 and runner.local_workers(5, cuda, 2) == 2
+    assert runner.local_workers(0, cuda, 0) == 1
+    assert runner._visible_gpus() == ["0", "1", "2"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4, 6,7")
+    assert runner._visible_gpus() == ["4", "6", "7"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert runner._visible_gpus() == [] and runner.local_workers(0, cuda, 9) == 1
+
+
+def test_pool_workers_take_the_gpus_in_turn(monkeypatch):
+    """Each worker the pool starts takes the next GPU as its only visible one, before CUDA is
+    initialised; without GPUs to give, the environment is left alone."""
+    import multiprocessing
+
+    from gatedrnn.study import runner
+
+    counter = multiprocessing.get_context("spawn").Value("i", 0)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
+    seen = []
+    for _ in range(5):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+        runner._start_worker(counter, ["4", "6"])
+        seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
+    assert seen == ["4", "6", "4", "6", "4"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "untouched")
+    runner._start_worker(counter, [])
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "untouched"

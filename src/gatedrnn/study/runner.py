@@ -69,7 +69,8 @@ def run_study(
     """Run every unfinished trial of ``spec``; returns the database path.
 
     Re-running skips completed and diverged trials and resumes interrupted ones from their
-    checkpoints. ``workers`` (default: the spec's, then all cores) processes share the cores.
+    checkpoints. ``workers`` (default: the spec's, then all cores; on CUDA one per GPU,
+    :func:`local_workers`) processes share the cores, and on CUDA the GPUs, one each in turn.
     On the local executor a CUDA study without a GPU, and a study whose datasets are missing or
     corrupt, are refused before anything is written; after its trials, each task and width
     arm's cells are timed against each other in this process (:func:`time_steps`) for the speed
@@ -120,8 +121,10 @@ def _run_stored(spec, store, db_path, checkpoints, workers, progress, data_dir) 
         run_on_ray(spec, store, todo, checkpoints, progress, data_dir)
         return
     cores = os.cpu_count() or 1
-    workers = max(1, min(workers or spec.executor.workers or cores, max(len(todo), 1)))
+    device = torch.device(spec.train.get("device", "cpu"))
+    workers = local_workers(workers or spec.executor.workers, device, len(todo))
     threads = max(1, cores // workers)
+    gpus = _visible_gpus() if device.type == "cuda" and device.index is None else []
     store.set_meta(
         "environment",
         environment(trials[0].config) | {"workers": workers, "threads_per_worker": threads},
@@ -129,9 +132,46 @@ def _run_stored(spec, store, db_path, checkpoints, workers, progress, data_dir) 
     if workers == 1:
         _run_here(store, todo, checkpoints, progress, threads, data_dir)
     else:
-        _run_pool(store, todo, checkpoints, progress, workers, threads, data_dir)
+        _run_pool(store, todo, checkpoints, progress, workers, threads, data_dir, gpus)
     data = str(data_dir) if data_dir else None
     time_arms(store, trials, lambda configs: time_arm(configs, threads, data), progress)
+
+
+def local_workers(requested: int, device: torch.device, trials: int) -> int:
+    """How many processes the local executor runs: ``requested`` (the command's, else the
+    spec's; 0: the default), at most one per trial. The default: all cores on the CPU; on CUDA
+    one process per visible GPU (``device`` 'cuda': each worker is given one, in turn), one for a
+    GPU named by index. More processes than GPUs share them: slower per trial, and the triton
+    backend's persistent kernels need every multiprocessor of their GPU (under MPS, kernels of
+    other processes beside them can hold some, and a barrier then times out)."""
+    if not requested:
+        if device.type == "cuda":
+            requested = max(1, len(_visible_gpus())) if device.index is None else 1
+        else:
+            requested = os.cpu_count() or 1
+    return max(1, min(requested, max(trials, 1)))
+
+
+def _visible_gpus() -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` names them for a child
+    process: its own list where set, else their indices."""
+    count = torch.cuda.device_count()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [name.strip() for name in listed.split(",") if name.strip()][:count]
+    return [str(index) for index in range(count)]
+
+
+def _start_worker(counter, gpus: list[str]) -> None:
+    """A pool worker's start (:func:`_leave_interrupts_to_the_driver`); with ``gpus``, it
+    takes the next of them in turn (``counter``: a shared count of workers started) as its only
+    visible GPU, before CUDA is initialised: its trials' device 'cuda' is then that one."""
+    _leave_interrupts_to_the_driver()
+    if gpus:
+        with counter.get_lock():
+            number = counter.value
+            counter.value += 1
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[number % len(gpus)]
 
 
 def time_arm(
@@ -212,14 +252,15 @@ def _run_here(store, todo: list[Trial], checkpoints: Path, progress, threads, da
         _report(store, progress)
 
 
-def _run_pool(store, todo, checkpoints, progress, workers, threads, data_dir) -> None:
+def _run_pool(store, todo, checkpoints, progress, workers, threads, data_dir, gpus=()) -> None:
     compiled_loops()  # build the compiled loops here, once, rather than racing in every worker
     context = multiprocessing.get_context("spawn")  # no forked OpenMP or torch thread state
     manager = SyncManager(ctx=context)
     manager.start(_leave_interrupts_to_the_driver)
     pool = ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_leave_interrupts_to_the_driver
-    )
+        workers, mp_context=context, initializer=_start_worker,
+        initargs=(context.Value("i", 0), list(gpus)),
+    )  # fmt: skip
     with manager, pool:
         events = manager.Queue()
         running: dict[Future, Trial] = {}

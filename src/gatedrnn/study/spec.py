@@ -14,7 +14,7 @@
 
     [executor]
     kind = "local"             # local | ray
-    workers = 0                # 0: all cores
+    workers = 0                # 0: all cores (on CUDA: one per GPU)
 
 Every error names the key path (``cells[3].reset``, ``train.lr`` …) and what was expected.
 """
@@ -49,7 +49,7 @@ class CellChoice:
 @dataclass(frozen=True)
 class ExecutorSpec:
     kind: str = "local"
-    workers: int = 0  # 0: as many as cores
+    workers: int = 0  # 0: as many as cores (on CUDA: one per GPU)
     address: str | None = None  # ray: the cluster to join; None starts a local one
 
 
