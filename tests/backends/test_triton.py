@@ -73,8 +73,8 @@ def kernel_variant(request, monkeypatch):
     by TMA from the ring the programs write; "tma-chunked": TMA, the backward in eight chunks,
     the forward in four, products separate; "split": two programs per unit slice, each over half
     of K, with TMA, the backward in eight chunks and the forward in two; "split-folded": split
-    and folded, two chunks each, products separate; "f16": a float32 layer's forward product
-    in float16, scaled, held to TF32's bounds; here forced at every size), and the ones that
+    and folded, two chunks each, products separate; "f16": a float32 layer's products in
+    float16, scaled, held to TF32's bounds; here forced at every size), and the ones that
     stream the weights every step. A split needs its programs to run at once: without a
     GPU only the tests that run them so (``concurrently``) take it."""
     tuning = KERNEL_VARIANTS[request.param]
@@ -234,6 +234,32 @@ def test_many_programs_at_once(cell, kernel_variant, concurrently):
     check(cell, torch.float32, T=4, B=17, I=2, H=40)
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_many_programs_f16_backward_gathers_the_rows_maxima(cell, concurrently, monkeypatch):
+    """The float16 backward's scale for a row is the largest of the whole step's gradients, which
+    every program gathers before the barrier: here only the first program's units get an output
+    gradient at the last step (10^6, past float16's range), so the others' own largest are zero
+    and a scale of their own would overflow what they read of the first's."""
+    monkeypatch.setitem(gpu.TUNING, "f16", 1)
+    layer_cls, options = CELLS[cell]
+    torch.manual_seed(5)
+    reference = layer_cls(2, 40, backend="reference", dtype=torch.float64, **options)
+    ours = layer_cls(2, 40, backend="triton", **options)
+    ours.load_state_dict({k: v.float() for k, v in reference.state_dict().items()})
+    assert gpu._resident_backward_launch(40, 17, torch.device("cpu"), torch.float32)["grid"][0] > 1
+    dy = torch.zeros(4, 17, 40, dtype=torch.float64)
+    dy[-1, :, :8] = torch.randn(17, 8, dtype=torch.float64) * 1e6
+    x = torch.randn(4, 17, 2)
+    grads = []
+    for layer, dtype in ((reference, torch.float64), (ours, torch.float32)):
+        x_in = x.to(dtype).requires_grad_()
+        out, _ = layer(x_in)
+        out.backward(dy.to(dtype))
+        grads.append([x_in.grad, *(p.grad for p in layer.parameters())])
+    for expected, actual in zip(*grads, strict=True):
+        assert _relative(actual, expected) <= TF32_TOLERANCE
+
+
 def test_many_programs_packed_stack(concurrently, monkeypatch):
     """Rows that stop early (packed input) in every batch group: the LSTM's resident kernels
     in a bidirectional two-layer stack, the reset-before GRU's streamed ones both ways, the
@@ -343,7 +369,7 @@ def test_resident_launches_fit_the_chip(hopper, monkeypatch, dtype, fold):
         assert gpu._resident_launch(1024, 64, hopper, torch.float32) is None  # 512 programs
         assert back["meta"] == {
             "BH": 16, "BB": 32, "KP": 1024, "FOLD": 1, "SPLIT": 1, "CHUNKS": 4,
-            "SEPARATE": False, "TMA": False, "FENCE": False, "num_warps": 8,
+            "SEPARATE": False, "TMA": False, "FENCE": False, "F16": False, "num_warps": 8,
         }  # fmt: skip
         assert gpu._resident_backward_launch(1024, 16, hopper, torch.bfloat16)["meta"][
             "CHUNKS"
@@ -433,24 +459,39 @@ def test_split_on_request(hopper, monkeypatch, dtype):
 
 @pytest.mark.parametrize("fold", [None, 2])
 def test_f16_on_request(hopper, monkeypatch, fold):
-    """``TUNING["f16"]`` gives a float32 layer's resident forward a float16 product: half the
-    shared memory, so float32 at H = 1024 takes bfloat16's launches (unfolded at B = 16 and, on
-    128 programs of 32 rows, at B = 64, where TF32 fits nowhere without chunks; folded: 128
-    programs of 64 rows); bfloat16 layers and the backward
-    are as they were, and it gives way to a more accurate float32 precision asked for."""
+    """``TUNING["f16"]`` gives a float32 layer's resident kernels a float16 product: half the
+    shared memory, so float32 at H = 1024 takes bfloat16's launches, where TF32 fits nowhere
+    without chunks or a split (the forward unfolded at B = 16 and, on 128 programs of 32 rows,
+    at B = 64; folded, 128 programs of 64 rows; the backward at B = 64 unfolded in four chunks).
+    The backward's needs the rows' maxima after the barrier, which TMA's ring, stored before it,
+    cannot wait for: with TMA the backward stays TF32. bfloat16 layers are as they were, and it
+    gives way to a more accurate float32 precision asked for."""
     if fold:
         monkeypatch.setitem(gpu.TUNING, "fold", fold)
     tf32 = gpu._resident_launch(1024, 64, hopper, torch.float32)
+    tf32_back = gpu._resident_backward_launch(1024, 64, hopper, torch.float32)
     monkeypatch.setitem(gpu.TUNING, "f16", 1)
     assert _every_launch_fits(hopper, torch.float32, fold) > 0
     for B in (16, 64):
-        f16 = gpu._resident_launch(1024, B, hopper, torch.float32)
-        bf16 = gpu._resident_launch(1024, B, hopper, torch.bfloat16)
-        assert f16["meta"].pop("F16") and not bf16["meta"].pop("F16")
-        assert f16 == bf16
-    assert tf32 is None and f16["grid"] == ((128, 1) if fold else (64, 2))
-    assert f16["meta"]["BB"] == (64 if fold else 32) and f16["meta"]["FOLD"] == (fold or 1)
-    assert "F16" not in gpu._resident_backward_launch(1024, 16, hopper, torch.float32)["meta"]
+        for launcher in (gpu._resident_launch, gpu._resident_backward_launch):
+            f16 = launcher(1024, B, hopper, torch.float32)
+            bf16 = launcher(1024, B, hopper, torch.bfloat16)
+            if bf16 is None:  # folded, B = 64 would be a 512-wide backward product
+                assert f16 is None and fold == 2 and launcher is gpu._resident_backward_launch
+                continue
+            assert f16["meta"].pop("F16") and not bf16["meta"].pop("F16")
+            assert f16 == bf16
+    assert tf32 is None and tf32_back is None
+    forward = gpu._resident_launch(1024, 64, hopper, torch.float32)
+    assert forward["grid"] == ((128, 1) if fold else (64, 2))
+    assert forward["meta"]["BB"] == (64 if fold else 32) and forward["meta"]["FOLD"] == (fold or 1)
+    if not fold:
+        back = gpu._resident_backward_launch(1024, 64, hopper, torch.float32)["meta"]
+        assert (back["BB"], back["CHUNKS"], back["F16"]) == (32, 4, True)
+    monkeypatch.setitem(gpu.TUNING, "tma", 1)
+    assert gpu._resident_launch(1024, 16, hopper, torch.float32)["meta"]["F16"]
+    back = gpu._resident_backward_launch(1024, 16, hopper, torch.float32)["meta"]
+    assert not back["F16"] and back["FOLD"] == 2  # TF32's launch there
     monkeypatch.setattr(gpu, "fp32_precision", lambda: "tf32x3")
     assert gpu._resident_launch(1024, 16, hopper, torch.float32) is None
     monkeypatch.setitem(gpu.TUNING, "f16", 2)
@@ -481,13 +522,33 @@ def test_f16_operands_stay_in_range(w_scale, h_scale):
                                atol=bound * 2**-38)  # fmt: skip
 
 
+@pytest.fixture
+def f16(monkeypatch):
+    """``TUNING["f16"]`` on; on a GPU with what the resident kernels need (Hopper, TF32 allowed:
+    the small tests otherwise run float32 in IEEE, on the streamed kernels). Returns a check
+    that a size's launches take the float16 products (the backward's: unless TMA)."""
+    if CUDA:
+        if torch.cuda.get_device_capability() < (9, 0):
+            pytest.skip("the resident kernels need a warpgroup MMA (Hopper or newer)")
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    monkeypatch.setitem(gpu.TUNING, "f16", 1)
+
+    def launched(H: int, B: int) -> None:
+        device = torch.device(DEVICE)
+        assert gpu._resident_launch(H, B, device, torch.float32)["meta"]["F16"]
+        back = gpu._resident_backward_launch(H, B, device, torch.float32)["meta"]
+        assert back["F16"] != back["TMA"]
+
+    return launched
+
+
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # saturated gates, interpreted
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_f16_product_outside_float16s_range(cell, monkeypatch):
+def test_f16_product_outside_float16s_range(cell, f16):
     """End to end, with the scales needed: an initial state of magnitude 10^5 (past float16's
     65504: unscaled it would be inf) and weights of 10^-6 (float16 subnormals), both cells
     held to TF32's bounds."""
-    monkeypatch.setitem(gpu.TUNING, "f16", 1)
+    f16(20, 3)
     layer_cls, options = CELLS[cell]
     torch.manual_seed(3)
     for h_scale, w_scale in ((1e5, 1.0), (1.0, 1e-6)):
@@ -506,6 +567,37 @@ def test_f16_product_outside_float16s_range(cell, monkeypatch):
             assert _relative(a, b) <= TF32_TOLERANCE
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_f16_backward_scales_each_rows_gradients(cell, f16):
+    """The float16 backward scales the step's gradients per batch row, by the row's largest:
+    rows whose gradients are 10^6 (float16 overflows at 65504), 1 and 10^-9 (float16 flushes
+    below 6e-8; one scale for all would flush them against the first row's) each keep TF32's
+    accuracy, in the input's and the initial state's gradients, row by row (a row's 20 values
+    are not averaged as a whole tensor's are: 10-bit operands leave up to ~5e-4 there, measured;
+    a flushed row is off by ~1, an overflowed one not finite)."""
+    f16(20, 3)
+    layer_cls, options = CELLS[cell]
+    torch.manual_seed(4)
+    reference = layer_cls(4, 20, backend="reference", dtype=torch.float64, **options)
+    ours = layer_cls(4, 20, backend="triton", **options).to(DEVICE)
+    ours.load_state_dict({k: v.float() for k, v in reference.state_dict().items()})
+    rows = torch.tensor([1e6, 1.0, 1e-9], dtype=torch.float64)
+    dy = torch.randn(6, 3, 20, dtype=torch.float64) * rows[:, None]
+    x = torch.randn(6, 3, 4).to(DEVICE)
+    states = [torch.randn(1, 3, 20).to(DEVICE) for _ in CELL_STATES[cell]]
+    grads = []
+    for layer, dtype in ((reference, torch.float64), (ours, torch.float32)):
+        inputs = [t.to(dtype).requires_grad_() for t in (x, *states)]
+        out, _ = layer(inputs[0], _hx(inputs[1:]))
+        out.backward(dy.to(dtype).to(DEVICE))
+        grads.append([t.grad for t in inputs])
+    for expected, actual in zip(*grads, strict=True):
+        batch = 1 if expected.shape[0] != 3 else 0  # x is (T, B, F), the states (1, B, H)
+        for b in range(3):
+            row_e, row_a = expected.select(batch, b), actual.select(batch, b)
+            assert _relative(row_a, row_e) <= 2 * TF32_INITIAL_STATE_TOLERANCE, (b, rows[b])
+
+
 CELL_STATES = {"gru": ("h",), "lstm": ("h", "c")}
 
 
@@ -521,18 +613,21 @@ def _states_of(final) -> tuple:
 @pytest.mark.parametrize(
     "tuning",
     [
-        {"f16": 1, "tma": 1},
-        {"f16": 1, "fold": 2, "forward_chunks": 2, "separate": 1},
-        {"f16": 1, "tma": 1, "fold": 2, "forward_chunks": 4},
+        {"tma": 1},
+        {"fold": 2, "chunks": 2, "forward_chunks": 2, "separate": 1},
+        {"chunks": 8},
+        {"tma": 1, "fold": 2, "forward_chunks": 4},
     ],
-    ids=["tma", "folded", "tma-folded"],
+    ids=["tma", "folded", "eight-chunks", "tma-folded"],
 )
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_f16_with_the_other_variants(cell, tuning, monkeypatch):
-    """The float16 product with the resident forward's other variants: the TMA ring (holding
-    the scaled float16 state), folded K, chunks; packed input, two layers both ways."""
+def test_f16_with_the_other_variants(cell, tuning, f16, monkeypatch):
+    """The float16 products with the resident kernels' other variants: the TMA ring (holding
+    the scaled float16 state; the backward then TF32), folded K, chunks in both directions;
+    packed input, two layers both ways."""
     for key, value in tuning.items():
         monkeypatch.setitem(gpu.TUNING, key, value)
+    f16(40, 3)
     lengths = torch.tensor([2, 5, 1])
     check(cell, torch.float32, T=5, B=3, I=3, H=40, layers=2, bidirectional=True,
           lengths=lengths)  # fmt: skip

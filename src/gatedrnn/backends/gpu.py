@@ -82,8 +82,9 @@ TUNING: dict[str, int] = {}
 (1 or 2), ``chunks`` (the backward's) and ``forward_chunks`` (1, 2, 4 or 8), ``separate``
 (1: the chunks' products added, not chained; see ``_accumulate``), ``tma`` (1: the per-step
 operand read by TMA from a ring, see ``_operand_chunk``), ``split`` (2: two programs per unit
-slice, each over half of K, see ``_pair_sum``) and ``f16`` (1: a float32 layer's forward product
-in float16 with power-of-two scales, see :func:`_f16_operands`) for the resident ones.
+slice, each over half of K, see ``_pair_sum``) and ``f16`` (1: a float32 layer's products in
+float16 with power-of-two scales, the backward's only without TMA, see :func:`_f16_weights`) for
+the resident ones.
 ``benchmarks/gpu_speed.py --sweep`` and ``--tuning`` set them; empty in normal use, where each
 call runs with the variant the auto table names for its size (:func:`launch_tuning`); any key
 set here replaces the table's choice (``table``: 0, the launchers' own choices alone)."""
@@ -185,7 +186,7 @@ is the compiler's scratch for the gate math's layout changes."""
 def _resident_sizes(
     H: int, B: int, device: torch.device, dtype: torch.dtype, *, operand_columns: int,
     batch_tiles: tuple[int, ...], warps_from: int, chunks: tuple[int, ...], chunks_key: str,
-    tuning: Mapping, forward: bool = False,
+    tuning: Mapping, forward: bool,
 ) -> dict | None:  # fmt: skip
     """What the two resident launchers share: grid and block sizes for a resident kernel whose
     programs own BH = 16 / FOLD hidden units (a 64-row weight operand, KP / FOLD columns) and
@@ -198,13 +199,15 @@ def _resident_sizes(
     one), then the fewest chunks; eight warps from
     KP·BB / CHUNKS ≥ ``warps_from``. ``tuning["split"] = 2``: two programs per unit slice, each
     over half of K (SPLIT: half of everything above per program, twice the programs; 1, 2, 4 or
-    8 chunks tried). ``forward``: the launch gets ``F16``, true where ``tuning["f16"]`` asks for
-    a float32 layer's product in float16 (:func:`_f16_operands`; its operands then take half the
-    shared memory). Under the interpreter: one program covering everything, with the first fold
-    and chunk count (unless :data:`INTERPRETED_SMS`: then as on a GPU, with any precision)."""
+    8 chunks tried). ``F16``: a float32 layer's product in float16 where ``tuning["f16"]`` asks
+    for it (:func:`_f16_weights`; its operands then take half the shared memory), in the
+    ``forward`` and, without TMA, in the backward. Under the interpreter: one program covering
+    everything, with the first fold and chunk count (unless :data:`INTERPRETED_SMS`: then as on
+    a GPU, with any precision)."""
     if tuning.get("f16", 0) not in (0, 1):
         raise ValueError(f"TUNING['f16'] must be 0 or 1, got {tuning['f16']!r}")
-    f16 = forward and dtype == torch.float32 and bool(tuning.get("f16", 0))
+    f16 = dtype == torch.float32 and bool(tuning.get("f16", 0))
+    f16 = f16 and (forward or not tuning.get("tma", 0))
     itemsize = 2 if f16 else dtype.itemsize
     fold = tuning.get("fold")
     if fold not in (None, 1, 2):
@@ -226,14 +229,11 @@ def _resident_sizes(
         # K of the MMA: a power of two, and at least 16 (bf16's smallest) in every K range and
         # chunk
         tma = bool(tuning.get("tma", 0))
-        launch = {
+        return {
             "BH": BH, "BB": BB, "KP": _next_pow2(max(H, 16 * S * F * C)), "FOLD": F, "SPLIT": S,
             "CHUNKS": C, "SEPARATE": bool(tuning.get("separate", 0)), "TMA": tma,
-            "FENCE": tma and device.type == "cuda",
+            "FENCE": tma and device.type == "cuda", "F16": f16,
         }  # fmt: skip
-        if forward:
-            launch["F16"] = f16
-        return launch
 
     if device.type != "cuda" and INTERPRETED_SMS is None:
         if S != 1:
@@ -304,7 +304,7 @@ def _resident_backward_launch(
         return None
     return _resident_sizes(
         H, B, device, dtype, operand_columns=4, batch_tiles=(8, 16, 32, 64), warps_from=4096,
-        chunks=(1, 4), chunks_key="chunks", tuning=tuning,
+        chunks=(1, 4), chunks_key="chunks", tuning=tuning, forward=False,
     )  # fmt: skip
 
 
@@ -408,37 +408,60 @@ def _weights_for_dot(w: Tensor, prec: str) -> Tensor:
     return round_tf32(w) if _round_tf32(w.dtype, prec) else w
 
 
+def _f16_weights(w: Tensor) -> tuple[Tensor, Tensor]:
+    """The recurrent weights as a float16 product reads them (``F16``, ``TUNING["f16"]``): × 2^a
+    in float16, a such that the largest magnitude lies in [2^14, 2^15), and 2^−a (float32, 0-d).
+    A power of two changes no rounding: float16's 10 mantissa bits, rounded to nearest, are
+    TF32's, and the scale keeps every weight inside float16's range (below 65504, and normal
+    down to 2^−28 of the largest). Computed on the device, without a synchronisation (a CUDA
+    graph captures it)."""
+    one = torch.ones((), dtype=torch.float32, device=w.device)
+    a = 15 - torch.frexp(w.detach().abs().amax().float().clamp_min(2.0**-60)).exponent
+    return (w.detach().float() * torch.ldexp(one, a)).to(torch.float16), torch.ldexp(one, -a)
+
+
 def _f16_operands(w: Tensor, h0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """What the resident forward takes for a float32 layer's product in float16 (``F16``,
-    ``TUNING["f16"]``): the recurrent weights × 2^a in float16, a such that the largest
-    magnitude lies in [2^14, 2^15); HQ, the (2, B, H) float16 state the product reads (a slot per
+    """What the resident forward takes for a float32 layer's product in float16: the weights
+    (:func:`_f16_weights`, × 2^a); HQ, the (2, B, H) float16 state the product reads (a slot per
     step parity), slot 0 = h0 × 2^b, b such that max(1, |h0|) ≤ 2^(14 − b), a bound every later
     state keeps (the GRU's h is a convex mix of its last value and a tanh, the LSTM's o·tanh(c));
-    and SCALE = (2^b, 2^−(a+b)), float32. Powers of two change no rounding: float16's 10 mantissa
-    bits, rounded to nearest, are TF32's, and the scales keep every value inside its range (below
-    65504, and normal down to 2^−28 of the largest). Computed on the device, without a
-    synchronisation (a CUDA graph captures it)."""
+    and SCALE = (2^b, 2^−(a+b)), float32."""
+    w16, w_unscale = _f16_weights(w)
     one = torch.ones((), dtype=torch.float32, device=w.device)
-    w_exponent = torch.frexp(w.detach().abs().amax().float().clamp_min(2.0**-60)).exponent
-    h_exponent = torch.frexp(h0.detach().abs().amax().float().clamp_min(1.0)).exponent
-    a, b = 15 - w_exponent, 14 - h_exponent
-    w16 = (w.detach().float() * torch.ldexp(one, a)).to(torch.float16).contiguous()
+    b = 14 - torch.frexp(h0.detach().abs().amax().float().clamp_min(1.0)).exponent
     hq = _empty(2, *h0.shape, dtype=torch.float16, device=w.device)
     hq[0] = h0.detach().float() * torch.ldexp(one, b)
-    return w16, hq, torch.stack([torch.ldexp(one, b), torch.ldexp(one, -(a + b))])
+    return w16, hq, torch.stack([torch.ldexp(one, b), w_unscale * torch.ldexp(one, -b)])
+
+
+_F16_CONSTANTS = {"PREC": "ieee", "ROUND": False}  # and DOT_DTYPE float16
 
 
 def _forward_operands(resident: dict | None, w_hh: Tensor, h0: Tensor, constants: dict, like):
     """The recurrent weights, HQ and SCALE the forward launch reads, and its constants: the
     F16 ones (:func:`_f16_operands`, a float16 product) where the resident launch has ``F16``,
     else ``constants``' own, with ``like`` for the unused HQ and SCALE."""
-    if resident and resident["meta"].get("F16"):
+    if resident and resident["meta"]["F16"]:
         import triton.language as tl
 
         w16, hq, scale = _f16_operands(w_hh, h0)
-        f16 = {"DOT_DTYPE": tl.float16, "PREC": "ieee", "ROUND": False}
-        return w16, hq, scale, {**constants, **f16}
+        return w16, hq, scale, {**constants, **_F16_CONSTANTS, "DOT_DTYPE": tl.float16}
     return None, like, like, constants
+
+
+def _backward_operands(resident: dict | None, w_dot: Tensor, T: int, B: int, constants: dict):
+    """The recurrent weights, DMAX and SCALE the backward launch reads, and its constants: for
+    a float16 product (``F16``) the weights × 2^a (:func:`_f16_weights`, from the TF32-rounded
+    ones the forward kept: float16 rounds them to the same values), zeros for the rows' maxima
+    and 2^−a; else ``w_dot`` and ``constants`` as they are (DMAX and SCALE unused)."""
+    if resident and resident["meta"]["F16"]:
+        import triton.language as tl
+
+        w16, w_unscale = _f16_weights(w_dot)
+        dmax = torch.zeros(T, B, dtype=torch.float32, device=w_dot.device)
+        f16 = {**constants, **_F16_CONSTANTS, "DOT_DTYPE": tl.float16}
+        return w16, dmax, w_unscale.reshape(1), f16
+    return w_dot, w_dot, w_dot, constants
 
 
 def _lens(lengths: Tensor | None, device: torch.device) -> Tensor:
@@ -592,8 +615,11 @@ class _GRU(torch.autograd.Function):
         )  # fmt: skip
         if resident:
             ring = _ring(resident, 4, B, dxg)
-            arrays = (dy, hs, hs, gates, w_dot, dxg, dgh, dh, dh, *ring, _exchange(resident, dh))
-            _run(k.resident_backward_kernel, resident, arrays, lens, T, B, LSTM=False, **constants)
+            w, dmax, scale, back = _backward_operands(resident, w_dot, T, B, constants)
+            arrays = (
+                dy, hs, hs, gates, w, dxg, dgh, dh, dh, *ring, _exchange(resident, dh), dmax, scale,
+            )  # fmt: skip
+            _run(k.resident_backward_kernel, resident, arrays, lens, T, B, LSTM=False, **back)
         else:
             arrays = (dy, hs, gates, w_dot, dxg, dgh, dh)
             _run(
@@ -685,8 +711,11 @@ class _LSTM(torch.autograd.Function):
         )  # fmt: skip
         if resident:
             ring = _ring(resident, 4, B, dg)
-            arrays = (dy, cs, cs, gates, w_dot, dg, dg, dh, dc, *ring, _exchange(resident, dh))
-            _run(k.resident_backward_kernel, resident, arrays, lens, T, B, LSTM=True, **constants)
+            w, dmax, scale, back = _backward_operands(resident, w_dot, T, B, constants)
+            arrays = (
+                dy, cs, cs, gates, w, dg, dg, dh, dc, *ring, _exchange(resident, dh), dmax, scale,
+            )  # fmt: skip
+            _run(k.resident_backward_kernel, resident, arrays, lens, T, B, LSTM=True, **back)
         else:
             arrays = (dy, cs, gates, w_dot, dg, dh, dc)
             _run(k.lstm_backward_kernel, cfg, arrays, lens, T, B, **constants)

@@ -643,15 +643,17 @@ def _gate_columns(
 
 @triton.jit
 def _operand_chunk(
-    SRC, step, ok, k0, RING, r0, c: tl.constexpr, KC: tl.constexpr, H: tl.constexpr,
+    SRC, step, ok, k0, RING, r0, scale, c: tl.constexpr, KC: tl.constexpr, H: tl.constexpr,
     KP: tl.constexpr, DOT_DTYPE: tl.constexpr, ROUND: tl.constexpr, TMA: tl.constexpr,
+    SCALED: tl.constexpr,
 ):  # fmt: skip
     """Chunk c of a resident kernel's per-step second operand, (KC, columns): row k of column n
     is SRC[step[n] + c·KC + k], which lies k0[n] + c·KC + k into its H (zero past H or where
     not ok[n]). With TMA, the same chunk read by the tensor memory accelerator from the ring's
     row blocks r0 … (RING a descriptor of (blocks, batch rows, KP / FOLD) boxes (columns / BB,
     BB, KC), laid out by :func:`_ring_store`, already rounded) straight into shared memory,
-    where the MMA reads it: no registers on the way."""
+    where the MMA reads it: no registers on the way. SCALED (not with TMA): column n multiplied
+    by scale[n] before the conversion to DOT_DTYPE (the float16 backward's, :func:`_row_scales`)."""
     if TMA:
         box = RING.load([r0, 0, c * KC])  # (FOLD·blocks, BB, KC)
         return tl.trans(tl.reshape(box, (step.shape[0], KC)))
@@ -661,6 +663,8 @@ def _operand_chunk(
     else:
         mask = (k0[None, :] + k[:, None] < H) & ok[None, :]
     d = tl.load(SRC + step[None, :] + k[:, None], mask=mask, other=0.0, cache_modifier=".cg")
+    if SCALED:
+        d = d * scale[None, :]
     return _to_tf32(d, ROUND).to(DOT_DTYPE)
 
 
@@ -747,34 +751,50 @@ def _accumulate(product, w, d, zero, PREC: tl.constexpr, SEPARATE: tl.constexpr)
 
 @triton.jit
 def _chunked_product(
-    w0, w1, w2, w3, w4, w5, w6, w7, SRC, step, ok, k0, RING, r0,
+    w0, w1, w2, w3, w4, w5, w6, w7, SRC, step, ok, k0, RING, r0, scale,
     H: tl.constexpr, KP: tl.constexpr, FOLD: tl.constexpr, CHUNKS: tl.constexpr,
     SEPARATE: tl.constexpr, DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, ROUND: tl.constexpr,
-    TMA: tl.constexpr,
+    TMA: tl.constexpr, SCALED: tl.constexpr,
 ):  # fmt: skip
     """Σ_c w_c · chunk c of the step's second operand (:func:`_operand_chunk`): one warpgroup
     MMA per chunk, each chunk loaded just before its product, so that one chunk's buffer is
     live at a time; the products chained or SEPARATE (:func:`_accumulate`)."""
     KC: tl.constexpr = KP // FOLD // CHUNKS
-    d = _operand_chunk(SRC, step, ok, k0, RING, r0, 0, KC, H, KP, DOT_DTYPE, ROUND, TMA)
+    d = _operand_chunk(
+        SRC, step, ok, k0, RING, r0, scale, 0, KC, H, KP, DOT_DTYPE, ROUND, TMA, SCALED
+    )
     product = tl.dot(w0, d, input_precision=PREC)
     zero = tl.broadcast_to((step.to(tl.float32) * 0.0)[None, :], product.shape)
     if CHUNKS > 1:
-        d = _operand_chunk(SRC, step, ok, k0, RING, r0, 1, KC, H, KP, DOT_DTYPE, ROUND, TMA)
+        d = _operand_chunk(
+            SRC, step, ok, k0, RING, r0, scale, 1, KC, H, KP, DOT_DTYPE, ROUND, TMA, SCALED
+        )
         product = _accumulate(product, w1, d, zero, PREC, SEPARATE)
     if CHUNKS > 2:
-        d = _operand_chunk(SRC, step, ok, k0, RING, r0, 2, KC, H, KP, DOT_DTYPE, ROUND, TMA)
+        d = _operand_chunk(
+            SRC, step, ok, k0, RING, r0, scale, 2, KC, H, KP, DOT_DTYPE, ROUND, TMA, SCALED
+        )
         product = _accumulate(product, w2, d, zero, PREC, SEPARATE)
-        d = _operand_chunk(SRC, step, ok, k0, RING, r0, 3, KC, H, KP, DOT_DTYPE, ROUND, TMA)
+        d = _operand_chunk(
+            SRC, step, ok, k0, RING, r0, scale, 3, KC, H, KP, DOT_DTYPE, ROUND, TMA, SCALED
+        )
         product = _accumulate(product, w3, d, zero, PREC, SEPARATE)
     if CHUNKS > 4:
-        d = _operand_chunk(SRC, step, ok, k0, RING, r0, 4, KC, H, KP, DOT_DTYPE, ROUND, TMA)
+        d = _operand_chunk(
+            SRC, step, ok, k0, RING, r0, scale, 4, KC, H, KP, DOT_DTYPE, ROUND, TMA, SCALED
+        )
         product = _accumulate(product, w4, d, zero, PREC, SEPARATE)
-        d = _operand_chunk(SRC, step, ok, k0, RING, r0, 5, KC, H, KP, DOT_DTYPE, ROUND, TMA)
+        d = _operand_chunk(
+            SRC, step, ok, k0, RING, r0, scale, 5, KC, H, KP, DOT_DTYPE, ROUND, TMA, SCALED
+        )
         product = _accumulate(product, w5, d, zero, PREC, SEPARATE)
-        d = _operand_chunk(SRC, step, ok, k0, RING, r0, 6, KC, H, KP, DOT_DTYPE, ROUND, TMA)
+        d = _operand_chunk(
+            SRC, step, ok, k0, RING, r0, scale, 6, KC, H, KP, DOT_DTYPE, ROUND, TMA, SCALED
+        )
         product = _accumulate(product, w6, d, zero, PREC, SEPARATE)
-        d = _operand_chunk(SRC, step, ok, k0, RING, r0, 7, KC, H, KP, DOT_DTYPE, ROUND, TMA)
+        d = _operand_chunk(
+            SRC, step, ok, k0, RING, r0, scale, 7, KC, H, KP, DOT_DTYPE, ROUND, TMA, SCALED
+        )
         product = _accumulate(product, w7, d, zero, PREC, SEPARATE)
     return product
 
@@ -895,8 +915,8 @@ def resident_forward_kernel(
             step = t * B * H + h_cols
         product = _chunked_product(
             w0, w1, w2, w3, w4, w5, w6, w7, src, step, h_ok, col_k0,
-            RING, (t % 2) * slot_blocks + read_r0,
-            H, KS, FOLD, CHUNKS, SEPARATE, DOT_DTYPE, PREC, ROUND, TMA,
+            RING, (t % 2) * slot_blocks + read_r0, h_ok,
+            H, KS, FOLD, CHUNKS, SEPARATE, DOT_DTYPE, PREC, ROUND, TMA, False,
         )  # fmt: skip
         if FOLD == 2:
             product = _fold_diagonal(product, 4 * BH, BB)
@@ -964,6 +984,19 @@ def _gate_diagonal(acc, BH: tl.constexpr, BB: tl.constexpr):
 
 
 @triton.jit
+def _row_scales(big):
+    """For each largest magnitude m·2^e (m in [0.5, 1)): 2^(14 − e), which brings it into
+    [2^13, 2^14), and 2^(e − 14), formed in the exponent bits; 1 and 1 for a zero (a row without
+    gradient) or subnormal largest value. An infinite or NaN one gives an infinite or NaN row,
+    as the float32 product would."""
+    E = (big.to(tl.int32, bitcast=True) >> 23) & 0xFF  # e + 126
+    E = tl.where(E == 0, 140, E)
+    scale = (tl.minimum(tl.maximum(267 - E, 1), 254) << 23).to(tl.float32, bitcast=True)
+    unscale = (tl.minimum(tl.maximum(E - 13, 1), 254) << 23).to(tl.float32, bitcast=True)
+    return scale, unscale
+
+
+@triton.jit
 def resident_backward_kernel(
     DY,  # (T, B, H) gradient of the outputs
     HS,  # (T+1, B, H) float32 states h (GRU)
@@ -977,11 +1010,13 @@ def resident_backward_kernel(
     RING,  # TMA: descriptor of the gradients' ring (2 slots, _ring_store's layout, 4 blocks)
     RING_PTR,  # TMA: the ring itself, in DOT_DTYPE, zeros where never stored
     XCH,  # SPLIT = 2: float32, a slot per program for _pair_sum's (BH, BB) parts
+    DMAX,  # F16: (T, B) float32 zeros: each step's largest |operand| per batch row, gathered
+    SCALE,  # F16: float32 (1,): 1 / the weights' scale
     LENS, CNT, ERR,
     T, B,
     H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr, FOLD: tl.constexpr,
     SPLIT: tl.constexpr, CHUNKS: tl.constexpr, SEPARATE: tl.constexpr, TMA: tl.constexpr,
-    FENCE: tl.constexpr, LSTM: tl.constexpr, HAS_LENS: tl.constexpr,
+    FENCE: tl.constexpr, F16: tl.constexpr, LSTM: tl.constexpr, HAS_LENS: tl.constexpr,
     DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, ROUND: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
     """The backward of :func:`gru_backward_kernel` (reset after) and :func:`lstm_backward_kernel`
@@ -1004,7 +1039,16 @@ def resident_backward_kernel(
     SPLIT = 2 as there (not yet timed): each program of a pair reads half of the step's gradients
     (the other half of K), which is what would put float32 at H = 1024, B = 64 on chip (a
     256-column product, 8 chunks: the whole K would need 512 columns or two batch groups, more
-    programs than multiprocessors); the two add their ∂h parts (:func:`_pair_sum`)."""
+    programs than multiprocessors); the two add their ∂h parts (:func:`_pair_sum`).
+
+    F16 (``TUNING["f16"]`` without TMA, float32 layers; not yet timed): the product in float16,
+    as the forward's, with W the weights × 2^a and a scale per step and batch row for the
+    gradients, which have no bound known beforehand: before the barrier each program gathers
+    its slice's largest |value| of each row into DMAX (an atomic max), after it each reads the
+    rows' maxima and scales column n of the operand by :func:`_row_scales` (its largest into
+    [2^13, 2^14)) on the way to float16; the product's columns are scaled back in float32. The
+    operand stays float32 in memory (the weight gradients' GEMMs read it), half of it in shared
+    memory, with half the weights: what puts float32 at H = 1024, B = 64 on chip, as bfloat16."""
     NP_H = tl.num_programs(0)
     NG: tl.constexpr = 4 if LSTM else 3
     KS: tl.constexpr = KP // SPLIT  # the program's part of K, from K0
@@ -1035,6 +1079,8 @@ def resident_backward_kernel(
     cnt = CNT + tl.program_id(1)
     pair_cnt = _pair_counter(CNT, SPLIT)
     pair_target = 0
+    if F16:
+        w_unscale = tl.load(SCALE)
     dh = tl.load(DH + own, mask=m2, other=0.0)
     t = T - 1
     dy = tl.load(DY + t * B * H + own, mask=m2, other=0.0).to(tl.float32)
@@ -1079,6 +1125,13 @@ def resident_backward_kernel(
                 DR + t * B * 3 * H + own_x, H, mine, 3, d0.to(ty), d1.to(ty), d2.to(ty), None
             )
             carry = tl.where(live, dh * z, dh)
+        if F16:  # the rows' largest |value| of the step's operand, gathered across programs
+            big = tl.maximum(tl.abs(d0), tl.abs(d1))
+            big = tl.maximum(big, tl.abs(d2))
+            if LSTM:
+                big = tl.maximum(big, tl.abs(d3))
+            big = tl.max(tl.where(m2, big, 0.0), axis=0)
+            tl.atomic_max(DMAX + t * B + rows, big, mask=row_mask)
         r0 = (t % 2) * slot_blocks + tile_r0
         if TMA:
             KR: tl.constexpr = SPLIT * FOLD  # the ring's K ranges
@@ -1100,10 +1153,17 @@ def resident_backward_kernel(
         _sync(cnt, ERR, target, SPIN_LIMIT)
         if TMA:
             _async_proxy_fence(t, FENCE)
+        col_scale = d_ok
+        if F16:
+            big = tl.load(DMAX + t * B + col_row, mask=col_row < B, other=0.0, cache_modifier=".cg")
+            col_scale, col_unscale = _row_scales(big)
         product = _chunked_product(
             w0, w1, w2, w3, w4, w5, w6, w7, DR, t * B * NG * H + d_cols, d_ok, col_k0,
-            RING, r0 + read_r0, H, KS, FOLD, CHUNKS, SEPARATE, DOT_DTYPE, PREC, ROUND, TMA,
+            RING, r0 + read_r0, col_scale, H, KS, FOLD, CHUNKS, SEPARATE, DOT_DTYPE, PREC, ROUND,
+            TMA, F16,
         )  # fmt: skip
+        if F16:
+            product = product * (col_unscale * w_unscale)[None, :]
         if FOLD == 2:
             product = _fold_diagonal(product, 4 * BH, 4 * BB)
         part = _gate_diagonal(product, BH, BB)
