@@ -762,12 +762,34 @@ def test_forward_without_grad_saves_nothing_and_matches(cell, monkeypatch):
     assert saved == [False, True]
 
 
-def test_double_backward_is_refused():
-    ours = gatedrnn.GRU(3, 4, backend="triton").to(DEVICE)
-    x = torch.randn(5, 2, 3, device=DEVICE, requires_grad=True)
-    out, _ = ours(x)
-    with pytest.raises(RuntimeError, match="first derivatives only"):
-        torch.autograd.grad(out.sum(), x, create_graph=True)
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_double_backward_reruns_the_reference(cell):
+    """``create_graph=True`` (a gradient penalty, second derivatives; cuDNN refuses them): the
+    backward reruns the reference loop on the saved inputs and differentiates it. The input
+    gradient and the penalty's parameter and initial-state gradients match the reference
+    backend's, two layers both ways, packed."""
+    layer_cls, options = CELLS[cell]
+    torch.manual_seed(6)
+    kwargs = dict(num_layers=2, bidirectional=True, **options)
+    reference = layer_cls(3, 5, backend="reference", **kwargs).to(DEVICE)
+    ours = layer_cls(3, 5, backend="triton", **kwargs).to(DEVICE)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(6, 4, 3, device=DEVICE)
+    states = [torch.randn(4, 4, 5, device=DEVICE) for _ in range(2 if cell == "lstm" else 1)]
+    lengths = torch.tensor([6, 2, 5, 3])
+    results = []
+    for layer in (reference, ours):
+        x_in = x.clone().requires_grad_()
+        s_in = [s.clone().requires_grad_() for s in states]
+        packed = pack_padded_sequence(x_in, lengths, enforce_sorted=False)
+        out, _ = layer(packed, _hx(s_in))
+        out = pad_packed_sequence(out, total_length=6)[0]
+        (g,) = torch.autograd.grad((out**2).sum(), x_in, create_graph=True)
+        (g**2).sum().backward()
+        results.append([g.detach(), *(s.grad for s in s_in), *(p.grad for p in layer.parameters())])
+    assert len(results[1]) == len(results[0]) and all(t is not None for t in results[1])
+    for actual, expected in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
 
 
 def _spy_runs(monkeypatch) -> list:

@@ -38,9 +38,9 @@ from torch import Tensor
 from gatedrnn.backends import LayerConfig, run_eagerly, untraceable
 from gatedrnn.backends.compiled import compiled_loops
 from gatedrnn.backends.reference import (
+    differentiable_backward,
     fused_arguments,
     project_inputs,
-    run_direction,
     run_stack,
 )
 
@@ -168,32 +168,18 @@ def _saved(ctx) -> tuple[tuple[Tensor | None, ...], tuple[Tensor, ...]]:
 
 
 def _twice(ctx, grads: tuple[Tensor, ...]):
-    """The backward with ``create_graph=True`` (grad mode on in backward): the gradients as a
-    differentiable function of the inputs and of ``grads``, by rerunning the reference loop on
-    the saved inputs and differentiating it; the loops' hand-written backward gives first
-    derivatives only. Double backward through this layer costs a reference forward more. Reads
-    ``ctx.spec`` and ``ctx.lengths`` (each sequence's length, sorted as x is) besides."""
+    """The backward with ``create_graph=True`` (grad mode on in backward): the reference loop
+    rerun on the saved inputs and differentiated (:func:`~gatedrnn.backends.reference.
+    differentiable_backward`); the loops' hand-written backward gives first derivatives only.
+    Reads ``ctx.spec`` and ``ctx.lengths`` (each sequence's length, sorted as x is) besides."""
     inputs, _ = _saved(ctx)
-    needs = ctx.needs_input_grad
     if inputs[0] is None:
         raise RuntimeError(
             "the 'cpu' backend differentiates twice by rerunning the layer on its input, which it "
             "does not keep when neither the input nor weight_ih needs a gradient; build the layer "
             "with backend='reference' for this double backward"
         )
-    x, *states, w_ih, w_hh, b_ih, b_hh = inputs
-    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-    weights = {k: w for k, w in zip(names, (w_ih, w_hh, b_ih, b_hh), strict=True) if w is not None}
-    with torch.enable_grad():
-        out, final = run_direction(ctx.spec, x, ctx.lengths, tuple(states), weights)
-    wanted = [i for i, t in enumerate(inputs) if t is not None and needs[i]]
-    found = torch.autograd.grad(
-        (out, *final), [inputs[i] for i in wanted], grads, create_graph=True, allow_unused=True
-    )
-    result: list[Tensor | None] = [None] * len(needs)
-    for i, g in zip(wanted, found, strict=True):
-        result[i] = g
-    return tuple(result)
+    return differentiable_backward(ctx.spec, inputs, ctx.needs_input_grad, ctx.lengths, grads)
 
 
 def _sum_bias(dgates: Tensor, wanted: bool) -> Tensor | None:

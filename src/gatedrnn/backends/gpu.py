@@ -56,7 +56,7 @@ from torch import Tensor
 
 from gatedrnn.backends import LayerConfig, run_eagerly, untraceable
 from gatedrnn.backends.reference import (
-    first_derivatives_only,
+    differentiable_backward,
     fused_arguments,
     project_inputs,
     run_stack,
@@ -545,8 +545,9 @@ def _states(x: Tensor, h0: Tensor, T: int, B: int, H: int, aliased: bool):
 
 class _GRU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, grad_enabled):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, grad_enabled):
         T, B, _ = x.shape
+        reset_after = spec.reset == "after"
         H = h0.shape[1]
         k = _kernels()
         save = grad_enabled and any(ctx.needs_input_grad)
@@ -588,16 +589,23 @@ class _GRU(torch.autograd.Function):
                 k.gru_forward_kernel, cfg, arrays, lens, T, B, RESET_AFTER=reset_after, **constants
             )
         out = y[1:]
-        ctx.save_for_backward(x, w_ih, w_dot, hs, y, gates, lens)
+        # then the inputs, for a double backward (the weights are the module's: no memory)
+        ctx.save_for_backward(x, w_ih, w_dot, hs, y, gates, lens, h0, w_hh, b_ih, b_hh)
         ctx.reset_after, ctx.has_bias = reset_after, b_ih is not None
+        ctx.spec, ctx.lengths = spec, lengths
         ctx.launch = (cfg, tuning, dot_dtype, prec, round_dot)
         ctx.has_lens = lengths is not None
         return out, hs[T].to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out, grad_last):
-        first_derivatives_only("triton")
-        x, w_ih, w_dot, hs, y, gates, lens = ctx.saved_tensors
+        x, w_ih, w_dot, hs, y, gates, lens, h0, w_hh, b_ih, b_hh = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the reference loop, differentiable
+            inputs = (x, h0, w_ih, w_hh, b_ih, b_hh)
+            grads = (grad_out, grad_last)
+            return differentiable_backward(
+                ctx.spec, inputs, ctx.needs_input_grad, ctx.lengths, grads
+            )
         T, B, _ = x.shape
         H = hs.shape[2]
         reset_after = ctx.reset_after
@@ -650,7 +658,7 @@ class _GRU(torch.autograd.Function):
 
 class _LSTM(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, grad_enabled):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, spec, grad_enabled):
         T, B, _ = x.shape
         H = h0.shape[1]
         k = _kernels()
@@ -688,15 +696,22 @@ class _LSTM(torch.autograd.Function):
         else:
             arrays = (xg, w_dot, hs, cs, y, gates)
             _run(k.lstm_forward_kernel, cfg, arrays, lens, T, B, **constants)
-        ctx.save_for_backward(x, w_ih, w_dot, y, cs, gates, lens)
+        # then the inputs, for a double backward (the weights are the module's: no memory)
+        ctx.save_for_backward(x, w_ih, w_dot, y, cs, gates, lens, h0, c0, w_hh, b_ih, b_hh)
         ctx.launch = (cfg, tuning, dot_dtype, prec, round_dot)
         ctx.has_lens, ctx.has_bias = lengths is not None, b_ih is not None
+        ctx.spec, ctx.lengths = spec, lengths
         return y[1:], hs[T].to(x.dtype), cs[T].to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out, grad_h, grad_c):
-        first_derivatives_only("triton")
-        x, w_ih, w_dot, y, cs, gates, lens = ctx.saved_tensors
+        x, w_ih, w_dot, y, cs, gates, lens, h0, c0, w_hh, b_ih, b_hh = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the reference loop, differentiable
+            inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+            grads = (grad_out, grad_h, grad_c)
+            return differentiable_backward(
+                ctx.spec, inputs, ctx.needs_input_grad, ctx.lengths, grads
+            )
         T, B, _ = x.shape
         H = cs.shape[2]
         k = _kernels()
@@ -730,7 +745,7 @@ class _LSTM(torch.autograd.Function):
         db = flat.sum(0) if ctx.has_bias and (needs[5] or needs[6]) else None
         return (
             dx, dh.to(x.dtype) if needs[1] else None, dc.to(x.dtype) if needs[2] else None,
-            dw_ih, dw_hh, db, db, None, None,
+            dw_ih, dw_hh, db, db, None, None, None,
         )  # fmt: skip
 
 
@@ -896,7 +911,7 @@ class TritonBackend:
     """Persistent Triton kernels for the GRU and the LSTM on CUDA GPUs."""
 
     name = "triton"
-    twice_differentiable = False
+    twice_differentiable = True  # by rerunning the reference loop (differentiable_backward)
 
     # torch.compile runs these as they are, between graphs: they read the GPU's properties, the
     # measured tables and the environment, and keep their answers in caches
@@ -979,10 +994,9 @@ class TritonBackend:
             # no_grad nothing is saved for a backward only when told so
             grad_enabled = torch.is_grad_enabled()
             if spec.kind == "lstm":
-                out, h, c = _LSTM.apply(x, *state, *args, lengths, grad_enabled)
+                out, h, c = _LSTM.apply(x, *state, *args, lengths, spec, grad_enabled)
                 return out, (h, c)
-            reset_after = spec.reset == "after"
-            out, h = _GRU.apply(x, state[0], *args, lengths, reset_after, grad_enabled)
+            out, h = _GRU.apply(x, state[0], *args, lengths, spec, grad_enabled)
             return out, (h,)
 
         return run_stack(config, input, lengths, hx, weights, training, direction)

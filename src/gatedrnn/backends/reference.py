@@ -22,7 +22,7 @@ from gatedrnn.nn.spec import CellSpec
 
 __all__ = [
     "ReferenceBackend",
-    "first_derivatives_only",
+    "differentiable_backward",
     "project_inputs",
     "reverse_padded",
     "run_direction",
@@ -48,15 +48,33 @@ def fused_arguments(
     return x.contiguous(), tuple(s.contiguous() for s in state), weights
 
 
-def first_derivatives_only(backend: str) -> None:
-    """Called at the top of a hand-written backward: refuse double backward. Backward runs with
-    grad mode on exactly when the caller asked for ``create_graph=True``."""
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            f"the {backend!r} backend computes first derivatives only, like cuDNN, so it cannot "
-            "be differentiated twice (create_graph=True); build the layer with "
-            "backend='reference' for double backward"
-        )
+def differentiable_backward(
+    spec: CellSpec,
+    inputs: tuple[Tensor | None, ...],
+    needs: Sequence[bool],
+    lengths: Tensor | None,
+    grads: tuple[Tensor, ...],
+) -> tuple[Tensor | None, ...]:
+    """A fused backend's backward with ``create_graph=True`` (grad mode on in backward): the
+    gradients of one direction's outputs, as a differentiable function of its ``inputs`` (x,
+    the states, W_ih, W_hh, b_ih, b_hh; None where absent) and of ``grads`` (the outputs' and
+    final states' gradients), by rerunning :func:`run_direction` on the inputs and
+    differentiating it; hand-written backwards give first derivatives only. Costs a reference
+    forward more. ``needs``: the Function's ``needs_input_grad`` (its inputs first); returns one
+    gradient or None per entry."""
+    x, *states, w_ih, w_hh, b_ih, b_hh = inputs
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    weights = {k: w for k, w in zip(names, (w_ih, w_hh, b_ih, b_hh), strict=True) if w is not None}
+    with torch.enable_grad():
+        out, final = run_direction(spec, x, lengths, tuple(states), weights)
+    wanted = [i for i, t in enumerate(inputs) if t is not None and needs[i]]
+    found = torch.autograd.grad(
+        (out, *final), [inputs[i] for i in wanted], grads, create_graph=True, allow_unused=True
+    )
+    result: list[Tensor | None] = [None] * len(needs)
+    for i, g in zip(wanted, found, strict=True):
+        result[i] = g
+    return tuple(result)
 
 
 def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
