@@ -408,16 +408,33 @@ def _weights_for_dot(w: Tensor, prec: str) -> Tensor:
     return round_tf32(w) if _round_tf32(w.dtype, prec) else w
 
 
-def _f16_weights(w: Tensor) -> tuple[Tensor, Tensor]:
+def _f16_weights(w: Tensor, h0: Tensor | None = None) -> tuple:
     """The recurrent weights as a float16 product reads them (``F16``, ``TUNING["f16"]``): × 2^a
-    in float16, a such that the largest magnitude lies in [2^14, 2^15), and 2^−a (float32, 0-d).
+    in float16, a such that the largest magnitude lies in [2^14, 2^15), and (1,) float32 2^−a.
     A power of two changes no rounding: float16's 10 mantissa bits, rounded to nearest, are
     TF32's, and the scale keeps every weight inside float16's range (below 65504, and normal
-    down to 2^−28 of the largest). Computed on the device, without a synchronisation (a CUDA
-    graph captures it)."""
-    one = torch.ones((), dtype=torch.float32, device=w.device)
-    a = 15 - torch.frexp(w.detach().abs().amax().float().clamp_min(2.0**-60)).exponent
-    return (w.detach().float() * torch.ldexp(one, a)).to(torch.float16), torch.ldexp(one, -a)
+    down to 2^−28 of the largest). With ``h0``: as :func:`_f16_operands` returns. On the device,
+    in three launches and without a synchronisation (a CUDA graph captures it): the largest
+    magnitudes, then :func:`~gatedrnn.backends.triton_kernels.f16_operands_kernel`."""
+    w = w.detach().contiguous().float()
+    w16 = torch.empty(w.shape, dtype=torch.float16, device=w.device)
+    w_max = torch.linalg.vector_norm(w, float("inf"))
+    if h0 is None:
+        scale = torch.empty(1, dtype=torch.float32, device=w.device)
+        hq = h = h_max = w
+        n_h = 0
+    else:
+        h = h0.detach().contiguous().float()
+        hq = _empty(2, *h.shape, dtype=torch.float16, device=w.device)
+        h_max = torch.linalg.vector_norm(h, float("inf"))
+        scale = torch.empty(2, dtype=torch.float32, device=w.device)
+        n_h = h.numel()
+    block = 1024
+    grid = (math.ceil(max(w.numel(), n_h) / block),)
+    _kernels().f16_operands_kernel[grid](
+        w, w16, w_max, h, hq, h_max, scale, w.numel(), n_h, BLOCK=block, HAS_H=h0 is not None
+    )
+    return (w16, scale) if h0 is None else (w16, hq, scale)
 
 
 def _f16_operands(w: Tensor, h0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -426,12 +443,7 @@ def _f16_operands(w: Tensor, h0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     step parity), slot 0 = h0 × 2^b, b such that max(1, |h0|) ≤ 2^(14 − b), a bound every later
     state keeps (the GRU's h is a convex mix of its last value and a tanh, the LSTM's o·tanh(c));
     and SCALE = (2^b, 2^−(a+b)), float32."""
-    w16, w_unscale = _f16_weights(w)
-    one = torch.ones((), dtype=torch.float32, device=w.device)
-    b = 14 - torch.frexp(h0.detach().abs().amax().float().clamp_min(1.0)).exponent
-    hq = _empty(2, *h0.shape, dtype=torch.float16, device=w.device)
-    hq[0] = h0.detach().float() * torch.ldexp(one, b)
-    return w16, hq, torch.stack([torch.ldexp(one, b), w_unscale * torch.ldexp(one, -b)])
+    return _f16_weights(w, h0)
 
 
 _F16_CONSTANTS = {"PREC": "ieee", "ROUND": False}  # and DOT_DTYPE float16
@@ -460,7 +472,7 @@ def _backward_operands(resident: dict | None, w_dot: Tensor, T: int, B: int, con
         w16, w_unscale = _f16_weights(w_dot)
         dmax = torch.zeros(T, B, dtype=torch.float32, device=w_dot.device)
         f16 = {**constants, **_F16_CONSTANTS, "DOT_DTYPE": tl.float16}
-        return w16, dmax, w_unscale.reshape(1), f16
+        return w16, dmax, w_unscale, f16
     return w_dot, w_dot, w_dot, constants
 
 

@@ -49,6 +49,7 @@ import triton
 import triton.language as tl
 
 __all__ = [
+    "f16_operands_kernel",
     "gru_backward_kernel",
     "gru_forward_kernel",
     "lstm_backward_kernel",
@@ -1175,3 +1176,40 @@ def resident_backward_kernel(
     tl.store(DH + own, dh, mask=mine)
     if LSTM:
         tl.store(DC + own, dc, mask=mine)
+
+
+@triton.jit
+def _pow2(exponent):
+    """2^exponent as float32, formed in the exponent bits (exponent in [−126, 127])."""
+    return ((exponent + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _exponent(m):
+    """e of a positive normal m = f·2^e, f in [0.5, 1)."""
+    return ((m.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 126
+
+
+@triton.jit
+def f16_operands_kernel(
+    W, W16, WMAX, H0, HQ, HMAX, SCALE, NW, NH, BLOCK: tl.constexpr, HAS_H: tl.constexpr
+):  # fmt: skip
+    """The float16 products' operands (``F16``) in one launch, from the largest magnitudes
+    WMAX of the NW float32 weights W and HMAX of the NH float32 initial-state values H0 (0-d,
+    on the device): W16 = W × 2^a, a = 15 − e(max(WMAX, 2^−60)) (the largest in [2^14, 2^15));
+    with HAS_H, HQ = H0 × 2^b, b = 14 − e(max(HMAX, 1)), and SCALE = (2^b, 2^−(a+b)), else
+    SCALE = (2^−a,). Each program converts BLOCK of each; the first writes SCALE."""
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    a = 15 - _exponent(tl.maximum(tl.load(WMAX), 2.0**-60))
+    w = tl.load(W + offsets, mask=offsets < NW, other=0.0)
+    tl.store(W16 + offsets, (w * _pow2(a)).to(tl.float16), mask=offsets < NW)
+    first = tl.program_id(0) == 0
+    if HAS_H:
+        b = 14 - _exponent(tl.maximum(tl.load(HMAX), 1.0))
+        h = tl.load(H0 + offsets, mask=offsets < NH, other=0.0)
+        tl.store(HQ + offsets, (h * _pow2(b)).to(tl.float16), mask=offsets < NH)
+        if first:
+            tl.store(SCALE, _pow2(b))
+            tl.store(SCALE + 1, _pow2(-(a + b)))
+    elif first:
+        tl.store(SCALE, _pow2(-a))
