@@ -765,6 +765,26 @@ def test_forward_without_grad_saves_nothing_and_matches(cell, monkeypatch):
     assert saved == [False, True]
 
 
+def test_pending_faults_are_waited_for_and_raised(monkeypatch):
+    """``raise_pending_faults`` waits for every launch whose fault flag no call has looked at,
+    forgets them, and raises if one reported a fault; with none pending it returns at once."""
+    waited = []
+
+    class Event:
+        def synchronize(self):
+            waited.append(self)
+
+    flags = [torch.tensor([0], dtype=torch.int32), torch.tensor([1], dtype=torch.int32)]
+    monkeypatch.setattr(gpu, "_pending", [(flag, Event()) for flag in flags])
+    with pytest.raises(RuntimeError, match="grid barrier of the triton backend timed out"):
+        gpu.raise_pending_faults()
+    assert len(waited) == 2 and gpu._pending == []
+    gpu.raise_pending_faults()  # nothing left
+    monkeypatch.setattr(gpu, "_pending", [(flags[0], Event())])
+    gpu.raise_pending_faults()  # a clean flag
+    assert len(waited) == 3
+
+
 @pytest.mark.parametrize("cell", sorted(CELLS))
 def test_double_backward_reruns_the_reference(cell):
     """``create_graph=True`` (a gradient penalty, second derivatives; cuDNN refuses them): the

@@ -70,6 +70,32 @@ def test_a_checkpoint_from_before_the_cuda_peak_resumes(tmp_path):
     assert resumed.peak_cuda_bytes is None
 
 
+def test_a_kernel_fault_fails_the_run_before_its_epoch_is_kept(tmp_path, monkeypatch):
+    """The triton kernels' barrier faults surface one call late; the loop looks for one before
+    each epoch's checkpoint, so the epoch in which it happened is not kept: a run stopped by it
+    resumes from the epoch before and ends as an unfaulted one."""
+    pytest.importorskip("triton")
+    from gatedrnn.backends import gpu
+
+    config = TrainConfig(task="adding", cell="gru", **SMOKE)
+    whole = train(config)
+    epochs = []
+
+    def fault_in_epoch_3() -> None:
+        epochs.append(len(epochs) + 1)
+        if len(epochs) == 3:
+            raise RuntimeError("a grid barrier of the triton backend timed out")
+
+    monkeypatch.setattr(gpu, "raise_pending_faults", fault_in_epoch_3)
+    path = tmp_path / "run.pt"
+    with pytest.raises(RuntimeError, match="grid barrier"):
+        train(config, checkpoint=path)
+    assert torch.load(path, weights_only=True)["state"]["epoch"] == 2
+    monkeypatch.undo()
+    resumed = train(config, checkpoint=path)
+    assert [r.valid for r in resumed.history] == [r.valid for r in whole.history]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_peak_is_this_runs_own(tmp_path):

@@ -62,7 +62,7 @@ from gatedrnn.backends.reference import (
     run_stack,
 )
 
-__all__ = ["TritonBackend", "interpreting", "triton_unavailable"]
+__all__ = ["TritonBackend", "interpreting", "raise_pending_faults", "triton_unavailable"]
 
 POISON = False
 """Tests set this: work and output buffers then start as NaN instead of uninitialised memory, so
@@ -540,6 +540,21 @@ def _check(err: Tensor) -> None:
         for item in done:
             _pending.remove(item)
     if any(int(h.item()) for h, _ in done):
+        raise RuntimeError(_BARRIER_FAULT)
+
+
+def raise_pending_faults() -> None:
+    """Wait for every kernel launched so far whose fault flag no call has looked at yet
+    (:func:`_check` looks one call late), and raise if one reported a barrier fault: for a
+    caller about to keep results (the training loop, before it writes an epoch's checkpoint),
+    so that a fault in an epoch's last calls fails the run before its results are kept, not
+    after. Nothing to wait for off the GPU, where each launch is checked as it returns."""
+    with _pending_lock:
+        items = list(_pending)
+        _pending.clear()
+    for _, event in items:
+        event.synchronize()
+    if any(int(h.item()) for h, _ in items):
         raise RuntimeError(_BARRIER_FAULT)
 
 

@@ -14,6 +14,7 @@ import logging
 import math
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -258,6 +259,7 @@ def _train(config, device, checkpoint, on_epoch, on_batch, data_dir) -> RunResul
             ):
                 break
             record = _train_epoch(task, model, optimizer, config, device, epoch, state, on_batch)
+            _raise_kernel_faults()
             value = record.valid[metric.name]
             if not math.isfinite(value):
                 raise _Diverged(f"validation {metric.name} is {value} after epoch {epoch}")
@@ -318,6 +320,15 @@ def _train(config, device, checkpoint, on_epoch, on_batch, data_dir) -> RunResul
 
 
 _CHECKPOINT_KEYS = {"config", "model", "best_model", "optimizer", "schedule", "rng", "state"}
+
+
+def _raise_kernel_faults() -> None:
+    """Before an epoch's results are kept: a grid-barrier fault of the triton backend's kernels
+    that has not surfaced yet (they are checked one call late) fails the run here, before the
+    epoch's checkpoint is written, so that a resumed run starts from the epoch before it."""
+    gpu = sys.modules.get("gatedrnn.backends.gpu")  # imported only where a layer could use it
+    if gpu is not None:
+        gpu.raise_pending_faults()
 
 
 def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
