@@ -1073,6 +1073,8 @@ REAL = [
 def test_real_sizes_on_gpu(cell, dtype, B, H, kernel_variant):
     if cell == "gru-before" and kernel_variant != "resident":
         pytest.skip("the reset-before GRU has one forward kernel")
+    if kernel_variant == "f16" and dtype != torch.float32:
+        pytest.skip("a float16 product changes float32 layers only")
     launches = [
         (launch or {}).get("meta")
         for launch in (
