@@ -324,6 +324,13 @@ def _shape(item: str) -> tuple[str, str, int, int]:
     return parts[0], parts[1], int(parts[2]), int(parts[3])
 
 
+def _changes(variant: dict, dtype_name: str) -> bool:
+    """Whether a sweep's variant changes anything at a shape of this dtype: ``f16`` (a float32
+    layer's products in float16) does nothing elsewhere, where it would time the variant
+    without it again."""
+    return not variant.get("f16") or dtype_name == "float32"
+
+
 def sweep(
     spec: str,
     T: int,
@@ -354,11 +361,12 @@ def sweep(
     results = []
     out.parent.mkdir(parents=True, exist_ok=True)
     shapes = [_shape(item) for item in spec.split(",")]
-    _precompile(_compile_variant, [(v, shape) for shape in shapes for v in variants], workers)
+    jobs = [(v, shape) for shape in shapes for v in variants if _changes(v, shape[1])]
+    _precompile(_compile_variant, jobs, workers)
     for cell, dtype_name, B, H in shapes:
         for variant in variants:
-            if variant.get("f16") and dtype_name != "float32":
-                continue  # a float32 layer's float16 product: elsewhere the variant without it
+            if not _changes(variant, dtype_name):
+                continue
             gpu.TUNING.clear()
             gpu.TUNING.update({"table": 0, **variant})  # {}: the launchers' own choice
             for row in measure(cell, dtype_name, B, H, T):
