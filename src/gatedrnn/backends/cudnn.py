@@ -24,6 +24,8 @@ class CudnnBackend:
     """Calls ``torch._VF.{rnn_tanh, rnn_relu, lstm, gru}``, the functions torch.nn calls."""
 
     name = "cudnn"
+    # on the CPU (torch's native kernels, what the tests check); cuDNN itself computes first
+    # derivatives only, as torch.nn's layers do on CUDA: the `triton` backend differentiates twice
     twice_differentiable = True
 
     def unsupported(self, config: LayerConfig, input: Tensor) -> str | None:
