@@ -33,6 +33,18 @@ CELLS = {
     "gru-before": (gatedrnn.GRU, {"reset": "before"}),
     "lstm": (gatedrnn.LSTM, {}),
 }
+CELL_STATES = {"gru": ("h",), "gru-before": ("h",), "lstm": ("h", "c")}
+
+
+def _hx(states: list):
+    """A layer's hx from its state tensors: the one tensor, or the LSTM's pair."""
+    return states[0] if len(states) == 1 else tuple(states)
+
+
+def _states_of(final) -> tuple:
+    return final if isinstance(final, tuple) else (final,)
+
+
 # relative error ‖a − b‖ / ‖b‖ allowed per dtype (TF32 on the GPU; plain float32 interpreted)
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 # TF32 rounds both operands of every recurrent product to 10 mantissa bits (to nearest: the
@@ -561,7 +573,7 @@ def test_f16_product_outside_float16s_range(cell, f16):
         ours = layer_cls(4, 20, backend="triton", **options).to(DEVICE)
         ours.load_state_dict({k: v.float() for k, v in reference.state_dict().items()})
         x = torch.randn(6, 3, 4).to(DEVICE)
-        states = [torch.randn(1, 3, 20).to(DEVICE) * h_scale for _ in range(len(CELL_STATES[cell]))]
+        states = [torch.randn(1, 3, 20).to(DEVICE) * h_scale for _ in CELL_STATES[cell]]
         with torch.no_grad():
             expected = reference(x.double(), _hx([s.double() for s in states]))
             actual = ours(x, _hx(states))
@@ -599,18 +611,6 @@ def test_f16_backward_scales_each_rows_gradients(cell, f16):
         for b in range(3):
             row_e, row_a = expected.select(batch, b), actual.select(batch, b)
             assert _relative(row_a, row_e) <= 2 * TF32_INITIAL_STATE_TOLERANCE, (b, rows[b])
-
-
-CELL_STATES = {"gru": ("h",), "lstm": ("h", "c")}
-
-
-def _hx(states: list):
-    """A layer's hx from its state tensors: the one tensor, or the LSTM's pair."""
-    return states[0] if len(states) == 1 else tuple(states)
-
-
-def _states_of(final) -> tuple:
-    return final if isinstance(final, tuple) else (final,)
 
 
 @pytest.mark.parametrize(
@@ -798,7 +798,7 @@ def test_double_backward_reruns_the_reference(cell):
     ours = layer_cls(3, 5, backend="triton", **kwargs).to(DEVICE)
     ours.load_state_dict(reference.state_dict())
     x = torch.randn(6, 4, 3, device=DEVICE)
-    states = [torch.randn(4, 4, 5, device=DEVICE) for _ in range(2 if cell == "lstm" else 1)]
+    states = [torch.randn(4, 4, 5, device=DEVICE) for _ in CELL_STATES[cell]]
     lengths = torch.tensor([6, 2, 5, 3])
     results = []
     for layer in (reference, ours):

@@ -83,7 +83,7 @@ TUNING: dict[str, int] = {}
 (1: the chunks' products added, not chained; see ``_accumulate``), ``tma`` (1: the per-step
 operand read by TMA from a ring, see ``_operand_chunk``), ``split`` (2: two programs per unit
 slice, each over half of K, see ``_pair_sum``) and ``f16`` (1: a float32 layer's products in
-float16 with power-of-two scales, the backward's only without TMA, see :func:`_f16_weights`) for
+float16 with power-of-two scales, the backward's only without TMA, see :func:`_f16_operands`) for
 the resident ones.
 ``benchmarks/gpu_speed.py --sweep`` and ``--tuning`` set them; empty in normal use, where each
 call runs with the variant the auto table names for its size (:func:`launch_tuning`); any key
@@ -200,7 +200,7 @@ def _resident_sizes(
     KP·BB / CHUNKS ≥ ``warps_from``. ``tuning["split"] = 2``: two programs per unit slice, each
     over half of K (SPLIT: half of everything above per program, twice the programs; 1, 2, 4 or
     8 chunks tried). ``F16``: a float32 layer's product in float16 where ``tuning["f16"]`` asks
-    for it (:func:`_f16_weights`; its operands then take half the shared memory), in the
+    for it (:func:`_f16_operands`; its operands then take half the shared memory), in the
     ``forward`` and, without TMA, in the backward. Under the interpreter: one program covering
     everything, with the first fold and chunk count (unless :data:`INTERPRETED_SMS`: then as on
     a GPU, with any precision)."""
@@ -408,71 +408,67 @@ def _weights_for_dot(w: Tensor, prec: str) -> Tensor:
     return round_tf32(w) if _round_tf32(w.dtype, prec) else w
 
 
-def _f16_weights(w: Tensor, h0: Tensor | None = None) -> tuple:
-    """The recurrent weights as a float16 product reads them (``F16``, ``TUNING["f16"]``): × 2^a
-    in float16, a such that the largest magnitude lies in [2^14, 2^15), and (1,) float32 2^−a.
-    A power of two changes no rounding: float16's 10 mantissa bits, rounded to nearest, are
-    TF32's, and the scale keeps every weight inside float16's range (below 65504, and normal
-    down to 2^−28 of the largest). With ``h0``: as :func:`_f16_operands` returns. On the device,
+def _f16_operands(w: Tensor, h0: Tensor | None = None) -> tuple:
+    """What a float16 product (``F16``, ``TUNING["f16"]``) reads: the recurrent weights × 2^a in
+    float16, a such that the largest magnitude lies in [2^14, 2^15); with ``h0``, HQ, the
+    (2, B, H) float16 state the forward's product reads (a slot per step parity), slot 0 =
+    h0 × 2^b, b such that max(1, |h0|) ≤ 2^(14 − b), a bound every later state keeps (the GRU's
+    h is a convex mix of its last value and a tanh, the LSTM's o·tanh(c)), else None; and SCALE,
+    float32: (2^b, 2^−(a+b)) with ``h0``, else (2^−a,). A power of two changes no rounding:
+    float16's 10 mantissa bits, rounded to nearest, are TF32's, and the scales keep every value
+    inside float16's range (below 65504, and normal down to 2^−28 of the largest). On the device,
     in three launches and without a synchronisation (a CUDA graph captures it): the largest
     magnitudes, then :func:`~gatedrnn.backends.triton_kernels.f16_operands_kernel`."""
     w = w.detach().contiguous().float()
     w16 = torch.empty(w.shape, dtype=torch.float16, device=w.device)
     w_max = torch.linalg.vector_norm(w, float("inf"))
-    if h0 is None:
-        scale = torch.empty(1, dtype=torch.float32, device=w.device)
-        hq = h = h_max = w
-        n_h = 0
-    else:
+    h = h_max = hq = w  # the kernel's H0, HMAX, HQ: unused without h0
+    if h0 is not None:
         h = h0.detach().contiguous().float()
-        hq = _empty(2, *h.shape, dtype=torch.float16, device=w.device)
         h_max = torch.linalg.vector_norm(h, float("inf"))
-        scale = torch.empty(2, dtype=torch.float32, device=w.device)
-        n_h = h.numel()
+        hq = _empty(2, *h.shape, dtype=torch.float16, device=w.device)
+    n_h = 0 if h0 is None else h.numel()
+    scale = torch.empty(1 if h0 is None else 2, dtype=torch.float32, device=w.device)
     block = 1024
     grid = (math.ceil(max(w.numel(), n_h) / block),)
     _kernels().f16_operands_kernel[grid](
         w, w16, w_max, h, hq, h_max, scale, w.numel(), n_h, BLOCK=block, HAS_H=h0 is not None
     )
-    return (w16, scale) if h0 is None else (w16, hq, scale)
+    return w16, (None if h0 is None else hq), scale
 
 
-def _f16_operands(w: Tensor, h0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """What the resident forward takes for a float32 layer's product in float16: the weights
-    (:func:`_f16_weights`, × 2^a); HQ, the (2, B, H) float16 state the product reads (a slot per
-    step parity), slot 0 = h0 × 2^b, b such that max(1, |h0|) ≤ 2^(14 − b), a bound every later
-    state keeps (the GRU's h is a convex mix of its last value and a tanh, the LSTM's o·tanh(c));
-    and SCALE = (2^b, 2^−(a+b)), float32."""
-    return _f16_weights(w, h0)
+def _f16_constants(constants: dict) -> dict:
+    """A launch's constants with its product in float16 (already scaled: nothing to round)."""
+    import triton.language as tl
+
+    return {**constants, "DOT_DTYPE": tl.float16, "PREC": "ieee", "ROUND": False}
 
 
-_F16_CONSTANTS = {"PREC": "ieee", "ROUND": False}  # and DOT_DTYPE float16
-
-
-def _forward_operands(resident: dict | None, w_hh: Tensor, h0: Tensor, constants: dict, like):
-    """The recurrent weights, HQ and SCALE the forward launch reads, and its constants: the
-    F16 ones (:func:`_f16_operands`, a float16 product) where the resident launch has ``F16``,
-    else ``constants``' own, with ``like`` for the unused HQ and SCALE."""
-    if resident and resident["meta"]["F16"]:
-        import triton.language as tl
-
+def _forward_operands(
+    resident: dict, w_dot: Tensor, w_hh: Tensor, h0: Tensor, y: Tensor, round_dot: bool,
+    constants: dict, like: Tensor,
+) -> tuple:  # fmt: skip
+    """What the resident forward launch reads besides the layer's buffers: the recurrent
+    weights, the TMA ring (:func:`_ring`), HQ, SCALE, and its constants. With ``F16`` the
+    float16 ones (:func:`_f16_operands`; the ring holds the scaled float16 state), else
+    ``w_dot``, the ring over ``y`` and ``constants`` as they are (``like`` for HQ and SCALE)."""
+    B = h0.shape[0]
+    if resident["meta"]["F16"]:
         w16, hq, scale = _f16_operands(w_hh, h0)
-        return w16, hq, scale, {**constants, **_F16_CONSTANTS, "DOT_DTYPE": tl.float16}
-    return None, like, like, constants
+        ring = _ring(resident, 1, B, hq, hq[0])
+        return w16, ring, hq, scale, _f16_constants(constants)
+    return w_dot, _ring(resident, 1, B, y, h0, round_dot), like, like, constants
 
 
-def _backward_operands(resident: dict | None, w_dot: Tensor, T: int, B: int, constants: dict):
+def _backward_operands(resident: dict, w_dot: Tensor, T: int, B: int, constants: dict):
     """The recurrent weights, DMAX and SCALE the backward launch reads, and its constants: for
-    a float16 product (``F16``) the weights × 2^a (:func:`_f16_weights`, from the TF32-rounded
+    a float16 product (``F16``) the weights × 2^a (:func:`_f16_operands`, from the TF32-rounded
     ones the forward kept: float16 rounds them to the same values), zeros for the rows' maxima
     and 2^−a; else ``w_dot`` and ``constants`` as they are (DMAX and SCALE unused)."""
-    if resident and resident["meta"]["F16"]:
-        import triton.language as tl
-
-        w16, w_unscale = _f16_weights(w_dot)
+    if resident["meta"]["F16"]:
+        w16, _, w_unscale = _f16_operands(w_dot)
         dmax = torch.zeros(T, B, dtype=torch.float32, device=w_dot.device)
-        f16 = {**constants, **_F16_CONSTANTS, "DOT_DTYPE": tl.float16}
-        return w16, dmax, w_unscale, f16
+        return w16, dmax, w_unscale, _f16_constants(constants)
     return w_dot, w_dot, w_dot, constants
 
 
@@ -599,15 +595,11 @@ class _GRU(torch.autograd.Function):
             PREC=prec, ROUND=round_dot,
         )  # fmt: skip
         if resident:
-            w16, hq, scale, fwd = _forward_operands(resident, w_hh, h0, constants, hs)
-            ring = (
-                _ring(resident, 1, B, y, h0, round_dot)
-                if w16 is None
-                else _ring(resident, 1, B, hq, hq[0])
+            w, ring, hq, scale, fwd = _forward_operands(
+                resident, w_dot, w_hh, h0, y, round_dot, constants, hs
             )
             arrays = (
-                xg, w_dot if w16 is None else w16, bhh, hs, hs, y, gates, *ring,
-                _exchange(resident, hs), hq, scale,
+                xg, w, bhh, hs, hs, y, gates, *ring, _exchange(resident, hs), hq, scale,
             )  # fmt: skip
             _run(k.resident_forward_kernel, resident, arrays, lens, T, B, LSTM=False, **fwd)
         else:
@@ -706,15 +698,11 @@ class _LSTM(torch.autograd.Function):
             ROUND=round_dot,
         )  # fmt: skip
         if resident:
-            w16, hq, scale, fwd = _forward_operands(resident, w_hh, h0, constants, hs)
-            ring = (
-                _ring(resident, 1, B, y, h0, round_dot)
-                if w16 is None
-                else _ring(resident, 1, B, hq, hq[0])
+            w, ring, hq, scale, fwd = _forward_operands(
+                resident, w_dot, w_hh, h0, y, round_dot, constants, hs
             )
-            xch = _exchange(resident, hs)
             arrays = (  # BHH (hs): unused by the LSTM
-                xg, w_dot if w16 is None else w16, hs, hs, cs, y, gates, *ring, xch, hq, scale,
+                xg, w, hs, hs, cs, y, gates, *ring, _exchange(resident, hs), hq, scale,
             )  # fmt: skip
             _run(
                 k.resident_forward_kernel, resident, arrays, lens, T, B, LSTM=True,

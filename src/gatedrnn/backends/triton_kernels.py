@@ -985,15 +985,27 @@ def _gate_diagonal(acc, BH: tl.constexpr, BB: tl.constexpr):
 
 
 @triton.jit
+def _pow2(exponent):
+    """2^exponent as float32, formed in the exponent bits (exponent in [−126, 127])."""
+    return ((exponent + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _exponent(m):
+    """e of a positive normal m = f·2^e, f in [0.5, 1) (the exponent bits, less 126)."""
+    return ((m.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 126
+
+
+@triton.jit
 def _row_scales(big):
     """For each largest magnitude m·2^e (m in [0.5, 1)): 2^(14 − e), which brings it into
-    [2^13, 2^14), and 2^(e − 14), formed in the exponent bits; 1 and 1 for a zero (a row without
-    gradient) or subnormal largest value. An infinite or NaN one gives an infinite or NaN row,
-    as the float32 product would."""
-    E = (big.to(tl.int32, bitcast=True) >> 23) & 0xFF  # e + 126
-    E = tl.where(E == 0, 140, E)
-    scale = (tl.minimum(tl.maximum(267 - E, 1), 254) << 23).to(tl.float32, bitcast=True)
-    unscale = (tl.minimum(tl.maximum(E - 13, 1), 254) << 23).to(tl.float32, bitcast=True)
+    [2^13, 2^14), and 2^(e − 14); 1 and 1 for a zero (a row without gradient) or subnormal
+    largest value. An infinite or NaN one gives an infinite or NaN row, as the float32 product
+    would."""
+    e = _exponent(big)  # −126 for a zero or subnormal one, 129 for inf or NaN
+    e = tl.where(e == -126, 14, e)
+    scale = _pow2(tl.minimum(tl.maximum(14 - e, -126), 127))
+    unscale = _pow2(tl.minimum(tl.maximum(e - 14, -126), 127))
     return scale, unscale
 
 
@@ -1176,18 +1188,6 @@ def resident_backward_kernel(
     tl.store(DH + own, dh, mask=mine)
     if LSTM:
         tl.store(DC + own, dc, mask=mine)
-
-
-@triton.jit
-def _pow2(exponent):
-    """2^exponent as float32, formed in the exponent bits (exponent in [−126, 127])."""
-    return ((exponent + 127) << 23).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _exponent(m):
-    """e of a positive normal m = f·2^e, f in [0.5, 1)."""
-    return ((m.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 126
 
 
 @triton.jit

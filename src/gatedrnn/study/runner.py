@@ -124,7 +124,6 @@ def _run_stored(spec, store, db_path, checkpoints, workers, progress, data_dir) 
     device = torch.device(spec.train.get("device", "cpu"))
     workers = local_workers(workers or spec.executor.workers, device, len(todo))
     threads = max(1, cores // workers)
-    gpus = _visible_gpus() if device.type == "cuda" and device.index is None else []
     store.set_meta(
         "environment",
         environment(trials[0].config) | {"workers": workers, "threads_per_worker": threads},
@@ -132,6 +131,7 @@ def _run_stored(spec, store, db_path, checkpoints, workers, progress, data_dir) 
     if workers == 1:
         _run_here(store, todo, checkpoints, progress, threads, data_dir)
     else:
+        gpus = _gpus_to_give(device)
         _run_pool(store, todo, checkpoints, progress, workers, threads, data_dir, gpus)
     data = str(data_dir) if data_dir else None
     time_arms(store, trials, lambda configs: time_arm(configs, threads, data), progress)
@@ -145,11 +145,15 @@ def local_workers(requested: int, device: torch.device, trials: int) -> int:
     backend's persistent kernels need every multiprocessor of their GPU (under MPS, kernels of
     other processes beside them can hold some, and a barrier then times out)."""
     if not requested:
-        if device.type == "cuda":
-            requested = max(1, len(_visible_gpus())) if device.index is None else 1
-        else:
-            requested = os.cpu_count() or 1
+        cuda = device.type == "cuda"
+        requested = max(1, len(_gpus_to_give(device))) if cuda else os.cpu_count() or 1
     return max(1, min(requested, max(trials, 1)))
+
+
+def _gpus_to_give(device: torch.device) -> list[str]:
+    """The GPUs the pool's workers take in turn: every visible one for device 'cuda', none
+    for the CPU or a GPU named by index (every worker then uses that one)."""
+    return _visible_gpus() if device.type == "cuda" and device.index is None else []
 
 
 def _visible_gpus() -> list[str]:
