@@ -33,8 +33,9 @@ def build(fn, consts, dtype, warps, stages, sass_dir):
             signature[name] = "constexpr"
         elif name in ("T", "B"):
             signature[name] = "i32"
-        elif name == "W" and consts.get("F16"):
-            signature[name] = "*fp16"  # the float32 layer's weights, scaled, in float16
+        elif name in ("W", "RING_PTR") and consts.get("F16"):
+            # the float32 layer's weights, scaled, in float16; the rings (or F16 = 2's buffer)
+            signature[name] = "*fp16"
         elif name == "RING" and consts.get("TMA"):
             # the TMA ring's descriptor: boxes of (FOLD·blocks, BB, KP / SPLIT / FOLD / CHUNKS)
             blocks = consts["FOLD"] * (4 if fn is k.resident_backward_kernel else 1)
@@ -95,7 +96,14 @@ def main() -> None:
         "--split", action="store_true", help="the resident kernels' K split between two programs"
     )
     parser.add_argument(
-        "--f16", action="store_true", help="the float32 resident forward's product in float16"
+        "--f16",
+        type=int,
+        nargs="?",
+        const=1,
+        default=0,
+        choices=(0, 1, 2),
+        help="the float32 resident kernels' products in float16 (TUNING['f16']: 1, or 2 with "
+        "the backward's gradients stored in float16)",
     )
     parser.add_argument("--resident-only", action="store_true", help="skip the streamed kernels")
     parser.add_argument(
@@ -115,7 +123,7 @@ def main() -> None:
     tuning = {
         "fold": args.fold, "chunks": args.chunks, "forward_chunks": args.forward_chunks,
         "separate": int(args.separate), "tma": int(args.tma), "split": 2 if args.split else 0,
-        "f16": int(args.f16),
+        "f16": args.f16,
     }  # fmt: skip
     save = not args.no_save
     for dtype, dot in (("fp32", tl.float32), ("bf16", tl.bfloat16)):

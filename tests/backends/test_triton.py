@@ -71,6 +71,7 @@ KERNEL_VARIANTS = {
     "split": {"split": 2, "tma": 1, "chunks": 8, "forward_chunks": 2},
     "split-folded": {"split": 2, "fold": 2, "chunks": 2, "forward_chunks": 2, "separate": 1},
     "f16": {"f16": 1},
+    "f16-stored": {"f16": 2},
     "streamed": {"resident": 0},
 }
 
@@ -86,7 +87,8 @@ def kernel_variant(request, monkeypatch):
     the forward in four, products separate; "split": two programs per unit slice, each over half
     of K, with TMA, the backward in eight chunks and the forward in two; "split-folded": split
     and folded, two chunks each, products separate; "f16": a float32 layer's products in
-    float16, scaled, held to TF32's bounds; here forced at every size), and the ones that
+    float16, scaled, held to TF32's bounds; here forced at every size; "f16-stored": the same,
+    the backward's gradients stored in float16 after a first barrier), and the ones that
     stream the weights every step. A split needs its programs to run at once: without a
     GPU only the tests that run them so (``concurrently``) take it."""
     tuning = KERNEL_VARIANTS[request.param]
@@ -246,13 +248,16 @@ def test_many_programs_at_once(cell, kernel_variant, concurrently):
     check(cell, torch.float32, T=4, B=17, I=2, H=40)
 
 
+@pytest.mark.parametrize("level", [1, 2])
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_many_programs_f16_backward_gathers_the_rows_maxima(cell, concurrently, monkeypatch):
+def test_many_programs_f16_backward_gathers_the_rows_maxima(cell, level, concurrently, monkeypatch):
     """The float16 backward's scale for a row is the largest of the whole step's gradients, which
     every program gathers before the barrier: here only the first program's units get an output
     gradient at the last step (10^6, past float16's range), so the others' own largest are zero
-    and a scale of their own would overflow what they read of the first's."""
-    monkeypatch.setitem(gpu.TUNING, "f16", 1)
+    and a scale of their own would overflow what they read of the first's (level 1), or what
+    they store of their own would not match what the others unscale by (level 2, which stores
+    the step's gradients in float16 between two barriers)."""
+    monkeypatch.setitem(gpu.TUNING, "f16", level)
     layer_cls, options = CELLS[cell]
     torch.manual_seed(5)
     reference = layer_cls(2, 40, backend="reference", dtype=torch.float64, **options)
@@ -284,6 +289,8 @@ def test_many_programs_packed_stack(concurrently, monkeypatch):
     check("gru", torch.float32, T=5, B=18, I=3, H=20, lengths=lengths)
     monkeypatch.setattr(gpu, "TUNING", {"split": 2, "tma": 1, "f16": 1})  # the ring in float16
     check("lstm", torch.float32, T=5, B=18, I=3, H=20, lengths=lengths)
+    monkeypatch.setattr(gpu, "TUNING", {"split": 2, "tma": 1, "f16": 2})  # both rings
+    check("gru", torch.float32, T=5, B=18, I=3, H=20, lengths=lengths)
 
 
 @pytest.mark.parametrize("cell, resident", [("gru", True), ("lstm", True), ("gru-before", False)])
@@ -311,7 +318,7 @@ def test_kernel_choice(cell, resident, monkeypatch, kernel_variant):
     layer = layer_cls(3, 5, backend="triton", **options).to(DEVICE)
     out, _ = layer(torch.randn(4, 2, 3, device=DEVICE, requires_grad=True))
     out.sum().backward()
-    if resident and kernel_variant == "f16":  # the float16 operands converted before each
+    if resident and kernel_variant.startswith("f16"):  # the float16 operands converted before each
         prepare = "f16_operands_kernel"
         assert launched == [prepare, "resident_forward_kernel", prepare, "resident_backward_kernel"]
     elif resident and kernel_variant != "streamed":
@@ -479,7 +486,8 @@ def test_f16_on_request(hopper, monkeypatch, fold):
     without chunks or a split (the forward unfolded at B = 16 and, on 128 programs of 32 rows,
     at B = 64; folded, 128 programs of 64 rows; the backward at B = 64 unfolded in four chunks).
     The backward's needs the rows' maxima after the barrier, which TMA's ring, stored before it,
-    cannot wait for: with TMA the backward stays TF32. bfloat16 layers are as they were, and it
+    cannot wait for: with TMA the backward stays TF32, unless level 2 stores the ring after a
+    first barrier. bfloat16 layers are as they were, and it
     gives way to a more accurate float32 precision asked for."""
     if fold:
         monkeypatch.setitem(gpu.TUNING, "fold", fold)
@@ -507,10 +515,14 @@ def test_f16_on_request(hopper, monkeypatch, fold):
     assert gpu._resident_launch(1024, 16, hopper, torch.float32)["meta"]["F16"]
     back = gpu._resident_backward_launch(1024, 16, hopper, torch.float32)["meta"]
     assert not back["F16"] and back["FOLD"] == 2  # TF32's launch there
+    monkeypatch.setitem(gpu.TUNING, "f16", 2)  # the backward's gradients stored in float16
+    forward = gpu._resident_launch(1024, 16, hopper, torch.float32)["meta"]
+    back = gpu._resident_backward_launch(1024, 16, hopper, torch.float32)["meta"]
+    assert forward["F16"] == 1 and back["F16"] == 2 and back["TMA"]  # even with TMA
     monkeypatch.setattr(gpu, "fp32_precision", lambda: "tf32x3")
     assert gpu._resident_launch(1024, 16, hopper, torch.float32) is None
-    monkeypatch.setitem(gpu.TUNING, "f16", 2)
-    with pytest.raises(ValueError, match=r"TUNING\['f16'\] must be 0 or 1, got 2"):
+    monkeypatch.setitem(gpu.TUNING, "f16", 3)
+    with pytest.raises(ValueError, match=r"TUNING\['f16'\] must be 0, 1 or 2, got 3"):
         gpu._resident_launch(1024, 16, hopper, torch.bfloat16)
 
 
@@ -537,22 +549,24 @@ def test_f16_operands_stay_in_range(w_scale, h_scale):
                                atol=bound * 2**-38)  # fmt: skip
 
 
-@pytest.fixture
-def f16(monkeypatch):
-    """``TUNING["f16"]`` on; on a GPU with what the resident kernels need (Hopper, TF32 allowed:
+@pytest.fixture(params=[1, 2], ids=["f16", "f16-stored"])
+def f16(request, monkeypatch):
+    """``TUNING["f16"]`` on, at both levels (2: the backward's gradients stored in float16
+    between two barriers); on a GPU with what the resident kernels need (Hopper, TF32 allowed:
     the small tests otherwise run float32 in IEEE, on the streamed kernels). Returns a check
-    that a size's launches take the float16 products (the backward's: unless TMA)."""
+    that a size's launches take the float16 products (level 1's backward: unless TMA)."""
     if CUDA:
         if torch.cuda.get_device_capability() < (9, 0):
             pytest.skip("the resident kernels need a warpgroup MMA (Hopper or newer)")
         monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    monkeypatch.setitem(gpu.TUNING, "f16", 1)
+    level = request.param
+    monkeypatch.setitem(gpu.TUNING, "f16", level)
 
     def launched(H: int, B: int) -> None:
         device = torch.device(DEVICE)
-        assert gpu._resident_launch(H, B, device, torch.float32)["meta"]["F16"]
+        assert gpu._resident_launch(H, B, device, torch.float32)["meta"]["F16"] == 1
         back = gpu._resident_backward_launch(H, B, device, torch.float32)["meta"]
-        assert back["F16"] != back["TMA"]
+        assert back["F16"] == (level if level == 2 or not back["TMA"] else 0)
 
     return launched
 
@@ -626,7 +640,8 @@ def test_f16_backward_scales_each_rows_gradients(cell, f16):
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_f16_with_the_other_variants(cell, tuning, f16, monkeypatch):
     """The float16 products with the resident kernels' other variants: the TMA ring (holding
-    the scaled float16 state; the backward then TF32), folded K, chunks in both directions;
+    the scaled float16 state; the backward's: TF32 at level 1, the scaled float16 gradients at
+    level 2), folded K, chunks in both directions;
     packed input, two layers both ways."""
     for key, value in tuning.items():
         monkeypatch.setitem(gpu.TUNING, key, value)
@@ -1073,7 +1088,7 @@ REAL = [
 def test_real_sizes_on_gpu(cell, dtype, B, H, kernel_variant):
     if cell == "gru-before" and kernel_variant != "resident":
         pytest.skip("the reset-before GRU has one forward kernel")
-    if kernel_variant == "f16" and dtype != torch.float32:
+    if kernel_variant.startswith("f16") and dtype != torch.float32:
         pytest.skip("a float16 product changes float32 layers only")
     launches = [
         (launch or {}).get("meta")

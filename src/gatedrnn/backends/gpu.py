@@ -83,8 +83,9 @@ TUNING: dict[str, int] = {}
 (1: the chunks' products added, not chained; see ``_accumulate``), ``tma`` (1: the per-step
 operand read by TMA from a ring, see ``_operand_chunk``), ``split`` (2: two programs per unit
 slice, each over half of K, see ``_pair_sum``) and ``f16`` (1: a float32 layer's products in
-float16 with power-of-two scales, the backward's only without TMA, see :func:`_f16_operands`) for
-the resident ones.
+float16 with power-of-two scales, the backward's only without TMA, see :func:`_f16_operands`; 2:
+and the backward's per-step gradients stored in float16 after a first barrier, half the bytes
+every program reads, a second barrier a step, with or without TMA) for the resident ones.
 ``benchmarks/gpu_speed.py --sweep`` and ``--tuning`` set them; empty in normal use, where each
 call runs with the variant the auto table names for its size (:func:`launch_tuning`); any key
 set here replaces the table's choice (``table``: 0, the launchers' own choices alone)."""
@@ -196,18 +197,20 @@ def _resident_sizes(
     the weights and one chunk of the operand within :data:`SHARED_MEMORY`, at most one program
     per multiprocessor, the product at most 256 columns wide (the MMA's N). Takes the smallest
     of ``batch_tiles`` that fits, unfolded before folded (``tuning["fold"]`` = 1 or 2 forces
-    one), then the fewest chunks; eight warps from
-    KP·BB / CHUNKS ≥ ``warps_from``. ``tuning["split"] = 2``: two programs per unit slice, each
-    over half of K (SPLIT: half of everything above per program, twice the programs; 1, 2, 4 or
-    8 chunks tried). ``F16``: a float32 layer's product in float16 where ``tuning["f16"]`` asks
-    for it (:func:`_f16_operands`; its operands then take half the shared memory), in the
-    ``forward`` and, without TMA, in the backward. Under the interpreter: one program covering
-    everything, with the first fold and chunk count (unless :data:`INTERPRETED_SMS`: then as on
-    a GPU, with any precision)."""
-    if tuning.get("f16", 0) not in (0, 1):
-        raise ValueError(f"TUNING['f16'] must be 0 or 1, got {tuning['f16']!r}")
-    f16 = dtype == torch.float32 and bool(tuning.get("f16", 0))
-    f16 = f16 and (forward or not tuning.get("tma", 0))
+    one), then the fewest chunks; eight warps from KP·BB / CHUNKS ≥ ``warps_from``.
+    ``tuning["split"] = 2``: two programs per unit slice, each over half of K (SPLIT: half of
+    everything above per program, twice the programs; 1, 2, 4 or 8 chunks tried). ``F16``: a
+    float32 layer's product in float16 where ``tuning["f16"]`` asks for it
+    (:func:`_f16_operands`; its operands then take half the shared memory), in the ``forward``
+    (meta ``F16`` = 1) and in the backward (``F16`` = the level, 1 or 2; level 1 not with TMA).
+    Under the interpreter: one program covering everything, with the first fold and chunk count
+    (unless :data:`INTERPRETED_SMS`: then as on a GPU, with any precision)."""
+    level = tuning.get("f16", 0)
+    if level not in (0, 1, 2):
+        raise ValueError(f"TUNING['f16'] must be 0, 1 or 2, got {level!r}")
+    tma = bool(tuning.get("tma", 0))
+    f16 = dtype == torch.float32 and bool(level) and (forward or level == 2 or not tma)
+    f16_meta = (1 if forward else level) if f16 else 0
     itemsize = 2 if f16 else dtype.itemsize
     fold = tuning.get("fold")
     if fold not in (None, 1, 2):
@@ -228,11 +231,10 @@ def _resident_sizes(
     def meta(BH: int, BB: int, F: int, C: int) -> dict:
         # K of the MMA: a power of two, and at least 16 (bf16's smallest) in every K range and
         # chunk
-        tma = bool(tuning.get("tma", 0))
         return {
             "BH": BH, "BB": BB, "KP": _next_pow2(max(H, 16 * S * F * C)), "FOLD": F, "SPLIT": S,
             "CHUNKS": C, "SEPARATE": bool(tuning.get("separate", 0)), "TMA": tma,
-            "FENCE": tma and device.type == "cuda", "F16": f16,
+            "FENCE": tma and device.type == "cuda", "F16": f16_meta,
         }  # fmt: skip
 
     if device.type != "cuda" and INTERPRETED_SMS is None:
@@ -460,16 +462,25 @@ def _forward_operands(
     return w_dot, _ring(resident, 1, B, y, h0, round_dot), like, like, constants
 
 
-def _backward_operands(resident: dict, w_dot: Tensor, T: int, B: int, constants: dict):
-    """The recurrent weights, DMAX and SCALE the backward launch reads, and its constants: for
-    a float16 product (``F16``) the weights × 2^a (:func:`_f16_operands`, from the TF32-rounded
-    ones the forward kept: float16 rounds them to the same values), zeros for the rows' maxima
-    and 2^−a; else ``w_dot`` and ``constants`` as they are (DMAX and SCALE unused)."""
-    if resident["meta"]["F16"]:
-        w16, _, w_unscale = _f16_operands(w_dot)
-        dmax = torch.zeros(T, B, dtype=torch.float32, device=w_dot.device)
-        return w16, dmax, w_unscale, _f16_constants(constants)
-    return w_dot, w_dot, w_dot, constants
+def _backward_operands(resident: dict, w_dot: Tensor, dg: Tensor, constants: dict):
+    """What the backward launch reads besides the layer's buffers: the recurrent weights, the
+    ``RING, RING_PTR`` pair (:func:`_ring`), DMAX, SCALE, and its constants. For a float16
+    product (``F16``) the weights × 2^a (:func:`_f16_operands`, from the TF32-rounded ones the
+    forward kept: float16 rounds them to the same values), zeros for the rows' maxima, 2^−a,
+    and with ``F16 = 2`` the float16 ring or, without TMA, a (B, NG·H) float16 buffer for the
+    scaled gradients; else ``w_dot``, the ring in ``dg``'s dtype and ``constants`` as they are
+    (DMAX and SCALE unused). ``dg``: the (T, B, NG·H) gradients the kernel writes."""
+    T, B, width = dg.shape
+    f16 = resident["meta"]["F16"]
+    if not f16:
+        return w_dot, _ring(resident, 4, B, dg), w_dot, w_dot, constants
+    w16, _, w_unscale = _f16_operands(w_dot)
+    dmax = torch.zeros(T, B, dtype=torch.float32, device=dg.device)
+    like = dg
+    if f16 == 2:  # with TMA, the ring's dtype; without, the buffer
+        rows = 0 if resident["meta"]["TMA"] else B
+        like = _empty(rows, width, dtype=torch.float16, device=dg.device)
+    return w16, _ring(resident, 4, B, like), dmax, w_unscale, _f16_constants(constants)
 
 
 def _lens(lengths: Tensor | None, device: torch.device) -> Tensor:
@@ -641,8 +652,7 @@ class _GRU(torch.autograd.Function):
             H=H, HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec, ROUND=round_dot
         )  # fmt: skip
         if resident:
-            ring = _ring(resident, 4, B, dxg)
-            w, dmax, scale, back = _backward_operands(resident, w_dot, T, B, constants)
+            w, ring, dmax, scale, back = _backward_operands(resident, w_dot, dxg, constants)
             arrays = (
                 dy, hs, hs, gates, w, dxg, dgh, dh, dh, *ring, _exchange(resident, dh), dmax, scale,
             )  # fmt: skip
@@ -740,8 +750,7 @@ class _LSTM(torch.autograd.Function):
             H=H, HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec, ROUND=round_dot
         )  # fmt: skip
         if resident:
-            ring = _ring(resident, 4, B, dg)
-            w, dmax, scale, back = _backward_operands(resident, w_dot, T, B, constants)
+            w, ring, dmax, scale, back = _backward_operands(resident, w_dot, dg, constants)
             arrays = (
                 dy, cs, cs, gates, w, dg, dg, dh, dc, *ring, _exchange(resident, dh), dmax, scale,
             )  # fmt: skip

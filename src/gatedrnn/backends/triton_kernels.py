@@ -1021,7 +1021,8 @@ def resident_backward_kernel(
     DH,  # (B, H) float32: ∂ final h on entry, ∂h0 on exit
     DC,  # (B, H) float32 (LSTM): ∂c_T on entry, ∂c0 on exit
     RING,  # TMA: descriptor of the gradients' ring (2 slots, _ring_store's layout, 4 blocks)
-    RING_PTR,  # TMA: the ring itself, in DOT_DTYPE, zeros where never stored
+    RING_PTR,  # TMA: the ring itself, in DOT_DTYPE, zeros where never stored; F16 = 2 without
+    # TMA: (B, NG·H) float16, the step's gradients scaled as the product reads them
     XCH,  # SPLIT = 2: float32, a slot per program for _pair_sum's (BH, BB) parts
     DMAX,  # F16: (T, B) float32 zeros: each step's largest |operand| per batch row, gathered
     SCALE,  # F16: float32 (1,): 1 / the weights' scale
@@ -1061,7 +1062,14 @@ def resident_backward_kernel(
     rows' maxima and scales column n of the operand by :func:`_row_scales` (its largest into
     [2^13, 2^14)) on the way to float16; the product's columns are scaled back in float32. The
     operand stays float32 in memory (the weight gradients' GEMMs read it), half of it in shared
-    memory, with half the weights: what puts float32 at H = 1024, B = 64 on chip, as bfloat16."""
+    memory, with half the weights: what puts float32 at H = 1024, B = 64 on chip, as bfloat16.
+    F16 = 2 (``TUNING["f16"] = 2``; not yet timed): the product reads the gradients in float16,
+    not float32, so half the bytes (every program reads the whole step's gradients of its batch
+    rows: at H = 1024, B = 64 the chip reads 64 MB from L2 a step in float32), at the cost of a
+    second barrier a step: after the one that gathers the maxima each program scales its slice by
+    its rows' scales, stores it in float16 (into RING_PTR, one slot: every program has finished
+    the last step's product before anyone passes this step's first barrier; or with TMA into the
+    ring, which F16 = 1 cannot use), and the product waits for the second."""
     NP_H = tl.num_programs(0)
     NG: tl.constexpr = 4 if LSTM else 3
     KS: tl.constexpr = KP // SPLIT  # the program's part of K, from K0
@@ -1146,8 +1154,8 @@ def resident_backward_kernel(
             big = tl.max(tl.where(m2, big, 0.0), axis=0)
             tl.atomic_max(DMAX + t * B + rows, big, mask=row_mask)
         r0 = (t % 2) * slot_blocks + tile_r0
-        if TMA:
-            KR: tl.constexpr = SPLIT * FOLD  # the ring's K ranges
+        KR: tl.constexpr = SPLIT * FOLD  # the TMA ring's K ranges
+        if TMA and F16 != 2:
             _ring_store(RING_PTR, r0, BT, u, mine, d0, BB, KP, KR, 4, ROUND)
             _ring_store(RING_PTR, r0 + 1, BT, u, mine, d1, BB, KP, KR, 4, ROUND)
             _ring_store(RING_PTR, r0 + 2, BT, u, mine, d2, BB, KP, KR, 4, ROUND)
@@ -1164,16 +1172,41 @@ def resident_backward_kernel(
             prev = tl.load(HS + (t - 1) * B * H + own, mask=prv, other=0.0)
         target += NP_H
         _sync(cnt, ERR, target, SPIN_LIMIT)
+        if F16 == 2:  # the slice in float16, by its rows' scales; then everyone's, after a barrier
+            big = tl.load(DMAX + t * B + rows, mask=row_mask, other=0.0, cache_modifier=".cg")
+            own_scale = _row_scales(big)[0][None, :]
+            q0, q1, q2 = d0 * own_scale, d1 * own_scale, d2 * own_scale
+            q3 = q2
+            if LSTM:
+                q3 = d3 * own_scale
+            if TMA:
+                _ring_store(RING_PTR, r0, BT, u, mine, q0, BB, KP, KR, 4, False)
+                _ring_store(RING_PTR, r0 + 1, BT, u, mine, q1, BB, KP, KR, 4, False)
+                _ring_store(RING_PTR, r0 + 2, BT, u, mine, q2, BB, KP, KR, 4, False)
+                if LSTM:
+                    _ring_store(RING_PTR, r0 + 3, BT, u, mine, q3, BB, KP, KR, 4, False)
+                _async_proxy_fence(t, FENCE)
+            else:
+                ty = RING_PTR.dtype.element_ty
+                _store_gates(
+                    RING_PTR + own_x, H, mine, NG, q0.to(ty), q1.to(ty), q2.to(ty), q3.to(ty)
+                )
+            target += NP_H
+            _sync(cnt, ERR, target, SPIN_LIMIT)
         if TMA:
             _async_proxy_fence(t, FENCE)
         col_scale = d_ok
         if F16:
             big = tl.load(DMAX + t * B + col_row, mask=col_row < B, other=0.0, cache_modifier=".cg")
             col_scale, col_unscale = _row_scales(big)
+        if F16 == 2:  # already scaled, in float16
+            src, src_step = RING_PTR, d_cols
+        else:
+            src, src_step = DR, t * B * NG * H + d_cols
         product = _chunked_product(
-            w0, w1, w2, w3, w4, w5, w6, w7, DR, t * B * NG * H + d_cols, d_ok, col_k0,
+            w0, w1, w2, w3, w4, w5, w6, w7, src, src_step, d_ok, col_k0,
             RING, r0 + read_r0, col_scale, H, KS, FOLD, CHUNKS, SEPARATE, DOT_DTYPE, PREC, ROUND,
-            TMA, F16,
+            TMA, F16 == 1,
         )  # fmt: skip
         if F16:
             product = product * (col_unscale * w_unscale)[None, :]
