@@ -94,7 +94,10 @@ def test_variants_that_launch_alike_are_timed_once(monkeypatch):
     # forward only: the backward's chunks change nothing
     assert gpu_tune._variants("gru", torch.float32, False, 8, 2, cpu) == [{}, {"resident": 0}]
     # a float16 product is a float32 layer's variant; a float16 layer computes in float16 anyway
-    monkeypatch.setattr(gpu_tune, "CANDIDATES", ({}, {"f16": 1}))
+    monkeypatch.setattr(gpu_tune, "CANDIDATES", ({}, {"f16": 1}, {"f16": 2}))
+    levels = [{}, {"f16": 1}, {"f16": 2}]
+    assert gpu_tune._variants("lstm", torch.float32, True, 8, 2, cpu) == levels
+    # forward only: level 2 changes only the backward
     assert gpu_tune._variants("lstm", torch.float32, False, 8, 2, cpu) == [{}, {"f16": 1}]
     assert gpu_tune._variants("lstm", torch.float16, True, 8, 2, cpu) == [{}]
 

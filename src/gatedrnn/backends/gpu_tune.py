@@ -57,6 +57,9 @@ CANDIDATES: tuple[Mapping[str, int], ...] = (
     {"f16": 1, "chunks": 8},
     {"f16": 1, "tma": 1},
     {"f16": 1, "split": 2, "chunks": 8},
+    {"f16": 2},
+    {"f16": 2, "chunks": 8},
+    {"f16": 2, "tma": 1},
     {"resident": 0},
 )
 """The launch variants tried (``gpu.TUNING``'s keys on top of the launchers' own choice, ``{}``);
