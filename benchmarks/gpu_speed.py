@@ -36,6 +36,7 @@ from gatedrnn.atomic import write_atomic  # noqa: E402
 from gatedrnn.backends.gpu_tune import (  # noqa: E402
     AGREEMENT,
     DTYPES,
+    _variants,
     disagreement,
     fastest,
     layer_pair,
@@ -331,6 +332,18 @@ def _changes(variant: dict, dtype_name: str) -> bool:
     return not variant.get("f16") or dtype_name == "float32"
 
 
+def _distinct(variants: list[dict], cell: str, dtype_name: str, B: int, H: int) -> list[dict]:
+    """The sweep's variants worth timing at a shape: on a GPU those that run on chip where the
+    launchers' own choice does and launch differently from every earlier one (as the tuner
+    picks them, ``gpu_tune._variants``: at float32 H = 1024, B = 64 a TF32 variant that does
+    not fit falls back to the streamed kernels, which ``{}`` already times); without one (the
+    tests), those that :func:`_changes` keeps."""
+    kept = [variant for variant in variants if _changes(variant, dtype_name)]
+    if not torch.cuda.is_available():
+        return kept
+    return _variants(cell, DTYPES[dtype_name], True, H, B, torch.device("cuda"), kept)
+
+
 def sweep(
     spec: str,
     T: int,
@@ -341,10 +354,10 @@ def sweep(
 ) -> int:
     """Time launch variants of our kernels at a few shapes (forward and forward + backward),
     every variant's kernels compiled first in ``workers`` processes; each variant on top of the
-    launchers' own choices (``{}``: those alone), not the auto table's (a variant asking for
-    ``f16`` only at float32 shapes, the only ones it changes). ``write``: the fastest
-    variant of each shape and direction into the auto table (:func:`fastest_variants`), as each
-    shape's variants are all timed."""
+    launchers' own choices (``{}``: those alone), not the auto table's; at each shape only the
+    variants that launch differently (:func:`_distinct`; those skipped are named). ``write``:
+    the fastest variant of each shape and direction into the auto table
+    (:func:`fastest_variants`), as each shape's variants are all timed."""
     from gatedrnn.backends import gpu
 
     variants = variants or [
@@ -361,12 +374,15 @@ def sweep(
     results = []
     out.parent.mkdir(parents=True, exist_ok=True)
     shapes = [_shape(item) for item in spec.split(",")]
-    jobs = [(v, shape) for shape in shapes for v in variants if _changes(v, shape[1])]
+    timed = {shape: _distinct(variants, *shape) for shape in shapes}
+    for shape, kept in timed.items():
+        for variant in variants:
+            if _changes(variant, shape[1]) and variant not in kept:
+                print(f"sweep skip {':'.join(map(str, shape))} {variant}: launches as another")
+    jobs = [(v, shape) for shape in shapes for v in timed[shape]]
     _precompile(_compile_variant, jobs, workers)
     for cell, dtype_name, B, H in shapes:
-        for variant in variants:
-            if not _changes(variant, dtype_name):
-                continue
+        for variant in timed[(cell, dtype_name, B, H)]:
             gpu.TUNING.clear()
             gpu.TUNING.update({"table": 0, **variant})  # {}: the launchers' own choice
             for row in measure(cell, dtype_name, B, H, T):

@@ -1284,6 +1284,27 @@ def test_benchmark_sweep_keeps_what_it_measured_when_cut_off(tmp_path, monkeypat
     assert seen == [{"table": 0}, {"table": 0}, {"table": 0, "f16": 1}]
 
 
+def test_benchmark_sweep_times_each_launch_once(tmp_path, monkeypatch, hopper, capsys):
+    """On a GPU the sweep times, at each shape, only the variants that launch differently (as
+    the tuner picks them): at float32 H = 1024, B = 64, where TF32 does not fit on chip, a TMA
+    or eight-chunk variant would time the streamed kernels ``{}`` runs again; at bfloat16 the
+    float16 products change nothing. Each skipped one is named in the log."""
+    gpu_speed = _gpu_speed()
+    monkeypatch.setattr(gpu, "TUNING", {})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    seen = []
+    monkeypatch.setattr(gpu_speed, "measure", lambda *shape: seen.append(dict(gpu.TUNING)) or [])
+    variants = [{}, {"tma": 1}, {"chunks": 8}, {"f16": 1}]
+    gpu_speed.sweep("lstm:float32:64:1024,lstm:bfloat16:64:1024", 8, tmp_path / "s.json", variants)
+    timed = [{"table": 0, **v} for v in ({}, {"f16": 1}, {}, {"tma": 1}, {"chunks": 8})]
+    assert seen == timed
+    skipped = [line for line in capsys.readouterr().out.splitlines() if "sweep skip" in line]
+    assert skipped == [
+        "sweep skip lstm:float32:64:1024 {'tma': 1}: launches as another",
+        "sweep skip lstm:float32:64:1024 {'chunks': 8}: launches as another",
+    ]
+
+
 def test_benchmark_sweep_writes_each_shapes_fastest_variant(tmp_path, monkeypatch):
     """``gpu_speed.py --sweep ... --write-table``: per shape and direction the fastest variant
     goes into the auto table as the launch to use there, its ratio against the median of the

@@ -27,7 +27,7 @@ import os
 import statistics
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -253,12 +253,16 @@ def _runner(layer, x, dy, grad: bool):
     return run
 
 
-def _variants(kind: str, dtype: torch.dtype, grad: bool, H: int, B: int, device) -> list:
-    """The :data:`CANDIDATES` that launch at this size, each launching differently."""
+def _variants(
+    kind: str, dtype: torch.dtype, grad: bool, H: int, B: int, device,
+    candidates: Sequence[Mapping[str, int]] | None = None,
+) -> list:  # fmt: skip
+    """The :data:`CANDIDATES` (or ``candidates``) that launch at this size, each launching
+    differently (the first of each launch kept)."""
     from gatedrnn.backends import gpu
 
     seen, kept = set(), []
-    for variant in CANDIDATES:
+    for variant in CANDIDATES if candidates is None else candidates:
         if variant and not gpu._launches_here(variant, H, B, device, dtype, grad):
             continue
         forward = gpu._resident_launch(H, B, device, dtype, variant)
