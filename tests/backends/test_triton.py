@@ -487,8 +487,8 @@ def test_f16_on_request(hopper, monkeypatch, fold):
     at B = 64; folded, 128 programs of 64 rows; the backward at B = 64 unfolded in four chunks).
     The backward's needs the rows' maxima after the barrier, which TMA's ring, stored before it,
     cannot wait for: with TMA the backward stays TF32, unless level 2 stores the ring after a
-    first barrier. bfloat16 layers are as they were, and it
-    gives way to a more accurate float32 precision asked for."""
+    first barrier. bfloat16 layers are as they were, and it gives way to a more accurate float32
+    precision asked for."""
     if fold:
         monkeypatch.setitem(gpu.TUNING, "fold", fold)
     tf32 = gpu._resident_launch(1024, 64, hopper, torch.float32)
@@ -641,8 +641,7 @@ def test_f16_backward_scales_each_rows_gradients(cell, f16):
 def test_f16_with_the_other_variants(cell, tuning, f16, monkeypatch):
     """The float16 products with the resident kernels' other variants: the TMA ring (holding
     the scaled float16 state; the backward's: TF32 at level 1, the scaled float16 gradients at
-    level 2), folded K, chunks in both directions;
-    packed input, two layers both ways."""
+    level 2), folded K, chunks in both directions; packed input, two layers both ways."""
     for key, value in tuning.items():
         monkeypatch.setitem(gpu.TUNING, key, value)
     f16(40, 3)
