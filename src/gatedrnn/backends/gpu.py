@@ -621,7 +621,7 @@ class _GRU(torch.autograd.Function):
         out = y[1:]
         # then the inputs, for a double backward (the weights are the module's: no memory)
         ctx.save_for_backward(x, w_ih, w_dot, hs, y, gates, lens, h0, w_hh, b_ih, b_hh)
-        ctx.reset_after, ctx.has_bias = reset_after, b_ih is not None
+        ctx.has_bias = b_ih is not None
         ctx.spec, ctx.lengths = spec, lengths
         ctx.launch = (cfg, tuning, dot_dtype, prec, round_dot)
         ctx.has_lens = lengths is not None
@@ -638,7 +638,7 @@ class _GRU(torch.autograd.Function):
             )
         T, B, _ = x.shape
         H = hs.shape[2]
-        reset_after = ctx.reset_after
+        reset_after = ctx.spec.reset == "after"
         k = _kernels()
         cfg, tuning, dot_dtype, prec, round_dot = ctx.launch  # w_dot: as the forward read it
         dxg = _empty(T, B, 3 * H, dtype=x.dtype, device=x.device)

@@ -691,6 +691,22 @@ def _ring_store(
 
 
 @triton.jit
+def _ring_store_gates(
+    RING_PTR, r0, BT, u, mine, g0, g1, g2, g3, t, BB: tl.constexpr, KP: tl.constexpr,
+    KR: tl.constexpr, ROUND: tl.constexpr, FENCE: tl.constexpr, LSTM: tl.constexpr,
+):  # fmt: skip
+    """The backward's gate blocks g0, g1, g2 (and the LSTM's g3) into the ring's blocks r0 …
+    (:func:`_ring_store`, KR K ranges, 4 blocks a range), then the proxy fence that orders them
+    before the TMA loads of other programs."""
+    _ring_store(RING_PTR, r0, BT, u, mine, g0, BB, KP, KR, 4, ROUND)
+    _ring_store(RING_PTR, r0 + 1, BT, u, mine, g1, BB, KP, KR, 4, ROUND)
+    _ring_store(RING_PTR, r0 + 2, BT, u, mine, g2, BB, KP, KR, 4, ROUND)
+    if LSTM:
+        _ring_store(RING_PTR, r0 + 3, BT, u, mine, g3, BB, KP, KR, 4, ROUND)
+    _async_proxy_fence(t, FENCE)
+
+
+@triton.jit
 def _weight_chunk(
     W, H: tl.constexpr, BH: tl.constexpr, K0, KP: tl.constexpr, NG: tl.constexpr,
     FOLD: tl.constexpr, SPLIT: tl.constexpr, KC: tl.constexpr, c: tl.constexpr,
@@ -1141,6 +1157,7 @@ def resident_backward_kernel(
             _store_gates(dx, H, mine, 3, dar.to(ty), daz.to(ty), dan.to(ty), None)
             # the recurrent side's gradients (the product's operand)
             d0, d1, d2 = dar, daz, dan * r
+            d3 = d2  # no fourth gate: never stored
             ty = DR.dtype.element_ty
             _store_gates(
                 DR + t * B * 3 * H + own_x, H, mine, 3, d0.to(ty), d1.to(ty), d2.to(ty), None
@@ -1156,12 +1173,9 @@ def resident_backward_kernel(
         r0 = (t % 2) * slot_blocks + tile_r0
         KR: tl.constexpr = SPLIT * FOLD  # the TMA ring's K ranges
         if TMA and F16 != 2:
-            _ring_store(RING_PTR, r0, BT, u, mine, d0, BB, KP, KR, 4, ROUND)
-            _ring_store(RING_PTR, r0 + 1, BT, u, mine, d1, BB, KP, KR, 4, ROUND)
-            _ring_store(RING_PTR, r0 + 2, BT, u, mine, d2, BB, KP, KR, 4, ROUND)
-            if LSTM:
-                _ring_store(RING_PTR, r0 + 3, BT, u, mine, d3, BB, KP, KR, 4, ROUND)
-            _async_proxy_fence(t, FENCE)
+            _ring_store_gates(
+                RING_PTR, r0, BT, u, mine, d0, d1, d2, d3, t, BB, KP, KR, ROUND, FENCE, LSTM
+            )
         # the previous step's pointwise inputs do not depend on the others: load them now
         prv = m2 & (t > 0)
         dy = tl.load(DY + (t - 1) * B * H + own, mask=prv, other=0.0).to(tl.float32)
@@ -1175,17 +1189,11 @@ def resident_backward_kernel(
         if F16 == 2:  # the slice in float16, by its rows' scales; then everyone's, after a barrier
             big = tl.load(DMAX + t * B + rows, mask=row_mask, other=0.0, cache_modifier=".cg")
             own_scale = _row_scales(big)[0][None, :]
-            q0, q1, q2 = d0 * own_scale, d1 * own_scale, d2 * own_scale
-            q3 = q2
-            if LSTM:
-                q3 = d3 * own_scale
+            q0, q1, q2, q3 = d0 * own_scale, d1 * own_scale, d2 * own_scale, d3 * own_scale
             if TMA:
-                _ring_store(RING_PTR, r0, BT, u, mine, q0, BB, KP, KR, 4, False)
-                _ring_store(RING_PTR, r0 + 1, BT, u, mine, q1, BB, KP, KR, 4, False)
-                _ring_store(RING_PTR, r0 + 2, BT, u, mine, q2, BB, KP, KR, 4, False)
-                if LSTM:
-                    _ring_store(RING_PTR, r0 + 3, BT, u, mine, q3, BB, KP, KR, 4, False)
-                _async_proxy_fence(t, FENCE)
+                _ring_store_gates(
+                    RING_PTR, r0, BT, u, mine, q0, q1, q2, q3, t, BB, KP, KR, False, FENCE, LSTM
+                )
             else:
                 ty = RING_PTR.dtype.element_ty
                 _store_gates(
