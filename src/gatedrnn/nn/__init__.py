@@ -2,6 +2,7 @@
 
 from gatedrnn.nn.base import RecurrentBase
 from gatedrnn.nn.cellbase import CellBase
+from gatedrnn.nn.convert import convert, from_torch, to_torch
 from gatedrnn.nn.counting import count_parameters, hidden_for_budget, step_cost
 from gatedrnn.nn.gru import GRU, GRUCell
 from gatedrnn.nn.lstm import LSTM, LSTMCell
@@ -36,7 +37,9 @@ __all__ = [
     "RNNCell",
     "RecurrentBase",
     "StepCost",
+    "convert",
     "count_parameters",
+    "from_torch",
     "hidden_for_budget",
     "make_spec",
     "pack_padded_sequence",
@@ -44,4 +47,5 @@ __all__ = [
     "pad_packed_sequence",
     "pad_sequence",
     "step_cost",
+    "to_torch",
 ]

@@ -164,6 +164,18 @@ class RecurrentBase(nn.Module):
     def flatten_parameters(self) -> None:
         """Present for drop-in use with torch.nn code; our backends need no flat buffer."""
 
+    def to_torch(self) -> nn.Module:
+        """The torch.nn layer computing what this one does, holding the same parameters (see
+        :func:`gatedrnn.nn.convert.to_torch`)."""
+        from gatedrnn.nn.convert import to_torch
+
+        return to_torch(self)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        from gatedrnn.nn.convert import scriptable_twin
+
+        return scriptable_twin(self)
+
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         defaults = {

@@ -52,6 +52,18 @@ class CellBase(nn.Module):
     def reset_parameters(self) -> None:
         init_recurrent_(self, self.spec, self.hidden_size, self.init, self.forget_bias)
 
+    def to_torch(self) -> nn.Module:
+        """The torch.nn cell computing what this one does, holding the same parameters (see
+        :func:`gatedrnn.nn.convert.to_torch`)."""
+        from gatedrnn.nn.convert import to_torch
+
+        return to_torch(self)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        from gatedrnn.nn.convert import scriptable_twin
+
+        return scriptable_twin(self)
+
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         if not self.bias:
