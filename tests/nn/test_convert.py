@@ -180,7 +180,7 @@ def test_what_conversion_would_lose_is_refused():
 
     with pytest.raises(TypeError, match=r"expected one of torch\.nn\.RNN, .* got MyGRU"):
         gatedrnn.from_torch(MyGRU(3, 4))
-    with pytest.raises(ValueError, match=r"MyGRU is a subclass .* convert it by hand"):
+    with pytest.raises(TypeError, match=r"got MyGRU \(a subclass .* convert it by hand\)"):
         gatedrnn.convert(nn.Sequential(MyGRU(3, 4)))
     with pytest.raises(TypeError, match="expected a gatedrnn layer or cell, got GRU"):
         gatedrnn.to_torch(nn.GRU(3, 4))
@@ -202,6 +202,8 @@ def test_what_conversion_would_lose_is_refused():
     nn.utils.parametrizations.weight_norm(parametrized, "weight_hh_l0")
     with pytest.raises(ValueError, match="parametrized weights"):
         gatedrnn.from_torch(parametrized)
+    with pytest.raises(ValueError, match="parametrized weights"):
+        gatedrnn.convert(nn.Sequential(parametrized))
     ours = gatedrnn.GRU(3, 4)
     nn.utils.parametrizations.weight_norm(ours, "weight_hh_l0")
     with pytest.raises(ValueError, match="weight_hh_l0 is not a plain Parameter"):

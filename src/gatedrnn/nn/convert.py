@@ -95,7 +95,11 @@ def from_torch(module: nn.Module, *, backend: str = "auto") -> RecurrentBase | C
         )
     if ours_type is None:
         expected = ", ".join(f"torch.nn.{t.__name__}" for t in _TWINS)
-        raise TypeError(f"from_torch: expected one of {expected}, got {type(module).__name__}")
+        subclass = isinstance(module, (nn.RNNBase, nn.RNNCellBase))
+        raise TypeError(
+            f"from_torch: expected one of {expected}, got {type(module).__name__}"
+            + (" (a subclass may compute something else: convert it by hand)" if subclass else "")
+        )
     owner = f"torch.nn.{type(module).__name__}"
     names = _parameter_names(module, owner)
     first = getattr(module, names[0])
@@ -131,13 +135,8 @@ def convert(model: nn.Module, *, to: str = "gatedrnn", backend: str = "auto") ->
         if id(module) not in done:
             if to == "torch" and isinstance(module, (RecurrentBase, CellBase)):
                 done[id(module)] = to_torch(module)
-            elif to == "gatedrnn" and type(module) in _TWINS:
-                done[id(module)] = from_torch(module, backend=backend)
             elif to == "gatedrnn" and isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
-                raise ValueError(
-                    f"convert: {type(module).__name__} is a subclass of a torch.nn recurrent "
-                    "layer, which may compute something else; convert it by hand"
-                )
+                done[id(module)] = from_torch(module, backend=backend)  # or why it cannot
             else:
                 done[id(module)] = module
                 for name, child in list(module.named_children()):
