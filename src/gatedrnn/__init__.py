@@ -2,7 +2,8 @@
 claims made for the GRU against the LSTM and the plain RNN.
 
 Everything in :mod:`gatedrnn.nn` is importable from here: the layers (``RNN``, ``LSTM``, ``GRU``,
-``MGU``, ``MinGRU``, ``MinLSTM``), their cells, the counting functions and the packing helpers.
+``MGU``, ``MinGRU``, ``MinLSTM``), their cells, the counting functions, the packing helpers and
+the conversion to and from torch.nn (``convert``, ``from_torch``, ``to_torch``).
 """
 
 from gatedrnn import nn as _nn
