@@ -272,3 +272,39 @@ def test_generalization_needs_a_reduced_training_set(self_study):
         "adding / equal_hidden / 0.5 of train", "adding / equal_params / 0.5 of train",
         "jsb / equal_hidden / 0.5 of train", "jsb / equal_params / 0.5 of train",
     ]  # fmt: skip
+
+
+def _tested(values: list[float]) -> list[dict]:
+    return [{"test": {"nll": v}, "train": {"nll": v - 1.0}} for v in values]
+
+
+def test_an_inconclusive_verdict_over_seeds_says_how_many_would_decide_it():
+    """Where seeds left the interval across the line, the verdict says how many seeds would
+    settle it at the observed mean and spread; a decided one does not."""
+    from gatedrnn.claims.stats import seeds_for_equivalence, seeds_to_exclude
+    from gatedrnn.claims.verdicts import _comparable, _generalization
+
+    gru, lstm = [4.0, 4.6, 3.9], [4.3, 4.4, 4.5]  # GRU better by 0.23 on average, noisily
+    diffs = [a - b for a, b in zip(gru, lstm, strict=True)]
+    wide = _generalization(_tested(gru), _tested(lstm), "t / w / 0.3", "nll", higher=False)
+    assert wide.verdict == "inconclusive"
+    needed = seeds_to_exclude(diffs)
+    assert needed is not None and wide.details["seeds_needed"] == needed
+    assert f"; ~{needed} seeds would decide it at this mean and spread" in wide.measurement
+
+    same = _comparable(_tested(gru), _tested(lstm), "t / w", "nll", higher=False)
+    assert same.verdict == "inconclusive"  # the mean, 0.23, is past the 2% margin (0.088)
+    assert same.details["seeds_needed"] == seeds_to_exclude(diffs, -same.details["margin"])
+
+    close = [4.30, 4.45, 4.35]  # within the margin on average: more seeds would show it
+    near = _comparable(_tested(close), _tested(lstm), "t / w", "nll", higher=False)
+    assert near.verdict == "inconclusive"
+    margin = near.details["margin"]
+    expected = seeds_for_equivalence([a - b for a, b in zip(close, lstm, strict=True)], margin)
+    assert near.details["seeds_needed"] == expected is not None
+
+    clear = _generalization(_tested([3.0, 3.1, 3.05]), _tested(lstm), "t", "nll", higher=False)
+    assert clear.verdict == "supported" and "seeds" not in clear.measurement
+    assert clear.details["seeds_needed"] is None
+    noise = _generalization(_tested([4.3, 4.6, 4.3]), _tested(lstm), "t", "nll", higher=False)
+    assert "; not decided by up to 1000 seeds" in noise.measurement

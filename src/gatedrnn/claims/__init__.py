@@ -1,6 +1,14 @@
 """The claims made for the GRU, measured from a study's database, with verdicts."""
 
-from gatedrnn.claims.stats import Interval, mean_ci, paired_difference, paired_ratio, tost
+from gatedrnn.claims.stats import (
+    Interval,
+    mean_ci,
+    paired_difference,
+    paired_ratio,
+    seeds_for_equivalence,
+    seeds_to_exclude,
+    tost,
+)
 from gatedrnn.claims.verdicts import CLAIMS, ClaimVerdict, evaluate_claims, overall
 
 __all__ = [
@@ -12,5 +20,7 @@ __all__ = [
     "overall",
     "paired_difference",
     "paired_ratio",
+    "seeds_for_equivalence",
+    "seeds_to_exclude",
     "tost",
 ]

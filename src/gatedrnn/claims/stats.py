@@ -15,9 +15,18 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-__all__ = ["Interval", "mean_ci", "paired_difference", "paired_ratio", "tost"]
+__all__ = [
+    "Interval",
+    "mean_ci",
+    "paired_difference",
+    "paired_ratio",
+    "seeds_for_equivalence",
+    "seeds_to_exclude",
+    "tost",
+]
 
 LEVEL = 0.95
+MOST_SEEDS = 1000  # beyond this a planning estimate says only "more"
 
 
 @dataclass(frozen=True)
@@ -87,3 +96,50 @@ def tost(differences: Sequence[float], margin: float) -> float:
     p_lower = 1 - float(stats.t.cdf((mean + margin) / se, n - 1))  # H0: mean <= -margin
     p_upper = float(stats.t.cdf((mean - margin) / se, n - 1))  # H0: mean >= margin
     return max(p_lower, p_upper)
+
+
+def seeds_to_exclude(
+    values: Sequence[float], bound: float = 0.0, level: float = LEVEL
+) -> int | None:
+    """How many paired runs (seeds) the t interval of the mean of ``values`` would need to lie
+    wholly on the mean's side of ``bound``, were the mean and spread to stay as observed: the
+    least n ≥ 2 with t_{n−1} · s / √n < |mean − bound|. A planning estimate for a study that came
+    out inconclusive, not a test. None where the mean sits on the bound, where there is no spread
+    to go on (fewer than two values, or all equal) or where it would take more than
+    :data:`MOST_SEEDS`."""
+    x = np.asarray(values, dtype=float)
+    if x.size < 2:
+        return None
+    gap, sd = abs(float(x.mean()) - bound), float(x.std(ddof=1))
+    if gap == 0 or sd == 0:
+        return None
+    return _least_n(lambda n: float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n) < gap)
+
+
+def seeds_for_equivalence(differences: Sequence[float], margin: float) -> int | None:
+    """How many paired runs the two one-sided tests (:func:`tost`, at 5%) would need to find the
+    mean difference within ±``margin``, were its mean and spread to stay as observed: the least
+    n ≥ 2 with t_{n−1, 0.95} · s / √n < margin − |mean|. None where the mean is not inside the
+    margin (no number of runs would do), where there is no spread to go on, or beyond
+    :data:`MOST_SEEDS`."""
+    d = np.asarray(differences, dtype=float)
+    if d.size < 2:
+        return None
+    room, sd = margin - abs(float(d.mean())), float(d.std(ddof=1))
+    if room <= 0 or sd == 0:
+        return None
+    return _least_n(lambda n: float(stats.t.ppf(0.95, n - 1)) * sd / math.sqrt(n) < room)
+
+
+def _least_n(enough) -> int | None:
+    """The least n in [2, MOST_SEEDS] for which ``enough(n)`` holds (it holds from some n on)."""
+    if not enough(MOST_SEEDS):
+        return None
+    low, high = 2, MOST_SEEDS
+    while low < high:
+        mid = (low + high) // 2
+        if enough(mid):
+            high = mid
+        else:
+            low = mid + 1
+    return low

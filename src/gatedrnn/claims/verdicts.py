@@ -11,6 +11,10 @@ rules are deliberately hard to satisfy by chance:
 * facts (parameter counts, bytes, gates) that are equal → inconclusive;
 * "comparable" is an equivalence test (TOST) against a margin of 2% of the baseline's metric.
 
+An inconclusive generalization or comparable verdict also says how many seeds would decide it,
+were the per-seed mean and spread to hold (:func:`~gatedrnn.claims.stats.seeds_to_exclude`,
+:func:`~gatedrnn.claims.stats.seeds_for_equivalence`): a plan for the next study, not a test.
+
 Comparing a cell with itself therefore never yields *supported* or *contradicted* (tested).
 """
 
@@ -22,7 +26,15 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from gatedrnn.claims.stats import Interval, paired_difference, paired_ratio, tost
+from gatedrnn.claims.stats import (
+    MOST_SEEDS,
+    Interval,
+    paired_difference,
+    paired_ratio,
+    seeds_for_equivalence,
+    seeds_to_exclude,
+    tost,
+)
 from gatedrnn.nn.spec import spec_from_options
 from gatedrnn.tasks import TASKS
 
@@ -351,18 +363,34 @@ def _convergence(
 
 
 def _generalization(a, b, scope, metric: str, higher: bool) -> ClaimVerdict:
-    diff = paired_difference([r["test"][metric] for r in a], [r["test"][metric] for r in b])
+    ta, tb = [r["test"][metric] for r in a], [r["test"][metric] for r in b]
+    diff = paired_difference(ta, tb)
     gap = paired_difference(
         [r["test"][metric] - r["train"][metric] for r in a],
         [r["test"][metric] - r["train"][metric] for r in b],
     )
+    verdict = _better_verdict(diff, higher)
+    seeds, hint = _seeds_hint(
+        verdict, diff, lambda: seeds_to_exclude([x - y for x, y in zip(ta, tb, strict=True)])
+    )
     return ClaimVerdict(
         "better generalization",
         scope,
-        _better_verdict(diff, higher),
-        f"test {metric} difference {diff}; train–test gap difference {gap}",
-        {"difference": diff.__dict__, "gap": gap.__dict__},
+        verdict,
+        f"test {metric} difference {diff}; train–test gap difference {gap}{hint}",
+        {"difference": diff.__dict__, "gap": gap.__dict__, "seeds_needed": seeds},
     )
+
+
+def _seeds_hint(verdict: str, diff: Interval, needed) -> tuple[int | None, str]:
+    """For an inconclusive verdict over seeds: how many seeds ``needed()`` says would decide it
+    were the per-seed mean and spread to hold, and the words that say so."""
+    if verdict != INCONCLUSIVE or not diff.defined:
+        return None, ""
+    seeds = needed()
+    if seeds is None:
+        return None, f"; not decided by up to {MOST_SEEDS} seeds at this mean and spread"
+    return seeds, f"; ~{seeds} seeds would decide it at this mean and spread"
 
 
 def _comparable(a, b, scope, metric: str, higher: bool) -> ClaimVerdict:
@@ -386,12 +414,22 @@ def _comparable(a, b, scope, metric: str, higher: bool) -> ClaimVerdict:
             else "; the baseline is better"
         )
     )
+    # more seeds would show equivalence where the mean is inside the margin, else a difference
+    seeds, hint = _seeds_hint(
+        verdict,
+        diff,
+        lambda: (
+            seeds_for_equivalence(diffs, margin)
+            if abs(diff.estimate) < margin
+            else seeds_to_exclude(diffs, math.copysign(margin, diff.estimate))
+        ),
+    )
     return ClaimVerdict(
         "comparable performance",
         scope,
         verdict,
-        f"test {metric} difference {diff}, margin ±{margin:.4g}, TOST p = {p:.3g}{better}",
-        {"difference": diff.__dict__, "margin": margin, "p": p},
+        f"test {metric} difference {diff}, margin ±{margin:.4g}, TOST p = {p:.3g}{better}{hint}",
+        {"difference": diff.__dict__, "margin": margin, "p": p, "seeds_needed": seeds},
     )
 
 

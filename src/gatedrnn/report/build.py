@@ -236,7 +236,8 @@ def build_report(
             "supported / contradicted need every scope to agree; intervals are "
             "95% t intervals over seeds, paired by seed; ratios must clear a 5% "
             "margin, and epochs under 10 ms are too short to time against each other; "
-            "'comparable' is a TOST against ±2% of the baseline.",
+            "'comparable' is a TOST against ±2% of the baseline; '~N seeds would decide it' "
+            "assumes the per-seed mean and spread hold (a planning estimate).",
         )
     )
     sections.append(("h2", "Measurements"))
