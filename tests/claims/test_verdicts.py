@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from gatedrnn.claims import evaluate_claims, overall
@@ -308,3 +310,25 @@ def test_an_inconclusive_verdict_over_seeds_says_how_many_would_decide_it():
     assert clear.details["seeds_needed"] is None
     noise = _generalization(_tested([4.3, 4.6, 4.3]), _tested(lstm), "t", "nll", higher=False)
     assert "; not decided by up to 1000 seeds" in noise.measurement
+
+
+def test_an_inconclusive_convergence_verdict_says_how_many_seeds_would_decide_it():
+    """The seeds are counted on the least favourable ends of each count (the ones the verdict
+    reads); where those do not clear the margin on average, no number of seeds would."""
+    from gatedrnn.claims.stats import seeds_to_exclude
+    from gatedrnn.claims.verdicts import _convergence
+
+    a, b = [_history(e) for e in (3, 7, 3)], [_history(e) for e in (8, 8, 9)]
+    noisy = _convergence(a, b, "t / w", "nll", higher=False)
+    assert noisy.verdict == "inconclusive"
+    logs = [math.log(x / y) for x, y in zip((30, 70, 30), (70, 70, 80), strict=True)]
+    needed = seeds_to_exclude(logs, math.log(0.95))
+    assert needed is not None and noisy.details["seeds_needed"] == needed
+    assert f"~{needed} seeds would decide it" in noisy.measurement
+
+    close = _convergence([_history(2)] * 2, [_history(3)] * 2, "t / w", "nll", higher=False)
+    assert close.details["seeds_needed"] is None
+    assert "not decided by up to 1000 seeds" in close.measurement
+    slower = _convergence(b, a, "t / w", "nll", higher=False)  # the same counts, swapped
+    assert slower.verdict == "inconclusive"
+    assert slower.details["seeds_needed"] == seeds_to_exclude([-x for x in logs], math.log(1.05))

@@ -11,11 +11,12 @@ rules are deliberately hard to satisfy by chance:
 * facts (parameter counts, bytes, gates) that are equal → inconclusive;
 * "comparable" is an equivalence test (TOST) against a margin of 2% of the baseline's metric.
 
-An inconclusive generalization or comparable verdict also says how many seeds would decide it,
-were the per-seed mean and spread to hold (:func:`~gatedrnn.claims.stats.seeds_to_exclude`,
-:func:`~gatedrnn.claims.stats.seeds_for_equivalence`): a plan for the next study, not a test.
-
 Comparing a cell with itself therefore never yields *supported* or *contradicted* (tested).
+
+An inconclusive convergence, generalization or comparable verdict also says how many seeds would
+decide it, were the per-seed mean and spread to hold (for convergence, those of the counts' least
+favourable ends, which its verdict reads; :func:`~gatedrnn.claims.stats.seeds_to_exclude`,
+:func:`~gatedrnn.claims.stats.seeds_for_equivalence`): a plan for the next study, not a test.
 """
 
 from __future__ import annotations
@@ -332,6 +333,12 @@ def _convergence(
         verdict = CONTRADICTED
     else:
         verdict = INCONCLUSIVE
+    # more seeds decide it only where the least favourable ends, on average, clear the margin
+    if ratio.estimate <= 1:
+        edge, ends = slowest, (updates_a, [lo for lo, _ in bounds_b], 1 - PRACTICAL)
+    else:
+        edge, ends = fastest, ([lo for lo, _ in bounds_a], updates_b, 1 + PRACTICAL)
+    seeds, hint = _seeds_hint(verdict, edge, lambda: _seeds_past(*ends))
     low, high = math.isfinite(fastest.estimate), math.isfinite(slowest.estimate)
     within = (
         f" (within the epochs: {fastest.estimate:.3g}–{slowest.estimate:.3g})"
@@ -352,12 +359,13 @@ def _convergence(
         "faster convergence",
         scope,
         verdict,
-        f"updates to the target, ratio {ratio}{within}; {timed} {seconds}",
+        f"updates to the target, ratio {ratio}{within}; {timed} {seconds}{hint}",
         {
             "updates": ratio.__dict__,
             "updates_slowest": slowest.__dict__,
             "updates_fastest": fastest.__dict__,
             "seconds": seconds.__dict__,
+            "seeds_needed": seeds,
         },
     )
 
@@ -380,6 +388,15 @@ def _generalization(a, b, scope, metric: str, higher: bool) -> ClaimVerdict:
         f"test {metric} difference {diff}; train–test gap difference {gap}{hint}",
         {"difference": diff.__dict__, "gap": gap.__dict__, "seeds_needed": seeds},
     )
+
+
+def _seeds_past(a: list[float], b: list[float], line: float) -> int | None:
+    """Seeds for the interval of the paired log ratios a / b to clear log(``line``) on the side
+    their mean is on, or None where that mean is not past the line (then no number would do)."""
+    logs = [math.log(x / y) for x, y in zip(a, b, strict=True)]
+    mean = statistics.fmean(logs)
+    past = mean < math.log(line) if line < 1 else mean > math.log(line)
+    return seeds_to_exclude(logs, math.log(line)) if past else None
 
 
 def _seeds_hint(verdict: str, diff: Interval, needed) -> tuple[int | None, str]:
