@@ -551,6 +551,13 @@ def _verdict_table(summary: dict[str, tuple[str, str]], title: str) -> Table:
     return table
 
 
+def _print_verdicts(report, args: argparse.Namespace, console: Console) -> None:
+    title = f"{args.candidate} vs {args.baseline}: the claims"
+    console.print(_verdict_table(report.summary, title))
+    if report.advice:
+        console.print(report.advice)
+
+
 def _run_with_progress(spec, args, console: Console):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -613,10 +620,10 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
             )
     start = time.perf_counter()
     db_path = _run_with_progress(spec, args, console)
-    md, page, summary = build_report(db_path, candidate=args.candidate, baseline=args.baseline)
+    report = build_report(db_path, candidate=args.candidate, baseline=args.baseline)
     minutes = (time.perf_counter() - start) / 60
-    console.print(_verdict_table(summary, f"{args.candidate} vs {args.baseline}: the claims"))
-    console.print(f"report: {page} (and {md}); {minutes:.1f} minutes")
+    _print_verdicts(report, args, console)
+    console.print(f"report: {report.html} (and {report.markdown}); {minutes:.1f} minutes")
     return 0 if not _show_failures(db_path, console) else 1
 
 
@@ -626,9 +633,9 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     db_path = _study_database(Path(args.dir))
     if not db_path.is_file():
         raise FileNotFoundError(f"{db_path}: no study database (expected DIR/study.sqlite)")
-    md, page, summary = build_report(db_path, candidate=args.candidate, baseline=args.baseline)
-    console.print(_verdict_table(summary, f"{args.candidate} vs {args.baseline}: the claims"))
-    console.print(f"report: {page} (and {md})")
+    report = build_report(db_path, candidate=args.candidate, baseline=args.baseline)
+    _print_verdicts(report, args, console)
+    console.print(f"report: {report.html} (and {report.markdown})")
     return 0
 
 

@@ -332,3 +332,19 @@ def test_an_inconclusive_convergence_verdict_says_how_many_seeds_would_decide_it
     slower = _convergence(b, a, "t / w", "nll", higher=False)  # the same counts, swapped
     assert slower.verdict == "inconclusive"
     assert slower.details["seeds_needed"] == seeds_to_exclude([-x for x in logs], math.log(1.05))
+
+
+def test_the_seed_advice_counts_the_scopes_each_number_would_decide():
+    from gatedrnn.claims import ClaimVerdict, seeds_advice
+
+    def verdict(needed, outcome="inconclusive"):
+        return ClaimVerdict("better generalization", "t", outcome, "", {"seeds_needed": needed})
+
+    speed = ClaimVerdict("faster training", "t", "inconclusive", "", {})  # not over seeds
+    found = [verdict(7), verdict(4), verdict(None), verdict(4), verdict(5, "supported"), speed]
+    assert seeds_advice(found) == (
+        "Of the 4 inconclusive scopes measured over seeds, at their observed means and spreads "
+        "4 seeds in all would decide 2, 7 → 3; 1 would need more than 1000."
+    )
+    assert seeds_advice([verdict(None)]).endswith("none would be decided by 1000 seeds.")
+    assert seeds_advice([verdict(5, "supported"), speed]) is None

@@ -96,8 +96,11 @@ def test_compare_smoke_end_to_end_and_report_rebuild(smoke_study, tmp_path):
     before = (folder / "report.md").read_text()
     assert main(["report", str(folder)]) == 0
     assert (folder / "report.md").read_text() == before
-    _, _, summary = build_report(folder / "study.sqlite", tmp_path / "elsewhere")
-    assert (tmp_path / "elsewhere" / "report.html").is_file() and "simpler" in summary
+    report = build_report(folder / "study.sqlite", tmp_path / "elsewhere")
+    assert (tmp_path / "elsewhere" / "report.html").is_file() and "simpler" in report.summary
+    # two seeds leave scopes open: the report says how many seeds would settle them
+    assert report.advice and report.advice.startswith("Of the ")
+    assert report.advice in (tmp_path / "elsewhere" / "report.md").read_text()
 
     # another pair gets its own files; the GRU/LSTM report stays as it was
     assert main(["report", str(folder), "--candidate", "rnn", "--baseline", "lstm"]) == 0
@@ -183,7 +186,7 @@ def test_report_of_a_study_whose_trials_all_failed(smoke_study, tmp_path):
         connection.execute(
             "UPDATE trials SET status = 'failed', result = NULL, error = 'RuntimeError: no GPU'"
         )
-    md, _, summary = build_report(db, tmp_path / "report")
+    md, _, summary, _ = build_report(db, tmp_path / "report")
     assert summary["simpler"][0] == "supported"  # from the cell definitions alone
     assert {v for c, (v, _) in summary.items() if c != "simpler"} == {"inconclusive"}
     assert md.read_text().count("RuntimeError: no GPU") > 0

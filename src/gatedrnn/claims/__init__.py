@@ -9,7 +9,7 @@ from gatedrnn.claims.stats import (
     seeds_to_exclude,
     tost,
 )
-from gatedrnn.claims.verdicts import CLAIMS, ClaimVerdict, evaluate_claims, overall
+from gatedrnn.claims.verdicts import CLAIMS, ClaimVerdict, evaluate_claims, overall, seeds_advice
 
 __all__ = [
     "CLAIMS",
@@ -20,6 +20,7 @@ __all__ = [
     "overall",
     "paired_difference",
     "paired_ratio",
+    "seeds_advice",
     "seeds_for_equivalence",
     "seeds_to_exclude",
     "tost",

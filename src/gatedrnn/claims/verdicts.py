@@ -39,7 +39,7 @@ from gatedrnn.claims.stats import (
 from gatedrnn.nn.spec import spec_from_options
 from gatedrnn.tasks import TASKS
 
-__all__ = ["CLAIMS", "ClaimVerdict", "evaluate_claims", "overall"]
+__all__ = ["CLAIMS", "ClaimVerdict", "evaluate_claims", "overall", "seeds_advice"]
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
 PRACTICAL = 0.05  # ratio margin for speed and convergence
@@ -470,6 +470,25 @@ def overall(verdicts: list[ClaimVerdict]) -> dict[str, tuple[str, str]]:
         else:
             result[claim] = (INCONCLUSIVE, counts or f"not measured: {_UNMEASURED[claim]}")
     return result
+
+
+def seeds_advice(verdicts: list[ClaimVerdict]) -> str | None:
+    """One sentence for the next study: how many inconclusive scopes measured over seeds each
+    number of seeds (in all) would decide, were their means and spreads to hold; None where no
+    such scope is inconclusive."""
+    open_ = [v for v in verdicts if v.verdict == INCONCLUSIVE and "seeds_needed" in v.details]
+    if not open_:
+        return None
+    needed = sorted(v.details["seeds_needed"] for v in open_ if v.details["seeds_needed"])
+    decided = [(n, sum(m <= n for m in needed)) for n in sorted(set(needed))]
+    beyond = len(open_) - len(needed)
+    text = f"Of the {len(open_)} inconclusive scopes measured over seeds, at their observed means "
+    if decided:
+        (n, k), rest = decided[0], decided[1:]
+        text += f"and spreads {n} seeds in all would decide {k}"
+        text += "".join(f", {n} → {k}" for n, k in rest)
+        return text + (f"; {beyond} would need more than {MOST_SEEDS}." if beyond else ".")
+    return text + f"and spreads none would be decided by {MOST_SEEDS} seeds."
 
 
 # Why a claim can have no measurement in a study.

@@ -1,5 +1,5 @@
 """Reports built only from a study's database: markdown and self-contained HTML."""
 
-from gatedrnn.report.build import ANCHORS, build_report
+from gatedrnn.report.build import ANCHORS, Report, build_report
 
-__all__ = ["ANCHORS", "build_report"]
+__all__ = ["ANCHORS", "Report", "build_report"]

@@ -21,7 +21,7 @@ import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import matplotlib
 
@@ -30,11 +30,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from gatedrnn.atomic import write_atomic
-from gatedrnn.claims import evaluate_claims, mean_ci, overall
+from gatedrnn.claims import evaluate_claims, mean_ci, overall, seeds_advice
 from gatedrnn.study.store import StudyStore, check_study_file
 from gatedrnn.tasks import TASKS
 
-__all__ = ["ANCHORS", "build_report"]
+__all__ = ["ANCHORS", "Report", "build_report"]
 
 # Published test results to read ours against (different encodings and training budgets).
 _CHUNG = (
@@ -193,15 +193,23 @@ def _results_table(
     return table
 
 
+class Report(NamedTuple):
+    markdown: Path
+    html: Path
+    summary: dict[str, tuple[str, str]]  # claim → (verdict, scope counts)
+    advice: str | None  # how many seeds would decide the inconclusive scopes (seeds_advice)
+
+
 def build_report(
     db_path: str | Path,
     out_dir: str | Path | None = None,
     candidate: str = "gru",
     baseline: str = "lstm",
-) -> tuple[Path, Path, dict[str, tuple[str, str]]]:
+) -> Report:
     """Write report.md (with PNG files beside it), report.html and verdicts.json (every verdict
-    with its numbers, for scripts); returns the first two paths and the overall verdicts. A pair
-    other than gru against lstm gets its own files, ``report-rnn-vs-lstm.md`` and so on."""
+    with its numbers, for scripts); returns the first two paths, the overall verdicts and the seed
+    advice. A pair other than gru against lstm gets its own files, ``report-rnn-vs-lstm.md`` and
+    so on."""
     db_path = Path(db_path)
     check_study_file(db_path)  # before anything is written, there or beside it
     out = Path(out_dir) if out_dir else db_path.parent
@@ -214,6 +222,7 @@ def build_report(
     store.close()
     verdicts = evaluate_claims(trials, candidate, baseline, timings)
     summary = overall(verdicts)
+    advice = seeds_advice(verdicts)
 
     sections: list[tuple[str, Any]] = []  # (kind, payload): "h", "p", "table", "figure"
     title = f"gatedrnn study {spec.get('name', db_path.parent.name)!r}: {candidate} vs {baseline}"
@@ -240,6 +249,8 @@ def build_report(
             "assumes the per-seed mean and spread hold (a planning estimate).",
         )
     )
+    if advice:
+        sections.append(("p", advice))
     sections.append(("h2", "Measurements"))
     sections.append(
         (
@@ -335,7 +346,7 @@ def build_report(
     }
     text = json.dumps(_finite(document), indent=1, allow_nan=False)
     write_atomic(out / f"verdicts{suffix}.json", lambda tmp: tmp.write_text(text + "\n"))
-    return md_path, html_path, summary
+    return Report(md_path, html_path, summary, advice)
 
 
 _PER_TRIAL = ("task", "cell", "hidden_size", "seed", "fraction")  # in the tasks' tables
