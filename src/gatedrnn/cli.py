@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from rich import box
@@ -18,6 +19,9 @@ from gatedrnn.atomic import write_atomic
 from gatedrnn.nn.counting import count_parameters, hidden_for_budget
 from gatedrnn.nn.spec import CellSpec, make_spec
 from gatedrnn.train.config import HELP, TrainConfig
+
+if TYPE_CHECKING:  # the report pulls in matplotlib: imported when a command needs it
+    from gatedrnn.report import Report
 
 # The cells `gatedrnn cells` lists: every kind, and the variants the literature compares.
 CELL_TABLE: tuple[CellSpec, ...] = (
@@ -551,7 +555,8 @@ def _verdict_table(summary: dict[str, tuple[str, str]], title: str) -> Table:
     return table
 
 
-def _print_verdicts(report, args: argparse.Namespace, console: Console) -> None:
+def _print_verdicts(report: Report, args: argparse.Namespace, console: Console) -> None:
+    """The verdict table, then how many seeds would settle what it left open."""
     title = f"{args.candidate} vs {args.baseline}: the claims"
     console.print(_verdict_table(report.summary, title))
     if report.advice:

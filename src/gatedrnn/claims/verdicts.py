@@ -399,10 +399,11 @@ def _seeds_past(a: list[float], b: list[float], line: float) -> int | None:
     return seeds_to_exclude(logs, math.log(line)) if past else None
 
 
-def _seeds_hint(verdict: str, diff: Interval, needed) -> tuple[int | None, str]:
-    """For an inconclusive verdict over seeds: how many seeds ``needed()`` says would decide it
-    were the per-seed mean and spread to hold, and the words that say so."""
-    if verdict != INCONCLUSIVE or not diff.defined:
+def _seeds_hint(verdict: str, interval: Interval, needed) -> tuple[int | None, str]:
+    """For an inconclusive verdict over seeds whose ``interval`` is defined: how many seeds
+    ``needed()`` says would decide it, were the per-seed mean and spread to hold, and the words
+    that say so."""
+    if verdict != INCONCLUSIVE or not interval.defined:
         return None, ""
     seeds = needed()
     if seeds is None:
@@ -476,19 +477,19 @@ def seeds_advice(verdicts: list[ClaimVerdict]) -> str | None:
     """One sentence for the next study: how many inconclusive scopes measured over seeds each
     number of seeds (in all) would decide, were their means and spreads to hold; None where no
     such scope is inconclusive."""
-    open_ = [v for v in verdicts if v.verdict == INCONCLUSIVE and "seeds_needed" in v.details]
-    if not open_:
+    pending = [v for v in verdicts if v.verdict == INCONCLUSIVE and "seeds_needed" in v.details]
+    if not pending:
         return None
-    needed = sorted(v.details["seeds_needed"] for v in open_ if v.details["seeds_needed"])
+    needed = sorted(v.details["seeds_needed"] for v in pending if v.details["seeds_needed"])
     decided = [(n, sum(m <= n for m in needed)) for n in sorted(set(needed))]
-    beyond = len(open_) - len(needed)
-    text = f"Of the {len(open_)} inconclusive scopes measured over seeds, at their observed means "
+    beyond = len(pending) - len(needed)
+    text = f"Of the {len(pending)} inconclusive scopes measured over seeds, at their observed"
     if decided:
         (n, k), rest = decided[0], decided[1:]
-        text += f"and spreads {n} seeds in all would decide {k}"
+        text += f" means and spreads {n} seeds in all would decide {k}"
         text += "".join(f", {n} → {k}" for n, k in rest)
         return text + (f"; {beyond} would need more than {MOST_SEEDS}." if beyond else ".")
-    return text + f"and spreads none would be decided by {MOST_SEEDS} seeds."
+    return text + f" means and spreads none would be decided by {MOST_SEEDS} seeds."
 
 
 # Why a claim can have no measurement in a study.
