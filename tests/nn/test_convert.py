@@ -246,3 +246,22 @@ def test_a_deep_copy_of_the_twin_is_independent():
     twin = copy.deepcopy(ours.to_torch())
     assert twin.weight_ih_l0 is not ours.weight_ih_l0
     assert torch.equal(twin.weight_ih_l0, ours.weight_ih_l0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["cudnn", "reference"])
+def test_conversion_on_the_gpu_keeps_sharing_through_cudnns_flat_buffer(backend):
+    """On CUDA, to_torch flattens the weights into cuDNN's buffer: the Parameters stay the same
+    objects (their storage moves), and both modules keep computing the same thing."""
+    torch.manual_seed(0)
+    ours = gatedrnn.LSTM(8, 16, 2, bidirectional=True, backend=backend, device="cuda")
+    twin = ours.to_torch()
+    _same_parameters(ours, twin)
+    x = torch.randn(5, 3, 8, device="cuda")
+    torch.testing.assert_close(ours(x)[0], twin(x)[0], rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        twin.weight_hh_l1_reverse.mul_(2.0)  # through the flat buffer, seen by ours
+    torch.testing.assert_close(ours(x)[0], twin(x)[0], rtol=1e-4, atol=1e-5)
+    back = gatedrnn.from_torch(twin, backend=backend)
+    torch.testing.assert_close(back(x)[0], twin(x)[0], rtol=1e-4, atol=1e-5)
