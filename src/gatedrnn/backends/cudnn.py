@@ -29,14 +29,7 @@ class CudnnBackend:
     twice_differentiable = True
 
     def unsupported(self, config: LayerConfig, input: Tensor) -> str | None:
-        spec = config.spec
-        if spec.kind not in ("rnn", "lstm", "gru"):
-            return f"torch has no fused kernel for {spec.kind}"
-        if spec.kind == "gru" and spec.reset != "after":
-            return "torch's GRU kernels compute reset='after' only"
-        if spec.kind == "lstm" and (spec.peepholes or spec.coupled):
-            return "torch's LSTM kernels have no peepholes or coupled gate"
-        return None
+        return config.spec.torch_lacks
 
     def auto_declines(self, config: LayerConfig, input: Tensor) -> str | None:
         if tracing() == "torch.func transforms":

@@ -17,9 +17,8 @@ from gatedrnn.nn.cellbase import CellBase
 from gatedrnn.nn.gru import GRU, GRUCell
 from gatedrnn.nn.lstm import LSTM, LSTMCell
 from gatedrnn.nn.rnn import RNN, RNNCell
-from gatedrnn.nn.spec import CellSpec
 
-__all__ = ["convert", "from_torch", "scriptable_twin", "to_torch", "torch_twin_missing"]
+__all__ = ["convert", "from_torch", "scriptable_twin", "to_torch"]
 
 _TWINS: dict[type[nn.Module], type[RecurrentBase] | type[CellBase]] = {
     nn.RNN: RNN,
@@ -29,19 +28,7 @@ _TWINS: dict[type[nn.Module], type[RecurrentBase] | type[CellBase]] = {
     nn.GRUCell: GRUCell,
     nn.LSTMCell: LSTMCell,
 }
-_KINDS = {t: ours.__name__.removesuffix("Cell").lower() for t, ours in _TWINS.items()}
 _HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-
-
-def torch_twin_missing(spec: CellSpec) -> str | None:
-    """Why torch.nn has no layer computing this cell, or None where it has one."""
-    if spec.kind not in ("rnn", "gru", "lstm"):
-        return f"torch.nn has no {spec.kind} cell"
-    if spec.kind == "gru" and spec.reset != "after":
-        return "torch.nn.GRU applies the reset gate after the recurrent product only"
-    if spec.kind == "lstm" and (spec.peepholes or spec.coupled):
-        return "torch.nn.LSTM has no peepholes or coupled gate"
-    return None
 
 
 def to_torch(module: RecurrentBase | CellBase) -> nn.Module:
@@ -53,30 +40,14 @@ def to_torch(module: RecurrentBase | CellBase) -> nn.Module:
     if not isinstance(module, (RecurrentBase, CellBase)):
         raise TypeError(f"to_torch: expected a gatedrnn layer or cell, got {type(module).__name__}")
     owner = type(module).__name__
-    missing = torch_twin_missing(module.spec)
+    missing = module.spec.torch_lacks
     if missing:
         raise ValueError(
             f"gatedrnn.{owner} (cell {module.spec.name}) has no torch.nn twin: {missing}"
         )
-    layer = isinstance(module, RecurrentBase)
-    twin_type = next(
-        t for t in _TWINS if issubclass(t, nn.RNNBase) == layer and _KINDS[t] == module.spec.kind
-    )
+    twin_type = next(t for t, ours in _TWINS.items() if isinstance(module, ours))
     names = _parameter_names(module, owner)
-    first = getattr(module, names[0])
-    options: dict = {"bias": module.bias, "device": "meta", "dtype": first.dtype}
-    if module.spec.kind == "rnn":
-        options["nonlinearity"] = module.spec.nonlinearity
-    if isinstance(module, RecurrentBase):
-        options |= {
-            "num_layers": module.num_layers,
-            "batch_first": module.batch_first,
-            "dropout": module.dropout,
-            "bidirectional": module.bidirectional,
-        }
-        if module.proj_size:
-            options["proj_size"] = module.proj_size
-    twin = twin_type(module.input_size, module.hidden_size, **options)
+    twin = twin_type(module.input_size, module.hidden_size, **_options(module, names))
     _adopt(twin, module, names)
     if isinstance(twin, nn.RNNBase):
         twin.flatten_parameters()  # a no-op but on cuDNN, which wants its weights in one buffer
@@ -100,22 +71,10 @@ def from_torch(module: nn.Module, *, backend: str = "auto") -> RecurrentBase | C
             f"from_torch: expected one of {expected}, got {type(module).__name__}"
             + (" (a subclass may compute something else: convert it by hand)" if subclass else "")
         )
-    owner = f"torch.nn.{type(module).__name__}"
-    names = _parameter_names(module, owner)
-    first = getattr(module, names[0])
-    options: dict = {"bias": module.bias, "device": "meta", "dtype": first.dtype}
-    if isinstance(module, (nn.RNN, nn.RNNCell)):
-        options["nonlinearity"] = module.nonlinearity
+    names = _parameter_names(module, f"torch.nn.{type(module).__name__}")
+    options = _options(module, names)
     if isinstance(module, nn.RNNBase):
-        options |= {
-            "num_layers": module.num_layers,
-            "batch_first": module.batch_first,
-            "dropout": module.dropout,
-            "bidirectional": module.bidirectional,
-            "backend": backend,
-        }
-        if module.proj_size:
-            options["proj_size"] = module.proj_size
+        options["backend"] = backend
     ours = ours_type(module.input_size, module.hidden_size, **options)
     _adopt(ours, module, names)
     return ours
@@ -153,7 +112,7 @@ def scriptable_twin(module: RecurrentBase | CellBase) -> nn.Module:
     twin, holding the same parameters (TorchScript cannot compile our backends). torch puts the
     twin in the model being scripted, as it does with every ``__prepare_scriptable__``."""
     owner = type(module).__name__
-    missing = torch_twin_missing(module.spec)
+    missing = module.spec.torch_lacks
     if missing:
         raise RuntimeError(
             f"torch.jit.script cannot compile gatedrnn.{owner} (cell {module.spec.name}): "
@@ -190,6 +149,28 @@ def _parameter_names(module: nn.Module, owner: str) -> list[str]:
                 "replaced), so it cannot be shared; remove the parametrization first"
             )
     return names
+
+
+def _options(module: nn.Module, names: list[str]) -> dict:
+    """The constructor arguments, beyond the sizes, that give the other side's twin of
+    ``module`` (ours and torch.nn's name them alike), built on the meta device for _adopt."""
+    options: dict = {
+        "bias": module.bias,
+        "device": "meta",
+        "dtype": getattr(module, names[0]).dtype,
+    }
+    if isinstance(module, (nn.RNN, nn.RNNCell, RNN, RNNCell)):
+        options["nonlinearity"] = module.nonlinearity
+    if isinstance(module, (nn.RNNBase, RecurrentBase)):
+        options |= {
+            "num_layers": module.num_layers,
+            "batch_first": module.batch_first,
+            "dropout": module.dropout,
+            "bidirectional": module.bidirectional,
+        }
+        if module.proj_size:
+            options["proj_size"] = module.proj_size
+    return options
 
 
 def _adopt(target: nn.Module, source: nn.Module, names: list[str]) -> None:

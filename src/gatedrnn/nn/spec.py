@@ -104,6 +104,21 @@ class CellSpec:
         return f"{self.kind}({', '.join(changed)})" if changed else self.kind
 
     @property
+    def torch_lacks(self) -> str | None:
+        """Why torch (torch.nn's layers and their fused kernels) cannot compute this cell, or
+        None where it can: what the ``cudnn`` backend and the conversion to torch.nn both ask."""
+        if self.kind not in ("rnn", "gru", "lstm"):
+            return f"torch has no fused kernel for {self.kind}: torch.nn has no {self.kind} cell"
+        if self.kind == "gru" and self.reset != "after":
+            return (
+                "torch.nn.GRU and its kernels apply the reset gate after the recurrent product "
+                "(reset='after' only)"
+            )
+        if self.kind == "lstm" and (self.peepholes or self.coupled):
+            return "torch.nn.LSTM and its kernels have no peepholes or coupled gate"
+        return None
+
+    @property
     def gate_blocks(self) -> int:
         """Rows of ``weight_ih`` (and ``weight_hh``) in units of the hidden size."""
         if self.kind == "lstm":
