@@ -190,7 +190,7 @@ def test_compare_reports_failed_trials_and_exits_nonzero(capsys, tmp_path, monke
     assert code == 1
     out = " ".join(capsys.readouterr().out.split())
     assert "8 failed: RuntimeError: [lstm] broke" in out  # 2 seeds, widths, fractions: once
-    assert (tmp_path / "compare-smoke-adding-lstm-gru-s2" / "report.html").is_file()
+    assert (tmp_path / "compare-smoke-adding-lstm-gru" / "report.html").is_file()
 
 
 @pytest.mark.parametrize(

@@ -497,7 +497,7 @@ def _study_status(args: argparse.Namespace, console: Console) -> int:
             if stored is None:
                 raise ValueError(f"{db_path}: holds no study spec (its run never started)")
             spec = stored_study(stored)
-        statuses, epochs = store.statuses(), store.epoch_counts()
+        statuses, epochs, seeds_of = store.statuses(), store.epoch_counts(), store.trial_seeds()
     finally:
         store.close()
     planned = spec.trials()
@@ -517,7 +517,14 @@ def _study_status(args: argparse.Namespace, console: Console) -> int:
         table.add_row(task, width, cell, *row, str(done_epochs[task, width, cell]))
     console.print(f"study {spec.name!r} ({db_path}): {len(planned)} trials: {_summary(total)}")
     console.print(table)
-    stale = len(set(statuses) - {t.key for t in planned})
+    keys = {t.key for t in planned}
+    beyond = sum(seed >= spec.seeds for key, seed in seeds_of.items() if key not in keys)
+    stale = len(set(statuses) - keys) - beyond
+    if beyond:
+        console.print(
+            f"{beyond} trials of seeds beyond the {spec.seeds} planned are in the database "
+            "(a run with more seeds reuses them)"
+        )
     if stale:
         console.print(
             f"{stale} trials in the database are not in the file any more (it changed since); "
@@ -560,7 +567,12 @@ def _print_verdicts(report: Report, args: argparse.Namespace, console: Console) 
     title = f"{args.candidate} vs {args.baseline}: the claims"
     console.print(_verdict_table(report.summary, title))
     if report.advice:
-        console.print(report.advice)
+        again = (
+            "gatedrnn compare with --seeds N and the same other options"
+            if args.command == "compare"
+            else "the study again with seeds = N"
+        )
+        console.print(f"{report.advice} Running {again} reuses the seeds done.")
 
 
 def _run_with_progress(spec, args, console: Console):
@@ -568,9 +580,11 @@ def _run_with_progress(spec, args, console: Console):
 
     from gatedrnn.study import run_study, study_paths
 
-    total = len(spec.trials())
+    planned = spec.trials()
     db_path, _ = study_paths(spec, args.out)
-    console.print(f"study {spec.name!r}: {total} trials → {db_path}")
+    before = _done_before(db_path, spec, planned)
+    console.print(f"study {spec.name!r}: {len(planned)} trials{before} → {db_path}")
+    total = len(planned)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -598,6 +612,26 @@ def _run_with_progress(spec, args, console: Console):
             data_dir=getattr(args, "data_dir", None),
         )
     return db_path
+
+
+def _done_before(db_path: Path, spec, planned) -> str:
+    """What an earlier run of the study left done, for the line that starts a run:
+    "" when nothing, else e.g. " (12 done before; from 3 to 7 seeds)"."""
+    from gatedrnn.study import StudyStore
+    from gatedrnn.study.store import DONE, check_study_file
+
+    if not db_path.is_file():
+        return ""
+    check_study_file(db_path)  # another program's file is not opened for writing
+    store = StudyStore(db_path)
+    try:
+        statuses, seeds = store.statuses(), store.seeds()
+    finally:
+        store.close()
+    done = sum(statuses.get(t.key) in DONE for t in planned)
+    if seeds is not None and seeds != spec.seeds:
+        return f" ({done} done before; from {seeds} to {spec.seeds} seeds)"
+    return f" ({done} done before)" if done else ""
 
 
 def _compare(args: argparse.Namespace, console: Console) -> int:

@@ -183,6 +183,59 @@ def test_another_study_in_the_same_place_is_refused(tmp_path):
         run_study(load_study(study), tmp_path, workers=1)
 
 
+def test_more_seeds_reuse_the_trials_done_and_fewer_hide_the_rest(tmp_path, capsys, monkeypatch):
+    """A study run again with more seeds runs only the new seeds' trials; with fewer, nothing
+    runs and the study (its trials, counts, report) is the first seeds', the others kept for a
+    later run with more; anything else changed is still another study."""
+    from gatedrnn.cli import main
+    from gatedrnn.report import build_report
+
+    monkeypatch.setenv("COLUMNS", "160")
+    study = tmp_path / "s.toml"
+    text = ('name = "s"\ntasks = ["adding"]\ncells = ["lstm", "gru"]\nseeds = {seeds}\n'
+            "hidden_size = 8\n[train]\nepochs = 1\nsmoke = true\n")  # fmt: skip
+    out = tmp_path / "runs"
+
+    def run(seeds: int) -> dict[str, float]:
+        study.write_text(text.format(seeds=seeds))
+        assert main(["study", "run", str(study), "--out", str(out), "--workers", "1"]) == 0
+        return {t["key"]: (t["seed"], t["finished"]) for t in StudyStore(db).trials()}
+
+    db = out / "s" / "study.sqlite"
+    one = run(1)
+    assert "study 's': 2 trials →" in capsys.readouterr().out  # nothing done before
+    three = run(3)
+    printed = " ".join(capsys.readouterr().out.split())
+    assert (
+        "6 trials (2 done before; from 1 to 3 seeds)" in printed and "done: 6 completed" in printed
+    )
+    assert len(three) == 6 and {three[k] for k in one} == set(one.values())  # not run again
+    assert sorted(seed for seed, _ in three.values()) == [0, 0, 1, 1, 2, 2]
+    report = build_report(db)
+    assert "6 trials" in report.markdown.read_text()
+
+    two = run(2)  # fewer: nothing runs, and the third seed is not read
+    printed = " ".join(capsys.readouterr().out.split())
+    assert (
+        "4 trials (4 done before; from 3 to 2 seeds)" in printed and "done: 4 completed" in printed
+    )
+    assert two == {k: v for k, v in three.items() if v[0] < 2}
+    store = StudyStore(db)
+    assert store.counts() == {"completed": 4} and len(store.statuses()) == 6
+    store.close()
+    assert "4 trials; tasks adding" in build_report(db).markdown.read_text()
+    assert main(["study", "status", str(db.parent)]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "4 trials: 4 completed" in printed
+    assert "2 trials of seeds beyond the 2 planned are in the database" in printed
+    assert run(3) == three  # all three again, none run anew
+    capsys.readouterr()
+
+    study.write_text(text.format(seeds=3).replace("hidden_size = 8", "hidden_size = 9"))
+    with pytest.raises(ValueError, match="may change only its number of seeds"):
+        run_study(load_study(study), out, workers=1)
+
+
 @pytest.mark.skipif(
     __import__("torch").cuda.is_available(), reason="the refusal is for machines without CUDA"
 )

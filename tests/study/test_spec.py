@@ -126,6 +126,13 @@ def test_compare_presets_build_and_carry_their_task_options():
     assert pinned.name.endswith("-cudnn") and pinned.name != compare_study("smoke").name
     on = {device: compare_study("smoke", device=device).name for device in ("cpu", "cuda:1")}
     assert on["cpu"].endswith("-cpu") and on["cuda:1"].endswith("-cuda1")  # one folder each
+    # more seeds is the same study, in the same folder (its trials are reused)
+    assert compare_study("smoke", seeds=7).name == compare_study("smoke").name == "compare-smoke"
+    cells = ["lstm", "gru"]
+    assert (
+        compare_study("smoke", cells=cells, seeds=2).name
+        == compare_study("smoke", cells=cells).name
+    )
 
 
 def test_compare_takes_variants_named_as_written():

@@ -118,11 +118,12 @@ def compare_study(
         raw["train"]["backend"] = backend
     raw["executor"] = {"kind": executor or "local", "workers": workers}
     labels = [c if isinstance(c, str) else c["label"] for c in raw["cells"]]
-    suffix = "-".join(raw["tasks"]) + "-" + "-".join(labels) + f"-s{raw['seeds']}"
+    # not the seeds: a run with more (or fewer) seeds is the same study, and reuses its trials
+    suffix = "-".join(raw["tasks"]) + "-" + "-".join(labels)
     if device:  # a study's name is its folder: runs on two devices must not share one
         suffix += f"-{device.replace(':', '')}"
     if backend:
         suffix += f"-{backend}"
-    if (tasks, cells, seeds, device, backend) != (None, None, None, None, None):
+    if (tasks, cells, device, backend) != (None, None, None, None):
         raw["name"] += "-" + suffix.replace("/", "_").replace(":", "_")
     return parse_study(raw)

@@ -69,8 +69,10 @@ def run_study(
     """Run every unfinished trial of ``spec``; returns the database path.
 
     Re-running skips completed and diverged trials and resumes interrupted ones from their
-    checkpoints. ``workers`` (default: the spec's, then all cores; on CUDA one per GPU,
-    :func:`local_workers`) processes share the cores, and on CUDA the GPUs, one each in turn.
+    checkpoints; a spec that differs from the stored one only in its number of seeds runs the
+    seeds not done yet (more) or none (fewer), and from then on the study has that many.
+    ``workers`` (default: the spec's, then all cores; on CUDA one per GPU, :func:`local_workers`)
+    processes share the cores, and on CUDA the GPUs, one each in turn.
     On the local executor a CUDA study without a GPU, and a study whose datasets are missing or
     corrupt, are refused before anything is written; after its trials, each task and width
     arm's cells are timed against each other in this process (:func:`time_steps`) for the speed
@@ -107,10 +109,13 @@ def _run_stored(spec, store, db_path, checkpoints, workers, progress, data_dir) 
     """The study's unfinished trials, then its timing, recorded in the open ``store``."""
     stored, current = store.get_meta("spec"), json.loads(json.dumps(spec.to_dict()))
     if stored is not None and stored != current:
-        raise ValueError(
-            f"{db_path} holds another study named {spec.name!r}; rename the study or choose "
-            "another output folder"
-        )
+        if {**stored, "seeds": current["seeds"]} != current:  # more or fewer seeds: the same
+            raise ValueError(
+                f"{db_path} holds another study named {spec.name!r}; rename the study or "
+                "choose another output folder (a study may change only its number of seeds "
+                "between runs)"
+            )
+        logger.info("study %r: from %s to %s seeds", spec.name, stored.get("seeds"), spec.seeds)
     store.set_meta("spec", current)
     trials = spec.trials()
     store.add_trials(trials)

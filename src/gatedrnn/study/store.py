@@ -4,6 +4,10 @@ Tables: ``meta`` (the study spec and environment, JSON), ``trials`` (one row per
 its configuration hash, with status, error, attempts and the final result as JSON) and ``epochs``
 (one row per finished epoch), ``timings`` (the interleaved timing of each task and width arm's
 cells after the trials: seconds per training step, per round). Reports read only this database.
+
+A study's spec may change its number of seeds between runs (nothing else): the trials of seeds
+beyond the current number stay in the database, unread (:meth:`StudyStore.trials` and
+:meth:`StudyStore.counts` stop at the spec's seeds), for a later run with more seeds to reuse.
 """
 
 from __future__ import annotations
@@ -158,8 +162,23 @@ class StudyStore:
             "UPDATE trials SET status = 'failed', error = ? WHERE key = ?", (error, key)
         )
 
+    def seeds(self) -> int | None:
+        """The stored spec's number of seeds (None before a spec is stored): the trials of
+        higher seeds are kept but not read."""
+        spec = self.get_meta("spec")
+        return spec.get("seeds") if isinstance(spec, dict) else None
+
+    def _below_seeds(self) -> int:
+        seeds = self.seeds()
+        return seeds if isinstance(seeds, int) else 2**62
+
     def trials(self) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT * FROM trials ORDER BY task, cell, width, fraction, seed")
+        """The study's trials (those of its spec's seeds), ordered by task, cell, width,
+        fraction and seed, with their configuration and result parsed."""
+        rows = self.db.execute(
+            "SELECT * FROM trials WHERE seed < ? ORDER BY task, cell, width, fraction, seed",
+            (self._below_seeds(),),
+        )
         out = []
         for row in rows:
             item = dict(row)
@@ -205,8 +224,12 @@ class StudyStore:
         return out
 
     def statuses(self) -> dict[str, str]:
-        """Trial key → status."""
+        """Trial key → status, of every trial held (the seeds beyond the spec's too)."""
         return dict(self.db.execute("SELECT key, status FROM trials"))
+
+    def trial_seeds(self) -> dict[str, int]:
+        """Trial key → seed, of every trial held."""
+        return dict(self.db.execute("SELECT key, seed FROM trials"))
 
     def epoch_counts(self) -> dict[str, int]:
         """Trial key → epochs recorded (trials with none are absent)."""
@@ -214,5 +237,9 @@ class StudyStore:
         return dict(rows)
 
     def counts(self) -> dict[str, int]:
-        rows = self.db.execute("SELECT status, COUNT(*) FROM trials GROUP BY status")
+        """Status → how many of the study's trials (those of its spec's seeds) have it."""
+        rows = self.db.execute(
+            "SELECT status, COUNT(*) FROM trials WHERE seed < ? GROUP BY status",
+            (self._below_seeds(),),
+        )
         return {status: n for status, n in rows}
