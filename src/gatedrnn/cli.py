@@ -568,11 +568,11 @@ def _print_verdicts(report: Report, args: argparse.Namespace, console: Console) 
     console.print(_verdict_table(report.summary, title))
     if report.advice:
         again = (
-            "gatedrnn compare with --seeds N and the same other options"
+            "`gatedrnn compare --seeds N` with the same other options"
             if args.command == "compare"
-            else "the study again with seeds = N"
+            else "the study with seeds = N"
         )
-        console.print(f"{report.advice} Running {again} reuses the seeds done.")
+        console.print(f"{report.advice} Run {again}: the seeds done are reused.")
 
 
 def _run_with_progress(spec, args, console: Console):

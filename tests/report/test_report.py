@@ -35,6 +35,9 @@ def smoke_study(tmp_path_factory):
     with contextlib.redirect_stdout(printed):
         assert main(["compare", "--scale", "smoke", "--out", str(root)]) == 0
     assert "gru vs lstm: the claims" in printed.getvalue() and "simpler" in printed.getvalue()
+    # the seeds it left open, and how to add them
+    said = " ".join(printed.getvalue().split())
+    assert "Of the " in said and "`gatedrnn compare --seeds N` with the same other options" in said
     return root / "compare-smoke"
 
 
@@ -75,7 +78,7 @@ def test_report_reads_well_in_a_browser(smoke_study, tmp_path):
     assert not console_errors, console_errors
 
 
-def test_compare_smoke_end_to_end_and_report_rebuild(smoke_study, tmp_path):
+def test_compare_smoke_end_to_end_and_report_rebuild(smoke_study, tmp_path, capsys):
     folder = smoke_study
     page = (folder / "report.html").read_text()
     markdown = (folder / "report.md").read_text()
@@ -96,6 +99,8 @@ def test_compare_smoke_end_to_end_and_report_rebuild(smoke_study, tmp_path):
     before = (folder / "report.md").read_text()
     assert main(["report", str(folder)]) == 0
     assert (folder / "report.md").read_text() == before
+    said = " ".join(capsys.readouterr().out.split())
+    assert "Run the study with seeds = N: the seeds done are reused." in said
     report = build_report(folder / "study.sqlite", tmp_path / "elsewhere")
     assert (tmp_path / "elsewhere" / "report.html").is_file() and "simpler" in report.summary
     # two seeds leave scopes open: the report says how many seeds would settle them
