@@ -1,12 +1,13 @@
 """The layers under ``torch.compile``: the same outputs and gradients as eager. Backends written
 in PyTorch (``reference``, ``cudnn``) are traced into one graph, from the first call
-(``fullgraph``); the ``cpu`` backend's compiled loops run as they are between graphs, without
-Dynamo warning about an extension it cannot trace. (The ``triton`` backend's own check is in
-``tests/backends/test_triton.py``.) AOTAutograd's eager backend stands in for Inductor: it traces
-the forward and the backward the same way and compiles nothing. ``torch.export`` takes the layers
-with the backends written in PyTorch operations (``auto`` picks one of those while exporting) and
-refuses the others with the way out. ``torch.jit.trace`` records every backend (the loops as one
-node each) and the traced layer computes what the layer does on new input."""
+(``fullgraph``), and so is the ``cpu`` backend, whose loops enter the graph as one custom
+operator per direction (checked with ``torch.library.opcheck``), without Dynamo warnings. (The
+``triton`` backend's own check is in ``tests/backends/test_triton.py``.) AOTAutograd's eager
+backend stands in for Inductor (one test uses Inductor itself): it traces the forward and the
+backward the same way and compiles nothing. ``torch.export`` takes the layers with the backends
+written in PyTorch operations (``auto`` picks one of those while exporting) and refuses the
+others with the way out. ``torch.jit.trace`` records every backend (the loops as one node each)
+and the traced layer computes what the layer does on new input."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import warnings
 
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import gatedrnn
 from gatedrnn.backends import BackendUnsupportedError
@@ -47,13 +49,23 @@ def test_pytorch_backends_compile_into_one_graph(cls, backend):
     assert ours.last_backend == backend
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("backend", ["auto", "cpu", "cpu-python"])
-@pytest.mark.parametrize("cls", [gatedrnn.GRU, gatedrnn.LSTM], ids=lambda c: c.__name__)
-def test_cpu_loops_run_between_graphs(cls, backend):
+@pytest.mark.parametrize(
+    "cls", [gatedrnn.GRU, gatedrnn.LSTM, gatedrnn.RNN], ids=lambda c: c.__name__
+)
+def test_cpu_loops_compile_into_one_graph(cls, backend, packed):
+    """Each direction of the ``cpu`` backend is one custom operator under torch.compile, forward
+    and backward: no graph break (``fullgraph``; packed input breaks it where the layer calls
+    torch's ``pad_packed_sequence``, which Dynamo does not trace), no Dynamo warning, the eager
+    results."""
     torch._dynamo.reset()
-    ours, eager = _pair(cls, backend, batch_first=True)
-    compiled = torch.compile(ours, backend="aot_eager")
-    x = torch.randn(3, 5, 4)
+    ours, eager = _pair(cls, backend, num_layers=2, bidirectional=True)
+    compiled = torch.compile(ours, backend="aot_eager", fullgraph=not packed)  # a break raises
+    x = torch.randn(5, 3, 4)
+    if packed:
+        lengths = torch.tensor([3, 5, 2])
+        compiled, eager = _Packed(compiled, lengths), _Packed(eager, lengths)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         results = _run(compiled, x)
@@ -61,8 +73,78 @@ def test_cpu_loops_run_between_graphs(cls, backend):
     assert not dynamo, dynamo
     for got, want in zip(results, _run(eager, x), strict=True):
         torch.testing.assert_close(got, want)
-    assert ours.last_backend == eager.last_backend
-    assert ours.last_backend == backend or backend == "auto"
+    assert ours.last_backend == (backend if backend != "auto" else "cpu")
+
+
+class _Packed(torch.nn.Module):
+    """``layer`` on x packed with ``lengths``, its output padded again."""
+
+    def __init__(self, layer, lengths):
+        super().__init__()
+        self.layer, self.lengths = layer, lengths
+
+    def forward(self, x):
+        out, final = self.layer(pack_padded_sequence(x, self.lengths, enforce_sorted=False))
+        return pad_packed_sequence(out)[0], final
+
+
+def _direction_inputs(kind: str, bias: bool, lengths: bool) -> tuple:
+    """Float64 arguments of the ``cpu`` backend's direction operator (T 5, B 3, I 4, H 3)."""
+    gates = {"rnn": 1, "gru": 3, "lstm": 4}[kind]
+    torch.manual_seed(0)
+
+    def leaf(*shape):
+        return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+    c0 = leaf(3, 3) if kind == "lstm" else None
+    biases = (leaf(gates * 3), leaf(gates * 3)) if bias else (None, None)
+    sizes = torch.tensor([5, 4, 2]) if lengths else None  # sorted, as the backend passes them
+    flag = kind == "gru"  # the GRU's reset after; the RNN's tanh
+    return (leaf(5, 3, 4), leaf(3, 3), c0, leaf(gates * 3, 4), leaf(gates * 3, 3), *biases,
+            sizes, kind, flag, True)  # fmt: skip
+
+
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
+def test_the_direction_operator_passes_torchs_checks(kind, bias, lengths):
+    """torch.library.opcheck (schema, fake tensors, autograd registration, AOT dispatch), then
+    first and second derivatives in float64: the hand-written backward, and under
+    create_graph the reference loop rerun."""
+    from gatedrnn.backends.cpu import _direction_op
+
+    args = _direction_inputs(kind, bias, lengths)
+    torch.library.opcheck(_direction_op, args)
+    tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.requires_grad]
+
+    def outputs(*leaves):
+        call = list(args)
+        for i, leaf in zip(tensors, leaves, strict=True):
+            call[i] = leaf
+        out = _direction_op(*call)
+        return tuple(out[: 3 if kind == "lstm" else 2])  # the output and the final states
+
+    leaves = tuple(args[i] for i in tensors)
+    assert torch.autograd.gradcheck(outputs, leaves)
+    assert torch.autograd.gradgradcheck(outputs, leaves)
+
+
+def test_the_cpu_loops_compile_with_inductor():
+    """Inductor, not only AOTAutograd's eager backend: a training step of a model holding a
+    two-layer LSTM compiles into one graph and matches eager."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _Model("cpu")
+    eager = _Model("cpu")
+    eager.load_state_dict(model.state_dict())
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(3, 5, 4)
+    compiled(x).pow(2).sum().backward()
+    eager(x).pow(2).sum().backward()
+    torch.testing.assert_close(compiled(x), eager(x))
+    for got, want in zip(model.parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(got.grad, want.grad)
+    assert model.rnn.last_backend == "cpu"
 
 
 class _Model(torch.nn.Module):

@@ -29,6 +29,7 @@ __all__ = [
     "BackendUnsupportedError",
     "LayerConfig",
     "available_backends",
+    "constant_when_compiled",
     "get_backend",
     "load_backends",
     "register_backend",
@@ -119,6 +120,16 @@ def run_eagerly(fn):
         return fn(*args, **kwargs)
 
     return call
+
+
+def constant_when_compiled(fn):
+    """``fn``, a question about the machine whose answer never changes in a process (finding it
+    may build or load something): ``torch.compile`` calls it while tracing and keeps the answer
+    in its graph as a constant, where :func:`run_eagerly` would break the graph (and a
+    ``fullgraph`` compile). The mark :func:`torch.compiler.assume_constant_result` sets, set
+    here without importing Dynamo (which that function does)."""
+    fn._dynamo_marked_constant = True
+    return fn
 
 
 def tracing() -> str | None:

@@ -17,6 +17,11 @@ Variable lengths use the packed layout without packing: the batch is sorted by d
 so at step t only the first ``batch_sizes[t]`` rows are live and every op works on that prefix.
 The reverse direction reads each sequence reversed within its own length.
 
+Under ``torch.compile`` each layer direction is one custom operator (``gatedrnn::cpu_direction``,
+its backward ``gatedrnn::cpu_direction_backward``), opaque to Dynamo and kept in its graph, so
+``fullgraph`` compiles work; eager calls go through :class:`_Direction`, an autograd Function,
+around the same forward and backward functions.
+
 Covers RNN (tanh, relu), GRU (reset after and before) and the standard LSTM; refuses the rest
 with the reason. Twice differentiable, as torch.nn is on the CPU: with ``create_graph=True`` the
 backward reruns the reference loop on the saved input and differentiates that (:func:`_twice`).
@@ -31,11 +36,12 @@ import functools
 import os
 import platform
 from collections.abc import Mapping, Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-from gatedrnn.backends import LayerConfig, run_eagerly, untraceable
+from gatedrnn.backends import LayerConfig, constant_when_compiled, untraceable
 from gatedrnn.backends.compiled import compiled_loops
 from gatedrnn.backends.reference import (
     differentiable_backward,
@@ -43,6 +49,7 @@ from gatedrnn.backends.reference import (
     project_inputs,
     run_stack,
 )
+from gatedrnn.nn.spec import CellSpec, make_spec
 
 __all__ = ["CpuBackend", "CpuPythonBackend"]
 
@@ -149,13 +156,15 @@ def _weight_grads(
     return dx, dw_ih, dw_hh
 
 
-def _save(ctx, inputs: tuple[Tensor | None, ...], activations: tuple[Tensor, ...], w_ih_index: int):
+def _save(
+    ctx, inputs: tuple[Tensor | None, ...], activations: tuple[Tensor, ...], w_ih_index: int, needs
+):
     """Saves for backward a Function's tensor ``inputs`` (x, the states, W_ih, W_hh, b_ih, b_hh)
     and then the ``activations`` its backward loop reads: the inputs to rerun the reference loop
     on with ``create_graph=True`` (:func:`_twice`). x is saved only if it or W_ih needs a
-    gradient (x for dW_ih), so a frozen W_ih and a plain input keep no input alive; the weights
-    are the module's own tensors, which saving keeps no longer than the module does."""
-    needs = ctx.needs_input_grad
+    gradient (x for dW_ih, ``needs`` saying which inputs do), so a frozen W_ih and a plain input
+    keep no input alive; the weights are the module's own tensors, which saving keeps no longer
+    than the module does."""
     x = inputs[0] if needs[0] or needs[w_ih_index] else None
     ctx.save_for_backward(x, *inputs[1:], *activations)
     ctx.inputs = len(inputs)
@@ -167,7 +176,7 @@ def _saved(ctx) -> tuple[tuple[Tensor | None, ...], tuple[Tensor, ...]]:
     return saved[: ctx.inputs], saved[ctx.inputs :]
 
 
-def _twice(ctx, grads: tuple[Tensor, ...]):
+def _twice(ctx, grads: tuple[Tensor, ...], needs) -> tuple[Tensor | None, ...]:
     """The backward with ``create_graph=True`` (grad mode on in backward): the reference loop
     rerun on the saved inputs and differentiated (:func:`~gatedrnn.backends.reference.
     differentiable_backward`); the loops' hand-written backward gives first derivatives only.
@@ -179,7 +188,7 @@ def _twice(ctx, grads: tuple[Tensor, ...]):
             "does not keep when neither the input nor weight_ih needs a gradient; build the layer "
             "with backend='reference' for this double backward"
         )
-    return differentiable_backward(ctx.spec, inputs, ctx.needs_input_grad, ctx.lengths, grads)
+    return differentiable_backward(ctx.spec, inputs, needs, ctx.lengths, grads)
 
 
 def _sum_bias(dgates: Tensor, wanted: bool) -> Tensor | None:
@@ -211,42 +220,32 @@ def _rnn_backward_loop(grad_out, dh, out, w_hh, dpre, batch_sizes, relu):
         torch.mm(dpre[t, :n], w_hh, out=dh[:n])
 
 
-class _RNN(torch.autograd.Function):
-    """h_t = act(W_ih x_t + b_ih + W_hh h_{t−1} + b_hh) over a whole sequence."""
+def _rnn_forward(x, states, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, relu, compiled):
+    """h_t = act(W_ih x_t + b_ih + W_hh h_{t−1} + b_hh) over a whole sequence: (out, finals,
+    the activations the backward reads besides out)."""
+    T, B, _ = x.shape
+    (h0,) = states
+    bias = None if b_ih is None else b_ih + b_hh
+    out = _project(x, w_ih, bias, compiled)  # (T, B, H): pre-activations, then h in place
+    forward_loop, _ = _loops("rnn", compiled)
+    forward_loop(out, h0, w_hh, list(batch_sizes or ()), relu)
+    if batch_sizes is not None:  # steps past a sequence's end hold no state
+        out.mul_(_mask(batch_sizes, T, B, out))
+    return out, (_last(out, lengths),), ()
 
-    @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, spec, compiled):
-        T, B, _ = x.shape
-        relu = spec.nonlinearity == "relu"
-        bias = None if b_ih is None else b_ih + b_hh
-        out = _project(x, w_ih, bias, compiled)  # (T, B, H): pre-activations, then h in place
-        forward_loop, _ = _loops("rnn", compiled)
-        forward_loop(out, h0, w_hh, list(batch_sizes or ()), relu)
-        if batch_sizes is not None:  # steps past a sequence's end hold no state
-            out.mul_(_mask(batch_sizes, T, B, out))
-        _save(ctx, (x, h0, w_ih, w_hh, b_ih, b_hh), (out,), 2)
-        ctx.lengths, ctx.spec = lengths, spec
-        ctx.batch_sizes, ctx.relu, ctx.compiled = batch_sizes, relu, compiled
-        ctx.has_bias = b_ih is not None
-        return out, _last(out, lengths)
 
-    @staticmethod
-    def backward(ctx, grad_out, grad_last):
-        if torch.is_grad_enabled():
-            return _twice(ctx, (grad_out, grad_last))
-        (x, h0, w_ih, w_hh, _, _), (out,) = _saved(ctx)
-        dpre = _buffer(out, out.shape, ctx.batch_sizes is not None)
-        dh = grad_last.clone()
-        _, backward_loop = _loops("rnn", ctx.compiled)
-        backward_loop(
-            grad_out.contiguous(), dh, out, w_hh, dpre, list(ctx.batch_sizes or ()), ctx.relu
-        )
-        needs = ctx.needs_input_grad
-        dx, dw_ih, dw_hh = _weight_grads(
-            dpre, x, h0, out, (needs[0], needs[2], needs[3]), w_ih, ctx.compiled
-        )
-        db = _sum_bias(dpre, ctx.has_bias and (needs[4] or needs[5]))
-        return dx, dh if needs[1] else None, dw_ih, dw_hh, db, db, None, None, None, None
+def _rnn_backward(grad_out, grad_finals, inputs, out, extra, batch_sizes, relu, compiled, needs):
+    """The gradients of (x, h0, W_ih, W_hh, b_ih, b_hh), None where not needed."""
+    x, h0, w_ih, w_hh, b_ih, _ = inputs
+    dpre = _buffer(out, out.shape, batch_sizes is not None)
+    dh = grad_finals[0].clone()
+    _, backward_loop = _loops("rnn", compiled)
+    backward_loop(grad_out, dh, out, w_hh, dpre, list(batch_sizes or ()), relu)
+    dx, dw_ih, dw_hh = _weight_grads(
+        dpre, x, h0, out, (needs[0], needs[2], needs[3]), w_ih, compiled
+    )
+    db = _sum_bias(dpre, b_ih is not None and (needs[4] or needs[5]))
+    return dx, dh if needs[1] else None, dw_ih, dw_hh, db, db
 
 
 def _mask(batch_sizes: tuple[int, ...], T: int, B: int, like: Tensor) -> Tensor:
@@ -343,64 +342,54 @@ def _loops(kind: str, compiled: bool):
     return getattr(module, f"{kind}_forward"), getattr(module, f"{kind}_backward")
 
 
-class _GRU(torch.autograd.Function):
-    """GRU over a whole sequence, gate order r|z|n, either reset placement."""
+def _gru_forward(x, states, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, reset_after, compiled):
+    """GRU over a whole sequence, gate order r|z|n, either reset placement: (out, finals, the
+    activations the backward reads besides out: r|z|n and the recurrent candidate term)."""
+    T, B, _ = x.shape
+    (h0,) = states
+    H = h0.shape[1]
+    padded = batch_sizes is not None
+    gates = _project(x, w_ih, b_ih, compiled)  # (T, B, 3H): pre-activations, then r|z|n
+    out = _buffer(x, (T, B, H), padded)
+    rec = _buffer(x, (T, B, H), padded)
+    forward_loop, _ = _loops("gru", compiled)
+    forward_loop(gates, out, rec, h0, w_hh, b_hh, list(batch_sizes or ()), reset_after)
+    return out, (_last(out, lengths),), (gates, rec)
 
-    @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, spec, compiled):
-        T, B, _ = x.shape
-        H = h0.shape[1]
-        reset_after = spec.reset == "after"
-        padded = batch_sizes is not None
-        gates = _project(x, w_ih, b_ih, compiled)  # (T, B, 3H): pre-activations, then r|z|n
-        out = _buffer(x, (T, B, H), padded)
-        rec = _buffer(x, (T, B, H), padded)
-        forward_loop, _ = _loops("gru", compiled)
-        forward_loop(gates, out, rec, h0, w_hh, b_hh, list(batch_sizes or ()), reset_after)
-        _save(ctx, (x, h0, w_ih, w_hh, b_ih, b_hh), (gates, rec, out), 2)
-        ctx.lengths, ctx.spec = lengths, spec
-        ctx.batch_sizes, ctx.reset_after, ctx.compiled = batch_sizes, reset_after, compiled
-        ctx.has_bias = b_ih is not None
-        return out, _last(out, lengths)
 
-    @staticmethod
-    def backward(ctx, grad_out, grad_last):
-        if torch.is_grad_enabled():
-            return _twice(ctx, (grad_out, grad_last))
-        (x, h0, w_ih, w_hh, _, _), (gates, rec, out) = _saved(ctx)
-        H = h0.shape[1]
-        reset_after = ctx.reset_after
-        padded = ctx.batch_sizes is not None
-        dgates = _buffer(gates, gates.shape, padded)
-        dn_all = _buffer(out, out.shape, padded) if reset_after else None
-        dh = grad_last.clone()
-        _, backward_loop = _loops("gru", ctx.compiled)
-        backward_loop(
-            grad_out.contiguous(), dh, gates, rec, out, h0, w_hh, dgates, dn_all,
-            list(ctx.batch_sizes or ()), reset_after,
-        )  # fmt: skip
-        needs = ctx.needs_input_grad
-        if reset_after:
-            dw_hh = _grad_recurrent(dgates, h0, out)
-            db_hh = _sum_bias(dgates, ctx.has_bias and needs[5])
-            dgates[..., 2 * H :] = dn_all  # the input side sees dn itself
-        else:
-            flat = dgates.reshape(-1, 3 * H)
-            dw_hh = torch.cat(
-                [
-                    _grad_recurrent(dgates[..., : 2 * H], h0, out),
-                    torch.mm(flat[:, 2 * H :].t(), rec.reshape(-1, H)),
-                ]
-            )
-            db_hh = _sum_bias(dgates, ctx.has_bias and needs[5])
-        dx, dw_ih, _ = _weight_grads(
-            dgates, x, h0, out, (needs[0], needs[2], False), w_ih, ctx.compiled
+def _gru_backward(
+    grad_out, grad_finals, inputs, out, extra, batch_sizes, reset_after, compiled, needs
+):
+    """The gradients of (x, h0, W_ih, W_hh, b_ih, b_hh), None where not needed."""
+    x, h0, w_ih, w_hh, b_ih, _ = inputs
+    gates, rec = extra
+    H = h0.shape[1]
+    padded = batch_sizes is not None
+    dgates = _buffer(gates, gates.shape, padded)
+    dn_all = _buffer(out, out.shape, padded) if reset_after else None
+    dh = grad_finals[0].clone()
+    _, backward_loop = _loops("gru", compiled)
+    backward_loop(
+        grad_out, dh, gates, rec, out, h0, w_hh, dgates, dn_all, list(batch_sizes or ()),
+        reset_after,
+    )  # fmt: skip
+    has_bias = b_ih is not None
+    if reset_after:
+        dw_hh = _grad_recurrent(dgates, h0, out)
+        db_hh = _sum_bias(dgates, has_bias and needs[5])
+        dgates[..., 2 * H :] = dn_all  # the input side sees dn itself
+    else:
+        flat = dgates.reshape(-1, 3 * H)
+        dw_hh = torch.cat(
+            [
+                _grad_recurrent(dgates[..., : 2 * H], h0, out),
+                torch.mm(flat[:, 2 * H :].t(), rec.reshape(-1, H)),
+            ]
         )
-        db_ih = _sum_bias(dgates, ctx.has_bias and needs[4])
-        return (
-            dx, dh if needs[1] else None, dw_ih, dw_hh if needs[3] else None, db_ih, db_hh,
-            None, None, None, None,
-        )  # fmt: skip
+        db_hh = _sum_bias(dgates, has_bias and needs[5])
+    dx, dw_ih, _ = _weight_grads(dgates, x, h0, out, (needs[0], needs[2], False), w_ih, compiled)
+    db_ih = _sum_bias(dgates, has_bias and needs[4])
+    return dx, dh if needs[1] else None, dw_ih, dw_hh if needs[3] else None, db_ih, db_hh
 
 
 def _lstm_forward_loop(gates, out, cells, h0, c0, w_hh, batch_sizes):
@@ -450,47 +439,226 @@ def _lstm_backward_loop(grad_out, dh, dc, gates, cells, c0, w_hh, dgates, batch_
         torch.mm(dgates[t, :n], w_hh, out=dh[:n])
 
 
-class _LSTM(torch.autograd.Function):
-    """LSTM over a whole sequence, gate order i|f|g|o."""
+def _lstm_forward(x, states, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, flag, compiled):
+    """LSTM over a whole sequence, gate order i|f|g|o: (out, finals, the activations the
+    backward reads besides out: i|f|g|o and the cells)."""
+    T, B, _ = x.shape
+    h0, c0 = states
+    H = h0.shape[1]
+    padded = batch_sizes is not None
+    bias = None if b_ih is None else b_ih + b_hh
+    gates = _project(x, w_ih, bias, compiled)  # (T, B, 4H): pre-activations, then i|f|g|o
+    out = _buffer(x, (T, B, H), padded)
+    cells = _buffer(x, (T, B, H), padded)
+    forward_loop, _ = _loops("lstm", compiled)
+    forward_loop(gates, out, cells, h0, c0, w_hh, list(batch_sizes or ()))
+    return out, (_last(out, lengths), _last(cells, lengths)), (gates, cells)
+
+
+def _lstm_backward(grad_out, grad_finals, inputs, out, extra, batch_sizes, flag, compiled, needs):
+    """The gradients of (x, h0, c0, W_ih, W_hh, b_ih, b_hh), None where not needed."""
+    x, h0, c0, w_ih, w_hh, b_ih, _ = inputs
+    gates, cells = extra
+    dgates = _buffer(gates, gates.shape, batch_sizes is not None)
+    dh, dc = grad_finals[0].clone(), grad_finals[1].clone()
+    _, backward_loop = _loops("lstm", compiled)
+    backward_loop(grad_out, dh, dc, gates, cells, c0, w_hh, dgates, list(batch_sizes or ()))
+    dx, dw_ih, dw_hh = _weight_grads(
+        dgates, x, h0, out, (needs[0], needs[3], needs[4]), w_ih, compiled
+    )
+    db = _sum_bias(dgates, b_ih is not None and (needs[5] or needs[6]))
+    return dx, dh if needs[1] else None, dc if needs[2] else None, dw_ih, dw_hh, db, db
+
+
+# kind → (forward, backward) over one direction; ``flag``: relu for the RNN, reset after for
+# the GRU, unused for the LSTM
+_DIRECTIONS = {
+    "rnn": (_rnn_forward, _rnn_backward),
+    "gru": (_gru_forward, _gru_backward),
+    "lstm": (_lstm_forward, _lstm_backward),
+}
+
+
+def _flag(spec) -> bool:
+    return spec.nonlinearity == "relu" if spec.kind == "rnn" else spec.reset == "after"
+
+
+class _Direction(torch.autograd.Function):
+    """One direction of a layer in eager mode: the loops forward, their hand-written backward
+    (:func:`_twice` under ``create_graph=True``). ``inputs``: x, the states, W_ih, W_hh, b_ih,
+    b_hh (None for absent biases)."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, spec, compiled):
-        T, B, _ = x.shape
-        H = h0.shape[1]
-        padded = batch_sizes is not None
-        bias = None if b_ih is None else b_ih + b_hh
-        gates = _project(x, w_ih, bias, compiled)  # (T, B, 4H): pre-activations, then i|f|g|o
-        out = _buffer(x, (T, B, H), padded)
-        cells = _buffer(x, (T, B, H), padded)
-        forward_loop, _ = _loops("lstm", compiled)
-        forward_loop(gates, out, cells, h0, c0, w_hh, list(batch_sizes or ()))
-        _save(ctx, (x, h0, c0, w_ih, w_hh, b_ih, b_hh), (gates, cells, out), 3)
-        ctx.lengths, ctx.spec = lengths, spec
-        ctx.batch_sizes, ctx.compiled = batch_sizes, compiled
-        ctx.has_bias = b_ih is not None
-        return out, _last(out, lengths), _last(cells, lengths)
-
-    @staticmethod
-    def backward(ctx, grad_out, grad_h_last, grad_c_last):
-        if torch.is_grad_enabled():
-            return _twice(ctx, (grad_out, grad_h_last, grad_c_last))
-        (x, h0, c0, w_ih, w_hh, _, _), (gates, cells, out) = _saved(ctx)
-        dgates = _buffer(gates, gates.shape, ctx.batch_sizes is not None)
-        dh, dc = grad_h_last.clone(), grad_c_last.clone()
-        _, backward_loop = _loops("lstm", ctx.compiled)
-        backward_loop(
-            grad_out.contiguous(), dh, dc, gates, cells, c0, w_hh, dgates,
-            list(ctx.batch_sizes or ()),
-        )  # fmt: skip
-        needs = ctx.needs_input_grad
-        dx, dw_ih, dw_hh = _weight_grads(
-            dgates, x, h0, out, (needs[0], needs[3], needs[4]), w_ih, ctx.compiled
+    def forward(ctx, spec, batch_sizes, lengths, compiled, *inputs):
+        forward, _ = _DIRECTIONS[spec.kind]
+        states = 2 if spec.kind == "lstm" else 1
+        x, weights = inputs[0], inputs[1 + states :]
+        out, finals, extra = forward(
+            x, inputs[1 : 1 + states], *weights, batch_sizes, lengths, _flag(spec), compiled
         )
-        db = _sum_bias(dgates, ctx.has_bias and (needs[5] or needs[6]))
-        return (
-            dx, dh if needs[1] else None, dc if needs[2] else None, dw_ih, dw_hh, db, db,
-            None, None, None, None,
+        _save(ctx, inputs, (out, *extra), 1 + states, ctx.needs_input_grad[4:])
+        ctx.spec, ctx.batch_sizes, ctx.lengths, ctx.compiled = spec, batch_sizes, lengths, compiled
+        return (out, *finals)
+
+    @staticmethod
+    def backward(ctx, grad_out, *grad_finals):
+        needs = ctx.needs_input_grad[4:]
+        if torch.is_grad_enabled():
+            return None, None, None, None, *_twice(ctx, (grad_out, *grad_finals), needs)
+        inputs, (out, *extra) = _saved(ctx)
+        _, backward = _DIRECTIONS[ctx.spec.kind]
+        grads = backward(
+            grad_out.contiguous(), grad_finals, inputs, out, extra, ctx.batch_sizes,
+            _flag(ctx.spec), ctx.compiled, needs,
         )  # fmt: skip
+        return None, None, None, None, *grads
+
+
+@constant_when_compiled  # it may build them (files, a compiler): torch.compile asks once
+def _have_compiled_loops() -> bool:
+    """Whether the compiled loops are here (built or loaded on the first call)."""
+    return compiled_loops() is not None
+
+
+def _spec_of(kind: str, flag: bool) -> CellSpec:
+    """The cell a direction operator computes, from its kind and :func:`_flag`."""
+    if kind == "rnn":
+        return make_spec("rnn", nonlinearity="relu" if flag else "tanh")
+    return (
+        make_spec("gru", reset="after" if flag else "before") if kind == "gru" else make_spec(kind)
+    )
+
+
+def _batch_sizes(lengths: Tensor | None, T: int) -> tuple[int, ...] | None:
+    """The live rows at each step of a batch sorted by decreasing ``lengths``; None without."""
+    if lengths is None:
+        return None
+    live = lengths.unsqueeze(0) > torch.arange(T).unsqueeze(1)  # (T, B)
+    return tuple(live.sum(1).tolist())
+
+
+# Under torch.compile a direction is one custom operator, forward and backward (the loops are
+# opaque to Dynamo: an extension, or Python writing in place), so a model holding our layers
+# compiles into one graph (fullgraph) and Inductor fuses what is around them. Eager calls go
+# through _Direction instead: a custom operator costs ~25 µs more per call, forward, and ~50 µs
+# with its backward (measured on 2 cores), about what a small layer's whole step costs.
+@torch.library.custom_op("gatedrnn::cpu_direction", mutates_args=())
+def _direction_op(
+    x: Tensor,
+    h0: Tensor,
+    c0: Optional[Tensor],  # noqa: UP045 (torch reads the annotation: Optional, not "|")
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Optional[Tensor],  # noqa: UP045
+    b_hh: Optional[Tensor],  # noqa: UP045
+    lengths: Optional[Tensor],  # noqa: UP045
+    kind: str,
+    flag: bool,
+    compiled: bool,
+) -> list[Tensor]:
+    """One direction: [out, the final states, the activations its backward reads]."""
+    states = (h0,) if c0 is None else (h0, c0)
+    forward, _ = _DIRECTIONS[kind]
+    batch_sizes = _batch_sizes(lengths, x.shape[0])
+    out, finals, extra = forward(
+        x, states, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, flag, compiled
+    )
+    return [out, *finals, *extra]
+
+
+@_direction_op.register_fake
+def _direction_shapes(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, kind, flag, compiled):
+    T, B, _ = x.shape
+    H = h0.shape[1]
+    outputs = [x.new_empty(T, B, H), h0.new_empty(B, H)]
+    if kind == "lstm":
+        outputs += [h0.new_empty(B, H), x.new_empty(T, B, 4 * H), x.new_empty(T, B, H)]
+    elif kind == "gru":
+        outputs += [x.new_empty(T, B, 3 * H), x.new_empty(T, B, H)]
+    return outputs
+
+
+@torch.library.custom_op("gatedrnn::cpu_direction_backward", mutates_args=())
+def _direction_backward_op(
+    grads: list[Tensor],
+    x: Tensor,
+    h0: Tensor,
+    c0: Optional[Tensor],  # noqa: UP045
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Optional[Tensor],  # noqa: UP045
+    b_hh: Optional[Tensor],  # noqa: UP045
+    out: Tensor,
+    extra: list[Tensor],
+    lengths: Optional[Tensor],  # noqa: UP045
+    kind: str,
+    flag: bool,
+    compiled: bool,
+    needs: list[bool],
+) -> list[Tensor]:
+    """The hand-written backward of :func:`_direction_op`: the gradients of (x, the states,
+    W_ih, W_hh, b_ih, b_hh), an empty tensor where ``needs`` says none is wanted."""
+    inputs = (x, h0, *(() if c0 is None else (c0,)), w_ih, w_hh, b_ih, b_hh)
+    _, backward = _DIRECTIONS[kind]
+    batch_sizes = _batch_sizes(lengths, x.shape[0])
+    found = backward(
+        grads[0].contiguous(), grads[1:], inputs, out, extra, batch_sizes, flag, compiled, needs
+    )
+    result: list[Tensor] = []
+    for grad, need in zip(found, needs, strict=True):
+        if grad is None or not need:
+            result.append(x.new_empty(0))
+        else:  # outputs may not alias each other (the two bias gradients are one tensor)
+            result.append(grad.clone() if any(grad is r for r in result) else grad)
+    return result
+
+
+@_direction_backward_op.register_fake
+def _direction_backward_shapes(
+    grads, x, h0, c0, w_ih, w_hh, b_ih, b_hh, out, extra, lengths, kind, flag, compiled, needs
+):
+    inputs = (x, h0, *(() if c0 is None else (c0,)), w_ih, w_hh, b_ih, b_hh)
+    return [
+        t.new_empty(t.shape) if need and t is not None else x.new_empty(0)
+        for t, need in zip(inputs, needs, strict=True)
+    ]
+
+
+def _direction_setup(ctx, inputs, output) -> None:
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, kind, flag, compiled = inputs
+    ctx.states = 1 if c0 is None else 2
+    out, extra = output[0], output[1 + ctx.states :]
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, out, *extra)
+    ctx.kind, ctx.flag, ctx.compiled = kind, flag, compiled
+
+
+def _direction_grad(ctx, grads):
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, out, *extra = ctx.saved_tensors
+    n = ctx.states
+    # the operator's tensor inputs, in order, and which of them the backward returns
+    positions = [0, 1, *([2] if n == 2 else []), 3, 4, 5, 6]
+    inputs = tuple((x, h0, c0, w_ih, w_hh, b_ih, b_hh)[i] for i in positions)
+    needs = [
+        bool(ctx.needs_input_grad[i]) and inputs[k] is not None for k, i in enumerate(positions)
+    ]
+    wanted = (grads[0], *grads[1 : 1 + n])
+    if torch.is_grad_enabled():  # create_graph=True: rerun the reference loop, differentiably
+        found = differentiable_backward(
+            _spec_of(ctx.kind, ctx.flag), inputs, needs, lengths, wanted
+        )
+    else:
+        results = _direction_backward_op(
+            list(wanted), x, h0, c0, w_ih, w_hh, b_ih, b_hh, out, extra, lengths, ctx.kind,
+            ctx.flag, ctx.compiled, needs,
+        )  # fmt: skip
+        found = [g if need else None for g, need in zip(results, needs, strict=True)]
+    grad_inputs: list[Tensor | None] = [None] * 11
+    for k, i in enumerate(positions):
+        grad_inputs[i] = found[k]
+    return tuple(grad_inputs)
+
+
+_direction_op.register_autograd(_direction_grad, setup_context=_direction_setup)
 
 
 _PYTHON_LOOPS = {
@@ -522,8 +690,6 @@ class CpuBackend:
             "compiled loops are an extension" if self.compiled else "loops write in place"
         )
 
-    # torch.compile runs it as it is: it may build the compiled loops (files, a compiler)
-    @run_eagerly
     def auto_declines(self, config: LayerConfig, input: Tensor) -> str | None:
         # Measured with benchmarks/layer_speed.py on 2 cores (T=100, B 1–32, H 128–512); the
         # numbers are in the README. Compiled, our loops beat torch.nn everywhere but the LSTM
@@ -531,7 +697,7 @@ class CpuBackend:
         # and on an Intel Xeon (Sapphire Rapids) tied at 16 and won by 13–16% at 32; below batch
         # 16 ours was as fast or faster on both (0.57–1.13 at batch 4–8 on the Xeon). The
         # PyTorch twins lose to oneDNN's LSTM, and to torch's kernels forward-only.
-        if self.compiled and compiled_loops() is not None:
+        if self.compiled and _have_compiled_loops():
             if config.spec.kind == "lstm" and not torch.is_grad_enabled() and input.shape[1] >= 16:
                 return "forward-only at batch 16 and up, torch's fused LSTM (oneDNN) is as fast"
             return None
@@ -541,9 +707,6 @@ class CpuBackend:
             return "without autograd, torch's kernels beat our PyTorch loops forward-only"
         return None
 
-    # torch.compile runs it as it is, between graphs: the compiled loops are an extension it
-    # cannot trace (it would break its graph inside the autograd function, with a warning)
-    @run_eagerly
     def forward(
         self,
         config: LayerConfig,
@@ -557,8 +720,8 @@ class CpuBackend:
         batch_sizes, order = None, None
         if lengths is not None:  # sort by length: at step t the live rows are a prefix
             lengths, order = torch.sort(lengths, descending=True, stable=True)
-            live = lengths.unsqueeze(0) > torch.arange(T).unsqueeze(1)  # (T, B)
-            batch_sizes = tuple(live.sum(1).tolist())
+            if not torch.compiler.is_compiling():  # (compiled, the operator finds them)
+                batch_sizes = _batch_sizes(lengths, T)
             input = input.index_select(1, order)
             hx = tuple(s.index_select(1, order) for s in hx)
 
@@ -574,10 +737,14 @@ class CpuBackend:
         return output, finals
 
     def _run(self, config, x, state, w, batch_sizes, lengths):
-        spec = config.spec
         x, state, args = fused_arguments(x, state, w)
-        function = {"lstm": _LSTM, "gru": _GRU, "rnn": _RNN}[spec.kind]
-        return function.apply(x, *state, *args, batch_sizes, lengths, spec, self.compiled)
+        if torch.compiler.is_compiling():  # one custom operator, which Dynamo keeps in its graph
+            spec, c0 = config.spec, state[1] if len(state) == 2 else None
+            results = _direction_op(
+                x, state[0], c0, *args, lengths, spec.kind, _flag(spec), self.compiled
+            )
+            return results[: 1 + len(state)]
+        return _Direction.apply(config.spec, batch_sizes, lengths, self.compiled, x, *state, *args)
 
 
 class CpuPythonBackend(CpuBackend):
