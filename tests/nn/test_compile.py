@@ -11,6 +11,7 @@ and the traced layer computes what the layer does on new input."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import pytest
@@ -127,6 +128,31 @@ def test_the_direction_operator_passes_torchs_checks(kind, bias, lengths):
     leaves = tuple(args[i] for i in tensors)
     assert torch.autograd.gradcheck(outputs, leaves)
     assert torch.autograd.gradgradcheck(outputs, leaves)
+
+
+@pytest.mark.parametrize("backend", ["auto", "cpu", "cpu-python", "reference", "cudnn"])
+@pytest.mark.parametrize(
+    "cls", [gatedrnn.GRU, gatedrnn.LSTM, gatedrnn.RNN], ids=lambda c: c.__name__
+)
+def test_fake_tensors_get_torch_nns_shapes(cls, backend):
+    """Under FakeTensorMode (shape inference, memory estimates: nothing is computed) every CPU
+    backend gives the shapes torch.nn gives, forward and backward (the ``cpu`` loops through
+    their operator's fake implementation; an extension cannot take fake tensors)."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    def shapes(make):
+        with FakeTensorMode():
+            layer = make(4, 6, num_layers=2, bidirectional=True, batch_first=True)
+            x = torch.randn(3, 5, 4, requires_grad=True)
+            out, final = layer(x)
+            finals = final if isinstance(final, tuple) else (final,)
+            (out.sum() + sum(f.sum() for f in finals)).backward()
+            assert isinstance(out, FakeTensor)
+            tensors = [out, *finals, x.grad, *(p.grad for p in layer.parameters())]
+            return [tuple(t.shape) for t in tensors]
+
+    want = shapes(getattr(torch.nn, cls.__name__))
+    assert shapes(functools.partial(cls, backend=backend)) == want
 
 
 def test_the_cpu_loops_compile_with_inductor():

@@ -718,15 +718,22 @@ class CpuBackend:
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         T = input.shape[0]
         batch_sizes, order = None, None
+        # Through the custom operator while Dynamo traces, and for tensor subclasses (fake
+        # tensors: shape inference, memory estimates), which torch's dispatch handles and an
+        # extension cannot; plain tensors skip the dispatch (~25 µs a call)
+        dispatched = torch.compiler.is_compiling() or type(input) is not torch.Tensor
         if lengths is not None:  # sort by length: at step t the live rows are a prefix
             lengths, order = torch.sort(lengths, descending=True, stable=True)
-            if not torch.compiler.is_compiling():  # (compiled, the operator finds them)
+            if not dispatched:  # (the operator finds them)
                 batch_sizes = _batch_sizes(lengths, T)
             input = input.index_select(1, order)
             hx = tuple(s.index_select(1, order) for s in hx)
 
         def direction(x, state, w):
-            out, *final = self._run(config, x, state, w, batch_sizes, lengths)
+            if dispatched:
+                out, *final = self._dispatch(config, x, state, w, lengths)
+            else:
+                out, *final = self._run(config, x, state, w, batch_sizes, lengths)
             return out, tuple(final)
 
         output, finals = run_stack(config, input, lengths, hx, weights, training, direction)
@@ -738,13 +745,16 @@ class CpuBackend:
 
     def _run(self, config, x, state, w, batch_sizes, lengths):
         x, state, args = fused_arguments(x, state, w)
-        if torch.compiler.is_compiling():  # one custom operator, which Dynamo keeps in its graph
-            spec, c0 = config.spec, state[1] if len(state) == 2 else None
-            results = _direction_op(
-                x, state[0], c0, *args, lengths, spec.kind, _flag(spec), self.compiled
-            )
-            return results[: 1 + len(state)]
         return _Direction.apply(config.spec, batch_sizes, lengths, self.compiled, x, *state, *args)
+
+    def _dispatch(self, config, x, state, w, lengths):
+        """One direction as the custom operator :func:`_direction_op`: [out, the final states]."""
+        x, state, args = fused_arguments(x, state, w)
+        spec, c0 = config.spec, state[1] if len(state) == 2 else None
+        results = _direction_op(
+            x, state[0], c0, *args, lengths, spec.kind, _flag(spec), self.compiled
+        )
+        return results[: 1 + len(state)]
 
 
 class CpuPythonBackend(CpuBackend):
