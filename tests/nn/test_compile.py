@@ -137,7 +137,8 @@ def test_the_direction_operator_passes_torchs_checks(kind, bias, lengths):
 def test_fake_tensors_get_torch_nns_shapes(cls, backend):
     """Under FakeTensorMode (shape inference, memory estimates: nothing is computed) every CPU
     backend gives the shapes torch.nn gives, forward and backward (the ``cpu`` loops through
-    their operator's fake implementation; an extension cannot take fake tensors)."""
+    their operator's fake implementation; an extension cannot take fake tensors), and so on
+    the meta device."""
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
     def shapes(make):
@@ -153,6 +154,10 @@ def test_fake_tensors_get_torch_nns_shapes(cls, backend):
 
     want = shapes(getattr(torch.nn, cls.__name__))
     assert shapes(functools.partial(cls, backend=backend)) == want
+    with torch.device("meta"):  # meta tensors likewise, forward
+        layer = cls(4, 6, num_layers=2, bidirectional=True, backend=backend)
+        out, _ = layer(torch.randn(5, 3, 4))
+    assert out.is_meta and out.shape == (5, 3, 12)
 
 
 def test_the_cpu_loops_compile_with_inductor():

@@ -678,7 +678,7 @@ class CpuBackend:
 
     def unsupported(self, config: LayerConfig, input: Tensor) -> str | None:
         spec = config.spec
-        if input.device.type != "cpu":
+        if input.device.type not in ("cpu", "meta"):  # meta: shapes, through its operator
             return f"it runs on the CPU only, got a {input.device.type} input"
         if input.dtype not in (torch.float32, torch.float64):
             return f"its loops compute in float32 or float64, got {input.dtype}"
@@ -719,9 +719,11 @@ class CpuBackend:
         T = input.shape[0]
         batch_sizes, order = None, None
         # Through the custom operator while Dynamo traces, and for tensor subclasses (fake
-        # tensors: shape inference, memory estimates), which torch's dispatch handles and an
-        # extension cannot; plain tensors skip the dispatch (~25 µs a call)
-        dispatched = torch.compiler.is_compiling() or type(input) is not torch.Tensor
+        # tensors: shape inference, memory estimates) and meta tensors, which torch's dispatch
+        # handles and an extension cannot; plain tensors skip the dispatch (~25 µs a call)
+        dispatched = (
+            torch.compiler.is_compiling() or type(input) is not torch.Tensor or input.is_meta
+        )
         if lengths is not None:  # sort by length: at step t the live rows are a prefix
             lengths, order = torch.sort(lengths, descending=True, stable=True)
             if not dispatched:  # (the operator finds them)
