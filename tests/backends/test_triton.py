@@ -1375,3 +1375,22 @@ def test_benchmark_table_prints_the_graph_replays_beside(capsys):
     gpu_speed.print_table(rows, "Test GPU")
     line = capsys.readouterr().out.splitlines()[-1]
     assert line.split(" | graphs ")[1] == "     1.90    7.60  4.00 |     error   20.00     -"
+
+
+def test_fake_and_meta_tensors_are_refused_with_the_way_out():
+    """The kernels need real GPU memory: under FakeTensorMode (shape inference, memory estimates)
+    and on the meta device the named backend refuses with the way out, and ``auto`` passes it
+    over for one that takes such tensors."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    layer = gatedrnn.GRU(4, 6, backend="triton").to(DEVICE)
+    automatic = gatedrnn.GRU(4, 6).to(DEVICE)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        x = torch.randn(5, 3, 4, device=DEVICE)
+        with pytest.raises(BackendUnsupportedError, match="not fake or meta tensors"):
+            layer(x)
+        assert automatic(x)[0].shape == (5, 3, 6) and automatic.last_backend != "triton"
+    with torch.device("meta"):
+        meta = gatedrnn.GRU(4, 6, backend="triton")
+        with pytest.raises(BackendUnsupportedError, match="not fake or meta tensors"):
+            meta(torch.randn(5, 3, 4))

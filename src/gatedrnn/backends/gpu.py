@@ -949,6 +949,11 @@ class TritonBackend:
         reason = untraceable("persistent kernels are Triton launches")
         if reason is not None:
             return reason
+        if type(input) is not torch.Tensor or input.is_meta:  # FakeTensorMode, the meta device
+            return (
+                "its kernels launch on real GPU memory, not fake or meta tensors (cudnn and "
+                "reference take those, and auto picks one)"
+            )
         if input.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             return f"it computes in float32, bfloat16 or float16, got {input.dtype}"
         T, B = input.shape[:2]
