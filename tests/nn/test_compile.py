@@ -5,9 +5,9 @@ operator per direction (checked with ``torch.library.opcheck``), without Dynamo 
 ``triton`` backend's own check is in ``tests/backends/test_triton.py``.) AOTAutograd's eager
 backend stands in for Inductor (one test uses Inductor itself): it traces the forward and the
 backward the same way and compiles nothing. ``torch.export`` takes the layers with the backends
-written in PyTorch operations (``auto`` picks one of those while exporting) and refuses the
-others with the way out. ``torch.jit.trace`` records every backend (the loops as one node each)
-and the traced layer computes what the layer does on new input."""
+written in PyTorch operations (``auto`` picks one of those while exporting), and the ``cpu``
+loops, when named, as their operator. ``torch.jit.trace`` records every backend (the loops as
+one node each) and the traced layer computes what the layer does on new input."""
 
 from __future__ import annotations
 
@@ -209,10 +209,28 @@ def test_export_traces_a_pytorch_backend(backend):
     torch.testing.assert_close(exported.head.weight.grad, model.head.weight.grad)
 
 
-@pytest.mark.parametrize("backend, what", [("cpu", "an extension"), ("cpu-python", "in place")])
-def test_export_refuses_the_cpu_loops_with_the_way_out(backend, what):
-    with pytest.raises(BackendUnsupportedError, match=rf"{what}, which torch\.export cannot trace"):
-        torch.export.export(_Model(backend), (torch.randn(3, 5, 4),))
+@pytest.mark.parametrize("backend", ["cpu", "cpu-python"])
+def test_export_takes_the_named_cpu_loops_as_their_operator(backend, tmp_path):
+    """Named, the ``cpu`` backend exports its loops as one gatedrnn operator per direction (a
+    program that needs gatedrnn imported to run; ``auto`` exports standard operators instead):
+    the program saves, loads, and computes the model's outputs and gradients."""
+    torch.manual_seed(0)
+    model = _Model(backend)
+    program = torch.export.export(model, (torch.randn(3, 5, 4),))
+    targets = [str(node.target) for node in program.graph.nodes if node.op == "call_function"]
+    assert targets.count("gatedrnn.cpu_direction.default") == 2  # two layers, one direction
+    path = tmp_path / "model.pt2"
+    torch.export.save(program, path)
+    exported = torch.export.load(path).module()
+    y = torch.randn(3, 5, 4)
+    got, want = exported(y), model(y)
+    torch.testing.assert_close(got, want)
+    got.pow(2).sum().backward()
+    want.pow(2).sum().backward()
+    grads = {name: p.grad for name, p in exported.named_parameters()}
+    assert set(grads) == {name for name, _ in model.named_parameters()}
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad)
 
 
 @pytest.mark.parametrize("backend", ["auto", "cpu", "cpu-python", "reference", "cudnn"])

@@ -41,7 +41,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from gatedrnn.backends import LayerConfig, constant_when_compiled, untraceable
+from gatedrnn.backends import LayerConfig, constant_when_compiled, tracing, untraceable
 from gatedrnn.backends.compiled import compiled_loops
 from gatedrnn.backends.reference import (
     differentiable_backward,
@@ -686,11 +686,18 @@ class CpuBackend:
             return f"it has no loop for {spec.kind}"
         if spec.kind == "lstm" and (spec.peepholes or spec.coupled or config.proj_size):
             return "its LSTM loop has no peepholes, coupled gate or projection"
+        if tracing() == "torch.export":  # exported as its operator, gatedrnn::cpu_direction
+            return None
         return untraceable(
             "compiled loops are an extension" if self.compiled else "loops write in place"
         )
 
     def auto_declines(self, config: LayerConfig, input: Tensor) -> str | None:
+        if tracing() == "torch.export":
+            return (
+                "while exporting, auto takes standard operators (cudnn, reference), which run "
+                "without gatedrnn; backend='cpu' exports its loops as a gatedrnn operator"
+            )
         # Measured with benchmarks/layer_speed.py on 2 cores (T=100, B 1–32, H 128–512); the
         # numbers are in the README. Compiled, our loops beat torch.nn everywhere but the LSTM
         # forward alone: at batch 16 and up oneDNN's fused LSTM tied with them on an AMD EPYC,
@@ -718,11 +725,15 @@ class CpuBackend:
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         T = input.shape[0]
         batch_sizes, order = None, None
-        # Through the custom operator while Dynamo traces, and for tensor subclasses (fake
-        # tensors: shape inference, memory estimates) and meta tensors, which torch's dispatch
-        # handles and an extension cannot; plain tensors skip the dispatch (~25 µs a call)
+        # Through the custom operator while Dynamo traces or torch.export exports, and for
+        # tensor subclasses (fake tensors: shape inference, memory estimates) and meta tensors,
+        # which torch's dispatch handles and an extension cannot; plain tensors skip the
+        # dispatch (~25 µs a call)
         dispatched = (
-            torch.compiler.is_compiling() or type(input) is not torch.Tensor or input.is_meta
+            torch.compiler.is_compiling()
+            or tracing() == "torch.export"
+            or type(input) is not torch.Tensor
+            or input.is_meta
         )
         if lengths is not None:  # sort by length: at step t the live rows are a prefix
             lengths, order = torch.sort(lengths, descending=True, stable=True)
