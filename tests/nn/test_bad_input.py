@@ -64,6 +64,44 @@ def test_a_wrong_input_dtype_is_caught_as_torch_nn_raises_it(dtype):
         gatedrnn.GRU(5, 6)(x)
 
 
+def _gru_call(x, hx=None):
+    return lambda module: module.GRU(4, 6)(x, hx)
+
+
+def _cell_call(x, hx=None):
+    return lambda module: module.GRUCell(4, 6)(x, hx)
+
+
+def _lstm_call(x, hx):
+    return lambda module: module.LSTM(4, 6)(x, hx)
+
+
+MISMATCHES = {
+    "features": _gru_call(torch.randn(5, 3, 7)),
+    "empty sequence": _gru_call(torch.randn(0, 3, 4)),
+    "h_0 shape": _gru_call(torch.randn(5, 3, 4), torch.randn(1, 2, 6)),
+    "c_0 shape": _lstm_call(torch.randn(5, 3, 4), (torch.randn(1, 3, 6), torch.randn(1, 2, 6))),
+    "h_0 dtype": _gru_call(torch.randn(5, 3, 4), torch.randn(1, 3, 6, dtype=torch.float64)),
+    "h_0 device": _gru_call(torch.randn(5, 3, 4), torch.randn(1, 3, 6, device="meta")),
+    "input device": _gru_call(torch.randn(5, 3, 4, device="meta")),
+    "cell features": _cell_call(torch.randn(3, 5)),
+    "cell h shape": _cell_call(torch.randn(3, 4), torch.randn(2, 6)),
+    "cell h dtype": _cell_call(torch.randn(3, 4), torch.randn(3, 6, dtype=torch.float64)),
+}
+
+
+@pytest.mark.parametrize("call", MISMATCHES.values(), ids=MISMATCHES.keys())
+def test_mismatches_are_caught_as_torch_nn_raises_them(call):
+    """torch.nn raises RuntimeError for these; ours say what was expected and what came, and are
+    RuntimeErrors too (and ValueError or TypeError, as before), so code written against torch
+    catches them."""
+    with pytest.raises(RuntimeError) as theirs:
+        call(torch.nn)
+    with pytest.raises(type(theirs.value)) as ours:
+        call(gatedrnn)
+    assert "expected" in str(ours.value) and isinstance(ours.value, (ValueError, TypeError))
+
+
 @pytest.mark.parametrize("backend", ["auto", "cpu", "cudnn", "reference"])
 def test_input_device_differs_from_parameters(backend):
     # the parameters on the meta device stand in for a GPU here: before the check the cpu

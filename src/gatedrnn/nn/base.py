@@ -19,7 +19,7 @@ from gatedrnn.backends import (
     load_backends,
     resolve_backend,
 )
-from gatedrnn.nn.checks import check_input, check_positive_int, check_states
+from gatedrnn.nn.checks import MismatchError, check_input, check_positive_int, check_states
 from gatedrnn.nn.init import check_init_options, init_recurrent_
 from gatedrnn.nn.spec import CellSpec
 
@@ -252,7 +252,7 @@ class RecurrentBase(nn.Module):
                 hx = tuple(s.to(amp) if isinstance(s, Tensor) else s for s in hx)
         check_input(owner, x, self.input_size, amp or first.dtype, first.device)
         if x.shape[0] == 0:
-            raise ValueError(
+            raise MismatchError(
                 f"{owner}: expected a sequence of at least one time step, got input of shape "
                 f"{tuple(input.shape)}"
             )

@@ -8,12 +8,30 @@ import numbers
 import torch
 from torch import Tensor
 
-__all__ = ["InputDtypeError", "check_input", "check_positive_int", "check_states"]
+__all__ = [
+    "InputDtypeError",
+    "MismatchError",
+    "StateDtypeError",
+    "check_input",
+    "check_positive_int",
+    "check_states",
+]
 
 
 class InputDtypeError(TypeError, ValueError):
     """An input whose dtype the parameters do not have. A ``TypeError``, and a ``ValueError`` as
     torch.nn's recurrent layers raise for it, so that code catching either keeps working."""
+
+
+class MismatchError(ValueError, RuntimeError):
+    """An input or state whose features, shape, length or device do not match the module or the
+    input. A ``ValueError``, and a ``RuntimeError`` as torch.nn's recurrent layers and cells
+    raise for it, so that code catching either keeps working."""
+
+
+class StateDtypeError(TypeError, RuntimeError):
+    """A state whose dtype is not the input's. A ``TypeError``, and a ``RuntimeError`` as
+    torch.nn's recurrent layers and cells raise for it."""
 
 
 def check_positive_int(owner: str, name: str, value: object, *, allow_zero: bool = False) -> int:
@@ -40,12 +58,12 @@ def check_input(
             f"{x.dtype}; convert one with .to()"
         )
     if x.device != param_device:
-        raise ValueError(
+        raise MismatchError(
             f"{owner}: expected input on {param_device} (the parameters' device), got input on "
             f"{x.device}; move one with .to()"
         )
     if x.shape[-1] != input_size:
-        raise ValueError(
+        raise MismatchError(
             f"{owner}: expected input with {input_size} features (input_size) in its last "
             f"dimension, got shape {tuple(x.shape)}"
         )
@@ -63,13 +81,15 @@ def check_states(
         if not isinstance(state, Tensor):
             raise TypeError(f"{owner}: expected {name} to be a Tensor, got {type(state).__name__}")
         if tuple(state.shape) != shape:
-            raise ValueError(f"{owner}: expected {name} of shape {shape}, got {tuple(state.shape)}")
+            raise MismatchError(
+                f"{owner}: expected {name} of shape {shape}, got {tuple(state.shape)}"
+            )
         if state.dtype != like.dtype:
-            raise TypeError(
+            raise StateDtypeError(
                 f"{owner}: expected {name} of dtype {like.dtype} (the input's), got {state.dtype}"
             )
         if state.device != like.device:
-            raise ValueError(
+            raise MismatchError(
                 f"{owner}: expected {name} on {like.device} (the input's device), got "
                 f"{state.device}"
             )
