@@ -19,8 +19,10 @@ The reverse direction reads each sequence reversed within its own length.
 
 Under ``torch.compile`` each layer direction is one custom operator (``gatedrnn::cpu_direction``,
 its backward ``gatedrnn::cpu_direction_backward``), opaque to Dynamo and kept in its graph, so
-``fullgraph`` compiles work; eager calls go through :class:`_Direction`, an autograd Function,
-around the same forward and backward functions.
+``fullgraph`` compiles work; so is it under ``torch.export`` (when the backend is named: ``auto``
+exports standard operators) and for fake and meta tensors (its fake implementation gives the
+shapes). Eager calls go through :class:`_Direction`, an autograd Function, around the same
+forward and backward functions.
 
 Covers RNN (tanh, relu), GRU (reset after and before) and the standard LSTM; refuses the rest
 with the reason. Twice differentiable, as torch.nn is on the CPU: with ``create_graph=True`` the
@@ -480,6 +482,7 @@ _DIRECTIONS = {
 
 
 def _flag(spec) -> bool:
+    """The one option a direction's loops take: relu for the RNN, reset after for the GRU."""
     return spec.nonlinearity == "relu" if spec.kind == "rnn" else spec.reset == "after"
 
 
@@ -537,16 +540,17 @@ def _batch_sizes(lengths: Tensor | None, T: int) -> tuple[int, ...] | None:
     return tuple(live.sum(1).tolist())
 
 
-# Under torch.compile a direction is one custom operator, forward and backward (the loops are
-# opaque to Dynamo: an extension, or Python writing in place), so a model holding our layers
-# compiles into one graph (fullgraph) and Inductor fuses what is around them. Eager calls go
-# through _Direction instead: a custom operator costs ~25 µs more per call, forward, and ~50 µs
-# with its backward (measured on 2 cores), about what a small layer's whole step costs.
+# Under torch.compile and torch.export, and for fake and meta tensors, a direction is one custom
+# operator, forward and backward (the loops are opaque to Dynamo: an extension, or Python writing
+# in place), so a model holding our layers compiles into one graph (fullgraph) and Inductor fuses
+# what is around them. Eager calls go through _Direction instead: a custom operator costs ~25 µs
+# more per call, forward, and ~50 µs with its backward (measured on 2 cores), about what a small
+# layer's whole step costs.
 @torch.library.custom_op("gatedrnn::cpu_direction", mutates_args=())
 def _direction_op(
     x: Tensor,
     h0: Tensor,
-    c0: Optional[Tensor],  # noqa: UP045 (torch reads the annotation: Optional, not "|")
+    c0: Optional[Tensor],  # noqa: UP045 (torch infers the schema: typing.Optional since 2.4)
     w_ih: Tensor,
     w_hh: Tensor,
     b_ih: Optional[Tensor],  # noqa: UP045
