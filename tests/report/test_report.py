@@ -194,7 +194,11 @@ def test_report_of_a_study_whose_trials_all_failed(smoke_study, tmp_path):
     md, _, summary, _ = build_report(db, tmp_path / "report")
     assert summary["simpler"][0] == "supported"  # from the cell definitions alone
     assert {v for c, (v, _) in summary.items() if c != "simpler"} == {"inconclusive"}
-    assert md.read_text().count("RuntimeError: no GPU") > 0
+    text = md.read_text()
+    assert text.count("RuntimeError: no GPU") > 0
+    # the headline says so, not only the table at the end
+    trials = text.split(" trials")[0].rsplit("\n", 1)[-1]
+    assert f"{trials} trials ({trials} failed: the verdicts read the completed ones)" in text
 
 
 def test_undefined_numbers_become_null():

@@ -19,7 +19,7 @@ import json
 import math
 import re
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -227,10 +227,15 @@ def build_report(
     sections: list[tuple[str, Any]] = []  # (kind, payload): "h", "p", "table", "figure"
     title = f"gatedrnn study {spec.get('name', db_path.parent.name)!r}: {candidate} vs {baseline}"
     sections.append(("h1", title))
+    statuses = Counter(t["status"] for t in trials)
+    unfinished = ""
+    if set(statuses) - {"completed"}:  # a run stopped part way, or trials that failed
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+        unfinished = f" ({counts}: the verdicts read the completed ones)"
     sections.append(
         (
             "p",
-            f"{len(trials)} trials; tasks {', '.join(spec.get('tasks', []))}; "
+            f"{len(trials)} trials{unfinished}; tasks {', '.join(spec.get('tasks', []))}; "
             f"cells {', '.join(sorted({t['cell'] for t in trials}))}; "
             f"{spec.get('seeds', '?')} seeds.",
         )
