@@ -186,7 +186,8 @@ def test_another_study_in_the_same_place_is_refused(tmp_path):
 def test_more_seeds_reuse_the_trials_done_and_fewer_hide_the_rest(tmp_path, capsys, monkeypatch):
     """A study run again with more seeds runs only the new seeds' trials; with fewer, nothing
     runs and the study (its trials, counts, report) is the first seeds', the others kept for a
-    later run with more; anything else changed is still another study."""
+    later run with more; another executor changes nothing; anything else changed is still
+    another study."""
     from gatedrnn.cli import main
     from gatedrnn.report import build_report
 
@@ -231,8 +232,13 @@ def test_more_seeds_reuse_the_trials_done_and_fewer_hide_the_rest(tmp_path, caps
     assert run(3) == three  # all three again, none run anew
     capsys.readouterr()
 
+    # another executor is the same study too (resumed on Ray, say): nothing runs again
+    study.write_text(text.format(seeds=3) + "[executor]\nworkers = 1\n")
+    run_study(load_study(study), out)
+    assert {t["key"]: (t["seed"], t["finished"]) for t in StudyStore(db).trials()} == three
+
     study.write_text(text.format(seeds=3).replace("hidden_size = 8", "hidden_size = 9"))
-    with pytest.raises(ValueError, match="may change only its number of seeds"):
+    with pytest.raises(ValueError, match="may change only its number of seeds and its executor"):
         run_study(load_study(study), out, workers=1)
 
 

@@ -69,8 +69,9 @@ def run_study(
     """Run every unfinished trial of ``spec``; returns the database path.
 
     Re-running skips completed and diverged trials and resumes interrupted ones from their
-    checkpoints; a spec that differs from the stored one only in its number of seeds runs the
-    seeds not done yet (more) or none (fewer), and from then on the study has that many.
+    checkpoints, also with another executor; a spec that differs from the stored one in its
+    number of seeds runs the seeds not done yet (more) or none (fewer), and from then on the
+    study has that many. Any other difference is another study, refused.
     ``workers`` (default: the spec's, then all cores; on CUDA one per GPU, :func:`local_workers`)
     processes share the cores, and on CUDA the GPUs, one each in turn.
     On the local executor a CUDA study without a GPU, and a study whose datasets are missing or
@@ -109,13 +110,16 @@ def _run_stored(spec, store, db_path, checkpoints, workers, progress, data_dir) 
     """The study's unfinished trials, then its timing, recorded in the open ``store``."""
     stored, current = store.get_meta("spec"), json.loads(json.dumps(spec.to_dict()))
     if stored is not None and stored != current:
-        if {**stored, "seeds": current["seeds"]} != current:  # more or fewer seeds: the same
+        # more or fewer seeds, or another executor (where the trials run), is the same study
+        same = {**stored, "seeds": current["seeds"], "executor": current["executor"]}
+        if same != current:
             raise ValueError(
                 f"{db_path} holds another study named {spec.name!r}; rename the study or "
                 "choose another output folder (a study may change only its number of seeds "
-                "between runs)"
+                "and its executor between runs)"
             )
-        logger.info("study %r: from %s to %s seeds", spec.name, stored.get("seeds"), spec.seeds)
+        if stored.get("seeds") != spec.seeds:
+            logger.info("study %r: from %s to %s seeds", spec.name, stored.get("seeds"), spec.seeds)
     store.set_meta("spec", current)
     trials = spec.trials()
     store.add_trials(trials)
