@@ -300,3 +300,13 @@ def test_eager_layers_do_not_import_dynamo():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
     )
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_the_constant_mark_is_torchs():
+    """``constant_when_compiled`` sets what ``torch.compiler.assume_constant_result`` sets,
+    without importing Dynamo; a torch that marks otherwise shows here."""
+    from gatedrnn.backends import constant_when_compiled
+
+    marked = torch.compiler.assume_constant_result(lambda: 0)
+    ours = constant_when_compiled(lambda: 0)
+    assert vars(ours) == vars(marked) and vars(marked)
