@@ -37,6 +37,7 @@ __all__ = [
     "run_eagerly",
     "tracing",
     "untraceable",
+    "without_data",
 ]
 
 
@@ -130,6 +131,13 @@ def constant_when_compiled(fn):
     here without importing Dynamo (which that function does)."""
     fn._dynamo_marked_constant = True
     return fn
+
+
+def without_data(tensor: Tensor) -> bool:
+    """Whether ``tensor`` has no data to compute on: a fake tensor (``FakeTensorMode``: shape
+    inference, memory estimates) or another tensor subclass, or a meta tensor. Kernels that read
+    memory themselves (extensions, Triton launches) cannot take it; torch's dispatch can."""
+    return type(tensor) is not torch.Tensor or tensor.is_meta
 
 
 def tracing() -> str | None:

@@ -43,7 +43,13 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from gatedrnn.backends import LayerConfig, constant_when_compiled, tracing, untraceable
+from gatedrnn.backends import (
+    LayerConfig,
+    constant_when_compiled,
+    tracing,
+    untraceable,
+    without_data,
+)
 from gatedrnn.backends.compiled import compiled_loops
 from gatedrnn.backends.reference import (
     differentiable_backward,
@@ -532,6 +538,12 @@ def _spec_of(kind: str, flag: bool) -> CellSpec:
     )
 
 
+def _direction_inputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh) -> tuple[Tensor | None, ...]:
+    """The operator's tensor arguments as the direction functions take them: (x, the states,
+    W_ih, W_hh, b_ih, b_hh), c0 only for the LSTM."""
+    return (x, h0, *(() if c0 is None else (c0,)), w_ih, w_hh, b_ih, b_hh)
+
+
 def _batch_sizes(lengths: Tensor | None, T: int) -> tuple[int, ...] | None:
     """The live rows at each step of a batch sorted by decreasing ``lengths``; None without."""
     if lengths is None:
@@ -602,7 +614,7 @@ def _direction_backward_op(
 ) -> list[Tensor]:
     """The hand-written backward of :func:`_direction_op`: the gradients of (x, the states,
     W_ih, W_hh, b_ih, b_hh), an empty tensor where ``needs`` says none is wanted."""
-    inputs = (x, h0, *(() if c0 is None else (c0,)), w_ih, w_hh, b_ih, b_hh)
+    inputs = _direction_inputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     _, backward = _DIRECTIONS[kind]
     batch_sizes = _batch_sizes(lengths, x.shape[0])
     found = backward(
@@ -621,7 +633,7 @@ def _direction_backward_op(
 def _direction_backward_shapes(
     grads, x, h0, c0, w_ih, w_hh, b_ih, b_hh, out, extra, lengths, kind, flag, compiled, needs
 ):
-    inputs = (x, h0, *(() if c0 is None else (c0,)), w_ih, w_hh, b_ih, b_hh)
+    inputs = _direction_inputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     return [
         t.new_empty(t.shape) if need and t is not None else x.new_empty(0)
         for t, need in zip(inputs, needs, strict=True)
@@ -641,7 +653,7 @@ def _direction_grad(ctx, grads):
     n = ctx.states
     # the operator's tensor inputs, in order, and which of them the backward returns
     positions = [0, 1, *([2] if n == 2 else []), 3, 4, 5, 6]
-    inputs = tuple((x, h0, c0, w_ih, w_hh, b_ih, b_hh)[i] for i in positions)
+    inputs = _direction_inputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     needs = [
         bool(ctx.needs_input_grad[i]) and inputs[k] is not None for k, i in enumerate(positions)
     ]
@@ -734,10 +746,7 @@ class CpuBackend:
         # which torch's dispatch handles and an extension cannot; plain tensors skip the
         # dispatch (~25 µs a call)
         dispatched = (
-            torch.compiler.is_compiling()
-            or tracing() == "torch.export"
-            or type(input) is not torch.Tensor
-            or input.is_meta
+            torch.compiler.is_compiling() or tracing() == "torch.export" or without_data(input)
         )
         if lengths is not None:  # sort by length: at step t the live rows are a prefix
             lengths, order = torch.sort(lengths, descending=True, stable=True)

@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from gatedrnn.backends import LayerConfig, run_eagerly, untraceable
+from gatedrnn.backends import LayerConfig, run_eagerly, untraceable, without_data
 from gatedrnn.backends.reference import (
     differentiable_backward,
     fused_arguments,
@@ -949,7 +949,7 @@ class TritonBackend:
         reason = untraceable("persistent kernels are Triton launches")
         if reason is not None:
             return reason
-        if type(input) is not torch.Tensor or input.is_meta:  # FakeTensorMode, the meta device
+        if without_data(input):  # FakeTensorMode, the meta device
             return (
                 "its kernels launch on real GPU memory, not fake or meta tensors (cudnn and "
                 "reference take those, and auto picks one)"

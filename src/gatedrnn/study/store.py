@@ -5,14 +5,16 @@ its configuration hash, with status, error, attempts and the final result as JSO
 (one row per finished epoch), ``timings`` (the interleaved timing of each task and width arm's
 cells after the trials: seconds per training step, per round). Reports read only this database.
 
-A study's spec may change its number of seeds between runs (nothing else): the trials of seeds
-beyond the current number stay in the database, unread (:meth:`StudyStore.trials` and
-:meth:`StudyStore.counts` stop at the spec's seeds), for a later run with more seeds to reuse.
+A study's spec may change its number of seeds between runs (and its executor, nothing else):
+the trials of seeds beyond the current number stay in the database, unread
+(:meth:`StudyStore.trials` and :meth:`StudyStore.counts` stop at the spec's seeds), for a later
+run with more seeds to reuse.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sqlite3
 import time
@@ -91,6 +93,8 @@ class StudyStore:
         self.db.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value))
         )
+        if key == "spec":
+            self.__dict__.pop("_seed_limit", None)  # read again from the new spec
 
     def add_trials(self, trials: Iterable) -> None:
         with self.db:
@@ -168,7 +172,10 @@ class StudyStore:
         spec = self.get_meta("spec")
         return spec.get("seeds") if isinstance(spec, dict) else None
 
-    def _below_seeds(self) -> int:
+    @functools.cached_property
+    def _seed_limit(self) -> int:
+        """The seeds read stop below it: read once (``counts`` runs at every epoch's progress
+        update), again after :meth:`set_meta` stores a spec."""
         seeds = self.seeds()
         return seeds if isinstance(seeds, int) else 2**62
 
@@ -177,7 +184,7 @@ class StudyStore:
         fraction and seed, with their configuration and result parsed."""
         rows = self.db.execute(
             "SELECT * FROM trials WHERE seed < ? ORDER BY task, cell, width, fraction, seed",
-            (self._below_seeds(),),
+            (self._seed_limit,),
         )
         out = []
         for row in rows:
@@ -240,6 +247,6 @@ class StudyStore:
         """Status → how many of the study's trials (those of its spec's seeds) have it."""
         rows = self.db.execute(
             "SELECT status, COUNT(*) FROM trials WHERE seed < ? GROUP BY status",
-            (self._below_seeds(),),
+            (self._seed_limit,),
         )
         return {status: n for status, n in rows}
