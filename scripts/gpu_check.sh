@@ -17,6 +17,9 @@ set -o pipefail
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
+# pytest in this process, without pyproject's workers (pytest-xdist: the device may not have
+# it, and the GPU tests are timed and run one at a time)
+SERIAL=(-o "addopts=-ra --strict-markers")
 {
   nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used,utilization.gpu --format=csv
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cudnn', torch.backends.cudnn.version())"
@@ -26,20 +29,20 @@ if [ "${PRECOMPILE:-1}" != 0 ]; then
   # GATEDRNN_TRITON_COMPILE_ONLY; those runs' results are garbage and ignored), so that the
   # tests below load them from Triton's cache instead of compiling one at a time
   start=$SECONDS ids=$(mktemp -d)
-  python3 -m pytest tests/backends/test_triton.py -q -p no:cacheprovider --collect-only ${TEST_K:+-k "$TEST_K"} 2>/dev/null | grep "::" > "$ids/all"
+  python3 -m pytest "${SERIAL[@]}" tests/backends/test_triton.py -q -p no:cacheprovider --collect-only ${TEST_K:+-k "$TEST_K"} 2>/dev/null | grep "::" > "$ids/all"
   split -n r/${JOBS:-16} "$ids/all" "$ids/part."
   for part in "$ids"/part.*; do
-    GATEDRNN_TRITON_COMPILE_ONLY=1 timeout ${PRECOMPILE_TIMEOUT:-150} xargs -d '\n' -a "$part" python3 -m pytest -q -p no:cacheprovider >/dev/null 2>&1 &
+    GATEDRNN_TRITON_COMPILE_ONLY=1 timeout ${PRECOMPILE_TIMEOUT:-150} xargs -d '\n' -a "$part" python3 -m pytest "${SERIAL[@]}" -q -p no:cacheprovider >/dev/null 2>&1 &
   done
   wait
   echo "precompiled the kernels of $(wc -l < "$ids/all") tests in $((SECONDS - start)) s" | tee -a "$OUT/tests.log"
 fi
-timeout ${TEST_TIMEOUT:-300} python3 -m pytest tests/backends/test_triton.py -q -p no:cacheprovider -s ${TEST_K:+-k "$TEST_K"} 2>&1 | tee -a "$OUT/tests.log" | grep -v "^gru\|^lstm" | tail -25
+timeout ${TEST_TIMEOUT:-300} python3 -m pytest "${SERIAL[@]}" tests/backends/test_triton.py -q -p no:cacheprovider -s ${TEST_K:+-k "$TEST_K"} 2>&1 | tee -a "$OUT/tests.log" | grep -v "^gru\|^lstm" | tail -25
 grep "^gru\|^lstm" "$OUT/tests.log" | tail -40
 if [ "${OTHER_GPU:-0}" != 0 ]; then
   # the GPU tests outside the kernels' file (the training loop's CUDA peak, bench --device cuda,
   # which compiles its own small kernels): opt-in, for a call with time to spare
-  timeout ${OTHER_TIMEOUT:-150} python3 -m pytest tests -m gpu --ignore=tests/backends/test_triton.py -q -p no:cacheprovider 2>&1 | tee -a "$OUT/tests.log" | tail -8
+  timeout ${OTHER_TIMEOUT:-150} python3 -m pytest "${SERIAL[@]}" tests -m gpu --ignore=tests/backends/test_triton.py -q -p no:cacheprovider 2>&1 | tee -a "$OUT/tests.log" | tail -8
 fi
 if [ "${GRID:-1}" != 0 ]; then
   timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/gpu_speed.py --out "$OUT/gpu_speed.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -60
@@ -56,7 +59,7 @@ fi
 if [ -n "${FP32_ALT:-}" ]; then
   # the float32 checks and a few timings again with another precision of the recurrent product
   {
-    GATEDRNN_TRITON_FP32=$FP32_ALT timeout ${ALT_TEST_TIMEOUT:-60} python3 -m pytest tests/backends/test_triton.py -q -p no:cacheprovider -s -m gpu -k float32 2>&1
+    GATEDRNN_TRITON_FP32=$FP32_ALT timeout ${ALT_TEST_TIMEOUT:-60} python3 -m pytest "${SERIAL[@]}" tests/backends/test_triton.py -q -p no:cacheprovider -s -m gpu -k float32 2>&1
     GATEDRNN_TRITON_FP32=$FP32_ALT timeout ${ALT_BENCH_TIMEOUT:-90} python3 benchmarks/gpu_speed.py --dtypes float32 --batch 1,64 --hidden 256,1024 --out "$OUT/gpu_speed_alt.json" 2>&1
   } | tee "$OUT/alt.log" | grep -v "^gru\|^lstm" | tail -24
 fi

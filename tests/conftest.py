@@ -1,5 +1,5 @@
-"""Shared test helpers: tolerance per dtype, and the largest error seen per dtype, reported at
-the end of the run."""
+"""Shared test helpers: tolerance per dtype, and the largest error seen per dtype (in every
+worker), reported at the end of the run."""
 
 from __future__ import annotations
 
@@ -14,6 +14,12 @@ import torch
 # a kernel is defined, so it is set before any test imports one.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# The suite runs in one worker process per core (pytest-xdist, pyproject.toml), each on one
+# thread: two threads per worker on two cores made it slower than one. Tests of the loops split
+# across threads set their count themselves.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 _LARGEST: dict[str, float] = defaultdict(float)
@@ -30,6 +36,18 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str = "") -
     key = str(expected.dtype).removeprefix("torch.")
     _LARGEST[key] = max(_LARGEST[key], worst)
     assert worst <= tol, f"{what}: largest error {worst:.3g} > {tol:g} ({expected.dtype})"
+
+
+def pytest_sessionfinish(session):
+    worker_output = getattr(session.config, "workeroutput", None)  # in an xdist worker
+    if worker_output is not None:
+        worker_output["largest_error"] = dict(_LARGEST)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):  # xdist's controller, as each worker finishes
+    for dtype, err in getattr(node, "workeroutput", {}).get("largest_error", {}).items():
+        _LARGEST[dtype] = max(_LARGEST[dtype], err)
 
 
 def pytest_terminal_summary(terminalreporter):

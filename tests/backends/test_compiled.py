@@ -42,7 +42,8 @@ def test_fallback_warns_once_and_computes_the_same(no_extension):
 
 
 # Past one micro-tile (6 rows) and one weight panel (16–64 columns): full and partial tiles in
-# both directions, several panels per thread, packed batches whose live rows shrink mid-sequence.
+# both directions, several panels per thread, packed batches whose live rows shrink mid-sequence;
+# on one thread and split across two (the tests' workers run on one thread each: conftest.py).
 @pytest.mark.parametrize(
     "cell, options",
     [
@@ -57,7 +58,8 @@ def test_fallback_warns_once_and_computes_the_same(no_extension):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("hidden", [64, 83])
 @pytest.mark.parametrize("gemm", ["ours", "blas"])
-def test_compiled_products_past_one_tile(cell, options, dtype, hidden, gemm, monkeypatch):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_compiled_products_past_one_tile(cell, options, dtype, hidden, gemm, threads, monkeypatch):
     """Both homes of the many-row products (our packed GEMM, torch's BLAS: which one a machine
     uses is fixed by its CPU) under the compiled loops."""
     if compiled.unavailable_reason() is not None:
@@ -65,6 +67,15 @@ def test_compiled_products_past_one_tile(cell, options, dtype, hidden, gemm, mon
     from gatedrnn.backends import cpu
 
     monkeypatch.setattr(cpu, "blas_products", lambda: gemm == "blas")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _past_one_tile(cell, options, dtype, hidden)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _past_one_tile(cell, options, dtype, hidden):
     from tests.conftest import assert_close
     from tests.nn.torch_pairs import run
 
@@ -104,7 +115,7 @@ def test_the_avx2_build_too():
         pytest.skip("this machine runs the AVX2 build already")
     env = dict(os.environ, ATEN_CPU_CAPABILITY="avx2")
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", __file__,
          "-k", "past_one_tile or build_where"],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
