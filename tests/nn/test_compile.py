@@ -251,14 +251,16 @@ def test_jit_trace_follows_new_input(cls, backend):
         torch.testing.assert_close(got, want)
 
 
-def test_func_transforms_run_through_auto():
+@pytest.mark.parametrize("cls", ["GRU", "LSTM", "MinGRU", "MinLSTM"])
+def test_func_transforms_run_through_auto(cls):
     """Inside ``torch.func`` transforms ``auto`` takes the reference loops (the compiled loops are
-    opaque to them, torch's fused cells have no vmap rule): an ensemble's forward under
-    ``vmap`` and a ``grad`` of a functional call equal the plain modules'."""
+    opaque to them, torch's fused cells have no vmap rule; the minimal cells' scan has its own
+    rules): an ensemble's forward under ``vmap`` and a ``grad`` of a functional call equal the
+    plain modules'."""
     from torch.func import functional_call, grad, stack_module_state, vmap
 
     torch.manual_seed(0)
-    models = [gatedrnn.GRU(4, 6, num_layers=2) for _ in range(3)]
+    models = [getattr(gatedrnn, cls)(4, 6, num_layers=2) for _ in range(3)]
     params, buffers = stack_module_state(models)
     base = models[0]
     x = torch.randn(5, 2, 4)
@@ -282,6 +284,67 @@ def test_func_transforms_refuse_the_cpu_loops_with_the_way_out():
     params = dict(layer.named_parameters())
     with pytest.raises(BackendUnsupportedError, match=r"torch\.func transforms cannot trace; use"):
         grad(lambda p: functional_call(layer, p, (torch.randn(5, 2, 4),))[0].sum())(params)
+
+
+@pytest.mark.parametrize(
+    "cls, options",
+    [
+        ("RNN", {}),
+        ("GRU", {}),
+        ("GRU", {"reset": "before"}),
+        ("LSTM", {}),
+        ("LSTM", {"proj_size": 3}),
+        ("MGU", {}),
+        ("MinGRU", {}),
+        ("MinLSTM", {}),
+    ],
+    ids=["rnn", "gru", "gru-before", "lstm", "lstm-proj", "mgu", "mingru", "minlstm"],
+)
+def test_forward_mode_ad_runs_through_auto(cls, options):
+    """Dual tensors (``torch.autograd.forward_ad``) in the input, the state and a weight: ``auto``
+    takes the reference loops (the fused backends' hand-written backwards give no forward
+    derivative, nor does oneDNN's LSTM), whose tangents equal ``torch.func.jvp``'s and J·v
+    computed by reverse mode twice (``torch.autograd.functional.jvp``: a backward
+    differentiated in its upstream gradient, at zero)."""
+    import torch.autograd.forward_ad as fwAD
+
+    torch.manual_seed(0)
+    layer = getattr(gatedrnn, cls)(4, 6, num_layers=2, bidirectional=True, dtype=torch.float64,
+                                   **options)  # fmt: skip
+    x, dx = torch.randn(5, 3, 4, dtype=torch.float64), torch.randn(5, 3, 4, dtype=torch.float64)
+    states = tuple(torch.randn(s, dtype=torch.float64) for s in layer._state_shapes(3))
+    dstates = tuple(torch.randn_like(s) for s in states)
+    w = layer.weight_ih_l1_reverse.detach()
+    dw = torch.randn_like(w)
+
+    def run(x, w, *states):
+        hx = states if len(states) == 2 else states[0]
+        output, final = torch.func.functional_call(layer, {"weight_ih_l1_reverse": w}, (x, hx))
+        return (output, *(final if isinstance(final, tuple) else (final,)))
+
+    with fwAD.dual_level():
+        primals, directions = (x, w, *states), (dx, dw, *dstates)
+        duals = [fwAD.make_dual(t, d) for t, d in zip(primals, directions, strict=True)]
+        tangents = [fwAD.unpack_dual(t).tangent for t in run(*duals)]
+        assert layer.last_backend == "reference"
+    _, transformed = torch.func.jvp(run, primals, directions)
+    _, twice = torch.autograd.functional.jvp(run, primals, directions)
+    for got, want, other in zip(tangents, twice, transformed, strict=True):
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(other, want)
+
+
+def test_forward_mode_ad_refuses_the_cpu_loops_with_the_way_out():
+    import torch.autograd.forward_ad as fwAD
+
+    layer = gatedrnn.GRU(4, 6, backend="cpu")
+    with (
+        fwAD.dual_level(),
+        pytest.raises(
+            BackendUnsupportedError, match=r"forward-mode AD cannot differentiate; use backend='ref"
+        ),
+    ):
+        layer(fwAD.make_dual(torch.randn(5, 2, 4), torch.randn(5, 2, 4)))
 
 
 def test_eager_layers_do_not_import_dynamo():

@@ -75,7 +75,7 @@ def test_lstm_projection_gradcheck():
     assert gradgradcheck(f, inputs, eps=1e-6, atol=1e-5, fast_mode=True)
 
 
-def test_logcumsumexp_is_torchs_and_twice_differentiable():
+def test_logcumsumexp_is_torchs_and_differentiable_in_both_modes():
     x = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
     x.data[2, 0, 0] = 40.0  # a wide range, where a naive log(cumsum(exp)) would lose digits
     assert torch.allclose(logcumsumexp(x), torch.logcumsumexp(x, 0), atol=1e-14, rtol=0)
@@ -84,9 +84,33 @@ def test_logcumsumexp_is_torchs_and_twice_differentiable():
     ours = torch.autograd.grad(logcumsumexp(x), x, grad)[0]
     theirs = torch.autograd.grad(torch.logcumsumexp(x, 0), x, grad)[0]
     assert torch.allclose(ours, theirs, atol=1e-12, rtol=0)
-    assert gradcheck(logcumsumexp, (x,))
-    grad = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
-    assert gradgradcheck(logcumsumexp, (x,), (grad,))
+    assert gradcheck(logcumsumexp, (x,), check_forward_ad=True)
+    # the second derivative in the upstream gradient too, where it is zero (the log-space sums
+    # once took that derivative as zero, which torch.autograd.functional.jvp relies on)
+    grad = grad.requires_grad_()
+    assert gradgradcheck(logcumsumexp, (x,), (grad,), check_fwd_over_rev=True)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_the_exponential_cumulative_sum_in_log_space(reverse):
+    """r = exp(outer) ⊙ Σ v ⊙ exp(inner) cumulated over dim 0: equal to the sum done plainly at
+    moderate magnitudes, finite where the exponentials alone overflow, and differentiable in
+    every argument, v's zeros included, in both modes and twice."""
+    from gatedrnn.nn.functional import _ExpCumSum
+
+    gen = torch.Generator().manual_seed(3)
+    v, inner, outer = (torch.randn(5, 2, 3, dtype=torch.float64, generator=gen) for _ in range(3))
+    v[1, 0] = 0.0
+    plain = (v * inner.exp()).flip(0).cumsum(0).flip(0) if reverse else (v * inner.exp()).cumsum(0)
+    torch.testing.assert_close(_ExpCumSum.apply(v, inner, outer, reverse), outer.exp() * plain)
+    assert _ExpCumSum.apply(v, inner + 800, outer - 800, reverse).isfinite().all()
+    args = tuple(t.clone().requires_grad_() for t in (v, inner, outer))
+
+    def f(*a):
+        return _ExpCumSum.apply(*a, reverse)
+
+    assert gradcheck(f, args, check_forward_ad=True)
+    assert gradgradcheck(f, args, check_fwd_over_rev=True)
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)

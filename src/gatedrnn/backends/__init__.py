@@ -141,13 +141,16 @@ def without_data(tensor: Tensor) -> bool:
 
 
 def tracing() -> str | None:
-    """What traces the current call through PyTorch operations, if anything: ``"torch.export"``
-    while exporting, ``"torch.func transforms"`` inside ``grad``, ``vmap``, ``jacrev`` …; None
-    otherwise, and under ``torch.compile`` (there a backend that cannot be traced runs between
-    graphs, eagerly)."""
+    """What must see the current call as PyTorch operations, if anything: ``"torch.export"``
+    while exporting, ``"forward-mode AD"`` inside ``torch.autograd.forward_ad.dual_level()``
+    (dual tensors: each operation's forward derivative), ``"torch.func transforms"`` inside
+    ``grad``, ``vmap``, ``jacrev`` …; None otherwise, and under ``torch.compile`` (there a
+    backend that cannot be traced runs between graphs, eagerly)."""
     exporting = getattr(torch.compiler, "is_exporting", None)  # torch ≥ 2.6
     if exporting is not None and exporting():
         return "torch.export"
+    if getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0:
+        return "forward-mode AD"
     if torch.compiler.is_compiling():
         return None
     level = getattr(torch._C._functorch, "maybe_current_level", None)
@@ -164,12 +167,15 @@ def untraceable(what: str) -> str | None:
         return None
     if context == "torch.export":
         instead = "a layer exports with backend='cudnn' or 'reference' (backend='auto' picks one)"
+    elif context == "forward-mode AD":  # a hand-written backward gives no forward derivative
+        instead = "use backend='reference', which backend='auto' picks there"
     else:  # torch's fused cells have gradients but no vmap rule
         instead = (
             "use backend='reference', which backend='auto' picks there ('cudnn' works under grad "
             "alone: torch's fused cells have no vmap rule)"
         )
-    return f"its {what}, which {context} cannot trace; {instead}"
+    verb = "differentiate" if context == "forward-mode AD" else "trace"
+    return f"its {what}, which {context} cannot {verb}; {instead}"
 
 
 # name -> "module:attribute" of a zero-argument factory; imported on first use.

@@ -32,8 +32,14 @@ class CudnnBackend:
         return config.spec.torch_lacks
 
     def auto_declines(self, config: LayerConfig, input: Tensor) -> str | None:
-        if tracing() == "torch.func transforms":
+        context = tracing()
+        if context == "torch.func transforms":
             return "torch's fused cells have no vmap rule (reference runs every transform)"
+        if context == "forward-mode AD":
+            return (
+                "torch's fused LSTM (oneDNN, cuDNN) has no forward-mode derivative (reference "
+                "has, for every cell)"
+            )
         return None
 
     def forward(

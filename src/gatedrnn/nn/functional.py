@@ -195,41 +195,91 @@ def minlstm_cell(x: Tensor, h: Tensor, weight_ih: Tensor, bias_ih: Tensor | None
 
 
 class _LogCumSumExp(torch.autograd.Function):
-    """``torch.logcumsumexp`` over dim 0 with a backward written in differentiable ops.
+    """``torch.logcumsumexp`` over dim 0 with a backward and a forward derivative written in
+    differentiable ops (:class:`_ExpCumSum`).
 
     torch 2.13's own second derivative of logcumsumexp disagrees with finite differences when
     composed as in :func:`scan_log` (found by gradgradcheck); this backward, the formula torch and
-    TensorFlow use, is differentiated by autograd instead. Like relu at 0, its derivative with
-    respect to an upstream gradient that is exactly zero is taken as zero.
+    TensorFlow use, is differentiated by autograd instead. Written with ``setup_context`` and
+    PyTorch operations only, so ``torch.func`` transforms (``vmap``, ``grad``, ``jvp`` …) and
+    forward-mode AD run through it.
     """
 
+    generate_vmap_rule = True  # forward, backward and jvp are PyTorch operations
+
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        y = torch.logcumsumexp(x, dim=0)
-        ctx.save_for_backward(x, y)
-        return y
+    def forward(x: Tensor) -> Tensor:
+        return torch.logcumsumexp(x, dim=0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        (x,) = inputs
+        ctx.save_for_backward(x, output)
+        ctx.save_for_forward(x, output)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         x, y = ctx.saved_tensors
-        # ∂y_t/∂x_s = exp(x_s − y_t) for s ≤ t. Summing grad_t·exp(x_s − y_t) over t ≥ s in log
-        # space needs log grad, so the positive and negative parts are summed apart.
-        lowest = torch.finfo(grad.dtype).min  # log of 0 that stays finite, so no inf − inf
-        log_abs = torch.log(torch.where(grad != 0, grad.abs(), torch.ones_like(grad)))
-        log_pos = torch.where(grad > 0, log_abs, lowest) - y
-        log_neg = torch.where(grad < 0, log_abs, lowest) - y
-        pos = torch.exp(_reverse_logcumsumexp(log_pos) + x)
-        neg = torch.exp(_reverse_logcumsumexp(log_neg) + x)
+        # ∂y_t/∂x_s = exp(x_s − y_t) for s ≤ t: x̄_s = exp(x_s) Σ_{t≥s} ȳ_t·exp(−y_t)
+        return _ExpCumSum.apply(grad, -y, x, True)
+
+    @staticmethod
+    def jvp(ctx, tangent: Tensor) -> Tensor:
+        x, y = ctx.saved_tensors
+        # ẏ_t = exp(−y_t) Σ_{s≤t} ẋ_s·exp(x_s)
+        return _ExpCumSum.apply(tangent, x, -y, False)
+
+
+class _ExpCumSum(torch.autograd.Function):
+    """r = exp(outer) ⊙ Σ v ⊙ exp(inner), the sum cumulated over dim 0 (from the end when
+    ``reverse``), computed in log space so that neither exponential overflows: the derivatives
+    of :class:`_LogCumSumExp`. Linear in v, and its own derivatives are the same sum (the
+    other way), so it is differentiable any number of times, in v too (as the log of v alone,
+    where v is 0, would not be: the double-backward trick of ``torch.autograd.functional.jvp``
+    differentiates a backward at an upstream gradient of zeros)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(v: Tensor, inner: Tensor, outer: Tensor, reverse: bool) -> Tensor:
+        def scan(a: Tensor) -> Tensor:
+            return torch.logcumsumexp(a.flip(0), 0).flip(0) if reverse else torch.logcumsumexp(a, 0)
+
+        # log v is needed: the positive and negative parts are summed apart
+        lowest = torch.finfo(v.dtype).min  # log of 0 that stays finite, so no inf − inf
+        log_abs = torch.log(torch.where(v != 0, v.abs(), torch.ones_like(v)))
+        pos = torch.exp(scan(torch.where(v > 0, log_abs, lowest) + inner) + outer)
+        neg = torch.exp(scan(torch.where(v < 0, log_abs, lowest) + inner) + outer)
         return pos - neg
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        v, inner, outer, reverse = inputs
+        ctx.reverse = reverse
+        ctx.save_for_backward(v, inner, outer, output)
+        ctx.save_for_forward(v, inner, outer, output)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        v, inner, outer, r = ctx.saved_tensors
+        # ∂r_t/∂v_s = exp(outer_t + inner_s) for s before t (or after, reversed): the adjoint is
+        # the same sum the other way, with inner and outer exchanged
+        adjoint = _ExpCumSum.apply(grad, outer, inner, not ctx.reverse)
+        return adjoint, v * adjoint, grad * r, None
+
+    @staticmethod
+    def jvp(ctx, v_dot, inner_dot, outer_dot, _):
+        v, inner, outer, r = ctx.saved_tensors
+        along = v_dot if v_dot is not None else torch.zeros_like(v)
+        if inner_dot is not None:
+            along = along + v * inner_dot
+        result = _ExpCumSum.apply(along, inner, outer, ctx.reverse)
+        return result if outer_dot is None else result + outer_dot * r
 
 
 def logcumsumexp(x: Tensor) -> Tensor:
-    """log Σ_{s≤t} exp(x_s) along dim 0, twice differentiable."""
+    """log Σ_{s≤t} exp(x_s) along dim 0, differentiable any number of times, in either mode."""
     return _LogCumSumExp.apply(x)
-
-
-def _reverse_logcumsumexp(x: Tensor) -> Tensor:
-    return logcumsumexp(x.flip(0)).flip(0)
 
 
 def scan_log(log_a: Tensor, log_b: Tensor, h0: Tensor) -> Tensor:
