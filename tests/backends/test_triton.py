@@ -1394,3 +1394,22 @@ def test_fake_and_meta_tensors_are_refused_with_the_way_out():
         meta = gatedrnn.GRU(4, 6, backend="triton")
         with pytest.raises(BackendUnsupportedError, match="not fake or meta tensors"):
             meta(torch.randn(5, 3, 4))
+
+
+def test_forward_mode_ad_is_refused_with_the_way_out():
+    """Dual tensors (``torch.autograd.forward_ad``): the hand-written backward gives no forward
+    derivative, so the named backend refuses and ``auto`` passes it over for ``reference``,
+    whose tangents equal ``torch.func.jvp``'s."""
+    import torch.autograd.forward_ad as fwAD
+
+    layer = gatedrnn.GRU(4, 6, backend="triton").to(DEVICE)
+    automatic = gatedrnn.GRU(4, 6).to(DEVICE)
+    automatic.load_state_dict(layer.state_dict())
+    x, dx = torch.randn(5, 3, 4, device=DEVICE), torch.randn(5, 3, 4, device=DEVICE)
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x, dx)
+        with pytest.raises(BackendUnsupportedError, match="forward-mode AD cannot differentiate"):
+            layer(dual)
+        tangent = fwAD.unpack_dual(automatic(dual)[0]).tangent
+        assert automatic.last_backend == "reference"
+    torch.testing.assert_close(tangent, torch.func.jvp(lambda a: automatic(a)[0], (x,), (dx,))[1])
