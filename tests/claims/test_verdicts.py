@@ -112,6 +112,21 @@ def test_speed_from_interleaved_rounds(candidate, baseline, expected):
     assert "per epoch in the trials 1 " in verdict.measurement
     assert "too short" not in verdict.measurement
     assert verdict.details["epoch_ratio"]["estimate"] == 1
+    ratio = verdict.details["ratio"]
+    within = ratio["low"] >= 0.95 and ratio["high"] <= 1.05
+    assert ("lies within ±5%: as fast" in verdict.measurement) == within
+
+
+def test_speed_within_the_practical_margin_says_more_timing_would_not_decide():
+    from gatedrnn.claims.verdicts import _speed
+
+    trials = [{"seconds_per_epoch": 0.05, "environment": {"device": "cpu"}, "backend": "cpu"}] * 3
+    close = ([0.0200, 0.0202, 0.0199, 0.0201], [0.0201, 0.0203, 0.0200, 0.0203])  # ~0.995
+    verdict = _speed(trials, trials, "task / equal_hidden", close)
+    assert verdict.verdict == "inconclusive"
+    assert "lies within ±5%: as fast, for this claim" in verdict.measurement
+    wide = ([0.0200, 0.0250, 0.0150], [0.0200, 0.0200, 0.0200])  # the interval spans past 5%
+    assert "lies within" not in _speed(trials, trials, "t / w", wide).measurement
 
 
 def test_the_study_timings_reach_the_speed_verdict(self_study):

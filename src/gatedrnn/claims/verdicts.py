@@ -295,11 +295,27 @@ def _speed(
                 f"; epochs of {shortest * 1e3:.1f} ms are too short to time against each other "
                 f"(under {MIN_TIMED_EPOCH * 1e3:.0f} ms)"
             )
+    if _within_practical(verdict, ratio) and "too short" not in measurement:
+        measurement += (
+            f"; the interval lies within ±{PRACTICAL:.0%}: as fast, for this claim (it asks "
+            f"for {PRACTICAL:.0%} or more), so more timing would not decide it"
+        )
     other = _other_backends(a, b)
     if other:
         verdict, measurement = INCONCLUSIVE, f"{measurement}; {other}"
     return ClaimVerdict(
         "faster training", scope, verdict, measurement, {"ratio": ratio.__dict__, **details}
+    )
+
+
+def _within_practical(verdict: str, ratio: Interval) -> bool:
+    """Whether an inconclusive ratio's whole interval lies within 1 ± :data:`PRACTICAL`: the
+    two are equal for the claim's purpose, however precisely timed."""
+    return (
+        verdict == INCONCLUSIVE
+        and ratio.defined
+        and ratio.low >= 1 - PRACTICAL
+        and ratio.high <= 1 + PRACTICAL
     )
 
 
