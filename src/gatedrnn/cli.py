@@ -563,16 +563,25 @@ def _verdict_table(summary: dict[str, tuple[str, str]], title: str) -> Table:
 
 
 def _print_verdicts(report: Report, args: argparse.Namespace, console: Console) -> None:
-    """The verdict table, then how many seeds would settle what it left open."""
+    """The verdict table, then how many seeds (and timing rounds) would settle what it left
+    open."""
     title = f"{args.candidate} vs {args.baseline}: the claims"
     console.print(_verdict_table(report.summary, title))
+    compare = args.command == "compare"
     if report.advice:
         again = (
             "`gatedrnn compare --seeds N` with the same other options"
-            if args.command == "compare"
+            if compare
             else "the study with seeds = N"
         )
         console.print(f"{report.advice} Run {again}: the seeds done are reused.")
+    if report.rounds_advice:
+        again = (
+            "`gatedrnn compare --timing-rounds N` with the same other options"
+            if compare
+            else "the study with timing_rounds = N"
+        )
+        console.print(f"{report.rounds_advice} Run {again}: only the timing runs again.")
 
 
 def _run_with_progress(spec, args, console: Console):
@@ -616,7 +625,8 @@ def _run_with_progress(spec, args, console: Console):
 
 def _done_before(db_path: Path, spec, planned) -> str:
     """What an earlier run of the study left done, for the line that starts a run:
-    "" when nothing, else e.g. " (12 done before; from 3 to 7 seeds)"."""
+    "" when nothing, else e.g. " (12 done before; from 3 to 7 seeds; timing from 7 to 15
+    rounds)"."""
     from gatedrnn.study import StudyStore
     from gatedrnn.study.store import DONE, check_study_file
 
@@ -626,12 +636,18 @@ def _done_before(db_path: Path, spec, planned) -> str:
     store = StudyStore(db_path)
     try:
         statuses, seeds = store.statuses(), store.seeds()
+        rounds = (store.get_meta("spec") or {}).get("timing_rounds", 7)  # 7 before it was set
     finally:
         store.close()
     done = sum(statuses.get(t.key) in DONE for t in planned)
+    changes = []
     if seeds is not None and seeds != spec.seeds:
-        return f" ({done} done before; from {seeds} to {spec.seeds} seeds)"
-    return f" ({done} done before)" if done else ""
+        changes.append(f"from {seeds} to {spec.seeds} seeds")
+    if seeds is not None and rounds != spec.timing_rounds:
+        changes.append(f"timing from {rounds} to {spec.timing_rounds} rounds")
+    if not done and not changes:
+        return ""
+    return f" ({'; '.join([f'{done} done before', *changes])})"
 
 
 def _compare(args: argparse.Namespace, console: Console) -> int:
@@ -645,6 +661,7 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
         tasks=args.tasks,
         cells=args.cells,
         seeds=args.seeds,
+        timing_rounds=args.timing_rounds,
         device=args.device,
         executor=args.executor,
         data=args.data,
@@ -840,6 +857,11 @@ def build_parser() -> argparse.ArgumentParser:
         "gru:reset=before, which is also its name for --candidate and --baseline",
     )
     compare.add_argument("--seeds", type=_count(1), help="seeds per configuration")
+    compare.add_argument(
+        "--timing-rounds",
+        type=_count(2),
+        help="interleaved rounds timing each task and width arm for the speed claim (default 7)",
+    )
     compare.add_argument("--device", help="cpu (default) or cuda")
     compare.add_argument(
         "--backend",

@@ -363,3 +363,34 @@ def test_the_seed_advice_counts_the_scopes_each_number_would_decide():
     )
     assert seeds_advice([verdict(None)]).endswith("none would be decided by 1000 seeds.")
     assert seeds_advice([verdict(5, "supported"), speed]) is None
+
+
+def test_speed_over_rounds_says_how_many_rounds_would_decide():
+    """An inconclusive ratio over interleaved rounds says how many rounds would decide it at its
+    mean and spread (and the advice sums them up), or that its mean lies within the margin, where
+    more rounds would only show the two as fast."""
+    from gatedrnn.claims.stats import paired_ratio
+    from gatedrnn.claims.verdicts import _speed, rounds_advice
+
+    trials = [{"seconds_per_epoch": 0.05, "environment": {"device": "cpu"}, "backend": "cpu"}] * 3
+    noisy = ([0.0180, 0.0200, 0.0160], [0.0200, 0.0200, 0.0200])  # ~0.90, a wide interval
+    verdict = _speed(trials, trials, "t / w", noisy)
+    needed = verdict.details["rounds_needed"]
+    assert verdict.verdict == "inconclusive" and needed > 3
+    assert f"~{needed} interleaved rounds would decide it" in verdict.measurement
+    # that many rounds with the same mean and spread do decide it, one fewer does not
+    a, b = noisy
+
+    def rounds(n):
+        return (a * (n // 3 + 1))[:n], (b * (n // 3 + 1))[:n]
+
+    assert paired_ratio(*rounds(needed * 3)).high < 0.95  # the spread shrinks as it should
+    assert rounds_advice([verdict]) == (
+        "Of the inconclusive speed scopes timed in interleaved rounds, at their observed means "
+        f"and spreads {needed} rounds would decide 1."
+    )
+    near = ([0.0196, 0.0216, 0.0176], [0.0200, 0.0200, 0.0200])  # ~0.98, as wide
+    verdict = _speed(trials, trials, "t / w", near)
+    assert verdict.verdict == "inconclusive" and verdict.details["rounds_needed"] is None
+    assert "its mean is within ±5%: more rounds would show the two as fast" in verdict.measurement
+    assert rounds_advice([verdict]) is None

@@ -41,6 +41,32 @@ def smoke_study(tmp_path_factory):
     return root / "compare-smoke"
 
 
+def test_the_timing_round_advice_reaches_the_report_and_the_command_line(
+    smoke_study, tmp_path, capsys, monkeypatch
+):
+    """Where speed scopes are open, the report says how many timing rounds would settle them,
+    and the command line how to run them (``rounds_advice`` fixed here: a smoke study's speed
+    verdicts depend on the machine)."""
+    import argparse
+
+    from gatedrnn import cli
+    from gatedrnn.report import build
+
+    sentence = "Of the inconclusive speed scopes timed in interleaved rounds, … 12 rounds decide 1."
+    monkeypatch.setattr(build, "rounds_advice", lambda verdicts: sentence)
+    report = build_report(smoke_study / "study.sqlite", tmp_path)
+    assert report.rounds_advice == sentence
+    assert sentence in (tmp_path / "report.md").read_text()
+    for command, again in [
+        ("compare", "Run `gatedrnn compare --timing-rounds N` with the same other options"),
+        ("report", "Run the study with timing_rounds = N"),
+    ]:
+        args = argparse.Namespace(command=command, candidate="gru", baseline="lstm")
+        cli._print_verdicts(report, args, cli.Console(width=200))
+        said = " ".join(capsys.readouterr().out.split())
+        assert f"{sentence} {again}: only the timing runs again." in said
+
+
 def test_report_reads_well_in_a_browser(smoke_study, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
@@ -191,7 +217,8 @@ def test_report_of_a_study_whose_trials_all_failed(smoke_study, tmp_path):
         connection.execute(
             "UPDATE trials SET status = 'failed', result = NULL, error = 'RuntimeError: no GPU'"
         )
-    md, _, summary, _ = build_report(db, tmp_path / "report")
+    report = build_report(db, tmp_path / "report")
+    md, summary = report.markdown, report.summary
     assert summary["simpler"][0] == "supported"  # from the cell definitions alone
     assert {v for c, (v, _) in summary.items() if c != "simpler"} == {"inconclusive"}
     text = md.read_text()

@@ -238,8 +238,42 @@ def test_more_seeds_reuse_the_trials_done_and_fewer_hide_the_rest(tmp_path, caps
     assert {t["key"]: (t["seed"], t["finished"]) for t in StudyStore(db).trials()} == three
 
     study.write_text(text.format(seeds=3).replace("hidden_size = 8", "hidden_size = 9"))
-    with pytest.raises(ValueError, match="may change only its number of seeds and its executor"):
+    with pytest.raises(
+        ValueError, match="may change only its number of seeds, its timing rounds and its executor"
+    ):
         run_study(load_study(study), out, workers=1)
+
+
+def test_more_timing_rounds_time_the_arms_again_and_nothing_else(tmp_path, capsys, monkeypatch):
+    """A study run again with more timing rounds re-times its arms with that many, trains
+    nothing; with fewer, the longer timing is kept."""
+    from gatedrnn.cli import main
+
+    monkeypatch.setenv("COLUMNS", "160")
+    study = tmp_path / "r.toml"
+    text = ('name = "r"\ntasks = ["adding"]\ncells = ["lstm", "gru"]\nseeds = 1\n'
+            "timing_rounds = {rounds}\nhidden_size = 8\n"
+            "[train]\nepochs = 1\nsmoke = true\n")  # fmt: skip
+    out = tmp_path / "runs"
+    db = out / "r" / "study.sqlite"
+
+    def run(rounds: int):
+        study.write_text(text.format(rounds=rounds))
+        assert main(["study", "run", str(study), "--out", str(out), "--workers", "1"]) == 0
+        store = StudyStore(db)
+        finished = {t["key"]: t["finished"] for t in store.trials()}
+        timings = store.timings()[("adding", "equal_hidden")]
+        store.close()
+        return finished, timings
+
+    finished, timings = run(3)
+    assert {len(v) for v in timings.values()} == {3}
+    capsys.readouterr()
+    again, longer = run(5)
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "2 trials (2 done before; timing from 3 to 5 rounds)" in printed
+    assert again == finished and {len(v) for v in longer.values()} == {5}
+    assert run(3)[1] == longer  # fewer: the five rounds are kept
 
 
 @pytest.mark.skipif(

@@ -70,6 +70,8 @@ BAD = [
     ('tasks = []\ncells = ["gru"]', "tasks: expected at least one task"),
     (BASE + "seeds = -1", "seeds: expected at least 1 seed, got -1"),
     (BASE + "seeds = 2.5", "seeds: expected an integer, got float"),
+    (BASE + "timing_rounds = 1", r"timing_rounds: expected at least 2 rounds \(an interval\)"),
+    (BASE + 'timing_rounds = "many"', "timing_rounds: expected an integer, got str"),
     ('tasks = ["adding"]\ncells = [{ cell = "gru", reset = "mid" }]', "option 'reset'"),
     ('tasks = ["jsb"]\ncells = ["lstm"]\nwidths = ["equal_params"]\nbudget = 100',
      "budget: a lstm layer with input_size=88 needs .* more than the budget of 100"),

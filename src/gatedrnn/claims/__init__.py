@@ -9,7 +9,14 @@ from gatedrnn.claims.stats import (
     seeds_to_exclude,
     tost,
 )
-from gatedrnn.claims.verdicts import CLAIMS, ClaimVerdict, evaluate_claims, overall, seeds_advice
+from gatedrnn.claims.verdicts import (
+    CLAIMS,
+    ClaimVerdict,
+    evaluate_claims,
+    overall,
+    rounds_advice,
+    seeds_advice,
+)
 
 __all__ = [
     "CLAIMS",
@@ -20,6 +27,7 @@ __all__ = [
     "overall",
     "paired_difference",
     "paired_ratio",
+    "rounds_advice",
     "seeds_advice",
     "seeds_for_equivalence",
     "seeds_to_exclude",

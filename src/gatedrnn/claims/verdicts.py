@@ -39,7 +39,14 @@ from gatedrnn.claims.stats import (
 from gatedrnn.nn.spec import spec_from_options
 from gatedrnn.tasks import TASKS
 
-__all__ = ["CLAIMS", "ClaimVerdict", "evaluate_claims", "overall", "seeds_advice"]
+__all__ = [
+    "CLAIMS",
+    "ClaimVerdict",
+    "evaluate_claims",
+    "overall",
+    "rounds_advice",
+    "seeds_advice",
+]
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
 PRACTICAL = 0.05  # ratio margin for speed and convergence
@@ -285,6 +292,8 @@ def _speed(
             f"time per training step ratio {ratio} over {ratio.n} interleaved rounds ({where}); "
             f"per epoch in the trials {epochs}"
         )
+        details["rounds_needed"], hint = _rounds_hint(verdict, ratio, rounds)
+        measurement += hint
     else:
         ratio = epochs
         measurement = f"time per epoch ratio {ratio} ({where})"
@@ -306,6 +315,25 @@ def _speed(
     return ClaimVerdict(
         "faster training", scope, verdict, measurement, {"ratio": ratio.__dict__, **details}
     )
+
+
+def _rounds_hint(
+    verdict: str, ratio: Interval, rounds: tuple[list[float], list[float]]
+) -> tuple[int | None, str]:
+    """For an inconclusive ratio over interleaved rounds, not already within the margin: how
+    many rounds would decide it, were the per-round mean and spread to hold, and the words."""
+    if verdict != INCONCLUSIVE or not ratio.defined or _within_practical(verdict, ratio):
+        return None, ""
+    line = 1 - PRACTICAL if ratio.estimate <= 1 else 1 + PRACTICAL
+    if abs(math.log(ratio.estimate)) <= abs(math.log(line)):
+        return None, (
+            f"; its mean is within ±{PRACTICAL:.0%}: more rounds would show the two as fast, "
+            "not decide it"
+        )
+    needed = _seeds_past(*rounds, line)
+    if needed is None:
+        return None, f"; not decided by up to {MOST_SEEDS} rounds at this mean and spread"
+    return needed, f"; ~{needed} interleaved rounds would decide it at this mean and spread"
 
 
 def _within_practical(verdict: str, ratio: Interval) -> bool:
@@ -506,6 +534,26 @@ def seeds_advice(verdicts: list[ClaimVerdict]) -> str | None:
         text += "".join(f", {n} → {k}" for n, k in rest)
         return text + (f"; {beyond} would need more than {MOST_SEEDS}." if beyond else ".")
     return text + f" means and spreads none would be decided by {MOST_SEEDS} seeds."
+
+
+def rounds_advice(verdicts: list[ClaimVerdict]) -> str | None:
+    """One sentence for the next study: how many inconclusive speed scopes timed in interleaved
+    rounds each number of rounds would decide, were their means and spreads to hold; None where
+    no number would decide one."""
+    needed = sorted(
+        v.details["rounds_needed"]
+        for v in verdicts
+        if v.verdict == INCONCLUSIVE and v.details.get("rounds_needed")
+    )
+    if not needed:
+        return None
+    decided = [(n, sum(m <= n for m in needed)) for n in sorted(set(needed))]
+    (n, k), rest = decided[0], decided[1:]
+    text = (
+        f"Of the inconclusive speed scopes timed in interleaved rounds, at their observed means "
+        f"and spreads {n} rounds would decide {k}"
+    )
+    return text + "".join(f", {n} → {k}" for n, k in rest) + "."
 
 
 # Why a claim can have no measurement in a study.

@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from gatedrnn.atomic import write_atomic
-from gatedrnn.claims import evaluate_claims, mean_ci, overall, seeds_advice
+from gatedrnn.claims import evaluate_claims, mean_ci, overall, rounds_advice, seeds_advice
 from gatedrnn.study.store import StudyStore, check_study_file
 from gatedrnn.tasks import TASKS
 
@@ -198,6 +198,7 @@ class Report(NamedTuple):
     html: Path
     summary: dict[str, tuple[str, str]]  # claim → (verdict, scope counts)
     advice: str | None  # how many seeds would decide the inconclusive scopes (seeds_advice)
+    rounds_advice: str | None = None  # and how many timing rounds the speed ones (rounds_advice)
 
 
 def build_report(
@@ -207,9 +208,9 @@ def build_report(
     baseline: str = "lstm",
 ) -> Report:
     """Write report.md (with PNG files beside it), report.html and verdicts.json (every verdict
-    with its numbers, for scripts); returns the first two paths, the overall verdicts and the seed
-    advice. A pair other than gru against lstm gets its own files, ``report-rnn-vs-lstm.md`` and
-    so on."""
+    with its numbers, for scripts); returns the first two paths, the overall verdicts and the
+    seed and timing-round advice. A pair other than gru against lstm gets its own files,
+    ``report-rnn-vs-lstm.md`` and so on."""
     db_path = Path(db_path)
     check_study_file(db_path)  # before anything is written, there or beside it
     out = Path(out_dir) if out_dir else db_path.parent
@@ -223,6 +224,7 @@ def build_report(
     verdicts = evaluate_claims(trials, candidate, baseline, timings)
     summary = overall(verdicts)
     advice = seeds_advice(verdicts)
+    more_rounds = rounds_advice(verdicts)
 
     sections: list[tuple[str, Any]] = []  # (kind, payload): "h", "p", "table", "figure"
     title = f"gatedrnn study {spec.get('name', db_path.parent.name)!r}: {candidate} vs {baseline}"
@@ -250,12 +252,14 @@ def build_report(
             "supported / contradicted need every scope to agree; intervals are "
             "95% t intervals over seeds, paired by seed; ratios must clear a 5% "
             "margin, and epochs under 10 ms are too short to time against each other; "
-            "'comparable' is a TOST against ±2% of the baseline; '~N seeds would decide it' "
-            "assumes the per-seed mean and spread hold (a planning estimate).",
+            "'comparable' is a TOST against ±2% of the baseline; '~N seeds (interleaved "
+            "rounds) would decide it' assumes the per-seed (per-round) mean and spread hold (a "
+            "planning estimate).",
         )
     )
-    if advice:
-        sections.append(("p", advice))
+    for sentence in (advice, more_rounds):
+        if sentence:
+            sections.append(("p", sentence))
     sections.append(("h2", "Measurements"))
     sections.append(
         (
@@ -351,7 +355,7 @@ def build_report(
     }
     text = json.dumps(_finite(document), indent=1, allow_nan=False)
     write_atomic(out / f"verdicts{suffix}.json", lambda tmp: tmp.write_text(text + "\n"))
-    return Report(md_path, html_path, summary, advice)
+    return Report(md_path, html_path, summary, advice, more_rounds)
 
 
 _PER_TRIAL = ("task", "cell", "hidden_size", "seed", "fraction")  # in the tasks' tables

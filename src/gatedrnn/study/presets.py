@@ -73,6 +73,7 @@ def compare_study(
     tasks: list[str] | None = None,
     cells: list[str] | None = None,
     seeds: int | None = None,
+    timing_rounds: int | None = None,
     device: str | None = None,
     executor: str | None = None,
     workers: int = 0,
@@ -112,13 +113,16 @@ def compare_study(
         raw["cells"] = [cell_entry(text) for text in cells]
     if seeds is not None:
         raw["seeds"] = seeds
+    if timing_rounds is not None:
+        raw["timing_rounds"] = timing_rounds
     if device:
         raw["train"]["device"] = device
     if backend:
         raw["train"]["backend"] = backend
     raw["executor"] = {"kind": executor or "local", "workers": workers}
     labels = [c if isinstance(c, str) else c["label"] for c in raw["cells"]]
-    # not the seeds: a run with more (or fewer) seeds is the same study, and reuses its trials
+    # not the seeds or timing rounds: a run with more (or fewer) is the same study, and reuses
+    # its trials
     suffix = "-".join(raw["tasks"]) + "-" + "-".join(labels)
     if device:  # a study's name is its folder: runs on two devices must not share one
         suffix += f"-{device.replace(':', '')}"

@@ -100,6 +100,6 @@ def _time_arms_on_ray(ray, spec, store, cpus: int, progress, data_dir) -> None:
     def timed(configs: dict[str, dict]):
         gpus = 1 if next(iter(configs.values()))["device"].startswith("cuda") else 0
         options = remote.options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
-        return ray.get(options.remote(configs, cpus, data))
+        return ray.get(options.remote(configs, cpus, data, spec.timing_rounds))
 
-    time_arms(store, spec.trials(), timed, progress)
+    time_arms(store, spec.trials(), timed, progress, spec.timing_rounds)

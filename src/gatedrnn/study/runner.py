@@ -110,13 +110,17 @@ def _run_stored(spec, store, db_path, checkpoints, workers, progress, data_dir) 
     """The study's unfinished trials, then its timing, recorded in the open ``store``."""
     stored, current = store.get_meta("spec"), json.loads(json.dumps(spec.to_dict()))
     if stored is not None and stored != current:
-        # more or fewer seeds, or another executor (where the trials run), is the same study
-        same = {**stored, "seeds": current["seeds"], "executor": current["executor"]}
+        # more or fewer seeds or timing rounds, or another executor (where the trials run), is
+        # the same study
+        same = {
+            **stored,
+            **{key: current[key] for key in ("seeds", "timing_rounds", "executor")},
+        }
         if same != current:
             raise ValueError(
                 f"{db_path} holds another study named {spec.name!r}; rename the study or "
-                "choose another output folder (a study may change only its number of seeds "
-                "and its executor between runs)"
+                "choose another output folder (a study may change only its number of seeds, "
+                "its timing rounds and its executor between runs)"
             )
         if stored.get("seeds") != spec.seeds:
             logger.info("study %r: from %s to %s seeds", spec.name, stored.get("seeds"), spec.seeds)
@@ -143,7 +147,10 @@ def _run_stored(spec, store, db_path, checkpoints, workers, progress, data_dir) 
         gpus = _gpus_to_give(device)
         _run_pool(store, todo, checkpoints, progress, workers, threads, data_dir, gpus)
     data = str(data_dir) if data_dir else None
-    time_arms(store, trials, lambda configs: time_arm(configs, threads, data), progress)
+    rounds = spec.timing_rounds
+    time_arms(
+        store, trials, lambda configs: time_arm(configs, threads, data, rounds), progress, rounds
+    )
 
 
 def local_workers(requested: int, device: torch.device, trials: int) -> int:
@@ -188,15 +195,15 @@ def _start_worker(counter, gpus: list[str]) -> None:
 
 
 def time_arm(
-    configs: dict[str, dict], threads: int, data_dir: str | None
+    configs: dict[str, dict], threads: int, data_dir: str | None, rounds: int = 7
 ) -> tuple[dict[str, list[float]], int]:
-    """One arm's interleaved timing (:func:`time_steps`) on ``threads`` threads, as a trial of
-    the study had; here in the driver, or as a Ray task."""
+    """One arm's interleaved timing (:func:`time_steps`, ``rounds`` rounds) on ``threads``
+    threads, as a trial of the study had; here in the driver, or as a Ray task."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         parsed = {label: TrainConfig.from_dict(config) for label, config in configs.items()}
-        return time_steps(parsed, data_dir=data_dir)
+        return time_steps(parsed, rounds=rounds, data_dir=data_dir)
     finally:
         torch.set_num_threads(previous)
 
@@ -206,12 +213,15 @@ def time_arms(
     trials: list[Trial],
     timed: Callable[[dict[str, dict]], tuple[dict[str, list[float]], int]],
     progress: Progress | None,
+    rounds: int,
 ) -> None:
-    """Time each arm the store holds no timing for (with two cells or more: seed 0's
-    configurations at the largest training fraction) through ``timed`` (:func:`time_arm`, here
-    or as a Ray task) and record it; an arm that cannot be timed is logged and left to the epoch
-    times."""
-    done = store.timings()
+    """Time each arm the store holds no timing of at least ``rounds`` rounds for (with two cells
+    or more: seed 0's configurations at the largest training fraction) through ``timed``
+    (:func:`time_arm`, here or as a Ray task) and record it, replacing a shorter one; an arm
+    that cannot be timed is logged and left to the epoch times (or its shorter timing)."""
+    done = {
+        arm for arm, cells in store.timings().items() if min(map(len, cells.values())) >= rounds
+    }
     largest = max(t.fraction for t in trials)
     arms: dict[tuple[str, str], dict[str, dict]] = {}
     for t in trials:

@@ -8,6 +8,7 @@
     budget = 20000             # equal_params: recurrent-layer parameters; hidden solved per cell
     seeds = 3                  # seeds 0, 1, 2
     fractions = [1.0]          # of the training set (learning curves)
+    timing_rounds = 7          # interleaved rounds timing each task and width arm (speed claim)
 
     [train]                    # TrainConfig fields shared by every trial
     epochs = 20
@@ -80,6 +81,7 @@ class StudySpec:
     budget: int = 20_000
     seeds: int = 3
     fractions: tuple[float, ...] = (1.0,)
+    timing_rounds: int = 7
     train: dict[str, Any] = field(default_factory=dict)
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per task name
     executor: ExecutorSpec = ExecutorSpec()
@@ -195,6 +197,9 @@ def parse_study(raw: dict[str, Any], default_name: str = "study") -> StudySpec:
         raise _fail("seeds", f"expected at least 1 seed, got {seeds}")
     if hidden < 1:
         raise _fail("hidden_size", f"expected an integer >= 1, got {hidden}")
+    rounds = _expect(raw.get("timing_rounds", 7), int, "timing_rounds", "an integer")
+    if rounds < 2:
+        raise _fail("timing_rounds", f"expected at least 2 rounds (an interval), got {rounds}")
     fractions = tuple(_expect(raw.get("fractions", [1.0]), list, "fractions", "a list"))
     for i, fraction in enumerate(fractions):
         _expect(fraction, (int, float), f"fractions[{i}]", "a number")
@@ -231,6 +236,7 @@ def parse_study(raw: dict[str, Any], default_name: str = "study") -> StudySpec:
         budget=budget,
         seeds=seeds,
         fractions=tuple(float(f) for f in fractions),
+        timing_rounds=rounds,
         train=train,
         task_options=task_options,
         executor=ExecutorSpec(kind, workers, executor_raw.get("address")),
