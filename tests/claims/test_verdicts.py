@@ -219,6 +219,10 @@ def test_time_and_memory_need_one_backend():
     mixed = _speed(trials(fast, 1e6, "triton"), trials(slow, 2e6, "cudnn"), "t / w")
     assert mixed.verdict == "inconclusive"
     assert "different backends (triton vs cudnn)" in mixed.measurement
+    noisy = ([0.0180, 0.0200, 0.0160], [0.0200, 0.0200, 0.0200])  # more rounds would not help
+    mixed = _speed(trials(fast, 1e6, "triton"), trials(slow, 2e6, "cudnn"), "t / w", noisy)
+    assert "would decide" not in mixed.measurement and "as fast" not in mixed.measurement
+    assert not mixed.details.get("rounds_needed")
     assert _memory(trials(fast, 1e6, "cpu"), trials(slow, 2e6, "cpu"), "t").verdict == "supported"
     memory = _memory(trials(fast, 1e6, "cpu"), trials(slow, 2e6, "cpu,cudnn"), "t")
     assert memory.verdict == "inconclusive" and "compares implementations" in memory.measurement

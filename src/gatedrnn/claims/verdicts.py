@@ -285,6 +285,7 @@ def _speed(
     where = f"{a[0]['environment'].get('device', '?')}, {_backends(a)} vs {_backends(b)}"
     shortest = min(r["seconds_per_epoch"] for r in a + b)
     details: dict[str, Any] = {"epoch_ratio": epochs.__dict__, "shortest_epoch_seconds": shortest}
+    other = _other_backends(a, b)  # then no verdict, and no timing would give one
     if rounds is not None:
         ratio = paired_ratio(*rounds)
         verdict = _ratio_verdict(ratio)
@@ -292,8 +293,9 @@ def _speed(
             f"time per training step ratio {ratio} over {ratio.n} interleaved rounds ({where}); "
             f"per epoch in the trials {epochs}"
         )
-        details["rounds_needed"], hint = _rounds_hint(verdict, ratio, rounds)
-        measurement += hint
+        if not other:
+            details["rounds_needed"], hint = _rounds_hint(verdict, ratio, rounds)
+            measurement += hint
     else:
         ratio = epochs
         measurement = f"time per epoch ratio {ratio} ({where})"
@@ -304,12 +306,11 @@ def _speed(
                 f"; epochs of {shortest * 1e3:.1f} ms are too short to time against each other "
                 f"(under {MIN_TIMED_EPOCH * 1e3:.0f} ms)"
             )
-    if _within_practical(verdict, ratio) and "too short" not in measurement:
+    if _within_practical(verdict, ratio) and "too short" not in measurement and not other:
         measurement += (
             f"; the interval lies within ±{PRACTICAL:.0%}: as fast, for this claim (it asks "
             f"for {PRACTICAL:.0%} or more), so more timing would not decide it"
         )
-    other = _other_backends(a, b)
     if other:
         verdict, measurement = INCONCLUSIVE, f"{measurement}; {other}"
     return ClaimVerdict(
