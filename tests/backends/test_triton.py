@@ -873,6 +873,28 @@ def test_torch_compile_runs_the_kernels_as_they_are(cell, monkeypatch):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_auto_compiles_into_one_graph_without_the_kernels(monkeypatch):
+    """Under ``torch.compile`` ``auto`` passes the kernels over without asking them (their checks
+    run between graphs: a graph break), so a model of auto layers compiles with
+    ``fullgraph=True`` on a GPU as torch.nn's do; eagerly the same layer may take them. Here the
+    order puts them first, as on a GPU, where the cpu backend declines every call."""
+    from gatedrnn import backends
+
+    monkeypatch.setattr(backends, "AUTO_ORDER", ["triton", "cpu", "cudnn", "reference"])
+    torch.manual_seed(0)
+    layer = gatedrnn.GRU(3, 8, num_layers=2).to(DEVICE)
+    x = torch.randn(5, 2, 3, device=DEVICE)
+    torch._dynamo.reset()
+    out, h = torch.compile(layer, fullgraph=True, backend="aot_eager")(x)
+    assert layer.last_backend != "triton"
+    reference = gatedrnn.GRU(3, 8, num_layers=2, backend="reference").to(DEVICE)
+    reference.load_state_dict(layer.state_dict())
+    want, want_h = reference(x)
+    tolerance = {"rtol": 2e-3, "atol": 2e-3} if CUDA else {}  # cuDNN may take TF32 there
+    torch.testing.assert_close(out, want, **tolerance)
+    torch.testing.assert_close(h, want_h, **tolerance)
+
+
 def test_export_refuses_the_kernels_with_the_way_out():
     layer = gatedrnn.GRU(3, 4, backend="triton").to(DEVICE)
     with pytest.raises(BackendUnsupportedError, match=r"launches, which torch\.export cannot"):

@@ -74,6 +74,9 @@ class Backend(Protocol):
 
     name: str
     twice_differentiable: bool  # whether double backward (gradgradcheck, Hessians) works
+    # Optional, False if absent: whether torch.compile runs it between graphs (run_eagerly), so
+    # that "auto" passes it over while compiling
+    between_graphs: bool
 
     def unsupported(self, config: LayerConfig, input: Tensor) -> str | None:
         """Why this backend cannot run ``config`` on ``input`` (its device and dtype), or None."""
@@ -227,9 +230,20 @@ def load_backends(name: str) -> None:
         get_backend(candidate)
 
 
+# Why auto passes over a backend that runs between torch.compile's graphs (``between_graphs``):
+# even asking it (its checks read the GPU and files: run_eagerly) would break the graph, which a
+# ``fullgraph`` compile refuses; a layer that names it still runs it so, graph break and all.
+_BETWEEN_GRAPHS = (
+    "under torch.compile its launches run between graphs (a graph break, which fullgraph=True "
+    "refuses), so auto takes a backend that compiles into the graph; backend='{name}' runs it "
+    "there anyway"
+)
+
+
 def resolve_backend(name: str, config: LayerConfig, input: Tensor) -> Backend:
     """The backend to run ``config`` on ``input``: ``name`` itself, or for ``"auto"`` the first
-    in :data:`AUTO_ORDER` that supports the call. Raises with the reason when none can."""
+    in :data:`AUTO_ORDER` that supports the call (under ``torch.compile``, not one marked
+    ``between_graphs``). Raises with the reason when none can."""
     if name != "auto":
         backend = get_backend(name)
         reason = backend.unsupported(config, input)
@@ -241,6 +255,9 @@ def resolve_backend(name: str, config: LayerConfig, input: Tensor) -> Backend:
     reasons = []
     for candidate in AUTO_ORDER:
         backend = get_backend(candidate)
+        if getattr(backend, "between_graphs", False) and torch.compiler.is_compiling():
+            reasons.append(f"{candidate}: {_BETWEEN_GRAPHS.format(name=candidate)}")
+            continue
         reason = backend.unsupported(config, input)
         if reason is None and hasattr(backend, "auto_declines"):
             reason = backend.auto_declines(config, input)

@@ -936,6 +936,7 @@ class TritonBackend:
 
     name = "triton"
     twice_differentiable = True  # by rerunning the reference loop (differentiable_backward)
+    between_graphs = True  # under torch.compile: run eagerly, so auto passes it over there
 
     # torch.compile runs these as they are, between graphs: they read the GPU's properties, the
     # measured tables and the environment, and keep their answers in caches
