@@ -895,6 +895,23 @@ def test_auto_compiles_into_one_graph_without_the_kernels(monkeypatch):
     torch.testing.assert_close(h, want_h, **tolerance)
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_batched_gradients_rerun_the_reference(cell):
+    """Gradients batched by ``vmap`` (``is_grads_batched=True``, ``jacobian(vectorize=True)``)
+    have no memory for the kernels to read: the backward reruns the reference loop there, and
+    each row of the batch is the gradient of that row alone."""
+    layer_cls, options = CELLS[cell]
+    torch.manual_seed(0)
+    layer = layer_cls(3, 8, backend="triton", **options).to(DEVICE)
+    x = torch.randn(5, 2, 3, device=DEVICE, requires_grad=True)
+    out = layer(x)[0]
+    rows = torch.randn(4, *out.shape, device=DEVICE)
+    (batched,) = torch.autograd.grad(out, x, rows, is_grads_batched=True, retain_graph=True)
+    one_by_one = torch.stack([torch.autograd.grad(out, x, r, retain_graph=True)[0] for r in rows])
+    tolerance = {"rtol": 2e-3, "atol": 2e-3} if CUDA else {}  # TF32 kernels against fp32 there
+    torch.testing.assert_close(batched, one_by_one, **tolerance)
+
+
 def test_export_refuses_the_kernels_with_the_way_out():
     layer = gatedrnn.GRU(3, 4, backend="triton").to(DEVICE)
     with pytest.raises(BackendUnsupportedError, match=r"launches, which torch\.export cannot"):

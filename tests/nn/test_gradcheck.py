@@ -75,6 +75,39 @@ def test_lstm_projection_gradcheck():
     assert gradgradcheck(f, inputs, eps=1e-6, atol=1e-5, fast_mode=True)
 
 
+@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])
+def test_batched_gradients(cell, packed, backend):
+    """Gradients batched by ``vmap`` (``is_grads_batched=True``: gradcheck's batched check,
+    ``jacobian(vectorize=True)``) reach every backend's backward; the compiled loops cannot
+    read them and rerun the reference loop there, as under ``create_graph=True``."""
+    import gatedrnn
+
+    module = getattr(gatedrnn, cell)(
+        I, H, num_layers=2, bidirectional=True, dtype=torch.float64, backend=backend
+    )
+    lengths = torch.tensor([4, 2, 3]) if packed else None
+    inputs = layer_inputs(module)
+    reason = get_backend(backend).unsupported(module.config, inputs[0])
+    if reason:
+        pytest.skip(reason)
+    f = layer_function(module, lengths)
+    states = 1 + module.spec.num_states  # x and the states; the weights as they are
+
+    def g(*tensors):
+        return f(*tensors, *inputs[states:])
+
+    assert gradcheck(g, inputs[:states], eps=1e-6, atol=1e-6, check_batched_grad=True)
+    x = inputs[0]
+
+    def output(x):
+        return f(x, *inputs[1:])[0]
+
+    vectorized = torch.autograd.functional.jacobian(output, x, vectorize=True)
+    torch.testing.assert_close(vectorized, torch.autograd.functional.jacobian(output, x))
+
+
 def test_logcumsumexp_is_torchs_and_differentiable_in_both_modes():
     x = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
     x.data[2, 0, 0] = 40.0  # a wide range, where a naive log(cumsum(exp)) would lose digits

@@ -29,6 +29,7 @@ __all__ = [
     "BackendUnsupportedError",
     "LayerConfig",
     "available_backends",
+    "backward_by_rerun",
     "constant_when_compiled",
     "get_backend",
     "load_backends",
@@ -138,9 +139,27 @@ def constant_when_compiled(fn):
 
 def without_data(tensor: Tensor) -> bool:
     """Whether ``tensor`` has no data to compute on: a fake tensor (``FakeTensorMode``: shape
-    inference, memory estimates) or another tensor subclass, or a meta tensor. Kernels that read
-    memory themselves (extensions, Triton launches) cannot take it; torch's dispatch can."""
-    return type(tensor) is not torch.Tensor or tensor.is_meta
+    inference, memory estimates) or another tensor subclass, a meta tensor, or one without
+    storage (batched by ``vmap``, as the gradients a backward gets under
+    ``is_grads_batched=True``). Kernels that read memory themselves (extensions, Triton
+    launches) cannot take it; torch's dispatch can."""
+    return type(tensor) is not torch.Tensor or tensor.is_meta or not _has_storage(tensor)
+
+
+_has_storage = getattr(torch._C, "_has_storage", lambda tensor: True)
+
+
+def backward_by_rerun(*grads: Tensor | None) -> bool:
+    """Whether a fused backend's backward, given these output gradients, must rerun the
+    reference loop differentiably (:func:`~gatedrnn.backends.reference.differentiable_backward`)
+    instead of its own loops: with ``create_graph=True`` (grad mode on in backward), and for
+    gradients batched by ``vmap`` (``torch.autograd.grad(..., is_grads_batched=True)``,
+    ``jacobian(vectorize=True)``, ``gradcheck``'s batched check), which the loops cannot read."""
+    return (
+        torch.is_grad_enabled()
+        or tracing() == "torch.func transforms"
+        or any(g is not None and without_data(g) for g in grads)
+    )
 
 
 def tracing() -> str | None:

@@ -45,6 +45,7 @@ from torch import Tensor
 
 from gatedrnn.backends import (
     LayerConfig,
+    backward_by_rerun,
     constant_when_compiled,
     tracing,
     untraceable,
@@ -512,7 +513,7 @@ class _Direction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, *grad_finals):
         needs = ctx.needs_input_grad[4:]
-        if torch.is_grad_enabled():
+        if backward_by_rerun(grad_out, *grad_finals):
             return None, None, None, None, *_twice(ctx, (grad_out, *grad_finals), needs)
         inputs, (out, *extra) = _saved(ctx)
         _, backward = _DIRECTIONS[ctx.spec.kind]

@@ -54,7 +54,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from gatedrnn.backends import LayerConfig, run_eagerly, untraceable, without_data
+from gatedrnn.backends import (
+    LayerConfig,
+    backward_by_rerun,
+    run_eagerly,
+    untraceable,
+    without_data,
+)
 from gatedrnn.backends.reference import (
     differentiable_backward,
     fused_arguments,
@@ -630,7 +636,7 @@ class _GRU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_last):
         x, w_ih, w_dot, hs, y, gates, lens, h0, w_hh, b_ih, b_hh = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: the reference loop, differentiable
+        if backward_by_rerun(grad_out, grad_last):  # create_graph=True, batched: the reference
             inputs = (x, h0, w_ih, w_hh, b_ih, b_hh)
             grads = (grad_out, grad_last)
             return differentiable_backward(
@@ -731,7 +737,7 @@ class _LSTM(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_h, grad_c):
         x, w_ih, w_dot, y, cs, gates, lens, h0, c0, w_hh, b_ih, b_hh = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: the reference loop, differentiable
+        if backward_by_rerun(grad_out, grad_h, grad_c):  # create_graph=True, batched: reference
             inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
             grads = (grad_out, grad_h, grad_c)
             return differentiable_backward(
