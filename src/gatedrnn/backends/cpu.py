@@ -186,16 +186,17 @@ def _saved(ctx) -> tuple[tuple[Tensor | None, ...], tuple[Tensor, ...]]:
 
 
 def _twice(ctx, grads: tuple[Tensor, ...], needs) -> tuple[Tensor | None, ...]:
-    """The backward with ``create_graph=True`` (grad mode on in backward): the reference loop
-    rerun on the saved inputs and differentiated (:func:`~gatedrnn.backends.reference.
-    differentiable_backward`); the loops' hand-written backward gives first derivatives only.
-    Reads ``ctx.spec`` and ``ctx.lengths`` (each sequence's length, sorted as x is) besides."""
+    """The backward with ``create_graph=True`` (grad mode on in backward) or batched gradients
+    (:func:`~gatedrnn.backends.backward_by_rerun`): the reference loop rerun on the saved inputs
+    and differentiated (:func:`~gatedrnn.backends.reference.differentiable_backward`); the
+    loops' hand-written backward gives first derivatives of plain gradients only. Reads
+    ``ctx.spec`` and ``ctx.lengths`` (each sequence's length, sorted as x is) besides."""
     inputs, _ = _saved(ctx)
     if inputs[0] is None:
         raise RuntimeError(
-            "the 'cpu' backend differentiates twice by rerunning the layer on its input, which it "
-            "does not keep when neither the input nor weight_ih needs a gradient; build the layer "
-            "with backend='reference' for this double backward"
+            "the 'cpu' backend differentiates twice (or takes batched gradients) by rerunning the "
+            "layer on its input, which it does not keep when neither the input nor weight_ih "
+            "needs a gradient; build the layer with backend='reference' for this backward"
         )
     return differentiable_backward(ctx.spec, inputs, needs, ctx.lengths, grads)
 
