@@ -567,21 +567,17 @@ def _print_verdicts(report: Report, args: argparse.Namespace, console: Console) 
     open."""
     title = f"{args.candidate} vs {args.baseline}: the claims"
     console.print(_verdict_table(report.summary, title))
-    compare = args.command == "compare"
-    if report.advice:
-        again = (
-            "`gatedrnn compare --seeds N` with the same other options"
-            if compare
-            else "the study with seeds = N"
-        )
-        console.print(f"{report.advice} Run {again}: the seeds done are reused.")
-    if report.rounds_advice:
-        again = (
-            "`gatedrnn compare --timing-rounds N` with the same other options"
-            if compare
-            else "the study with timing_rounds = N"
-        )
-        console.print(f"{report.rounds_advice} Run {again}: only the timing runs again.")
+    for advice, option, key, kept in (
+        (report.advice, "--seeds", "seeds", "the seeds done are reused"),
+        (report.rounds_advice, "--timing-rounds", "timing_rounds", "only the timing runs again"),
+    ):
+        if advice:
+            again = (
+                f"`gatedrnn compare {option} N` with the same other options"
+                if args.command == "compare"
+                else f"the study with {key} = N"
+            )
+            console.print(f"{advice} Run {again}: {kept}.")
 
 
 def _run_with_progress(spec, args, console: Console):
@@ -627,7 +623,7 @@ def _done_before(db_path: Path, spec, planned) -> str:
     """What an earlier run of the study left done, for the line that starts a run:
     "" when nothing, else e.g. " (12 done before; from 3 to 7 seeds; timing from 7 to 15
     rounds)"."""
-    from gatedrnn.study import StudyStore
+    from gatedrnn.study import StudySpec, StudyStore
     from gatedrnn.study.store import DONE, check_study_file
 
     if not db_path.is_file():
@@ -635,16 +631,18 @@ def _done_before(db_path: Path, spec, planned) -> str:
     check_study_file(db_path)  # another program's file is not opened for writing
     store = StudyStore(db_path)
     try:
-        statuses, seeds = store.statuses(), store.seeds()
-        rounds = (store.get_meta("spec") or {}).get("timing_rounds", 7)  # 7 before it was set
+        statuses, stored = store.statuses(), store.get_meta("spec")
     finally:
         store.close()
     done = sum(statuses.get(t.key) in DONE for t in planned)
     changes = []
-    if seeds is not None and seeds != spec.seeds:
-        changes.append(f"from {seeds} to {spec.seeds} seeds")
-    if seeds is not None and rounds != spec.timing_rounds:
-        changes.append(f"timing from {rounds} to {spec.timing_rounds} rounds")
+    if stored is not None:
+        seeds = stored.get("seeds")
+        rounds = stored.get("timing_rounds", StudySpec.timing_rounds)  # stored before it was set
+        if seeds != spec.seeds:
+            changes.append(f"from {seeds} to {spec.seeds} seeds")
+        if rounds != spec.timing_rounds:
+            changes.append(f"timing from {rounds} to {spec.timing_rounds} rounds")
     if not done and not changes:
         return ""
     return f" ({'; '.join([f'{done} done before', *changes])})"

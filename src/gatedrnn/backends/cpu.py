@@ -660,7 +660,10 @@ def _direction_grad(ctx, grads):
         bool(ctx.needs_input_grad[i]) and inputs[k] is not None for k, i in enumerate(positions)
     ]
     wanted = (grads[0], *grads[1 : 1 + n])
-    if torch.is_grad_enabled():  # create_graph=True: rerun the reference loop, differentiably
+    # create_graph=True: rerun the reference loop, differentiably. Not backward_by_rerun: while
+    # AOTAutograd traces this, the gradients are not plain tensors (without_data would say
+    # rerun), and the compiled graph must keep the backward operator
+    if torch.is_grad_enabled():
         found = differentiable_backward(
             _spec_of(ctx.kind, ctx.flag), inputs, needs, lengths, wanted
         )

@@ -286,6 +286,7 @@ def _speed(
     shortest = min(r["seconds_per_epoch"] for r in a + b)
     details: dict[str, Any] = {"epoch_ratio": epochs.__dict__, "shortest_epoch_seconds": shortest}
     other = _other_backends(a, b)  # then no verdict, and no timing would give one
+    too_short = False
     if rounds is not None:
         ratio = paired_ratio(*rounds)
         verdict = _ratio_verdict(ratio)
@@ -301,12 +302,12 @@ def _speed(
         measurement = f"time per epoch ratio {ratio} ({where})"
         verdict = _ratio_verdict(ratio)
         if shortest < MIN_TIMED_EPOCH:
-            verdict = INCONCLUSIVE
+            verdict, too_short = INCONCLUSIVE, True
             measurement += (
                 f"; epochs of {shortest * 1e3:.1f} ms are too short to time against each other "
                 f"(under {MIN_TIMED_EPOCH * 1e3:.0f} ms)"
             )
-    if _within_practical(verdict, ratio) and "too short" not in measurement and not other:
+    if _within_practical(verdict, ratio) and not too_short and not other:
         measurement += (
             f"; the interval lies within ±{PRACTICAL:.0%}: as fast, for this claim (it asks "
             f"for {PRACTICAL:.0%} or more), so more timing would not decide it"

@@ -71,7 +71,8 @@ def run_study(
     Re-running skips completed and diverged trials and resumes interrupted ones from their
     checkpoints, also with another executor; a spec that differs from the stored one in its
     number of seeds runs the seeds not done yet (more) or none (fewer), and from then on the
-    study has that many. Any other difference is another study, refused.
+    study has that many; with more timing rounds its arms are timed again. Any other difference
+    (outside :data:`CHANGEABLE`) is another study, refused.
     ``workers`` (default: the spec's, then all cores; on CUDA one per GPU, :func:`local_workers`)
     processes share the cores, and on CUDA the GPUs, one each in turn.
     On the local executor a CUDA study without a GPU, and a study whose datasets are missing or
@@ -106,17 +107,16 @@ def run_study(
     return db_path
 
 
+# What a study's spec may change between runs and stay the same study: more or fewer seeds or
+# timing rounds, another executor (where the trials run)
+CHANGEABLE = ("seeds", "timing_rounds", "executor")
+
+
 def _run_stored(spec, store, db_path, checkpoints, workers, progress, data_dir) -> None:
     """The study's unfinished trials, then its timing, recorded in the open ``store``."""
     stored, current = store.get_meta("spec"), json.loads(json.dumps(spec.to_dict()))
     if stored is not None and stored != current:
-        # more or fewer seeds or timing rounds, or another executor (where the trials run), is
-        # the same study
-        same = {
-            **stored,
-            **{key: current[key] for key in ("seeds", "timing_rounds", "executor")},
-        }
-        if same != current:
+        if {**stored, **{key: current[key] for key in CHANGEABLE}} != current:
             raise ValueError(
                 f"{db_path} holds another study named {spec.name!r}; rename the study or "
                 "choose another output folder (a study may change only its number of seeds, "
@@ -195,7 +195,7 @@ def _start_worker(counter, gpus: list[str]) -> None:
 
 
 def time_arm(
-    configs: dict[str, dict], threads: int, data_dir: str | None, rounds: int = 7
+    configs: dict[str, dict], threads: int, data_dir: str | None, rounds: int
 ) -> tuple[dict[str, list[float]], int]:
     """One arm's interleaved timing (:func:`time_steps`, ``rounds`` rounds) on ``threads``
     threads, as a trial of the study had; here in the driver, or as a Ray task."""

@@ -5,8 +5,8 @@ its configuration hash, with status, error, attempts and the final result as JSO
 (one row per finished epoch), ``timings`` (the interleaved timing of each task and width arm's
 cells after the trials: seconds per training step, per round). Reports read only this database.
 
-A study's spec may change its number of seeds between runs (and its executor, nothing else):
-the trials of seeds beyond the current number stay in the database, unread
+A study's spec may change its number of seeds between runs (and its timing rounds and executor,
+nothing else): the trials of seeds beyond the current number stay in the database, unread
 (:meth:`StudyStore.trials` and :meth:`StudyStore.counts` stop at the spec's seeds), for a later
 run with more seeds to reuse.
 """
