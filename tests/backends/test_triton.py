@@ -918,6 +918,23 @@ def test_export_refuses_the_kernels_with_the_way_out():
         torch.export.export(layer, (torch.randn(2, 1, 3, device=DEVICE),))
 
 
+def test_jit_trace_refuses_the_kernels_and_auto_records_torchs(monkeypatch):
+    """A trace would hold the launches as a Python call (no saving, no ONNX): named, the kernels
+    refuse with the way out; ``auto`` (triton first, as on a GPU) records torch.nn's fused
+    operator."""
+    from gatedrnn import backends
+
+    monkeypatch.setattr(backends, "AUTO_ORDER", ["triton", "cpu", "cudnn", "reference"])
+    x = torch.randn(2, 1, 3, device=DEVICE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with pytest.raises(BackendUnsupportedError, match=r"which torch\.jit\.trace cannot"):
+            torch.jit.trace(gatedrnn.GRU(3, 4, backend="triton").to(DEVICE), (x,))
+        traced = torch.jit.trace(gatedrnn.GRU(3, 4).to(DEVICE), (x,))
+    assert "aten::gru" in [node.kind() for node in traced.inlined_graph.nodes()]
+
+
 def test_kernels_launch_on_the_inputs_device(monkeypatch):
     """Triton launches on the current CUDA device, so the backend makes the input's device
     current around its launches (a layer on cuda:1 called while cuda:0 is current)."""

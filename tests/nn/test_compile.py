@@ -6,8 +6,9 @@ operator per direction (checked with ``torch.library.opcheck``), without Dynamo 
 backend stands in for Inductor (one test uses Inductor itself): it traces the forward and the
 backward the same way and compiles nothing. ``torch.export`` takes the layers with the backends
 written in PyTorch operations (``auto`` picks one of those while exporting), and the ``cpu``
-loops, when named, as their operator. ``torch.jit.trace`` records every backend (the loops as
-one node each) and the traced layer computes what the layer does on new input."""
+loops, when named, as their operator. ``torch.jit.trace`` records torch.nn's fused operator
+(``auto``) or the loops' (``cpu``), so the trace saves and runs any length; the reference loop
+is recorded step by step, which the trace says and then holds to."""
 
 from __future__ import annotations
 
@@ -233,21 +234,77 @@ def test_export_takes_the_named_cpu_loops_as_their_operator(backend, tmp_path):
         torch.testing.assert_close(grads[name], p.grad)
 
 
-@pytest.mark.parametrize("backend", ["auto", "cpu", "cpu-python", "reference", "cudnn"])
+def _trace(layer, x):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # torch.nn's own shape checks
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 points to export
+        return torch.jit.trace(layer, (x,))
+
+
+_FUSED = {"GRU": "aten::gru", "LSTM": "aten::lstm", "RNN": "aten::rnn_tanh"}
+
+
+@pytest.mark.parametrize("backend", ["auto", "cpu", "cpu-python", "cudnn"])
 @pytest.mark.parametrize(
     "cls", [gatedrnn.GRU, gatedrnn.LSTM, gatedrnn.RNN], ids=lambda c: c.__name__
 )
-def test_jit_trace_follows_new_input(cls, backend):
-    """Two layers, both directions: the second layer's loops take the first's output (the
-    compiled loops failed there with ``unordered_map::at`` while their own ATen calls were
-    recorded)."""
+def test_jit_trace_saves_and_runs_any_length(cls, backend, tmp_path):
+    """A trace records torch.nn's fused operator (``auto``, ``cudnn``) or the loops' own
+    (``cpu``): no Python call, which ``torch.jit.save`` refused and the TorchScript ONNX exporter
+    replaced with the ATen calls around it (a wrong model, before). Two layers, both directions
+    (the compiled loops once failed with ``unordered_map::at`` on the second layer): saved,
+    loaded, and run on another batch size and length, it gives the layer's outputs and
+    gradients."""
     ours, eager = _pair(cls, backend, num_layers=2, bidirectional=True)
+    traced = _trace(ours, torch.randn(5, 3, 4))
+    named = backend in ("cpu", "cpu-python")
+    recorded = "gatedrnn::cpu_direction" if named else _FUSED[cls.__name__]
+    kinds = [node.kind() for node in traced.inlined_graph.nodes()]
+    assert kinds.count(recorded) == (4 if named else 1), kinds  # per layer direction, or one
+    torch.jit.save(traced, tmp_path / "traced.pt")
+    loaded = torch.jit.load(tmp_path / "traced.pt")
+    y = torch.randn(8, 2, 4)
+    for got, want in zip(_run(loaded, y), _run(eager, y), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize(
+    "cls, options",
+    [
+        (gatedrnn.GRU, {"reset": "before"}),
+        (gatedrnn.LSTM, {"peepholes": True}),
+        (gatedrnn.MGU, {}),
+        (gatedrnn.GRU, {"backend": "reference"}),
+    ],
+    ids=["gru-before", "lstm-peepholes", "mgu", "gru-reference"],
+)
+def test_jit_trace_of_the_reference_loop_warns_and_refuses_other_lengths(cls, options):
+    """The reference loop is traced step by step: the trace says so when made, runs any batch
+    size at the traced length, and raises on another length (it used to run the traced number of
+    steps and return a shorter output, silently)."""
+    torch.manual_seed(0)
+    layer = cls(4, 6, num_layers=2, **options)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 points to export
-        traced = torch.jit.trace(ours, (torch.randn(5, 3, 4),))
-    y = torch.randn(5, 3, 4)
-    for got, want in zip(_run(traced, y), _run(eager, y), strict=True):
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with pytest.warns(torch.jit.TracerWarning, match="sequences of 5 steps only"):
+            traced = torch.jit.trace(layer, (torch.randn(5, 3, 4),))
+    y = torch.randn(5, 2, 4)
+    torch.testing.assert_close(traced(y), layer(y))
+    for steps in (4, 7):
+        with pytest.raises(RuntimeError, match="Expected 5 elements in a list"):
+            traced(torch.randn(steps, 2, 4))
+
+
+@pytest.mark.parametrize("cls", [gatedrnn.MinGRU, gatedrnn.MinLSTM], ids=lambda c: c.__name__)
+def test_jit_trace_of_the_parallel_scan_saves_and_runs_any_length(cls, tmp_path):
+    """The minimal cells' scan has no time loop: traced (torch's logcumsumexp in place of the
+    Python Function, which a saved trace cannot hold), it saves and runs any length."""
+    ours, eager = _pair(cls, "auto", num_layers=2)
+    traced = _trace(ours, torch.randn(5, 3, 4))
+    torch.jit.save(traced, tmp_path / "traced.pt")
+    loaded = torch.jit.load(tmp_path / "traced.pt")
+    y = torch.randn(9, 2, 4)
+    for got, want in zip(_run(loaded, y), _run(eager, y), strict=True):
         torch.testing.assert_close(got, want)
 
 

@@ -164,13 +164,17 @@ def backward_by_rerun(*grads: Tensor | None) -> bool:
 
 def tracing() -> str | None:
     """What must see the current call as PyTorch operations, if anything: ``"torch.export"``
-    while exporting, ``"forward-mode AD"`` inside ``torch.autograd.forward_ad.dual_level()``
+    while exporting, ``"torch.jit.trace"`` while ``torch.jit.trace`` records (the TorchScript
+    ONNX exporter, ``torch.onnx.export(..., dynamo=False)``, traces so too), ``"forward-mode
+    AD"`` inside ``torch.autograd.forward_ad.dual_level()``
     (dual tensors: each operation's forward derivative), ``"torch.func transforms"`` inside
     ``grad``, ``vmap``, ``jacrev`` …; None otherwise, and under ``torch.compile`` (there a
     backend that cannot be traced runs between graphs, eagerly)."""
     exporting = getattr(torch.compiler, "is_exporting", None)  # torch ≥ 2.6
     if exporting is not None and exporting():
         return "torch.export"
+    if torch.jit.is_tracing():
+        return "torch.jit.trace"
     if getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0:
         return "forward-mode AD"
     if torch.compiler.is_compiling():
@@ -189,6 +193,11 @@ def untraceable(what: str) -> str | None:
         return None
     if context == "torch.export":
         instead = "a layer exports with backend='cudnn' or 'reference' (backend='auto' picks one)"
+    elif context == "torch.jit.trace":
+        instead = (
+            "a layer traces with backend='cudnn' (torch.nn's cells: any length, and the ONNX "
+            "exporter's RNN ops) or 'reference' (backend='auto' picks one)"
+        )
     elif context == "forward-mode AD":  # a hand-written backward gives no forward derivative
         instead = "use backend='reference', which backend='auto' picks there"
     else:  # torch's fused cells have gradients but no vmap rule

@@ -688,6 +688,12 @@ _PYTHON_LOOPS = {
     "lstm": (_lstm_forward_loop, _lstm_backward_loop),
 }
 
+# Where the loops run as their operator, gatedrnn::cpu_direction, so that it is what gets
+# recorded: a program torch.export saves, a trace torch.jit.save writes (the loops called
+# directly would be a Python call in it, which cannot be saved, and which the TorchScript ONNX
+# exporter replaced by the recorded ATen calls around it: a wrong model, before)
+_AS_OPERATOR = ("torch.export", "torch.jit.trace")
+
 
 class CpuBackend:
     """Fused loops with a hand-written backward for RNN, GRU and LSTM on the CPU, compiled on
@@ -707,17 +713,20 @@ class CpuBackend:
             return f"it has no loop for {spec.kind}"
         if spec.kind == "lstm" and (spec.peepholes or spec.coupled or config.proj_size):
             return "its LSTM loop has no peepholes, coupled gate or projection"
-        if tracing() == "torch.export":  # exported as its operator, gatedrnn::cpu_direction
+        if tracing() in _AS_OPERATOR:  # recorded as its operator, gatedrnn::cpu_direction
             return None
         return untraceable(
             "compiled loops are an extension" if self.compiled else "loops write in place"
         )
 
     def auto_declines(self, config: LayerConfig, input: Tensor) -> str | None:
-        if tracing() == "torch.export":
+        context = tracing()
+        if context in _AS_OPERATOR:
+            verb = "exporting" if context == "torch.export" else "tracing (torch.jit.trace)"
             return (
-                "while exporting, auto takes standard operators (cudnn, reference), which run "
-                "without gatedrnn; backend='cpu' exports its loops as a gatedrnn operator"
+                f"while {verb}, auto takes standard operators (cudnn, reference), which run "
+                "without gatedrnn and export to ONNX; backend='cpu' is recorded as a gatedrnn "
+                "operator"
             )
         # Measured with benchmarks/layer_speed.py on 2 cores (T=100, B 1–32, H 128–512); the
         # numbers are in the README. Compiled, our loops beat torch.nn everywhere but the LSTM
@@ -746,12 +755,12 @@ class CpuBackend:
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         T = input.shape[0]
         batch_sizes, order = None, None
-        # Through the custom operator while Dynamo traces or torch.export exports, and for
-        # tensor subclasses (fake tensors: shape inference, memory estimates) and meta tensors,
-        # which torch's dispatch handles and an extension cannot; plain tensors skip the
-        # dispatch (~25 µs a call)
+        # Through the custom operator while Dynamo traces, torch.export exports or
+        # torch.jit.trace records, and for tensor subclasses (fake tensors: shape inference,
+        # memory estimates) and meta tensors, which torch's dispatch handles and an extension
+        # cannot; plain tensors skip the dispatch (~25 µs a call)
         dispatched = (
-            torch.compiler.is_compiling() or tracing() == "torch.export" or without_data(input)
+            torch.compiler.is_compiling() or tracing() in _AS_OPERATOR or without_data(input)
         )
         if lengths is not None:  # sort by length: at step t the live rows are a prefix
             lengths, order = torch.sort(lengths, descending=True, stable=True)

@@ -10,13 +10,14 @@ never reaches an output or a final state.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gatedrnn.backends import LayerConfig
+from gatedrnn.backends import LayerConfig, tracing
 from gatedrnn.nn.functional import cell_step, min_scan
 from gatedrnn.nn.spec import CellSpec
 
@@ -112,11 +113,13 @@ def run_direction(
         final = outputs.gather(0, last.expand(1, *outputs.shape[1:])).squeeze(0)
         return outputs * valid, (final,)
     outputs = []
-    for t in range(x.shape[0]):
-        new_state = cell_step(spec, x[t], state, weights)
-        if valid is not None:  # a finished sequence keeps its final state
+    steps = x.unbind(0)  # traced (torch.jit.trace), a list of T: other lengths fail to unpack
+    live = valid.unbind(0) if valid is not None else (None,) * len(steps)
+    for x_t, live_t in zip(steps, live, strict=True):
+        new_state = cell_step(spec, x_t, state, weights)
+        if live_t is not None:  # a finished sequence keeps its final state
             new_state = tuple(
-                torch.where(valid[t], n, s) for n, s in zip(new_state, state, strict=True)
+                torch.where(live_t, n, s) for n, s in zip(new_state, state, strict=True)
             )
         state = new_state
         outputs.append(state[0])
@@ -177,7 +180,25 @@ class ReferenceBackend:
         weights: Sequence[Mapping[str, Tensor]],
         training: bool,
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        spec = config.spec
+        if tracing() == "torch.jit.trace" and (spec.recurrent or spec.scan == "sequential"):
+            instead = (
+                "torch.nn has no such cell to record as one operator"
+                if spec.torch_lacks
+                else "backend='cudnn' (auto's choice) records it as torch.nn's one operator"
+            )
+            with warnings.catch_warnings():  # the traced length, as a number
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                steps = int(input.shape[0])
+            warnings.warn(
+                f"gatedrnn: torch.jit.trace records the reference loop of {spec.name} step by "
+                f"step, so the trace runs sequences of {steps} steps only (others "
+                f"raise); {instead}",
+                torch.jit.TracerWarning,
+                stacklevel=2,
+            )
+
         def direction(x, state, w):
-            return run_direction(config.spec, x, lengths, state, w)
+            return run_direction(spec, x, lengths, state, w)
 
         return run_stack(config, input, lengths, hx, weights, training, direction)

@@ -117,7 +117,8 @@ def scriptable_twin(module: RecurrentBase | CellBase) -> nn.Module:
         raise RuntimeError(
             f"torch.jit.script cannot compile gatedrnn.{owner} (cell {module.spec.name}): "
             "TorchScript (deprecated by torch) compiles only torch.nn's recurrent layers, and "
-            f"{missing}; use torch.export with backend='reference', or torch.jit.trace"
+            f"{missing}; use torch.export with backend='reference', or torch.jit.trace (which "
+            "records the reference loop for the traced length only)"
         )
     warnings.warn(
         f"torch.jit.script: gatedrnn.{owner} is scripted as its torch.nn twin (the same "

@@ -278,7 +278,11 @@ class _ExpCumSum(torch.autograd.Function):
 
 
 def logcumsumexp(x: Tensor) -> Tensor:
-    """log Σ_{s≤t} exp(x_s) along dim 0, differentiable any number of times, in either mode."""
+    """log Σ_{s≤t} exp(x_s) along dim 0, differentiable any number of times, in either mode.
+    Under ``torch.jit.trace`` torch's own, since a trace that calls a Python Function cannot be
+    saved: its first derivative is right, its second not (see :class:`_LogCumSumExp`)."""
+    if torch.jit.is_tracing():
+        return torch.logcumsumexp(x, dim=0)
     return _LogCumSumExp.apply(x)
 
 
