@@ -6,8 +6,10 @@ batch size and length, as it does torch.nn's layers (before, ``auto`` took the c
 which the trace held as a Python call that the exporter replaced with the ATen calls around it:
 a model that ran and computed something else). Variants torch.nn lacks go through the reference
 loop, unrolled to the traced length. The default exporter (``dynamo=True``, through
-torch.export) takes the layers as it takes torch.nn's: any batch size at the exported length
-(it unrolls torch.nn's recurrences too), and the minimal cells' scan at any length.
+torch.export) writes ``auto`` layers of torch.nn's cells at a fixed length as ONNX's GRU and
+LSTM operators, as it does torch.nn's, and every cell with the length left free as ONNX's Scan
+over one step (torch.nn's layers cannot be exported so); the minimal cells' parallel scan needs
+no loop.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ ort = pytest.importorskip("onnxruntime")
 
 
 class _Tagger(torch.nn.Module):
-    """A recurrent layer (two layers, both directions, batch first) under a linear head."""
+    """A recurrent layer (both directions, batch first) under a linear head."""
 
-    def __init__(self, cls, **options):
+    def __init__(self, cls, num_layers=2, **options):
         super().__init__()
         torch.manual_seed(0)
-        self.rnn = cls(4, 6, num_layers=2, bidirectional=True, batch_first=True, **options)
+        self.rnn = cls(4, 6, num_layers, bidirectional=True, batch_first=True, **options)
         self.head = torch.nn.Linear(12, 3)
 
     def forward(self, x):
@@ -98,16 +100,30 @@ def test_torchscript_exporter_unrolls_variants_to_the_traced_length(cls, options
             _run(session, torch.randn(3, steps, 4))
 
 
-@pytest.mark.parametrize(
-    "cls, options",
-    [(gatedrnn.GRU, {}), (gatedrnn.LSTM, {}), (gatedrnn.GRU, {"reset": "before"})],
-    ids=["gru", "lstm", "gru-before"],
-)
-def test_default_exporter_takes_any_batch_at_the_exported_length(cls, options, tmp_path):
-    model = _Tagger(cls, **options).eval()
-    session = _export(model, torch.randn(2, 5, 4), tmp_path / "m.onnx", dynamo=True, dynamic=(0,))
+@pytest.mark.parametrize("cls", [gatedrnn.GRU, gatedrnn.LSTM], ids=lambda c: c.__name__)
+def test_default_exporter_writes_the_fused_operator_at_a_fixed_length(cls, tmp_path):
+    model = _Tagger(cls).eval()
+    path = tmp_path / "m.onnx"
+    session = _export(model, torch.randn(2, 5, 4), path, dynamo=True, dynamic=(0,))
+    assert cls.__name__ in _operators(path)
     x = torch.randn(3, 5, 4)
     torch.testing.assert_close(_run(session, x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "cls, options",
+    [(gatedrnn.LSTM, {}), (gatedrnn.GRU, {"reset": "before"}), (gatedrnn.MGU, {})],
+    ids=["lstm", "gru-before", "mgu"],
+)
+def test_default_exporter_writes_a_scan_for_a_free_length(cls, options, tmp_path):
+    """A free length, which torch.nn's layers cannot export: the loop as ONNX's Scan."""
+    model = _Tagger(cls, num_layers=1, **options).eval()  # (each scan traced: seconds)
+    path = tmp_path / "m.onnx"
+    session = _export(model, torch.randn(2, 5, 4), path, dynamo=True, dynamic=(0, 1))
+    assert "Scan" in _operators(path)
+    for shape in ((3, 9, 4), (1, 2, 4)):
+        x = torch.randn(shape)
+        torch.testing.assert_close(_run(session, x), model(x), rtol=1e-5, atol=1e-5)
 
 
 def test_default_exporter_takes_the_minimal_scan_at_any_length(tmp_path):

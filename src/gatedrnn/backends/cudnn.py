@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import torch
 from torch import _VF, Tensor
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -18,6 +19,15 @@ from gatedrnn.backends import LayerConfig, tracing
 __all__ = ["CudnnBackend"]
 
 _ORDER = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")  # torch's _flat_weights
+
+
+def _symbolic(size: int | torch.SymInt) -> bool:
+    """Whether a size is left free (``torch.export``'s dynamic shapes), not a fixed number."""
+    if not isinstance(size, torch.SymInt):
+        return False
+    from torch.fx.experimental.symbolic_shapes import is_concrete_int  # (exporting: imported)
+
+    return not is_concrete_int(size)
 
 
 class CudnnBackend:
@@ -39,6 +49,11 @@ class CudnnBackend:
             return (
                 "torch's fused LSTM (oneDNN, cuDNN) has no forward-mode derivative (reference "
                 "has, for every cell)"
+            )
+        if context == "torch.export" and _symbolic(input.shape[0]):
+            return (
+                "torch.export fixes the length of torch's fused recurrences (torch.nn's too); "
+                "reference exports its loop as a scan, for any length"
             )
         return None
 

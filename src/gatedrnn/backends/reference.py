@@ -112,6 +112,8 @@ def run_direction(
         last = valid.sum(0, keepdim=True) - 1  # (1, B, 1): index of each sequence's last step
         final = outputs.gather(0, last.expand(1, *outputs.shape[1:])).squeeze(0)
         return outputs * valid, (final,)
+    if tracing() == "torch.export":
+        return _scanned(spec, x, valid, state, weights)
     outputs = []
     steps = x.unbind(0)  # traced (torch.jit.trace), a list of T: other lengths fail to unpack
     live = valid.unbind(0) if valid is not None else (None,) * len(steps)
@@ -125,6 +127,33 @@ def run_direction(
         outputs.append(state[0])
     out = torch.stack(outputs)
     return (out if valid is None else out * valid), state
+
+
+def _scanned(
+    spec: CellSpec,
+    x: Tensor,
+    valid: Tensor | None,
+    state: tuple[Tensor, ...],
+    weights: Mapping[str, Tensor],
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """:func:`run_direction`'s time loop as torch's ``scan`` operator, for torch.export: one step
+    in the exported program, run for whatever length comes (the Python loop would be unrolled
+    to the exported length, fixing it), which torch.onnx writes as ONNX's ``Scan``."""
+    from torch._higher_order_ops.scan import scan
+
+    def step(carry: list[Tensor], inputs: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+        old = tuple(carry)
+        new = cell_step(spec, inputs[0], old, weights)
+        if len(inputs) == 2:  # a finished sequence keeps its final state
+            new = tuple(torch.where(inputs[1], n, s) for n, s in zip(new, old, strict=True))
+        return list(new), new[0].clone()  # (scan's outputs may not alias its carry)
+
+    # fresh tensors, not views into hx and the input: a view's storage offset would be guarded
+    # on when the next direction's scan is traced, fixing the batch size
+    init = [s.clone() for s in state]
+    xs = [x.clone()] if valid is None else [x.clone(), valid]
+    final, outputs = scan(step, init, xs)
+    return (outputs if valid is None else outputs * valid), tuple(final)
 
 
 Direction = Callable[

@@ -1,0 +1,89 @@
+"""torch.export with the sequence length left free: every cell exports, and the saved program
+runs any batch size and length with the layer's outputs and gradients.
+
+torch.nn's layers cannot do this (torch.export fixes the length of torch's fused recurrences:
+"You marked t as dynamic but your code specialized it"). While exporting, the reference loop runs
+as torch's ``scan`` operator, one step in the program, and ``auto`` takes it wherever the length
+is free (torch's fused kernels where it is fixed; ``tests/nn/test_compile.py``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.export import Dim
+
+import gatedrnn
+from gatedrnn.backends import get_backend
+
+CASES = {
+    "gru": (gatedrnn.GRU, {}),
+    "gru-before": (gatedrnn.GRU, {"reset": "before"}),
+    "lstm-projection": (gatedrnn.LSTM, {"proj_size": 3}),
+    "lstm-peepholes": (gatedrnn.LSTM, {"peepholes": True, "coupled": True}),
+    "rnn-relu": (gatedrnn.RNN, {"nonlinearity": "relu"}),
+    "mgu": (gatedrnn.MGU, {}),
+    "mingru-sequential": (gatedrnn.MinGRU, {"scan": "sequential"}),
+    "minlstm": (gatedrnn.MinLSTM, {}),
+}
+
+
+def _layer(name, num_layers=1):
+    """Both directions: two scans in one program (the second once fixed the batch size)."""
+    cls, options = CASES[name]
+    torch.manual_seed(0)
+    return cls(4, 6, num_layers, bidirectional=True, batch_first=True, **options)
+
+
+def _outputs_and_gradients(module, x):
+    x = x.clone().requires_grad_()
+    out, final = module(x)
+    finals = final if isinstance(final, tuple) else (final,)
+    (out.pow(2).sum() + sum(f.sum() for f in finals)).backward()
+    grads = {name: p.grad for name, p in module.named_parameters()}
+    return [out, *finals, x.grad], grads
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_free_length_exports_and_runs_any_length(name, tmp_path):
+    layer = _layer(name, num_layers=2 if name == "gru" else 1)  # (each scan traced: seconds)
+    free = ({0: Dim("batch"), 1: Dim("time")},)
+    program = torch.export.export(layer, (torch.randn(3, 5, 4),), dynamic_shapes=free)
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    recurrent = name != "minlstm"  # (the parallel scan has no time loop)
+    assert any("scan" in target for target in targets) == recurrent, targets
+    torch.export.save(program, tmp_path / "layer.pt2")
+    exported = torch.export.load(tmp_path / "layer.pt2").module()
+    for shape in ((2, 9, 4), (4, 3, 4)):
+        x = torch.randn(shape)
+        got, got_grads = _outputs_and_gradients(exported, x)
+        want, want_grads = _outputs_and_gradients(layer, x)
+        layer.zero_grad()
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b)
+        assert set(got_grads) == set(want_grads)
+        for key, grad in want_grads.items():
+            torch.testing.assert_close(got_grads[key], grad)
+        exported.zero_grad()
+
+
+def test_auto_takes_torchs_fused_kernel_where_the_length_is_fixed(monkeypatch):
+    """A fixed length keeps torch's fused GRU in the program (ONNX writes it as its GRU
+    operator); a free one passes it over with the reason."""
+    torch.manual_seed(0)
+    layer = gatedrnn.GRU(4, 6, batch_first=True)
+    x = torch.randn(3, 5, 4)
+    fixed = torch.export.export(layer, (x,), dynamic_shapes=({0: Dim("batch")},))
+    assert any("gru" in str(node.target) for node in fixed.graph.nodes)
+    assert not any("scan" in str(node.target) for node in fixed.graph.nodes)
+    reasons = []
+
+    def spy(config, input):
+        reasons.append(declines(config, input))
+        return reasons[-1]
+
+    cudnn = get_backend("cudnn")
+    declines = cudnn.auto_declines
+    monkeypatch.setattr(cudnn, "auto_declines", spy)
+    torch.export.export(layer, (x,), dynamic_shapes=({1: Dim("time")},))
+    assert reasons and all("fixes the length" in r for r in reasons), reasons
