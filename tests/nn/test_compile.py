@@ -285,7 +285,7 @@ def test_jit_trace_of_the_reference_loop_warns_and_refuses_other_lengths(cls, op
     torch.manual_seed(0)
     layer = cls(4, 6, num_layers=2, **options)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", "Converting a tensor", torch.jit.TracerWarning)
         with pytest.warns(torch.jit.TracerWarning, match="sequences of 5 steps only"):
             traced = torch.jit.trace(layer, (torch.randn(5, 3, 4),))
     y = torch.randn(5, 2, 4)

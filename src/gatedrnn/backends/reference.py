@@ -6,6 +6,10 @@ any cell, variant, dtype and device that PyTorch itself does; speed is not its j
 Variable lengths: the reverse direction reads each sequence backwards from its own last step
 (padding stays at the end), and the state stops changing once a sequence has ended, so padding
 never reaches an output or a final state.
+
+Traced: while ``torch.export`` exports, the time loop runs as torch's ``scan`` operator, so the
+program runs any length; ``torch.jit.trace`` records the Python loop step by step, for the traced
+length only, and says so.
 """
 
 from __future__ import annotations
