@@ -87,3 +87,17 @@ def test_auto_takes_torchs_fused_kernel_where_the_length_is_fixed(monkeypatch):
     monkeypatch.setattr(cudnn, "auto_declines", spy)
     torch.export.export(layer, (x,), dynamic_shapes=({1: Dim("time")},))
     assert reasons and all("fixes the length" in r for r in reasons), reasons
+
+
+@pytest.mark.parametrize("cls", [gatedrnn.GRU, gatedrnn.LSTM], ids=lambda c: c.__name__)
+def test_strict_export_takes_any_length(cls):
+    """Under strict export (Dynamo tracing the layer) every size looks fixed to Python, so
+    ``auto`` takes the scan there whatever the shapes say (torch's fused kernel fixed the
+    length)."""
+    torch.manual_seed(0)
+    layer = cls(4, 6, bidirectional=True)
+    free = ({0: Dim("time"), 1: Dim("batch")},)
+    program = torch.export.export(layer, (torch.randn(5, 3, 4),), dynamic_shapes=free, strict=True)
+    x = torch.randn(9, 2, 4)
+    got, want = program.module()(x), layer(x)
+    torch.testing.assert_close(got[0], want[0])

@@ -21,15 +21,6 @@ __all__ = ["CudnnBackend"]
 _ORDER = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")  # torch's _flat_weights
 
 
-def _symbolic(size: int | torch.SymInt) -> bool:
-    """Whether a size is left free (``torch.export``'s dynamic shapes), not a fixed number."""
-    if not isinstance(size, torch.SymInt):
-        return False
-    from torch.fx.experimental.symbolic_shapes import is_concrete_int  # (exporting: imported)
-
-    return not is_concrete_int(size)
-
-
 class CudnnBackend:
     """Calls ``torch._VF.{rnn_tanh, rnn_relu, lstm, gru}``, the functions torch.nn calls."""
 
@@ -50,10 +41,15 @@ class CudnnBackend:
                 "torch's fused LSTM (oneDNN, cuDNN) has no forward-mode derivative (reference "
                 "has, for every cell)"
             )
-        if context == "torch.export" and _symbolic(input.shape[0]):
+        # A length left free is a SymInt, a fixed one an int; but under strict export (Dynamo
+        # tracing this code) every size looks like an int, so there the scan is taken always
+        if context == "torch.export" and (
+            isinstance(input.shape[0], torch.SymInt) or torch.compiler.is_dynamo_compiling()
+        ):
             return (
-                "torch.export fixes the length of torch's fused recurrences (torch.nn's too); "
-                "reference exports its loop as a scan, for any length"
+                "torch.export fixes the length of torch's fused recurrences (torch.nn's too; "
+                "strict export cannot tell a free length from a fixed one here); reference "
+                "exports its loop as a scan, for any length"
             )
         return None
 

@@ -18,6 +18,7 @@ from gatedrnn.backends import (
     get_backend,
     load_backends,
     resolve_backend,
+    tracing,
 )
 from gatedrnn.nn.checks import MismatchError, check_input, check_positive_int, check_states
 from gatedrnn.nn.init import check_init_options, init_recurrent_
@@ -266,7 +267,10 @@ class RecurrentBase(nn.Module):
         backend = resolve_backend(self.backend, config, x)
         if x.shape[1] == 0:  # an empty batch, as torch.nn allows: nothing for a fast loop to do
             backend = get_backend("reference")
-        self.last_backend = backend.name  # what "auto" chose for the latest call
+        if not (torch.compiler.is_dynamo_compiling() and tracing() == "torch.export"):
+            # what "auto" chose for the latest call (strict export would warn of the attribute
+            # set in forward as a side effect)
+            self.last_backend = backend.name
         weights = self._layer_weights()
         if amp is not None:
             weights = [{name: w.to(amp) for name, w in layer.items()} for layer in weights]
