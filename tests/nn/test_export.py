@@ -101,3 +101,33 @@ def test_strict_export_takes_any_length(cls):
     x = torch.randn(9, 2, 4)
     got, want = program.module()(x), layer(x)
     torch.testing.assert_close(got[0], want[0])
+
+
+class _WithState(torch.nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x, h, c):
+        return self.layer(x, (h, c))
+
+
+def test_a_free_length_exports_with_initial_states_and_unbatched_input():
+    """Time-major input with the initial states as inputs (their batch free too), and a 2-D
+    unbatched sequence."""
+    torch.manual_seed(0)
+    lstm = gatedrnn.LSTM(4, 6, num_layers=2, peepholes=True)
+    time, batch = Dim("time"), Dim("batch")
+    shapes = ({0: time, 1: batch}, {1: batch}, {1: batch})
+    example = (torch.randn(5, 3, 4), torch.randn(2, 3, 6), torch.randn(2, 3, 6))
+    program = torch.export.export(_WithState(lstm), example, dynamic_shapes=shapes)
+    x, h, c = torch.randn(8, 2, 4), torch.randn(2, 2, 6), torch.randn(2, 2, 6)
+    got, (got_h, got_c) = program.module()(x, h, c)
+    want, (want_h, want_c) = lstm(x, (h, c))
+    for a, b in ((got, want), (got_h, want_h), (got_c, want_c)):
+        torch.testing.assert_close(a, b)
+    gru = gatedrnn.GRU(4, 6, reset="before")
+    program = torch.export.export(gru, (torch.randn(5, 4),), dynamic_shapes=({0: time},))
+    y = torch.randn(11, 4)
+    for a, b in zip(program.module()(y), gru(y), strict=True):
+        torch.testing.assert_close(a, b)
