@@ -131,3 +131,16 @@ def test_a_free_length_exports_with_initial_states_and_unbatched_input():
     y = torch.randn(11, 4)
     for a, b in zip(program.module()(y), gru(y), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_a_second_export_is_not_held_to_the_firsts_sizes():
+    """torch's scan compiles its step with Dynamo, which keeps its traces by code object: an
+    export with the batch fixed, then one with it free, fixed it to the first's batch size
+    ("Constraints violated") until that cache was dropped before each scan."""
+    torch.manual_seed(0)
+    layer = gatedrnn.GRU(4, 6, reset="before")
+    x = torch.randn(5, 3, 4)
+    torch.export.export(layer, (x,), dynamic_shapes=({0: Dim("time")},))
+    program = torch.export.export(layer, (x,), dynamic_shapes=({0: Dim("time"), 1: Dim("batch")},))
+    y = torch.randn(7, 2, 4)
+    torch.testing.assert_close(program.module()(y)[0], layer(y)[0])

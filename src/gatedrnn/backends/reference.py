@@ -152,8 +152,18 @@ def _scanned(
             new = tuple(torch.where(inputs[1], n, s) for n, s in zip(new, old, strict=True))
         return list(new), new[0].clone()  # (scan's outputs may not alias its carry)
 
-    # fresh tensors, not views into hx and the input: a view's storage offset would be guarded
-    # on when the next direction's scan is traced, fixing the batch size
+    # scan compiles its inner run_flattened_scan with Dynamo, whose cache is kept by code
+    # object: the guards of an earlier trace (an earlier export of the layer, with other sizes
+    # free) would be checked against these tensors and fix their sizes in this export, so that
+    # code's cache is dropped first. Fresh tensors, not views into hx and the input, leave no
+    # storage offsets to guard on (the second direction's scan fixed the batch size so). Under
+    # strict export Dynamo traces this code, and scan then traces the step itself.
+    if not torch.compiler.is_dynamo_compiling():
+        import torch._dynamo as dynamo
+
+        for code in getattr(getattr(scan, "__code__", None), "co_consts", ()):
+            if getattr(code, "co_name", None) == "run_flattened_scan":
+                dynamo.reset_code(code)
     init = [s.clone() for s in state]
     xs = [x.clone()] if valid is None else [x.clone(), valid]
     final, outputs = scan(step, init, xs)
