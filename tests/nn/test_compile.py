@@ -430,3 +430,43 @@ def test_the_constant_mark_is_torchs():
     marked = torch.compiler.assume_constant_result(lambda: 0)
     ours = constant_when_compiled(lambda: 0)
     assert vars(ours) == vars(marked) and vars(marked)
+
+
+class _LayerThenCell(torch.nn.Module):
+    def __init__(self, layer, cell):
+        super().__init__()
+        self.layer, self.cell = layer, cell
+        self.head = torch.nn.Linear(6, 2)
+
+    def forward(self, x, state):
+        out, _ = self.layer(x)
+        h = self.cell(out[-1], state)
+        return self.head(out + (h[0] if isinstance(self.cell, gatedrnn.LSTMCell) else h))
+
+
+@pytest.mark.parametrize(
+    "layer, cell, options",
+    [
+        (gatedrnn.LSTM, gatedrnn.LSTMCell, {"peepholes": True}),
+        (gatedrnn.GRU, gatedrnn.GRUCell, {"reset": "before"}),
+        (gatedrnn.RNN, gatedrnn.RNNCell, {}),
+    ],
+    ids=["lstm", "gru", "rnn"],
+)
+def test_fx_symbolic_trace_records_layers_and_cells_as_one_call(layer, cell, options):
+    """torch.fx records torch.nn's recurrent layers and cells as leaf modules, one call each;
+    ours are recorded the same way (traced into, they refused the Proxy input), and the traced
+    module computes what the model does."""
+    torch.manual_seed(0)
+    model = _LayerThenCell(layer(4, 6, **options), cell(6, 6, **options))
+    traced = torch.fx.symbolic_trace(model)
+    calls = [node.target for node in traced.graph.nodes if node.op == "call_module"]
+    assert calls == ["layer", "cell", "head"]
+    x = torch.randn(5, 3, 4)
+    state = (torch.randn(3, 6),) * 2 if cell is gatedrnn.LSTMCell else torch.randn(3, 6)
+    torch.testing.assert_close(traced(x, state), model(x, state))
+
+
+def test_fx_symbolic_trace_of_a_layer_itself_says_what_to_do():
+    with pytest.raises(TypeError, match="trace a model that holds it"):
+        torch.fx.symbolic_trace(gatedrnn.GRU(4, 6))

@@ -20,7 +20,13 @@ from gatedrnn.backends import (
     resolve_backend,
     tracing,
 )
-from gatedrnn.nn.checks import MismatchError, check_input, check_positive_int, check_states
+from gatedrnn.nn.checks import (
+    MismatchError,
+    check_input,
+    check_positive_int,
+    check_states,
+    fx_leaf_call,
+)
 from gatedrnn.nn.init import check_init_options, init_recurrent_
 from gatedrnn.nn.spec import CellSpec
 
@@ -228,6 +234,8 @@ class RecurrentBase(nn.Module):
             x, lengths = pad_packed_sequence(input)  # (T, B, H_in), the caller's batch order
             batched = True
         elif not isinstance(input, Tensor):
+            if (recorded := fx_leaf_call(self, input, hx)) is not None:
+                return recorded
             raise TypeError(
                 f"{owner}: expected input to be a Tensor or PackedSequence, got {_describe(input)}"
             )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from gatedrnn.nn.checks import check_input, check_positive_int, check_states
+from gatedrnn.nn.checks import check_input, check_positive_int, check_states, fx_leaf_call
 from gatedrnn.nn.functional import cell_step
 from gatedrnn.nn.init import check_init_options, init_recurrent_
 from gatedrnn.nn.spec import CellSpec
@@ -77,6 +77,8 @@ class CellBase(nn.Module):
     ) -> Tensor | tuple[Tensor, Tensor]:
         owner = type(self).__name__
         if not isinstance(input, Tensor):
+            if (recorded := fx_leaf_call(self, input, hx)) is not None:
+                return recorded
             raise TypeError(f"{owner}: expected input to be a Tensor, got {type(input).__name__}")
         if input.dim() not in (1, 2):
             raise ValueError(

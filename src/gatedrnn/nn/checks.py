@@ -4,6 +4,7 @@ and what came."""
 from __future__ import annotations
 
 import numbers
+import sys
 
 import torch
 from torch import Tensor
@@ -15,6 +16,7 @@ __all__ = [
     "check_input",
     "check_positive_int",
     "check_states",
+    "fx_leaf_call",
 ]
 
 
@@ -93,3 +95,22 @@ def check_states(
                 f"{owner}: expected {name} on {like.device} (the input's device), got "
                 f"{state.device}"
             )
+
+
+def fx_leaf_call(module: torch.nn.Module, input: object, hx: object) -> object | None:
+    """Under ``torch.fx.symbolic_trace``: the module's call recorded as one ``call_module`` node,
+    as torch.fx records torch.nn's recurrent layers and cells (leaf modules there; ours, traced
+    into, would meet their checks and backends with Proxy objects); None for anything else."""
+    fx = sys.modules.get("torch.fx")
+    if fx is None or not isinstance(input, fx.Proxy):
+        return None
+    tracer = input.tracer
+    path = tracer.path_of_module(module)
+    if not path:  # the module traced is this one: there is no outer call to record
+        raise TypeError(
+            f"torch.fx.symbolic_trace cannot trace into {type(module).__name__} itself (its "
+            "backends are not Python operations on Proxy objects); trace a model that holds "
+            "it, where it is recorded as one call, or use torch.export"
+        )
+    args = (input,) if hx is None else (input, hx)
+    return tracer.create_proxy("call_module", path, args, {})
