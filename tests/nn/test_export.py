@@ -14,7 +14,7 @@ import torch
 from torch.export import Dim
 
 import gatedrnn
-from gatedrnn.backends import get_backend
+from gatedrnn.backends import BackendUnsupportedError, get_backend
 
 CASES = {
     "gru": (gatedrnn.GRU, {}),
@@ -69,7 +69,8 @@ def test_a_free_length_exports_and_runs_any_length(name, tmp_path):
 
 def test_auto_takes_torchs_fused_kernel_where_the_length_is_fixed(monkeypatch):
     """A fixed length keeps torch's fused GRU in the program (ONNX writes it as its GRU
-    operator); a free one passes it over with the reason."""
+    operator); a free one passes it over with the reason, and refuses it when named (torch's
+    own error, "Constraints violated", said less)."""
     torch.manual_seed(0)
     layer = gatedrnn.GRU(4, 6, batch_first=True)
     x = torch.randn(3, 5, 4)
@@ -83,10 +84,14 @@ def test_auto_takes_torchs_fused_kernel_where_the_length_is_fixed(monkeypatch):
         return reasons[-1]
 
     cudnn = get_backend("cudnn")
-    declines = cudnn.auto_declines
-    monkeypatch.setattr(cudnn, "auto_declines", spy)
+    declines = cudnn.unsupported
+    monkeypatch.setattr(cudnn, "unsupported", spy)
     torch.export.export(layer, (x,), dynamic_shapes=({1: Dim("time")},))
     assert reasons and all("fixes the length" in r for r in reasons), reasons
+    monkeypatch.undo()
+    layer = gatedrnn.GRU(4, 6, batch_first=True, backend="cudnn")
+    with pytest.raises(BackendUnsupportedError, match=r"backend='reference' \(auto's choice\)"):
+        torch.export.export(layer, (x,), dynamic_shapes=({1: Dim("time")},))
 
 
 @pytest.mark.parametrize("cls", [gatedrnn.GRU, gatedrnn.LSTM], ids=lambda c: c.__name__)

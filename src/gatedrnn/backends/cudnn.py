@@ -30,7 +30,16 @@ class CudnnBackend:
     twice_differentiable = True
 
     def unsupported(self, config: LayerConfig, input: Tensor) -> str | None:
-        return config.spec.torch_lacks
+        if config.spec.torch_lacks:
+            return config.spec.torch_lacks
+        # while exporting, a length left free is a SymInt (a fixed one an int), which torch's
+        # fused recurrence would fix, torch.nn's too, with a less helpful "Constraints violated"
+        if tracing() == "torch.export" and isinstance(input.shape[0], torch.SymInt):
+            return (
+                "torch.export fixes the length of torch's fused recurrences (torch.nn's too); "
+                "backend='reference' (auto's choice) exports its loop as a scan, for any length"
+            )
+        return None
 
     def auto_declines(self, config: LayerConfig, input: Tensor) -> str | None:
         context = tracing()
@@ -41,15 +50,12 @@ class CudnnBackend:
                 "torch's fused LSTM (oneDNN, cuDNN) has no forward-mode derivative (reference "
                 "has, for every cell)"
             )
-        # A length left free is a SymInt, a fixed one an int; but under strict export (Dynamo
-        # tracing this code) every size looks like an int, so there the scan is taken always
-        if context == "torch.export" and (
-            isinstance(input.shape[0], torch.SymInt) or torch.compiler.is_dynamo_compiling()
-        ):
+        # under strict export (Dynamo tracing this code) every size looks like an int, so a free
+        # length cannot be told from a fixed one: the scan is taken always
+        if context == "torch.export" and torch.compiler.is_dynamo_compiling():
             return (
-                "torch.export fixes the length of torch's fused recurrences (torch.nn's too; "
-                "strict export cannot tell a free length from a fixed one here); reference "
-                "exports its loop as a scan, for any length"
+                "under strict torch.export a free length looks fixed, and torch's fused "
+                "recurrences fix it; reference exports its loop as a scan, for any length"
             )
         return None
 
