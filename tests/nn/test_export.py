@@ -20,7 +20,7 @@ CASES = {
     "gru": (gatedrnn.GRU, {}),
     "gru-before": (gatedrnn.GRU, {"reset": "before"}),
     "lstm-projection": (gatedrnn.LSTM, {"proj_size": 3}),
-    "lstm-peepholes": (gatedrnn.LSTM, {"peepholes": True, "coupled": True}),
+    "lstm-peepholes-coupled": (gatedrnn.LSTM, {"peepholes": True, "coupled": True}),
     "rnn-relu": (gatedrnn.RNN, {"nonlinearity": "relu"}),
     "mgu": (gatedrnn.MGU, {}),
     "mingru-sequential": (gatedrnn.MinGRU, {"scan": "sequential"}),
