@@ -25,6 +25,31 @@ def test_every_configuration_gets_every_round_and_equal_steps():
     assert steps >= 2 and steps % 2 == 0  # A B C C B A: two runs of steps / 2 each
 
 
+def test_no_configuration_is_always_the_one_run_twice_in_a_row(monkeypatch):
+    """Each round runs A B C C B A; the run that follows its own configuration (its weights in
+    cache) goes to each configuration in turn, as the order rotates. Unrotated, C had it in every
+    round and A at every round's start, and two copies of one cell timed over 5% apart."""
+    from gatedrnn.train import timing
+
+    ran = []
+    step = timing._step
+
+    def spy(task, model, *args):
+        ran.append(id(model))
+        return step(task, model, *args)
+
+    monkeypatch.setattr(timing, "_step", spy)
+    configs = {label: TrainConfig(cell="gru", hidden_size=8, **SMOKE) for label in "abc"}
+    _, steps = time_steps(configs, rounds=3, block=0.005)
+    per_run = steps // 2
+    runs = [ran[i] for i in range(len(ran) - 3 * 6 * per_run, len(ran), per_run)]  # the rounds
+    rounds = [runs[6 * r : 6 * r + 6] for r in range(3)]
+    assert all(order[:3] == order[3:][::-1] for order in rounds)  # mirrored
+    twice = [order[2] for order in rounds]  # the middle: one configuration twice in a row
+    assert len(set(twice)) == 3
+    assert all(rounds[r][0] != rounds[r - 1][-1] for r in (1, 2))  # none across rounds
+
+
 def test_the_slower_configuration_is_measured_slower():
     """Not a speed target: a model with 64× the hidden size (thousands of times the recurrent
     work; 16× the step time on an idle machine) must come out slower, or the labels are

@@ -6,8 +6,8 @@ A study's trials time their own epochs, but they run in a pool beside other tria
 neighbours (and whatever else the machine runs meanwhile) move its epochs by tens of percent, the
 same way for all of them (seen here: one RNN trial at 31 ms per epoch, the same trial with the
 next seed at 67 ms). Here every configuration runs the same batches for the same number of
-steps, twice per round in mirrored order (A B C C B A), and each round gives one ratio; the
-interval is over rounds.
+steps, twice per round in mirrored order (A B C C B A, the order rotated each round: B C A A C B
+next), and each round gives one ratio; the interval is over rounds.
 """
 
 from __future__ import annotations
@@ -40,10 +40,12 @@ def time_steps(
 
     Each model is built as its run builds it (layers, backend, optimizer, initialized from its
     seed) and trains on the first ``batches`` batches of the run's first epoch, cycled. After a
-    warm-up, each of ``rounds`` rounds runs every configuration twice, in the given order and
-    then reversed (A B C C B A), so that a drift of the machine's speed within the round
-    cancels; each run is the same number of steps for all (equal work), enough that the fastest
-    configuration's two runs take ``block`` seconds. The configurations must share a device and
+    warm-up, each of ``rounds`` rounds runs every configuration twice, in an order and then
+    reversed (A B C C B A), so that a drift of the machine's speed within the round cancels,
+    the order rotated by one each round (B C A A C B), so that no configuration is always the
+    one run twice in a row, with its weights in cache; each run is the same number of steps
+    for all (equal work), enough that the fastest configuration's two runs take ``block``
+    seconds. The configurations must share a device and
     a task with its data and batch size (a GPU is synchronized around each run). Raises
     ``RuntimeError`` where a configuration's loss or gradients stop being finite.
     """
@@ -98,9 +100,15 @@ def time_steps(
         fastest = min(run(label, 1) for label in labels)
         steps = max(1, math.ceil(block / 2 / max(fastest, 1e-6)))  # per half block
         seconds: dict[str, list[float]] = {label: [] for label in labels}
-        for _ in range(rounds):
+        for r in range(rounds):
             spent = dict.fromkeys(labels, 0.0)
-            for label in labels + labels[::-1]:  # A B … B A: a drift within the round cancels
+            # A B … B A: a drift within the round cancels. The one run that follows a run of
+            # its own configuration (in the middle) finds its weights in cache; rotating the
+            # order each round gives that to each configuration in turn (unrotated, it went to
+            # the last every round, and the first gained likewise across rounds: identical
+            # copies then differed by over 5%)
+            order = labels[r % len(labels) :] + labels[: r % len(labels)]
+            for label in order + order[::-1]:
                 spent[label] += run(label, steps)
             for label in labels:
                 seconds[label].append(spent[label] / (2 * steps))
