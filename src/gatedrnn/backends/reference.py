@@ -235,8 +235,8 @@ class ReferenceBackend:
                 steps = int(input.shape[0])
             warnings.warn(
                 f"gatedrnn: torch.jit.trace records the reference loop of {spec.name} step by "
-                f"step, so the trace runs sequences of {steps} steps only (others "
-                f"raise); {instead}",
+                f"step, so the trace runs sequences of {steps} steps only (others raise); "
+                f"{instead}",
                 torch.jit.TracerWarning,
                 stacklevel=2,
             )

@@ -45,8 +45,8 @@ def time_steps(
     the order rotated by one each round (B C A A C B), so that no configuration is always the
     one run twice in a row, with its weights in cache; each run is the same number of steps
     for all (equal work), enough that the fastest configuration's two runs take ``block``
-    seconds. The configurations must share a device and
-    a task with its data and batch size (a GPU is synchronized around each run). Raises
+    seconds. The configurations must share a device and a task with its data and batch size (a
+    GPU is synchronized around each run). Raises
     ``RuntimeError`` where a configuration's loss or gradients stop being finite.
     """
     if not configs:
