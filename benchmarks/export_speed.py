@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import gatedrnn  # noqa: E402
+from gatedrnn.atomic import write_atomic  # noqa: E402
 
 VARIANT = {"gru": {"reset": "before"}, "lstm": {"peepholes": True}}
 
@@ -130,14 +131,13 @@ def main() -> int:
     for cell, arms_ in results.items():
         for name, r in arms_.items():
             print(f"  {cell:5} {name:30} {r['ms_per_call']:8.2f}  {r['ratio']:5.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     document = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
         "results": results,
     }
-    args.out.write_text(json.dumps(document, indent=2))
+    write_atomic(args.out, lambda path: path.write_text(json.dumps(document, indent=2)))
     print(f"wrote {args.out}")
     return 0
 

@@ -34,7 +34,8 @@ class CudnnBackend:
             return config.spec.torch_lacks
         # while exporting, a length left free is a SymInt (a fixed one an int), which torch's
         # fused recurrence would fix, torch.nn's too, with a less helpful "Constraints violated"
-        if tracing() == "torch.export" and isinstance(input.shape[0], torch.SymInt):
+        # (the size's type first: eager calls, where it is an int, skip asking tracing())
+        if isinstance(input.shape[0], torch.SymInt) and tracing() == "torch.export":
             return (
                 "torch.export fixes the length of torch's fused recurrences (torch.nn's too); "
                 "backend='reference' (auto's choice) exports its loop as a scan, for any length"

@@ -1,5 +1,6 @@
 """Input and state checks shared by the layers and the cells: each error says what was expected
-and what came."""
+and what came. Also what they do with an input that is not a tensor but torch.fx's Proxy
+(:func:`fx_leaf_call`)."""
 
 from __future__ import annotations
 
