@@ -52,9 +52,14 @@ def test_fallback_warns_once_and_computes_the_same(no_extension):
         ("GRU", {}),
         ("GRU", {"reset": "before"}),
         ("LSTM", {}),
+        ("LSTM", {"peepholes": True}),
+        ("LSTM", {"coupled": True}),
+        ("LSTM", {"coupled": True, "peepholes": True}),
+        ("MGU", {}),
     ],
-    ids=["rnn", "rnn-relu", "gru", "gru-before", "lstm"],
-)
+    ids=["rnn", "rnn-relu", "gru", "gru-before", "lstm", "lstm-peep", "lstm-cifg", "lstm-cifg-peep",
+         "mgu"],
+)  # fmt: skip
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("hidden", [64, 83])
 @pytest.mark.parametrize("gemm", ["ours", "blas"])
@@ -117,6 +122,29 @@ def test_the_avx2_build_too():
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", __file__,
          "-k", "past_one_tile or build_where"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout and "skipped" not in result.stdout.splitlines()[-1]
+
+
+def test_the_fused_forward_steps_on_any_machine():
+    """The forward steps that fuse the pointwise work into the product's epilogue (the LSTM's,
+    all its variants, and the GRU's with the reset after) run only in the AVX-512 build; on a
+    machine without AVX-512 build them into the AVX2 one (GATEDRNN_CPU_GATE_PANELS=1) and run
+    the tile-crossing checks above through them, in a subprocess."""
+    import os
+    import subprocess
+    import sys
+
+    if compiled.unavailable_reason() is not None:
+        pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
+    if torch.backends.cpu.get_cpu_capability() == "AVX512":
+        pytest.skip("this machine runs the fused steps in its own build")
+    env = dict(os.environ, GATEDRNN_CPU_GATE_PANELS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", __file__,
+         "-k", "past_one_tile and (lstm or gru) and not before"],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -215,3 +243,44 @@ def test_the_many_row_products_follow_the_cpu_or_the_environment(monkeypatch):
         assert cpu.blas_products() is (intel and torch.backends.mkl.is_available())
     finally:
         cpu.blas_products.cache_clear()
+
+
+# (layer, options, batch, autograd) → auto's choice with the compiled loops, and without them
+_AUTO_CHOICES = [
+    (gatedrnn.LSTM, {}, 32, False, "cudnn", "cudnn"),  # oneDNN's fused LSTM ties or wins there
+    (gatedrnn.LSTM, {}, 4, False, "cpu", "cudnn"),
+    (gatedrnn.LSTM, {}, 32, True, "cpu", "cudnn"),
+    (gatedrnn.GRU, {}, 32, False, "cpu", "cudnn"),
+    (gatedrnn.GRU, {}, 32, True, "cpu", "cpu"),
+    # the variants torch has no kernel for: ours, or the reference loop
+    (gatedrnn.LSTM, {"peepholes": True}, 32, False, "cpu", "cpu"),
+    (gatedrnn.LSTM, {"peepholes": True}, 32, True, "cpu", "cpu"),
+    (gatedrnn.LSTM, {"coupled": True}, 32, False, "cpu", "cpu"),
+    (gatedrnn.LSTM, {"coupled": True}, 1, True, "cpu", "cpu"),
+    (gatedrnn.GRU, {"reset": "before"}, 32, False, "cpu", "cpu"),
+    (gatedrnn.MGU, {}, 32, False, "cpu", "cpu"),
+    (gatedrnn.MGU, {}, 1, True, "cpu", "cpu"),
+    (gatedrnn.MinGRU, {}, 8, True, "reference", "reference"),
+]
+
+
+@pytest.mark.parametrize("compiled_loops", [True, False], ids=["compiled", "python"])
+@pytest.mark.parametrize(
+    "layer, options, batch, autograd, with_compiled, without", _AUTO_CHOICES,
+    ids=lambda v: v.__name__ if isinstance(v, type) else None,
+)  # fmt: skip
+def test_auto_picks_the_measured_fastest(
+    layer, options, batch, autograd, with_compiled, without, compiled_loops, monkeypatch
+):
+    """What ``auto`` runs on the CPU, per cell, batch and mode (the measurements are in
+    CpuBackend.auto_declines), with the compiled loops and with only the PyTorch twins."""
+    from gatedrnn.backends import cpu, resolve_backend
+
+    if compiled_loops and compiled.unavailable_reason() is not None:
+        pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
+    monkeypatch.setattr(cpu, "_have_compiled_loops", lambda: compiled_loops)
+    module = layer(3, 5, **options)
+    x = torch.randn(4, batch, 3)
+    with torch.set_grad_enabled(autograd):
+        chosen = resolve_backend("auto", module.config, x).name
+    assert chosen == (with_compiled if compiled_loops else without)

@@ -90,9 +90,22 @@ class _Packed(torch.nn.Module):
         return pad_packed_sequence(out)[0], final
 
 
-def _direction_inputs(kind: str, bias: bool, lengths: bool) -> tuple:
+# (kind, flag, peepholes): the direction operator's cells (flag: the RNN's relu, the GRU's reset
+# after, the LSTM's coupled gate)
+_OPERATOR_CELLS = {
+    "rnn": ("rnn", False, False),
+    "gru": ("gru", True, False),
+    "lstm": ("lstm", False, False),
+    "lstm-peep": ("lstm", False, True),
+    "lstm-cifg-peep": ("lstm", True, True),
+    "mgu": ("mgu", False, False),
+}
+
+
+def _direction_inputs(cell: str, bias: bool, lengths: bool) -> tuple:
     """Float64 arguments of the ``cpu`` backend's direction operator (T 5, B 3, I 4, H 3)."""
-    gates = {"rnn": 1, "gru": 3, "lstm": 4}[kind]
+    kind, flag, peepholes = _OPERATOR_CELLS[cell]
+    gates = {"rnn": 1, "gru": 3, "lstm": 3 if flag else 4, "mgu": 2}[kind]
     torch.manual_seed(0)
 
     def leaf(*shape):
@@ -100,22 +113,23 @@ def _direction_inputs(kind: str, bias: bool, lengths: bool) -> tuple:
 
     c0 = leaf(3, 3) if kind == "lstm" else None
     biases = (leaf(gates * 3), leaf(gates * 3)) if bias else (None, None)
+    peep = leaf((gates - 1) * 3) if peepholes else None
     sizes = torch.tensor([5, 4, 2]) if lengths else None  # sorted, as the backend passes them
-    flag = kind == "gru"  # the GRU's reset after; the RNN's tanh
-    return (leaf(5, 3, 4), leaf(3, 3), c0, leaf(gates * 3, 4), leaf(gates * 3, 3), *biases,
+    return (leaf(5, 3, 4), leaf(3, 3), c0, leaf(gates * 3, 4), leaf(gates * 3, 3), *biases, peep,
             sizes, kind, flag, True)  # fmt: skip
 
 
 @pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
-def test_the_direction_operator_passes_torchs_checks(kind, bias, lengths):
+@pytest.mark.parametrize("cell", list(_OPERATOR_CELLS))
+def test_the_direction_operator_passes_torchs_checks(cell, bias, lengths):
     """torch.library.opcheck (schema, fake tensors, autograd registration, AOT dispatch), then
     first and second derivatives in float64: the hand-written backward, and under
     create_graph the reference loop rerun."""
     from gatedrnn.backends.cpu import _direction_op
 
-    args = _direction_inputs(kind, bias, lengths)
+    args = _direction_inputs(cell, bias, lengths)
+    kind = args[-3]
     torch.library.opcheck(_direction_op, args)
     tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.requires_grad]
 

@@ -288,15 +288,13 @@ def test_a_cuda_study_without_a_gpu_is_refused_before_anything_runs(tmp_path):
 
 
 def test_a_backend_that_cannot_run_a_cell_is_refused_before_anything_runs(tmp_path):
-    """The GRU would have trained first, then every peephole trial failed the same way."""
+    """The GRU would have trained first, then every minGRU trial failed the same way."""
     study = tmp_path / "s.toml"
     study.write_text(
-        'tasks = ["adding"]\ncells = ["gru", {cell = "lstm", label = "peep", peepholes = true}]\n'
+        'tasks = ["adding"]\ncells = ["gru", {cell = "mingru", label = "min"}]\n'
         'seeds = 1\n[train]\nbackend = "cpu"\nsmoke = true\n'
     )
-    with pytest.raises(
-        ValueError, match=r"train\.backend: 'cpu' cannot run lstm\(peepholes\).*'peep'"
-    ):
+    with pytest.raises(ValueError, match=r"train\.backend: 'cpu' cannot run mingru.*'min'"):
         run_study(load_study(study), tmp_path / "runs", workers=1)
     assert not (tmp_path / "runs").exists()
 

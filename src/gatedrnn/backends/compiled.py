@@ -48,9 +48,24 @@ _ISA = {
 _state: dict[str, object] = {}
 
 
+def _gate_panels_forced() -> bool:
+    """``GATEDRNN_CPU_GATE_PANELS=1``: build the forward steps that fuse the cell's pointwise
+    work into the recurrent product (the AVX-512 build's) into the AVX2 build too, where they
+    are correct but slower (16 vector registers); so that a machine without AVX-512 can test
+    them (``tests/backends/test_compiled.py``)."""
+    return os.environ.get("GATEDRNN_CPU_GATE_PANELS", "0") == "1"
+
+
 def _module_name() -> str:
     """One build per instruction set, so a cache shared between machines never mixes them."""
-    return f"{_NAME}_{torch.backends.cpu.get_cpu_capability().lower()}"
+    panels = "_gatepanels" if _gate_panels_forced() else ""
+    return f"{_NAME}_{torch.backends.cpu.get_cpu_capability().lower()}{panels}"
+
+
+def _flags() -> list[str]:
+    """The compiler's flags for this machine's instruction set."""
+    forced = ["-DGATEDRNN_GATE_PANELS"] if _gate_panels_forced() else []
+    return _COMMON + _ISA[torch.backends.cpu.get_cpu_capability()] + forced
 
 
 def unavailable_reason() -> str | None:
@@ -130,20 +145,19 @@ def compiled_loops() -> ModuleType | None:
         from torch.utils.cpp_extension import load
 
         logger.info("building the compiled CPU loops (once; cached by torch)")
-        isa = _ISA[torch.backends.cpu.get_cpu_capability()]
         try:
             with _build_lock():
                 module = load(
-                    _module_name(), [str(_SOURCE)], extra_cflags=_COMMON + isa,
+                    _module_name(), [str(_SOURCE)], extra_cflags=_flags(),
                     extra_ldflags=["-fopenmp"],
                 )  # fmt: skip
         except Exception as error:  # a failed build must not stop the layer: say it and go on
             reason = f"the build failed: {str(error).strip().splitlines()[-1][:300]}"
         if module is None:  # a compiler without OpenMP (Apple clang): the loops, single-threaded
             try:
-                serial = [flag for flag in _COMMON if flag != "-fopenmp"]
+                serial = [flag for flag in _flags() if flag != "-fopenmp"]
                 with _build_lock():
-                    module = load(_module_name(), [str(_SOURCE)], extra_cflags=serial + isa)
+                    module = load(_module_name(), [str(_SOURCE)], extra_cflags=serial)
                 warnings.warn(
                     f"gatedrnn: the compiled CPU loops built without OpenMP ({reason}); they "
                     "run on one thread",

@@ -24,12 +24,15 @@ exports standard operators) and for fake and meta tensors (its fake implementati
 shapes). Eager calls go through :class:`_Direction`, an autograd Function, around the same
 forward and backward functions.
 
-Covers RNN (tanh, relu), GRU (reset after and before) and the standard LSTM; refuses the rest
-with the reason. Twice differentiable, as torch.nn is on the CPU: with ``create_graph=True`` the
-backward reruns the reference loop on the saved input and differentiates that (:func:`_twice`).
-``"auto"`` takes it where it measured faster than torch's own kernels: every cell it covers with
-the compiled loops, but for the LSTM forward alone from batch 16 (oneDNN's ties or wins there);
-with the PyTorch loops, RNN and GRU for training only (see :meth:`CpuBackend.auto_declines`).
+Covers RNN (tanh, relu), GRU (reset after and before), LSTM (standard, with peepholes, with the
+coupled input-forget gate, or both) and MGU; refuses the LSTM's projection and the minimal cells
+(minGRU, minLSTM: a parallel scan, no loop) with the reason. Twice differentiable, as torch.nn is
+on the CPU: with ``create_graph=True`` the backward reruns the reference loop on the saved input
+and differentiates that (:func:`_twice`). ``"auto"`` takes it where it measured faster than
+torch's own kernels: every cell it covers with the compiled loops, but for the LSTM forward alone
+from batch 16 (oneDNN's ties or wins there); with the PyTorch loops, RNN and GRU for training
+only. For the variants torch has no kernel for, where the other choice is the reference loop,
+``auto`` takes it always, compiled or not (see :meth:`CpuBackend.auto_declines`).
 """
 
 from __future__ import annotations
@@ -230,7 +233,7 @@ def _rnn_backward_loop(grad_out, dh, out, w_hh, dpre, batch_sizes, relu):
         torch.mm(dpre[t, :n], w_hh, out=dh[:n])
 
 
-def _rnn_forward(x, states, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, relu, compiled):
+def _rnn_forward(x, states, w_ih, w_hh, b_ih, b_hh, _peep, batch_sizes, lengths, relu, compiled):
     """h_t = act(W_ih x_t + b_ih + W_hh h_{t−1} + b_hh) over a whole sequence: (out, finals,
     the activations the backward reads besides out)."""
     T, B, _ = x.shape
@@ -245,8 +248,8 @@ def _rnn_forward(x, states, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, relu, 
 
 
 def _rnn_backward(grad_out, grad_finals, inputs, out, extra, batch_sizes, relu, compiled, needs):
-    """The gradients of (x, h0, W_ih, W_hh, b_ih, b_hh), None where not needed."""
-    x, h0, w_ih, w_hh, b_ih, _ = inputs
+    """The gradients of (x, h0, W_ih, W_hh, b_ih, b_hh, peepholes), None where not needed."""
+    x, h0, w_ih, w_hh, b_ih, _, _ = inputs
     dpre = _buffer(out, out.shape, batch_sizes is not None)
     dh = grad_finals[0].clone()
     _, backward_loop = _loops("rnn", compiled)
@@ -255,7 +258,7 @@ def _rnn_backward(grad_out, grad_finals, inputs, out, extra, batch_sizes, relu, 
         dpre, x, h0, out, (needs[0], needs[2], needs[3]), w_ih, compiled
     )
     db = _sum_bias(dpre, b_ih is not None and (needs[4] or needs[5]))
-    return dx, dh if needs[1] else None, dw_ih, dw_hh, db, db
+    return dx, dh if needs[1] else None, dw_ih, dw_hh, db, db, None
 
 
 def _mask(batch_sizes: tuple[int, ...], T: int, B: int, like: Tensor) -> Tensor:
@@ -352,7 +355,9 @@ def _loops(kind: str, compiled: bool):
     return getattr(module, f"{kind}_forward"), getattr(module, f"{kind}_backward")
 
 
-def _gru_forward(x, states, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, reset_after, compiled):
+def _gru_forward(
+    x, states, w_ih, w_hh, b_ih, b_hh, _peep, batch_sizes, lengths, reset_after, compiled
+):
     """GRU over a whole sequence, gate order r|z|n, either reset placement: (out, finals, the
     activations the backward reads besides out: r|z|n and the recurrent candidate term)."""
     T, B, _ = x.shape
@@ -370,8 +375,8 @@ def _gru_forward(x, states, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, reset_
 def _gru_backward(
     grad_out, grad_finals, inputs, out, extra, batch_sizes, reset_after, compiled, needs
 ):
-    """The gradients of (x, h0, W_ih, W_hh, b_ih, b_hh), None where not needed."""
-    x, h0, w_ih, w_hh, b_ih, _ = inputs
+    """The gradients of (x, h0, W_ih, W_hh, b_ih, b_hh, peepholes), None where not needed."""
+    x, h0, w_ih, w_hh, b_ih, _, _ = inputs
     gates, rec = extra
     H = h0.shape[1]
     padded = batch_sizes is not None
@@ -399,105 +404,274 @@ def _gru_backward(
         db_hh = _sum_bias(dgates, has_bias and needs[5])
     dx, dw_ih, _ = _weight_grads(dgates, x, h0, out, (needs[0], needs[2], False), w_ih, compiled)
     db_ih = _sum_bias(dgates, has_bias and needs[4])
-    return dx, dh if needs[1] else None, dw_ih, dw_hh if needs[3] else None, db_ih, db_hh
+    return dx, dh if needs[1] else None, dw_ih, dw_hh if needs[3] else None, db_ih, db_hh, None
 
 
-def _lstm_forward_loop(gates, out, cells, h0, c0, w_hh, batch_sizes):
+def _lstm_blocks(H: int, coupled: bool) -> tuple[slice, slice | None, slice, slice]:
+    """Where the gates lie in the LSTM's gate dimension: i|f|g|o, or i|g|o with the coupled
+    gate (no f block: f = 1 − i)."""
+    if coupled:
+        return slice(0, H), None, slice(H, 2 * H), slice(2 * H, 3 * H)
+    return slice(0, H), slice(H, 2 * H), slice(2 * H, 3 * H), slice(3 * H, 4 * H)
+
+
+def _peepholes(peep: Tensor | None, coupled: bool) -> tuple[Tensor | None, ...]:
+    """(p_i, p_f, p_o) from ``weight_peep`` (p_i|p_f|p_o, or p_i|p_o coupled); None for absent."""
+    if peep is None:
+        return None, None, None
+    if coupled:
+        p_i, p_o = peep.chunk(2)
+        return p_i, None, p_o
+    return tuple(peep.chunk(3))
+
+
+def _lstm_forward_loop(gates, out, cells, h0, c0, w_hh, peep, batch_sizes, coupled):
     """The LSTM forward loop, in place; the compiled ``lstm_forward`` is its twin.
 
-    ``gates`` (T, B, 4H) holds x W_ihᵀ + b_ih + b_hh on entry and i|f|g|o on exit; ``out`` and
-    ``cells`` (T, B, H) receive h and c.
+    ``gates`` (T, B, G·H) holds x W_ihᵀ + b_ih + b_hh on entry and the gates on exit, i|f|g|o
+    (G = 4) or, with the coupled gate, i|g|o (G = 3); ``out`` and ``cells`` (T, B, H) receive h
+    and c. ``peep``: the peephole weights (:func:`_peepholes`) or None.
     """
     T, B, _ = gates.shape
     H = out.shape[2]
     w_hh_t = w_hh.t()
+    standard = peep is None and not coupled
+    i_, f_, g_, o_ = _lstm_blocks(H, coupled)
+    p_i, p_f, p_o = _peepholes(peep, coupled)
     for t in range(T):
         n = _live(batch_sizes, t, B)
         h_prev = h0[:n] if t == 0 else out[t - 1, :n]
         c_prev = c0[:n] if t == 0 else cells[t - 1, :n]
         g = gates[t, :n].addmm_(h_prev, w_hh_t)
-        g[:, : 2 * H].sigmoid_()
-        g[:, 2 * H : 3 * H].tanh_()
-        g[:, 3 * H :].sigmoid_()
-        c = torch.mul(g[:, H : 2 * H], c_prev, out=cells[t, :n])
-        c.addcmul_(g[:, :H], g[:, 2 * H : 3 * H])
-        torch.mul(g[:, 3 * H :], torch.tanh(c), out=out[t, :n])
+        c = cells[t, :n]
+        if standard:
+            g[:, : 2 * H].sigmoid_()
+            g[:, 2 * H : 3 * H].tanh_()
+            g[:, 3 * H :].sigmoid_()
+            torch.mul(g[:, H : 2 * H], c_prev, out=c).addcmul_(g[:, :H], g[:, 2 * H : 3 * H])
+            torch.mul(g[:, 3 * H :], torch.tanh(c), out=out[t, :n])
+            continue
+        i, cand, o = g[:, i_], g[:, g_].tanh_(), g[:, o_]
+        if p_i is not None:
+            i.addcmul_(c_prev, p_i)
+        i.sigmoid_()
+        if coupled:
+            torch.lerp(c_prev, cand, i, out=c)  # (1 − i) ⊙ c + i ⊙ g
+        else:
+            f = g[:, f_]
+            if p_f is not None:
+                f.addcmul_(c_prev, p_f)
+            torch.mul(f.sigmoid_(), c_prev, out=c).addcmul_(i, cand)
+        if p_o is not None:
+            o.addcmul_(c, p_o)  # the output gate looks at the new cell
+        torch.mul(o.sigmoid_(), torch.tanh(c), out=out[t, :n])
 
 
-def _lstm_backward_loop(grad_out, dh, dc, gates, cells, c0, w_hh, dgates, batch_sizes):
+def _lstm_backward_loop(
+    grad_out, dh, dc, gates, cells, c0, w_hh, peep, dgates, batch_sizes, coupled
+):
     """The LSTM backward loop, in place; the compiled ``lstm_backward`` is its twin. ``dh`` and
     ``dc`` (B, H) enter as the final states' gradients and leave as h0's and c0's; ``dgates``
-    receives the i|f|g|o pre-activation gradients."""
+    receives the gates' pre-activation gradients (the layout of ``gates``)."""
     T, B, _ = gates.shape
     H = cells.shape[2]
-    i, f, g, o = gates.unflatten(-1, (4, H)).unbind(-2)
+    i_, f_, g_, o_ = _lstm_blocks(H, coupled)
+    i, g, o = gates[..., i_], gates[..., g_], gates[..., o_]
+    f = 1 - i if coupled else gates[..., f_]
     c_prev = _previous(c0, cells)
     tanh_c = torch.tanh(cells)
-    # Factors for all steps: dc += dh ⊙ f_c; the i|f|g pre-activation grads are dc ⊙ f_ifg,
-    # the o one dh ⊙ f_o.
+    # Factors for all steps: dc += dh ⊙ f_c (then + do ⊙ p_o); the i|f|g pre-activation grads
+    # are dc ⊙ f_i|f_f|f_g, the o one dh ⊙ f_o; dc_{t−1} = dc ⊙ f (+ di ⊙ p_i + df ⊙ p_f)
     f_c = o * (1 - tanh_c * tanh_c)
-    f_ifg = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], dim=2)
     f_o = tanh_c * o * (1 - o)
-    dgates4 = dgates.view(T, B, 4, H)
+    if peep is None and not coupled:
+        f_ifg = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], dim=2)
+        dgates4 = dgates.view(T, B, 4, H)
+        for t in reversed(range(T)):
+            n = _live(batch_sizes, t, B)
+            gh = dh[:n].add_(grad_out[t, :n])
+            gc = dc[:n].addcmul_(gh, f_c[t, :n])
+            torch.mul(gc.unsqueeze(1), f_ifg[t, :n], out=dgates4[t, :n, :3])
+            torch.mul(gh, f_o[t, :n], out=dgates4[t, :n, 3])
+            gc.mul_(f[t, :n])
+            torch.mm(dgates[t, :n], w_hh, out=dh[:n])
+        return
+    p_i, p_f, p_o = _peepholes(peep, coupled)
+    f_i = (g - c_prev if coupled else g) * i * (1 - i)  # coupled: c = c_prev + i ⊙ (g − c_prev)
+    f_f = None if coupled else c_prev * f * (1 - f)
+    f_g = i * (1 - g * g)
     for t in reversed(range(T)):
         n = _live(batch_sizes, t, B)
+        d = dgates[t, :n]
         gh = dh[:n].add_(grad_out[t, :n])
+        do = torch.mul(gh, f_o[t, :n], out=d[:, o_])
         gc = dc[:n].addcmul_(gh, f_c[t, :n])
-        torch.mul(gc.unsqueeze(1), f_ifg[t, :n], out=dgates4[t, :n, :3])
-        torch.mul(gh, f_o[t, :n], out=dgates4[t, :n, 3])
+        if p_o is not None:
+            gc.addcmul_(do, p_o)
+        di = torch.mul(gc, f_i[t, :n], out=d[:, i_])
+        torch.mul(gc, f_g[t, :n], out=d[:, g_])
+        df = None if f_f is None else torch.mul(gc, f_f[t, :n], out=d[:, f_])
         gc.mul_(f[t, :n])
-        torch.mm(dgates[t, :n], w_hh, out=dh[:n])
+        if p_i is not None:
+            gc.addcmul_(di, p_i)
+        if p_f is not None:
+            gc.addcmul_(df, p_f)
+        torch.mm(d, w_hh, out=dh[:n])
 
 
-def _lstm_forward(x, states, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, flag, compiled):
-    """LSTM over a whole sequence, gate order i|f|g|o: (out, finals, the activations the
-    backward reads besides out: i|f|g|o and the cells)."""
+def _lstm_forward(x, states, w_ih, w_hh, b_ih, b_hh, peep, batch_sizes, lengths, coupled, compiled):
+    """LSTM over a whole sequence, gate order i|f|g|o (i|g|o coupled): (out, finals, the
+    activations the backward reads besides out: the gates and the cells)."""
     T, B, _ = x.shape
     h0, c0 = states
     H = h0.shape[1]
     padded = batch_sizes is not None
     bias = None if b_ih is None else b_ih + b_hh
-    gates = _project(x, w_ih, bias, compiled)  # (T, B, 4H): pre-activations, then i|f|g|o
+    gates = _project(x, w_ih, bias, compiled)  # (T, B, G·H): pre-activations, then the gates
     out = _buffer(x, (T, B, H), padded)
     cells = _buffer(x, (T, B, H), padded)
     forward_loop, _ = _loops("lstm", compiled)
-    forward_loop(gates, out, cells, h0, c0, w_hh, list(batch_sizes or ()))
+    forward_loop(gates, out, cells, h0, c0, w_hh, peep, list(batch_sizes or ()), coupled)
     return out, (_last(out, lengths), _last(cells, lengths)), (gates, cells)
 
 
-def _lstm_backward(grad_out, grad_finals, inputs, out, extra, batch_sizes, flag, compiled, needs):
-    """The gradients of (x, h0, c0, W_ih, W_hh, b_ih, b_hh), None where not needed."""
-    x, h0, c0, w_ih, w_hh, b_ih, _ = inputs
+def _lstm_backward(
+    grad_out, grad_finals, inputs, out, extra, batch_sizes, coupled, compiled, needs
+):
+    """The gradients of (x, h0, c0, W_ih, W_hh, b_ih, b_hh, peepholes), None where not
+    needed."""
+    x, h0, c0, w_ih, w_hh, b_ih, _, peep = inputs
     gates, cells = extra
+    H = h0.shape[1]
     dgates = _buffer(gates, gates.shape, batch_sizes is not None)
     dh, dc = grad_finals[0].clone(), grad_finals[1].clone()
     _, backward_loop = _loops("lstm", compiled)
-    backward_loop(grad_out, dh, dc, gates, cells, c0, w_hh, dgates, list(batch_sizes or ()))
+    backward_loop(
+        grad_out, dh, dc, gates, cells, c0, w_hh, peep, dgates, list(batch_sizes or ()), coupled
+    )
     dx, dw_ih, dw_hh = _weight_grads(
         dgates, x, h0, out, (needs[0], needs[3], needs[4]), w_ih, compiled
     )
     db = _sum_bias(dgates, b_ih is not None and (needs[5] or needs[6]))
-    return dx, dh if needs[1] else None, dc if needs[2] else None, dw_ih, dw_hh, db, db
+    dpeep = None
+    if peep is not None and needs[7]:  # Σ over steps and rows of d(pre-activation) ⊙ the cell
+        i_, f_, _, o_ = _lstm_blocks(H, coupled)
+        c_prev = _previous(c0, cells)
+        parts = [(dgates[..., i_] * c_prev).sum((0, 1))]
+        if f_ is not None:
+            parts.append((dgates[..., f_] * c_prev).sum((0, 1)))
+        parts.append((dgates[..., o_] * cells).sum((0, 1)))
+        dpeep = torch.cat(parts)
+    return dx, dh if needs[1] else None, dc if needs[2] else None, dw_ih, dw_hh, db, db, dpeep
 
 
-# kind → (forward, backward) over one direction; ``flag``: relu for the RNN, reset after for
-# the GRU, unused for the LSTM
+def _mgu_forward_loop(gates, out, rec, h0, w_hh, b_hh, batch_sizes):
+    """The MGU forward loop, in place; the compiled ``mgu_forward`` is its twin.
+
+    ``gates`` (T, B, 2H) holds x W_ihᵀ + b_ih on entry and f|n on exit; ``out`` (T, B, H)
+    receives h and ``rec`` (T, B, H) f ⊙ h_{t−1}, the recurrent candidate's input.
+    """
+    T, B, _ = gates.shape
+    H = out.shape[2]
+    w_f_t, w_n_t = w_hh[:H].t(), w_hh[H:].t()
+    b_f, b_n = (None, None) if b_hh is None else (b_hh[:H], b_hh[H:])
+    for t in range(T):
+        n = _live(batch_sizes, t, B)
+        h_prev = h0[:n] if t == 0 else out[t - 1, :n]
+        g = gates[t, :n]
+        f = g[:, :H].addmm_(h_prev, w_f_t)
+        if b_f is not None:
+            f.add_(b_f)
+        f.sigmoid_()
+        cand = g[:, H:].addmm_(torch.mul(f, h_prev, out=rec[t, :n]), w_n_t)
+        if b_n is not None:
+            cand.add_(b_n)
+        torch.lerp(h_prev, cand.tanh_(), f, out=out[t, :n])  # (1 − f) ⊙ h + f ⊙ n
+
+
+def _mgu_backward_loop(grad_out, dh, gates, out, h0, w_hh, dgates, batch_sizes):
+    """The MGU backward loop, in place; the compiled ``mgu_backward`` is its twin. ``dh`` (B, H)
+    enters as the final state's gradient and leaves as h0's; ``dgates`` (T, B, 2H) receives the
+    f|n pre-activation gradients."""
+    T, B, _ = gates.shape
+    H = out.shape[2]
+    f, cand = gates[..., :H], gates[..., H:]
+    h_prev = _previous(h0, out)
+    # ∂h/∂(pre-activations), for all steps at once:
+    f_n = f * (1 - cand * cand)  # through n
+    slope = f * (1 - f)
+    f_f = (cand - h_prev) * slope  # through f on the update path
+    f_fh = h_prev * slope  # through f, per unit of d(f ⊙ h)
+    keep = 1 - f  # the direct path, h_{t−1} → h_t
+    w_f, w_n = w_hh[:H], w_hh[H:]
+    for t in reversed(range(T)):
+        n = _live(batch_sizes, t, B)
+        g = dh[:n].add_(grad_out[t, :n])
+        d = dgates[t, :n]
+        dfh = torch.mm(torch.mul(g, f_n[t, :n], out=d[:, H:]), w_n)  # ∂/∂(f ⊙ h)
+        df = torch.mul(g, f_f[t, :n], out=d[:, :H]).addcmul_(dfh, f_fh[t, :n])
+        carry = torch.mul(g, keep[t, :n]).addcmul_(dfh, f[t, :n])
+        torch.addmm(carry, df, w_f, out=dh[:n])
+
+
+def _mgu_forward(x, states, w_ih, w_hh, b_ih, b_hh, _peep, batch_sizes, lengths, _flag, compiled):
+    """MGU over a whole sequence, gate order f|n: (out, finals, the activations the backward
+    reads besides out: f|n and f ⊙ h_{t−1})."""
+    T, B, _ = x.shape
+    (h0,) = states
+    H = h0.shape[1]
+    padded = batch_sizes is not None
+    gates = _project(x, w_ih, b_ih, compiled)  # (T, B, 2H): pre-activations, then f|n
+    out = _buffer(x, (T, B, H), padded)
+    rec = _buffer(x, (T, B, H), padded)
+    forward_loop, _ = _loops("mgu", compiled)
+    forward_loop(gates, out, rec, h0, w_hh, b_hh, list(batch_sizes or ()))
+    return out, (_last(out, lengths),), (gates, rec)
+
+
+def _mgu_backward(grad_out, grad_finals, inputs, out, extra, batch_sizes, _flag, compiled, needs):
+    """The gradients of (x, h0, W_ih, W_hh, b_ih, b_hh, peepholes), None where not needed."""
+    x, h0, w_ih, w_hh, b_ih, _, _ = inputs
+    gates, rec = extra
+    H = h0.shape[1]
+    dgates = _buffer(gates, gates.shape, batch_sizes is not None)
+    dh = grad_finals[0].clone()
+    _, backward_loop = _loops("mgu", compiled)
+    backward_loop(grad_out, dh, gates, out, h0, w_hh, dgates, list(batch_sizes or ()))
+    dw_hh = None
+    if needs[3]:  # U_f reads h_{t−1}, U_n reads f ⊙ h_{t−1}
+        flat_n = dgates[..., H:].reshape(-1, H)
+        dw_hh = torch.cat(
+            [_grad_recurrent(dgates[..., :H], h0, out), torch.mm(flat_n.t(), rec.reshape(-1, H))]
+        )
+    dx, dw_ih, _ = _weight_grads(dgates, x, h0, out, (needs[0], needs[2], False), w_ih, compiled)
+    db = _sum_bias(dgates, b_ih is not None and (needs[4] or needs[5]))
+    return dx, dh if needs[1] else None, dw_ih, dw_hh, db, db, None
+
+
+# kind → (forward, backward) over one direction; ``flag``: see _flag
 _DIRECTIONS = {
     "rnn": (_rnn_forward, _rnn_backward),
     "gru": (_gru_forward, _gru_backward),
     "lstm": (_lstm_forward, _lstm_backward),
+    "mgu": (_mgu_forward, _mgu_backward),
 }
 
 
 def _flag(spec) -> bool:
-    """The one option a direction's loops take: relu for the RNN, reset after for the GRU."""
-    return spec.nonlinearity == "relu" if spec.kind == "rnn" else spec.reset == "after"
+    """The one option a direction's loops take: relu for the RNN, reset after for the GRU, the
+    coupled gate for the LSTM (its peepholes are a weight: present or None); none for the MGU."""
+    if spec.kind == "rnn":
+        return spec.nonlinearity == "relu"
+    if spec.kind == "gru":
+        return spec.reset == "after"
+    return spec.coupled if spec.kind == "lstm" else False
 
 
 class _Direction(torch.autograd.Function):
     """One direction of a layer in eager mode: the loops forward, their hand-written backward
     (:func:`_twice` under ``create_graph=True``). ``inputs``: x, the states, W_ih, W_hh, b_ih,
-    b_hh (None for absent biases)."""
+    b_hh, the peephole weights (None for absent biases and peepholes)."""
 
     @staticmethod
     def forward(ctx, spec, batch_sizes, lengths, compiled, *inputs):
@@ -531,19 +705,22 @@ def _have_compiled_loops() -> bool:
     return compiled_loops() is not None
 
 
-def _spec_of(kind: str, flag: bool) -> CellSpec:
-    """The cell a direction operator computes, from its kind and :func:`_flag`."""
+def _spec_of(kind: str, flag: bool, peepholes: bool) -> CellSpec:
+    """The cell a direction operator computes, from its kind, :func:`_flag` and whether it has
+    peephole weights."""
     if kind == "rnn":
         return make_spec("rnn", nonlinearity="relu" if flag else "tanh")
-    return (
-        make_spec("gru", reset="after" if flag else "before") if kind == "gru" else make_spec(kind)
-    )
+    if kind == "gru":
+        return make_spec("gru", reset="after" if flag else "before")
+    if kind == "lstm":
+        return make_spec("lstm", coupled=flag, peepholes=peepholes)
+    return make_spec(kind)
 
 
-def _direction_inputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh) -> tuple[Tensor | None, ...]:
+def _direction_inputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep) -> tuple[Tensor | None, ...]:
     """The operator's tensor arguments as the direction functions take them: (x, the states,
-    W_ih, W_hh, b_ih, b_hh), c0 only for the LSTM."""
-    return (x, h0, *(() if c0 is None else (c0,)), w_ih, w_hh, b_ih, b_hh)
+    W_ih, W_hh, b_ih, b_hh, the peepholes), c0 only for the LSTM."""
+    return (x, h0, *(() if c0 is None else (c0,)), w_ih, w_hh, b_ih, b_hh, peep)
 
 
 def _batch_sizes(lengths: Tensor | None, T: int) -> tuple[int, ...] | None:
@@ -569,6 +746,7 @@ def _direction_op(
     w_hh: Tensor,
     b_ih: Optional[Tensor],  # noqa: UP045
     b_hh: Optional[Tensor],  # noqa: UP045
+    peep: Optional[Tensor],  # noqa: UP045
     lengths: Optional[Tensor],  # noqa: UP045
     kind: str,
     flag: bool,
@@ -579,20 +757,20 @@ def _direction_op(
     forward, _ = _DIRECTIONS[kind]
     batch_sizes = _batch_sizes(lengths, x.shape[0])
     out, finals, extra = forward(
-        x, states, w_ih, w_hh, b_ih, b_hh, batch_sizes, lengths, flag, compiled
+        x, states, w_ih, w_hh, b_ih, b_hh, peep, batch_sizes, lengths, flag, compiled
     )
     return [out, *finals, *extra]
 
 
 @_direction_op.register_fake
-def _direction_shapes(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, kind, flag, compiled):
+def _direction_shapes(x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, lengths, kind, flag, compiled):
     T, B, _ = x.shape
     H = h0.shape[1]
     outputs = [x.new_empty(T, B, H), h0.new_empty(B, H)]
-    if kind == "lstm":
-        outputs += [h0.new_empty(B, H), x.new_empty(T, B, 4 * H), x.new_empty(T, B, H)]
-    elif kind == "gru":
-        outputs += [x.new_empty(T, B, 3 * H), x.new_empty(T, B, H)]
+    if kind == "lstm":  # h_T, c_T, then the gates and the cells
+        outputs += [h0.new_empty(B, H), x.new_empty(T, B, w_ih.shape[0]), x.new_empty(T, B, H)]
+    elif kind in ("gru", "mgu"):  # the gates and the recurrent candidate's term
+        outputs += [x.new_empty(T, B, w_ih.shape[0]), x.new_empty(T, B, H)]
     return outputs
 
 
@@ -606,6 +784,7 @@ def _direction_backward_op(
     w_hh: Tensor,
     b_ih: Optional[Tensor],  # noqa: UP045
     b_hh: Optional[Tensor],  # noqa: UP045
+    peep: Optional[Tensor],  # noqa: UP045
     out: Tensor,
     extra: list[Tensor],
     lengths: Optional[Tensor],  # noqa: UP045
@@ -615,8 +794,9 @@ def _direction_backward_op(
     needs: list[bool],
 ) -> list[Tensor]:
     """The hand-written backward of :func:`_direction_op`: the gradients of (x, the states,
-    W_ih, W_hh, b_ih, b_hh), an empty tensor where ``needs`` says none is wanted."""
-    inputs = _direction_inputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    W_ih, W_hh, b_ih, b_hh, the peepholes), an empty tensor where ``needs`` says none is
+    wanted."""
+    inputs = _direction_inputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep)
     _, backward = _DIRECTIONS[kind]
     batch_sizes = _batch_sizes(lengths, x.shape[0])
     found = backward(
@@ -633,9 +813,10 @@ def _direction_backward_op(
 
 @_direction_backward_op.register_fake
 def _direction_backward_shapes(
-    grads, x, h0, c0, w_ih, w_hh, b_ih, b_hh, out, extra, lengths, kind, flag, compiled, needs
-):
-    inputs = _direction_inputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    grads, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, out, extra, lengths, kind, flag, compiled,
+    needs,
+):  # fmt: skip
+    inputs = _direction_inputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep)
     return [
         t.new_empty(t.shape) if need and t is not None else x.new_empty(0)
         for t, need in zip(inputs, needs, strict=True)
@@ -643,19 +824,19 @@ def _direction_backward_shapes(
 
 
 def _direction_setup(ctx, inputs, output) -> None:
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, kind, flag, compiled = inputs
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, lengths, kind, flag, compiled = inputs
     ctx.states = 1 if c0 is None else 2
     out, extra = output[0], output[1 + ctx.states :]
-    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, out, *extra)
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, lengths, out, *extra)
     ctx.kind, ctx.flag, ctx.compiled = kind, flag, compiled
 
 
 def _direction_grad(ctx, grads):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, out, *extra = ctx.saved_tensors
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, lengths, out, *extra = ctx.saved_tensors
     n = ctx.states
     # the operator's tensor inputs, in order, and which of them the backward returns
-    positions = [0, 1, *([2] if n == 2 else []), 3, 4, 5, 6]
-    inputs = _direction_inputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    positions = [0, 1, *([2] if n == 2 else []), 3, 4, 5, 6, 7]
+    inputs = _direction_inputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep)
     needs = [
         bool(ctx.needs_input_grad[i]) and inputs[k] is not None for k, i in enumerate(positions)
     ]
@@ -664,16 +845,15 @@ def _direction_grad(ctx, grads):
     # AOTAutograd traces this, the gradients are not plain tensors (without_data would say
     # rerun), and the compiled graph must keep the backward operator
     if torch.is_grad_enabled():
-        found = differentiable_backward(
-            _spec_of(ctx.kind, ctx.flag), inputs, needs, lengths, wanted
-        )
+        spec = _spec_of(ctx.kind, ctx.flag, peep is not None)
+        found = differentiable_backward(spec, inputs, needs, lengths, wanted)
     else:
         results = _direction_backward_op(
-            list(wanted), x, h0, c0, w_ih, w_hh, b_ih, b_hh, out, extra, lengths, ctx.kind,
-            ctx.flag, ctx.compiled, needs,
+            list(wanted), x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, out, extra, lengths,
+            ctx.kind, ctx.flag, ctx.compiled, needs,
         )  # fmt: skip
         found = [g if need else None for g, need in zip(results, needs, strict=True)]
-    grad_inputs: list[Tensor | None] = [None] * 11
+    grad_inputs: list[Tensor | None] = [None] * 12
     for k, i in enumerate(positions):
         grad_inputs[i] = found[k]
     return tuple(grad_inputs)
@@ -686,6 +866,7 @@ _PYTHON_LOOPS = {
     "rnn": (_rnn_forward_loop, _rnn_backward_loop),
     "gru": (_gru_forward_loop, _gru_backward_loop),
     "lstm": (_lstm_forward_loop, _lstm_backward_loop),
+    "mgu": (_mgu_forward_loop, _mgu_backward_loop),
 }
 
 # Where the loops run as their operator, gatedrnn::cpu_direction, so that it is what gets
@@ -696,8 +877,8 @@ _AS_OPERATOR = ("torch.export", "torch.jit.trace")
 
 
 class CpuBackend:
-    """Fused loops with a hand-written backward for RNN, GRU and LSTM on the CPU, compiled on
-    first use where possible (:mod:`gatedrnn.backends.compiled`)."""
+    """Fused loops with a hand-written backward for RNN, GRU, LSTM and MGU and their variants on
+    the CPU, compiled on first use where possible (:mod:`gatedrnn.backends.compiled`)."""
 
     name = "cpu"
     twice_differentiable = True  # by rerunning the reference loop (_twice)
@@ -709,10 +890,10 @@ class CpuBackend:
             return f"it runs on the CPU only, got a {input.device.type} input"
         if input.dtype not in (torch.float32, torch.float64):
             return f"its loops compute in float32 or float64, got {input.dtype}"
-        if spec.kind not in ("rnn", "lstm", "gru"):
+        if spec.kind not in _DIRECTIONS:
             return f"it has no loop for {spec.kind}"
-        if spec.kind == "lstm" and (spec.peepholes or spec.coupled or config.proj_size):
-            return "its LSTM loop has no peepholes, coupled gate or projection"
+        if config.proj_size:
+            return "its LSTM loop has no projection (proj_size)"
         if tracing() in _AS_OPERATOR:  # recorded as its operator, gatedrnn::cpu_direction
             return None
         return untraceable(
@@ -734,11 +915,19 @@ class CpuBackend:
         # and on an Intel Xeon (Sapphire Rapids) tied at 16 and won by 13–16% at 32; below batch
         # 16 ours was as fast or faster on both (0.57–1.13 at batch 4–8 on the Xeon). The
         # PyTorch twins lose to oneDNN's LSTM, and to torch's kernels forward-only.
+        # The variants torch has no kernel for (the GRU with the reset before, the LSTM's
+        # peepholes and coupled gate, the MGU) are ours or the reference loop's, and ours won
+        # everywhere (benchmarks/variant_speed.py, H 128–256, B 1–32): the compiled loops
+        # 1.5–25× faster than the reference, the PyTorch twins 1.2–1.8× forward-only and
+        # 1.3–3× with the backward.
+        spec = config.spec
+        if spec.torch_lacks is not None:
+            return None
         if self.compiled and _have_compiled_loops():
-            if config.spec.kind == "lstm" and not torch.is_grad_enabled() and input.shape[1] >= 16:
+            if spec.kind == "lstm" and not torch.is_grad_enabled() and input.shape[1] >= 16:
                 return "forward-only at batch 16 and up, torch's fused LSTM (oneDNN) is as fast"
             return None
-        if config.spec.kind == "lstm":
+        if spec.kind == "lstm":
             return "torch's fused LSTM (oneDNN) beats our PyTorch loops (no compiled loops here)"
         if not torch.is_grad_enabled():
             return "without autograd, torch's kernels beat our PyTorch loops forward-only"
@@ -785,15 +974,19 @@ class CpuBackend:
 
     def _run(self, config, x, state, w, batch_sizes, lengths):
         x, state, args = fused_arguments(x, state, w)
-        return _Direction.apply(config.spec, batch_sizes, lengths, self.compiled, x, *state, *args)
+        peep = w.get("weight_peep")
+        return _Direction.apply(
+            config.spec, batch_sizes, lengths, self.compiled, x, *state, *args, peep
+        )
 
     def _dispatch(self, config, x, state, w, lengths):
         """One direction as the custom operator :func:`_direction_op`: [out, the final states]."""
         x, state, args = fused_arguments(x, state, w)
         spec, c0 = config.spec, state[1] if len(state) == 2 else None
         results = _direction_op(
-            x, state[0], c0, *args, lengths, spec.kind, _flag(spec), self.compiled
-        )
+            x, state[0], c0, *args, w.get("weight_peep"), lengths, spec.kind, _flag(spec),
+            self.compiled,
+        )  # fmt: skip
         return results[: 1 + len(state)]
 
 

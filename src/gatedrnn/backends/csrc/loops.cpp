@@ -1,10 +1,11 @@
 // The time loops of the `cpu` backend, compiled: per step one product with the recurrent weight
 // through our packed GEMM (below) and the cell's vectorised pointwise work, fused into that
-// product's epilogue where the build has 32 vector registers (AVX-512) for the LSTM and the GRU
-// with the reset after, else a separate pass; in place in the caller's buffers. `matmul` serves
-// the input projection and dx. The Python twins are the _*_forward_loop / _*_backward_loop
-// functions in gatedrnn/backends/cpu.py; the buffer contracts are documented there. Built on
-// first use by torch.utils.cpp_extension (gatedrnn/backends/compiled.py).
+// product's epilogue where the build has 32 vector registers (AVX-512) for the LSTM (every
+// variant) and the GRU with the reset after, else a separate pass; the GRU with the reset before
+// and the MGU take two products a step. In place in the caller's buffers. `matmul` serves the
+// input projection and dx. The Python twins are the _*_forward_loop / _*_backward_loop functions
+// in gatedrnn/backends/cpu.py; the buffer contracts are documented there. Built on first use by
+// torch.utils.cpp_extension (gatedrnn/backends/compiled.py).
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -339,7 +340,7 @@ const T* data_or_null(const c10::optional<Tensor>& t) {
 // work too, with no second pass over memory. The backward steps fuse on plain panels in every
 // build: step t's product gives dh for a panel's units, and step t − 1's pointwise work for those
 // units follows in the epilogue.
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX512) || defined(GATEDRNN_GATE_PANELS)  // (the latter: for tests)
 constexpr bool kGatePanels = true;
 #else
 constexpr bool kGatePanels = false;  // 16 registers: the plain panels and a separate pass
@@ -453,27 +454,86 @@ void forward_steps(const Tensor& w_hh, const T* h0, const T* out_all, int64_t T_
       });
 }
 
-template <typename T>
-void lstm_forward_fused(T* g_all, T* out_all, T* c_all, const T* h0, const T* c0,
-                        const Tensor& w_hh, int64_t T_, int64_t B, int64_t H,
-                        const std::vector<int64_t>& batch_sizes) {
-  constexpr int VS = Tile<T>::VS;
-  forward_steps<T, 4>(w_hh, h0, out_all, T_, B, H, batch_sizes,
-                      [&](int64_t t, int64_t b, int64_t j, int64_t k, const T* pre) {
-    const T* cp = t == 0 ? c0 : c_all + (t - 1) * B * H;
-    T* gr = g_all + (t * B + b) * 4 * H;
-    const Vec<T> i = sigmoid(Vec<T>::loadu(pre) + load(gr + j, k));
-    const Vec<T> f = sigmoid(Vec<T>::loadu(pre + VS) + load(gr + H + j, k));
-    const Vec<T> cand = tanh(Vec<T>::loadu(pre + 2 * VS) + load(gr + 2 * H + j, k));
-    const Vec<T> og = sigmoid(Vec<T>::loadu(pre + 3 * VS) + load(gr + 3 * H + j, k));
-    const Vec<T> cell = f * load(cp + b * H + j, k) + i * cand;
-    store(i, gr + j, k);
+// Calls f(std::bool_constant<coupled>, std::bool_constant<peepholes>): one instantiation of the
+// LSTM's loops per variant, so that the standard cell's code has no branch for the others.
+template <typename F>
+inline void with_variant(bool coupled, bool peepholes, const F& f) {
+  if (coupled) {
+    peepholes ? f(std::true_type{}, std::true_type{}) : f(std::true_type{}, std::false_type{});
+  } else {
+    peepholes ? f(std::false_type{}, std::true_type{}) : f(std::false_type{}, std::false_type{});
+  }
+}
+
+// The LSTM's pointwise step for one vector of units [j, j + k) of one row: `pre(v)` is gate v's
+// pre-activation (block v of the row's gates `gr`: i|f|g|o, or i|g|o with the coupled gate, where
+// f = 1 − i), `cp` the row's previous cell; writes the gates' activations back to `gr`, the cell
+// to `c` and h to `o`. Peepholes (p_i|p_f|p_o, or p_i|p_o coupled) add p ⊙ c_{t−1} to i and f and
+// p_o ⊙ c_t to o.
+template <typename T, bool Coupled, bool Peep, typename Pre>
+inline void lstm_unit(const Pre& pre, T* gr, const T* cp, T* c, T* o, const T* peep, int64_t H,
+                      int64_t j, int64_t k) {
+  constexpr int G = Coupled ? 3 : 4, GV = G - 2, OV = G - 1;  // the g and o blocks
+  const Vec<T> cprev = load(cp + j, k);
+  Vec<T> ipre = pre(0);
+  if constexpr (Peep) ipre = ipre + load(peep + j, k) * cprev;
+  const Vec<T> i = sigmoid(ipre);
+  const Vec<T> cand = tanh(pre(GV));
+  Vec<T> cell;
+  if constexpr (Coupled) {
+    cell = cprev + i * (cand - cprev);  // (1 − i) ⊙ c + i ⊙ g
+  } else {
+    Vec<T> fpre = pre(1);
+    if constexpr (Peep) fpre = fpre + load(peep + H + j, k) * cprev;
+    const Vec<T> f = sigmoid(fpre);
     store(f, gr + H + j, k);
-    store(cand, gr + 2 * H + j, k);
-    store(og, gr + 3 * H + j, k);
-    store(cell, c_all + (t * B + b) * H + j, k);
-    store(og * tanh(cell), out_all + (t * B + b) * H + j, k);
-  });
+    cell = f * cprev + i * cand;
+  }
+  Vec<T> opre = pre(OV);
+  if constexpr (Peep) opre = opre + load(peep + (G - 2) * H + j, k) * cell;
+  const Vec<T> og = sigmoid(opre);
+  store(i, gr + j, k);
+  store(cand, gr + GV * H + j, k);
+  store(og, gr + OV * H + j, k);
+  store(cell, c + j, k);
+  store(og * tanh(cell), o + j, k);
+}
+
+template <typename T, bool Coupled, bool Peep>
+void lstm_forward_variant(T* g_all, T* out_all, T* c_all, const T* h0, const T* c0,
+                          const Tensor& w_hh, const T* peep, int64_t T_, int64_t B, int64_t H,
+                          const std::vector<int64_t>& batch_sizes) {
+  constexpr int G = Coupled ? 3 : 4;
+  if constexpr (kGatePanels) {
+    constexpr int VS = Tile<T>::VS;
+    forward_steps<T, G>(w_hh, h0, out_all, T_, B, H, batch_sizes,
+                        [&](int64_t t, int64_t b, int64_t j, int64_t k, const T* pre) {
+      const T* cp = (t == 0 ? c0 : c_all + (t - 1) * B * H) + b * H;
+      T* gr = g_all + (t * B + b) * G * H;
+      const auto gate = [&](int v) { return Vec<T>::loadu(pre + v * VS) + load(gr + v * H + j, k); };
+      lstm_unit<T, Coupled, Peep>(gate, gr, cp, c_all + (t * B + b) * H,
+                                  out_all + (t * B + b) * H, peep, H, j, k);
+    });
+    return;
+  }
+  const Packed<T> w(w_hh.t(), kRecurrentSlot);
+  for (int64_t t = 0; t < T_; ++t) {
+    const int64_t n = live(batch_sizes, t, B);
+    const T* hp = t == 0 ? h0 : out_all + (t - 1) * B * H;
+    const T* cp = t == 0 ? c0 : c_all + (t - 1) * B * H;
+    T* g = g_all + t * B * G * H;
+    gemm<T>(hp, H, n, w, g, G * H, nullptr, true);
+    for_rows(n, G * H, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        T* gr = g + b * G * H;
+        for_columns<T>(H, [&](int64_t j, int64_t k) {
+          const auto gate = [&](int v) { return load(gr + v * H + j, k); };
+          lstm_unit<T, Coupled, Peep>(gate, gr, cp + b * H, c_all + (t * B + b) * H,
+                                      out_all + (t * B + b) * H, peep, H, j, k);
+        });
+      }
+    });
+  }
 }
 
 template <typename T>
@@ -669,51 +729,25 @@ void gru_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& gates, 
 
 template <typename T>
 void lstm_forward_impl(Tensor& gates, Tensor& out, Tensor& cells, const Tensor& h0,
-                       const Tensor& c0, const Tensor& w_hh,
-                       const std::vector<int64_t>& batch_sizes) {
+                       const Tensor& c0, const Tensor& w_hh, const c10::optional<Tensor>& peep,
+                       const std::vector<int64_t>& batch_sizes, bool coupled) {
   const int64_t T_ = gates.size(0), B = gates.size(1), H = out.size(2);
-  T* g_all = gates.data_ptr<T>();
-  T* out_all = out.data_ptr<T>();
-  T* c_all = cells.data_ptr<T>();
-  if (kGatePanels) {
-    lstm_forward_fused<T>(g_all, out_all, c_all, h0.data_ptr<T>(), c0.data_ptr<T>(), w_hh, T_, B,
-                          H, batch_sizes);
-    return;
-  }
-  const Packed<T> w(w_hh.t(), kRecurrentSlot);
-  for (int64_t t = 0; t < T_; ++t) {
-    const int64_t n = live(batch_sizes, t, B);
-    const T* hp = t == 0 ? h0.data_ptr<T>() : out_all + (t - 1) * B * H;
-    const T* cp = (t == 0 ? c0.data_ptr<T>() : c_all + (t - 1) * B * H);
-    T* g = g_all + t * B * 4 * H;
-    gemm<T>(hp, H, n, w, g, 4 * H, nullptr, true);
-    T* o = out_all + t * B * H;
-    T* c = c_all + t * B * H;
-    for_rows(n, 4 * H, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        T* gr = g + b * 4 * H;
-        for_columns<T>(H, [&](int64_t j, int64_t k) {
-          const Vec<T> i = sigmoid(load(gr + j, k));
-          const Vec<T> f = sigmoid(load(gr + H + j, k));
-          const Vec<T> cand = tanh(load(gr + 2 * H + j, k));
-          const Vec<T> og = sigmoid(load(gr + 3 * H + j, k));
-          const Vec<T> cell = f * load(cp + b * H + j, k) + i * cand;
-          store(i, gr + j, k);
-          store(f, gr + H + j, k);
-          store(cand, gr + 2 * H + j, k);
-          store(og, gr + 3 * H + j, k);
-          store(cell, c + b * H + j, k);
-          store(og * tanh(cell), o + b * H + j, k);
-        });
-      }
-    });
-  }
+  const auto run = [&](auto coupled_, auto peep_) {
+    lstm_forward_variant<T, decltype(coupled_)::value, decltype(peep_)::value>(
+        gates.data_ptr<T>(), out.data_ptr<T>(), cells.data_ptr<T>(), h0.data_ptr<T>(),
+        c0.data_ptr<T>(), w_hh, data_or_null<T>(peep), T_, B, H, batch_sizes);
+  };
+  with_variant(coupled, peep.has_value(), run);
 }
 
-template <typename T>
-void lstm_backward_impl(const Tensor& grad_out, Tensor& dh, Tensor& dc, const Tensor& gates,
-                        const Tensor& cells, const Tensor& c0, const Tensor& w_hh,
-                        Tensor& dgates, const std::vector<int64_t>& batch_sizes) {
+// The LSTM's backward for one vector of units [j, j + k) of row b at step t (a backward_steps
+// point): the gates' pre-activation gradients from dh + ∂out_t, and dc ← dc_{t−1}.
+template <typename T, bool Coupled, bool Peep>
+void lstm_backward_variant(const Tensor& grad_out, Tensor& dh, Tensor& dc, const Tensor& gates,
+                           const Tensor& cells, const Tensor& c0, const Tensor& w_hh,
+                           const T* peep, Tensor& dgates,
+                           const std::vector<int64_t>& batch_sizes) {
+  constexpr int G = Coupled ? 3 : 4, GV = G - 2, OV = G - 1;  // the g and o blocks
   const int64_t T_ = gates.size(0), B = gates.size(1), H = cells.size(2);
   const Packed<T> w(w_hh, kRecurrentSlot);  // dh = dgates · W_hh
   const T* go_all = grad_out.data_ptr<T>();
@@ -722,25 +756,151 @@ void lstm_backward_impl(const Tensor& grad_out, Tensor& dh, Tensor& dc, const Te
   T* dg_all = dgates.data_ptr<T>();
   T* dhp = dh.data_ptr<T>();
   T* dcp = dc.data_ptr<T>();
-  // one vector of units [j, j + k) of row b at step t: dgates_t, dc ← dc_{t−1}, from dh + ∂out_t
   const auto point = [&](int64_t t, int64_t b, int64_t j, int64_t k) {
-    const T* gr = g_all + (t * B + b) * 4 * H;
-    T* dgr = dg_all + (t * B + b) * 4 * H;
+    const T* gr = g_all + (t * B + b) * G * H;
+    T* dgr = dg_all + (t * B + b) * G * H;
     const T* c = c_all + t * B * H;
     const T* cp = (t == 0 ? c0.data_ptr<T>() : c_all + (t - 1) * B * H);
     const Vec<T> one(T(1));
-    const Vec<T> i = load(gr + j, k), f = load(gr + H + j, k);
-    const Vec<T> cand = load(gr + 2 * H + j, k), og = load(gr + 3 * H + j, k);
+    const Vec<T> i = load(gr + j, k);
+    const Vec<T> cand = load(gr + GV * H + j, k), og = load(gr + OV * H + j, k);
+    const Vec<T> cprev = load(cp + b * H + j, k);
     const Vec<T> grad = load(dhp + b * H + j, k) + load(go_all + (t * B + b) * H + j, k);
     const Vec<T> tc = tanh(load(c + b * H + j, k));
-    const Vec<T> dcell = load(dcp + b * H + j, k) + grad * og * (one - tc * tc);
-    store(dcell * cand * i * (one - i), dgr + j, k);
-    store(dcell * load(cp + b * H + j, k) * f * (one - f), dgr + H + j, k);
-    store(dcell * i * (one - cand * cand), dgr + 2 * H + j, k);
-    store(grad * tc * og * (one - og), dgr + 3 * H + j, k);
-    store(dcell * f, dcp + b * H + j, k);  // to c_{t−1}
+    const Vec<T> dout = grad * tc * og * (one - og);
+    Vec<T> dcell = load(dcp + b * H + j, k) + grad * og * (one - tc * tc);
+    if constexpr (Peep) dcell = dcell + dout * load(peep + (G - 2) * H + j, k);
+    // coupled: c = c_{t−1} + i ⊙ (g − c_{t−1})
+    const Vec<T> di = dcell * (Coupled ? cand - cprev : cand) * i * (one - i);
+    store(di, dgr + j, k);
+    store(dcell * i * (one - cand * cand), dgr + GV * H + j, k);
+    store(dout, dgr + OV * H + j, k);
+    Vec<T> dprev;  // to c_{t−1}
+    if constexpr (Coupled) {
+      dprev = dcell * (one - i);
+    } else {
+      const Vec<T> f = load(gr + H + j, k);
+      const Vec<T> df = dcell * cprev * f * (one - f);
+      store(df, dgr + H + j, k);
+      dprev = dcell * f;
+      if constexpr (Peep) dprev = dprev + df * load(peep + H + j, k);
+    }
+    if constexpr (Peep) dprev = dprev + di * load(peep + j, k);
+    store(dprev, dcp + b * H + j, k);
   };
-  backward_steps<T>(w, dg_all, 4 * H, dhp, T_, B, H, batch_sizes, false, point);
+  backward_steps<T>(w, dg_all, G * H, dhp, T_, B, H, batch_sizes, false, point);
+}
+
+template <typename T>
+void lstm_backward_impl(const Tensor& grad_out, Tensor& dh, Tensor& dc, const Tensor& gates,
+                        const Tensor& cells, const Tensor& c0, const Tensor& w_hh,
+                        const c10::optional<Tensor>& peep, Tensor& dgates,
+                        const std::vector<int64_t>& batch_sizes, bool coupled) {
+  const auto run = [&](auto coupled_, auto peep_) {
+    lstm_backward_variant<T, decltype(coupled_)::value, decltype(peep_)::value>(
+        grad_out, dh, dc, gates, cells, c0, w_hh, data_or_null<T>(peep), dgates, batch_sizes);
+  };
+  with_variant(coupled, peep.has_value(), run);
+}
+
+template <typename T>
+void mgu_forward_impl(Tensor& gates, Tensor& out, Tensor& rec, const Tensor& h0, const Tensor& w_hh,
+                      const c10::optional<Tensor>& b_hh, const std::vector<int64_t>& batch_sizes) {
+  const int64_t T_ = gates.size(0), B = gates.size(1), H = out.size(2);
+  // f from h first, then n from f ⊙ h: two products a step, each added to its gate's x part
+  const Tensor w_t = w_hh.t();
+  const Packed<T> w_f(w_t.narrow(1, 0, H), kRecurrentSlot);
+  const Packed<T> w_n(w_t.narrow(1, H, H), kSecondSlot);
+  const T* b_f = data_or_null<T>(b_hh);
+  const T* b_n = b_f != nullptr ? b_f + H : nullptr;
+  T* g_all = gates.data_ptr<T>();
+  T* out_all = out.data_ptr<T>();
+  T* rec_all = rec.data_ptr<T>();
+  for (int64_t t = 0; t < T_; ++t) {
+    const int64_t n = live(batch_sizes, t, B);
+    const T* hp = t == 0 ? h0.data_ptr<T>() : out_all + (t - 1) * B * H;
+    T* g = g_all + t * B * 2 * H;
+    T* o = out_all + t * B * H;
+    T* rc = rec_all + t * B * H;
+    gemm<T>(hp, H, n, w_f, g, 2 * H, b_f, true);
+    for_rows(n, 2 * H, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        T* gr = g + b * 2 * H;
+        for_columns<T>(H, [&](int64_t j, int64_t c) {
+          const Vec<T> f = sigmoid(load(gr + j, c));
+          store(f, gr + j, c);
+          store(f * load(hp + b * H + j, c), rc + b * H + j, c);  // f ⊙ h
+        });
+      }
+    });
+    gemm<T>(rc, H, n, w_n, g + H, 2 * H, b_n, true);
+    for_rows(n, 2 * H, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        T* gr = g + b * 2 * H;
+        for_columns<T>(H, [&](int64_t j, int64_t c) {
+          const Vec<T> cand = tanh(load(gr + H + j, c));
+          const Vec<T> f = load(gr + j, c);
+          const Vec<T> h = load(hp + b * H + j, c);
+          store(cand, gr + H + j, c);
+          store(h + f * (cand - h), o + b * H + j, c);  // (1 − f) ⊙ h + f ⊙ n
+        });
+      }
+    });
+  }
+}
+
+template <typename T>
+void mgu_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& gates, const Tensor& out,
+                       const Tensor& h0, const Tensor& w_hh, Tensor& dgates,
+                       const std::vector<int64_t>& batch_sizes) {
+  const int64_t T_ = gates.size(0), B = gates.size(1), H = out.size(2);
+  const Packed<T> w_f(w_hh.narrow(0, 0, H), kRecurrentSlot);  // dh += df · U_f
+  const Packed<T> w_n(w_hh.narrow(0, H, H), kSecondSlot);     // ∂/∂(f ⊙ h) = dn · U_n
+  Tensor scratch = at::empty({B, H}, gates.options());
+  const T* go_all = grad_out.data_ptr<T>();
+  const T* g_all = gates.data_ptr<T>();
+  T* dg_all = dgates.data_ptr<T>();
+  T* dhp = dh.data_ptr<T>();
+  T* dfh = scratch.data_ptr<T>();
+  for (int64_t t = T_ - 1; t >= 0; --t) {
+    const int64_t n = live(batch_sizes, t, B);
+    const T* hp = t == 0 ? h0.data_ptr<T>() : out.data_ptr<T>() + (t - 1) * B * H;
+    const T* go = go_all + t * B * H;
+    const T* g = g_all + t * B * 2 * H;
+    T* dg = dg_all + t * B * 2 * H;
+    // dn, f's gradient through the update, and dh ← the direct path
+    for_rows(n, 2 * H, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const T* gr = g + b * 2 * H;
+        T* dgr = dg + b * 2 * H;
+        for_columns<T>(H, [&](int64_t j, int64_t c) {
+          const Vec<T> one(T(1));
+          const Vec<T> grad = load(dhp + b * H + j, c) + load(go + b * H + j, c);
+          const Vec<T> f = load(gr + j, c), cand = load(gr + H + j, c);
+          const Vec<T> h = load(hp + b * H + j, c);
+          store(grad * f * (one - cand * cand), dgr + H + j, c);
+          store(grad * (cand - h) * f * (one - f), dgr + j, c);
+          store(grad * (one - f), dhp + b * H + j, c);
+        });
+      }
+    });
+    gemm<T>(dg + H, 2 * H, n, w_n, dfh, H, nullptr, false);
+    // f's gradient through f ⊙ h, and dh ← f ⊙ ∂/∂(f ⊙ h)
+    for_rows(n, H, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const T* gr = g + b * 2 * H;
+        T* dgr = dg + b * 2 * H;
+        for_columns<T>(H, [&](int64_t j, int64_t c) {
+          const Vec<T> one(T(1));
+          const Vec<T> d = load(dfh + b * H + j, c);
+          const Vec<T> f = load(gr + j, c);
+          store(load(dgr + j, c) + d * load(hp + b * H + j, c) * f * (one - f), dgr + j, c);
+          store(load(dhp + b * H + j, c) + d * f, dhp + b * H + j, c);
+        });
+      }
+    });
+    gemm<T>(dg, 2 * H, n, w_f, dhp, H, nullptr, true);
+  }
 }
 
 template <typename T>
@@ -835,19 +995,39 @@ void gru_backward(const Tensor& grad_out, Tensor dh, const Tensor& gates, const 
 }
 
 void lstm_forward(Tensor gates, Tensor out, Tensor cells, const Tensor& h0, const Tensor& c0,
-                  const Tensor& w_hh, const std::vector<int64_t>& batch_sizes) {
+                  const Tensor& w_hh, const c10::optional<Tensor>& peep,
+                  const std::vector<int64_t>& batch_sizes, bool coupled) {
   const Untraced untraced;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_forward", [&] {
-    lstm_forward_impl<scalar_t>(gates, out, cells, h0, c0, w_hh, batch_sizes);
+    lstm_forward_impl<scalar_t>(gates, out, cells, h0, c0, w_hh, peep, batch_sizes, coupled);
   });
 }
 
 void lstm_backward(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& gates,
-                   const Tensor& cells, const Tensor& c0, const Tensor& w_hh, Tensor dgates,
-                   const std::vector<int64_t>& batch_sizes) {
+                   const Tensor& cells, const Tensor& c0, const Tensor& w_hh,
+                   const c10::optional<Tensor>& peep, Tensor dgates,
+                   const std::vector<int64_t>& batch_sizes, bool coupled) {
   const Untraced untraced;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
-    lstm_backward_impl<scalar_t>(grad_out, dh, dc, gates, cells, c0, w_hh, dgates, batch_sizes);
+    lstm_backward_impl<scalar_t>(grad_out, dh, dc, gates, cells, c0, w_hh, peep, dgates,
+                                 batch_sizes, coupled);
+  });
+}
+
+void mgu_forward(Tensor gates, Tensor out, Tensor rec, const Tensor& h0, const Tensor& w_hh,
+                 const c10::optional<Tensor>& b_hh, const std::vector<int64_t>& batch_sizes) {
+  const Untraced untraced;
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "mgu_forward", [&] {
+    mgu_forward_impl<scalar_t>(gates, out, rec, h0, w_hh, b_hh, batch_sizes);
+  });
+}
+
+void mgu_backward(const Tensor& grad_out, Tensor dh, const Tensor& gates, const Tensor& out,
+                  const Tensor& h0, const Tensor& w_hh, Tensor dgates,
+                  const std::vector<int64_t>& batch_sizes) {
+  const Untraced untraced;
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "mgu_backward", [&] {
+    mgu_backward_impl<scalar_t>(grad_out, dh, gates, out, h0, w_hh, dgates, batch_sizes);
   });
 }
 
@@ -873,8 +1053,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("matmul", &matmul, "a · r (+ bias) for a few hundred rows and more, packed");
   m.def("gru_forward", &gru_forward, "GRU forward time loop, in place");
   m.def("gru_backward", &gru_backward, "GRU backward time loop, in place");
-  m.def("lstm_forward", &lstm_forward, "LSTM forward time loop, in place");
-  m.def("lstm_backward", &lstm_backward, "LSTM backward time loop, in place");
+  m.def("lstm_forward", &lstm_forward, "LSTM forward time loop (peepholes, coupled), in place");
+  m.def("lstm_backward", &lstm_backward, "LSTM backward time loop (peepholes, coupled), in place");
+  m.def("mgu_forward", &mgu_forward, "MGU forward time loop, in place");
+  m.def("mgu_backward", &mgu_backward, "MGU backward time loop, in place");
   m.def("rnn_forward", &rnn_forward, "RNN forward time loop, in place");
   m.def("rnn_backward", &rnn_backward, "RNN backward time loop, in place");
 }
