@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -52,6 +53,31 @@ def test_bench_smoke_writes_json(tmp_path, capsys):
     assert "GRU time / LSTM time" in capsys.readouterr().out
     assert data["environment"]["device"] == "cpu"
     assert data["environment"]["cpu_gemm"] in ("blas", "ours")
+
+
+def test_bench_times_variants_against_their_familys_torch_layer(tmp_path, capsys):
+    """A cell torch.nn lacks runs against torch.nn's standard cell of its family, named in the
+    table and the JSON; a torch.nn cell against its own."""
+    import json
+
+    out = tmp_path / "bench.json"
+    cells = "gru,lstm:peepholes=true:forget_bias=1,mgu"
+    assert main(["bench", "--smoke", "--cells", cells, "--out", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    against = {r["cell"]: r["against"] for r in results}
+    assert against == {"gru": "torch.nn.GRU", "lstm:peepholes=true:forget_bias=1": "torch.nn.LSTM",
+                       "mgu": "torch.nn.GRU"}  # fmt: skip
+    assert all(r["median_ms"] > 0 for r in results)
+    printed = capsys.readouterr().out
+    assert "lstm:peepholes=true:forget_b" in printed and "against" in printed
+    for bad, message in [
+        ("gru:peepholes=true", "--cells: 'gru:peepholes=true': .*unexpected keyword.*'peepholes'"),
+        ("gru:reset=middle", "--cells: 'gru:reset=middle': .*'reset'.*'middle'"),
+        ("gru:reset", "--cells: expected CELL or CELL:KEY=VALUE"),
+        ("lstmm", "--cells: unknown cell 'lstmm'; expected one of rnn, lstm, gru, mgu"),
+    ]:
+        assert main(["bench", "--smoke", "--cells", bad]) == 2
+        assert re.search(message, " ".join(capsys.readouterr().err.split())), bad
 
 
 def test_bench_shows_the_cases_a_backend_cannot_run(tmp_path, capsys):
@@ -233,6 +259,6 @@ def test_counts_on_the_command_line_are_checked(argv, message, capsys):
 
 
 def test_bench_names_an_unknown_cell(capsys):
-    assert main(["bench", "--cells", "gru,mgu", "--smoke"]) == 2
+    assert main(["bench", "--cells", "gru,mglu", "--smoke"]) == 2
     out = " ".join(capsys.readouterr().err.split())
-    assert "unknown cell 'mgu'; expected one of rnn, lstm, gru" in out
+    assert "unknown cell 'mglu'; expected one of rnn, lstm, gru, mgu, mingru, minlstm" in out

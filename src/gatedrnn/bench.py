@@ -1,8 +1,11 @@
 """Layer speed and memory against torch.nn: the measurements behind ``gatedrnn bench``.
 
 For each cell × hidden size × batch size, a torch.nn layer and ours with the same weights run
-forward-only (under ``no_grad``) and forward+backward; the implementations are interleaved within
-each repeat so both see the same machine state, and the median of the repeats after warm-up is
+forward-only (under ``no_grad``) and forward+backward; a cell torch.nn lacks (a variant written
+``CELL:KEY=VALUE``, such as ``lstm:peepholes=true``, or the MGU) runs against torch.nn's
+standard cell of its family (:data:`FAMILY`: the GRU for the MGU and minGRU), with weights of
+its own. The implementations are interleaved within each repeat so both see the same machine
+state, and the median of the repeats after warm-up is
 reported (on a GPU, synchronized around each call: torch.nn runs cuDNN there). Bytes saved for
 backward are counted with saved-tensor hooks (unique storages), which is device-independent. The
 minor page faults of each call are recorded too (median per call, where the platform counts
@@ -30,12 +33,18 @@ from gatedrnn.backends.cpu import blas_products, cpu_info
 __all__ = ["BenchResult", "run_benchmark", "saved_bytes"]
 
 TORCH_LAYERS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-OUR_LAYERS = {"rnn": gatedrnn.RNN, "lstm": gatedrnn.LSTM, "gru": gatedrnn.GRU}
+OUR_LAYERS = {
+    "rnn": gatedrnn.RNN, "lstm": gatedrnn.LSTM, "gru": gatedrnn.GRU, "mgu": gatedrnn.MGU,
+    "mingru": gatedrnn.MinGRU, "minlstm": gatedrnn.MinLSTM,
+}  # fmt: skip
+FAMILY = {"rnn": "rnn", "lstm": "lstm", "gru": "gru", "mgu": "gru", "mingru": "gru",
+          "minlstm": "lstm"}  # fmt: skip
+"""The torch.nn layer each of our cells is timed against."""
 
 
 @dataclass
 class BenchResult:
-    cell: str
+    cell: str  # as written: ``gru``, ``lstm:peepholes=true``
     hidden: int
     batch: int
     steps: int
@@ -46,6 +55,7 @@ class BenchResult:
     saved_bytes: int | None = None  # for forward+backward only
     minor_faults: float | None = None  # median per call; None where not counted
     skipped: str | None = None
+    against: str = ""  # the torch.nn layer it ran against (its own cell's, or its family's)
 
 
 def saved_bytes(fn: Callable[[], torch.Tensor], parameters: Iterable[torch.Tensor] = ()) -> int:
@@ -107,31 +117,28 @@ def run_benchmark(
     device: str | torch.device = "cpu",
 ) -> list[BenchResult]:
     """Time every configuration on ``device``; returns one :class:`BenchResult` per
-    implementation × case. A backend that cannot run a case (the triton kernels have no plain
+    implementation × case. ``cells`` as a command line writes them (``gru``,
+    ``lstm:peepholes=true``). A backend that cannot run a case (the triton kernels have no plain
     RNN, say) gets a result with no time and the reason in ``skipped``."""
     from gatedrnn.backends import BackendUnsupportedError, resolve_backend
 
     device = torch.device(device)
     cuda = device.type == "cuda"
-    cells = list(cells)
-    unknown = [cell for cell in cells if cell not in TORCH_LAYERS]
-    if unknown:
-        raise ValueError(
-            f"bench: unknown cell {unknown[0]!r}; expected one of {', '.join(TORCH_LAYERS)} (the "
-            "cells torch.nn has, to time against)"
-        )
+    cells = {text: _cell(text) for text in cells}  # checked before anything is timed
     results: list[BenchResult] = []
-    for cell in cells:
+    for cell, (kind, options) in cells.items():
+        against = f"torch.nn.{TORCH_LAYERS[FAMILY[kind]].__name__}"
         for hidden in hidden_sizes:
             for batch in batch_sizes:
                 torch.manual_seed(0)
-                reference = TORCH_LAYERS[cell](hidden, hidden).to(device)
+                reference = TORCH_LAYERS[FAMILY[kind]](hidden, hidden).to(device)
                 x = torch.randn(steps, batch, hidden, device=device)
                 impls: dict[str, nn.Module] = {"torch.nn": reference}
                 skipped: dict[str, str] = {}
                 for backend in backends:
-                    ours = OUR_LAYERS[cell](hidden, hidden, backend=backend).to(device)
-                    ours.load_state_dict(reference.state_dict())
+                    ours = OUR_LAYERS[kind](hidden, hidden, backend=backend, **options).to(device)
+                    if ours.spec.torch_lacks is None and not options:  # torch.nn's own weights
+                        ours.load_state_dict(reference.state_dict())
                     try:  # the layer's own choice, without running it
                         resolve_backend(backend, ours.config, x)
                     except BackendUnsupportedError as error:
@@ -170,17 +177,42 @@ def run_benchmark(
                         result = BenchResult(
                             cell, hidden, batch, steps, mode, name, median, times[name], nbytes
                         )
-                        result.minor_faults = fault
+                        result.minor_faults, result.against = fault, against
                         results.append(result)
                     for name, reason in skipped.items():
                         results.append(
                             BenchResult(
-                                cell, hidden, batch, steps, mode, name, None, skipped=reason
+                                cell,
+                                hidden,
+                                batch,
+                                steps,
+                                mode,
+                                name,
+                                None,
+                                skipped=reason,
+                                against=against,
                             )
                         )
                     if progress:
                         progress(f"{cell} H={hidden} B={batch} {mode}")
     return results
+
+
+def _cell(text: str) -> tuple[str, dict[str, object]]:
+    """``--cells``' entry ``text``: (kind, layer options), checked by building the layer once."""
+    from gatedrnn.nn.spec import parse_cell
+
+    try:
+        kind, options = parse_cell(text)
+    except ValueError as error:
+        raise ValueError(f"--cells: {error}") from None
+    if kind not in OUR_LAYERS:
+        raise ValueError(f"--cells: unknown cell {kind!r}; expected one of {', '.join(OUR_LAYERS)}")
+    try:
+        OUR_LAYERS[kind](2, 2, **options)
+    except (TypeError, ValueError) as error:  # a keyword the layer does not take, a bad value
+        raise ValueError(f"--cells: {text!r}: {error}") from None
+    return kind, options
 
 
 def environment(device: str | torch.device = "cpu") -> dict[str, object]:

@@ -115,10 +115,12 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         box=box.SIMPLE_HEAD,
     )
     memory = Table(title="Bytes saved for backward, ours / torch.nn", box=box.SIMPLE_HEAD)
-    for column in ("cell", "H", "B", "mode", "torch ms"):
-        table.add_column(column, justify="left" if column in ("cell", "mode") else "right")
-    for column in ("cell", "H", "B", "torch MB"):
-        memory.add_column(column, justify="left" if column == "cell" else "right")
+    for column in ("cell", "against", "H", "B", "mode", "torch ms"):
+        table.add_column(
+            column, justify="left" if column in ("cell", "against", "mode") else "right"
+        )
+    for column in ("cell", "against", "H", "B", "torch MB"):
+        memory.add_column(column, justify="left" if column in ("cell", "against") else "right")
     for backend in args.backends:
         table.add_column(f"{backend} ms", justify="right")
         table.add_column("ratio", justify="right")
@@ -126,8 +128,10 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     for r in results:
         if r.impl != "torch.nn":
             continue
-        row = [r.cell, str(r.hidden), str(r.batch), _short(r.mode), f"{r.median_ms:.2f}"]
-        saved = [r.cell, str(r.hidden), str(r.batch), f"{(r.saved_bytes or 0) / 1e6:.2f}"]
+        against = r.against.removeprefix("torch.nn.")  # a variant: its family's standard layer
+        row = [r.cell, against, str(r.hidden), str(r.batch), _short(r.mode), f"{r.median_ms:.2f}"]
+        saved = [r.cell, against, str(r.hidden), str(r.batch),
+                 f"{(r.saved_bytes or 0) / 1e6:.2f}"]  # fmt: skip
         for backend in args.backends:
             ours = by_key[(r.cell, r.hidden, r.batch, r.mode, f"gatedrnn:{backend}")]
             if ours.median_ms is None:  # the backend cannot run this cell
@@ -288,7 +292,7 @@ def _count(minimum: int) -> Callable[[str], int]:
 
 def _key_value(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` with VALUE read as an int, a float, true/false, or else kept as text."""
-    from gatedrnn.study.spec import literal
+    from gatedrnn.nn.spec import literal
 
     key, sep, raw = text.partition("=")
     if not sep or not key:
@@ -721,7 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cells",
         type=_csv(str),
         default=["rnn", "lstm", "gru"],
-        help="comma-separated cells (default rnn,lstm,gru)",
+        help="comma-separated cells (default rnn,lstm,gru); a variant as CELL:KEY=VALUE, e.g. "
+        "lstm:peepholes=true, or mgu, runs against torch.nn's standard cell of its family",
     )
     bench.add_argument(
         "--hidden", type=_csv(_count(1)), default=[128, 256, 512], help="hidden sizes"

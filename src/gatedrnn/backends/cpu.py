@@ -918,8 +918,8 @@ class CpuBackend:
         # The variants torch has no kernel for (the GRU with the reset before, the LSTM's
         # peepholes and coupled gate, the MGU) are ours or the reference loop's, and ours won
         # everywhere (benchmarks/variant_speed.py, H 128–256, B 1–32): the compiled loops
-        # 1.5–25× faster than the reference, the PyTorch twins 1.2–1.8× forward-only and
-        # 1.3–3× with the backward.
+        # 1.4–20× faster than the reference, the PyTorch twins 1.15–2× forward-only and
+        # 1.3–3.4× with the backward.
         spec = config.spec
         if spec.torch_lacks is not None:
             return None

@@ -28,7 +28,9 @@ __all__ = [
     "CELL_KINDS",
     "CellSpec",
     "StepCost",
+    "literal",
     "make_spec",
+    "parse_cell",
     "spec_from_options",
     "variant_options",
 ]
@@ -222,6 +224,38 @@ def variant_options(kind: str) -> dict[str, object]:
     if kind not in _OPTIONS:
         raise ValueError(f"unknown cell {kind!r}; expected one of: {', '.join(CELL_KINDS)}")
     return dict(_OPTIONS[kind])
+
+
+def literal(text: str) -> bool | int | float | str:
+    """A value written on a command line: true/false, an int, a float, or else the text."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_cell(text: str) -> tuple[str, dict[str, object]]:
+    """A cell as a command line writes it, ``gru`` or ``CELL:KEY=VALUE[:KEY=VALUE…]``: its kind
+    and its layer options (values through :func:`literal`), not yet checked against the kind.
+
+    >>> parse_cell("lstm:peepholes=true:forget_bias=1")
+    ('lstm', {'peepholes': True, 'forget_bias': 1})
+    """
+    kind, *pairs = text.split(":")
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or key in options or key in ("cell", "label"):
+            raise ValueError(
+                f"expected CELL or CELL:KEY=VALUE[:KEY=VALUE…] such as gru:reset=before, "
+                f"got {text!r}"
+            )
+        options[key] = literal(value)
+    return kind, options
 
 
 def spec_from_options(kind: str, options: dict[str, object]) -> CellSpec:

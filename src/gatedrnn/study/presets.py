@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gatedrnn.study.spec import StudySpec, literal, parse_study
+from gatedrnn.nn.spec import parse_cell
+from gatedrnn.study.spec import StudySpec, parse_study
 
 __all__ = ["SCALES", "cell_entry", "compare_study"]
 
@@ -52,19 +53,11 @@ def cell_entry(text: str) -> str | dict[str, Any]:
     >>> cell_entry("gru:reset=before")
     {'cell': 'gru', 'label': 'gru:reset=before', 'reset': 'before'}
     """
-    cell, *pairs = text.split(":")
-    if not pairs:
-        return cell
-    entry: dict[str, Any] = {"cell": cell, "label": text}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key or key in entry:
-            raise ValueError(
-                f"--cells: expected CELL or CELL:KEY=VALUE[:KEY=VALUE…] such as "
-                f"gru:reset=before, got {text!r}"
-            )
-        entry[key] = literal(value)
-    return entry
+    try:
+        cell, options = parse_cell(text)
+    except ValueError as error:
+        raise ValueError(f"--cells: {error}") from None
+    return {"cell": cell, "label": text, **options} if options else cell
 
 
 def compare_study(

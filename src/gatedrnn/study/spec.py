@@ -251,18 +251,6 @@ def parse_study(raw: dict[str, Any], default_name: str = "study") -> StudySpec:
     return spec
 
 
-def literal(text: str) -> bool | int | float | str:
-    """A value written on a command line: true/false, an int, a float, or else the text."""
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def stored_study(values: dict[str, Any]) -> StudySpec:
     """The spec a study's database keeps (``StudySpec.to_dict`` as stored), checked again."""
     raw = {key: value for key, value in values.items() if key != "cells"}
