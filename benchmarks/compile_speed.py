@@ -12,7 +12,6 @@ Nothing here is asserted in CI.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import gatedrnn  # noqa: E402
+from gatedrnn.atomic import write_json  # noqa: E402
 
 ARMS = ("torch.nn eager", "torch.nn compiled", "ours eager", "ours compiled")
 
@@ -105,7 +105,7 @@ def main() -> int:
         "threads": torch.get_num_threads(),
         "results": results,
     }
-    args.out.write_text(json.dumps(document, indent=2))
+    write_json(args.out, document, indent=2)
     print(f"wrote {args.out}")
     return 0
 

@@ -22,7 +22,6 @@ is asserted in CI.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import gatedrnn  # noqa: E402
-from gatedrnn.atomic import write_atomic  # noqa: E402
+from gatedrnn.atomic import write_json  # noqa: E402
 
 VARIANT = {"gru": {"reset": "before"}, "lstm": {"peepholes": True}}
 
@@ -137,7 +136,7 @@ def main() -> int:
         "onnxruntime": ort.__version__,
         "results": results,
     }
-    write_atomic(args.out, lambda path: path.write_text(json.dumps(document, indent=2)))
+    write_json(args.out, document, indent=2)
     print(f"wrote {args.out}")
     return 0
 

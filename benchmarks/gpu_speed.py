@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from gatedrnn.atomic import write_atomic  # noqa: E402
+from gatedrnn.atomic import write_json  # noqa: E402
 from gatedrnn.backends.gpu_tune import (  # noqa: E402
     AGREEMENT,
     DTYPES,
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for job in jobs:
         rows.extend(measure(*job, T=args.T, graphs=args.graphs))
-        args.out.with_suffix(".partial.json").write_text(json.dumps(rows))  # kept if cut off
+        write_json(args.out.with_suffix(".partial.json"), rows)  # kept if cut off
         last = rows[-1]
         print(
             f"{job}: fwd+bwd ours {last['ours_us_per_step']} cudnn {last['cudnn_us_per_step']}",
@@ -301,8 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         "tuning": tuning,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_json(args.out, result)
     # the partial rows were for a cut-off run (the device tool brings back only a few files)
     args.out.with_suffix(".partial.json").unlink(missing_ok=True)
     print_table(rows, device)
@@ -395,7 +394,7 @@ def sweep(
                     flush=True,
                 )
             # after every variant, so a run cut off by its time limit keeps what it measured
-            write_atomic(out, lambda path: path.write_text(json.dumps(results, indent=1)))
+            write_json(out, results)
         if write:  # after every shape, for the same reason
             shape = [row for row in results if (row["cell"], row["dtype"], row["B"], row["H"])
                      == (cell, dtype_name, B, H)]  # fmt: skip
@@ -534,7 +533,7 @@ def write_table(rows: list[dict], device: str) -> None:
                 entry["tuning"] = _variant(row["tuning"])
             merged[key(entry)] = entry
     table["devices"][device] = sorted(merged.values(), key=key)
-    write_atomic(TABLE_PATH, lambda path: path.write_text(json.dumps(table, indent=1) + "\n"))
+    write_json(TABLE_PATH, table)
     print(f"wrote {TABLE_PATH}")
 
 

@@ -11,7 +11,6 @@ every epoch (the bare loop does not), which shows what durability costs.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from gatedrnn.atomic import write_json  # noqa: E402
 from gatedrnn.tasks import build_task  # noqa: E402
 from gatedrnn.train import TrainConfig, train  # noqa: E402
 
@@ -87,7 +87,7 @@ def main() -> int:
     result = {"config": config.to_dict(), "checkpoint": args.checkpoint, "times": times,
               "median_seconds": medians, "overhead": ratio - 1}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_json(args.out, result)
     per_epoch = {k: v / args.epochs for k, v in medians.items()}
     print(
         f"{args.task}/{args.cell} H={args.hidden}, {args.epochs} epochs, median of {args.repeats}"

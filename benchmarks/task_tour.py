@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from gatedrnn.atomic import write_json  # noqa: E402
 from gatedrnn.train import TrainConfig, train  # noqa: E402
 
 # task → (config overrides, task options): small enough for a 2-core CPU in about a minute each
@@ -77,7 +78,7 @@ def main() -> int:
                 flush=True,
             )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=1))
+    write_json(args.out, rows)
     return 0
 
 

@@ -1,14 +1,15 @@
 """Writing a file so that it is never seen half-written: results, checkpoints, reports and
-downloads all go through :func:`write_atomic`."""
+downloads all go through :func:`write_atomic` (JSON documents through :func:`write_json`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["write_atomic"]
+__all__ = ["write_atomic", "write_json"]
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -29,3 +30,8 @@ def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json(path: str | Path, data: object, indent: int = 1) -> Path:
+    """``data`` as JSON at ``path``, atomically (:func:`write_atomic`)."""
+    return write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=indent) + "\n"))

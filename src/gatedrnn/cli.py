@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from gatedrnn.atomic import write_atomic
+from gatedrnn.atomic import write_json
 from gatedrnn.nn.counting import count_parameters, hidden_for_budget
 from gatedrnn.nn.spec import CellSpec, make_spec
 from gatedrnn.train.config import HELP, TrainConfig
@@ -168,7 +167,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     for reason in reasons:
         console.print(f"—: {escape(reason)}", soft_wrap=True)
     if args.out:
-        write_json_atomic(args.out, to_json(results, device))
+        write_json(args.out, to_json(results, device))
         console.print(f"wrote {args.out}")
     return 0
 
@@ -256,10 +255,6 @@ def _gpu_tune(args: argparse.Namespace, console: Console) -> int:
 
 def _short(mode: str) -> str:
     return mode.replace("forward", "fwd").replace("backward", "bwd")
-
-
-def write_json_atomic(path: str, data: object) -> None:
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
 
 
 def _csv(kind: Callable[[str], object]) -> Callable[[str], list]:
@@ -431,7 +426,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     console.print(f"{result.status}{why}; {best}; test {test}")
     console.print(f"{result.parameters} parameters; backend {result.backend}")
     if args.out:
-        write_json_atomic(args.out, result.to_dict())
+        write_json(args.out, result.to_dict())
         console.print(f"wrote {args.out}")
     return 0 if result.status != "diverged" else 1
 
