@@ -61,18 +61,26 @@ def test_bench_times_variants_against_their_familys_torch_layer(tmp_path, capsys
     import json
 
     out = tmp_path / "bench.json"
-    cells = "gru,lstm:peepholes=true:forget_bias=1,mgu"
+    cells = "gru,lstm:peepholes=true:forget_bias=1,mgu,lstm:proj_size=3"
     assert main(["bench", "--smoke", "--cells", cells, "--out", str(out)]) == 0
     results = json.loads(out.read_text())["results"]
     against = {r["cell"]: r["against"] for r in results}
-    assert against == {"gru": "torch.nn.GRU", "lstm:peepholes=true:forget_bias=1": "torch.nn.LSTM",
-                       "mgu": "torch.nn.GRU"}  # fmt: skip
+    assert against == {
+        "gru": "torch.nn.GRU",
+        "lstm:peepholes=true:forget_bias=1": "torch.nn.LSTM",
+        "mgu": "torch.nn.GRU",
+        "lstm:proj_size=3": "torch.nn.LSTM(proj_size=3)",  # torch.nn takes that option too
+    }
     assert all(r["median_ms"] > 0 for r in results)
     printed = capsys.readouterr().out
     assert "lstm:peepholes=true:forget_b" in printed and "against" in printed
     for bad, message in [
-        ("gru:peepholes=true", "--cells: 'gru:peepholes=true': .*unexpected keyword.*'peepholes'"),
-        ("gru:reset=middle", "--cells: 'gru:reset=middle': .*'reset'.*'middle'"),
+        (
+            "gru:peepholes=true",
+            "--cells: 'gru:peepholes=true' at .*unexpected keyword.*'peepholes'",
+        ),
+        ("gru:reset=middle", "--cells: 'gru:reset=middle' at .*'reset'.*'middle'"),
+        ("lstm:proj_size=40", "'lstm:proj_size=40' at hidden size 32: LSTM: proj_size must be"),
         ("gru:reset", "--cells: expected CELL or CELL:KEY=VALUE"),
         ("lstmm", "--cells: unknown cell 'lstmm'; expected one of rnn, lstm, gru, mgu"),
     ]:

@@ -2,17 +2,17 @@
 
 For each cell × hidden size × batch size, a torch.nn layer and ours with the same weights run
 forward-only (under ``no_grad``) and forward+backward; a cell torch.nn lacks (a variant written
-``CELL:KEY=VALUE``, such as ``lstm:peepholes=true``, or the MGU) runs against torch.nn's
-standard cell of its family (:data:`FAMILY`: the GRU for the MGU and minGRU), with weights of
-its own. The implementations are interleaved within each repeat so both see the same machine
-state, and the median of the repeats after warm-up is
-reported (on a GPU, synchronized around each call: torch.nn runs cuDNN there). Bytes saved for
-backward are counted with saved-tensor hooks (unique storages), which is device-independent. The
-minor page faults of each call are recorded too (median per call, where the platform counts
-them): a multi-megabyte buffer that the allocator hands back as fresh pages costs ~1 µs per 4 KiB
-page, which at B=1 can be as much as the arithmetic, and which side pays depends on the heap's
-state, so the faults explain timings that move between runs. Nothing here is asserted: the
-numbers are written as JSON and printed.
+``CELL:KEY=VALUE``, such as ``lstm:peepholes=true``, or the MGU) runs against torch.nn's standard
+cell of its family (:data:`FAMILY`: the GRU for the MGU and minGRU), with weights of its own;
+options torch.nn takes too (``lstm:proj_size=64``, ``gru:bias=false``) go to both. The
+implementations are interleaved within each repeat so both see the same machine state, and the
+median of the repeats after warm-up is reported (on a GPU, synchronized around each call: torch.nn
+runs cuDNN there). Bytes saved for backward are counted with saved-tensor hooks (unique storages),
+which is device-independent. The minor page faults of each call are recorded too (median per call,
+where the platform counts them): a multi-megabyte buffer that the allocator hands back as fresh
+pages costs ~1 µs per 4 KiB page, which at B=1 can be as much as the arithmetic, and which side
+pays depends on the heap's state, so the faults explain timings that move between runs. Nothing
+here is asserted: the numbers are written as JSON and printed.
 """
 
 from __future__ import annotations
@@ -124,20 +124,24 @@ def run_benchmark(
 
     device = torch.device(device)
     cuda = device.type == "cuda"
-    cells = {text: _cell(text) for text in cells}  # checked before anything is timed
+    hidden_sizes = list(hidden_sizes)
+    cells = {text: _cell(text, hidden_sizes) for text in cells}  # checked before any timing
     results: list[BenchResult] = []
     for cell, (kind, options) in cells.items():
-        against = f"torch.nn.{TORCH_LAYERS[FAMILY[kind]].__name__}"
+        theirs, same = _torch_counterpart(kind, options)
+        against = f"torch.nn.{TORCH_LAYERS[FAMILY[kind]].__name__}" + "".join(
+            f"({', '.join(f'{k}={v}' for k, v in theirs.items())})" if theirs else ""
+        )
         for hidden in hidden_sizes:
             for batch in batch_sizes:
                 torch.manual_seed(0)
-                reference = TORCH_LAYERS[FAMILY[kind]](hidden, hidden).to(device)
+                reference = TORCH_LAYERS[FAMILY[kind]](hidden, hidden, **theirs).to(device)
                 x = torch.randn(steps, batch, hidden, device=device)
                 impls: dict[str, nn.Module] = {"torch.nn": reference}
                 skipped: dict[str, str] = {}
                 for backend in backends:
                     ours = OUR_LAYERS[kind](hidden, hidden, backend=backend, **options).to(device)
-                    if ours.spec.torch_lacks is None and not options:  # torch.nn's own weights
+                    if same:  # torch.nn's own weights
                         ours.load_state_dict(reference.state_dict())
                     try:  # the layer's own choice, without running it
                         resolve_backend(backend, ours.config, x)
@@ -198,8 +202,9 @@ def run_benchmark(
     return results
 
 
-def _cell(text: str) -> tuple[str, dict[str, object]]:
-    """``--cells``' entry ``text``: (kind, layer options), checked by building the layer once."""
+def _cell(text: str, hidden_sizes: list[int]) -> tuple[str, dict[str, object]]:
+    """``--cells``' entry ``text``: (kind, layer options), checked by building the layer at
+    each hidden size (a projection must be smaller)."""
     from gatedrnn.nn.spec import parse_cell
 
     try:
@@ -208,11 +213,28 @@ def _cell(text: str) -> tuple[str, dict[str, object]]:
         raise ValueError(f"--cells: {error}") from None
     if kind not in OUR_LAYERS:
         raise ValueError(f"--cells: unknown cell {kind!r}; expected one of {', '.join(OUR_LAYERS)}")
-    try:
-        OUR_LAYERS[kind](2, 2, **options)
-    except (TypeError, ValueError) as error:  # a keyword the layer does not take, a bad value
-        raise ValueError(f"--cells: {text!r}: {error}") from None
+    for hidden in hidden_sizes:
+        try:
+            OUR_LAYERS[kind](hidden, hidden, **options)
+        except (TypeError, ValueError) as error:  # a keyword the layer does not take, a value
+            raise ValueError(f"--cells: {text!r} at hidden size {hidden}: {error}") from None
     return kind, options
+
+
+# the layer options torch.nn's layers take too (the rest are ours: variants, init, forget_bias)
+_TORCH_OPTIONS = ("bias", "nonlinearity", "proj_size")
+
+
+def _torch_counterpart(kind: str, options: dict[str, object]) -> tuple[dict[str, object], bool]:
+    """The options of the torch.nn layer ``kind`` with ``options`` is timed against (its own
+    cell's, with the options torch.nn takes; or its family's standard one), and whether the two
+    compute the same function (then they share weights)."""
+    from gatedrnn.nn.spec import spec_from_options
+
+    if spec_from_options(kind, options).torch_lacks is not None:
+        return {}, False
+    theirs = {k: v for k, v in options.items() if k in _TORCH_OPTIONS}
+    return theirs, len(theirs) == len(options)
 
 
 def environment(device: str | torch.device = "cpu") -> dict[str, object]:

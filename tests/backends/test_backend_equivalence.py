@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import gatedrnn
 from gatedrnn.backends import available_backends, get_backend
 from tests.conftest import assert_close
 from tests.nn.torch_pairs import run
@@ -15,8 +16,15 @@ T, B, I, H = 7, 4, 3, 5
 OTHERS = [name for name in available_backends() if name != "reference"]
 
 
+# the layers' own options besides the cells' variants: the LSTM's projection
+LAYER_VARIANTS = [
+    (gatedrnn.LSTM, None, {"proj_size": 3}),
+    (gatedrnn.LSTM, None, {"proj_size": 2, "peepholes": True, "coupled": True}),
+]
+
+
 @pytest.mark.parametrize("backend", OTHERS)
-@pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
+@pytest.mark.parametrize("variant", VARIANTS + LAYER_VARIANTS, ids=variant_id)
 @pytest.mark.parametrize("form", ["padded", "packed"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_backend_matches_reference(backend, variant, form, dtype):

@@ -55,10 +55,12 @@ def test_fallback_warns_once_and_computes_the_same(no_extension):
         ("LSTM", {"peepholes": True}),
         ("LSTM", {"coupled": True}),
         ("LSTM", {"coupled": True, "peepholes": True}),
+        ("LSTM", {"proj_size": 29}),
+        ("LSTM", {"proj_size": 17, "peepholes": True}),
         ("MGU", {}),
     ],
     ids=["rnn", "rnn-relu", "gru", "gru-before", "lstm", "lstm-peep", "lstm-cifg", "lstm-cifg-peep",
-         "mgu"],
+         "lstm-proj", "lstm-proj-peep", "mgu"],
 )  # fmt: skip
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("hidden", [64, 83])
@@ -93,7 +95,7 @@ def _past_one_tile(cell, options, dtype, hidden):
     B, T = 13, 9
     x = torch.randn(T, B, 7, dtype=dtype, generator=gen)
     lengths = torch.tensor([9, 9, 8, 7, 7, 6, 5, 5, 4, 3, 2, 2, 1])
-    sizes = (hidden,) * ours.spec.num_states
+    sizes = (ours.output_size, hidden)[: ours.spec.num_states]  # h: the projection's size
     states = tuple(torch.randn(1, B, s, dtype=dtype, generator=gen) for s in sizes)
     for form in (None, lengths):
         expected = run(reference, x, form, states, batch_first=False)
@@ -261,6 +263,9 @@ _AUTO_CHOICES = [
     (gatedrnn.MGU, {}, 32, False, "cpu", "cpu"),
     (gatedrnn.MGU, {}, 1, True, "cpu", "cpu"),
     (gatedrnn.MinGRU, {}, 8, True, "reference", "reference"),
+    # the projection: torch has no fused kernel (oneDNN none), but a generic loop
+    (gatedrnn.LSTM, {"proj_size": 2}, 32, False, "cpu", "cudnn"),
+    (gatedrnn.LSTM, {"proj_size": 2}, 32, True, "cpu", "cpu"),
 ]
 
 

@@ -90,22 +90,26 @@ class _Packed(torch.nn.Module):
         return pad_packed_sequence(out)[0], final
 
 
-# (kind, flag, peepholes): the direction operator's cells (flag: the RNN's relu, the GRU's reset
-# after, the LSTM's coupled gate)
+# (kind, flag, peepholes, projection): the direction operator's cells (flag: the RNN's relu,
+# the GRU's reset after, the LSTM's coupled gate)
 _OPERATOR_CELLS = {
-    "rnn": ("rnn", False, False),
-    "gru": ("gru", True, False),
-    "lstm": ("lstm", False, False),
-    "lstm-peep": ("lstm", False, True),
-    "lstm-cifg-peep": ("lstm", True, True),
-    "mgu": ("mgu", False, False),
+    "rnn": ("rnn", False, False, False),
+    "gru": ("gru", True, False, False),
+    "lstm": ("lstm", False, False, False),
+    "lstm-peep": ("lstm", False, True, False),
+    "lstm-cifg-peep": ("lstm", True, True, False),
+    "lstm-proj": ("lstm", False, False, True),
+    "lstm-cifg-peep-proj": ("lstm", True, True, True),
+    "mgu": ("mgu", False, False, False),
 }
 
 
 def _direction_inputs(cell: str, bias: bool, lengths: bool) -> tuple:
-    """Float64 arguments of the ``cpu`` backend's direction operator (T 5, B 3, I 4, H 3)."""
-    kind, flag, peepholes = _OPERATOR_CELLS[cell]
+    """Float64 arguments of the ``cpu`` backend's direction operator (T 5, B 3, I 4, H 3, and
+    P 2 with the projection)."""
+    kind, flag, peepholes, projection = _OPERATOR_CELLS[cell]
     gates = {"rnn": 1, "gru": 3, "lstm": 3 if flag else 4, "mgu": 2}[kind]
+    P = 2 if projection else 3
     torch.manual_seed(0)
 
     def leaf(*shape):
@@ -114,9 +118,10 @@ def _direction_inputs(cell: str, bias: bool, lengths: bool) -> tuple:
     c0 = leaf(3, 3) if kind == "lstm" else None
     biases = (leaf(gates * 3), leaf(gates * 3)) if bias else (None, None)
     peep = leaf((gates - 1) * 3) if peepholes else None
+    w_hr = leaf(P, 3) if projection else None
     sizes = torch.tensor([5, 4, 2]) if lengths else None  # sorted, as the backend passes them
-    return (leaf(5, 3, 4), leaf(3, 3), c0, leaf(gates * 3, 4), leaf(gates * 3, 3), *biases, peep,
-            sizes, kind, flag, True)  # fmt: skip
+    return (leaf(5, 3, 4), leaf(3, P), c0, leaf(gates * 3, 4), leaf(gates * 3, P), *biases, peep,
+            w_hr, sizes, kind, flag, True)  # fmt: skip
 
 
 @pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])

@@ -25,14 +25,15 @@ shapes). Eager calls go through :class:`_Direction`, an autograd Function, aroun
 forward and backward functions.
 
 Covers RNN (tanh, relu), GRU (reset after and before), LSTM (standard, with peepholes, with the
-coupled input-forget gate, or both) and MGU; refuses the LSTM's projection and the minimal cells
-(minGRU, minLSTM: a parallel scan, no loop) with the reason. Twice differentiable, as torch.nn is
-on the CPU: with ``create_graph=True`` the backward reruns the reference loop on the saved input
-and differentiates that (:func:`_twice`). ``"auto"`` takes it where it measured faster than
-torch's own kernels: every cell it covers with the compiled loops, but for the LSTM forward alone
-from batch 16 (oneDNN's ties or wins there); with the PyTorch loops, RNN and GRU for training
-only. For the variants torch has no kernel for, where the other choice is the reference loop,
-``auto`` takes it always, compiled or not (see :meth:`CpuBackend.auto_declines`).
+coupled input-forget gate, or both; each with or without the projection, ``proj_size``) and MGU;
+refuses the minimal cells (minGRU, minLSTM: a parallel scan, no loop) with the reason. Twice
+differentiable, as torch.nn is on the CPU: with ``create_graph=True`` the backward reruns the
+reference loop on the saved input and differentiates that (:func:`_twice`). ``"auto"`` takes it
+where it measured faster than torch's own kernels: every cell it covers with the compiled loops,
+but for the LSTM forward alone from batch 16 (oneDNN's ties or wins there); with the PyTorch loops,
+RNN, GRU and the projected LSTM for training only. For the variants torch has no kernel for, where
+the other choice is the reference loop, ``auto`` takes it always, compiled or not (see
+:meth:`CpuBackend.auto_declines`).
 """
 
 from __future__ import annotations
@@ -233,7 +234,9 @@ def _rnn_backward_loop(grad_out, dh, out, w_hh, dpre, batch_sizes, relu):
         torch.mm(dpre[t, :n], w_hh, out=dh[:n])
 
 
-def _rnn_forward(x, states, w_ih, w_hh, b_ih, b_hh, _peep, batch_sizes, lengths, relu, compiled):
+def _rnn_forward(
+    x, states, w_ih, w_hh, b_ih, b_hh, _peep, _w_hr, batch_sizes, lengths, relu, compiled
+):
     """h_t = act(W_ih x_t + b_ih + W_hh h_{t−1} + b_hh) over a whole sequence: (out, finals,
     the activations the backward reads besides out)."""
     T, B, _ = x.shape
@@ -248,8 +251,9 @@ def _rnn_forward(x, states, w_ih, w_hh, b_ih, b_hh, _peep, batch_sizes, lengths,
 
 
 def _rnn_backward(grad_out, grad_finals, inputs, out, extra, batch_sizes, relu, compiled, needs):
-    """The gradients of (x, h0, W_ih, W_hh, b_ih, b_hh, peepholes), None where not needed."""
-    x, h0, w_ih, w_hh, b_ih, _, _ = inputs
+    """The gradients of (x, h0, W_ih, W_hh, b_ih, b_hh, peepholes, W_hr), None where not
+    needed."""
+    x, h0, w_ih, w_hh, b_ih, _, _, _ = inputs
     dpre = _buffer(out, out.shape, batch_sizes is not None)
     dh = grad_finals[0].clone()
     _, backward_loop = _loops("rnn", compiled)
@@ -258,7 +262,7 @@ def _rnn_backward(grad_out, grad_finals, inputs, out, extra, batch_sizes, relu, 
         dpre, x, h0, out, (needs[0], needs[2], needs[3]), w_ih, compiled
     )
     db = _sum_bias(dpre, b_ih is not None and (needs[4] or needs[5]))
-    return dx, dh if needs[1] else None, dw_ih, dw_hh, db, db, None
+    return dx, dh if needs[1] else None, dw_ih, dw_hh, db, db, None, None
 
 
 def _mask(batch_sizes: tuple[int, ...], T: int, B: int, like: Tensor) -> Tensor:
@@ -356,7 +360,7 @@ def _loops(kind: str, compiled: bool):
 
 
 def _gru_forward(
-    x, states, w_ih, w_hh, b_ih, b_hh, _peep, batch_sizes, lengths, reset_after, compiled
+    x, states, w_ih, w_hh, b_ih, b_hh, _peep, _w_hr, batch_sizes, lengths, reset_after, compiled
 ):
     """GRU over a whole sequence, gate order r|z|n, either reset placement: (out, finals, the
     activations the backward reads besides out: r|z|n and the recurrent candidate term)."""
@@ -375,8 +379,9 @@ def _gru_forward(
 def _gru_backward(
     grad_out, grad_finals, inputs, out, extra, batch_sizes, reset_after, compiled, needs
 ):
-    """The gradients of (x, h0, W_ih, W_hh, b_ih, b_hh, peepholes), None where not needed."""
-    x, h0, w_ih, w_hh, b_ih, _, _ = inputs
+    """The gradients of (x, h0, W_ih, W_hh, b_ih, b_hh, peepholes, W_hr), None where not
+    needed."""
+    x, h0, w_ih, w_hh, b_ih, _, _, _ = inputs
     gates, rec = extra
     H = h0.shape[1]
     padded = batch_sizes is not None
@@ -404,7 +409,8 @@ def _gru_backward(
         db_hh = _sum_bias(dgates, has_bias and needs[5])
     dx, dw_ih, _ = _weight_grads(dgates, x, h0, out, (needs[0], needs[2], False), w_ih, compiled)
     db_ih = _sum_bias(dgates, has_bias and needs[4])
-    return dx, dh if needs[1] else None, dw_ih, dw_hh if needs[3] else None, db_ih, db_hh, None
+    dw_hh = dw_hh if needs[3] else None
+    return dx, dh if needs[1] else None, dw_ih, dw_hh, db_ih, db_hh, None, None
 
 
 def _lstm_blocks(H: int, coupled: bool) -> tuple[slice, slice | None, slice, slice]:
@@ -425,16 +431,19 @@ def _peepholes(peep: Tensor | None, coupled: bool) -> tuple[Tensor | None, ...]:
     return tuple(peep.chunk(3))
 
 
-def _lstm_forward_loop(gates, out, cells, h0, c0, w_hh, peep, batch_sizes, coupled):
+def _lstm_forward_loop(gates, out, cells, h0, c0, w_hh, peep, w_hr, raw, batch_sizes, coupled):
     """The LSTM forward loop, in place; the compiled ``lstm_forward`` is its twin.
 
     ``gates`` (T, B, G·H) holds x W_ihᵀ + b_ih + b_hh on entry and the gates on exit, i|f|g|o
-    (G = 4) or, with the coupled gate, i|g|o (G = 3); ``out`` and ``cells`` (T, B, H) receive h
-    and c. ``peep``: the peephole weights (:func:`_peepholes`) or None.
+    (G = 4) or, with the coupled gate, i|g|o (G = 3); ``out`` (T, B, P) and ``cells`` (T, B, H)
+    receive h and c. ``peep``: the peephole weights (:func:`_peepholes`) or None. With the
+    projection ``w_hr`` (P, H), ``raw`` (T, B, H) receives o ⊙ tanh(c) and h is raw W_hrᵀ
+    (P < H); without, both are None and P = H.
     """
     T, B, _ = gates.shape
-    H = out.shape[2]
+    H = cells.shape[2]
     w_hh_t = w_hh.t()
+    w_hr_t = None if w_hr is None else w_hr.t()
     standard = peep is None and not coupled
     i_, f_, g_, o_ = _lstm_blocks(H, coupled)
     p_i, p_f, p_o = _peepholes(peep, coupled)
@@ -444,35 +453,47 @@ def _lstm_forward_loop(gates, out, cells, h0, c0, w_hh, peep, batch_sizes, coupl
         c_prev = c0[:n] if t == 0 else cells[t - 1, :n]
         g = gates[t, :n].addmm_(h_prev, w_hh_t)
         c = cells[t, :n]
+        h = out[t, :n] if w_hr is None else raw[t, :n]
         if standard:
             g[:, : 2 * H].sigmoid_()
             g[:, 2 * H : 3 * H].tanh_()
             g[:, 3 * H :].sigmoid_()
             torch.mul(g[:, H : 2 * H], c_prev, out=c).addcmul_(g[:, :H], g[:, 2 * H : 3 * H])
-            torch.mul(g[:, 3 * H :], torch.tanh(c), out=out[t, :n])
-            continue
-        i, cand, o = g[:, i_], g[:, g_].tanh_(), g[:, o_]
-        if p_i is not None:
-            i.addcmul_(c_prev, p_i)
-        i.sigmoid_()
-        if coupled:
-            torch.lerp(c_prev, cand, i, out=c)  # (1 − i) ⊙ c + i ⊙ g
+            torch.mul(g[:, 3 * H :], torch.tanh(c), out=h)
         else:
-            f = g[:, f_]
-            if p_f is not None:
-                f.addcmul_(c_prev, p_f)
-            torch.mul(f.sigmoid_(), c_prev, out=c).addcmul_(i, cand)
-        if p_o is not None:
-            o.addcmul_(c, p_o)  # the output gate looks at the new cell
-        torch.mul(o.sigmoid_(), torch.tanh(c), out=out[t, :n])
+            _lstm_variant_step(g, c, c_prev, h, p_i, p_f, p_o, i_, f_, g_, o_, coupled)
+        if w_hr is not None:
+            torch.mm(h, w_hr_t, out=out[t, :n])
+
+
+def _lstm_variant_step(g, c, c_prev, h, p_i, p_f, p_o, i_, f_, g_, o_, coupled):
+    """One step's pointwise work of a variant LSTM (:func:`_lstm_forward_loop`), in place: the
+    gate pre-activations ``g`` become the gates, ``c`` and ``h`` receive the cell and
+    o ⊙ tanh(c)."""
+    i, cand, o = g[:, i_], g[:, g_].tanh_(), g[:, o_]
+    if p_i is not None:
+        i.addcmul_(c_prev, p_i)
+    i.sigmoid_()
+    if coupled:
+        torch.lerp(c_prev, cand, i, out=c)  # (1 − i) ⊙ c + i ⊙ g
+    else:
+        f = g[:, f_]
+        if p_f is not None:
+            f.addcmul_(c_prev, p_f)
+        torch.mul(f.sigmoid_(), c_prev, out=c).addcmul_(i, cand)
+    if p_o is not None:
+        o.addcmul_(c, p_o)  # the output gate looks at the new cell
+    torch.mul(o.sigmoid_(), torch.tanh(c), out=h)
 
 
 def _lstm_backward_loop(
-    grad_out, dh, dc, gates, cells, c0, w_hh, peep, dgates, batch_sizes, coupled
+    grad_out, dh, dc, gates, cells, c0, w_hh, peep, w_hr, dproj, dgates, batch_sizes, coupled
 ):
-    """The LSTM backward loop, in place; the compiled ``lstm_backward`` is its twin. ``dh`` and
-    ``dc`` (B, H) enter as the final states' gradients and leave as h0's and c0's; ``dgates``
-    receives the gates' pre-activation gradients (the layout of ``gates``)."""
+    """The LSTM backward loop, in place; the compiled ``lstm_backward`` is its twin. ``dh``
+    (B, P) and ``dc`` (B, H) enter as the final states' gradients and leave as h0's and c0's;
+    ``dgates`` receives the gates' pre-activation gradients (the layout of ``gates``). With the
+    projection ``w_hr``, ``dproj`` (T, B, P) receives each step's gradient of h (for W_hr's);
+    without, both are None."""
     T, B, _ = gates.shape
     H = cells.shape[2]
     i_, f_, g_, o_ = _lstm_blocks(H, coupled)
@@ -484,12 +505,19 @@ def _lstm_backward_loop(
     # are dc ⊙ f_i|f_f|f_g, the o one dh ⊙ f_o; dc_{t−1} = dc ⊙ f (+ di ⊙ p_i + df ⊙ p_f)
     f_c = o * (1 - tanh_c * tanh_c)
     f_o = tanh_c * o * (1 - o)
+
+    def grad_h(t: int, n: int) -> Tensor:  # ∂/∂h_t, or through the projection ∂/∂(o ⊙ tanh c)
+        gh = dh[:n].add_(grad_out[t, :n])
+        if w_hr is None:
+            return gh
+        return torch.mm(dproj[t, :n].copy_(gh), w_hr)
+
     if peep is None and not coupled:
         f_ifg = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], dim=2)
         dgates4 = dgates.view(T, B, 4, H)
         for t in reversed(range(T)):
             n = _live(batch_sizes, t, B)
-            gh = dh[:n].add_(grad_out[t, :n])
+            gh = grad_h(t, n)
             gc = dc[:n].addcmul_(gh, f_c[t, :n])
             torch.mul(gc.unsqueeze(1), f_ifg[t, :n], out=dgates4[t, :n, :3])
             torch.mul(gh, f_o[t, :n], out=dgates4[t, :n, 3])
@@ -503,7 +531,7 @@ def _lstm_backward_loop(
     for t in reversed(range(T)):
         n = _live(batch_sizes, t, B)
         d = dgates[t, :n]
-        gh = dh[:n].add_(grad_out[t, :n])
+        gh = grad_h(t, n)
         do = torch.mul(gh, f_o[t, :n], out=d[:, o_])
         gc = dc[:n].addcmul_(gh, f_c[t, :n])
         if p_o is not None:
@@ -519,36 +547,44 @@ def _lstm_backward_loop(
         torch.mm(d, w_hh, out=dh[:n])
 
 
-def _lstm_forward(x, states, w_ih, w_hh, b_ih, b_hh, peep, batch_sizes, lengths, coupled, compiled):
+def _lstm_forward(
+    x, states, w_ih, w_hh, b_ih, b_hh, peep, w_hr, batch_sizes, lengths, coupled, compiled
+):
     """LSTM over a whole sequence, gate order i|f|g|o (i|g|o coupled): (out, finals, the
-    activations the backward reads besides out: the gates and the cells)."""
+    activations the backward reads besides out: the gates, the cells, and with the projection
+    o ⊙ tanh(c))."""
     T, B, _ = x.shape
     h0, c0 = states
-    H = h0.shape[1]
+    P, H = h0.shape[1], c0.shape[1]
     padded = batch_sizes is not None
     bias = None if b_ih is None else b_ih + b_hh
     gates = _project(x, w_ih, bias, compiled)  # (T, B, G·H): pre-activations, then the gates
-    out = _buffer(x, (T, B, H), padded)
+    out = _buffer(x, (T, B, P), padded)
     cells = _buffer(x, (T, B, H), padded)
+    raw = None if w_hr is None else _buffer(x, (T, B, H), padded)
     forward_loop, _ = _loops("lstm", compiled)
-    forward_loop(gates, out, cells, h0, c0, w_hh, peep, list(batch_sizes or ()), coupled)
-    return out, (_last(out, lengths), _last(cells, lengths)), (gates, cells)
+    forward_loop(gates, out, cells, h0, c0, w_hh, peep, w_hr, raw, list(batch_sizes or ()), coupled)
+    extra = (gates, cells) if raw is None else (gates, cells, raw)
+    return out, (_last(out, lengths), _last(cells, lengths)), extra
 
 
 def _lstm_backward(
     grad_out, grad_finals, inputs, out, extra, batch_sizes, coupled, compiled, needs
 ):
-    """The gradients of (x, h0, c0, W_ih, W_hh, b_ih, b_hh, peepholes), None where not
+    """The gradients of (x, h0, c0, W_ih, W_hh, b_ih, b_hh, peepholes, W_hr), None where not
     needed."""
-    x, h0, c0, w_ih, w_hh, b_ih, _, peep = inputs
-    gates, cells = extra
-    H = h0.shape[1]
-    dgates = _buffer(gates, gates.shape, batch_sizes is not None)
+    x, h0, c0, w_ih, w_hh, b_ih, _, peep, w_hr = inputs
+    gates, cells, *raw = extra
+    H = c0.shape[1]
+    padded = batch_sizes is not None
+    dgates = _buffer(gates, gates.shape, padded)
+    dproj = None if w_hr is None else _buffer(out, out.shape, padded)
     dh, dc = grad_finals[0].clone(), grad_finals[1].clone()
     _, backward_loop = _loops("lstm", compiled)
     backward_loop(
-        grad_out, dh, dc, gates, cells, c0, w_hh, peep, dgates, list(batch_sizes or ()), coupled
-    )
+        grad_out, dh, dc, gates, cells, c0, w_hh, peep, w_hr, dproj, dgates,
+        list(batch_sizes or ()), coupled,
+    )  # fmt: skip
     dx, dw_ih, dw_hh = _weight_grads(
         dgates, x, h0, out, (needs[0], needs[3], needs[4]), w_ih, compiled
     )
@@ -562,7 +598,11 @@ def _lstm_backward(
             parts.append((dgates[..., f_] * c_prev).sum((0, 1)))
         parts.append((dgates[..., o_] * cells).sum((0, 1)))
         dpeep = torch.cat(parts)
-    return dx, dh if needs[1] else None, dc if needs[2] else None, dw_ih, dw_hh, db, db, dpeep
+    dw_hr = None
+    if w_hr is not None and needs[8]:  # Σ_t ∂h_tᵀ (o ⊙ tanh c)_t
+        dw_hr = torch.mm(dproj.reshape(-1, dproj.shape[-1]).t(), raw[0].reshape(-1, H))
+    dc = dc if needs[2] else None
+    return dx, dh if needs[1] else None, dc, dw_ih, dw_hh, db, db, dpeep, dw_hr
 
 
 def _mgu_forward_loop(gates, out, rec, h0, w_hh, b_hh, batch_sizes):
@@ -614,7 +654,9 @@ def _mgu_backward_loop(grad_out, dh, gates, out, h0, w_hh, dgates, batch_sizes):
         torch.addmm(carry, df, w_f, out=dh[:n])
 
 
-def _mgu_forward(x, states, w_ih, w_hh, b_ih, b_hh, _peep, batch_sizes, lengths, _flag, compiled):
+def _mgu_forward(
+    x, states, w_ih, w_hh, b_ih, b_hh, _peep, _w_hr, batch_sizes, lengths, _flag, compiled
+):
     """MGU over a whole sequence, gate order f|n: (out, finals, the activations the backward
     reads besides out: f|n and f ⊙ h_{t−1})."""
     T, B, _ = x.shape
@@ -630,8 +672,9 @@ def _mgu_forward(x, states, w_ih, w_hh, b_ih, b_hh, _peep, batch_sizes, lengths,
 
 
 def _mgu_backward(grad_out, grad_finals, inputs, out, extra, batch_sizes, _flag, compiled, needs):
-    """The gradients of (x, h0, W_ih, W_hh, b_ih, b_hh, peepholes), None where not needed."""
-    x, h0, w_ih, w_hh, b_ih, _, _ = inputs
+    """The gradients of (x, h0, W_ih, W_hh, b_ih, b_hh, peepholes, W_hr), None where not
+    needed."""
+    x, h0, w_ih, w_hh, b_ih, _, _, _ = inputs
     gates, rec = extra
     H = h0.shape[1]
     dgates = _buffer(gates, gates.shape, batch_sizes is not None)
@@ -646,7 +689,7 @@ def _mgu_backward(grad_out, grad_finals, inputs, out, extra, batch_sizes, _flag,
         )
     dx, dw_ih, _ = _weight_grads(dgates, x, h0, out, (needs[0], needs[2], False), w_ih, compiled)
     db = _sum_bias(dgates, b_ih is not None and (needs[4] or needs[5]))
-    return dx, dh if needs[1] else None, dw_ih, dw_hh, db, db, None
+    return dx, dh if needs[1] else None, dw_ih, dw_hh, db, db, None, None
 
 
 # kind → (forward, backward) over one direction; ``flag``: see _flag
@@ -671,7 +714,7 @@ def _flag(spec) -> bool:
 class _Direction(torch.autograd.Function):
     """One direction of a layer in eager mode: the loops forward, their hand-written backward
     (:func:`_twice` under ``create_graph=True``). ``inputs``: x, the states, W_ih, W_hh, b_ih,
-    b_hh, the peephole weights (None for absent biases and peepholes)."""
+    b_hh, the peephole weights, W_hr (None for absent biases, peepholes and projection)."""
 
     @staticmethod
     def forward(ctx, spec, batch_sizes, lengths, compiled, *inputs):
@@ -705,7 +748,7 @@ def _have_compiled_loops() -> bool:
     return compiled_loops() is not None
 
 
-def _spec_of(kind: str, flag: bool, peepholes: bool) -> CellSpec:
+def _spec_of(kind: str, flag: bool, peepholes: bool) -> CellSpec:  # (a projection: a weight)
     """The cell a direction operator computes, from its kind, :func:`_flag` and whether it has
     peephole weights."""
     if kind == "rnn":
@@ -717,10 +760,10 @@ def _spec_of(kind: str, flag: bool, peepholes: bool) -> CellSpec:
     return make_spec(kind)
 
 
-def _direction_inputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep) -> tuple[Tensor | None, ...]:
+def _direction_inputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, w_hr) -> tuple[Tensor | None, ...]:
     """The operator's tensor arguments as the direction functions take them: (x, the states,
-    W_ih, W_hh, b_ih, b_hh, the peepholes), c0 only for the LSTM."""
-    return (x, h0, *(() if c0 is None else (c0,)), w_ih, w_hh, b_ih, b_hh, peep)
+    W_ih, W_hh, b_ih, b_hh, the peepholes, W_hr), c0 only for the LSTM."""
+    return (x, h0, *(() if c0 is None else (c0,)), w_ih, w_hh, b_ih, b_hh, peep, w_hr)
 
 
 def _batch_sizes(lengths: Tensor | None, T: int) -> tuple[int, ...] | None:
@@ -747,6 +790,7 @@ def _direction_op(
     b_ih: Optional[Tensor],  # noqa: UP045
     b_hh: Optional[Tensor],  # noqa: UP045
     peep: Optional[Tensor],  # noqa: UP045
+    w_hr: Optional[Tensor],  # noqa: UP045
     lengths: Optional[Tensor],  # noqa: UP045
     kind: str,
     flag: bool,
@@ -757,20 +801,23 @@ def _direction_op(
     forward, _ = _DIRECTIONS[kind]
     batch_sizes = _batch_sizes(lengths, x.shape[0])
     out, finals, extra = forward(
-        x, states, w_ih, w_hh, b_ih, b_hh, peep, batch_sizes, lengths, flag, compiled
+        x, states, w_ih, w_hh, b_ih, b_hh, peep, w_hr, batch_sizes, lengths, flag, compiled
     )
     return [out, *finals, *extra]
 
 
 @_direction_op.register_fake
-def _direction_shapes(x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, lengths, kind, flag, compiled):
+def _direction_shapes(x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, w_hr, lengths, kind, flag, compiled):
     T, B, _ = x.shape
-    H = h0.shape[1]
-    outputs = [x.new_empty(T, B, H), h0.new_empty(B, H)]
-    if kind == "lstm":  # h_T, c_T, then the gates and the cells
-        outputs += [h0.new_empty(B, H), x.new_empty(T, B, w_ih.shape[0]), x.new_empty(T, B, H)]
+    P = h0.shape[1]  # h's features: H, or the projection's
+    outputs = [x.new_empty(T, B, P), h0.new_empty(B, P)]
+    if kind == "lstm":  # c_T, then the gates, the cells and with the projection o ⊙ tanh(c)
+        H = c0.shape[1]
+        outputs += [c0.new_empty(B, H), x.new_empty(T, B, w_ih.shape[0]), x.new_empty(T, B, H)]
+        if w_hr is not None:
+            outputs.append(x.new_empty(T, B, H))
     elif kind in ("gru", "mgu"):  # the gates and the recurrent candidate's term
-        outputs += [x.new_empty(T, B, w_ih.shape[0]), x.new_empty(T, B, H)]
+        outputs += [x.new_empty(T, B, w_ih.shape[0]), x.new_empty(T, B, P)]
     return outputs
 
 
@@ -785,6 +832,7 @@ def _direction_backward_op(
     b_ih: Optional[Tensor],  # noqa: UP045
     b_hh: Optional[Tensor],  # noqa: UP045
     peep: Optional[Tensor],  # noqa: UP045
+    w_hr: Optional[Tensor],  # noqa: UP045
     out: Tensor,
     extra: list[Tensor],
     lengths: Optional[Tensor],  # noqa: UP045
@@ -794,9 +842,9 @@ def _direction_backward_op(
     needs: list[bool],
 ) -> list[Tensor]:
     """The hand-written backward of :func:`_direction_op`: the gradients of (x, the states,
-    W_ih, W_hh, b_ih, b_hh, the peepholes), an empty tensor where ``needs`` says none is
+    W_ih, W_hh, b_ih, b_hh, the peepholes, W_hr), an empty tensor where ``needs`` says none is
     wanted."""
-    inputs = _direction_inputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep)
+    inputs = _direction_inputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, w_hr)
     _, backward = _DIRECTIONS[kind]
     batch_sizes = _batch_sizes(lengths, x.shape[0])
     found = backward(
@@ -813,10 +861,10 @@ def _direction_backward_op(
 
 @_direction_backward_op.register_fake
 def _direction_backward_shapes(
-    grads, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, out, extra, lengths, kind, flag, compiled,
-    needs,
+    grads, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, w_hr, out, extra, lengths, kind, flag,
+    compiled, needs,
 ):  # fmt: skip
-    inputs = _direction_inputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep)
+    inputs = _direction_inputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, w_hr)
     return [
         t.new_empty(t.shape) if need and t is not None else x.new_empty(0)
         for t, need in zip(inputs, needs, strict=True)
@@ -824,19 +872,19 @@ def _direction_backward_shapes(
 
 
 def _direction_setup(ctx, inputs, output) -> None:
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, lengths, kind, flag, compiled = inputs
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, w_hr, lengths, kind, flag, compiled = inputs
     ctx.states = 1 if c0 is None else 2
     out, extra = output[0], output[1 + ctx.states :]
-    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, lengths, out, *extra)
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, w_hr, lengths, out, *extra)
     ctx.kind, ctx.flag, ctx.compiled = kind, flag, compiled
 
 
 def _direction_grad(ctx, grads):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, lengths, out, *extra = ctx.saved_tensors
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, w_hr, lengths, out, *extra = ctx.saved_tensors
     n = ctx.states
     # the operator's tensor inputs, in order, and which of them the backward returns
-    positions = [0, 1, *([2] if n == 2 else []), 3, 4, 5, 6, 7]
-    inputs = _direction_inputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep)
+    positions = [0, 1, *([2] if n == 2 else []), 3, 4, 5, 6, 7, 8]
+    inputs = _direction_inputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, w_hr)
     needs = [
         bool(ctx.needs_input_grad[i]) and inputs[k] is not None for k, i in enumerate(positions)
     ]
@@ -849,11 +897,11 @@ def _direction_grad(ctx, grads):
         found = differentiable_backward(spec, inputs, needs, lengths, wanted)
     else:
         results = _direction_backward_op(
-            list(wanted), x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, out, extra, lengths,
+            list(wanted), x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, w_hr, out, extra, lengths,
             ctx.kind, ctx.flag, ctx.compiled, needs,
         )  # fmt: skip
         found = [g if need else None for g, need in zip(results, needs, strict=True)]
-    grad_inputs: list[Tensor | None] = [None] * 12
+    grad_inputs: list[Tensor | None] = [None] * 13
     for k, i in enumerate(positions):
         grad_inputs[i] = found[k]
     return tuple(grad_inputs)
@@ -892,8 +940,6 @@ class CpuBackend:
             return f"its loops compute in float32 or float64, got {input.dtype}"
         if spec.kind not in _DIRECTIONS:
             return f"it has no loop for {spec.kind}"
-        if config.proj_size:
-            return "its LSTM loop has no projection (proj_size)"
         if tracing() in _AS_OPERATOR:  # recorded as its operator, gatedrnn::cpu_direction
             return None
         return untraceable(
@@ -923,11 +969,15 @@ class CpuBackend:
         spec = config.spec
         if spec.torch_lacks is not None:
             return None
+        # With a projection torch runs no fused LSTM (oneDNN has none) but its generic loop,
+        # which the compiled loops beat (fwd+bwd 0.13–0.82 of its time, forward-only 0.27–0.89
+        # but for 1.09 at H 512, B 32) and the PyTorch ones with the backward (0.67–0.94).
+        lstm = spec.kind == "lstm" and not config.proj_size  # oneDNN's fused LSTM
         if self.compiled and _have_compiled_loops():
-            if spec.kind == "lstm" and not torch.is_grad_enabled() and input.shape[1] >= 16:
+            if lstm and not torch.is_grad_enabled() and input.shape[1] >= 16:
                 return "forward-only at batch 16 and up, torch's fused LSTM (oneDNN) is as fast"
             return None
-        if spec.kind == "lstm":
+        if lstm:
             return "torch's fused LSTM (oneDNN) beats our PyTorch loops (no compiled loops here)"
         if not torch.is_grad_enabled():
             return "without autograd, torch's kernels beat our PyTorch loops forward-only"
@@ -974,9 +1024,9 @@ class CpuBackend:
 
     def _run(self, config, x, state, w, batch_sizes, lengths):
         x, state, args = fused_arguments(x, state, w)
-        peep = w.get("weight_peep")
+        extras = (w.get("weight_peep"), w.get("weight_hr"))
         return _Direction.apply(
-            config.spec, batch_sizes, lengths, self.compiled, x, *state, *args, peep
+            config.spec, batch_sizes, lengths, self.compiled, x, *state, *args, *extras
         )
 
     def _dispatch(self, config, x, state, w, lengths):
@@ -984,8 +1034,8 @@ class CpuBackend:
         x, state, args = fused_arguments(x, state, w)
         spec, c0 = config.spec, state[1] if len(state) == 2 else None
         results = _direction_op(
-            x, state[0], c0, *args, w.get("weight_peep"), lengths, spec.kind, _flag(spec),
-            self.compiled,
+            x, state[0], c0, *args, w.get("weight_peep"), w.get("weight_hr"), lengths, spec.kind,
+            _flag(spec), self.compiled,
         )  # fmt: skip
         return results[: 1 + len(state)]
 

@@ -62,13 +62,14 @@ def differentiable_backward(
 ) -> tuple[Tensor | None, ...]:
     """A fused backend's backward with ``create_graph=True`` (grad mode on in backward): the
     gradients of one direction's outputs, as a differentiable function of its ``inputs`` (x,
-    the states, W_ih, W_hh, b_ih, b_hh and optionally the peepholes; None where absent) and of
-    ``grads`` (the outputs' and final states' gradients), by rerunning :func:`run_direction` on
-    the inputs and differentiating it; hand-written backwards give first derivatives only. Costs
-    a reference forward more. ``needs``: the Function's ``needs_input_grad`` (its inputs
-    first); returns one gradient or None per entry."""
+    the states, W_ih, W_hh, b_ih, b_hh and optionally the peepholes and W_hr; None where absent)
+    and of ``grads`` (the outputs' and final states' gradients), by rerunning
+    :func:`run_direction` on the inputs and differentiating it; hand-written backwards give
+    first derivatives only. Costs a reference forward more. ``needs``: the Function's
+    ``needs_input_grad`` (its inputs first); returns one gradient or None per entry."""
     x, states, given = inputs[0], inputs[1 : 1 + spec.num_states], inputs[1 + spec.num_states :]
-    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_peep")[: len(given)]
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_peep", "weight_hr")
+    names = names[: len(given)]
     weights = {k: w for k, w in zip(names, given, strict=True) if w is not None}
     with torch.enable_grad():
         out, final = run_direction(spec, x, lengths, tuple(states), weights)

@@ -1,8 +1,9 @@
 // The time loops of the `cpu` backend, compiled: per step one product with the recurrent weight
 // through our packed GEMM (below) and the cell's vectorised pointwise work, fused into that
 // product's epilogue where the build has 32 vector registers (AVX-512) for the LSTM (every
-// variant) and the GRU with the reset after, else a separate pass; the GRU with the reset before
-// and the MGU take two products a step. In place in the caller's buffers. `matmul` serves the
+// variant) and the GRU with the reset after, else a separate pass; the GRU with the reset before,
+// the MGU and the LSTM with a projection take two products a step. In place in the caller's
+// buffers. `matmul` serves the
 // input projection and dx. The Python twins are the _*_forward_loop / _*_backward_loop functions
 // in gatedrnn/backends/cpu.py; the buffer contracts are documented there. Built on first use by
 // torch.utils.cpp_extension (gatedrnn/backends/compiled.py).
@@ -499,12 +500,16 @@ inline void lstm_unit(const Pre& pre, T* gr, const T* cp, T* c, T* o, const T* p
   store(og * tanh(cell), o + j, k);
 }
 
+// With the projection W_hr (P, H): o ⊙ tanh(c) goes to `raw_all` and h = raw · W_hrᵀ to
+// `out_all` (P features), a second product each step, so the steps take the plain panels; without,
+// w_hr is null and P = H.
 template <typename T, bool Coupled, bool Peep>
-void lstm_forward_variant(T* g_all, T* out_all, T* c_all, const T* h0, const T* c0,
-                          const Tensor& w_hh, const T* peep, int64_t T_, int64_t B, int64_t H,
+void lstm_forward_variant(T* g_all, T* out_all, T* c_all, T* raw_all, const T* h0, const T* c0,
+                          const Tensor& w_hh, const Tensor* w_hr, const T* peep, int64_t T_,
+                          int64_t B, int64_t H, int64_t P,
                           const std::vector<int64_t>& batch_sizes) {
   constexpr int G = Coupled ? 3 : 4;
-  if constexpr (kGatePanels) {
+  if (kGatePanels && w_hr == nullptr) {
     constexpr int VS = Tile<T>::VS;
     forward_steps<T, G>(w_hh, h0, out_all, T_, B, H, batch_sizes,
                         [&](int64_t t, int64_t b, int64_t j, int64_t k, const T* pre) {
@@ -517,22 +522,26 @@ void lstm_forward_variant(T* g_all, T* out_all, T* c_all, const T* h0, const T* 
     return;
   }
   const Packed<T> w(w_hh.t(), kRecurrentSlot);
+  const c10::optional<Packed<T>> w_r =
+      w_hr == nullptr ? c10::nullopt : c10::make_optional(Packed<T>(w_hr->t(), kSecondSlot));
+  T* h_all = w_hr == nullptr ? out_all : raw_all;  // o ⊙ tanh(c)
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t n = live(batch_sizes, t, B);
-    const T* hp = t == 0 ? h0 : out_all + (t - 1) * B * H;
+    const T* hp = t == 0 ? h0 : out_all + (t - 1) * B * P;
     const T* cp = t == 0 ? c0 : c_all + (t - 1) * B * H;
     T* g = g_all + t * B * G * H;
-    gemm<T>(hp, H, n, w, g, G * H, nullptr, true);
+    gemm<T>(hp, P, n, w, g, G * H, nullptr, true);
     for_rows(n, G * H, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         T* gr = g + b * G * H;
         for_columns<T>(H, [&](int64_t j, int64_t k) {
           const auto gate = [&](int v) { return load(gr + v * H + j, k); };
           lstm_unit<T, Coupled, Peep>(gate, gr, cp + b * H, c_all + (t * B + b) * H,
-                                      out_all + (t * B + b) * H, peep, H, j, k);
+                                      h_all + (t * B + b) * H, peep, H, j, k);
         });
       }
     });
+    if (w_r.has_value()) gemm<T>(h_all + t * B * H, H, n, *w_r, out_all + t * B * P, P, nullptr, false);
   }
 }
 
@@ -730,25 +739,31 @@ void gru_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& gates, 
 template <typename T>
 void lstm_forward_impl(Tensor& gates, Tensor& out, Tensor& cells, const Tensor& h0,
                        const Tensor& c0, const Tensor& w_hh, const c10::optional<Tensor>& peep,
+                       const c10::optional<Tensor>& w_hr, const c10::optional<Tensor>& raw,
                        const std::vector<int64_t>& batch_sizes, bool coupled) {
-  const int64_t T_ = gates.size(0), B = gates.size(1), H = out.size(2);
+  const int64_t T_ = gates.size(0), B = gates.size(1), H = cells.size(2), P = out.size(2);
+  TORCH_CHECK(w_hr.has_value() == raw.has_value() && (w_hr.has_value() || P == H),
+              "lstm_forward: the projection W_hr and its raw buffer come together");
   const auto run = [&](auto coupled_, auto peep_) {
     lstm_forward_variant<T, decltype(coupled_)::value, decltype(peep_)::value>(
-        gates.data_ptr<T>(), out.data_ptr<T>(), cells.data_ptr<T>(), h0.data_ptr<T>(),
-        c0.data_ptr<T>(), w_hh, data_or_null<T>(peep), T_, B, H, batch_sizes);
+        gates.data_ptr<T>(), out.data_ptr<T>(), cells.data_ptr<T>(),
+        raw.has_value() ? raw->data_ptr<T>() : nullptr, h0.data_ptr<T>(), c0.data_ptr<T>(), w_hh,
+        w_hr.has_value() ? &*w_hr : nullptr, data_or_null<T>(peep), T_, B, H, P, batch_sizes);
   };
   with_variant(coupled, peep.has_value(), run);
 }
 
-// The LSTM's backward for one vector of units [j, j + k) of row b at step t (a backward_steps
-// point): the gates' pre-activation gradients from dh + ∂out_t, and dc ← dc_{t−1}.
+// The LSTM's backward through time. Without a projection each step is one product,
+// dh = dgates · W_hh, with the next step's pointwise work in its epilogue (backward_steps); with
+// W_hr (P, H), ∂h_t (P features) goes to `dproj` (for W_hr's gradient) and through W_hr to
+// ∂(o ⊙ tanh c) first: two products a step.
 template <typename T, bool Coupled, bool Peep>
 void lstm_backward_variant(const Tensor& grad_out, Tensor& dh, Tensor& dc, const Tensor& gates,
                            const Tensor& cells, const Tensor& c0, const Tensor& w_hh,
-                           const T* peep, Tensor& dgates,
+                           const T* peep, const Tensor* w_hr, T* dproj, Tensor& dgates,
                            const std::vector<int64_t>& batch_sizes) {
   constexpr int G = Coupled ? 3 : 4, GV = G - 2, OV = G - 1;  // the g and o blocks
-  const int64_t T_ = gates.size(0), B = gates.size(1), H = cells.size(2);
+  const int64_t T_ = gates.size(0), B = gates.size(1), H = cells.size(2), P = dh.size(1);
   const Packed<T> w(w_hh, kRecurrentSlot);  // dh = dgates · W_hh
   const T* go_all = grad_out.data_ptr<T>();
   const T* g_all = gates.data_ptr<T>();
@@ -756,7 +771,9 @@ void lstm_backward_variant(const Tensor& grad_out, Tensor& dh, Tensor& dc, const
   T* dg_all = dgates.data_ptr<T>();
   T* dhp = dh.data_ptr<T>();
   T* dcp = dc.data_ptr<T>();
-  const auto point = [&](int64_t t, int64_t b, int64_t j, int64_t k) {
+  // one vector of units [j, j + k) of row b at step t, given ∂(o ⊙ tanh c): the gates'
+  // pre-activation gradients, and dc ← dc_{t−1}
+  const auto cell_point = [&](int64_t t, int64_t b, int64_t j, int64_t k, const Vec<T>& grad) {
     const T* gr = g_all + (t * B + b) * G * H;
     T* dgr = dg_all + (t * B + b) * G * H;
     const T* c = c_all + t * B * H;
@@ -765,7 +782,6 @@ void lstm_backward_variant(const Tensor& grad_out, Tensor& dh, Tensor& dc, const
     const Vec<T> i = load(gr + j, k);
     const Vec<T> cand = load(gr + GV * H + j, k), og = load(gr + OV * H + j, k);
     const Vec<T> cprev = load(cp + b * H + j, k);
-    const Vec<T> grad = load(dhp + b * H + j, k) + load(go_all + (t * B + b) * H + j, k);
     const Vec<T> tc = tanh(load(c + b * H + j, k));
     const Vec<T> dout = grad * tc * og * (one - og);
     Vec<T> dcell = load(dcp + b * H + j, k) + grad * og * (one - tc * tc);
@@ -788,17 +804,50 @@ void lstm_backward_variant(const Tensor& grad_out, Tensor& dh, Tensor& dc, const
     if constexpr (Peep) dprev = dprev + di * load(peep + j, k);
     store(dprev, dcp + b * H + j, k);
   };
-  backward_steps<T>(w, dg_all, G * H, dhp, T_, B, H, batch_sizes, false, point);
+  if (w_hr == nullptr) {  // ∂(o ⊙ tanh c) = ∂h_t = dh + ∂out_t
+    const auto point = [&](int64_t t, int64_t b, int64_t j, int64_t k) {
+      cell_point(t, b, j, k,
+                 load(dhp + b * H + j, k) + load(go_all + (t * B + b) * H + j, k));
+    };
+    backward_steps<T>(w, dg_all, G * H, dhp, T_, B, H, batch_sizes, false, point);
+    return;
+  }
+  const Packed<T> w_r(*w_hr, kSecondSlot);  // ∂(o ⊙ tanh c) = ∂h_t · W_hr
+  Tensor scratch = at::empty({B, H}, gates.options());
+  T* draw = scratch.data_ptr<T>();
+  for (int64_t t = T_ - 1; t >= 0; --t) {
+    const int64_t n = live(batch_sizes, t, B);
+    T* dp = dproj + t * B * P;
+    for_rows(n, P, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        for_columns<T>(P, [&](int64_t j, int64_t k) {
+          store(load(dhp + b * P + j, k) + load(go_all + (t * B + b) * P + j, k), dp + b * P + j, k);
+        });
+      }
+    });
+    gemm<T>(dp, P, n, w_r, draw, H, nullptr, false);
+    for_rows(n, G * H, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        for_columns<T>(H, [&](int64_t j, int64_t k) { cell_point(t, b, j, k, load(draw + b * H + j, k)); });
+      }
+    });
+    gemm<T>(dg_all + t * B * G * H, G * H, n, w, dhp, P, nullptr, false);
+  }
 }
 
 template <typename T>
 void lstm_backward_impl(const Tensor& grad_out, Tensor& dh, Tensor& dc, const Tensor& gates,
                         const Tensor& cells, const Tensor& c0, const Tensor& w_hh,
-                        const c10::optional<Tensor>& peep, Tensor& dgates,
+                        const c10::optional<Tensor>& peep, const c10::optional<Tensor>& w_hr,
+                        const c10::optional<Tensor>& dproj, Tensor& dgates,
                         const std::vector<int64_t>& batch_sizes, bool coupled) {
+  TORCH_CHECK(w_hr.has_value() == dproj.has_value() && (w_hr.has_value() || dh.size(1) == cells.size(2)),
+              "lstm_backward: the projection W_hr and its gradient buffer come together");
   const auto run = [&](auto coupled_, auto peep_) {
     lstm_backward_variant<T, decltype(coupled_)::value, decltype(peep_)::value>(
-        grad_out, dh, dc, gates, cells, c0, w_hh, data_or_null<T>(peep), dgates, batch_sizes);
+        grad_out, dh, dc, gates, cells, c0, w_hh, data_or_null<T>(peep),
+        w_hr.has_value() ? &*w_hr : nullptr, dproj.has_value() ? dproj->data_ptr<T>() : nullptr,
+        dgates, batch_sizes);
   };
   with_variant(coupled, peep.has_value(), run);
 }
@@ -996,21 +1045,24 @@ void gru_backward(const Tensor& grad_out, Tensor dh, const Tensor& gates, const 
 
 void lstm_forward(Tensor gates, Tensor out, Tensor cells, const Tensor& h0, const Tensor& c0,
                   const Tensor& w_hh, const c10::optional<Tensor>& peep,
+                  const c10::optional<Tensor>& w_hr, const c10::optional<Tensor>& raw,
                   const std::vector<int64_t>& batch_sizes, bool coupled) {
   const Untraced untraced;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_forward", [&] {
-    lstm_forward_impl<scalar_t>(gates, out, cells, h0, c0, w_hh, peep, batch_sizes, coupled);
+    lstm_forward_impl<scalar_t>(gates, out, cells, h0, c0, w_hh, peep, w_hr, raw, batch_sizes,
+                                coupled);
   });
 }
 
 void lstm_backward(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& gates,
                    const Tensor& cells, const Tensor& c0, const Tensor& w_hh,
-                   const c10::optional<Tensor>& peep, Tensor dgates,
+                   const c10::optional<Tensor>& peep, const c10::optional<Tensor>& w_hr,
+                   const c10::optional<Tensor>& dproj, Tensor dgates,
                    const std::vector<int64_t>& batch_sizes, bool coupled) {
   const Untraced untraced;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
-    lstm_backward_impl<scalar_t>(grad_out, dh, dc, gates, cells, c0, w_hh, peep, dgates,
-                                 batch_sizes, coupled);
+    lstm_backward_impl<scalar_t>(grad_out, dh, dc, gates, cells, c0, w_hh, peep, w_hr, dproj,
+                                 dgates, batch_sizes, coupled);
   });
 }
 
@@ -1053,8 +1105,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("matmul", &matmul, "a · r (+ bias) for a few hundred rows and more, packed");
   m.def("gru_forward", &gru_forward, "GRU forward time loop, in place");
   m.def("gru_backward", &gru_backward, "GRU backward time loop, in place");
-  m.def("lstm_forward", &lstm_forward, "LSTM forward time loop (peepholes, coupled), in place");
-  m.def("lstm_backward", &lstm_backward, "LSTM backward time loop (peepholes, coupled), in place");
+  m.def("lstm_forward", &lstm_forward,
+        "LSTM forward time loop (peepholes, coupled, projection), in place");
+  m.def("lstm_backward", &lstm_backward,
+        "LSTM backward time loop (peepholes, coupled, projection), in place");
   m.def("mgu_forward", &mgu_forward, "MGU forward time loop, in place");
   m.def("mgu_backward", &mgu_backward, "MGU backward time loop, in place");
   m.def("rnn_forward", &rnn_forward, "RNN forward time loop, in place");
