@@ -3,10 +3,10 @@
 // product's epilogue where the build has 32 vector registers (AVX-512) for the LSTM (every
 // variant) and the GRU with the reset after, else a separate pass; the GRU with the reset before,
 // the MGU and the LSTM with a projection take two products a step. In place in the caller's
-// buffers. `matmul` serves the
-// input projection and dx. The Python twins are the _*_forward_loop / _*_backward_loop functions
-// in gatedrnn/backends/cpu.py; the buffer contracts are documented there. Built on first use by
-// torch.utils.cpp_extension (gatedrnn/backends/compiled.py).
+// buffers. `matmul` serves the input projection and dx. The Python twins are the
+// _*_forward_loop / _*_backward_loop functions in gatedrnn/backends/cpu.py; the buffer contracts
+// are documented there. Built on first use by torch.utils.cpp_extension
+// (gatedrnn/backends/compiled.py).
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -515,7 +515,9 @@ void lstm_forward_variant(T* g_all, T* out_all, T* c_all, T* raw_all, const T* h
                         [&](int64_t t, int64_t b, int64_t j, int64_t k, const T* pre) {
       const T* cp = (t == 0 ? c0 : c_all + (t - 1) * B * H) + b * H;
       T* gr = g_all + (t * B + b) * G * H;
-      const auto gate = [&](int v) { return Vec<T>::loadu(pre + v * VS) + load(gr + v * H + j, k); };
+      const auto gate = [&](int v) {
+        return Vec<T>::loadu(pre + v * VS) + load(gr + v * H + j, k);
+      };
       lstm_unit<T, Coupled, Peep>(gate, gr, cp, c_all + (t * B + b) * H,
                                   out_all + (t * B + b) * H, peep, H, j, k);
     });
@@ -541,7 +543,9 @@ void lstm_forward_variant(T* g_all, T* out_all, T* c_all, T* raw_all, const T* h
         });
       }
     });
-    if (w_r.has_value()) gemm<T>(h_all + t * B * H, H, n, *w_r, out_all + t * B * P, P, nullptr, false);
+    if (w_r.has_value()) {  // h = (o ⊙ tanh c) · W_hrᵀ
+      gemm<T>(h_all + t * B * H, H, n, *w_r, out_all + t * B * P, P, nullptr, false);
+    }
   }
 }
 
@@ -821,14 +825,17 @@ void lstm_backward_variant(const Tensor& grad_out, Tensor& dh, Tensor& dc, const
     for_rows(n, P, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         for_columns<T>(P, [&](int64_t j, int64_t k) {
-          store(load(dhp + b * P + j, k) + load(go_all + (t * B + b) * P + j, k), dp + b * P + j, k);
+          const Vec<T> grad = load(dhp + b * P + j, k) + load(go_all + (t * B + b) * P + j, k);
+          store(grad, dp + b * P + j, k);
         });
       }
     });
     gemm<T>(dp, P, n, w_r, draw, H, nullptr, false);
     for_rows(n, G * H, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        for_columns<T>(H, [&](int64_t j, int64_t k) { cell_point(t, b, j, k, load(draw + b * H + j, k)); });
+        for_columns<T>(H, [&](int64_t j, int64_t k) {
+          cell_point(t, b, j, k, load(draw + b * H + j, k));
+        });
       }
     });
     gemm<T>(dg_all + t * B * G * H, G * H, n, w, dhp, P, nullptr, false);
@@ -841,7 +848,8 @@ void lstm_backward_impl(const Tensor& grad_out, Tensor& dh, Tensor& dc, const Te
                         const c10::optional<Tensor>& peep, const c10::optional<Tensor>& w_hr,
                         const c10::optional<Tensor>& dproj, Tensor& dgates,
                         const std::vector<int64_t>& batch_sizes, bool coupled) {
-  TORCH_CHECK(w_hr.has_value() == dproj.has_value() && (w_hr.has_value() || dh.size(1) == cells.size(2)),
+  TORCH_CHECK(w_hr.has_value() == dproj.has_value() &&
+                  (w_hr.has_value() || dh.size(1) == cells.size(2)),
               "lstm_backward: the projection W_hr and its gradient buffer come together");
   const auto run = [&](auto coupled_, auto peep_) {
     lstm_backward_variant<T, decltype(coupled_)::value, decltype(peep_)::value>(
