@@ -129,9 +129,9 @@ def run_benchmark(
     results: list[BenchResult] = []
     for cell, (kind, options) in cells.items():
         theirs, same = _torch_counterpart(kind, options)
-        against = f"torch.nn.{TORCH_LAYERS[FAMILY[kind]].__name__}" + "".join(
-            f"({', '.join(f'{k}={v}' for k, v in theirs.items())})" if theirs else ""
-        )
+        against = f"torch.nn.{TORCH_LAYERS[FAMILY[kind]].__name__}"
+        if theirs:
+            against += f"({', '.join(f'{k}={v}' for k, v in theirs.items())})"
         for hidden in hidden_sizes:
             for batch in batch_sizes:
                 torch.manual_seed(0)

@@ -112,19 +112,24 @@ def test_the_avx2_build_too():
     """On an AVX-512 machine the AVX2 build (plain panels, separate pointwise pass) is what a
     machine without AVX-512 runs: build it here as well (ATEN_CPU_CAPABILITY=avx2) and run the
     tile-crossing checks above through it, in a subprocess."""
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        pytest.skip("this machine runs the AVX2 build already")
+    _checks_in_another_build({"ATEN_CPU_CAPABILITY": "avx2"}, "past_one_tile or build_where")
+
+
+def _checks_in_another_build(environment: dict[str, str], selection: str) -> None:
+    """This file's tests that ``selection`` picks, run in a subprocess whose ``environment``
+    selects another build of the compiled loops: all must run (none skipped) and pass."""
     import os
     import subprocess
     import sys
 
     if compiled.unavailable_reason() is not None:
         pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
-    if torch.backends.cpu.get_cpu_capability() != "AVX512":
-        pytest.skip("this machine runs the AVX2 build already")
-    env = dict(os.environ, ATEN_CPU_CAPABILITY="avx2")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", __file__,
-         "-k", "past_one_tile or build_where"],
-        env=env, capture_output=True, text=True, timeout=600,
+         "-k", selection],
+        env=dict(os.environ, **environment), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout.splitlines()[-1]
@@ -135,22 +140,11 @@ def test_the_fused_forward_steps_on_any_machine():
     all its variants, and the GRU's with the reset after) run only in the AVX-512 build; on a
     machine without AVX-512 build them into the AVX2 one (GATEDRNN_CPU_GATE_PANELS=1) and run
     the tile-crossing checks above through them, in a subprocess."""
-    import os
-    import subprocess
-    import sys
-
-    if compiled.unavailable_reason() is not None:
-        pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
     if torch.backends.cpu.get_cpu_capability() == "AVX512":
         pytest.skip("this machine runs the fused steps in its own build")
-    env = dict(os.environ, GATEDRNN_CPU_GATE_PANELS="1")
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", __file__,
-         "-k", "past_one_tile and (lstm or gru) and not before"],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert " passed" in result.stdout and "skipped" not in result.stdout.splitlines()[-1]
+    _checks_in_another_build(
+        {"GATEDRNN_CPU_GATE_PANELS": "1"}, "past_one_tile and (lstm or gru) and not before"
+    )
 
 
 def test_a_lock_left_by_a_killed_process_does_not_hang_the_next():

@@ -748,9 +748,9 @@ def _have_compiled_loops() -> bool:
     return compiled_loops() is not None
 
 
-def _spec_of(kind: str, flag: bool, peepholes: bool) -> CellSpec:  # (a projection: a weight)
+def _spec_of(kind: str, flag: bool, peepholes: bool) -> CellSpec:
     """The cell a direction operator computes, from its kind, :func:`_flag` and whether it has
-    peephole weights."""
+    peephole weights (a projection is a weight of the layer, not part of the cell)."""
     if kind == "rnn":
         return make_spec("rnn", nonlinearity="relu" if flag else "tanh")
     if kind == "gru":

@@ -657,6 +657,29 @@ void gru_forward_impl(Tensor& gates, Tensor& out, Tensor& rec, const Tensor& h0,
   }
 }
 
+// The gradient through a gate's product with the previous state, g ⊙ h_{t−1} (the GRU's r ⊙ h
+// with the reset before, the MGU's f ⊙ h), given d = ∂/∂(g ⊙ h) (n × H) and the gate as block 0
+// of the rows of `g` (`width` apart): its pre-activation gradient d ⊙ h ⊙ g(1 − g) into block 0
+// of `dg`'s rows (added to what is there with `accumulate`), and dh += d ⊙ g.
+template <typename T>
+void through_gated_state(int64_t n, int64_t H, int64_t width, const T* g, T* dg, const T* d,
+                         const T* hp, T* dhp, bool accumulate) {
+  for_rows(n, H, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const T* gr = g + b * width;
+      T* dgr = dg + b * width;
+      for_columns<T>(H, [&](int64_t j, int64_t c) {
+        const Vec<T> one(T(1));
+        const Vec<T> dv = load(d + b * H + j, c);
+        const Vec<T> gate = load(gr + j, c);
+        const Vec<T> dgate = dv * load(hp + b * H + j, c) * gate * (one - gate);
+        store(accumulate ? load(dgr + j, c) + dgate : dgate, dgr + j, c);
+        store(load(dhp + b * H + j, c) + dv * gate, dhp + b * H + j, c);
+      });
+    }
+  });
+}
+
 template <typename T>
 void gru_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& gates, const Tensor& rec,
               const Tensor& out, const Tensor& h0, const Tensor& w_hh, Tensor& dgates,
@@ -722,19 +745,7 @@ void gru_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& gates, 
       });
       T* drp = scratch.data_ptr<T>();
       gemm<T>(dg + 2 * H, 3 * H, n, *w_n, drp, H, nullptr, false);  // ∂/∂(r ⊙ h)
-      for_rows(n, H, [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const T* gr = g + b * 3 * H;
-          T* dgr = dg + b * 3 * H;
-          for_columns<T>(H, [&](int64_t j, int64_t c) {
-            const Vec<T> one(T(1));
-            const Vec<T> d = load(drp + b * H + j, c);
-            const Vec<T> r = load(gr + j, c);
-            store(d * load(hp + b * H + j, c) * r * (one - r), dgr + j, c);
-            store(load(dhp + b * H + j, c) + d * r, dhp + b * H + j, c);
-          });
-        }
-      });
+      through_gated_state<T>(n, H, 3 * H, g, dg, drp, hp, dhp, false);
       gemm<T>(dg, 3 * H, n, w_all, dhp, H, nullptr, true);
     }
   }
@@ -941,21 +952,9 @@ void mgu_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& gates, 
         });
       }
     });
-    gemm<T>(dg + H, 2 * H, n, w_n, dfh, H, nullptr, false);
-    // f's gradient through f ⊙ h, and dh ← f ⊙ ∂/∂(f ⊙ h)
-    for_rows(n, H, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const T* gr = g + b * 2 * H;
-        T* dgr = dg + b * 2 * H;
-        for_columns<T>(H, [&](int64_t j, int64_t c) {
-          const Vec<T> one(T(1));
-          const Vec<T> d = load(dfh + b * H + j, c);
-          const Vec<T> f = load(gr + j, c);
-          store(load(dgr + j, c) + d * load(hp + b * H + j, c) * f * (one - f), dgr + j, c);
-          store(load(dhp + b * H + j, c) + d * f, dhp + b * H + j, c);
-        });
-      }
-    });
+    gemm<T>(dg + H, 2 * H, n, w_n, dfh, H, nullptr, false);  // ∂/∂(f ⊙ h)
+    // f's gradient through f ⊙ h (added to its update path's), and dh ← f ⊙ ∂/∂(f ⊙ h)
+    through_gated_state<T>(n, H, 2 * H, g, dg, dfh, hp, dhp, true);
     gemm<T>(dg, 2 * H, n, w_f, dhp, H, nullptr, true);
   }
 }
