@@ -58,9 +58,11 @@ def test_fallback_warns_once_and_computes_the_same(no_extension):
         ("LSTM", {"proj_size": 29}),
         ("LSTM", {"proj_size": 17, "peepholes": True}),
         ("MGU", {}),
+        ("MinGRU", {}),
+        ("MinLSTM", {}),
     ],
     ids=["rnn", "rnn-relu", "gru", "gru-before", "lstm", "lstm-peep", "lstm-cifg", "lstm-cifg-peep",
-         "lstm-proj", "lstm-proj-peep", "mgu"],
+         "lstm-proj", "lstm-proj-peep", "mgu", "mingru", "minlstm"],
 )  # fmt: skip
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("hidden", [64, 83])
@@ -256,7 +258,11 @@ _AUTO_CHOICES = [
     (gatedrnn.GRU, {"reset": "before"}, 32, False, "cpu", "cpu"),
     (gatedrnn.MGU, {}, 32, False, "cpu", "cpu"),
     (gatedrnn.MGU, {}, 1, True, "cpu", "cpu"),
-    (gatedrnn.MinGRU, {}, 8, True, "reference", "reference"),
+    # the minimal cells: ours, or the reference's parallel scan (which beats the PyTorch loop
+    # below batch × hidden 256; the layers here have H = 5)
+    (gatedrnn.MinGRU, {}, 8, True, "cpu", "reference"),
+    (gatedrnn.MinGRU, {}, 64, True, "cpu", "cpu"),
+    (gatedrnn.MinLSTM, {"scan": "sequential"}, 64, False, "cpu", "cpu"),
     # the projection: torch has no fused kernel (oneDNN none), but a generic loop
     (gatedrnn.LSTM, {"proj_size": 2}, 32, False, "cpu", "cudnn"),
     (gatedrnn.LSTM, {"proj_size": 2}, 32, True, "cpu", "cpu"),

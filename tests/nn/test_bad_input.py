@@ -289,8 +289,10 @@ def test_auto_skips_backends_that_cannot_run(refuser_backend):
     assert resolve_backend("auto", projected, x).name == "cpu"
     peepholes = LayerConfig(make_spec("lstm", peepholes=True), 5, 6)
     assert resolve_backend("auto", peepholes, x).name == "cpu"  # a variant torch lacks: ours
-    minimal = LayerConfig(make_spec("mingru"), 5, 6)
-    assert resolve_backend("auto", minimal, x).name == "reference"  # no loop of ours, or torch's
+    for kind in ("mingru", "minlstm"):  # ours, compiled; the PyTorch loop loses to the scan
+        minimal = LayerConfig(make_spec(kind), 5, 6)
+        expected = "cpu" if compiled_loops() is not None else "reference"
+        assert resolve_backend("auto", minimal, x).name == expected
 
 
 @pytest.mark.parametrize(
@@ -299,7 +301,7 @@ def test_auto_skips_backends_that_cannot_run(refuser_backend):
         (gatedrnn.GRU(5, 6, reset="before", backend="cudnn"), "reset='after' only"),
         (gatedrnn.LSTM(5, 6, peepholes=True, backend="cudnn"), "no peepholes or coupled gate"),
         (gatedrnn.MinGRU(5, 6, backend="cudnn"), "no fused kernel for mingru"),
-        (gatedrnn.MinLSTM(5, 6, backend="cpu"), "it has no loop for minlstm"),
+        (gatedrnn.MinLSTM(5, 6, backend="triton"), "the GRU and the LSTM only, not minlstm"),
     ],
 )
 def test_backends_refuse_variants_with_the_reason(layer, reason):

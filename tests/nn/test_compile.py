@@ -78,6 +78,19 @@ def test_cpu_loops_compile_into_one_graph(cls, backend, packed):
     assert ours.last_backend == (backend if backend != "auto" else "cpu")
 
 
+@pytest.mark.parametrize("backend", ["cpu", "cpu-python"])
+@pytest.mark.parametrize("cls", [gatedrnn.MinGRU, gatedrnn.MinLSTM], ids=lambda c: c.__name__)
+def test_minimal_cells_cpu_loops_compile_into_one_graph(cls, backend):
+    """The minimal cells' loops too (an operator call without W_hh or b_hh)."""
+    torch._dynamo.reset()
+    ours, eager = _pair(cls, backend, num_layers=2, bidirectional=True)
+    compiled = torch.compile(ours, backend="aot_eager", fullgraph=True)
+    x = torch.randn(5, 3, 4)
+    for got, want in zip(_run(compiled, x), _run(eager, x), strict=True):
+        torch.testing.assert_close(got, want)
+    assert ours.last_backend == backend
+
+
 class _Packed(torch.nn.Module):
     """``layer`` on x packed with ``lengths``, its output padded again."""
 
@@ -91,7 +104,7 @@ class _Packed(torch.nn.Module):
 
 
 # (kind, flag, peepholes, projection): the direction operator's cells (flag: the RNN's relu,
-# the GRU's reset after, the LSTM's coupled gate)
+# the GRU's reset after, the LSTM's coupled gate, the minimal cells' minLSTM)
 _OPERATOR_CELLS = {
     "rnn": ("rnn", False, False, False),
     "gru": ("gru", True, False, False),
@@ -101,6 +114,8 @@ _OPERATOR_CELLS = {
     "lstm-proj": ("lstm", False, False, True),
     "lstm-cifg-peep-proj": ("lstm", True, True, True),
     "mgu": ("mgu", False, False, False),
+    "mingru": ("mingru", False, False, False),
+    "minlstm": ("minlstm", True, False, False),
 }
 
 
@@ -108,7 +123,9 @@ def _direction_inputs(cell: str, bias: bool, lengths: bool) -> tuple:
     """Float64 arguments of the ``cpu`` backend's direction operator (T 5, B 3, I 4, H 3, and
     P 2 with the projection)."""
     kind, flag, peepholes, projection = _OPERATOR_CELLS[cell]
-    gates = {"rnn": 1, "gru": 3, "lstm": 3 if flag else 4, "mgu": 2}[kind]
+    gates = {"rnn": 1, "gru": 3, "lstm": 3 if flag else 4, "mgu": 2, "mingru": 2, "minlstm": 3}[
+        kind
+    ]
     P = 2 if projection else 3
     torch.manual_seed(0)
 
@@ -120,8 +137,11 @@ def _direction_inputs(cell: str, bias: bool, lengths: bool) -> tuple:
     peep = leaf((gates - 1) * 3) if peepholes else None
     w_hr = leaf(P, 3) if projection else None
     sizes = torch.tensor([5, 4, 2]) if lengths else None  # sorted, as the backend passes them
-    return (leaf(5, 3, 4), leaf(3, P), c0, leaf(gates * 3, 4), leaf(gates * 3, P), *biases, peep,
-            w_hr, sizes, kind, flag, True)  # fmt: skip
+    w_hh = leaf(gates * 3, P) if kind not in ("mingru", "minlstm") else None
+    if w_hh is None and bias:  # the minimal cells have one bias, b_ih
+        biases = (biases[0], None)
+    return (leaf(5, 3, 4), leaf(3, P), c0, leaf(gates * 3, 4), w_hh, *biases, peep, w_hr, sizes,
+            kind, flag, True)  # fmt: skip
 
 
 # every (bias, lengths) pair for the plain cells; for the variants, which share their plumbing,

@@ -292,9 +292,9 @@ def test_a_backend_that_cannot_run_a_cell_is_refused_before_anything_runs(tmp_pa
     study = tmp_path / "s.toml"
     study.write_text(
         'tasks = ["adding"]\ncells = ["gru", {cell = "mingru", label = "min"}]\n'
-        'seeds = 1\n[train]\nbackend = "cpu"\nsmoke = true\n'
+        'seeds = 1\n[train]\nbackend = "cudnn"\nsmoke = true\n'
     )
-    with pytest.raises(ValueError, match=r"train\.backend: 'cpu' cannot run mingru.*'min'"):
+    with pytest.raises(ValueError, match=r"train\.backend: 'cudnn' cannot run mingru.*'min'"):
         run_study(load_study(study), tmp_path / "runs", workers=1)
     assert not (tmp_path / "runs").exists()
 

@@ -297,8 +297,8 @@ def test_train_command_checks_data_and_device_before_it_starts(tmp_path, capsys,
     printed = capsys.readouterr()
     assert "backend: 'cudnn' cannot run gru(reset=before) on cpu" in printed.err
     assert printed.out == ""
-    with pytest.raises(ValueError, match=r"'cpu' cannot run mingru.*no loop.*use 'auto'"):
-        train(TrainConfig(cell="mingru", backend="cpu"))
+    with pytest.raises(ValueError, match=r"'cudnn' cannot run mingru.*no fused kernel.*use 'auto'"):
+        train(TrainConfig(cell="mingru", backend="cudnn"))
 
 
 def test_mixed_precision_run_completes_and_layers_compute_in_bfloat16():

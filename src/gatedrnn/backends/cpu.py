@@ -25,15 +25,19 @@ shapes). Eager calls go through :class:`_Direction`, an autograd Function, aroun
 forward and backward functions.
 
 Covers RNN (tanh, relu), GRU (reset after and before), LSTM (standard, with peepholes, with the
-coupled input-forget gate, or both; each with or without the projection, ``proj_size``) and MGU;
-refuses the minimal cells (minGRU, minLSTM: a parallel scan, no loop) with the reason. Twice
+coupled input-forget gate, or both; each with or without the projection, ``proj_size``), MGU, and
+the minimal cells (minGRU, minLSTM), whose gates do not read the state: after the input
+projection, each element's recurrence h_t = (1 − z_t) h_{t−1} + z_t h̃_t is its own loop over
+time (compiled: one pass, in parallel over the batch and the units; the layers' ``scan`` option
+chooses the reference backend's algorithm and changes nothing here). Twice
 differentiable, as torch.nn is on the CPU: with ``create_graph=True`` the backward reruns the
 reference loop on the saved input and differentiates that (:func:`_twice`). ``"auto"`` takes it
 where it measured faster than torch's own kernels: every cell it covers with the compiled loops,
 but for the LSTM forward alone from batch 16 (oneDNN's ties or wins there); with the PyTorch loops,
 RNN, GRU and the projected LSTM for training only. For the variants torch has no kernel for, where
-the other choice is the reference loop, ``auto`` takes it always, compiled or not (see
-:meth:`CpuBackend.auto_declines`).
+the other choice is the reference loop, ``auto`` takes it always, compiled or not, but for the
+minimal cells' PyTorch loop below batch × hidden 256, where the reference's parallel scan wins
+(see :meth:`CpuBackend.auto_declines`).
 """
 
 from __future__ import annotations
@@ -692,22 +696,118 @@ def _mgu_backward(grad_out, grad_finals, inputs, out, extra, batch_sizes, _flag,
     return dx, dh if needs[1] else None, dw_ih, dw_hh, db, db, None, None
 
 
+def _candidate(k_h: Tensor) -> tuple[Tensor, Tensor]:
+    """h̃ = g(k_h) of the minimal cells (:func:`gatedrnn.nn.functional.g`) and its derivative:
+    1 for k_h ≥ 0, σ′(k_h) = h̃(1 − h̃) below. g′ jumps at 0 (from ¼ to 1), so the side is taken
+    from the sign of k_h, as the reference's ``where`` does, not from h̃ (σ(k) rounds to ½ for a
+    tiny negative k)."""
+    sig = torch.sigmoid(k_h)
+    above = k_h >= 0
+    return torch.where(above, k_h + 0.5, sig), torch.where(above, 1.0, sig * (1 - sig))
+
+
+def _min_update(gates: Tensor, H: int, lstm: bool) -> Tensor:
+    """The update gate z of every step from the stored gates (z itself, or i/(i + f) for the
+    minLSTM, whose h_t = f/(f + i) h_{t−1} + i/(f + i) h̃_t is the same lerp)."""
+    if not lstm:
+        return gates[..., :H]
+    i, f = gates[..., :H], gates[..., H : 2 * H]
+    return i / (i + f)
+
+
+def _min_forward_loop(gates, out, h0, batch_sizes, lstm):
+    """The minGRU/minLSTM forward loop, in place; the compiled ``min_forward`` is its twin.
+
+    ``gates`` (T, B, G·H) holds x W_ihᵀ + b_ih on entry; on exit its gate blocks hold the gates
+    (z, or i|f for the minLSTM) and the last block still holds the candidate's pre-activation
+    k_h (its derivative needs the sign). ``out`` (T, B, H) receives h. No gate reads the state,
+    so the gates of all steps are computed first; the loop is one lerp a step.
+    """
+    T, B, G = gates.shape
+    H = out.shape[2]
+    gates[..., : G - H].sigmoid_()
+    z = _min_update(gates, H, lstm)
+    cand, _ = _candidate(gates[..., G - H :])
+    for t in range(T):
+        n = _live(batch_sizes, t, B)
+        h_prev = h0[:n] if t == 0 else out[t - 1, :n]
+        torch.lerp(h_prev, cand[t, :n], z[t, :n], out=out[t, :n])  # (1 − z) ⊙ h + z ⊙ h̃
+
+
+def _min_backward_loop(grad_out, dh, gates, out, h0, dgates, batch_sizes, lstm):
+    """The minGRU/minLSTM backward loop, in place; the compiled ``min_backward`` is its twin.
+    ``dh`` (B, H) enters as the final state's gradient and leaves as h0's; ``dgates`` (the
+    layout of ``gates``) receives the pre-activation gradients, z|h̃ or i|f|h̃. The loop carries
+    ∂h back through the direct path only (dh_{t−1} = dh_t ⊙ (1 − z_t)), each step's total
+    landing in the h̃ block; the rest is computed for all steps after it."""
+    T, B, G = gates.shape
+    H = out.shape[2]
+    z = _min_update(gates, H, lstm)
+    keep = 1 - z
+    grad_h = dgates[..., G - H :]
+    for t in reversed(range(T)):
+        n = _live(batch_sizes, t, B)
+        g = torch.add(dh[:n], grad_out[t, :n], out=grad_h[t, :n])
+        torch.mul(g, keep[t, :n], out=dh[:n])
+    cand, slope = _candidate(gates[..., G - H :])
+    dz = grad_h * (cand - _previous(h0, out)) * z * keep
+    if lstm:  # z = i/(i + f): ∂z/∂k_i = z(1 − z)(1 − i), ∂z/∂k_f = −z(1 − z)(1 − f)
+        torch.mul(dz, 1 - gates[..., :H], out=dgates[..., :H])
+        torch.mul(dz, gates[..., H : 2 * H] - 1, out=dgates[..., H : 2 * H])
+    else:
+        dgates[..., :H] = dz
+    grad_h.mul_(z * slope)
+
+
+def _min_forward(
+    x, states, w_ih, _w_hh, b_ih, _b_hh, _peep, _w_hr, batch_sizes, lengths, lstm, compiled
+):
+    """minGRU or minLSTM over a whole sequence, blocks z|h or i|f|h: (out, finals, the
+    activations the backward reads besides out: the gates and k_h)."""
+    T, B, _ = x.shape
+    (h0,) = states
+    gates = _project(x, w_ih, b_ih, compiled)  # (T, B, G·H): pre-activations, then the gates
+    out = _buffer(x, (T, B, h0.shape[1]), batch_sizes is not None)
+    forward_loop, _ = _loops("min", compiled)
+    forward_loop(gates, out, h0, list(batch_sizes or ()), lstm)
+    return out, (_last(out, lengths),), (gates,)
+
+
+def _min_backward(grad_out, grad_finals, inputs, out, extra, batch_sizes, lstm, compiled, needs):
+    """The gradients of (x, h0, W_ih, W_hh, b_ih, b_hh, peepholes, W_hr), None where not
+    needed (there is no W_hh or b_hh)."""
+    x, h0, w_ih, _, b_ih, _, _, _ = inputs
+    (gates,) = extra
+    dgates = _buffer(gates, gates.shape, batch_sizes is not None)
+    dh = grad_finals[0].clone()
+    _, backward_loop = _loops("min", compiled)
+    backward_loop(grad_out, dh, gates, out, h0, dgates, list(batch_sizes or ()), lstm)
+    dx, dw_ih, _ = _weight_grads(dgates, x, h0, out, (needs[0], needs[2], False), w_ih, compiled)
+    db = _sum_bias(dgates, b_ih is not None and needs[4])
+    return dx, dh if needs[1] else None, dw_ih, None, db, None, None, None
+
+
 # kind → (forward, backward) over one direction; ``flag``: see _flag
 _DIRECTIONS = {
     "rnn": (_rnn_forward, _rnn_backward),
     "gru": (_gru_forward, _gru_backward),
     "lstm": (_lstm_forward, _lstm_backward),
     "mgu": (_mgu_forward, _mgu_backward),
+    "mingru": (_min_forward, _min_backward),
+    "minlstm": (_min_forward, _min_backward),
 }
 
 
 def _flag(spec) -> bool:
     """The one option a direction's loops take: relu for the RNN, reset after for the GRU, the
-    coupled gate for the LSTM (its peepholes are a weight: present or None); none for the MGU."""
+    coupled gate for the LSTM (its peepholes are a weight: present or None), which minimal cell
+    for the minimal loops (the minLSTM's); none for the MGU."""
     if spec.kind == "rnn":
         return spec.nonlinearity == "relu"
     if spec.kind == "gru":
         return spec.reset == "after"
+    if spec.kind in ("mingru", "minlstm"):
+        return spec.kind == "minlstm"
     return spec.coupled if spec.kind == "lstm" else False
 
 
@@ -786,7 +886,7 @@ def _direction_op(
     h0: Tensor,
     c0: Optional[Tensor],  # noqa: UP045 (torch infers the schema: typing.Optional since 2.4)
     w_ih: Tensor,
-    w_hh: Tensor,
+    w_hh: Optional[Tensor],  # noqa: UP045 (None: the minimal cells)
     b_ih: Optional[Tensor],  # noqa: UP045
     b_hh: Optional[Tensor],  # noqa: UP045
     peep: Optional[Tensor],  # noqa: UP045
@@ -818,6 +918,8 @@ def _direction_shapes(x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, w_hr, lengths, ki
             outputs.append(x.new_empty(T, B, H))
     elif kind in ("gru", "mgu"):  # the gates and the recurrent candidate's term
         outputs += [x.new_empty(T, B, w_ih.shape[0]), x.new_empty(T, B, P)]
+    elif kind in ("mingru", "minlstm"):  # the gates and the candidate's pre-activation
+        outputs.append(x.new_empty(T, B, w_ih.shape[0]))
     return outputs
 
 
@@ -828,7 +930,7 @@ def _direction_backward_op(
     h0: Tensor,
     c0: Optional[Tensor],  # noqa: UP045
     w_ih: Tensor,
-    w_hh: Tensor,
+    w_hh: Optional[Tensor],  # noqa: UP045
     b_ih: Optional[Tensor],  # noqa: UP045
     b_hh: Optional[Tensor],  # noqa: UP045
     peep: Optional[Tensor],  # noqa: UP045
@@ -915,6 +1017,7 @@ _PYTHON_LOOPS = {
     "gru": (_gru_forward_loop, _gru_backward_loop),
     "lstm": (_lstm_forward_loop, _lstm_backward_loop),
     "mgu": (_mgu_forward_loop, _mgu_backward_loop),
+    "min": (_min_forward_loop, _min_backward_loop),
 }
 
 # Where the loops run as their operator, gatedrnn::cpu_direction, so that it is what gets
@@ -925,8 +1028,9 @@ _AS_OPERATOR = ("torch.export", "torch.jit.trace")
 
 
 class CpuBackend:
-    """Fused loops with a hand-written backward for RNN, GRU, LSTM and MGU and their variants on
-    the CPU, compiled on first use where possible (:mod:`gatedrnn.backends.compiled`)."""
+    """Fused loops with a hand-written backward for RNN, GRU, LSTM, MGU, minGRU and minLSTM and
+    their variants on the CPU, compiled on first use where possible
+    (:mod:`gatedrnn.backends.compiled`)."""
 
     name = "cpu"
     twice_differentiable = True  # by rerunning the reference loop (_twice)
@@ -965,15 +1069,25 @@ class CpuBackend:
         # peepholes and coupled gate, the MGU) are ours or the reference loop's, and ours won
         # everywhere (benchmarks/variant_speed.py, H 128–256, B 1–32): the compiled loops
         # 1.4–20× faster than the reference, the PyTorch twins 1.15–2× forward-only and
-        # 1.3–3.4× with the backward.
+        # 1.3–3.4× with the backward. For the minimal cells the other choice is the reference's
+        # parallel scan, a few whole-sequence operations (T=100 and 500, H 32–512, B 1–32): the
+        # compiled loop took 0.11–0.47 of its time; the PyTorch loop, a few operations a step,
+        # 0.28–0.62 from batch × hidden 512, level with it around 256, and up to 3.7× its time
+        # below (batch 1, H 32).
         spec = config.spec
+        compiled = self.compiled and _have_compiled_loops()
         if spec.torch_lacks is not None:
+            if not spec.recurrent and not compiled and input.shape[1] * config.hidden_size < 256:
+                return (
+                    "below batch × hidden 256 the reference's parallel scan beats our PyTorch "
+                    "loop for the minimal cells (no compiled loops here)"
+                )
             return None
         # With a projection torch runs no fused LSTM (oneDNN has none) but its generic loop,
         # which the compiled loops beat (fwd+bwd 0.13–0.82 of its time, forward-only 0.27–0.89
         # but for 1.09 at H 512, B 32) and the PyTorch ones with the backward (0.67–0.94).
         lstm = spec.kind == "lstm" and not config.proj_size  # oneDNN's fused LSTM
-        if self.compiled and _have_compiled_loops():
+        if compiled:
             if lstm and not torch.is_grad_enabled() and input.shape[1] >= 16:
                 return "forward-only at batch 16 and up, torch's fused LSTM (oneDNN) is as fast"
             return None

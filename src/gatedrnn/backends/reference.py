@@ -48,8 +48,9 @@ def fused_arguments(
     x: Tensor, state: tuple[Tensor, ...], w: Mapping[str, Tensor]
 ) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor | None, ...]]:
     """One direction's inputs as the fused backends' autograd Functions take them: contiguous x
-    and states, and (W_ih, W_hh, b_ih, b_hh) with None for absent biases."""
-    weights = (w["weight_ih"], w["weight_hh"], w.get("bias_ih"), w.get("bias_hh"))
+    and states, and (W_ih, W_hh, b_ih, b_hh) with None for absent biases (and W_hh: the
+    minimal cells have none)."""
+    weights = (w["weight_ih"], w.get("weight_hh"), w.get("bias_ih"), w.get("bias_hh"))
     return x.contiguous(), tuple(s.contiguous() for s in state), weights
 
 

@@ -2,10 +2,11 @@
 // through our packed GEMM (below) and the cell's vectorised pointwise work, fused into that
 // product's epilogue where the build has 32 vector registers (AVX-512) for the LSTM (every
 // variant) and the GRU with the reset after, else a separate pass; the GRU with the reset before,
-// the MGU and the LSTM with a projection take two products a step. In place in the caller's
-// buffers. `matmul` serves the input projection and dx. The Python twins are the
-// _*_forward_loop / _*_backward_loop functions in gatedrnn/backends/cpu.py; the buffer contracts
-// are documented there. Built on first use by torch.utils.cpp_extension
+// the MGU and the LSTM with a projection take two products a step; the minimal cells (minGRU,
+// minLSTM) none, each unit's recurrence a loop of its own. In place in the caller's buffers.
+// `matmul` serves the input projection and dx. The Python twins are the _*_forward_loop /
+// _*_backward_loop functions in gatedrnn/backends/cpu.py; the buffer contracts are documented
+// there. Built on first use by torch.utils.cpp_extension
 // (gatedrnn/backends/compiled.py).
 #include <torch/extension.h>
 
@@ -1008,6 +1009,103 @@ void rnn_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& out, co
   backward_steps<T>(w, dp_all, H, dhp, T_, B, H, batch_sizes, false, point);
 }
 
+// ---- The minimal cells (minGRU, minLSTM) ------------------------------------------------------
+// No gate reads the state, so after the input projection each unit's recurrence
+// h_t = h_{t−1} + z_t (h̃_t − h_{t−1}) is a loop of its own: one pass over time per vector of units
+// of one row, all of them in parallel, the state in a register. `gates` holds x W_ihᵀ + b_ih on
+// entry, blocks z|h (minGRU) or i|f|h (minLSTM, z = i / (i + f)); on exit the gates in place of
+// their pre-activations, the candidate's k_h kept (g′ jumps at 0: its side is k_h's sign).
+
+// The minimal cells' part of one step for one vector of units: k_h → (h̃ = g(k_h), g′(k_h)),
+// g(k) = k + ½ for k ≥ 0, σ(k) below (gatedrnn.nn.functional.g).
+template <typename T>
+inline void candidate(const Vec<T>& k, Vec<T>& cand, Vec<T>& slope) {
+  const Vec<T> one(T(1)), sig = sigmoid(k), above = k >= Vec<T>(T(0));
+  cand = Vec<T>::blendv(sig, k + Vec<T>(T(0.5)), above);
+  slope = Vec<T>::blendv(sig * (one - sig), one, above);
+}
+
+// Calls f(b, j, count) for every vector of units [j, j + count) of every row b, in parallel
+// (each call runs the whole sequence: about `steps` vectors of work).
+template <typename T, typename F>
+inline void for_units(int64_t B, int64_t H, int64_t steps, const F& f) {
+  constexpr int64_t VS = Vec<T>::size();
+  const int64_t per_row = (H + VS - 1) / VS;
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(steps * VS, 1));
+  at::parallel_for(0, B * per_row, grain, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t b = u / per_row, j = (u % per_row) * VS;
+      f(b, j, std::min<int64_t>(VS, H - j));
+    }
+  });
+}
+
+template <typename T, bool Lstm>
+void min_forward_impl(Tensor& gates, Tensor& out, const Tensor& h0,
+                      const std::vector<int64_t>& batch_sizes) {
+  const int64_t T_ = gates.size(0), B = gates.size(1), H = out.size(2);
+  constexpr int64_t G = Lstm ? 3 : 2;
+  T* g_all = gates.data_ptr<T>();
+  T* out_all = out.data_ptr<T>();
+  const T* h0p = h0.data_ptr<T>();
+  for_units<T>(B, H, T_, [&](int64_t b, int64_t j, int64_t c) {
+    Vec<T> h = load(h0p + b * H + j, c), cand, slope;
+    // rows are sorted by decreasing length: row b is live from step 0 until its end
+    for (int64_t t = 0; t < T_ && b < live(batch_sizes, t, B); ++t) {
+      T* gr = g_all + (t * B + b) * G * H;
+      Vec<T> z = sigmoid(load(gr + j, c));
+      store(z, gr + j, c);
+      if constexpr (Lstm) {
+        const Vec<T> f = sigmoid(load(gr + H + j, c));
+        store(f, gr + H + j, c);
+        z = z / (z + f);
+      }
+      candidate(load(gr + (G - 1) * H + j, c), cand, slope);
+      h = h + z * (cand - h);  // (1 − z) ⊙ h + z ⊙ h̃
+      store(h, out_all + (t * B + b) * H + j, c);
+    }
+  });
+}
+
+template <typename T, bool Lstm>
+void min_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& gates, const Tensor& out,
+                       const Tensor& h0, Tensor& dgates, const std::vector<int64_t>& batch_sizes) {
+  const int64_t T_ = gates.size(0), B = gates.size(1), H = out.size(2);
+  constexpr int64_t G = Lstm ? 3 : 2;
+  const T* go_all = grad_out.data_ptr<T>();
+  const T* g_all = gates.data_ptr<T>();
+  const T* out_all = out.data_ptr<T>();
+  const T* h0p = h0.data_ptr<T>();
+  T* dg_all = dgates.data_ptr<T>();
+  T* dhp = dh.data_ptr<T>();
+  for_units<T>(B, H, T_, [&](int64_t b, int64_t j, int64_t c) {
+    const Vec<T> one(T(1));
+    Vec<T> d = load(dhp + b * H + j, c), cand, slope;  // ∂h_t, from the final state's
+    for (int64_t t = T_ - 1; t >= 0; --t) {
+      if (b >= live(batch_sizes, t, B)) continue;  // past row b's end
+      const int64_t row = t * B + b;
+      const T* gr = g_all + row * G * H;
+      T* dgr = dg_all + row * G * H;
+      const Vec<T> grad = d + load(go_all + row * H + j, c);
+      const Vec<T> hp = load(t == 0 ? h0p + b * H + j : out_all + (row - B) * H + j, c);
+      candidate(load(gr + (G - 1) * H + j, c), cand, slope);
+      Vec<T> z = load(gr + j, c);
+      if constexpr (Lstm) {  // ∂z/∂k_i = z(1 − z)(1 − i), ∂z/∂k_f = −z(1 − z)(1 − f)
+        const Vec<T> i = z, f = load(gr + H + j, c);
+        z = i / (i + f);
+        const Vec<T> dz = grad * (cand - hp) * z * (one - z);
+        store(dz * (one - i), dgr + j, c);
+        store(dz * (f - one), dgr + H + j, c);
+      } else {
+        store(grad * (cand - hp) * z * (one - z), dgr + j, c);
+      }
+      store(grad * z * slope, dgr + (G - 1) * H + j, c);
+      d = grad * (one - z);
+    }
+    store(d, dhp + b * H + j, c);
+  });
+}
+
 // Held by each entry point below: the ATen calls inside (buffers, transposes) are not recorded by
 // torch.jit.trace, which records the autograd Function that calls us as one node and cannot
 // follow tensors made here (it failed with `unordered_map::at` at a second layer).
@@ -1106,6 +1204,31 @@ void rnn_backward(const Tensor& grad_out, Tensor dh, const Tensor& out, const Te
   });
 }
 
+void min_forward(Tensor gates, Tensor out, const Tensor& h0,
+                 const std::vector<int64_t>& batch_sizes, bool lstm) {
+  const Untraced untraced;
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "min_forward", [&] {
+    if (lstm) {
+      min_forward_impl<scalar_t, true>(gates, out, h0, batch_sizes);
+    } else {
+      min_forward_impl<scalar_t, false>(gates, out, h0, batch_sizes);
+    }
+  });
+}
+
+void min_backward(const Tensor& grad_out, Tensor dh, const Tensor& gates, const Tensor& out,
+                  const Tensor& h0, Tensor dgates, const std::vector<int64_t>& batch_sizes,
+                  bool lstm) {
+  const Untraced untraced;
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "min_backward", [&] {
+    if (lstm) {
+      min_backward_impl<scalar_t, true>(grad_out, dh, gates, out, h0, dgates, batch_sizes);
+    } else {
+      min_backward_impl<scalar_t, false>(grad_out, dh, gates, out, h0, dgates, batch_sizes);
+    }
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -1120,4 +1243,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mgu_backward", &mgu_backward, "MGU backward time loop, in place");
   m.def("rnn_forward", &rnn_forward, "RNN forward time loop, in place");
   m.def("rnn_backward", &rnn_backward, "RNN backward time loop, in place");
+  m.def("min_forward", &min_forward, "minGRU/minLSTM forward time loop, in place");
+  m.def("min_backward", &min_backward, "minGRU/minLSTM backward time loop, in place");
 }
