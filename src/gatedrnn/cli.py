@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -904,9 +905,21 @@ def _print_error(error: object) -> None:
     Console(stderr=True).print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
 
 
+def _stdout_console() -> Console:
+    """The console results are printed on: a terminal's own width; piped or redirected, where
+    rich assumes 80 columns and cut the wider tables (``bench`` with several backends) to
+    "…", wide enough for every table (``COLUMNS`` still sets it)."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=_PIPED_WIDTH)
+
+
+_PIPED_WIDTH = 200
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console()
+    console = _stdout_console()
     try:
         return args.run(args, console)
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as error:
