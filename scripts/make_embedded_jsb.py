@@ -34,7 +34,9 @@ def main() -> None:
         arrays[f"{split}_lengths"] = np.array([len(r) for r in rolls], dtype=np.int32)
     target = ROOT / "src" / "gatedrnn" / "data" / "jsb_chorales.npz"
     np.savez_compressed(target, **arrays)
-    print(f"wrote {target} ({target.stat().st_size} bytes)")
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    print(f"wrote {target} ({target.stat().st_size} bytes, sha256 {digest}: the registry's")
+    print("embedded_sha256 for jsb in src/gatedrnn/data/music.py must say so)")
 
 
 if __name__ == "__main__":

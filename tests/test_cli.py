@@ -159,8 +159,30 @@ def test_data_list_and_a_missing_dataset(capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("GATEDRNN_DATA", raising=False)
     assert main(["data", "list"]) == 0
     assert "jsb" in capsys.readouterr().out
-    assert main(["data", "verify", "jsb", "--data-dir", str(tmp_path / "none")]) == 2
-    assert "gatedrnn data fetch jsb" in capsys.readouterr().err.replace("\n", " ")
+    assert main(["data", "verify", "nottingham", "--data-dir", str(tmp_path / "none")]) == 2
+    assert "gatedrnn data fetch nottingham" in capsys.readouterr().err.replace("\n", " ")
+    # JSB Chorales ships inside the package: that copy is what the tasks read, and is verified
+    assert main(["data", "verify", "jsb", "--data-dir", str(tmp_path / "none")]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "jsb: verified the copy inside the package (jsb_chorales.npz)" in printed
+    assert "JSB_Chorales.mat is not here (`gatedrnn data fetch jsb`)" in printed
+
+
+def test_a_damaged_embedded_copy_is_named(capsys, tmp_path, monkeypatch):
+    import dataclasses
+
+    from gatedrnn.data import CorruptDataError, piano_rolls, registry
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("GATEDRNN_DATA", raising=False)
+    info = dataclasses.replace(registry.DATASETS["jsb"], embedded_sha256="0" * 64)
+    monkeypatch.setitem(registry.DATASETS, "jsb", info)
+    assert main(["data", "verify", "jsb"]) == 2
+    error = " ".join(capsys.readouterr().err.split())
+    assert "jsb_chorales.npz: sha256 4166598d" in error and f"expected {'0' * 64}" in error
+    assert "the installation of gatedrnn is damaged: reinstall it" in error
+    with pytest.raises(CorruptDataError, match="reinstall it"):
+        piano_rolls("jsb")
 
 
 def test_data_verify_reports_every_dataset_and_fails_if_one_does(capsys, monkeypatch):

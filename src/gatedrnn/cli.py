@@ -328,7 +328,7 @@ def _tasks(args: argparse.Namespace, console: Console) -> int:
 
 
 def _data(args: argparse.Namespace, console: Console) -> int:
-    from gatedrnn.data import DATASETS, fetch, locate
+    from gatedrnn.data import DATASETS, fetch
 
     if args.action == "list":
         table = Table(title="Datasets", box=box.SIMPLE_HEAD)
@@ -359,13 +359,33 @@ def _data(args: argparse.Namespace, console: Console) -> int:
                     )
                 console.print(f"{name}: fetched and verified in {folder}")
             else:
-                console.print(f"{name}: verified in {locate(name, args.data_dir)}")
+                console.print(f"{name}: {_verified(name, args.data_dir)}")
         except (ValueError, OSError) as error:  # missing, corrupt, unreachable
             failed.append(name)
             _print_error(error)
     if failed and len(names) > 1:
         _print_error(f"{len(failed)} of {len(names)} failed: {', '.join(failed)}")
     return 2 if failed else 0
+
+
+def _verified(name: str, data_dir: str | None) -> str:
+    """Where dataset ``name`` was verified: the folder holding its registered files or, where
+    none does and the package ships a copy, that copy. Raises as :func:`~gatedrnn.data.locate`
+    does otherwise."""
+    from gatedrnn.data import DataMissingError, embedded_copy, get_dataset, locate
+
+    try:
+        return f"verified in {locate(name, data_dir)}"
+    except DataMissingError:
+        info = get_dataset(name)
+        if info.embedded is None:
+            raise
+        embedded_copy(name)
+        return (
+            f"verified the copy inside the package ({info.embedded}), which the tasks read; "
+            f"the registered {', '.join(f.path for f in info.files)} is not here "
+            f"(`gatedrnn data fetch {name}`)"
+        )
 
 
 def _train(args: argparse.Namespace, console: Console) -> int:

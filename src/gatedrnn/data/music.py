@@ -9,7 +9,6 @@ with ``scipy.io.loadmat``, which reads MATLAB cells without pickle.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from gatedrnn.data.registry import (
     DataFile,
     DataMissingError,
     DatasetInfo,
+    embedded_copy,
     get_dataset,
     locate,
     register_dataset,
@@ -45,6 +45,7 @@ register_dataset(
         citation="Boulanger-Lewandowski, Bengio & Vincent, ICML 2012",
         description="382 Bach chorales, quarter-note piano rolls; 229 / 76 / 77 sequences",
         embedded="jsb_chorales.npz",
+        embedded_sha256="4166598df805ec321ef94519599d166ba77137a36dc43b91cff92a202905f991",
     )
 )
 
@@ -131,5 +132,5 @@ def piano_rolls(name: str, data_dir: str | Path | None = None) -> dict[str, list
     except DataMissingError:
         if info.embedded is None:
             raise
-        return load_npz_rolls(resources.files("gatedrnn.data").joinpath(info.embedded).open("rb"))
+        return load_npz_rolls(embedded_copy(name))
     return load_mat_rolls(folder / info.files[0].path)

@@ -4,18 +4,22 @@ licenses, where they are looked for, and how they are fetched and verified.
 A dataset's folder is looked for, in order, under ``--data-dir``, then ``$GATEDRNN_DATA``, then
 the user cache (``$XDG_CACHE_HOME/gatedrnn`` or ``~/.cache/gatedrnn``). Downloads go to a
 temporary file beside the target, are checked against their sha256, and are renamed into place,
-so a killed download never leaves a file that looks complete.
+so a killed download never leaves a file that looks complete. A dataset shipped inside the package
+(JSB Chorales) is read from there when no folder holds its files, checked against the checksum
+recorded beside it (:func:`embedded_copy`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from gatedrnn.atomic import write_atomic
@@ -63,6 +67,7 @@ class DatasetInfo:
     citation: str
     description: str
     embedded: str | None = None  # a file shipped inside the package, needing no download
+    embedded_sha256: str | None = None  # that file's checksum
 
     @property
     def size(self) -> int:
@@ -135,6 +140,24 @@ def locate(name: str, data_dir: str | Path | None = None, *, verify: bool = True
         f"one of {', '.join(str(d) for d in searched)} (or set GATEDRNN_DATA), or run "
         f"`gatedrnn data fetch {name}`"
     )
+
+
+def embedded_copy(name: str) -> io.BytesIO:
+    """The bytes of dataset ``name``'s copy shipped inside the package, checked against their
+    recorded sha256; :class:`DataMissingError` if it has none, :class:`CorruptDataError` naming
+    the file if they differ (a damaged installation)."""
+    info = get_dataset(name)
+    if info.embedded is None:
+        raise DataMissingError(f"dataset {name!r} has no copy inside the package")
+    source = resources.files("gatedrnn.data").joinpath(info.embedded)
+    data = source.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != info.embedded_sha256:
+        raise CorruptDataError(
+            f"{source}: sha256 {digest}, expected {info.embedded_sha256}; the installation of "
+            "gatedrnn is damaged: reinstall it"
+        )
+    return io.BytesIO(data)
 
 
 def fetch(
