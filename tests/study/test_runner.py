@@ -369,7 +369,7 @@ def test_local_workers_default_per_device(monkeypatch):
     cores on the CPU, one per visible GPU for device 'cuda', one for a GPU named by index."""
     from gatedrnn.study import runner
 
-    monkeypatch.setattr(runner.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(runner, "available_cores", lambda: 16)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
@@ -383,6 +383,19 @@ def test_local_workers_default_per_device(monkeypatch):
     assert runner._visible_gpus() == ["4", "6", "7"]
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     assert runner._visible_gpus() == [] and runner.local_workers(0, cuda, 9) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity here")
+def test_the_cores_counted_are_those_the_process_may_run_on():
+    """A process pinned to one core (taskset, a container's cpuset) counts one, where
+    ``os.cpu_count()`` counts the machine's."""
+    code = (
+        "import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
+        "from gatedrnn.study.runner import available_cores; print(available_cores())"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"
 
 
 def test_pool_workers_take_the_gpus_in_turn(monkeypatch):

@@ -13,7 +13,6 @@ existing cluster; without one a local Ray instance starts with this machine's co
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 __all__ = ["run_on_ray"]
@@ -31,7 +30,7 @@ def _ray():
 
 def run_on_ray(spec, store, todo, checkpoints: Path, progress, data_dir) -> None:
     """Run ``todo`` as Ray tasks, recording epochs and results in ``store`` from the driver."""
-    from gatedrnn.study.runner import _drain, _report, _run_trial, _settle
+    from gatedrnn.study.runner import _drain, _report, _run_trial, _settle, available_cores
     from gatedrnn.train.loop import environment
 
     ray = _ray()
@@ -42,7 +41,7 @@ def run_on_ray(spec, store, todo, checkpoints: Path, progress, data_dir) -> None
         options = (
             {"address": spec.executor.address}
             if spec.executor.address
-            else {"num_cpus": os.cpu_count() or 1}
+            else {"num_cpus": available_cores()}
         )
         ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False, **options)
     try:

@@ -133,7 +133,7 @@ def _run_stored(spec, store, db_path, checkpoints, workers, progress, data_dir) 
 
         run_on_ray(spec, store, todo, checkpoints, progress, data_dir)
         return
-    cores = os.cpu_count() or 1
+    cores = available_cores()
     device = torch.device(spec.train.get("device", "cpu"))
     workers = local_workers(workers or spec.executor.workers, device, len(todo))
     threads = max(1, cores // workers)
@@ -153,16 +153,27 @@ def _run_stored(spec, store, db_path, checkpoints, workers, progress, data_dir) 
     )
 
 
+def available_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the platform reports one (so
+    ``taskset`` and a container's cpuset are honoured: ``os.cpu_count()`` counts the host's),
+    else every core."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity on this platform (macOS, Windows)
+        return os.cpu_count() or 1
+
+
 def local_workers(requested: int, device: torch.device, trials: int) -> int:
     """How many processes the local executor runs: ``requested`` (the command's, else the
-    spec's; 0: the default), at most one per trial. The default: all cores on the CPU; on CUDA
-    one process per visible GPU (``device`` 'cuda': each worker is given one, in turn), one for a
-    GPU named by index. More processes than GPUs share them: slower per trial, and the triton
-    backend's persistent kernels need every multiprocessor of their GPU (under MPS, kernels of
-    other processes beside them can hold some, and a barrier then times out)."""
+    spec's; 0: the default), at most one per trial. The default: all cores on the CPU (those it
+    may run on: :func:`available_cores`); on CUDA one process per visible GPU (``device``
+    'cuda': each worker is given one, in turn), one for a GPU named by index. More processes
+    than GPUs share them: slower per trial, and the triton backend's persistent kernels need
+    every multiprocessor of their GPU (under MPS, kernels of other processes beside them can
+    hold some, and a barrier then times out)."""
     if not requested:
         cuda = device.type == "cuda"
-        requested = max(1, len(_gpus_to_give(device))) if cuda else os.cpu_count() or 1
+        requested = max(1, len(_gpus_to_give(device))) if cuda else available_cores()
     return max(1, min(requested, max(trials, 1)))
 
 

@@ -40,7 +40,8 @@ def time_steps(
 
     Each model is built as its run builds it (layers, backend, optimizer, initialized from its
     seed) and trains on the first ``batches`` batches of the run's first epoch, cycled. After a
-    warm-up, each of ``rounds`` rounds runs every configuration twice, in an order and then
+    warm-up through every batch (their shapes differ where sequence lengths do, and the first
+    steps at a new shape allocate), each of ``rounds`` rounds runs every configuration twice, in an order and then
     reversed (A B C C B A), so that a drift of the machine's speed within the round cancels,
     the order rotated by one each round (B C A A C B), so that no configuration is always the
     one run twice in a row, with its weights in cache; each run is the same number of steps
@@ -95,9 +96,9 @@ def time_steps(
     labels = list(configs)
     previous = torch.are_deterministic_algorithms_enabled()
     try:
-        for label in labels:  # warm-up: first calls, caches, the allocator
-            run(label, 1)
-        fastest = min(run(label, 1) for label in labels)
+        for label in labels:  # warm-up: first calls, caches, the allocator at every batch
+            run(label, len(data))
+        fastest = min(run(label, len(data)) for label in labels) / len(data)
         steps = max(1, math.ceil(block / 2 / max(fastest, 1e-6)))  # per half block
         seconds: dict[str, list[float]] = {label: [] for label in labels}
         for r in range(rounds):
