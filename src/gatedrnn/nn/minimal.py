@@ -49,7 +49,9 @@ class MinGRU(_MinimalLayer):
 
     with g(x) = x + ½ for x ≥ 0, σ(x) otherwise (§3.1, keeps h̃ positive for the log-space scan).
     ``scan="parallel"`` computes all steps with the log-space scan (Appendix B), ``"sequential"``
-    loops over time; both give the same result. Weights of layer k, blocks z|h:
+    loops over time; both give the same result. That is the ``reference`` backend's choice: the
+    ``cpu`` backend (``auto``'s on the CPU) runs its own fused loop over time either way, each
+    unit's recurrence apart (no gate reads the state). Weights of layer k, blocks z|h:
     ``weight_ih_l{k}`` (2H, H_in) for k = 0, else (2H, D·H); ``bias_ih_l{k}`` (2H). There is no
     ``weight_hh``. Arguments and return values are otherwise those of :class:`gatedrnn.GRU`.
     """

@@ -38,17 +38,17 @@ def time_steps(
     """Seconds per training step of each configuration, one value per round, and the steps each
     configuration ran per round.
 
-    Each model is built as its run builds it (layers, backend, optimizer, initialized from its
-    seed) and trains on the first ``batches`` batches of the run's first epoch, cycled. After a
-    warm-up through every batch (their shapes differ where sequence lengths do, and the first
-    steps at a new shape allocate), each of ``rounds`` rounds runs every configuration twice, in an order and then
-    reversed (A B C C B A), so that a drift of the machine's speed within the round cancels,
-    the order rotated by one each round (B C A A C B), so that no configuration is always the
-    one run twice in a row, with its weights in cache; each run is the same number of steps
-    for all (equal work), enough that the fastest configuration's two runs take ``block``
-    seconds. The configurations must share a device and a task with its data and batch size (a
-    GPU is synchronized around each run). Raises
-    ``RuntimeError`` where a configuration's loss or gradients stop being finite.
+    Each model is built as its run builds it (layers, backend, optimizer, initialized from its seed)
+    and trains on the first ``batches`` batches of the run's first epoch, cycled. After a warm-up
+    through every batch (their shapes differ where sequence lengths do, and the first steps at a new
+    shape allocate), each of ``rounds`` rounds runs every configuration twice, in an order and then
+    reversed (A B C C B A), so that a drift of the machine's speed within the round cancels, the
+    order rotated by one each round (B C A A C B), so that no configuration is always the one run
+    twice in a row, with its weights in cache; each run is the same number of steps for all (equal
+    work), enough that the fastest configuration's two runs take ``block`` seconds. The
+    configurations must share a device and a task with its data and batch size (a GPU is
+    synchronized around each run). Raises ``RuntimeError`` where a configuration's loss or gradients
+    stop being finite.
     """
     if not configs:
         raise ValueError("time_steps: no configurations to time")
