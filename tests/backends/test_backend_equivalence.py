@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import gatedrnn
 from gatedrnn.backends import available_backends, get_backend
@@ -120,3 +121,66 @@ def test_double_backward_without_the_input_says_why():
     (got,) = torch.autograd.grad(layer(x)[0].pow(2).sum(), [layer.weight_hh_l0])
     (want,) = torch.autograd.grad(reference(x)[0].pow(2).sum(), [reference.weight_hh_l0])
     assert_close(got, want, "grad of weight_hh_l0")
+
+
+def _rounded_run(layer, x, lengths, states, dtype, exact):
+    """Forward and backward of ``layer`` on ``x`` and ``states`` cast to ``dtype``, the upstream
+    gradients values that ``exact`` holds exactly: (output, finals, every gradient), in float32."""
+    x = x.to(dtype).requires_grad_()
+    states = tuple(s.to(dtype).requires_grad_() for s in states)
+    hx = states if len(states) == 2 else states[0]
+    inp = x if lengths is None else pack_padded_sequence(x, lengths, enforce_sorted=False)
+    out, final = layer(inp, hx)
+    if lengths is not None:
+        out = pad_packed_sequence(out)[0]
+    finals = final if isinstance(final, tuple) else (final,)
+    gen = torch.Generator().manual_seed(5)
+    loss = sum(
+        (t.float() * torch.randn(t.shape, generator=gen).to(exact).float()).sum()
+        for t in (out, *finals)
+    )
+    wrt = [x, *states, *layer.parameters()]
+    grads = torch.autograd.grad(loss, wrt)
+    assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
+    return [t.float() for t in (out, *finals, *grads)]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cpu-python"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+@pytest.mark.parametrize(
+    "cls, options",
+    [
+        (gatedrnn.RNN, {"nonlinearity": "relu"}),
+        (gatedrnn.GRU, {}),
+        (gatedrnn.LSTM, {}),
+        (gatedrnn.LSTM, {"peepholes": True, "proj_size": 2}),
+        (gatedrnn.MGU, {}),
+        (gatedrnn.MinLSTM, {}),
+    ],
+    ids=["rnn-relu", "gru", "lstm", "lstm-peep-proj", "mgu", "minlstm"],
+)
+@pytest.mark.parametrize("form", ["padded", "packed"])
+def test_low_precision_layers_compute_in_float32(backend, dtype, cls, options, form):
+    """A bfloat16 or float16 layer on the CPU loops (CPU autocast gives them one) is computed
+    in float32 on its inputs and weights, and its outputs and gradients rounded back: the
+    reference's float32 results on the same values, rounded to the dtype (within one rounding
+    step: the two float32 computations may round a value to either side). The layer keeps its
+    dtype, its gradients included."""
+    torch.manual_seed(0)
+    kwargs = dict(num_layers=2, bidirectional=True, **options)
+    ours = cls(I, H, backend=backend, dtype=dtype, **kwargs)
+    reference = cls(I, H, backend="reference", **kwargs)
+    reference.load_state_dict({k: v.float() for k, v in ours.state_dict().items()})
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(T, B, I, generator=gen).to(dtype).float()  # values both hold exactly
+    sizes = (ours.output_size, H)[: ours.spec.num_states]
+    states = tuple(torch.randn(4, B, s, generator=gen).to(dtype).float() for s in sizes)
+    lengths = torch.tensor([3, T, 1, 5]) if form == "packed" else None
+    actual = _rounded_run(ours, x, lengths, states, dtype, dtype)
+    assert ours.last_backend == backend
+    expected = _rounded_run(reference, x, lengths, states, torch.float32, dtype)
+    step = 2.0 ** (-7 if dtype == torch.bfloat16 else -10)  # twice the unit roundoff
+    for k, (got, want) in enumerate(zip(actual, expected, strict=True)):
+        want = want.to(dtype).float()
+        bad = (got - want).abs() > step * want.abs() + 1e-6
+        assert not bad.any(), (k, got[bad][:5], want[bad][:5])

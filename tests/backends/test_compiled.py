@@ -289,3 +289,55 @@ def test_auto_picks_the_measured_fastest(
     with torch.set_grad_enabled(autograd):
         chosen = resolve_backend("auto", module.config, x).name
     assert chosen == (with_compiled if compiled_loops else without)
+
+
+@pytest.mark.parametrize("compiled_loops", [True, False], ids=["compiled", "python"])
+@pytest.mark.parametrize("onednn", [True, False], ids=["bf16-cpu", "no-bf16-cpu"])
+def test_auto_in_low_precision(compiled_loops, onednn, monkeypatch):
+    """What ``auto`` runs on bfloat16 and float16 layers (CPU autocast gives every layer its
+    dtype): our loops, which compute in float32, but for the LSTM in bfloat16 where oneDNN has
+    bfloat16 arithmetic (torch's fused LSTM is faster there, but training at batch 1), and
+    where the PyTorch twins lose to torch's kernels in float32 too."""
+    from gatedrnn.backends import cpu, resolve_backend
+
+    if compiled_loops and compiled.unavailable_reason() is not None:
+        pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
+    monkeypatch.setattr(cpu, "_have_compiled_loops", lambda: compiled_loops)
+    monkeypatch.setattr(cpu, "_onednn_bfloat16", lambda: onednn)
+
+    def chosen(layer, dtype, batch, **options):
+        module = layer(3, 5, **options)
+        return resolve_backend("auto", module.config, torch.randn(4, batch, 3, dtype=dtype)).name
+
+    for dtype in (torch.bfloat16, torch.float16):
+        assert chosen(gatedrnn.GRU, dtype, 8) == "cpu"
+        assert chosen(gatedrnn.MGU, dtype, 8) == "cpu"
+        assert chosen(gatedrnn.LSTM, dtype, 8, peepholes=True) == "cpu"
+        assert chosen(gatedrnn.LSTM, dtype, 8, proj_size=2) == "cpu"
+    fused = "cudnn" if onednn or not compiled_loops else "cpu"
+    assert chosen(gatedrnn.LSTM, torch.bfloat16, 8) == fused
+    assert chosen(gatedrnn.LSTM, torch.bfloat16, 1) == ("cpu" if compiled_loops else "cudnn")
+    assert chosen(gatedrnn.LSTM, torch.float16, 8) == ("cpu" if compiled_loops else "cudnn")
+
+
+def test_autocast_runs_the_cpu_loops_in_float32():
+    """Under CPU autocast a GRU takes the ``cpu`` loops, which compute in float32 with autocast
+    off inside (their products would otherwise run in bfloat16 and not fit their buffers): a
+    bfloat16 output, float32 gradients for the float32 parameters, and the values of the same
+    computation in float32 on the bfloat16-rounded weights and input."""
+    torch.manual_seed(0)
+    layer = gatedrnn.GRU(3, 5, num_layers=2)
+    x = torch.randn(6, 4, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = layer(x)
+    assert layer.last_backend == "cpu" and out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert layer.weight_hh_l1.grad.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a backward inside the region as well
+        again = layer.weight_hh_l1.grad.clone()
+        layer(x)[0].float().sum().backward()
+    torch.testing.assert_close(layer.weight_hh_l1.grad, 2 * again)
+    rounded = gatedrnn.GRU(3, 5, num_layers=2)
+    rounded.load_state_dict({k: v.bfloat16().float() for k, v in layer.state_dict().items()})
+    want = rounded(x.bfloat16().float())[0].bfloat16()
+    torch.testing.assert_close(out, want, atol=0, rtol=2**-7)

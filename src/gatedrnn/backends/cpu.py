@@ -42,6 +42,7 @@ minimal cells' PyTorch loop below batch × hidden 256, where the reference's par
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -811,6 +812,21 @@ def _flag(spec) -> bool:
     return spec.coupled if spec.kind == "lstm" else False
 
 
+# bfloat16 and float16 layers run in float32 (the loops have no arithmetic of their own in either):
+# inputs, states and weights cast up once per call, outputs and final states rounded back, so the
+# layer keeps its dtype, gradients included (the casts are differentiated)
+_WIDENED = (torch.bfloat16, torch.float16)
+
+
+def _float32_arithmetic():
+    """A context that turns autocast off on the CPU for the loops, where it is on: under
+    ``torch.autocast`` their products would run in bfloat16 and not fit their float32 buffers.
+    Nothing where it is off (an exported program then holds no autocast region)."""
+    if torch.is_autocast_enabled("cpu"):
+        return torch.autocast("cpu", enabled=False)
+    return contextlib.nullcontext()
+
+
 class _Direction(torch.autograd.Function):
     """One direction of a layer in eager mode: the loops forward, their hand-written backward
     (:func:`_twice` under ``create_graph=True``). ``inputs``: x, the states, W_ih, W_hh, b_ih,
@@ -835,11 +851,23 @@ class _Direction(torch.autograd.Function):
             return None, None, None, None, *_twice(ctx, (grad_out, *grad_finals), needs)
         inputs, (out, *extra) = _saved(ctx)
         _, backward = _DIRECTIONS[ctx.spec.kind]
-        grads = backward(
-            grad_out.contiguous(), grad_finals, inputs, out, extra, ctx.batch_sizes,
-            _flag(ctx.spec), ctx.compiled, needs,
-        )  # fmt: skip
+        with _float32_arithmetic():
+            grads = backward(
+                grad_out.contiguous(), grad_finals, inputs, out, extra, ctx.batch_sizes,
+                _flag(ctx.spec), ctx.compiled, needs,
+            )  # fmt: skip
         return None, None, None, None, *grads
+
+
+@constant_when_compiled
+@functools.cache
+def _onednn_bfloat16() -> bool:
+    """Whether oneDNN computes bfloat16 natively on this CPU (AVX-512 BF16, AMX), as torch asks
+    for its bfloat16 kernels."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 @constant_when_compiled  # it may build them (files, a compiler): torch.compile asks once
@@ -949,9 +977,10 @@ def _direction_backward_op(
     inputs = _direction_inputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, w_hr)
     _, backward = _DIRECTIONS[kind]
     batch_sizes = _batch_sizes(lengths, x.shape[0])
-    found = backward(
-        grads[0].contiguous(), grads[1:], inputs, out, extra, batch_sizes, flag, compiled, needs
-    )
+    with _float32_arithmetic():
+        found = backward(
+            grads[0].contiguous(), grads[1:], inputs, out, extra, batch_sizes, flag, compiled, needs
+        )
     result: list[Tensor] = []
     for grad, need in zip(found, needs, strict=True):
         if grad is None or not need:
@@ -1040,8 +1069,11 @@ class CpuBackend:
         spec = config.spec
         if input.device.type not in ("cpu", "meta"):  # meta: shapes, through its operator
             return f"it runs on the CPU only, got a {input.device.type} input"
-        if input.dtype not in (torch.float32, torch.float64):
-            return f"its loops compute in float32 or float64, got {input.dtype}"
+        if input.dtype not in (torch.float32, torch.float64, *_WIDENED):
+            return (
+                "its loops compute in float32 or float64 (bfloat16 and float16 in float32), got "
+                f"{input.dtype}"
+            )
         if spec.kind not in _DIRECTIONS:
             return f"it has no loop for {spec.kind}"
         if tracing() in _AS_OPERATOR:  # recorded as its operator, gatedrnn::cpu_direction
@@ -1087,6 +1119,18 @@ class CpuBackend:
         # which the compiled loops beat (fwd+bwd 0.13–0.82 of its time, forward-only 0.27–0.89
         # but for 1.09 at H 512, B 32) and the PyTorch ones with the backward (0.67–0.94).
         lstm = spec.kind == "lstm" and not config.proj_size  # oneDNN's fused LSTM
+        # In bfloat16 (CPU autocast) our loops compute in float32; torch's kernels in bfloat16,
+        # slowly but for oneDNN's LSTM where the CPU has bfloat16 instructions. Measured on an
+        # AVX-512 EPYC with them (T=100, H 128/256, B 1–32, compiled): ours took 0.10–0.91 of
+        # torch's time for the GRU and 0.13–0.78 for the RNN, but 1.46–1.98 of its LSTM's
+        # forward-only and 1.28–1.62 with the backward, except 0.65–0.82 at batch 1; in float16
+        # 0.04–0.31 of torch's time for both (it has no fast float16 kernels here).
+        training_one = torch.is_grad_enabled() and input.shape[1] == 1
+        if lstm and input.dtype == torch.bfloat16 and _onednn_bfloat16() and not training_one:
+            return (
+                "in bfloat16 torch's fused LSTM (oneDNN, bfloat16 arithmetic) beats our loops, "
+                "which compute in float32"
+            )
         if compiled:
             if lstm and not torch.is_grad_enabled() and input.shape[1] >= 16:
                 return "forward-only at batch 16 and up, torch's fused LSTM (oneDNN) is as fast"
@@ -1106,6 +1150,17 @@ class CpuBackend:
         weights: Sequence[Mapping[str, Tensor]],
         training: bool,
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        low = input.dtype if input.dtype in _WIDENED else None
+        if low is not None:  # computed in float32, the results rounded to the layer's dtype
+            input, hx = input.float(), tuple(s.float() for s in hx)
+            weights = [{name: w.float() for name, w in layer.items()} for layer in weights]
+        with _float32_arithmetic():
+            output, finals = self._forward(config, input, lengths, hx, weights, training)
+        if low is not None:
+            output, finals = output.to(low), tuple(s.to(low) for s in finals)
+        return output, finals
+
+    def _forward(self, config, input, lengths, hx, weights, training):
         T = input.shape[0]
         batch_sizes, order = None, None
         # Through the custom operator while Dynamo traces, torch.export exports or
