@@ -29,7 +29,9 @@ coupled input-forget gate, or both; each with or without the projection, ``proj_
 the minimal cells (minGRU, minLSTM), whose gates do not read the state: after the input
 projection, each element's recurrence h_t = (1 − z_t) h_{t−1} + z_t h̃_t is its own loop over
 time (compiled: one pass, in parallel over the batch and the units; the layers' ``scan`` option
-chooses the reference backend's algorithm and changes nothing here). Twice
+chooses the reference backend's algorithm and changes nothing here). Layers in bfloat16 or
+float16 (CPU autocast gives every layer its dtype) are computed in float32, their results and
+gradients rounded back (:meth:`CpuBackend.forward`). Twice
 differentiable, as torch.nn is on the CPU: with ``create_graph=True`` the backward reruns the
 reference loop on the saved input and differentiates that (:func:`_twice`). ``"auto"`` takes it
 where it measured faster than torch's own kernels: every cell it covers with the compiled loops,
@@ -812,7 +814,7 @@ def _flag(spec) -> bool:
     return spec.coupled if spec.kind == "lstm" else False
 
 
-# bfloat16 and float16 layers run in float32 (the loops have no arithmetic of their own in either):
+# bfloat16 and float16 layers run in float32 (the loops have no bfloat16 or float16 arithmetic):
 # inputs, states and weights cast up once per call, outputs and final states rounded back, so the
 # layer keeps its dtype, gradients included (the casts are differentiated)
 _WIDENED = (torch.bfloat16, torch.float16)
