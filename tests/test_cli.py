@@ -91,6 +91,24 @@ def test_bench_times_variants_against_their_familys_torch_layer(tmp_path, capsys
         assert re.search(message, " ".join(capsys.readouterr().err.split())), bad
 
 
+def test_bench_times_both_sides_in_the_dtype_asked_for(tmp_path, capsys):
+    """``--dtype bfloat16``: torch.nn's layer and ours built and fed in it (the ``cpu`` loops
+    compute it in float32), named in the title and the JSON's environment."""
+    import json
+
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--smoke", "--dtype", "bfloat16", "--cells", "gru,mgu", "--backends",
+            "cpu,reference", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    data = json.loads(out.read_text())
+    assert data["environment"]["dtype"] == "bfloat16"
+    assert all(r["median_ms"] > 0 for r in data["results"])
+    assert "threads, bfloat16)" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        main(["bench", "--dtype", "int8"])
+    assert "invalid choice: 'int8'" in capsys.readouterr().err
+
+
 def test_bench_shows_the_cases_a_backend_cannot_run(tmp_path, capsys):
     """The triton kernels have no plain RNN (and, without a GPU, run nothing): a dash and the
     reason, the other backends timed as usual; the JSON has the case with no time."""

@@ -115,11 +115,12 @@ def run_benchmark(
     backends: Iterable[str] = ("cpu",),
     progress: Callable[[str], None] | None = None,
     device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> list[BenchResult]:
-    """Time every configuration on ``device``; returns one :class:`BenchResult` per
-    implementation × case. ``cells`` as a command line writes them (``gru``,
-    ``lstm:peepholes=true``). A backend that cannot run a case (the triton kernels have no plain
-    RNN, say) gets a result with no time and the reason in ``skipped``."""
+    """Time every configuration on ``device``, both sides' layers and inputs in ``dtype``;
+    returns one :class:`BenchResult` per implementation × case. ``cells`` as a command line
+    writes them (``gru``, ``lstm:peepholes=true``). A backend that cannot run a case (the triton
+    kernels have no plain RNN, say) gets a result with no time and the reason in ``skipped``."""
     from gatedrnn.backends import BackendUnsupportedError, resolve_backend
 
     device = torch.device(device)
@@ -135,12 +136,14 @@ def run_benchmark(
         for hidden in hidden_sizes:
             for batch in batch_sizes:
                 torch.manual_seed(0)
-                reference = TORCH_LAYERS[FAMILY[kind]](hidden, hidden, **theirs).to(device)
-                x = torch.randn(steps, batch, hidden, device=device)
+                reference = TORCH_LAYERS[FAMILY[kind]](hidden, hidden, **theirs)
+                reference = reference.to(device, dtype)
+                x = torch.randn(steps, batch, hidden, device=device, dtype=dtype)
                 impls: dict[str, nn.Module] = {"torch.nn": reference}
                 skipped: dict[str, str] = {}
                 for backend in backends:
-                    ours = OUR_LAYERS[kind](hidden, hidden, backend=backend, **options).to(device)
+                    ours = OUR_LAYERS[kind](hidden, hidden, backend=backend, **options)
+                    ours = ours.to(device, dtype)
                     if same:  # torch.nn's own weights
                         ours.load_state_dict(reference.state_dict())
                     try:  # the layer's own choice, without running it
@@ -237,8 +240,10 @@ def _torch_counterpart(kind: str, options: dict[str, object]) -> tuple[dict[str,
     return theirs, len(theirs) == len(options)
 
 
-def environment(device: str | torch.device = "cpu") -> dict[str, object]:
-    """Machine, versions, threads and device, stored with every benchmark."""
+def environment(
+    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> dict[str, object]:
+    """Machine, versions, threads, device and dtype, stored with every benchmark."""
     device = torch.device(device)
     gpu = {}
     if device.type == "cuda":
@@ -246,6 +251,7 @@ def environment(device: str | torch.device = "cpu") -> dict[str, object]:
                "cudnn": torch.backends.cudnn.version()}  # fmt: skip
     return gpu | {
         "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
         "machine": platform.machine(),
         # the CPU decides which of torch's kernels and ours is faster; on Linux
         # platform.processor() is empty
@@ -261,5 +267,9 @@ def environment(device: str | torch.device = "cpu") -> dict[str, object]:
     }
 
 
-def to_json(results: list[BenchResult], device: str | torch.device = "cpu") -> dict[str, object]:
-    return {"environment": environment(device), "results": [asdict(r) for r in results]}
+def to_json(
+    results: list[BenchResult],
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, object]:
+    return {"environment": environment(device, dtype), "results": [asdict(r) for r in results]}

@@ -102,6 +102,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
             args.backends,
             progress=lambda text: status.update(f"timing: {text} done"),
             device=device,
+            dtype=getattr(torch, args.dtype),
         )
     by_key = {(r.cell, r.hidden, r.batch, r.mode, r.impl): r for r in results}
     where = (
@@ -109,6 +110,8 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         if device.type == "cuda"
         else f"{torch.get_num_threads()} threads"
     )
+    if args.dtype != "float32":
+        where += f", {args.dtype}"
     table = Table(
         title=f"Time against torch.nn (T={args.steps}, median of {args.repeats}, {where}); "
         "ratio < 1 is faster",
@@ -168,7 +171,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     for reason in reasons:
         console.print(f"—: {escape(reason)}", soft_wrap=True)
     if args.out:
-        write_json(args.out, to_json(results, device))
+        write_json(args.out, to_json(results, device, getattr(torch, args.dtype)))
         console.print(f"wrote {args.out}")
     return 0
 
@@ -759,6 +762,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="our backends to time (default: cpu on the CPU, triton on a GPU)",
     )
     bench.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    bench.add_argument(
+        "--dtype",
+        choices=("float32", "float64", "bfloat16", "float16"),
+        default="float32",
+        help="both sides' layers and inputs (default float32)",
+    )
     bench.add_argument("--out", help="write every timing and the environment to this JSON file")
     bench.add_argument("--smoke", action="store_true", help="a tiny run that takes seconds")
     bench.set_defaults(run=_bench)
