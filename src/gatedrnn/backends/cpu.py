@@ -1123,10 +1123,11 @@ class CpuBackend:
         lstm = spec.kind == "lstm" and not config.proj_size  # oneDNN's fused LSTM
         # In bfloat16 (CPU autocast) our loops compute in float32; torch's kernels in bfloat16,
         # slowly but for oneDNN's LSTM where the CPU has bfloat16 instructions. Measured on an
-        # AVX-512 EPYC with them (T=100, H 128/256, B 1–32, compiled): ours took 0.10–0.91 of
-        # torch's time for the GRU and 0.13–0.78 for the RNN, but 1.46–1.98 of its LSTM's
-        # forward-only and 1.28–1.62 with the backward, except 0.65–0.82 at batch 1; in float16
-        # 0.04–0.31 of torch's time for both (it has no fast float16 kernels here).
+        # AVX-512 EPYC with them (T=100, H 128/256, B 1–32, compiled; gatedrnn bench --dtype
+        # bfloat16): ours took 0.08–0.94 of torch's time for the GRU and 0.13–0.96 for the RNN,
+        # but 1.43–1.99 of its LSTM's forward-only and 0.92–1.62 with the backward, except
+        # 0.53–0.82 at batch 1; in float16 0.04–0.31 of torch's time for both (it has no fast
+        # float16 kernels here).
         training_one = torch.is_grad_enabled() and input.shape[1] == 1
         if lstm and input.dtype == torch.bfloat16 and _onednn_bfloat16() and not training_one:
             return (
