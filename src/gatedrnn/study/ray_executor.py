@@ -8,7 +8,8 @@ killed study loses nothing committed, and re-running it resumes. After the trial
 width arm's interleaved timing (the speed claim's) runs as one task with a trial's resources,
 one arm at a time. Checkpoints are written where the driver puts them, so on a multi-machine
 cluster the output folder must be on a file system every node sees. ``address`` joins an
-existing cluster; without one a local Ray instance starts with this machine's cores.
+existing cluster; without one a local Ray instance starts with the cores this process may run
+on (:func:`gatedrnn.study.runner.available_cores`).
 """
 
 from __future__ import annotations
