@@ -126,8 +126,8 @@ def test_double_backward_without_the_input_says_why():
 def _rounded_run(layer, x, lengths, states, dtype, exact):
     """Forward and backward of ``layer`` on ``x`` and ``states`` cast to ``dtype``, the upstream
     gradients values that ``exact`` holds exactly: (output, finals, every gradient), in float32."""
-    x = x.to(dtype).requires_grad_()
-    states = tuple(s.to(dtype).requires_grad_() for s in states)
+    x = x.to(dtype, copy=True).requires_grad_()  # (the caller's tensors stay as they were)
+    states = tuple(s.to(dtype, copy=True).requires_grad_() for s in states)
     hx = states if len(states) == 2 else states[0]
     inp = x if lengths is None else pack_padded_sequence(x, lengths, enforce_sorted=False)
     out, final = layer(inp, hx)
