@@ -88,7 +88,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
 
     if args.smoke:
         args.hidden, args.batch, args.steps, args.repeats, args.warmup = [32], [4], 10, 2, 1
-    device = _device(args.device)
+    device, dtype = _device(args.device), getattr(torch, args.dtype)
     if args.backends is None:  # ours that a user of this device would run
         args.backends = ["triton"] if device.type == "cuda" else ["cpu"]
     with console.status("timing") as status:
@@ -102,7 +102,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
             args.backends,
             progress=lambda text: status.update(f"timing: {text} done"),
             device=device,
-            dtype=getattr(torch, args.dtype),
+            dtype=dtype,
         )
     by_key = {(r.cell, r.hidden, r.batch, r.mode, r.impl): r for r in results}
     where = (
@@ -171,7 +171,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     for reason in reasons:
         console.print(f"—: {escape(reason)}", soft_wrap=True)
     if args.out:
-        write_json(args.out, to_json(results, device, getattr(torch, args.dtype)))
+        write_json(args.out, to_json(results, device, dtype))
         console.print(f"wrote {args.out}")
     return 0
 

@@ -133,13 +133,12 @@ def _direction_inputs(cell: str, bias: bool, lengths: bool) -> tuple:
         return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
 
     c0 = leaf(3, 3) if kind == "lstm" else None
-    biases = (leaf(gates * 3), leaf(gates * 3)) if bias else (None, None)
+    recurrent = kind not in ("mingru", "minlstm")  # the minimal cells: no W_hh, no b_hh
+    biases = (leaf(gates * 3), leaf(gates * 3) if recurrent else None) if bias else (None, None)
     peep = leaf((gates - 1) * 3) if peepholes else None
     w_hr = leaf(P, 3) if projection else None
     sizes = torch.tensor([5, 4, 2]) if lengths else None  # sorted, as the backend passes them
-    w_hh = leaf(gates * 3, P) if kind not in ("mingru", "minlstm") else None
-    if w_hh is None and bias:  # the minimal cells have one bias, b_ih
-        biases = (biases[0], None)
+    w_hh = leaf(gates * 3, P) if recurrent else None
     return (leaf(5, 3, 4), leaf(3, P), c0, leaf(gates * 3, 4), w_hh, *biases, peep, w_hr, sizes,
             kind, flag, True)  # fmt: skip
 

@@ -69,6 +69,7 @@ from gatedrnn.backends.reference import (
     project_inputs,
     run_stack,
 )
+from gatedrnn.nn.functional import g as candidate_activation
 from gatedrnn.nn.spec import CellSpec, make_spec
 
 __all__ = ["CpuBackend", "CpuPythonBackend"]
@@ -699,14 +700,12 @@ def _mgu_backward(grad_out, grad_finals, inputs, out, extra, batch_sizes, _flag,
     return dx, dh if needs[1] else None, dw_ih, dw_hh, db, db, None, None
 
 
-def _candidate(k_h: Tensor) -> tuple[Tensor, Tensor]:
-    """h̃ = g(k_h) of the minimal cells (:func:`gatedrnn.nn.functional.g`) and its derivative:
+def _candidate_slope(k_h: Tensor, cand: Tensor) -> Tensor:
+    """g′(k_h) of the minimal cells' candidate h̃ = g(k_h) (:func:`gatedrnn.nn.functional.g`):
     1 for k_h ≥ 0, σ′(k_h) = h̃(1 − h̃) below. g′ jumps at 0 (from ¼ to 1), so the side is taken
     from the sign of k_h, as the reference's ``where`` does, not from h̃ (σ(k) rounds to ½ for a
     tiny negative k)."""
-    sig = torch.sigmoid(k_h)
-    above = k_h >= 0
-    return torch.where(above, k_h + 0.5, sig), torch.where(above, 1.0, sig * (1 - sig))
+    return torch.where(k_h >= 0, 1.0, cand * (1 - cand))
 
 
 def _min_update(gates: Tensor, H: int, lstm: bool) -> Tensor:
@@ -730,7 +729,7 @@ def _min_forward_loop(gates, out, h0, batch_sizes, lstm):
     H = out.shape[2]
     gates[..., : G - H].sigmoid_()
     z = _min_update(gates, H, lstm)
-    cand, _ = _candidate(gates[..., G - H :])
+    cand = candidate_activation(gates[..., G - H :])
     for t in range(T):
         n = _live(batch_sizes, t, B)
         h_prev = h0[:n] if t == 0 else out[t - 1, :n]
@@ -752,7 +751,9 @@ def _min_backward_loop(grad_out, dh, gates, out, h0, dgates, batch_sizes, lstm):
         n = _live(batch_sizes, t, B)
         g = torch.add(dh[:n], grad_out[t, :n], out=grad_h[t, :n])
         torch.mul(g, keep[t, :n], out=dh[:n])
-    cand, slope = _candidate(gates[..., G - H :])
+    k_h = gates[..., G - H :]
+    cand = candidate_activation(k_h)
+    slope = _candidate_slope(k_h, cand)
     dz = grad_h * (cand - _previous(h0, out)) * z * keep
     if lstm:  # z = i/(i + f): ∂z/∂k_i = z(1 − z)(1 − i), ∂z/∂k_f = −z(1 − z)(1 − f)
         torch.mul(dz, 1 - gates[..., :H], out=dgates[..., :H])

@@ -1016,13 +1016,18 @@ void rnn_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& out, co
 // entry, blocks z|h (minGRU) or i|f|h (minLSTM, z = i / (i + f)); on exit the gates in place of
 // their pre-activations, the candidate's k_h kept (g′ jumps at 0: its side is k_h's sign).
 
-// The minimal cells' part of one step for one vector of units: k_h → (h̃ = g(k_h), g′(k_h)),
-// g(k) = k + ½ for k ≥ 0, σ(k) below (gatedrnn.nn.functional.g).
+// The minimal cells' candidate for one vector of units: h̃ = g(k_h), g(k) = k + ½ for k ≥ 0,
+// σ(k) below (gatedrnn.nn.functional.g); and its derivative g′(k_h), 1 for k_h ≥ 0, h̃(1 − h̃)
+// below (the side taken from k_h's sign: σ(k) rounds to ½ for a tiny negative k).
 template <typename T>
-inline void candidate(const Vec<T>& k, Vec<T>& cand, Vec<T>& slope) {
-  const Vec<T> one(T(1)), sig = sigmoid(k), above = k >= Vec<T>(T(0));
-  cand = Vec<T>::blendv(sig, k + Vec<T>(T(0.5)), above);
-  slope = Vec<T>::blendv(sig * (one - sig), one, above);
+inline Vec<T> candidate(const Vec<T>& k) {
+  return Vec<T>::blendv(sigmoid(k), k + Vec<T>(T(0.5)), k >= Vec<T>(T(0)));
+}
+
+template <typename T>
+inline Vec<T> candidate_slope(const Vec<T>& k, const Vec<T>& cand) {
+  const Vec<T> one(T(1));
+  return Vec<T>::blendv(cand * (one - cand), one, k >= Vec<T>(T(0)));
 }
 
 // Calls f(b, j, count) for every vector of units [j, j + count) of every row b, in parallel
@@ -1049,7 +1054,7 @@ void min_forward_impl(Tensor& gates, Tensor& out, const Tensor& h0,
   T* out_all = out.data_ptr<T>();
   const T* h0p = h0.data_ptr<T>();
   for_units<T>(B, H, T_, [&](int64_t b, int64_t j, int64_t c) {
-    Vec<T> h = load(h0p + b * H + j, c), cand, slope;
+    Vec<T> h = load(h0p + b * H + j, c);
     // rows are sorted by decreasing length: row b is live from step 0 until its end
     for (int64_t t = 0; t < T_ && b < live(batch_sizes, t, B); ++t) {
       T* gr = g_all + (t * B + b) * G * H;
@@ -1060,8 +1065,7 @@ void min_forward_impl(Tensor& gates, Tensor& out, const Tensor& h0,
         store(f, gr + H + j, c);
         z = z / (z + f);
       }
-      candidate(load(gr + (G - 1) * H + j, c), cand, slope);
-      h = h + z * (cand - h);  // (1 − z) ⊙ h + z ⊙ h̃
+      h = h + z * (candidate(load(gr + (G - 1) * H + j, c)) - h);  // (1 − z) ⊙ h + z ⊙ h̃
       store(h, out_all + (t * B + b) * H + j, c);
     }
   });
@@ -1080,7 +1084,7 @@ void min_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& gates, 
   T* dhp = dh.data_ptr<T>();
   for_units<T>(B, H, T_, [&](int64_t b, int64_t j, int64_t c) {
     const Vec<T> one(T(1));
-    Vec<T> d = load(dhp + b * H + j, c), cand, slope;  // ∂h_t, from the final state's
+    Vec<T> d = load(dhp + b * H + j, c);  // ∂h_t, from the final state's
     for (int64_t t = T_ - 1; t >= 0; --t) {
       if (b >= live(batch_sizes, t, B)) continue;  // past row b's end
       const int64_t row = t * B + b;
@@ -1088,7 +1092,7 @@ void min_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& gates, 
       T* dgr = dg_all + row * G * H;
       const Vec<T> grad = d + load(go_all + row * H + j, c);
       const Vec<T> hp = load(t == 0 ? h0p + b * H + j : out_all + (row - B) * H + j, c);
-      candidate(load(gr + (G - 1) * H + j, c), cand, slope);
+      const Vec<T> k_h = load(gr + (G - 1) * H + j, c), cand = candidate(k_h);
       Vec<T> z = load(gr + j, c);
       if constexpr (Lstm) {  // ∂z/∂k_i = z(1 − z)(1 − i), ∂z/∂k_f = −z(1 − z)(1 − f)
         const Vec<T> i = z, f = load(gr + H + j, c);
@@ -1099,7 +1103,7 @@ void min_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& gates, 
       } else {
         store(grad * (cand - hp) * z * (one - z), dgr + j, c);
       }
-      store(grad * z * slope, dgr + (G - 1) * H + j, c);
+      store(grad * z * candidate_slope(k_h, cand), dgr + (G - 1) * H + j, c);
       d = grad * (one - z);
     }
     store(d, dhp + b * H + j, c);
