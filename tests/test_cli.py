@@ -109,6 +109,24 @@ def test_bench_times_both_sides_in_the_dtype_asked_for(tmp_path, capsys):
     assert "invalid choice: 'int8'" in capsys.readouterr().err
 
 
+def test_bench_times_stacks_of_bidirectional_layers(tmp_path, capsys):
+    """``--layers 2 --bidirectional``: both sides' layers built so (sharing weights where the
+    cell is torch.nn's), named in the title and the JSON's environment."""
+    import json
+
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--smoke", "--layers", "2", "--bidirectional", "--cells", "gru,mingru",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    data = json.loads(out.read_text())
+    assert data["environment"]["layers"] == 2 and data["environment"]["bidirectional"] is True
+    assert all(r["median_ms"] > 0 for r in data["results"])
+    assert {r["impl"] for r in data["results"]} == {"torch.nn", "gatedrnn:cpu"}
+    assert "threads, 2 layers, bidirectional)" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        main(["bench", "--layers", "0"])
+
+
 def test_bench_shows_the_cases_a_backend_cannot_run(tmp_path, capsys):
     """The triton kernels have no plain RNN (and, without a GPU, run nothing): a dash and the
     reason, the other backends timed as usual; the JSON has the case with no time."""

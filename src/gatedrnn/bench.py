@@ -1,6 +1,7 @@
 """Layer speed and memory against torch.nn: the measurements behind ``gatedrnn bench``.
 
-For each cell × hidden size × batch size, a torch.nn layer and ours with the same weights run
+For each cell × hidden size × batch size, a torch.nn layer and ours with the same weights (a
+stack of layers, bidirectional or not, where asked) run
 forward-only (under ``no_grad``) and forward+backward; a cell torch.nn lacks (a variant written
 ``CELL:KEY=VALUE``, such as ``lstm:peepholes=true``, or the MGU) runs against torch.nn's standard
 cell of its family (:data:`FAMILY`: the GRU for the MGU and minGRU), with weights of its own;
@@ -116,9 +117,12 @@ def run_benchmark(
     progress: Callable[[str], None] | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    layers: int = 1,
+    bidirectional: bool = False,
 ) -> list[BenchResult]:
-    """Time every configuration on ``device``, both sides' layers and inputs in ``dtype``;
-    returns one :class:`BenchResult` per implementation × case. ``cells`` as a command line
+    """Time every configuration on ``device``, both sides' layers and inputs in ``dtype``, each
+    a stack of ``layers`` layers, ``bidirectional`` or not; returns one :class:`BenchResult`
+    per implementation × case. ``cells`` as a command line
     writes them (``gru``, ``lstm:peepholes=true``). A backend that cannot run a case (the triton
     kernels have no plain RNN, say) gets a result with no time and the reason in ``skipped``."""
     from gatedrnn.backends import BackendUnsupportedError, resolve_backend
@@ -126,6 +130,7 @@ def run_benchmark(
     device = torch.device(device)
     cuda = device.type == "cuda"
     hidden_sizes = list(hidden_sizes)
+    stack = {"num_layers": layers, "bidirectional": bidirectional}
     cells = {text: _cell(text, hidden_sizes) for text in cells}  # checked before any timing
     results: list[BenchResult] = []
     for cell, (kind, options) in cells.items():
@@ -136,13 +141,13 @@ def run_benchmark(
         for hidden in hidden_sizes:
             for batch in batch_sizes:
                 torch.manual_seed(0)
-                reference = TORCH_LAYERS[FAMILY[kind]](hidden, hidden, **theirs)
+                reference = TORCH_LAYERS[FAMILY[kind]](hidden, hidden, **stack, **theirs)
                 reference = reference.to(device, dtype)
                 x = torch.randn(steps, batch, hidden, device=device, dtype=dtype)
                 impls: dict[str, nn.Module] = {"torch.nn": reference}
                 skipped: dict[str, str] = {}
                 for backend in backends:
-                    ours = OUR_LAYERS[kind](hidden, hidden, backend=backend, **options)
+                    ours = OUR_LAYERS[kind](hidden, hidden, backend=backend, **stack, **options)
                     ours = ours.to(device, dtype)
                     if same:  # torch.nn's own weights
                         ours.load_state_dict(reference.state_dict())
@@ -241,9 +246,13 @@ def _torch_counterpart(kind: str, options: dict[str, object]) -> tuple[dict[str,
 
 
 def environment(
-    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    layers: int = 1,
+    bidirectional: bool = False,
 ) -> dict[str, object]:
-    """Machine, versions, threads, device and dtype, stored with every benchmark."""
+    """Machine, versions, threads, device, dtype and the layers' stack, stored with every
+    benchmark."""
     device = torch.device(device)
     gpu = {}
     if device.type == "cuda":
@@ -252,6 +261,8 @@ def environment(
     return gpu | {
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
+        "layers": layers,
+        "bidirectional": bidirectional,
         "machine": platform.machine(),
         # the CPU decides which of torch's kernels and ours is faster; on Linux
         # platform.processor() is empty
@@ -271,5 +282,10 @@ def to_json(
     results: list[BenchResult],
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    layers: int = 1,
+    bidirectional: bool = False,
 ) -> dict[str, object]:
-    return {"environment": environment(device, dtype), "results": [asdict(r) for r in results]}
+    return {
+        "environment": environment(device, dtype, layers, bidirectional),
+        "results": [asdict(r) for r in results],
+    }

@@ -103,6 +103,8 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
             progress=lambda text: status.update(f"timing: {text} done"),
             device=device,
             dtype=dtype,
+            layers=args.layers,
+            bidirectional=args.bidirectional,
         )
     by_key = {(r.cell, r.hidden, r.batch, r.mode, r.impl): r for r in results}
     where = (
@@ -112,6 +114,10 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     )
     if args.dtype != "float32":
         where += f", {args.dtype}"
+    if args.layers > 1:
+        where += f", {args.layers} layers"
+    if args.bidirectional:
+        where += ", bidirectional"
     table = Table(
         title=f"Time against torch.nn (T={args.steps}, median of {args.repeats}, {where}); "
         "ratio < 1 is faster",
@@ -171,7 +177,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     for reason in reasons:
         console.print(f"—: {escape(reason)}", soft_wrap=True)
     if args.out:
-        write_json(args.out, to_json(results, device, dtype))
+        write_json(args.out, to_json(results, device, dtype, args.layers, args.bidirectional))
         console.print(f"wrote {args.out}")
     return 0
 
@@ -767,6 +773,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("float32", "float64", "bfloat16", "float16"),
         default="float32",
         help="both sides' layers and inputs (default float32)",
+    )
+    bench.add_argument(
+        "--layers", type=_count(1), default=1, help="layers in each stack (default 1)"
+    )
+    bench.add_argument(
+        "--bidirectional", action="store_true", help="both sides' layers bidirectional"
     )
     bench.add_argument("--out", help="write every timing and the environment to this JSON file")
     bench.add_argument("--smoke", action="store_true", help="a tiny run that takes seconds")
