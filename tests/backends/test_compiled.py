@@ -341,3 +341,142 @@ def test_autocast_runs_the_cpu_loops_in_float32():
     rounded.load_state_dict({k: v.bfloat16().float() for k, v in layer.state_dict().items()})
     want = rounded(x.bfloat16().float())[0].bfloat16()
     torch.testing.assert_close(out, want, atol=0, rtol=2**-7)
+
+
+_TWO_WAYS = [
+    ("RNN", {}),
+    ("GRU", {}),
+    ("GRU", {"reset": "before"}),
+    ("LSTM", {}),
+    ("LSTM", {"peepholes": True, "coupled": True}),
+    ("LSTM", {"proj_size": 5}),
+    ("MGU", {}),
+    ("MinLSTM", {}),
+]
+
+
+@pytest.mark.parametrize(
+    "cell, options", _TWO_WAYS,
+    ids=["rnn", "gru", "gru-before", "lstm", "lstm-cifg-peep", "lstm-proj", "mgu", "minlstm"],
+)  # fmt: skip
+def test_bidirectional_loops_side_by_side(cell, options, monkeypatch):
+    """A bidirectional layer's two loops run side by side, one thread each, or one after the
+    other on both threads: bit for bit the same outputs, final states and gradients, padded and
+    packed, each the reference loop's; side by side, every layer's forward and backward passes
+    its two jobs to the module's side_by_side."""
+    if compiled.unavailable_reason() is not None:
+        pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
+    from gatedrnn.backends import cpu
+    from tests.conftest import assert_close
+    from tests.nn.torch_pairs import run
+
+    module = compiled.compiled_loops()
+    calls: list[int] = []
+    side_by_side = module.side_by_side
+
+    def counted(jobs):
+        calls.append(len(jobs))
+        side_by_side(jobs)
+
+    monkeypatch.setattr(module, "side_by_side", counted)
+    torch.manual_seed(4)
+    kwargs = dict(num_layers=2, bidirectional=True, dtype=torch.float64, **options)
+    reference = getattr(gatedrnn, cell)(3, 40, backend="reference", **kwargs)
+    ours = getattr(gatedrnn, cell)(3, 40, backend="cpu", **kwargs)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(7, 5, 3, dtype=torch.float64)
+    sizes = (ours.output_size, 40)[: ours.spec.num_states]
+    states = tuple(torch.randn(4, 5, s, dtype=torch.float64) for s in sizes)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for form in (None, torch.tensor([7, 6, 6, 3, 1])):
+            expected = run(reference, x, form, states, batch_first=False)
+            results = {}
+            for together in (True, False):
+                monkeypatch.setattr(cpu, "_side_by_side", lambda *_, t=together: t)
+                results[together] = run(ours, x, form, states, batch_first=False)
+            together, apart = results[True], results[False]
+            assert torch.equal(together.output, apart.output)
+            assert_close(together.output, expected.output, "output")
+            for a, b, c in zip(together.states, apart.states, expected.states, strict=True):
+                assert torch.equal(a, b)
+                assert_close(a, c, "final state")
+            for name, grad in expected.grads.items():
+                assert torch.equal(together.grads[name], apart.grads[name]), name
+                assert_close(together.grads[name], grad, f"grad of {name}")
+    finally:
+        torch.set_num_threads(previous)
+    assert calls == [2] * 8  # 2 forms × 2 layers × forward and backward
+
+
+def test_jobs_side_by_side_all_run_and_the_failure_is_raised():
+    """``side_by_side`` runs every job, each on its own thread, and then raises the error of one
+    that failed (here ATen's dispatch refusing int64), leaving the others' results in place."""
+    if compiled.unavailable_reason() is not None:
+        pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
+    from gatedrnn.backends import cpu
+
+    module = compiled.compiled_loops()
+    torch.manual_seed(5)
+    pre, h0, w_hh = torch.randn(6, 2, 4), torch.randn(2, 4), torch.randn(4, 4)
+    out = pre.clone()
+    good = module.rnn_forward_job(out, h0, w_hh, [], False)
+    bad = module.rnn_forward_job(out.long(), h0.long(), w_hh.long(), [], False)
+    with pytest.raises(RuntimeError, match="Long"):
+        module.side_by_side([bad, good])
+    expected = pre.clone()
+    cpu._rnn_forward_loop(expected, h0, w_hh, [], False)
+    torch.testing.assert_close(out, expected)
+    again = pre.clone()
+    module.rnn_forward_job(again, h0, w_hh, [], False)()  # a job alone: called
+    torch.testing.assert_close(again, expected)
+
+
+def test_which_bidirectional_layers_run_their_loops_side_by_side():
+    """Those whose loops alone would each run on one thread (a step's product under 128K
+    multiply-adds), where there are two threads or more; not the minimal cells (no product:
+    their loops take every thread), nor the PyTorch loops."""
+    if compiled.unavailable_reason() is not None:
+        pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
+    from gatedrnn.backends.cpu import _side_by_side
+
+    w_hh = torch.zeros(3 * 128, 128)  # a GRU's, H = 128: 48K multiply-adds a row
+    one, two, three = (torch.zeros(9, batch, 128) for batch in (1, 2, 3))
+    previous = torch.get_num_threads()
+    try:
+        for threads in (2, 4):
+            torch.set_num_threads(threads)
+            assert _side_by_side(one, w_hh, True) and _side_by_side(two, w_hh, True)
+            assert not _side_by_side(three, w_hh, True)
+            assert not _side_by_side(one, None, True)
+            assert not _side_by_side(one, w_hh, False)
+        torch.set_num_threads(1)
+        assert not _side_by_side(one, w_hh, True)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_the_bidirectional_benchmark_runs(tmp_path):
+    """``benchmarks/bidirectional_speed.py`` (run by hand, never timed here) on a tiny case:
+    every way timed, the JSON written with its environment."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bidirectional_speed.py"
+    out = tmp_path / "bidirectional.json"
+    argv = [sys.executable, str(script), "--hidden", "8", "--batch", "1", "--steps", "3",
+            "--repeats", "1", "--warmup", "0", "--out", str(out)]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["environment"]["bidirectional"] is True
+    assert [(r["cell"], r["mode"]) for r in data["results"]] == [
+        ("gru", "forward"), ("gru", "forward+backward"),
+        ("lstm", "forward"), ("lstm", "forward+backward"),
+    ]  # fmt: skip
+    for row in data["results"]:
+        assert set(row["median_ms"]) == {"torch.nn", "side by side", "one after the other"}
+        assert all(ms > 0 for ms in row["median_ms"].values())

@@ -21,8 +21,11 @@ Under ``torch.compile`` each layer direction is one custom operator (``gatedrnn:
 its backward ``gatedrnn::cpu_direction_backward``), opaque to Dynamo and kept in its graph, so
 ``fullgraph`` compiles work; so is it under ``torch.export`` (when the backend is named: ``auto``
 exports standard operators) and for fake and meta tensors (its fake implementation gives the
-shapes). Eager calls go through :class:`_Direction`, an autograd Function, around the same
-forward and backward functions.
+shapes). Eager calls go through :class:`_Directions`, an autograd Function for a layer's
+directions, around the same forward and backward functions; a bidirectional layer's two
+compiled loops run there side by side, one thread each, forward and backward (where each alone
+would take at most two threads: :func:`_side_by_side`), its directions' other work (the input
+projection, the weight gradients) one after the other on every thread.
 
 Covers RNN (tanh, relu), GRU (reset after and before), LSTM (standard, with peepholes, with the
 coupled input-forget gate, or both; each with or without the projection, ``proj_size``), MGU, and
@@ -177,40 +180,20 @@ def _weight_grads(
     return dx, dw_ih, dw_hh
 
 
-def _save(
-    ctx, inputs: tuple[Tensor | None, ...], activations: tuple[Tensor, ...], w_ih_index: int, needs
-):
-    """Saves for backward a Function's tensor ``inputs`` (x, the states, W_ih, W_hh, b_ih, b_hh)
-    and then the ``activations`` its backward loop reads: the inputs to rerun the reference loop
-    on with ``create_graph=True`` (:func:`_twice`). x is saved only if it or W_ih needs a
-    gradient (x for dW_ih, ``needs`` saying which inputs do), so a frozen W_ih and a plain input
-    keep no input alive; the weights are the module's own tensors, which saving keeps no longer
-    than the module does."""
-    x = inputs[0] if needs[0] or needs[w_ih_index] else None
-    ctx.save_for_backward(x, *inputs[1:], *activations)
-    ctx.inputs = len(inputs)
-
-
-def _saved(ctx) -> tuple[tuple[Tensor | None, ...], tuple[Tensor, ...]]:
-    """What :func:`_save` saved: (inputs, activations)."""
-    saved = ctx.saved_tensors
-    return saved[: ctx.inputs], saved[ctx.inputs :]
-
-
-def _twice(ctx, grads: tuple[Tensor, ...], needs) -> tuple[Tensor | None, ...]:
-    """The backward with ``create_graph=True`` (grad mode on in backward) or batched gradients
-    (:func:`~gatedrnn.backends.backward_by_rerun`): the reference loop rerun on the saved inputs
-    and differentiated (:func:`~gatedrnn.backends.reference.differentiable_backward`); the
-    loops' hand-written backward gives first derivatives of plain gradients only. Reads
-    ``ctx.spec`` and ``ctx.lengths`` (each sequence's length, sorted as x is) besides."""
-    inputs, _ = _saved(ctx)
+def _twice(spec: CellSpec, inputs, needs, lengths, grads) -> tuple[Tensor | None, ...]:
+    """One direction's backward with ``create_graph=True`` (grad mode on in backward) or batched
+    gradients (:func:`~gatedrnn.backends.backward_by_rerun`): the reference loop rerun on its
+    saved inputs (x, the states, W_ih, W_hh, b_ih, b_hh, peepholes, W_hr) and differentiated
+    (:func:`~gatedrnn.backends.reference.differentiable_backward`); the loops' hand-written
+    backward gives first derivatives of plain gradients only. ``lengths``: each sequence's
+    length, sorted as x is."""
     if inputs[0] is None:
         raise RuntimeError(
             "the 'cpu' backend differentiates twice (or takes batched gradients) by rerunning the "
             "layer on its input, which it does not keep when neither the input nor weight_ih "
             "needs a gradient; build the layer with backend='reference' for this backward"
         )
-    return differentiable_backward(ctx.spec, inputs, needs, ctx.lengths, grads)
+    return differentiable_backward(spec, inputs, needs, lengths, grads)
 
 
 def _sum_bias(dgates: Tensor, wanted: bool) -> Tensor | None:
@@ -252,7 +235,7 @@ def _rnn_forward(
     bias = None if b_ih is None else b_ih + b_hh
     out = _project(x, w_ih, bias, compiled)  # (T, B, H): pre-activations, then h in place
     forward_loop, _ = _loops("rnn", compiled)
-    forward_loop(out, h0, w_hh, list(batch_sizes or ()), relu)
+    yield forward_loop(out, h0, w_hh, list(batch_sizes or ()), relu)
     if batch_sizes is not None:  # steps past a sequence's end hold no state
         out.mul_(_mask(batch_sizes, T, B, out))
     return out, (_last(out, lengths),), ()
@@ -265,7 +248,7 @@ def _rnn_backward(grad_out, grad_finals, inputs, out, extra, batch_sizes, relu, 
     dpre = _buffer(out, out.shape, batch_sizes is not None)
     dh = grad_finals[0].clone()
     _, backward_loop = _loops("rnn", compiled)
-    backward_loop(grad_out, dh, out, w_hh, dpre, list(batch_sizes or ()), relu)
+    yield backward_loop(grad_out, dh, out, w_hh, dpre, list(batch_sizes or ()), relu)
     dx, dw_ih, dw_hh = _weight_grads(
         dpre, x, h0, out, (needs[0], needs[2], needs[3]), w_ih, compiled
     )
@@ -359,12 +342,18 @@ def _gru_backward_loop(
 
 
 def _loops(kind: str, compiled: bool):
-    """The (forward, backward) loops of ``kind``: compiled when asked for and available, else
-    the PyTorch twins defined here."""
+    """The (forward, backward) loops of ``kind`` as job makers: called with a loop's arguments,
+    each returns the call unmade, a job that runs it when called (see :func:`_drive`). The
+    compiled loops when asked for and available (a ``Job`` of the module, which
+    ``side_by_side`` can run with another on a thread of its own), else the PyTorch twins
+    defined here."""
     module = compiled_loops() if compiled else None
     if module is None:
-        return _PYTHON_LOOPS[kind]
-    return getattr(module, f"{kind}_forward"), getattr(module, f"{kind}_backward")
+        forward, backward = _PYTHON_LOOPS[kind]
+        return functools.partial(functools.partial, forward), functools.partial(
+            functools.partial, backward
+        )
+    return getattr(module, f"{kind}_forward_job"), getattr(module, f"{kind}_backward_job")
 
 
 def _gru_forward(
@@ -380,7 +369,7 @@ def _gru_forward(
     out = _buffer(x, (T, B, H), padded)
     rec = _buffer(x, (T, B, H), padded)
     forward_loop, _ = _loops("gru", compiled)
-    forward_loop(gates, out, rec, h0, w_hh, b_hh, list(batch_sizes or ()), reset_after)
+    yield forward_loop(gates, out, rec, h0, w_hh, b_hh, list(batch_sizes or ()), reset_after)
     return out, (_last(out, lengths),), (gates, rec)
 
 
@@ -397,7 +386,7 @@ def _gru_backward(
     dn_all = _buffer(out, out.shape, padded) if reset_after else None
     dh = grad_finals[0].clone()
     _, backward_loop = _loops("gru", compiled)
-    backward_loop(
+    yield backward_loop(
         grad_out, dh, gates, rec, out, h0, w_hh, dgates, dn_all, list(batch_sizes or ()),
         reset_after,
     )  # fmt: skip
@@ -571,7 +560,9 @@ def _lstm_forward(
     cells = _buffer(x, (T, B, H), padded)
     raw = None if w_hr is None else _buffer(x, (T, B, H), padded)
     forward_loop, _ = _loops("lstm", compiled)
-    forward_loop(gates, out, cells, h0, c0, w_hh, peep, w_hr, raw, list(batch_sizes or ()), coupled)
+    yield forward_loop(
+        gates, out, cells, h0, c0, w_hh, peep, w_hr, raw, list(batch_sizes or ()), coupled
+    )
     extra = (gates, cells) if raw is None else (gates, cells, raw)
     return out, (_last(out, lengths), _last(cells, lengths)), extra
 
@@ -589,7 +580,7 @@ def _lstm_backward(
     dproj = None if w_hr is None else _buffer(out, out.shape, padded)
     dh, dc = grad_finals[0].clone(), grad_finals[1].clone()
     _, backward_loop = _loops("lstm", compiled)
-    backward_loop(
+    yield backward_loop(
         grad_out, dh, dc, gates, cells, c0, w_hh, peep, w_hr, dproj, dgates,
         list(batch_sizes or ()), coupled,
     )  # fmt: skip
@@ -675,7 +666,7 @@ def _mgu_forward(
     out = _buffer(x, (T, B, H), padded)
     rec = _buffer(x, (T, B, H), padded)
     forward_loop, _ = _loops("mgu", compiled)
-    forward_loop(gates, out, rec, h0, w_hh, b_hh, list(batch_sizes or ()))
+    yield forward_loop(gates, out, rec, h0, w_hh, b_hh, list(batch_sizes or ()))
     return out, (_last(out, lengths),), (gates, rec)
 
 
@@ -688,7 +679,7 @@ def _mgu_backward(grad_out, grad_finals, inputs, out, extra, batch_sizes, _flag,
     dgates = _buffer(gates, gates.shape, batch_sizes is not None)
     dh = grad_finals[0].clone()
     _, backward_loop = _loops("mgu", compiled)
-    backward_loop(grad_out, dh, gates, out, h0, w_hh, dgates, list(batch_sizes or ()))
+    yield backward_loop(grad_out, dh, gates, out, h0, w_hh, dgates, list(batch_sizes or ()))
     dw_hh = None
     if needs[3]:  # U_f reads h_{t−1}, U_n reads f ⊙ h_{t−1}
         flat_n = dgates[..., H:].reshape(-1, H)
@@ -773,7 +764,7 @@ def _min_forward(
     gates = _project(x, w_ih, b_ih, compiled)  # (T, B, G·H): pre-activations, then the gates
     out = _buffer(x, (T, B, h0.shape[1]), batch_sizes is not None)
     forward_loop, _ = _loops("min", compiled)
-    forward_loop(gates, out, h0, list(batch_sizes or ()), lstm)
+    yield forward_loop(gates, out, h0, list(batch_sizes or ()), lstm)
     return out, (_last(out, lengths),), (gates,)
 
 
@@ -785,13 +776,15 @@ def _min_backward(grad_out, grad_finals, inputs, out, extra, batch_sizes, lstm, 
     dgates = _buffer(gates, gates.shape, batch_sizes is not None)
     dh = grad_finals[0].clone()
     _, backward_loop = _loops("min", compiled)
-    backward_loop(grad_out, dh, gates, out, h0, dgates, list(batch_sizes or ()), lstm)
+    yield backward_loop(grad_out, dh, gates, out, h0, dgates, list(batch_sizes or ()), lstm)
     dx, dw_ih, _ = _weight_grads(dgates, x, h0, out, (needs[0], needs[2], False), w_ih, compiled)
     db = _sum_bias(dgates, b_ih is not None and needs[4])
     return dx, dh if needs[1] else None, dw_ih, None, db, None, None, None
 
 
-# kind → (forward, backward) over one direction; ``flag``: see _flag
+# kind → (forward, backward) over one direction; ``flag``: see _flag. Each is a generator: it
+# prepares (the input projection, the buffers), yields its time loop as a job (:func:`_loops`),
+# and once that ran finishes and returns its results (:func:`_drive`)
 _DIRECTIONS = {
     "rnn": (_rnn_forward, _rnn_backward),
     "gru": (_gru_forward, _gru_backward),
@@ -830,36 +823,116 @@ def _float32_arithmetic():
     return contextlib.nullcontext()
 
 
-class _Direction(torch.autograd.Function):
-    """One direction of a layer in eager mode: the loops forward, their hand-written backward
-    (:func:`_twice` under ``create_graph=True``). ``inputs``: x, the states, W_ih, W_hh, b_ih,
-    b_hh, the peephole weights, W_hr (None for absent biases, peepholes and projection)."""
+def _drive(directions: list, together: bool) -> list:
+    """Runs direction generators (:data:`_DIRECTIONS`) and returns their results. ``together``:
+    each prepares, then their compiled loops run side by side, one thread each (the module's
+    ``side_by_side``), then each finishes; else one after the other, each loop on all the
+    threads ATen's parallel regions take."""
+    if not together:
+        return [_finish(direction) for direction in directions]
+    jobs = [next(direction) for direction in directions]
+    module = compiled_loops()
+    if module is not None and all(isinstance(job, module.Job) for job in jobs):
+        module.side_by_side(jobs)
+    else:  # the PyTorch twins: Python, one at a time
+        for job in jobs:
+            job()
+    return [_result(direction) for direction in directions]
+
+
+def _finish(direction):
+    """Runs one direction generator to its end: its loop, on all threads; its results."""
+    next(direction)()
+    return _result(direction)
+
+
+def _result(direction):
+    """What a direction generator returns once its loop ran."""
+    try:
+        next(direction)
+    except StopIteration as done:
+        return done.value
+    raise AssertionError("a direction yields its loop once")
+
+
+def _side_by_side(x: Tensor, w_hh: Tensor | None, compiled: bool) -> bool:
+    """Whether a bidirectional layer's two compiled loops run side by side, one thread each, for
+    one direction's input and recurrent weight: where each alone would run on one thread
+    (loops.cpp's threads_for gives a loop a thread per 64K multiply-adds of a step's product,
+    and a second from 128K). There, side by side, the layer took 0.70–0.89 of its time one
+    after the other, forward or with the backward (GRU and LSTM, H 64–128, B 1–8, 2 cores;
+    ``benchmarks/bidirectional_speed.py``); where each loop already split its steps over two
+    threads the two ways tied (0.97–1.04, the loops alone). Never for the minimal cells, whose
+    loops split their units over every thread at any size."""
+    if not compiled or w_hh is None or torch.get_num_threads() < 2 or compiled_loops() is None:
+        return False
+    return x.shape[1] * w_hh.numel() < 1 << 17
+
+
+class _Directions(torch.autograd.Function):
+    """The directions of one layer in eager mode, one or a bidirectional layer's two: the loops
+    forward, their hand-written backward (:func:`_twice` under ``create_graph=True``), the two
+    directions' loops side by side where :func:`_side_by_side` says so, forward and backward.
+    ``inputs``: for each direction in turn, x, the states, W_ih, W_hh, b_ih, b_hh, the peephole
+    weights, W_hr (None for absent biases, peepholes and projection); returns each direction's
+    out and final states, in turn."""
 
     @staticmethod
-    def forward(ctx, spec, batch_sizes, lengths, compiled, *inputs):
+    def forward(ctx, spec, batch_sizes, lengths, compiled, together, *inputs):
         forward, _ = _DIRECTIONS[spec.kind]
         states = 2 if spec.kind == "lstm" else 1
-        x, weights = inputs[0], inputs[1 + states :]
-        out, finals, extra = forward(
-            x, inputs[1 : 1 + states], *weights, batch_sizes, lengths, _flag(spec), compiled
-        )
-        _save(ctx, inputs, (out, *extra), 1 + states, ctx.needs_input_grad[4:])
-        ctx.spec, ctx.batch_sizes, ctx.lengths, ctx.compiled = spec, batch_sizes, lengths, compiled
-        return (out, *finals)
+        width = 7 + states  # x, the states, W_ih, W_hh, b_ih, b_hh, peepholes, W_hr
+        parts = [inputs[k : k + width] for k in range(0, len(inputs), width)]
+        runs = [
+            forward(p[0], p[1 : 1 + states], *p[1 + states :], batch_sizes, lengths,
+                    _flag(spec), compiled)
+            for p in parts
+        ]  # fmt: skip
+        results = _drive(runs, together)
+        needs = ctx.needs_input_grad[5:]
+        saved: list[Tensor | None] = []
+        ctx.activations = []
+        for d, (part, (out, _, extra)) in enumerate(zip(parts, results, strict=True)):
+            wanted = needs[d * width : (d + 1) * width]
+            # x, for dW_ih and a rerun (_twice), only where it or W_ih needs a gradient: a
+            # frozen W_ih and a plain input keep no input alive (the weights are the module's
+            # own tensors, kept no longer than it keeps them)
+            x = part[0] if wanted[0] or wanted[1 + states] else None
+            saved += [x, *part[1:], out, *extra]
+            ctx.activations.append(1 + len(extra))
+        ctx.save_for_backward(*saved)
+        ctx.spec, ctx.batch_sizes, ctx.lengths = spec, batch_sizes, lengths
+        ctx.compiled, ctx.together, ctx.width = compiled, together, width
+        return tuple(t for out, finals, _ in results for t in (out, *finals))
 
     @staticmethod
-    def backward(ctx, grad_out, *grad_finals):
-        needs = ctx.needs_input_grad[4:]
-        if backward_by_rerun(grad_out, *grad_finals):
-            return None, None, None, None, *_twice(ctx, (grad_out, *grad_finals), needs)
-        inputs, (out, *extra) = _saved(ctx)
-        _, backward = _DIRECTIONS[ctx.spec.kind]
-        with _float32_arithmetic():
-            grads = backward(
-                grad_out.contiguous(), grad_finals, inputs, out, extra, ctx.batch_sizes,
-                _flag(ctx.spec), ctx.compiled, needs,
-            )  # fmt: skip
-        return None, None, None, None, *grads
+    def backward(ctx, *grads):
+        spec, width = ctx.spec, ctx.width
+        states = width - 7
+        needs = ctx.needs_input_grad[5:]
+        saved, directions = ctx.saved_tensors, len(ctx.activations)
+        rerun = backward_by_rerun(*grads)
+        _, backward = _DIRECTIONS[spec.kind]
+        runs, start = [], 0
+        for d, count in enumerate(ctx.activations):
+            inputs = saved[start : start + width]
+            out, *extra = saved[start + width : start + width + count]
+            start += width + count
+            wanted = needs[d * width : (d + 1) * width]
+            grad_out, *finals = grads[d * (1 + states) : (d + 1) * (1 + states)]
+            if rerun:  # each direction's reference loop, differentiably
+                runs.append(_twice(spec, inputs, wanted, ctx.lengths, (grad_out, *finals)))
+            else:  # each direction's backward generator, driven below
+                grad_out = grad_out.contiguous()
+                flag, batch_sizes = _flag(spec), ctx.batch_sizes
+                args = (out, extra, batch_sizes, flag, ctx.compiled, wanted)
+                runs.append(backward(grad_out, finals, inputs, *args))
+        found = runs
+        if not rerun:
+            with _float32_arithmetic():
+                found = _drive(runs, ctx.together)
+        assert len(found) == directions
+        return None, None, None, None, None, *(g for grads_d in found for g in grads_d)
 
 
 @constant_when_compiled
@@ -908,9 +981,10 @@ def _batch_sizes(lengths: Tensor | None, T: int) -> tuple[int, ...] | None:
 # Under torch.compile and torch.export, and for fake and meta tensors, a direction is one custom
 # operator, forward and backward (the loops are opaque to Dynamo: an extension, or Python writing
 # in place), so a model holding our layers compiles into one graph (fullgraph) and Inductor fuses
-# what is around them. Eager calls go through _Direction instead: a custom operator costs ~25 µs
-# more per call, forward, and ~50 µs with its backward (measured on 2 cores), about what a small
-# layer's whole step costs.
+# what is around them (a bidirectional layer's two directions then run one after the other).
+# Eager calls go through _Directions instead: a custom operator costs ~25 µs more per call,
+# forward, and ~50 µs with its backward (measured on 2 cores), about what a small layer's whole
+# step costs.
 @torch.library.custom_op("gatedrnn::cpu_direction", mutates_args=())
 def _direction_op(
     x: Tensor,
@@ -931,8 +1005,8 @@ def _direction_op(
     states = (h0,) if c0 is None else (h0, c0)
     forward, _ = _DIRECTIONS[kind]
     batch_sizes = _batch_sizes(lengths, x.shape[0])
-    out, finals, extra = forward(
-        x, states, w_ih, w_hh, b_ih, b_hh, peep, w_hr, batch_sizes, lengths, flag, compiled
+    out, finals, extra = _finish(
+        forward(x, states, w_ih, w_hh, b_ih, b_hh, peep, w_hr, batch_sizes, lengths, flag, compiled)
     )
     return [out, *finals, *extra]
 
@@ -981,9 +1055,9 @@ def _direction_backward_op(
     _, backward = _DIRECTIONS[kind]
     batch_sizes = _batch_sizes(lengths, x.shape[0])
     with _float32_arithmetic():
-        found = backward(
-            grads[0].contiguous(), grads[1:], inputs, out, extra, batch_sizes, flag, compiled, needs
-        )
+        grad_out, finals = grads[0].contiguous(), grads[1:]
+        args = (out, extra, batch_sizes, flag, compiled, needs)
+        found = _finish(backward(grad_out, finals, inputs, *args))
     result: list[Tensor] = []
     for grad, need in zip(found, needs, strict=True):
         if grad is None or not need:
@@ -1182,25 +1256,36 @@ class CpuBackend:
             hx = tuple(s.index_select(1, order) for s in hx)
 
         def direction(x, state, w):
-            if dispatched:
-                out, *final = self._dispatch(config, x, state, w, lengths)
-            else:
-                out, *final = self._run(config, x, state, w, batch_sizes, lengths)
+            out, *final = self._dispatch(config, x, state, w, lengths)
             return out, tuple(final)
 
-        output, finals = run_stack(config, input, lengths, hx, weights, training, direction)
+        def directions(runs):
+            return self._run(config, runs, batch_sizes, lengths)
+
+        output, finals = run_stack(
+            config, input, lengths, hx, weights, training, direction,
+            directions=None if dispatched else directions,
+        )  # fmt: skip
         if order is not None:
             restore = torch.argsort(order)
             output = output.index_select(1, restore)
             finals = tuple(s.index_select(1, restore) for s in finals)
         return output, finals
 
-    def _run(self, config, x, state, w, batch_sizes, lengths):
-        x, state, args = fused_arguments(x, state, w)
-        extras = (w.get("weight_peep"), w.get("weight_hr"))
-        return _Direction.apply(
-            config.spec, batch_sizes, lengths, self.compiled, x, *state, *args, *extras
+    def _run(self, config, runs, batch_sizes, lengths):
+        """A layer's directions, ``runs`` [(x, state, weights)], as one :class:`_Directions`:
+        [(out, the final states)] for each."""
+        inputs: list[Tensor | None] = []
+        for x, state, w in runs:
+            x, state, args = fused_arguments(x, state, w)
+            inputs += [x, *state, *args, w.get("weight_peep"), w.get("weight_hr")]
+        x, w_hh = inputs[0], runs[0][2].get("weight_hh")
+        together = len(runs) == 2 and _side_by_side(x, w_hh, self.compiled)
+        results = _Directions.apply(
+            config.spec, batch_sizes, lengths, self.compiled, together, *inputs
         )
+        n = len(results) // len(runs)
+        return [(results[k], tuple(results[k + 1 : k + n])) for k in range(0, len(results), n)]
 
     def _dispatch(self, config, x, state, w, lengths):
         """One direction as the custom operator :func:`_direction_op`: [out, the final states]."""

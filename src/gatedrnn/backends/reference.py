@@ -172,6 +172,7 @@ def _scanned(
     return (outputs if valid is None else outputs * valid), tuple(final)
 
 
+Run = tuple[Tensor, tuple[Tensor, ...], Mapping[str, Tensor]]  # x, the state, the weights
 Direction = Callable[
     [Tensor, tuple[Tensor, ...], Mapping[str, Tensor]], tuple[Tensor, tuple[Tensor, ...]]
 ]
@@ -185,19 +186,28 @@ def run_stack(
     weights: Sequence[Mapping[str, Tensor]],
     training: bool,
     direction: Direction,
+    directions: Callable[[list[Run]], list[tuple[Tensor, tuple[Tensor, ...]]]] | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """The layers × directions of a stack, shared by the backends: ``direction(x, state, w)``
     runs one direction over time-major ``x`` (already reversed within each length for the
-    backward direction) and returns every h, zero at padded steps, and the final state."""
+    backward direction) and returns every h, zero at padded steps, and the final state.
+    ``directions``, where given, runs a layer's directions at once instead: a list of
+    ``(x, state, w)``, one per direction, in, a list of ``(out, final)`` out."""
     D = config.num_directions
     layer_input = input
     finals: list[tuple[Tensor, ...]] = []
     for layer in range(config.num_layers):
+        runs = [
+            (
+                layer_input if d == 0 else reverse_padded(layer_input, lengths),
+                tuple(s[layer * D + d] for s in hx),
+                weights[layer * D + d],
+            )
+            for d in range(D)
+        ]
+        results = directions(runs) if directions else [direction(*run) for run in runs]
         outputs = []
-        for d in range(D):
-            index = layer * D + d
-            x = layer_input if d == 0 else reverse_padded(layer_input, lengths)
-            out, final = direction(x, tuple(s[index] for s in hx), weights[index])
+        for d, (out, final) in enumerate(results):
             outputs.append(out if d == 0 else reverse_padded(out, lengths))
             finals.append(final)
         layer_input = torch.cat(outputs, dim=-1) if D == 2 else outputs[0]  # (T, B, D·H_out)

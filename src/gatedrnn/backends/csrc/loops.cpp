@@ -11,6 +11,7 @@
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/TracerMode.h>
 #include <ATen/cpu/vec/vec.h>
 #if defined(_OPENMP)
@@ -19,6 +20,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -1233,6 +1238,54 @@ void min_backward(const Tensor& grad_out, Tensor dh, const Tensor& gates, const 
   });
 }
 
+// ---- Jobs: a time loop bound to its arguments, run later ------------------------------------------
+// A bidirectional layer's two directions are independent: `side_by_side` runs their loops at once,
+// one thread each, where each alone would keep at most two threads busy (the caller decides). At
+// a batch-of-one step's size a second thread splits too little work to pay for its barrier; two
+// directions side by side keep both cores busy with no barrier at all.
+struct Job {
+  std::function<void()> run;
+};
+
+// entry(args…) as a function of the same arguments that returns the call, unmade, as a Job
+// (holding its own references to the tensors).
+template <typename... Args>
+auto job_of(void (*entry)(Args...)) {
+  return [entry](std::decay_t<Args>... args) {
+    return std::make_shared<Job>(Job{[entry, args...]() { entry(args...); }});
+  };
+}
+
+// Runs `jobs` at once, one thread each, in one parallel region: inside it every ATen
+// parallel_for and our own regions run inline (serial). Each thread runs with the caller's
+// thread-local state (grad mode, dispatch keys); the first job to fail raises, after all ran.
+void side_by_side(const std::vector<std::shared_ptr<Job>>& jobs) {
+  const at::ThreadLocalState state;
+  std::vector<std::exception_ptr> errors(jobs.size());
+  const auto run = [&](int64_t i) {
+    try {
+      const at::ThreadLocalStateGuard guard(state);
+      jobs[i]->run();
+    } catch (...) {
+      errors[i] = std::current_exception();
+    }
+  };
+  const int64_t count = static_cast<int64_t>(jobs.size());
+#if defined(_OPENMP)
+  if (count > 1 && !at::in_parallel_region()) {
+#pragma omp parallel for num_threads(count) schedule(static, 1)
+    for (int64_t i = 0; i < count; ++i) run(i);
+  } else {
+    for (int64_t i = 0; i < count; ++i) run(i);
+  }
+#else
+  for (int64_t i = 0; i < count; ++i) run(i);
+#endif
+  for (const auto& error : errors) {
+    if (error) std::rethrow_exception(error);
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -1249,4 +1302,25 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rnn_backward", &rnn_backward, "RNN backward time loop, in place");
   m.def("min_forward", &min_forward, "minGRU/minLSTM forward time loop, in place");
   m.def("min_backward", &min_backward, "minGRU/minLSTM backward time loop, in place");
+  namespace py = pybind11;
+  py::class_<Job, std::shared_ptr<Job>>(m, "Job", "a time loop bound to its arguments")
+      .def("__call__", [](const Job& job) {
+        const py::gil_scoped_release released;
+        job.run();
+      });
+  m.def("side_by_side", [](const std::vector<std::shared_ptr<Job>>& jobs) {
+    const py::gil_scoped_release released;
+    side_by_side(jobs);
+  }, "runs the jobs at once, one thread each");
+  // each loop's entry point as a Job of the same arguments: NAME_job
+  m.def("gru_forward_job", job_of(&gru_forward));
+  m.def("gru_backward_job", job_of(&gru_backward));
+  m.def("lstm_forward_job", job_of(&lstm_forward));
+  m.def("lstm_backward_job", job_of(&lstm_backward));
+  m.def("mgu_forward_job", job_of(&mgu_forward));
+  m.def("mgu_backward_job", job_of(&mgu_backward));
+  m.def("rnn_forward_job", job_of(&rnn_forward));
+  m.def("rnn_backward_job", job_of(&rnn_backward));
+  m.def("min_forward_job", job_of(&min_forward));
+  m.def("min_backward_job", job_of(&min_backward));
 }
