@@ -192,7 +192,9 @@ def test_a_compiler_without_openmp_still_builds_the_loops(monkeypatch):
 
 def test_packed_weight_pools_are_per_thread():
     """The packed weights live in per-thread buffers reused across calls: layers of different
-    sizes, alternating, on two threads at once, each still match the reference."""
+    sizes, alternating, on two threads at once, each still match the reference (the
+    bidirectional ones running their loops side by side, each such call a parallel region of
+    its own)."""
     import threading
 
     if compiled.unavailable_reason() is not None:
@@ -201,9 +203,10 @@ def test_packed_weight_pools_are_per_thread():
 
     torch.manual_seed(3)
     pairs = []
-    for cell, hidden in (("LSTM", 70), ("GRU", 33), ("LSTM", 20), ("GRU", 90)):
-        reference = getattr(gatedrnn, cell)(5, hidden, backend="reference")
-        ours = getattr(gatedrnn, cell)(5, hidden, backend="cpu")
+    for cell, hidden, both in (("LSTM", 70, False), ("GRU", 33, True), ("LSTM", 20, True),
+                               ("GRU", 90, False)):  # fmt: skip
+        reference = getattr(gatedrnn, cell)(5, hidden, bidirectional=both, backend="reference")
+        ours = getattr(gatedrnn, cell)(5, hidden, bidirectional=both, backend="cpu")
         ours.load_state_dict(reference.state_dict())
         pairs.append((ours, reference))
     x = torch.randn(6, 7, 5)
