@@ -1289,38 +1289,28 @@ void side_by_side(const std::vector<std::shared_ptr<Job>>& jobs) {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("matmul", &matmul, "a · r (+ bias) for a few hundred rows and more, packed");
-  m.def("gru_forward", &gru_forward, "GRU forward time loop, in place");
-  m.def("gru_backward", &gru_backward, "GRU backward time loop, in place");
-  m.def("lstm_forward", &lstm_forward,
-        "LSTM forward time loop (peepholes, coupled, projection), in place");
-  m.def("lstm_backward", &lstm_backward,
-        "LSTM backward time loop (peepholes, coupled, projection), in place");
-  m.def("mgu_forward", &mgu_forward, "MGU forward time loop, in place");
-  m.def("mgu_backward", &mgu_backward, "MGU backward time loop, in place");
-  m.def("rnn_forward", &rnn_forward, "RNN forward time loop, in place");
-  m.def("rnn_backward", &rnn_backward, "RNN backward time loop, in place");
-  m.def("min_forward", &min_forward, "minGRU/minLSTM forward time loop, in place");
-  m.def("min_backward", &min_backward, "minGRU/minLSTM backward time loop, in place");
   namespace py = pybind11;
+  // Without the GIL: Python threads calling our layers at once run their products and loops at
+  // once too.
+  m.def("matmul", &matmul, "a · r (+ bias) for a few hundred rows and more, packed",
+        py::call_guard<py::gil_scoped_release>());
   py::class_<Job, std::shared_ptr<Job>>(m, "Job", "a time loop bound to its arguments")
-      .def("__call__", [](const Job& job) {
-        const py::gil_scoped_release released;
-        job.run();
-      });
-  m.def("side_by_side", [](const std::vector<std::shared_ptr<Job>>& jobs) {
-    const py::gil_scoped_release released;
-    side_by_side(jobs);
-  }, "runs the jobs at once, one thread each");
-  // each loop's entry point as a Job of the same arguments: NAME_job
-  m.def("gru_forward_job", job_of(&gru_forward));
-  m.def("gru_backward_job", job_of(&gru_backward));
-  m.def("lstm_forward_job", job_of(&lstm_forward));
-  m.def("lstm_backward_job", job_of(&lstm_backward));
-  m.def("mgu_forward_job", job_of(&mgu_forward));
-  m.def("mgu_backward_job", job_of(&mgu_backward));
-  m.def("rnn_forward_job", job_of(&rnn_forward));
-  m.def("rnn_backward_job", job_of(&rnn_backward));
-  m.def("min_forward_job", job_of(&min_forward));
-  m.def("min_backward_job", job_of(&min_backward));
+      .def("__call__", [](const Job& job) { job.run(); }, "runs the loop, in place",
+           py::call_guard<py::gil_scoped_release>());
+  m.def("side_by_side", &side_by_side, "runs the jobs at once, one thread each",
+        py::call_guard<py::gil_scoped_release>());
+  // Each time loop, in place in the caller's buffers, as a Job of the loop's arguments (the
+  // buffer contracts: the PyTorch twins' docstrings in gatedrnn/backends/cpu.py).
+  m.def("gru_forward_job", job_of(&gru_forward), "GRU forward time loop");
+  m.def("gru_backward_job", job_of(&gru_backward), "GRU backward time loop");
+  m.def("lstm_forward_job", job_of(&lstm_forward),
+        "LSTM forward time loop (peepholes, coupled, projection)");
+  m.def("lstm_backward_job", job_of(&lstm_backward),
+        "LSTM backward time loop (peepholes, coupled, projection)");
+  m.def("mgu_forward_job", job_of(&mgu_forward), "MGU forward time loop");
+  m.def("mgu_backward_job", job_of(&mgu_backward), "MGU backward time loop");
+  m.def("rnn_forward_job", job_of(&rnn_forward), "RNN forward time loop");
+  m.def("rnn_backward_job", job_of(&rnn_backward), "RNN backward time loop");
+  m.def("min_forward_job", job_of(&min_forward), "minGRU/minLSTM forward time loop");
+  m.def("min_backward_job", job_of(&min_backward), "minGRU/minLSTM backward time loop");
 }
