@@ -6,8 +6,10 @@ forward-only (under ``no_grad``) and forward+backward; a cell torch.nn lacks (a 
 ``CELL:KEY=VALUE``, such as ``lstm:peepholes=true``, or the MGU) runs against torch.nn's standard
 cell of its family (:data:`FAMILY`: the GRU for the MGU and minGRU), with weights of its own;
 options torch.nn takes too (``lstm:proj_size=64``, ``gru:bias=false``) go to both. The
-implementations are interleaved within each repeat so both see the same machine state, and the
-median of the repeats after warm-up is reported (on a GPU, synchronized around each call: torch.nn
+implementations are interleaved within each repeat so both see the same machine state, in reverse
+order every other repeat so that each follows the other as often (whatever runs right after
+torch.nn's GRU at small sizes pays ~0.5 ms, on a 2-core machine), and the median of the repeats
+after warm-up is reported (on a GPU, synchronized around each call: torch.nn
 runs cuDNN there). Bytes saved for backward are counted with saved-tensor hooks (unique storages),
 which is device-independent. The minor page faults of each call are recorded too (median per call,
 where the platform counts them): a multi-megabyte buffer that the allocator hands back as fresh
@@ -162,8 +164,13 @@ def run_benchmark(
                     fns = {name: _step(m, x, backward) for name, m in impls.items()}
                     times: dict[str, list[float]] = {name: [] for name in fns}
                     faults: dict[str, list[int]] = {name: [] for name in fns}
+                    names = list(fns)
                     for r in range(warmup + repeats):
-                        for name, fn in fns.items():  # interleaved: same machine state
+                        # interleaved: the same machine state; in reverse every other repeat,
+                        # so each side follows the other as often (a call right after torch.nn's
+                        # GRU at small sizes took ~0.5 ms longer, whichever it was)
+                        for name in names if r % 2 == 0 else names[::-1]:
+                            fn = fns[name]
                             before = _minor_faults()
                             if cuda:
                                 torch.cuda.synchronize(device)

@@ -828,15 +828,17 @@ def _drive(directions: list, together: bool) -> list:
     each prepares, then their compiled loops run side by side, one thread each (the module's
     ``side_by_side``), then each finishes; else one after the other, each loop on all the
     threads ATen's parallel regions take."""
-    if not together:
-        return [_finish(direction) for direction in directions]
-    jobs = [next(direction) for direction in directions]
-    module = compiled_loops()
-    if module is not None and all(isinstance(job, module.Job) for job in jobs):
-        module.side_by_side(jobs)
-    else:  # the PyTorch twins: Python, one at a time
-        for job in jobs:
-            job()
+    if together:
+        jobs = [next(direction) for direction in directions]
+        module = compiled_loops()
+        if module is not None and all(isinstance(job, module.Job) for job in jobs):
+            module.side_by_side(jobs)
+        else:  # the PyTorch twins: Python, one at a time
+            for job in jobs:
+                job()
+    else:
+        for direction in directions:
+            next(direction)()
     return [_result(direction) for direction in directions]
 
 
@@ -881,28 +883,28 @@ class _Directions(torch.autograd.Function):
     def forward(ctx, spec, batch_sizes, lengths, compiled, together, *inputs):
         forward, _ = _DIRECTIONS[spec.kind]
         states = 2 if spec.kind == "lstm" else 1
-        width = 7 + states  # x, the states, W_ih, W_hh, b_ih, b_hh, peepholes, W_hr
-        parts = [inputs[k : k + width] for k in range(0, len(inputs), width)]
+        width, flag = 7 + states, _flag(spec)  # x, the states, W_ih, W_hh, b_ih, b_hh, peep, W_hr
+        starts = range(0, len(inputs), width)
         runs = [
-            forward(p[0], p[1 : 1 + states], *p[1 + states :], batch_sizes, lengths,
-                    _flag(spec), compiled)
-            for p in parts
+            forward(inputs[k], inputs[k + 1 : k + 1 + states], *inputs[k + 1 + states : k + width],
+                    batch_sizes, lengths, flag, compiled)
+            for k in starts
         ]  # fmt: skip
         results = _drive(runs, together)
-        needs = ctx.needs_input_grad[5:]
-        saved: list[Tensor | None] = []
-        ctx.activations = []
-        for d, (part, (out, _, extra)) in enumerate(zip(parts, results, strict=True)):
-            wanted = needs[d * width : (d + 1) * width]
+        needs, saved, ctx.activations = ctx.needs_input_grad, [], []
+        for k, (out, _, extra) in zip(starts, results, strict=True):
             # x, for dW_ih and a rerun (_twice), only where it or W_ih needs a gradient: a
             # frozen W_ih and a plain input keep no input alive (the weights are the module's
             # own tensors, kept no longer than it keeps them)
-            x = part[0] if wanted[0] or wanted[1 + states] else None
-            saved += [x, *part[1:], out, *extra]
+            x = inputs[k] if needs[5 + k] or needs[6 + k + states] else None
+            saved += (x, *inputs[k + 1 : k + width], out, *extra)
             ctx.activations.append(1 + len(extra))
         ctx.save_for_backward(*saved)
         ctx.spec, ctx.batch_sizes, ctx.lengths = spec, batch_sizes, lengths
         ctx.compiled, ctx.together, ctx.width = compiled, together, width
+        if len(results) == 1:
+            out, finals, _ = results[0]
+            return (out, *finals)
         return tuple(t for out, finals, _ in results for t in (out, *finals))
 
     @staticmethod
@@ -1279,13 +1281,14 @@ class CpuBackend:
         for x, state, w in runs:
             x, state, args = fused_arguments(x, state, w)
             inputs += [x, *state, *args, w.get("weight_peep"), w.get("weight_hr")]
-        x, w_hh = inputs[0], runs[0][2].get("weight_hh")
-        together = len(runs) == 2 and _side_by_side(x, w_hh, self.compiled)
+        together = len(runs) == 2 and _side_by_side(
+            inputs[0], runs[0][2].get("weight_hh"), self.compiled
+        )
         results = _Directions.apply(
             config.spec, batch_sizes, lengths, self.compiled, together, *inputs
         )
         n = len(results) // len(runs)
-        return [(results[k], tuple(results[k + 1 : k + n])) for k in range(0, len(results), n)]
+        return [(results[k], results[k + 1 : k + n]) for k in range(0, len(results), n)]
 
     def _dispatch(self, config, x, state, w, lengths):
         """One direction as the custom operator :func:`_direction_op`: [out, the final states]."""
