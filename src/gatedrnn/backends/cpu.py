@@ -23,8 +23,8 @@ its backward ``gatedrnn::cpu_direction_backward``), opaque to Dynamo and kept in
 exports standard operators) and for fake and meta tensors (its fake implementation gives the
 shapes). Eager calls go through :class:`_Directions`, an autograd Function for a layer's
 directions, around the same forward and backward functions; a bidirectional layer's two
-compiled loops run there side by side, one thread each, forward and backward (where each alone
-would take at most two threads: :func:`_side_by_side`), its directions' other work (the input
+compiled loops run there side by side, one thread each, forward and backward, where each alone
+would run on one thread (:func:`_side_by_side`), its directions' other work (the input
 projection, the weight gradients) one after the other on every thread.
 
 Covers RNN (tanh, relu), GRU (reset after and before), LSTM (standard, with peepholes, with the

@@ -1240,9 +1240,8 @@ void min_backward(const Tensor& grad_out, Tensor dh, const Tensor& gates, const 
 
 // ---- Jobs: a time loop bound to its arguments, run later ------------------------------------------
 // A bidirectional layer's two directions are independent: `side_by_side` runs their loops at once,
-// one thread each, where each alone would keep at most two threads busy (the caller decides). At
-// a batch-of-one step's size a second thread splits too little work to pay for its barrier; two
-// directions side by side keep both cores busy with no barrier at all.
+// one thread each, where each alone would run on one thread (threads_for; the caller decides):
+// two directions side by side keep two cores busy where one loop would leave the second idle.
 struct Job {
   std::function<void()> run;
 };
@@ -1258,7 +1257,8 @@ auto job_of(void (*entry)(Args...)) {
 
 // Runs `jobs` at once, one thread each, in one parallel region: inside it every ATen
 // parallel_for and our own regions run inline (serial). Each thread runs with the caller's
-// thread-local state (grad mode, dispatch keys); the first job to fail raises, after all ran.
+// thread-local state (grad mode, dispatch keys); after all ran, the first failed job's error
+// (in the jobs' order) is raised.
 void side_by_side(const std::vector<std::shared_ptr<Job>>& jobs) {
   const at::ThreadLocalState state;
   std::vector<std::exception_ptr> errors(jobs.size());
