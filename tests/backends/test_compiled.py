@@ -294,6 +294,26 @@ def test_auto_picks_the_measured_fastest(
     assert chosen == (with_compiled if compiled_loops else without)
 
 
+@pytest.mark.parametrize(
+    "hidden, batch, autograd, chosen",
+    [(64, 8, False, "cpu"), (128, 8, False, "cpu"), (256, 4, False, "cpu"),
+     (256, 8, False, "cudnn"), (512, 8, False, "cudnn"), (64, 16, False, "cudnn"),
+     (256, 8, True, "cpu"), (512, 32, True, "cpu")],
+)  # fmt: skip
+def test_auto_for_the_lstm_by_batch_and_width(hidden, batch, autograd, chosen, monkeypatch):
+    """With the compiled loops, the standard LSTM forward-only goes to torch's fused kernel
+    (oneDNN) from batch 16, and from batch 8 at hidden size 256 and up; with the backward it
+    stays ours."""
+    from gatedrnn.backends import cpu, resolve_backend
+
+    if compiled.unavailable_reason() is not None:
+        pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
+    monkeypatch.setattr(cpu, "_have_compiled_loops", lambda: True)
+    module = gatedrnn.LSTM(3, hidden)
+    with torch.set_grad_enabled(autograd):
+        assert resolve_backend("auto", module.config, torch.randn(4, batch, 3)).name == chosen
+
+
 @pytest.mark.parametrize("compiled_loops", [True, False], ids=["compiled", "python"])
 @pytest.mark.parametrize("onednn", [True, False], ids=["bf16-cpu", "no-bf16-cpu"])
 def test_auto_in_low_precision(compiled_loops, onednn, monkeypatch):

@@ -38,7 +38,8 @@ gradients rounded back (:meth:`CpuBackend.forward`). Twice
 differentiable, as torch.nn is on the CPU: with ``create_graph=True`` the backward reruns the
 reference loop on the saved input and differentiates that (:func:`_twice`). ``"auto"`` takes it
 where it measured faster than torch's own kernels: every cell it covers with the compiled loops,
-but for the LSTM forward alone from batch 16 (oneDNN's ties or wins there); with the PyTorch loops,
+but for the LSTM forward alone from batch 16, and from batch 8 at H ≥ 256 (oneDNN's ties or wins
+there); with the PyTorch loops,
 RNN, GRU and the projected LSTM for training only. For the variants torch has no kernel for, where
 the other choice is the reference loop, ``auto`` takes it always, compiled or not, but for the
 minimal cells' PyTorch loop below batch × hidden 256, where the reference's parallel scan wins
@@ -1173,9 +1174,9 @@ class CpuBackend:
         # Measured with benchmarks/layer_speed.py on 2 cores (T=100, B 1–32, H 128–512); the
         # numbers are in the README. Compiled, our loops beat torch.nn everywhere but the LSTM
         # forward alone: at batch 16 and up oneDNN's fused LSTM tied with them on an AMD EPYC,
-        # and on an Intel Xeon (Sapphire Rapids) tied at 16 and won by 13–16% at 32; below batch
-        # 16 ours was as fast or faster on both (0.57–1.13 at batch 4–8 on the Xeon). The
-        # PyTorch twins lose to oneDNN's LSTM, and to torch's kernels forward-only.
+        # and on an Intel Xeon (Sapphire Rapids) tied at 16 and won by 13–16% at 32 (below 16:
+        # the compiled branch further down). The PyTorch twins lose to oneDNN's LSTM, and to
+        # torch's kernels forward-only.
         # The variants torch has no kernel for (the GRU with the reset before, the LSTM's
         # peepholes and coupled gate, the MGU) are ours or the reference loop's, and ours won
         # everywhere (benchmarks/variant_speed.py, H 128–256, B 1–32): the compiled loops
@@ -1212,8 +1213,19 @@ class CpuBackend:
                 "which compute in float32"
             )
         if compiled:
-            if lstm and not torch.is_grad_enabled() and input.shape[1] >= 16:
-                return "forward-only at batch 16 and up, torch's fused LSTM (oneDNN) is as fast"
+            # Forward-only, oneDNN's LSTM caught up earlier on an AVX-512 EPYC with bfloat16
+            # instructions (gatedrnn bench --cells lstm --hidden 64,128,256,512 --batch
+            # 1,2,4,8,16, twice): ours took 0.74–1.11 of its time at batch 1–2, 0.87–1.00 at
+            # batch 4 and 0.86–1.06 at batch 8 up to H = 128, but 1.09–1.24 from batch 4 at
+            # H ≥ 256; on the Xeon batch 4 was ours everywhere (0.57–0.95), batch 8 mixed
+            # (0.81–1.13). So oneDNN from batch 8 at H ≥ 256, and from batch 16 at any H.
+            batch = input.shape[1]
+            wide = batch >= 16 or (batch >= 8 and config.hidden_size >= 256)
+            if lstm and not torch.is_grad_enabled() and wide:
+                return (
+                    "forward-only from batch 16, and from batch 8 at hidden size 256 and up, "
+                    "torch's fused LSTM (oneDNN) is as fast or faster"
+                )
             return None
         if lstm:
             return "torch's fused LSTM (oneDNN) beats our PyTorch loops (no compiled loops here)"
