@@ -866,7 +866,9 @@ def _side_by_side(x: Tensor, w_hh: Tensor | None, compiled: bool) -> bool:
     after the other, forward or with the backward (GRU and LSTM, H 64–128, B 1–8, 2 cores;
     ``benchmarks/bidirectional_speed.py``); where each loop already split its steps over two
     threads the two ways tied (0.97–1.04, the loops alone). Never for the minimal cells, whose
-    loops split their units over every thread at any size."""
+    loops split their units over every thread at any size. (Two halves of one direction's batch,
+    side by side, ran slower: a small batch's step is bound by streaming W_hh, which each half
+    would stream whole.)"""
     if not compiled or w_hh is None or torch.get_num_threads() < 2 or compiled_loops() is None:
         return False
     return x.shape[1] * w_hh.numel() < 1 << 17
