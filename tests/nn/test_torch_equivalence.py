@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 import gatedrnn
 from gatedrnn.backends import BackendUnsupportedError, available_backends
@@ -186,3 +186,71 @@ def test_autocast_computes_every_cell_in_its_dtype(cell):
     torch.testing.assert_close(out.float(), want.float(), atol=3e-2, rtol=3e-2)
     out.float().sum().backward()
     assert ours.weight_hh_l1.grad.dtype == torch.float32
+
+
+def _outcome(call, module):
+    """What ``call(module)`` did: its result (tensors as lists), or its error's type and
+    message."""
+    try:
+        result = call(module)
+    except Exception as error:  # compared between torch.nn's layer and ours
+        return type(error), str(error)
+    return torch.utils._pytree.tree_map(
+        lambda t: t.tolist() if isinstance(t, Tensor) else t, result
+    )
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"num_layers": 2, "bidirectional": True}, {"batch_first": True}, {"proj_size": 3}],
+    ids=["plain", "stack", "batch-first", "proj"],
+)
+def test_torch_rnnbase_helpers_match(cell, options):
+    """torch.nn.RNNBase's public checks and helpers, which code written for torch.nn's layers
+    calls (check_input, get_expected_hidden_size/cell_size, check_hidden_size,
+    check_forward_args, permute_hidden, _all_weights): the same results, and the same errors
+    with the same messages, on good and bad arguments."""
+    if "proj_size" in options and cell != "lstm":
+        pytest.skip("only the LSTM projects")
+    torch.manual_seed(0)
+    theirs = TORCH_LAYERS[cell](4, 5, **options)
+    ours = OUR_LAYERS[cell](4, 5, **options)
+    assert ours._all_weights == theirs._all_weights
+    D = theirs.num_layers * (2 if theirs.bidirectional else 1)
+    x = torch.randn(3, 2, 4)
+    packed = torch.randn(6, 4)
+    h_out = 3 if "proj_size" in options else 5
+    good = torch.zeros(D, 2, h_out), torch.zeros(D, 2, 5)
+    bad = torch.zeros(D, 3, h_out), torch.zeros(D + 1, 2, 5)
+    sizes = torch.tensor([3, 2, 1])
+    hidden = [good, (good[0], bad[1]), (bad[0], good[1])] if cell == "lstm" else [good[0], bad[0]]
+    calls = []
+    for batch_sizes, data in ((None, x), (sizes, packed), (None, packed), (sizes, x)):
+        calls.append(lambda m, d=data, b=batch_sizes: m.get_expected_hidden_size(d, b))
+        calls.append(lambda m, d=data, b=batch_sizes: m.check_input(d, b))
+        for h in hidden:
+            calls.append(lambda m, d=data, b=batch_sizes, h=h: m.check_forward_args(d, h, b))
+    calls.append(lambda m: m.check_input(x.double(), None))  # the wrong dtype
+    calls.append(lambda m: m.check_input(torch.randn(3, 2, 7), None))  # the wrong width
+    calls.append(lambda m: m.check_hidden_size(bad[0], (D, 2, h_out), "h {} vs {}"))
+    permutation = torch.tensor([1, 0])
+    calls.append(lambda m: m.permute_hidden(good if cell == "lstm" else good[0], permutation))
+    calls.append(lambda m: m.permute_hidden(good[0], None))
+    if cell == "lstm":
+        calls.append(lambda m: m.get_expected_cell_size(x, None))
+    for k, call in enumerate(calls):
+        assert _outcome(call, ours) == _outcome(call, theirs), f"call {k}"
+
+
+@pytest.mark.parametrize("layer", [gatedrnn.MGU, gatedrnn.MinGRU, gatedrnn.MinLSTM])
+def test_rnnbase_helpers_on_the_cells_torch_lacks(layer):
+    """The same checks on our other cells, whose one state is h."""
+    ours = layer(4, 5, num_layers=2, batch_first=True)
+    x = torch.randn(2, 3, 4)  # (N, L, H_in)
+    assert ours.get_expected_hidden_size(x, None) == (2, 2, 5)
+    ours.check_forward_args(x, torch.zeros(2, 2, 5), None)
+    with pytest.raises(RuntimeError, match=r"Expected hidden size \(2, 2, 5\), got \[2, 3, 5\]"):
+        ours.check_forward_args(x, torch.zeros(2, 3, 5), None)
+    h = torch.arange(4.0).view(2, 2, 1)
+    assert ours.permute_hidden(h, torch.tensor([1, 0]))[:, :, 0].tolist() == [[1, 0], [3, 2]]

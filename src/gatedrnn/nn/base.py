@@ -165,6 +165,87 @@ class RecurrentBase(nn.Module):
         """The tensors ``_flat_weights_names`` names, as they are now (parametrized ones too)."""
         return [getattr(self, name) for name in self._flat_weights_names]
 
+    @property
+    def _all_weights(self) -> list[list[str]]:
+        """torch.nn.RNNBase's private names of each layer direction's parameters."""
+        return [[full for _, full in names] for names in self._weight_names]
+
+    # torch.nn.RNNBase's public checks, with its semantics and messages, for code written against
+    # them (subclasses and wrappers of torch.nn's layers call them); our forward checks its own
+    # arguments with messages of its own and does not call these.
+    def check_input(self, input: Tensor, batch_sizes: Tensor | None) -> None:
+        """As torch.nn.RNNBase's: ``input`` (time-major packed data when ``batch_sizes`` is
+        given) has the parameters' dtype (unless autocast is on), 3 dimensions (2 when packed)
+        and ``input_size`` features."""
+        dtype = self._flat_weights[0].dtype
+        if input.dtype != dtype and not torch._C._is_any_autocast_enabled():
+            raise ValueError(
+                f"RNN input dtype ({input.dtype}) does not match weight dtype ({dtype}). "
+                f"Convert input: input.to({dtype}), or convert model: model.to({input.dtype})"
+            )
+        expected_input_dim = 2 if batch_sizes is not None else 3
+        if input.dim() != expected_input_dim:
+            raise RuntimeError(
+                f"input must have {expected_input_dim} dimensions, got {input.dim()}"
+            )
+        if self.input_size != input.size(-1):
+            raise RuntimeError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got "
+                f"{input.size(-1)}"
+            )
+
+    def get_expected_hidden_size(
+        self, input: Tensor, batch_sizes: Tensor | None
+    ) -> tuple[int, int, int]:
+        """As torch.nn.RNNBase's: h_0's shape (L·D, N, H_out) for this input."""
+        return (*self._expected_lead(input, batch_sizes), self.output_size)
+
+    def get_expected_cell_size(
+        self, input: Tensor, batch_sizes: Tensor | None
+    ) -> tuple[int, int, int]:
+        """As torch.nn.LSTM's: c_0's shape (L·D, N, H_cell) for this input (the cell's width,
+        also for the cells without one)."""
+        return (*self._expected_lead(input, batch_sizes), self.hidden_size)
+
+    def _expected_lead(self, input: Tensor, batch_sizes: Tensor | None) -> tuple[int, int]:
+        if batch_sizes is not None:
+            mini_batch = int(batch_sizes[0])
+        else:
+            mini_batch = input.size(0) if self.batch_first else input.size(1)
+        return self.num_layers * self.num_directions, mini_batch
+
+    def check_hidden_size(
+        self,
+        hx: Tensor,
+        expected_hidden_size: tuple[int, int, int],
+        msg: str = "Expected hidden size {}, got {}",
+    ) -> None:
+        """As torch.nn.RNNBase's: a RuntimeError ``msg`` where ``hx`` is not of that shape."""
+        if hx.size() != expected_hidden_size:
+            raise RuntimeError(msg.format(expected_hidden_size, list(hx.size())))
+
+    def check_forward_args(
+        self, input: Tensor, hidden: Tensor | tuple[Tensor, Tensor], batch_sizes: Tensor | None
+    ) -> None:
+        """As torch.nn's layers': the input (:meth:`check_input`) and the state's shapes, one
+        tensor or (for the LSTM) the pair (h_0, c_0)."""
+        self.check_input(input, batch_sizes)
+        expected = self.get_expected_hidden_size(input, batch_sizes)
+        if self.spec.num_states == 1:
+            self.check_hidden_size(hidden, expected)  # type: ignore[arg-type]
+            return
+        self.check_hidden_size(hidden[0], expected, "Expected hidden[0] size {}, got {}")
+        cell = self.get_expected_cell_size(input, batch_sizes)
+        self.check_hidden_size(hidden[1], cell, "Expected hidden[1] size {}, got {}")
+
+    def permute_hidden(self, hx: _State, permutation: Tensor | None) -> _State:
+        """As torch.nn's layers': the state's batch (dimension 1) in ``permutation``'s order."""
+        if permutation is None:
+            return hx
+        if isinstance(hx, Tensor):
+            return hx.index_select(1, permutation)
+        return tuple(s.index_select(1, permutation) for s in hx)  # type: ignore[return-value]
+
     def reset_parameters(self) -> None:
         init_recurrent_(self, self.spec, self.hidden_size, self.init, self.forget_bias)
 
