@@ -254,3 +254,12 @@ def test_rnnbase_helpers_on_the_cells_torch_lacks(layer):
         ours.check_forward_args(x, torch.zeros(2, 3, 5), None)
     h = torch.arange(4.0).view(2, 2, 1)
     assert ours.permute_hidden(h, torch.tensor([1, 0]))[:, :, 0].tolist() == [[1, 0], [3, 2]]
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_every_public_name_of_torchs_layer_is_ours_too(cell):
+    """A drop-in has every public attribute and method torch.nn's layer has (an instance's,
+    parameters included)."""
+    theirs, ours = TORCH_LAYERS[cell](4, 5), OUR_LAYERS[cell](4, 5)
+    public = {name for name in dir(theirs) if not name.startswith("_")}
+    assert public - set(dir(ours)) == set()
