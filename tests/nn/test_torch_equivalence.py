@@ -256,10 +256,15 @@ def test_rnnbase_helpers_on_the_cells_torch_lacks(layer):
     assert ours.permute_hidden(h, torch.tensor([1, 0]))[:, :, 0].tolist() == [[1, 0], [3, 2]]
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_every_public_name_of_torchs_layer_is_ours_too(cell):
-    """A drop-in has every public attribute and method torch.nn's layer has (an instance's,
-    parameters included)."""
-    theirs, ours = TORCH_LAYERS[cell](4, 5), OUR_LAYERS[cell](4, 5)
-    public = {name for name in dir(theirs) if not name.startswith("_")}
-    assert public - set(dir(ours)) == set()
+@pytest.mark.parametrize(
+    "theirs, ours",
+    [(nn.RNN, gatedrnn.RNN), (nn.LSTM, gatedrnn.LSTM), (nn.GRU, gatedrnn.GRU),
+     (nn.RNNCell, gatedrnn.RNNCell), (nn.LSTMCell, gatedrnn.LSTMCell),
+     (nn.GRUCell, gatedrnn.GRUCell)],
+    ids=lambda c: c.__name__,
+)  # fmt: skip
+def test_every_public_name_of_torchs_layer_is_ours_too(theirs, ours):
+    """A drop-in has every public attribute and method torch.nn's layer or cell has (an
+    instance's, parameters included)."""
+    public = {name for name in dir(theirs(4, 5)) if not name.startswith("_")}
+    assert public - set(dir(ours(4, 5))) == set()
