@@ -315,6 +315,36 @@ def test_auto_for_the_lstm_by_batch_and_width(hidden, batch, autograd, chosen, m
 
 
 @pytest.mark.parametrize("compiled_loops", [True, False], ids=["compiled", "python"])
+@pytest.mark.parametrize("layer", [gatedrnn.GRU, gatedrnn.RNN], ids=lambda c: c.__name__)
+def test_auto_leaves_the_shortest_sequences_to_torch(layer, compiled_loops, monkeypatch):
+    """A GRU or RNN call of one step (a decoder fed step by step), or of two forward-only at a
+    batch up to 8, goes to torch's kernels, whose call costs less than our loops' setup; longer
+    ones, the other cells and the variants stay where they were."""
+    from gatedrnn.backends import cpu, resolve_backend
+
+    if compiled_loops and compiled.unavailable_reason() is not None:
+        pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
+    monkeypatch.setattr(cpu, "_have_compiled_loops", lambda: compiled_loops)
+
+    def chosen(module, steps, batch, autograd):
+        with torch.set_grad_enabled(autograd):
+            return resolve_backend("auto", module.config, torch.randn(steps, batch, 3)).name
+
+    module = layer(3, 5)
+    for batch in (1, 32):
+        assert chosen(module, 1, batch, True) == "cudnn"
+        assert chosen(module, 1, batch, False) == "cudnn"
+    assert chosen(module, 2, 8, False) == "cudnn"
+    assert chosen(module, 2, 16, False) == ("cpu" if compiled_loops else "cudnn")
+    assert chosen(module, 2, 8, True) == "cpu"
+    assert chosen(module, 3, 1, True) == "cpu"
+    if compiled_loops:
+        assert chosen(gatedrnn.LSTM(3, 5), 1, 1, True) == "cpu"
+        assert chosen(gatedrnn.GRU(3, 5, reset="before"), 1, 1, True) == "cpu"
+        assert chosen(gatedrnn.MGU(3, 5), 1, 1, False) == "cpu"
+
+
+@pytest.mark.parametrize("compiled_loops", [True, False], ids=["compiled", "python"])
 @pytest.mark.parametrize("onednn", [True, False], ids=["bf16-cpu", "no-bf16-cpu"])
 def test_auto_in_low_precision(compiled_loops, onednn, monkeypatch):
     """What ``auto`` runs on bfloat16 and float16 layers (CPU autocast gives every layer its

@@ -39,7 +39,8 @@ differentiable, as torch.nn is on the CPU: with ``create_graph=True`` the backwa
 reference loop on the saved input and differentiates that (:func:`_twice`). ``"auto"`` takes it
 where it measured faster than torch's own kernels: every cell it covers with the compiled loops,
 but for the LSTM forward alone from batch 16, and from batch 8 at H ≥ 256 (oneDNN's ties or wins
-there); with the PyTorch loops,
+there), and the GRU and RNN on sequences of one step (two forward-only at batch ≤ 8), too short
+for our setup to pay; with the PyTorch loops,
 RNN, GRU and the projected LSTM for training only. For the variants torch has no kernel for, where
 the other choice is the reference loop, ``auto`` takes it always, compiled or not, but for the
 minimal cells' PyTorch loop below batch × hidden 256, where the reference's parallel scan wins
@@ -1197,6 +1198,21 @@ class CpuBackend:
                     "loop for the minimal cells (no compiled loops here)"
                 )
             return None
+        # A sequence of one step (a decoder fed step by step), or of two forward-only at a small
+        # batch, is too short for our setup (the input projection and the loop's buffers, calls
+        # of their own) to pay: torch's GRU and RNN took 0.36–1.04 of our compiled loops' time at
+        # T = 1 forward-only (H 16–512, B 1–32), 0.61–0.95 with the backward, and 0.53–0.92 at
+        # T = 2 forward-only up to batch 8 (0.83–1.23 at batch 32); from there ours led, the GRU
+        # from T = 2 with the backward (0.72–1.09 of torch's time), the RNN a little later
+        # (1.09–1.30 at T = 2, B ≤ 8 with the backward, left to ours). torch's LSTM (oneDNN) did
+        # not lead at T = 1 (ours 0.91–1.06 forward, 0.46–0.98 with the backward).
+        steps, batch = input.shape[0], input.shape[1]
+        short = steps == 1 or (steps == 2 and batch <= 8 and not torch.is_grad_enabled())
+        if spec.kind in ("gru", "rnn") and short:
+            return (
+                f"for a sequence of {steps} step{'s' if steps > 1 else ''}, torch's "
+                f"{spec.kind.upper()} kernels beat our loops' setup"
+            )
         # With a projection torch runs no fused LSTM (oneDNN has none) but its generic loop,
         # which the compiled loops beat (fwd+bwd 0.13–0.82 of its time, forward-only 0.27–0.89
         # but for 1.09 at H 512, B 32) and the PyTorch ones with the backward (0.67–0.94).
