@@ -1232,11 +1232,11 @@ class CpuBackend:
             )
         if compiled:
             # Forward-only, oneDNN's LSTM caught up earlier on an AVX-512 EPYC with bfloat16
-            # instructions (gatedrnn bench --cells lstm --hidden 64,128,256,512 --batch
-            # 1,2,4,8,16, twice): ours took 0.74–1.11 of its time at batch 1–2, 0.87–1.00 at
-            # batch 4 and 0.86–1.06 at batch 8 up to H = 128, but 1.09–1.24 from batch 4 at
-            # H ≥ 256; on the Xeon batch 4 was ours everywhere (0.57–0.95), batch 8 mixed
-            # (0.81–1.13). So oneDNN from batch 8 at H ≥ 256, and from batch 16 at any H.
+            # instructions (gatedrnn bench --cells lstm --hidden 128,256,512 --batch 2,4,8,16):
+            # ours took 0.81–0.98 of its time at batch 2, 0.91–1.08 at batch 4, 0.97 at batch 8
+            # with H = 128 but 1.05–1.06 at H ≥ 256, 0.99–1.01 at batch 16; on the Xeon batch 4
+            # was ours everywhere (0.57–0.95), batch 8 mixed (0.81–1.13). So oneDNN from batch 8
+            # at H ≥ 256, and from batch 16 at any H.
             batch = input.shape[1]
             wide = batch >= 16 or (batch >= 8 and config.hidden_size >= 256)
             if lstm and not torch.is_grad_enabled() and wide:
