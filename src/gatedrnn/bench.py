@@ -1,21 +1,21 @@
 """Layer speed and memory against torch.nn: the measurements behind ``gatedrnn bench``.
 
 For each cell × hidden size × batch size, a torch.nn layer and ours with the same weights (a
-stack of layers, bidirectional or not, where asked) run
-forward-only (under ``no_grad``) and forward+backward; a cell torch.nn lacks (a variant written
-``CELL:KEY=VALUE``, such as ``lstm:peepholes=true``, or the MGU) runs against torch.nn's standard
-cell of its family (:data:`FAMILY`: the GRU for the MGU and minGRU), with weights of its own;
-options torch.nn takes too (``lstm:proj_size=64``, ``gru:bias=false``) go to both. The
-implementations are interleaved within each repeat so both see the same machine state, in reverse
-order every other repeat so that each follows the other as often (whatever runs right after
-torch.nn's GRU at small sizes pays ~0.5 ms, on a 2-core machine), and the median of the repeats
-after warm-up is reported (on a GPU, synchronized around each call: torch.nn
-runs cuDNN there). Bytes saved for backward are counted with saved-tensor hooks (unique storages),
-which is device-independent. The minor page faults of each call are recorded too (median per call,
-where the platform counts them): a multi-megabyte buffer that the allocator hands back as fresh
-pages costs ~1 µs per 4 KiB page, which at B=1 can be as much as the arithmetic, and which side
-pays depends on the heap's state, so the faults explain timings that move between runs. Nothing
-here is asserted: the numbers are written as JSON and printed.
+stack of layers, bidirectional or not, where asked) run forward-only (under ``no_grad``) and
+forward+backward; a cell torch.nn lacks (a variant written ``CELL:KEY=VALUE``, such as
+``lstm:peepholes=true``, or the MGU) runs against torch.nn's standard cell of its family
+(:data:`FAMILY`: the GRU for the MGU and minGRU), with weights of its own; options torch.nn takes
+too (``lstm:proj_size=64``, ``gru:bias=false``) go to both. The implementations are interleaved
+within each repeat so both see the same machine state, in reverse order every other repeat so
+that each follows the other as often (whatever runs right after torch.nn's GRU at small sizes
+pays ~0.5 ms, on a 2-core machine), and the median of the repeats after warm-up is reported (on
+a GPU, synchronized around each call: torch.nn runs cuDNN there). Bytes saved for backward are
+counted with saved-tensor hooks (unique storages), which is device-independent. The minor page
+faults of each call are recorded too (median per call, where the platform counts them): a
+multi-megabyte buffer that the allocator hands back as fresh pages costs ~1 µs per 4 KiB page,
+which at B=1 can be as much as the arithmetic, and which side pays depends on the heap's state,
+so the faults explain timings that move between runs. Nothing here is asserted: the numbers are
+written as JSON and printed.
 """
 
 from __future__ import annotations
@@ -124,9 +124,9 @@ def run_benchmark(
 ) -> list[BenchResult]:
     """Time every configuration on ``device``, both sides' layers and inputs in ``dtype``, each
     a stack of ``layers`` layers, ``bidirectional`` or not; returns one :class:`BenchResult`
-    per implementation × case. ``cells`` as a command line
-    writes them (``gru``, ``lstm:peepholes=true``). A backend that cannot run a case (the triton
-    kernels have no plain RNN, say) gets a result with no time and the reason in ``skipped``."""
+    per implementation × case. ``cells`` as a command line writes them (``gru``,
+    ``lstm:peepholes=true``). A backend that cannot run a case (the triton kernels have no plain
+    RNN, say) gets a result with no time and the reason in ``skipped``."""
     from gatedrnn.backends import BackendUnsupportedError, resolve_backend
 
     device = torch.device(device)
