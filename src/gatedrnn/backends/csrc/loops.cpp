@@ -325,13 +325,17 @@ void gemm(const T* A, int64_t lda, int64_t M, const Packed<T>& R, T* C, int64_t 
     at::parallel_for(0, R.panels, grain, [&](int64_t p0, int64_t p1) { block(0, M, p0, p1); });
   } else {
     // all steps at once (the input projection): threads split row blocks, which stay in cache
-    // while the panels stream past; as many blocks for each thread, of up to kRowBlock rows (400
-    // rows as 5 blocks of 96 left one of two threads idle a fifth of the time: 0.84–0.95 of
-    // the layer's time against MKL's GEMM at batch 4–8, T = 100)
+    // while the panels stream past; about as many rows for each thread, in blocks of up to
+    // kRowBlock (400 rows as 5 blocks of 96 left one of two threads idle a fifth of the time:
+    // 0.84–0.95 of the layer's time against MKL's GEMM at batch 4–8, T = 100). A block is a
+    // whole number of tiles (MR rows), so every row lands in the same tile, and sums in the
+    // same order, whatever the number of threads (panel_sums splits the sums of 1–2 rows).
+    constexpr int64_t MR = (kVecBytes == 64 ? 24 : 12) / Tile<T>::NV;  // as panel_range's
     const int64_t threads = at::in_parallel_region() ? 1 : std::max(1, at::get_num_threads());
     const int64_t least = (M + kRowBlock - 1) / kRowBlock;
-    const int64_t blocks = (least + threads - 1) / threads * threads;
-    const int64_t rows = (M + blocks - 1) / blocks;
+    const int64_t even = (least + threads - 1) / threads * threads;
+    const int64_t rows = ((M + even - 1) / even + MR - 1) / MR * MR;
+    const int64_t blocks = (M + rows - 1) / rows;
     at::parallel_for(0, blocks, 1, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         if (r * rows < M) block(r * rows, std::min(M, (r + 1) * rows), 0, R.panels);
