@@ -594,3 +594,43 @@ def test_the_packed_gemm_at_every_row_count(dtype):
                     assert torch.equal(result, found[0]), f"{rows} rows, {threads} threads"
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize(
+    "cell, options", _TWO_WAYS,
+    ids=["rnn", "gru", "gru-before", "lstm", "lstm-cifg-peep", "lstm-proj", "mgu", "minlstm"],
+)  # fmt: skip
+def test_the_same_numbers_on_any_thread_count(cell, options, monkeypatch):
+    """A layer's output, final states and input gradient are bit for bit the same on 1, 2 or 3
+    threads, one direction or two (side by side or not), padded or packed, with our GEMM for
+    the many-row products (torch's BLAS, where a machine uses it, promises no such thing; nor do
+    its products for the weight gradients, not compared here): a study's trial resumed in a
+    process with another thread count continues exactly."""
+    if compiled.unavailable_reason() is not None:
+        pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
+    from gatedrnn.backends import cpu
+    from tests.nn.torch_pairs import run
+
+    monkeypatch.setattr(cpu, "blas_products", lambda: False)
+    torch.manual_seed(8)
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(40, 10, 6, generator=gen)  # 400 rows: row blocks, 67 rows a block unrounded
+    lengths = torch.tensor([40, 39, 33, 30, 30, 20, 9, 5, 2, 1])
+    previous = torch.get_num_threads()
+    try:
+        for both in (False, True):
+            layer = getattr(gatedrnn, cell)(6, 40, bidirectional=both, backend="cpu", **options)
+            for form in (None, lengths):
+                results = []
+                for threads in (1, 2, 3):
+                    torch.set_num_threads(threads)
+                    results.append(run(layer, x, form, None, batch_first=False))
+                first = results[0]
+                for threads, other in zip((2, 3), results[1:], strict=True):
+                    where = f"{threads} threads, bidirectional={both}, lengths={form is not None}"
+                    assert torch.equal(other.output, first.output), where
+                    for a, b in zip(other.states, first.states, strict=True):
+                        assert torch.equal(a, b), where
+                    assert torch.equal(other.grads["input"], first.grads["input"]), where
+    finally:
+        torch.set_num_threads(previous)
