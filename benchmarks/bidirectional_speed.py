@@ -24,19 +24,7 @@ from rich.table import Table
 
 from gatedrnn.atomic import write_json
 from gatedrnn.backends import cpu
-from gatedrnn.bench import OUR_LAYERS, TORCH_LAYERS, environment
-
-
-def _step(module: torch.nn.Module, x: torch.Tensor, backward: bool):
-    def run() -> None:
-        if backward:
-            out, _ = module(x)
-            out.sum().backward()
-        else:
-            with torch.no_grad():
-                module(x)
-
-    return run
+from gatedrnn.bench import OUR_LAYERS, TORCH_LAYERS, _step, environment
 
 
 def _apart(run):

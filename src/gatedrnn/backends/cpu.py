@@ -829,18 +829,11 @@ def _drive(directions: list, together: bool) -> list:
     """Runs direction generators (:data:`_DIRECTIONS`) and returns their results. ``together``:
     each prepares, then their compiled loops run side by side, one thread each (the module's
     ``side_by_side``), then each finishes; else one after the other, each loop on all the
-    threads ATen's parallel regions take."""
-    if together:
-        jobs = [next(direction) for direction in directions]
-        module = compiled_loops()
-        if module is not None and all(isinstance(job, module.Job) for job in jobs):
-            module.side_by_side(jobs)
-        else:  # the PyTorch twins: Python, one at a time
-            for job in jobs:
-                job()
-    else:
-        for direction in directions:
-            next(direction)()
+    threads ATen's parallel regions take. Only compiled loops run together
+    (:func:`_side_by_side` says so for no others)."""
+    if not together:
+        return [_finish(direction) for direction in directions]
+    compiled_loops().side_by_side([next(direction) for direction in directions])
     return [_result(direction) for direction in directions]
 
 
@@ -906,19 +899,16 @@ class _Directions(torch.autograd.Function):
         ctx.save_for_backward(*saved)
         ctx.spec, ctx.batch_sizes, ctx.lengths = spec, batch_sizes, lengths
         ctx.compiled, ctx.together, ctx.width = compiled, together, width
-        if len(results) == 1:
-            out, finals, _ = results[0]
-            return (out, *finals)
         return tuple(t for out, finals, _ in results for t in (out, *finals))
 
     @staticmethod
     def backward(ctx, *grads):
         spec, width = ctx.spec, ctx.width
         states = width - 7
-        needs = ctx.needs_input_grad[5:]
-        saved, directions = ctx.saved_tensors, len(ctx.activations)
+        needs, saved = ctx.needs_input_grad[5:], ctx.saved_tensors
         rerun = backward_by_rerun(*grads)
         _, backward = _DIRECTIONS[spec.kind]
+        flag, batch_sizes = _flag(spec), ctx.batch_sizes
         runs, start = [], 0
         for d, count in enumerate(ctx.activations):
             inputs = saved[start : start + width]
@@ -929,15 +919,12 @@ class _Directions(torch.autograd.Function):
             if rerun:  # each direction's reference loop, differentiably
                 runs.append(_twice(spec, inputs, wanted, ctx.lengths, (grad_out, *finals)))
             else:  # each direction's backward generator, driven below
-                grad_out = grad_out.contiguous()
-                flag, batch_sizes = _flag(spec), ctx.batch_sizes
                 args = (out, extra, batch_sizes, flag, ctx.compiled, wanted)
-                runs.append(backward(grad_out, finals, inputs, *args))
+                runs.append(backward(grad_out.contiguous(), finals, inputs, *args))
         found = runs
         if not rerun:
             with _float32_arithmetic():
                 found = _drive(runs, ctx.together)
-        assert len(found) == directions
         return None, None, None, None, None, *(g for grads_d in found for g in grads_d)
 
 
@@ -1224,7 +1211,7 @@ class CpuBackend:
         # but 1.43–1.99 of its LSTM's forward-only and 0.92–1.62 with the backward, except
         # 0.53–0.82 at batch 1; in float16 0.04–0.31 of torch's time for both (it has no fast
         # float16 kernels here).
-        training_one = torch.is_grad_enabled() and input.shape[1] == 1
+        training_one = torch.is_grad_enabled() and batch == 1
         if lstm and input.dtype == torch.bfloat16 and _onednn_bfloat16() and not training_one:
             return (
                 "in bfloat16 torch's fused LSTM (oneDNN, bfloat16 arithmetic) beats our loops, "
@@ -1237,7 +1224,6 @@ class CpuBackend:
             # with H = 128 but 1.05–1.06 at H ≥ 256, 0.99–1.01 at batch 16; on the Xeon batch 4
             # was ours everywhere (0.57–0.95), batch 8 mixed (0.81–1.13). So oneDNN from batch 8
             # at H ≥ 256, and from batch 16 at any H.
-            batch = input.shape[1]
             wide = batch >= 16 or (batch >= 8 and config.hidden_size >= 256)
             if lstm and not torch.is_grad_enabled() and wide:
                 return (

@@ -271,6 +271,12 @@ inline void with_rows(int64_t rows, const F& f) {
   }
 }
 
+// Rows of A in one tile against a panel of NV vectors: MR·NV accumulators, 3/4 of the registers.
+template <int NV>
+constexpr int tile_rows() {
+  return (kVecBytes == 64 ? 24 : 12) / NV;
+}
+
 // Rows [0, M) of A against panels [p0, p1) of NV vectors (K rows each, from `base`), then
 // epilogue(row0, rows, panel, tile) with tile (rows, NV·VS) of products, in the thread that
 // computed them: threads that split the panels split the epilogue's work too.
@@ -278,7 +284,7 @@ template <typename T, int NV, typename Epilogue>
 void panel_range(const T* A, int64_t lda, int64_t M, const T* base, int64_t K, int64_t p0,
                  int64_t p1, const Epilogue& epilogue) {
   constexpr int VS = Tile<T>::VS, NR = NV * VS;
-  constexpr int MR = (kVecBytes == 64 ? 24 : 12) / NV;  // accumulators: 3/4 of the registers
+  constexpr int MR = tile_rows<NV>();
   alignas(64) T tile[MR * NR];
   for (int64_t p = p0; p < p1; ++p) {
     const T* P = base + p * K * NR;
@@ -330,7 +336,7 @@ void gemm(const T* A, int64_t lda, int64_t M, const Packed<T>& R, T* C, int64_t 
     // 0.84–0.95 of the layer's time against MKL's GEMM at batch 4–8, T = 100). A block is a
     // whole number of tiles (MR rows), so every row lands in the same tile, and sums in the
     // same order, whatever the number of threads (panel_sums splits the sums of 1–2 rows).
-    constexpr int64_t MR = (kVecBytes == 64 ? 24 : 12) / Tile<T>::NV;  // as panel_range's
+    constexpr int64_t MR = tile_rows<Tile<T>::NV>();
     const int64_t threads = at::in_parallel_region() ? 1 : std::max(1, at::get_num_threads());
     const int64_t least = (M + kRowBlock - 1) / kRowBlock;
     const int64_t even = (least + threads - 1) / threads * threads;
@@ -1280,16 +1286,9 @@ void side_by_side(const std::vector<std::shared_ptr<Job>>& jobs) {
     }
   };
   const int64_t count = static_cast<int64_t>(jobs.size());
-#if defined(_OPENMP)
-  if (count > 1 && !at::in_parallel_region()) {
-#pragma omp parallel for num_threads(count) schedule(static, 1)
-    for (int64_t i = 0; i < count; ++i) run(i);
-  } else {
-    for (int64_t i = 0; i < count; ++i) run(i);
-  }
-#else
+#pragma omp parallel for num_threads(count) schedule(static, 1) \
+    if (count > 1 && !at::in_parallel_region())
   for (int64_t i = 0; i < count; ++i) run(i);
-#endif
   for (const auto& error : errors) {
     if (error) std::rethrow_exception(error);
   }
