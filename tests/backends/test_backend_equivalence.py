@@ -184,3 +184,73 @@ def test_low_precision_layers_compute_in_float32(backend, dtype, cls, options, f
         want = want.to(dtype).float()
         bad = (got - want).abs() > step * want.abs() + 1e-6
         assert not bad.any(), (k, got[bad][:5], want[bad][:5])
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cpu-python"])
+@pytest.mark.parametrize(
+    "variant", [v for v in VARIANTS if v[0] in (gatedrnn.GRU, gatedrnn.LSTM, gatedrnn.MinGRU)],
+    ids=variant_id,
+)  # fmt: skip
+@pytest.mark.parametrize("form", ["padded", "packed"])
+def test_calls_without_autograd_skip_it_and_compute_the_same(backend, variant, form, monkeypatch):
+    """Under no_grad, and where nothing needs a gradient, the cpu backends run their loops
+    without the autograd Function (its bookkeeping costs ~20 µs a call): the same numbers bit
+    for bit as a call that records the graph, and outputs that need no gradient."""
+    from gatedrnn.backends import cpu
+
+    layer_cls, _, options = variant
+    torch.manual_seed(2)
+    layer = layer_cls(I, H, num_layers=2, bidirectional=True, backend=backend, **options)
+    x = torch.randn(T, B, I)
+    if form == "packed":
+        x = pack_padded_sequence(x, torch.tensor([3, T, 1, 5]), enforce_sorted=False)
+
+    def call():
+        out, final = layer(x)
+        out = pad_packed_sequence(out)[0] if form == "packed" else out
+        return out, final if isinstance(final, tuple) else (final,)
+
+    recorded = call()  # x needs no gradient, the weights do
+    assert recorded[0].requires_grad
+    calls = []
+    original = cpu._Directions.apply
+    monkeypatch.setattr(cpu._Directions, "apply", lambda *a: calls.append(1) or original(*a))
+    with torch.no_grad():
+        plain = call()
+    layer.requires_grad_(False)
+    frozen = call()
+    assert not calls, "the autograd Function ran where nothing needs a gradient"
+    for out, finals in (plain, frozen):
+        assert not out.requires_grad
+        assert torch.equal(out, recorded[0])
+        for a, b in zip(finals, recorded[1], strict=True):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "cpu-python", "cudnn"])
+@pytest.mark.parametrize(
+    "cls, options",
+    [
+        (gatedrnn.GRU, {}),
+        (gatedrnn.LSTM, {}),
+        (gatedrnn.LSTM, {"proj_size": 2}),
+        (gatedrnn.MinGRU, {}),
+        (gatedrnn.MinLSTM, {"scan": "sequential"}),
+    ],
+)
+@pytest.mark.parametrize("layers", [1, 2])
+def test_final_states_share_no_memory_with_the_output(backend, cls, options, layers):
+    """h_n (and c_n) are tensors of their own, as torch.nn's are: writing into the output leaves
+    them as they were (a one-layer call returns its loop's final states without a copy; they
+    must not be views of the outputs)."""
+    layer = cls(I, H, num_layers=layers, backend=backend, **options)
+    x = torch.randn(T, B, I)
+    if (reason := get_backend(backend).unsupported(layer.config, x)) is not None:
+        pytest.skip(reason)
+    with torch.no_grad():
+        out, final = layer(x)
+        finals = final if isinstance(final, tuple) else (final,)
+        kept = [s.clone() for s in finals]
+        out.fill_(7.0)
+    for state, before in zip(finals, kept, strict=True):
+        assert torch.equal(state, before)

@@ -13,6 +13,7 @@ import warnings
 import pytest
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import prune
 
 import gatedrnn
 from gatedrnn.backends import BackendUnsupportedError, available_backends
@@ -161,12 +162,59 @@ def test_cells_match_torch(ours_cls, theirs_cls, kwargs, batched, dtype):
         grads_b = torch.autograd.grad(sum(o.sum() for o in out_b), wrt, allow_unused=True)
         wrt = [x, *states, *ours.parameters()]
         grads_a = torch.autograd.grad(sum(o.sum() for o in out_a), wrt, allow_unused=True)
+        # torch.nn's cells, eagerly, call torch's fused step, and so do ours: bit for bit
         for a, b in zip(out_a, out_b, strict=True):
-            assert_close(a, b, "cell output")
+            assert torch.equal(a, b), "cell output"
         for a, b in zip(grads_a, grads_b, strict=True):
             assert (a is None) == (b is None)
             if a is not None:
-                assert_close(a, b, "cell grad")
+                assert torch.equal(a, b), "cell grad"
+
+
+def _norm(module, name, how):
+    """``module``'s weight ``name`` put under ``how``: a parametrization (weight norm), the old
+    hook-based weight norm, or pruning, which torch.nn's layers and cells take."""
+    if how == "parametrization":
+        nn.utils.parametrizations.weight_norm(module, name)
+    elif how == "weight_norm":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # deprecated for the above
+            nn.utils.weight_norm(module, name)
+    else:
+        prune.l1_unstructured(module, name, amount=0.5)
+
+
+@pytest.mark.parametrize("how", ["parametrization", "weight_norm", "pruning"])
+@pytest.mark.parametrize(
+    "ours_cls, theirs_cls, name",
+    [
+        (gatedrnn.GRU, nn.GRU, "weight_hh_l0"),
+        (gatedrnn.LSTM, nn.LSTM, "weight_ih_l1"),
+        (gatedrnn.GRUCell, nn.GRUCell, "weight_hh"),
+        (gatedrnn.LSTMCell, nn.LSTMCell, "weight_ih"),
+    ],
+)
+def test_weights_under_parametrizations_weight_norm_and_pruning(ours_cls, theirs_cls, name, how):
+    """A weight that is computed (parametrized, normed, pruned) is used as computed, as torch.nn
+    uses it, and its gradient reaches the tensors it is computed from (the layers read plain
+    parameters straight from the module's table, and the rest as attributes)."""
+    layers = {} if "Cell" in ours_cls.__name__ else {"num_layers": 2}
+    theirs = theirs_cls(I, H, **layers)
+    ours = ours_cls(I, H, **layers)
+    ours.load_state_dict(theirs.state_dict())
+    for module in (ours, theirs):
+        _norm(module, name, how)
+    x = torch.randn(T, B, I) if layers else torch.randn(B, I)
+    out_a, out_b = ours(x), theirs(x)
+    out_a = out_a[0] if isinstance(out_a, tuple) else out_a
+    out_b = out_b[0] if isinstance(out_b, tuple) else out_b
+    assert_close(out_a, out_b, "output")
+    out_a.sum().backward()
+    out_b.sum().backward()
+    named_b = dict(theirs.named_parameters())
+    for key, p in ours.named_parameters():
+        assert p.grad is not None, key
+        assert_close(p.grad, named_b[key].grad, f"gradient of {key}")
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])

@@ -19,6 +19,9 @@ from gatedrnn.backends import LayerConfig, tracing
 __all__ = ["CudnnBackend"]
 
 _ORDER = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")  # torch's _flat_weights
+# the recurrence for each cell kind (the RNN's by its nonlinearity), looked up once: each
+# attribute of torch._VF is a module __getattr__ (~2 µs)
+_KERNELS = {"lstm": _VF.lstm, "gru": _VF.gru, "tanh": _VF.rnn_tanh, "relu": _VF.rnn_relu}
 
 
 class CudnnBackend:
@@ -70,9 +73,7 @@ class CudnnBackend:
         training: bool,
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         spec = config.spec
-        kernel = {"lstm": _VF.lstm, "gru": _VF.gru}.get(spec.kind)
-        if kernel is None:
-            kernel = _VF.rnn_tanh if spec.nonlinearity == "tanh" else _VF.rnn_relu
+        kernel = _KERNELS[spec.nonlinearity if spec.kind == "rnn" else spec.kind]
         flat = [w[name] for w in weights for name in _ORDER if name in w]
         state = hx if spec.num_states == 2 else hx[0]
         options = (config.bias, config.num_layers, config.dropout, training, config.bidirectional)

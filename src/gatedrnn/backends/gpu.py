@@ -937,6 +937,9 @@ def _tensor_descriptors() -> bool:
     return True
 
 
+_INTERPRETER = " (TRITON_INTERPRET=1 runs its kernels in Triton's CPU interpreter, for tests)"
+
+
 class TritonBackend:
     """Persistent Triton kernels for the GRU and the LSTM on CUDA GPUs."""
 
@@ -953,6 +956,8 @@ class TritonBackend:
             return f"it has kernels for the GRU and the LSTM only, not {spec.kind}"
         if spec.kind == "lstm" and (spec.peepholes or spec.coupled or config.proj_size):
             return "its LSTM kernel has no peepholes, coupled gate or projection"
+        if input.device.type == "cpu" and not interpreting():  # the common refusal, first
+            return f"it runs on CUDA GPUs, got a cpu input{_INTERPRETER}"
         reason = untraceable("persistent kernels are Triton launches")
         if reason is not None:
             return reason
@@ -967,10 +972,7 @@ class TritonBackend:
         if (T + 1) * B * 4 * config.hidden_size >= 2**31:
             return "its kernels index with 32-bit offsets: (T+1)·B·4H must stay below 2^31"
         if input.device.type != "cuda" and not interpreting():
-            return (
-                f"it runs on CUDA GPUs, got a {input.device.type} input (TRITON_INTERPRET=1 runs "
-                "its kernels in Triton's CPU interpreter, for tests)"
-            )
+            return f"it runs on CUDA GPUs, got a {input.device.type} input{_INTERPRETER}"
         if _launch(config.hidden_size, B, input.device, input.dtype) is None:
             most = _max_batch(config.hidden_size, input.device)
             return (

@@ -187,12 +187,15 @@ def run_stack(
     training: bool,
     direction: Direction,
     directions: Callable[[list[Run]], list[tuple[Tensor, tuple[Tensor, ...]]]] | None = None,
+    fresh_finals: bool = False,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """The layers × directions of a stack, shared by the backends: ``direction(x, state, w)``
     runs one direction over time-major ``x`` (already reversed within each length for the
     backward direction) and returns every h, zero at padded steps, and the final state.
     ``directions``, where given, runs a layer's directions at once instead: a list of
-    ``(x, state, w)``, one per direction, in, a list of ``(out, final)`` out."""
+    ``(x, state, w)``, one per direction, in, a list of ``(out, final)`` out. ``fresh_finals``:
+    the final states share memory with nothing (not the outputs, not a buffer kept for the
+    backward), so a single layer direction's are returned as they are, not copied."""
     D = config.num_directions
     layer_input = input
     finals: list[tuple[Tensor, ...]] = []
@@ -213,6 +216,8 @@ def run_stack(
         layer_input = torch.cat(outputs, dim=-1) if D == 2 else outputs[0]  # (T, B, D·H_out)
         if training and config.dropout > 0 and layer < config.num_layers - 1:
             layer_input = F.dropout(layer_input, config.dropout, training=True)
+    if fresh_finals and len(finals) == 1:  # one layer, one direction: no copy (~2 µs a state)
+        return layer_input, tuple(f.unsqueeze(0) for f in finals[0])
     final_states = tuple(torch.stack([f[k] for f in finals]) for k in range(len(hx)))
     return layer_input, final_states
 

@@ -303,7 +303,18 @@ class RecurrentBase(nn.Module):
         return states if batched else tuple(s.unsqueeze(1) for s in states)
 
     def _layer_weights(self) -> list[dict[str, Tensor]]:
-        return [{base: getattr(self, full) for base, full in names} for names in self._weight_names]
+        """Each layer direction's weights by base name, as they are now: a parameter straight
+        from ``_parameters`` (attribute access through Module.__getattr__ costs ~1 µs each);
+        where it is not there (under a parametrization, weight norm or pruning) the attribute,
+        which those compute."""
+        params, weights = self._parameters, []
+        for names in self._weight_names:
+            layer = {}
+            for base, full in names:
+                w = params.get(full)
+                layer[base] = getattr(self, full) if w is None else w
+            weights.append(layer)
+        return weights
 
     def forward(
         self, input: Tensor | PackedSequence, hx: _State | None = None
@@ -331,7 +342,8 @@ class RecurrentBase(nn.Module):
             x = input if batched else input.unsqueeze(1)
             if batched and self.batch_first:
                 x = x.transpose(0, 1)
-        first = self.weight_ih_l0
+        weights = self._layer_weights()
+        first = weights[0]["weight_ih"]
         amp = _autocast_dtype(x, first.dtype)
         if amp is not None:  # under torch.autocast: compute in its dtype, as torch.nn's RNNs do
             # (all but its GRU on the CPU, which autocast leaves in float32: every cell alike here)
@@ -358,9 +370,8 @@ class RecurrentBase(nn.Module):
             backend = get_backend("reference")
         if not (torch.compiler.is_dynamo_compiling() and tracing() == "torch.export"):
             # what "auto" chose for the latest call (strict export would warn of the attribute
-            # set in forward as a side effect)
-            self.last_backend = backend.name
-        weights = self._layer_weights()
+            # set in forward as a side effect); a plain attribute, set without Module.__setattr__
+            self.__dict__["last_backend"] = backend.name
         if amp is not None:
             weights = [{name: w.to(amp) for name, w in layer.items()} for layer in weights]
         output, final = backend.forward(config, x, lengths, states, weights, self.training)
