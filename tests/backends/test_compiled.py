@@ -634,3 +634,62 @@ def test_the_same_numbers_on_any_thread_count(cell, options, monkeypatch):
                     assert torch.equal(other.grads["input"], first.grads["input"]), where
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("steps, batch, ours", [(1, 1, False), (1, 7, False), (2, 4, True)])
+def test_products_of_few_rows_go_to_torch(steps, batch, ours, monkeypatch):
+    """The input projection (T·B rows) and dx go to our packed GEMM from 8 rows, below that to
+    torch's (packing the weight costs more than a few rows save); the results agree either way."""
+    if compiled.unavailable_reason() is not None:
+        pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
+    from gatedrnn.backends import cpu
+    from tests.conftest import assert_close
+    from tests.nn.torch_pairs import run
+
+    module, rows = compiled.compiled_loops(), []
+
+    class Counting:  # the compiled module, counting its GEMM's calls
+        def __getattr__(self, name):
+            return getattr(module, name)
+
+        def matmul(self, a, *args):
+            rows.append(a.shape[0])
+            return module.matmul(a, *args)
+
+    monkeypatch.setattr(cpu, "blas_products", lambda: False)
+    monkeypatch.setattr(cpu, "compiled_loops", lambda: Counting())
+    torch.manual_seed(3)
+    layer = gatedrnn.GRU(5, 16, backend="cpu")
+    reference = gatedrnn.GRU(5, 16, backend="reference")
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(steps, batch, 5)
+    actual, expected = run(layer, x, None, None, False), run(reference, x, None, None, False)
+    assert rows == ([steps * batch] * 2 if ours else [])  # forward's projection, backward's dx
+    assert_close(actual.output, expected.output, "output")
+    assert_close(actual.grads["input"], expected.grads["input"], "input gradient")
+
+
+def test_the_call_overhead_benchmark_runs(tmp_path):
+    """``benchmarks/call_overhead.py`` (run by hand, never timed here) on a tiny case: layers
+    and cells, both modes, both sides timed, the backend ours ran on, the JSON written."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "call_overhead.py"
+    out = tmp_path / "calls.json"
+    argv = [sys.executable, str(script), "--cells", "gru", "--steps", "1", "--hidden", "8",
+            "--calls", "2", "--rounds", "1", "--threads", "1", "--out", str(out)]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["environment"]["backend"] == "auto"
+    assert [(r["module"], r["steps"], r["mode"]) for r in data["rows"]] == [
+        ("layer", 1, "forward"), ("layer", 1, "forward+backward"),
+        ("cell", None, "forward"), ("cell", None, "forward+backward"),
+    ]  # fmt: skip
+    assert data["rows"][0]["ours_backend"] == "cudnn"  # auto: torch's GRU for one step
+    for row in data["rows"]:
+        assert set(row["us_per_call"]) == {"torch.nn", "ours"}
+        assert all(us > 0 for us in row["us_per_call"].values())

@@ -147,11 +147,21 @@ def cpu_info(name: str) -> str | None:
     return None
 
 
+# Rows below which a one-off product goes to torch's BLAS: our GEMM packs the whole weight first
+# (a pass reading and writing all of it), which a few rows do not repay. Against torch.addmm
+# (K = H 32–512, N = H, 3H, 4H; 2-core AMD EPYC) ours took 1.0–2.7× its time at 1 row (the
+# larger the weight, the more), 0.7–1.2× at 4, 0.95–1.25× at 10–16, level at 31, and from ~100
+# rows it is ~10% faster; whole layers (T = 10, B = 1) ran 0.8–1.2× as long with torch's product
+# at 10 rows, but 0.7–0.95× at one (T = 1: a decoder step, H ≥ 128).
+_FEW_ROWS = 8
+
+
 def _product(a: Tensor, r: Tensor, bias: Tensor | None, compiled: bool) -> Tensor:
-    """a r (+ bias) for a (M, K), r (K, N): the compiled packed GEMM when the loops are compiled
-    and :func:`blas_products` does not send these products to torch's BLAS, else torch's."""
+    """a r (+ bias) for a (M, K), r (K, N): the compiled packed GEMM when the loops are compiled,
+    there are at least ``_FEW_ROWS`` rows and :func:`blas_products` does not send these products
+    to torch's BLAS, else torch's."""
     module = compiled_loops() if compiled and not blas_products() else None
-    if module is not None:
+    if module is not None and a.shape[0] >= _FEW_ROWS:
         return module.matmul(a.contiguous(), r, bias)
     return torch.mm(a, r) if bias is None else torch.addmm(bias, a, r)
 

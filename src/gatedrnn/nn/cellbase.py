@@ -115,8 +115,8 @@ class CellBase(nn.Module):
         x = input if batched else input.unsqueeze(0)
         n = self.spec.num_states
         shape = (x.shape[0], self.hidden_size) if batched else (self.hidden_size,)
-        if hx is None:
-            states = tuple(x.new_zeros(x.shape[0], self.hidden_size) for _ in range(n))
+        if hx is None:  # one zero tensor for h and c, as torch.nn's cells (nothing writes it)
+            states = (x.new_zeros(x.shape[0], self.hidden_size),) * n
         else:
             if n == 2 and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
                 raise TypeError(
