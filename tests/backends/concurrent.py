@@ -164,7 +164,7 @@ def concurrent_programs(
         args_hst, kwargs_hst = self._init_args_hst(args_dev, kwargs)
         for hook in self.pre_run_hooks:
             hook(*args_hst, **kwargs_hst)
-        patch_scope = interp._patch_lang(self.fn)
+        patch_scope = patch_lang(self.fn)
         try:
             args = inspect.getcallargs(self.fn, *args_hst, **kwargs_hst)
             args = {
@@ -185,11 +185,21 @@ def concurrent_programs(
             patch_scope.restore()
         self._restore_args_dev(args_dev, args_hst, kwargs, kwargs_hst)
 
+    # A device function's call (tl.sum …) patches triton.language again, in whichever program
+    # thread calls it: one program iterating a module's globals while another sets attributes
+    # there raised "dictionary changed size during iteration" (rarely). One patch at a time.
+    original_patch, patching = interp._patch_lang, threading.RLock()
+
+    def patch_lang(fn):
+        with patching:
+            return original_patch(fn)
+
     original_class, original_call = type(builder), interp.GridExecutor.__call__
     original_sms, original_interval = gpu.INTERPRETED_SMS, sys.getswitchinterval()
     original_limit = gpu.SPIN_LIMIT
     builder.__class__ = ThreadGridBuilder
     interp.GridExecutor.__call__ = call
+    interp._patch_lang = patch_lang
     gpu.INTERPRETED_SMS, gpu.SPIN_LIMIT = multiprocessors, spin_limit
     sys.setswitchinterval(switch_interval)
     try:
@@ -197,5 +207,6 @@ def concurrent_programs(
     finally:
         builder.__class__ = original_class
         interp.GridExecutor.__call__ = original_call
+        interp._patch_lang = original_patch
         gpu.INTERPRETED_SMS, gpu.SPIN_LIMIT = original_sms, original_limit
         sys.setswitchinterval(original_interval)

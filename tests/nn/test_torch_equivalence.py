@@ -316,3 +316,17 @@ def test_every_public_name_of_torchs_layer_is_ours_too(theirs, ours):
     instance's, parameters included)."""
     public = {name for name in dir(theirs(4, 5)) if not name.startswith("_")}
     assert public - set(dir(ours(4, 5))) == set()
+
+
+@pytest.mark.parametrize("options", [{}, {"bias": False}, {"peepholes": True, "coupled": True}])
+def test_a_cell_pickled_before_its_parameter_names_were_kept_still_computes(options):
+    """A cell saved whole (torch.save(module), pickle) by a version that did not keep the list of
+    its parameter names gets it back when loaded, and computes as before."""
+    cell = gatedrnn.LSTMCell(I, H, **options)
+    state = dict(cell.__dict__)
+    del state["_names"]  # what the earlier version pickled
+    loaded = gatedrnn.LSTMCell.__new__(gatedrnn.LSTMCell)
+    loaded.__setstate__(state)
+    x = torch.randn(B, I)
+    for a, b in zip(loaded(x), cell(x), strict=True):
+        assert torch.equal(a, b)

@@ -64,6 +64,12 @@ class CellBase(nn.Module):
             self._names.append(name)
         self.reset_parameters()
 
+    def __setstate__(self, state: dict) -> None:
+        # a cell pickled whole (torch.save(module)) by a version before _names was kept
+        super().__setstate__(state)
+        if "_names" not in self.__dict__:
+            self._names = [name for name, _ in self.spec.param_shapes(1, 1, bias=self.bias)]
+
     @property
     def _fused(self) -> Callable | None:
         """torch's fused step for this cell where torch.nn has the cell (what torch.nn's cells
