@@ -1211,8 +1211,16 @@ class CpuBackend:
         # from T = 2 with the backward (0.72–1.09 of torch's time), the RNN a little later
         # (1.09–1.30 at T = 2, B ≤ 8 with the backward, left to ours). torch's LSTM (oneDNN) did
         # not lead at T = 1 (ours 0.91–1.06 forward, 0.46–0.98 with the backward).
+        # The RNN's step is one small product, so its call's fixed cost is most of it longer:
+        # measured again (benchmarks/call_overhead.py --cells rnn --backend cpu, after the
+        # calls' own costs were trimmed) ours took 1.27–1.41 of torch's time at T = 2, B ≤ 8
+        # with the backward (0.88 at H = 512, B = 8) and 1.07–1.59 at B = 1 forward-only to T = 4
+        # (from T = 6, and at B = 8 from T = 3, level or ahead).
         steps, batch = input.shape[0], input.shape[1]
-        short = steps == 1 or (steps == 2 and batch <= 8 and not torch.is_grad_enabled())
+        grad = torch.is_grad_enabled()
+        short = steps == 1 or (steps == 2 and batch <= 8 and not grad)
+        if spec.kind == "rnn":
+            short = short or (steps == 2 and batch <= 8) or (steps <= 4 and batch == 1 and not grad)
         if spec.kind in ("gru", "rnn") and short:
             return (
                 f"for a sequence of {steps} step{'s' if steps > 1 else ''}, torch's "
