@@ -7,6 +7,7 @@ configuration: outputs, final states, input and state grads and every weight gra
 
 from __future__ import annotations
 
+import copy
 import itertools
 import warnings
 
@@ -19,6 +20,7 @@ import gatedrnn
 from gatedrnn.backends import BackendUnsupportedError, available_backends
 from tests.conftest import assert_close
 from tests.nn.torch_pairs import FORMS, OUR_LAYERS, TORCH_LAYERS, make_inputs, make_states, run
+from tests.nn.variants import VARIANTS, cell_options, variant_id
 
 T, B, I, H, P = 5, 3, 4, 6, 3
 
@@ -234,6 +236,33 @@ def test_autocast_computes_every_cell_in_its_dtype(cell):
     torch.testing.assert_close(out.float(), want.float(), atol=3e-2, rtol=3e-2)
     out.float().sum().backward()
     assert ours.weight_hh_l1.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
+def test_autocast_computes_every_cell_module_in_its_dtype(variant):
+    """Under CPU autocast every cell module computes in bfloat16, as the layers do: the same
+    numbers as the cell cast to bfloat16 outside autocast, states of either dtype taken (torch.nn's
+    cells take both there: a decoder's float32 input with the bfloat16 state an encoder gave),
+    and float32 gradients for the float32 parameters."""
+    _, cell_cls, options = variant
+    torch.manual_seed(0)
+    cell = cell_cls(I, H, **cell_options(options))
+    x = torch.randn(B, I)
+    states = [torch.randn(B, H) for _ in range(cell.spec.num_states)]
+
+    def hx(given):
+        return tuple(given) if len(given) == 2 else given[0]
+
+    want = copy.deepcopy(cell).bfloat16()(x.bfloat16(), hx([s.bfloat16() for s in states]))
+    for given in (states, [s.bfloat16() for s in states]):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = cell(x, hx(given))
+        out, expected = (out, want) if isinstance(out, tuple) else ((out,), (want,))
+        for a, b in zip(out, expected, strict=True):
+            assert a.dtype == torch.bfloat16
+            assert torch.equal(a, b)
+    sum(o.float().sum() for o in out).backward()
+    assert cell.weight_ih.grad.dtype == torch.float32
 
 
 def _outcome(call, module):

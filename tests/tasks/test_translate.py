@@ -139,3 +139,21 @@ def test_the_decoder_is_the_encoders_cell_with_its_options(cell, options, attrib
     for name, value in attributes.items():
         assert getattr(model.encoder, name) == value
         assert getattr(model.decoder, name) == value
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn", "mgu"])
+def test_mixed_precision_training_runs(tmp_path, monkeypatch, cell):
+    """``--amp`` (CPU autocast, bfloat16): the encoder's layer gives a bfloat16 state that the
+    decoder's cell takes with its own input (every cell refused it before, so the run stopped
+    at its first batch), and the loss and gradients come out finite."""
+    torch.manual_seed(0)
+    task = _task(tmp_path, monkeypatch)
+    model = task.build_model(cell, 16)
+    batch = next(task.batches("train", 6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, n = task.loss(model, batch)
+    (loss / n).float().backward()
+    assert torch.isfinite(loss)
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32, name
+        assert torch.isfinite(p.grad).all(), name

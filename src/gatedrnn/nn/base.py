@@ -22,6 +22,7 @@ from gatedrnn.backends import (
 )
 from gatedrnn.nn.checks import (
     MismatchError,
+    autocast_dtype,
     check_input,
     check_positive_int,
     check_states,
@@ -344,7 +345,7 @@ class RecurrentBase(nn.Module):
                 x = x.transpose(0, 1)
         weights = self._layer_weights()
         first = weights[0]["weight_ih"]
-        amp = _autocast_dtype(x, first.dtype)
+        amp = autocast_dtype(x, first.dtype)
         if amp is not None:  # under torch.autocast: compute in its dtype, as torch.nn's RNNs do
             # (all but its GRU on the CPU, which autocast leaves in float32: every cell alike here)
             x = x.to(amp)
@@ -382,17 +383,6 @@ class RecurrentBase(nn.Module):
         elif self.batch_first:
             output = output.transpose(0, 1)
         return output, (final if self.spec.num_states == 2 else final[0])
-
-
-def _autocast_dtype(x: Tensor, parameter_dtype: torch.dtype) -> torch.dtype | None:
-    """The dtype torch.autocast asks for on ``x``'s device, if it is on and the parameters are
-    float32 (autocast leaves other dtypes alone), else None."""
-    kind = x.device.type
-    if parameter_dtype != torch.float32 or kind == "meta":  # meta: autocast has no such device
-        return None
-    if torch.is_autocast_enabled(kind):
-        return torch.get_autocast_dtype(kind)
-    return None
 
 
 def _pack_like(output: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:

@@ -6,7 +6,8 @@ call torch's fused step, as torch.nn's cells do (the same numbers bit for bit; ~
 where the Python function's dozen calls took 36–45; a loop of them agrees with a layer to
 rounding). Traced,
 exported, compiled or under torch.func transforms and forward-mode AD every cell runs the pure
-function. Parameters are ``weight_ih``, ``weight_hh``, ``bias_ih``,
+function. Under torch.autocast a cell computes in autocast's dtype (input, states and weights
+cast to it), as the layers do. Parameters are ``weight_ih``, ``weight_hh``, ``bias_ih``,
 ``bias_hh`` (and ``weight_peep``), as in torch.nn's cells.
 
 Shapes: input (N, H_in) or (H_in,) unbatched; state (N, H) or (H,); zeros if omitted.
@@ -20,7 +21,13 @@ import torch
 from torch import _VF, Tensor, nn
 
 from gatedrnn.backends import tracing
-from gatedrnn.nn.checks import check_input, check_positive_int, check_states, fx_leaf_call
+from gatedrnn.nn.checks import (
+    autocast_dtype,
+    check_input,
+    check_positive_int,
+    check_states,
+    fx_leaf_call,
+)
 from gatedrnn.nn.functional import cell_step
 from gatedrnn.nn.init import check_init_options, init_recurrent_
 from gatedrnn.nn.spec import CellSpec
@@ -116,7 +123,22 @@ class CellBase(nn.Module):
                 f"{owner}: expected a 2-D batched input (N, H_in) or a 1-D unbatched input "
                 f"(H_in), got {input.dim()}-D input of shape {tuple(input.shape)}"
             )
-        check_input(owner, input, self.input_size, self.weight_ih.dtype, self.weight_ih.device)
+        params = self._parameters  # a parameter straight from there, as the layers read them
+        weights = {name: params.get(name) for name in self._names}
+        for name, w in weights.items():
+            if w is None:  # under a parametrization, weight norm or pruning: the attribute
+                weights[name] = getattr(self, name)
+        first = weights["weight_ih"]
+        amp = autocast_dtype(input, first.dtype)
+        if amp is not None:  # under torch.autocast: every cell computes in its dtype, as the
+            # layers do (torch.nn's GRU and LSTM cells stay in float32 for float32 inputs)
+            input = input.to(amp)
+            if isinstance(hx, Tensor):
+                hx = hx.to(amp)
+            elif isinstance(hx, (tuple, list)):
+                hx = tuple(s.to(amp) if isinstance(s, Tensor) else s for s in hx)
+            weights = {name: w.to(amp) for name, w in weights.items()}
+        check_input(owner, input, self.input_size, amp or first.dtype, first.device)
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
         n = self.spec.num_states
@@ -131,11 +153,6 @@ class CellBase(nn.Module):
             states = tuple(hx) if n == 2 else (hx,)
             check_states(owner, ("h", "c")[:n], states, (shape,) * n, input)
             states = states if batched else tuple(s.unsqueeze(0) for s in states)
-        params = self._parameters  # a parameter straight from there, as the layers read them
-        weights = {name: params.get(name) for name in self._names}
-        for name, w in weights.items():
-            if w is None:  # under a parametrization, weight norm or pruning: the attribute
-                weights[name] = getattr(self, name)
         fused = self._fused
         if fused is not None and not torch.compiler.is_compiling() and tracing() is None:
             w = weights  # torch.nn's cell, in one call (its Python costs half our cell's time)

@@ -14,6 +14,7 @@ __all__ = [
     "InputDtypeError",
     "MismatchError",
     "StateDtypeError",
+    "autocast_dtype",
     "check_input",
     "check_positive_int",
     "check_states",
@@ -35,6 +36,18 @@ class MismatchError(ValueError, RuntimeError):
 class StateDtypeError(TypeError, RuntimeError):
     """A state whose dtype is not the input's. A ``TypeError``, and a ``RuntimeError`` as
     torch.nn's recurrent layers and cells raise for it."""
+
+
+def autocast_dtype(x: Tensor, parameter_dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype torch.autocast asks for on ``x``'s device, if it is on and the parameters are
+    float32 (autocast leaves other dtypes alone), else None: the layers and cells then compute
+    in it, inputs, states and weights cast (differentiably) to it."""
+    kind = x.device.type
+    if parameter_dtype != torch.float32 or kind == "meta":  # meta: autocast has no such device
+        return None
+    if torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return None
 
 
 def check_positive_int(owner: str, name: str, value: object, *, allow_zero: bool = False) -> int:
