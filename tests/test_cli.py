@@ -331,3 +331,36 @@ def test_bench_names_an_unknown_cell(capsys):
     assert main(["bench", "--cells", "gru,mglu", "--smoke"]) == 2
     out = " ".join(capsys.readouterr().err.split())
     assert "unknown cell 'mglu'; expected one of rnn, lstm, gru, mgu, mingru, minlstm" in out
+
+
+def test_runs_on_the_cpu_load_the_compiled_loops_before_they_start(monkeypatch, tmp_path):
+    """``train``, a study (``compare``) and ``bench`` on the CPU load (the first time: build,
+    ~40 s) the compiled loops under a status line before anything waits on them silently."""
+    import gatedrnn.bench
+    import gatedrnn.study
+    import gatedrnn.train
+    from gatedrnn.backends import compiled
+
+    events = []
+
+    class Started(Exception):
+        pass
+
+    def started(*args, **kwargs):
+        events.append("run")
+        raise Started
+
+    monkeypatch.setattr(compiled, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(compiled, "compiled_loops", lambda: events.append("loops"))
+    monkeypatch.setattr(gatedrnn.train, "train", started)
+    monkeypatch.setattr(gatedrnn.study, "run_study", started)
+    monkeypatch.setattr(gatedrnn.bench, "run_benchmark", started)
+    for argv in (
+        ["train", "--task", "adding", "--smoke", "--out", str(tmp_path / "r.json")],
+        ["compare", "--scale", "smoke", "--tasks", "adding", "--out", str(tmp_path)],
+        ["bench", "--smoke"],
+    ):
+        events.clear()
+        with pytest.raises(Started):
+            main(argv)
+        assert events == ["loops", "run"], argv

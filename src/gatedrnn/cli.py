@@ -91,6 +91,8 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     device, dtype = _device(args.device), getattr(torch, args.dtype)
     if args.backends is None:  # ours that a user of this device would run
         args.backends = ["triton"] if device.type == "cuda" else ["cpu"]
+    if device.type == "cpu":
+        _prepare_cpu_loops(console)
     with console.status("timing") as status:
         results = run_benchmark(
             args.cells,
@@ -180,6 +182,21 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         write_json(args.out, to_json(results, device, dtype, args.layers, args.bidirectional))
         console.print(f"wrote {args.out}")
     return 0
+
+
+def _prepare_cpu_loops(console: Console) -> None:
+    """Load the ``cpu`` backend's compiled loops in this process, built first if they are not
+    (~40 s, once; cached by torch), under a status line, before a run that would otherwise wait
+    on that build without a word (a study's first trials showed 0 done while their workers
+    built it). Nothing where they cannot be built (the first layer call warns why)."""
+    from gatedrnn.backends import compiled
+
+    if compiled.unavailable_reason() is not None:
+        return
+    with console.status(
+        "loading the compiled CPU loops (the first time they are built: ~40 s, once)"
+    ):
+        compiled.compiled_loops()
 
 
 def _device(name: str) -> torch.device:
@@ -417,6 +434,8 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     _device(config.device)
     check_backend(config)
     check_datasets([config.task], args.data_dir)
+    if torch.device(config.device).type == "cpu":
+        _prepare_cpu_loops(console)
     shape = f"hidden {config.hidden_size} × {config.num_layers}"
     setup = f"{config.optimizer} lr {config.lr}, seed {config.seed}"
     console.print(f"training {config.cell} on {config.task}: {shape}, {setup}")
@@ -615,6 +634,8 @@ def _run_with_progress(spec, args, console: Console):
     from gatedrnn.study import run_study, study_paths
 
     planned = spec.trials()
+    if torch.device(spec.train.get("device", "cpu")).type == "cpu":
+        _prepare_cpu_loops(console)  # which every trial's worker would otherwise wait on
     db_path, _ = study_paths(spec, args.out)
     before = _done_before(db_path, spec, planned)
     console.print(f"study {spec.name!r}: {len(planned)} trials{before} → {db_path}")
