@@ -4,11 +4,10 @@ A cell computes one time step with the pure function the ``reference`` layers lo
 (:func:`~gatedrnn.nn.functional.cell_step`), but for torch.nn's own cells called eagerly: those
 call torch's fused step, as torch.nn's cells do (the same numbers bit for bit; ~25 µs a call
 where the Python function's dozen calls took 36–45; a loop of them agrees with a layer to
-rounding). Traced,
-exported, compiled or under torch.func transforms and forward-mode AD every cell runs the pure
-function. Under torch.autocast a cell computes in autocast's dtype (input, states and weights
-cast to it), as the layers do. Parameters are ``weight_ih``, ``weight_hh``, ``bias_ih``,
-``bias_hh`` (and ``weight_peep``), as in torch.nn's cells.
+rounding). Traced, exported, compiled or under torch.func transforms and forward-mode AD every
+cell runs the pure function. Under torch.autocast a cell computes in autocast's dtype (input,
+states and weights cast to it), as the layers do. Parameters are ``weight_ih``,
+``weight_hh``, ``bias_ih``, ``bias_hh`` (and ``weight_peep``), as in torch.nn's cells.
 
 Shapes: input (N, H_in) or (H_in,) unbatched; state (N, H) or (H,); zeros if omitted.
 """
