@@ -466,6 +466,69 @@ def test_bidirectional_loops_side_by_side(cell, options, monkeypatch):
     assert calls == [2] * 8  # 2 forms × 2 layers × forward and backward
 
 
+@pytest.mark.parametrize(
+    "cell, options, form",
+    [("GRU", {}, "padded"), ("LSTM", {"proj_size": 5}, "padded"), ("LSTM", {}, "packed")],
+)
+def test_bidirectional_loops_side_by_side_under_torch_compile(cell, options, form, monkeypatch):
+    """Under torch.compile (fullgraph) a bidirectional layer's directions are one operator,
+    gatedrnn::cpu_bidirectional, so its loops run side by side where the rule says so, as in
+    eager mode: the eager layer's numbers bit for bit, forward and backward, each layer's
+    forward and backward passing its two jobs to side_by_side."""
+    if compiled.unavailable_reason() is not None:
+        pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
+    from torch._dynamo.testing import EagerAndRecordGraphs
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from gatedrnn.backends import cpu
+
+    module = compiled.compiled_loops()
+    calls: list[int] = []
+    side_by_side = module.side_by_side
+
+    def counted(jobs):
+        calls.append(len(jobs))
+        side_by_side(jobs)
+
+    monkeypatch.setattr(module, "side_by_side", counted)
+    monkeypatch.setattr(cpu, "_side_by_side", lambda *_: True)
+    torch.manual_seed(5)
+    layer = getattr(gatedrnn, cell)(3, 8, num_layers=2, bidirectional=True, backend="cpu",
+                                    **options)  # fmt: skip
+    lengths = torch.tensor([6, 4, 1])
+
+    def loss(module, x):
+        inputs = pack_padded_sequence(x, lengths, enforce_sorted=False) if form == "packed" else x
+        out, final = module(inputs)
+        out = pad_packed_sequence(out)[0] if form == "packed" else out
+        finals = final if isinstance(final, tuple) else (final,)
+        return (out * torch.arange(out.numel()).view(out.shape).sin()).sum() + sum(
+            f.square().sum() for f in finals
+        )
+
+    x = torch.randn(6, 3, 3, requires_grad=True)
+    graphs = EagerAndRecordGraphs()
+    torch._dynamo.reset()
+    compiled_layer = torch.compile(
+        layer, backend=graphs if form == "padded" else "aot_eager", fullgraph=form == "padded"
+    )
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        wrt = [x, *layer.parameters()]
+        eager = torch.autograd.grad(loss(layer, x), wrt)
+        calls.clear()
+        got = torch.autograd.grad(loss(compiled_layer, x), wrt)
+    finally:
+        torch.set_num_threads(previous)
+    for a, b in zip(got, eager, strict=True):
+        assert torch.equal(a, b)
+    assert calls == [2] * 4  # 2 layers × forward and backward
+    if form == "padded":
+        targets = [str(n.target) for g in graphs.graphs for n in g.graph.nodes]
+        assert targets.count("gatedrnn.cpu_bidirectional.default") == 2
+
+
 def test_jobs_side_by_side_all_run_and_the_failure_is_raised():
     """``side_by_side`` runs every job, each on its own thread, and then raises the error of one
     that failed (here ATen's dispatch refusing int64), leaving the others' results in place."""

@@ -180,6 +180,42 @@ def test_the_direction_operator_passes_torchs_checks(cell, bias, lengths):
     assert torch.autograd.gradgradcheck(outputs, leaves)
 
 
+@pytest.mark.parametrize(
+    "cell, bias, lengths",
+    [("rnn", True, False), ("gru", True, True), ("lstm", False, True),
+     ("lstm-cifg-peep-proj", True, True), ("mgu", False, False), ("minlstm", True, True)],
+)  # fmt: skip
+def test_the_bidirectional_operator_passes_torchs_checks(cell, bias, lengths):
+    """The same for the operator torch.compile runs a bidirectional layer's two directions as,
+    side by side (gatedrnn::cpu_bidirectional; the direction functions are the single
+    operator's, checked over every case above): the second direction's arguments other values
+    of the same shapes."""
+    from gatedrnn.backends.cpu import _bidirectional_op
+
+    first = _direction_inputs(cell, bias, lengths)
+    second = tuple(
+        (a.detach() * 0.9 + 0.1).requires_grad_() if isinstance(a, torch.Tensor) else a
+        for a in first[:9]
+    )
+    args = (*first[:9], *second, *first[9:])
+    kind = args[-3]
+    torch.library.opcheck(_bidirectional_op, args)
+    tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.requires_grad]
+    states = 2 if kind == "lstm" else 1
+
+    def outputs(*leaves):
+        call = list(args)
+        for i, leaf in zip(tensors, leaves, strict=True):
+            call[i] = leaf
+        out = _bidirectional_op(*call)
+        half = len(out) // 2
+        return (*out[: 1 + states], *out[half : half + 1 + states])  # outputs, final states
+
+    leaves = tuple(args[i] for i in tensors)
+    assert torch.autograd.gradcheck(outputs, leaves)
+    assert torch.autograd.gradgradcheck(outputs, leaves)
+
+
 @pytest.mark.parametrize("backend", ["auto", "cpu", "cpu-python", "reference", "cudnn"])
 @pytest.mark.parametrize(
     "cls", [gatedrnn.GRU, gatedrnn.LSTM, gatedrnn.RNN], ids=lambda c: c.__name__

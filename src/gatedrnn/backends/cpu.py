@@ -19,13 +19,15 @@ The reverse direction reads each sequence reversed within its own length.
 
 Under ``torch.compile`` each layer direction is one custom operator (``gatedrnn::cpu_direction``,
 its backward ``gatedrnn::cpu_direction_backward``), opaque to Dynamo and kept in its graph, so
-``fullgraph`` compiles work; so is it under ``torch.export`` (when the backend is named: ``auto``
-exports standard operators) and for fake and meta tensors (its fake implementation gives the
-shapes). Eager calls go through :class:`_Directions`, an autograd Function for a layer's
-directions, around the same forward and backward functions; a bidirectional layer's two
-compiled loops run there side by side, one thread each, forward and backward, where each alone
-would run on one thread (:func:`_side_by_side`), its directions' other work (the input
-projection, the weight gradients) one after the other on every thread.
+``fullgraph`` compiles work, and a bidirectional layer's two are one
+(``gatedrnn::cpu_bidirectional``), whose loops run side by side as eager calls' do (below); so is
+each direction under ``torch.export`` (when the backend is named: ``auto`` exports standard
+operators) and for fake and meta tensors (its fake implementation gives the shapes). Eager calls go
+through :class:`_Directions`, an autograd Function for a layer's directions, around the same forward
+and backward functions; a bidirectional layer's two compiled loops run there side by side, one
+thread each, forward and backward, where each alone would run on one thread (:func:`_side_by_side`),
+its directions' other work (the input projection, the weight gradients) one after the other on every
+thread.
 
 Covers RNN (tanh, relu), GRU (reset after and before), LSTM (standard, with peepholes, with the
 coupled input-forget gate, or both; each with or without the projection, ``proj_size``), MGU, and
@@ -991,7 +993,8 @@ def _batch_sizes(lengths: Tensor | None, T: int) -> tuple[int, ...] | None:
 # Under torch.compile and torch.export, and for fake and meta tensors, a direction is one custom
 # operator, forward and backward (the loops are opaque to Dynamo: an extension, or Python writing
 # in place), so a model holding our layers compiles into one graph (fullgraph) and Inductor fuses
-# what is around them (a bidirectional layer's two directions then run one after the other).
+# what is around them (under torch.compile a bidirectional layer's two directions are one,
+# _bidirectional_op, below, which runs their loops side by side where eager calls would).
 # Eager calls go through _Directions instead: a custom operator costs ~25 µs more per call,
 # forward, and ~50 µs with its backward (measured on 2 cores), about what a small layer's whole
 # step costs.
@@ -1126,6 +1129,151 @@ def _direction_grad(ctx, grads):
 
 
 _direction_op.register_autograd(_direction_grad, setup_context=_direction_setup)
+
+
+# Under torch.compile a bidirectional layer's two directions are one operator, so that their
+# loops run side by side where _side_by_side says so, as in eager mode (decided as it runs: the
+# thread count is the run's, not the trace's). torch.export and torch.jit.trace keep one
+# operator per direction (the programs they write name gatedrnn::cpu_direction).
+@torch.library.custom_op("gatedrnn::cpu_bidirectional", mutates_args=())
+def _bidirectional_op(
+    x: Tensor,
+    h0: Tensor,
+    c0: Optional[Tensor],  # noqa: UP045
+    w_ih: Tensor,
+    w_hh: Optional[Tensor],  # noqa: UP045
+    b_ih: Optional[Tensor],  # noqa: UP045
+    b_hh: Optional[Tensor],  # noqa: UP045
+    peep: Optional[Tensor],  # noqa: UP045
+    w_hr: Optional[Tensor],  # noqa: UP045
+    x_r: Tensor,
+    h0_r: Tensor,
+    c0_r: Optional[Tensor],  # noqa: UP045
+    w_ih_r: Tensor,
+    w_hh_r: Optional[Tensor],  # noqa: UP045
+    b_ih_r: Optional[Tensor],  # noqa: UP045
+    b_hh_r: Optional[Tensor],  # noqa: UP045
+    peep_r: Optional[Tensor],  # noqa: UP045
+    w_hr_r: Optional[Tensor],  # noqa: UP045
+    lengths: Optional[Tensor],  # noqa: UP045
+    kind: str,
+    flag: bool,
+    compiled: bool,
+) -> list[Tensor]:
+    """Both directions of a layer (the reverse one's arguments suffixed ``_r``, its input
+    already reversed within each length): each direction's [out, the final states, the
+    activations its backward reads], the forward direction's first."""
+    forward, _ = _DIRECTIONS[kind]
+    batch_sizes = _batch_sizes(lengths, x.shape[0])
+    runs = [
+        forward(a[0], a[1:2] if a[2] is None else a[1:3], *a[3:], batch_sizes, lengths, flag,
+                compiled)
+        for a in ((x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, w_hr),
+                  (x_r, h0_r, c0_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r, peep_r, w_hr_r))
+    ]  # fmt: skip
+    results = _drive(runs, _side_by_side(x, w_hh, compiled))
+    return [t for out, finals, extra in results for t in (out, *finals, *extra)]
+
+
+@_bidirectional_op.register_fake
+def _bidirectional_shapes(*args):
+    *tensors, lengths, kind, flag, compiled = args
+    return [
+        t
+        for d in (tensors[:9], tensors[9:])
+        for t in _direction_shapes(*d, lengths, kind, flag, compiled)
+    ]
+
+
+@torch.library.custom_op("gatedrnn::cpu_bidirectional_backward", mutates_args=())
+def _bidirectional_backward_op(
+    grads: list[Tensor],
+    inputs: list[Optional[Tensor]],  # noqa: UP045 (both directions' 9 tensor arguments)
+    outputs: list[Tensor],
+    lengths: Optional[Tensor],  # noqa: UP045
+    kind: str,
+    flag: bool,
+    compiled: bool,
+    needs: list[bool],
+) -> list[Tensor]:
+    """The hand-written backward of :func:`_bidirectional_op`, both directions side by side
+    where the forward's were: ``grads`` and ``outputs`` are its outputs' gradients and its
+    outputs (each direction's in turn), ``needs`` which of the 18 tensor arguments want one;
+    returns a gradient for each (an empty tensor where none is wanted or there is none)."""
+    _, backward = _DIRECTIONS[kind]
+    x = inputs[0]
+    batch_sizes = _batch_sizes(lengths, x.shape[0])
+    states = 1 if inputs[2] is None else 2
+    half, g = len(outputs) // 2, 1 + states
+    runs, wanted_all = [], []
+    with _float32_arithmetic():
+        for d in range(2):
+            args = inputs[9 * d : 9 * d + 9]
+            direction_inputs = _direction_inputs(*args)
+            keep = [0, 1, *([2] if states == 2 else []), 3, 4, 5, 6, 7, 8]
+            wanted = [needs[9 * d + i] for i in keep]
+            wanted_all.append((keep, wanted))
+            out, *extra = outputs[d * half : (d + 1) * half]
+            grad_out, *finals = grads[d * g : (d + 1) * g]
+            runs.append(
+                backward(grad_out.contiguous(), finals, direction_inputs, out, extra[states:],
+                         batch_sizes, flag, compiled, wanted)
+            )  # fmt: skip
+        found = _drive(runs, _side_by_side(x, inputs[4], compiled))
+    result: list[Tensor] = []
+    for (keep, wanted), grads_d in zip(wanted_all, found, strict=True):
+        mine = [x.new_empty(0) for _ in range(9)]
+        for i, grad, need in zip(keep, grads_d, wanted, strict=True):
+            if grad is not None and need:  # outputs may not alias each other (the two bias
+                mine[i] = grad.clone() if any(grad is r for r in result + mine) else grad
+        result += mine
+    return result
+
+
+@_bidirectional_backward_op.register_fake
+def _bidirectional_backward_shapes(grads, inputs, outputs, lengths, kind, flag, compiled, needs):
+    return [
+        t.new_empty(t.shape) if need and t is not None else grads[0].new_empty(0)
+        for t, need in zip(inputs, needs, strict=True)
+    ]
+
+
+def _bidirectional_setup(ctx, inputs, output) -> None:
+    *tensors, lengths, kind, flag, compiled = inputs
+    ctx.save_for_backward(*tensors, lengths, *output)
+    ctx.kind, ctx.flag, ctx.compiled = kind, flag, compiled
+
+
+def _bidirectional_grad(ctx, grads):
+    saved = ctx.saved_tensors
+    tensors, lengths, outputs = saved[:18], saved[18], saved[19:]
+    states = 1 if tensors[2] is None else 2
+    needs = [bool(ctx.needs_input_grad[i]) and t is not None for i, t in enumerate(tensors)]
+    half, g = len(outputs) // 2, 1 + states
+    wanted = [grads[d * half + k] for d in range(2) for k in range(g)]  # out and final states
+    if torch.is_grad_enabled():  # create_graph=True: each direction's reference loop, rerun
+        found: list[Tensor | None] = []
+        for d in range(2):
+            args = tensors[9 * d : 9 * d + 9]
+            keep = [0, 1, *([2] if states == 2 else []), 3, 4, 5, 6, 7, 8]
+            spec = _spec_of(ctx.kind, ctx.flag, args[7] is not None)
+            got = differentiable_backward(
+                spec, _direction_inputs(*args), [needs[9 * d + i] for i in keep], lengths,
+                tuple(wanted[d * g : (d + 1) * g]),
+            )  # fmt: skip
+            mine: list[Tensor | None] = [None] * 9
+            for i, grad in zip(keep, got, strict=True):
+                mine[i] = grad
+            found += mine
+    else:
+        results = _bidirectional_backward_op(
+            wanted, list(tensors), list(outputs), lengths, ctx.kind, ctx.flag, ctx.compiled, needs
+        )
+        found = [r if need else None for r, need in zip(results, needs, strict=True)]
+    return (*found, None, None, None, None)
+
+
+_bidirectional_op.register_autograd(_bidirectional_grad, setup_context=_bidirectional_setup)
 
 
 _PYTHON_LOOPS = {
@@ -1306,9 +1454,14 @@ class CpuBackend:
         def directions(runs):
             return self._run(config, runs, batch_sizes, lengths)
 
+        def operators(runs):  # under torch.compile both directions as one operator
+            if len(runs) == 1 or not torch.compiler.is_compiling():
+                return [direction(*run) for run in runs]
+            return self._dispatch_both(config, runs, lengths)
+
         output, finals = run_stack(
             config, input, lengths, hx, weights, training, direction,
-            directions=None if dispatched else directions, fresh_finals=True,
+            directions=operators if dispatched else directions, fresh_finals=True,
         )  # fmt: skip
         if order is not None:
             restore = torch.argsort(order)
@@ -1334,6 +1487,19 @@ class CpuBackend:
             results = tuple(t for out, finals, _ in found for t in (out, *finals))
         n = len(results) // len(runs)
         return [(results[k], results[k + 1 : k + n]) for k in range(0, len(results), n)]
+
+    def _dispatch_both(self, config, runs, lengths):
+        """A layer's two directions as the custom operator :func:`_bidirectional_op`: [(out,
+        the final states)] for each."""
+        args: list[Tensor | None] = []
+        for x, state, w in runs:
+            x, state, weights = fused_arguments(x, state, w)
+            c0 = state[1] if len(state) == 2 else None
+            args += [x, state[0], c0, *weights, w.get("weight_peep"), w.get("weight_hr")]
+        spec = config.spec
+        results = _bidirectional_op(*args, lengths, spec.kind, _flag(spec), self.compiled)
+        half, n = len(results) // 2, 1 + spec.num_states
+        return [(results[d * half], tuple(results[d * half + 1 : d * half + n])) for d in (0, 1)]
 
     def _dispatch(self, config, x, state, w, lengths):
         """One direction as the custom operator :func:`_direction_op`: [out, the final states]."""
