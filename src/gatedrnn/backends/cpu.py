@@ -1197,37 +1197,42 @@ def _bidirectional_backward_op(
     needs: list[bool],
 ) -> list[Tensor]:
     """The hand-written backward of :func:`_bidirectional_op`, both directions side by side
-    where the forward's were: ``grads`` and ``outputs`` are its outputs' gradients and its
-    outputs (each direction's in turn), ``needs`` which of the 18 tensor arguments want one;
-    returns a gradient for each (an empty tensor where none is wanted or there is none)."""
+    where the forward's were: ``grads`` the gradients of each direction's output and final
+    states in turn, ``outputs`` each direction's output and the activations its backward reads
+    in turn, ``needs`` which of the 18 tensor arguments want a gradient; returns one for each
+    (an empty tensor where none is wanted or there is none)."""
     _, backward = _DIRECTIONS[kind]
     x = inputs[0]
     batch_sizes = _batch_sizes(lengths, x.shape[0])
-    states = 1 if inputs[2] is None else 2
-    half, g = len(outputs) // 2, 1 + states
-    runs, wanted_all = [], []
+    keep = _kept(inputs[2])
+    half, g = len(outputs) // 2, len(grads) // 2
+    runs, wanted = [], []
     with _float32_arithmetic():
         for d in range(2):
-            args = inputs[9 * d : 9 * d + 9]
-            direction_inputs = _direction_inputs(*args)
-            keep = [0, 1, *([2] if states == 2 else []), 3, 4, 5, 6, 7, 8]
-            wanted = [needs[9 * d + i] for i in keep]
-            wanted_all.append((keep, wanted))
+            wanted.append([needs[9 * d + i] for i in keep])
             out, *extra = outputs[d * half : (d + 1) * half]
             grad_out, *finals = grads[d * g : (d + 1) * g]
+            args = _direction_inputs(*inputs[9 * d : 9 * d + 9])
             runs.append(
-                backward(grad_out.contiguous(), finals, direction_inputs, out, extra[states:],
-                         batch_sizes, flag, compiled, wanted)
+                backward(grad_out.contiguous(), finals, args, out, extra, batch_sizes, flag,
+                         compiled, wanted[d])
             )  # fmt: skip
         found = _drive(runs, _side_by_side(x, inputs[4], compiled))
     result: list[Tensor] = []
-    for (keep, wanted), grads_d in zip(wanted_all, found, strict=True):
+    for wanted_d, grads_d in zip(wanted, found, strict=True):
         mine = [x.new_empty(0) for _ in range(9)]
-        for i, grad, need in zip(keep, grads_d, wanted, strict=True):
-            if grad is not None and need:  # outputs may not alias each other (the two bias
+        # outputs may not alias each other (the two bias gradients are one tensor)
+        for i, grad, need in zip(keep, grads_d, wanted_d, strict=True):
+            if grad is not None and need:
                 mine[i] = grad.clone() if any(grad is r for r in result + mine) else grad
         result += mine
     return result
+
+
+def _kept(c0: Tensor | None) -> list[int]:
+    """Which of a direction's 9 operator arguments (x, h0, c0, W_ih, W_hh, b_ih, b_hh, peep,
+    W_hr) the direction functions take (:func:`_direction_inputs`): c0 only for the LSTM."""
+    return [0, 1, *([] if c0 is None else [2]), 3, 4, 5, 6, 7, 8]
 
 
 @_bidirectional_backward_op.register_fake
@@ -1240,22 +1245,27 @@ def _bidirectional_backward_shapes(grads, inputs, outputs, lengths, kind, flag, 
 
 def _bidirectional_setup(ctx, inputs, output) -> None:
     *tensors, lengths, kind, flag, compiled = inputs
-    ctx.save_for_backward(*tensors, lengths, *output)
-    ctx.kind, ctx.flag, ctx.compiled = kind, flag, compiled
+    states, half = 1 if tensors[2] is None else 2, len(output) // 2
+    kept = [
+        t
+        for d in (0, 1)
+        for t in (output[d * half], *output[d * half + 1 + states : (d + 1) * half])
+    ]
+    ctx.save_for_backward(*tensors, lengths, *kept)  # each direction's out and activations
+    ctx.kind, ctx.flag, ctx.compiled, ctx.states = kind, flag, compiled, states
 
 
 def _bidirectional_grad(ctx, grads):
     saved = ctx.saved_tensors
     tensors, lengths, outputs = saved[:18], saved[18], saved[19:]
-    states = 1 if tensors[2] is None else 2
     needs = [bool(ctx.needs_input_grad[i]) and t is not None for i, t in enumerate(tensors)]
-    half, g = len(outputs) // 2, 1 + states
+    half, g = len(grads) // 2, 1 + ctx.states
     wanted = [grads[d * half + k] for d in range(2) for k in range(g)]  # out and final states
     if torch.is_grad_enabled():  # create_graph=True: each direction's reference loop, rerun
         found: list[Tensor | None] = []
+        keep = _kept(tensors[2])
         for d in range(2):
             args = tensors[9 * d : 9 * d + 9]
-            keep = [0, 1, *([2] if states == 2 else []), 3, 4, 5, 6, 7, 8]
             spec = _spec_of(ctx.kind, ctx.flag, args[7] is not None)
             got = differentiable_backward(
                 spec, _direction_inputs(*args), [needs[9 * d + i] for i in keep], lengths,
