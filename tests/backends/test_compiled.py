@@ -411,21 +411,12 @@ _TWO_WAYS = [
 ]
 
 
-@pytest.mark.parametrize(
-    "cell, options", _TWO_WAYS,
-    ids=["rnn", "gru", "gru-before", "lstm", "lstm-cifg-peep", "lstm-proj", "mgu", "minlstm"],
-)  # fmt: skip
-def test_bidirectional_loops_side_by_side(cell, options, monkeypatch):
-    """A bidirectional layer's two loops run side by side, one thread each, or one after the
-    other on both threads: bit for bit the same outputs, final states and gradients, padded and
-    packed, each the reference loop's; side by side, every layer's forward and backward passes
-    its two jobs to the module's side_by_side."""
+@pytest.fixture
+def side_by_side_calls(monkeypatch):
+    """The compiled module's side_by_side, counting: the number of jobs of each call, in order
+    (skips where the loops cannot be built)."""
     if compiled.unavailable_reason() is not None:
         pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
-    from gatedrnn.backends import cpu
-    from tests.conftest import assert_close
-    from tests.nn.torch_pairs import run
-
     module = compiled.compiled_loops()
     calls: list[int] = []
     side_by_side = module.side_by_side
@@ -435,6 +426,22 @@ def test_bidirectional_loops_side_by_side(cell, options, monkeypatch):
         side_by_side(jobs)
 
     monkeypatch.setattr(module, "side_by_side", counted)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "cell, options", _TWO_WAYS,
+    ids=["rnn", "gru", "gru-before", "lstm", "lstm-cifg-peep", "lstm-proj", "mgu", "minlstm"],
+)  # fmt: skip
+def test_bidirectional_loops_side_by_side(cell, options, side_by_side_calls, monkeypatch):
+    """A bidirectional layer's two loops run side by side, one thread each, or one after the
+    other on both threads: bit for bit the same outputs, final states and gradients, padded and
+    packed, each the reference loop's; side by side, every layer's forward and backward passes
+    its two jobs to the module's side_by_side."""
+    from gatedrnn.backends import cpu
+    from tests.conftest import assert_close
+    from tests.nn.torch_pairs import run
+
     torch.manual_seed(4)
     kwargs = dict(num_layers=2, bidirectional=True, dtype=torch.float64, **options)
     reference = getattr(gatedrnn, cell)(3, 40, backend="reference", **kwargs)
@@ -463,34 +470,25 @@ def test_bidirectional_loops_side_by_side(cell, options, monkeypatch):
                 assert_close(together.grads[name], grad, f"grad of {name}")
     finally:
         torch.set_num_threads(previous)
-    assert calls == [2] * 8  # 2 forms × 2 layers × forward and backward
+    assert side_by_side_calls == [2] * 8  # 2 forms × 2 layers × forward and backward
 
 
 @pytest.mark.parametrize(
     "cell, options, form",
     [("GRU", {}, "padded"), ("LSTM", {"proj_size": 5}, "padded"), ("LSTM", {}, "packed")],
 )
-def test_bidirectional_loops_side_by_side_under_torch_compile(cell, options, form, monkeypatch):
+def test_bidirectional_loops_side_by_side_under_torch_compile(
+    cell, options, form, side_by_side_calls, monkeypatch
+):
     """Under torch.compile (fullgraph) a bidirectional layer's directions are one operator,
     gatedrnn::cpu_bidirectional, so its loops run side by side where the rule says so, as in
     eager mode: the eager layer's numbers bit for bit, forward and backward, each layer's
     forward and backward passing its two jobs to side_by_side."""
-    if compiled.unavailable_reason() is not None:
-        pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
     from torch._dynamo.testing import EagerAndRecordGraphs
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
     from gatedrnn.backends import cpu
 
-    module = compiled.compiled_loops()
-    calls: list[int] = []
-    side_by_side = module.side_by_side
-
-    def counted(jobs):
-        calls.append(len(jobs))
-        side_by_side(jobs)
-
-    monkeypatch.setattr(module, "side_by_side", counted)
     monkeypatch.setattr(cpu, "_side_by_side", lambda *_: True)
     torch.manual_seed(5)
     layer = getattr(gatedrnn, cell)(3, 8, num_layers=2, bidirectional=True, backend="cpu",
@@ -517,13 +515,13 @@ def test_bidirectional_loops_side_by_side_under_torch_compile(cell, options, for
     try:
         wrt = [x, *layer.parameters()]
         eager = torch.autograd.grad(loss(layer, x), wrt)
-        calls.clear()
+        side_by_side_calls.clear()
         got = torch.autograd.grad(loss(compiled_layer, x), wrt)
     finally:
         torch.set_num_threads(previous)
     for a, b in zip(got, eager, strict=True):
         assert torch.equal(a, b)
-    assert calls == [2] * 4  # 2 layers × forward and backward
+    assert side_by_side_calls == [2] * 4  # 2 layers × forward and backward
     if form == "padded":
         targets = [str(n.target) for g in graphs.graphs for n in g.graph.nodes]
         assert targets.count("gatedrnn.cpu_bidirectional.default") == 2

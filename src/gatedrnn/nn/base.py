@@ -26,6 +26,7 @@ from gatedrnn.nn.checks import (
     check_input,
     check_positive_int,
     check_states,
+    current_weight,
     fx_leaf_call,
 )
 from gatedrnn.nn.init import check_init_options, init_recurrent_
@@ -304,18 +305,11 @@ class RecurrentBase(nn.Module):
         return states if batched else tuple(s.unsqueeze(1) for s in states)
 
     def _layer_weights(self) -> list[dict[str, Tensor]]:
-        """Each layer direction's weights by base name, as they are now: a parameter straight
-        from ``_parameters`` (attribute access through Module.__getattr__ costs ~1 µs each);
-        where it is not there (under a parametrization, weight norm or pruning) the attribute,
-        which those compute."""
-        params, weights = self._parameters, []
-        for names in self._weight_names:
-            layer = {}
-            for base, full in names:
-                w = params.get(full)
-                layer[base] = getattr(self, full) if w is None else w
-            weights.append(layer)
-        return weights
+        """Each layer direction's weights by base name, as they are now (:func:`current_weight`)."""
+        return [
+            {base: current_weight(self, full) for base, full in names}
+            for names in self._weight_names
+        ]
 
     def forward(
         self, input: Tensor | PackedSequence, hx: _State | None = None

@@ -25,6 +25,7 @@ from gatedrnn.nn.checks import (
     check_input,
     check_positive_int,
     check_states,
+    current_weight,
     fx_leaf_call,
 )
 from gatedrnn.nn.functional import cell_step
@@ -122,11 +123,7 @@ class CellBase(nn.Module):
                 f"{owner}: expected a 2-D batched input (N, H_in) or a 1-D unbatched input "
                 f"(H_in), got {input.dim()}-D input of shape {tuple(input.shape)}"
             )
-        params = self._parameters  # a parameter straight from there, as the layers read them
-        weights = {name: params.get(name) for name in self._names}
-        for name, w in weights.items():
-            if w is None:  # under a parametrization, weight norm or pruning: the attribute
-                weights[name] = getattr(self, name)
+        weights = {name: current_weight(self, name) for name in self._names}
         first = weights["weight_ih"]
         amp = autocast_dtype(input, first.dtype)
         if amp is not None:  # under torch.autocast: every cell computes in its dtype, as the

@@ -18,6 +18,7 @@ __all__ = [
     "check_input",
     "check_positive_int",
     "check_states",
+    "current_weight",
     "fx_leaf_call",
 ]
 
@@ -48,6 +49,14 @@ def autocast_dtype(x: Tensor, parameter_dtype: torch.dtype) -> torch.dtype | Non
     if torch.is_autocast_enabled(kind):
         return torch.get_autocast_dtype(kind)
     return None
+
+
+def current_weight(module: torch.nn.Module, name: str) -> Tensor:
+    """``module``'s weight ``name`` as it is now: a plain parameter straight from
+    ``_parameters`` (attribute access through Module.__getattr__ costs ~1 µs), else the
+    attribute, which a parametrization, weight norm or pruning computes."""
+    weight = module._parameters.get(name)
+    return getattr(module, name) if weight is None else weight
 
 
 def check_positive_int(owner: str, name: str, value: object, *, allow_zero: bool = False) -> int:
