@@ -7,6 +7,7 @@ JSON and prints a table (ratios < 1 are faster). Nothing here is asserted in CI.
 
     python benchmarks/bidirectional_speed.py                      # GRU, LSTM; H 128, 256, 512
     python benchmarks/bidirectional_speed.py --cells gru --hidden 64 --batch 1,8 --repeats 5
+    python benchmarks/bidirectional_speed.py --compile --hidden 64,128 --batch 1,2,8  # Inductor
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument(
+        "--compile", action="store_true", help="both sides under torch.compile (Inductor)"
+    )
+    parser.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "bidirectional_speed.json")
     )
     args = parser.parse_args()
@@ -57,6 +61,9 @@ def main() -> None:
                 theirs = TORCH_LAYERS[cell](hidden, hidden, bidirectional=True)
                 ours = OUR_LAYERS[cell](hidden, hidden, bidirectional=True, backend="cpu")
                 ours.load_state_dict(theirs.state_dict())
+                if args.compile:  # (the rule is asked when the operator runs: _apart holds)
+                    torch._dynamo.reset()  # a fresh cache per case: no recompile limit
+                    theirs, ours = torch.compile(theirs), torch.compile(ours)
                 x = torch.randn(args.steps, batch, hidden)
                 for mode in ("forward", "forward+backward"):
                     backward = mode == "forward+backward"
@@ -77,7 +84,8 @@ def main() -> None:
                     rows.append({"cell": cell, "hidden": hidden, "batch": batch, "mode": mode,
                                  "median_ms": medians, "times_ms": times})  # fmt: skip
     table = Table(
-        title=f"Bidirectional layers, cpu backend (T={args.steps}, median of {args.repeats}, "
+        title=f"Bidirectional layers, cpu backend{', compiled' if args.compile else ''} "
+        f"(T={args.steps}, median of {args.repeats}, "
         f"{torch.get_num_threads()} threads); ratios < 1 are faster",
         box=box.SIMPLE_HEAD,
     )
@@ -94,7 +102,8 @@ def main() -> None:
             f"{side / torch_ms:.2f}", f"{apart / side:.2f}",
         )  # fmt: skip
     Console(width=max(Console().width, 120)).print(table)
-    write_json(args.out, {"environment": environment(bidirectional=True), "results": rows})
+    env = environment(bidirectional=True) | {"compile": args.compile}
+    write_json(args.out, {"environment": env, "results": rows})
     print(f"wrote {args.out}")
 
 

@@ -574,9 +574,13 @@ def test_which_bidirectional_layers_run_their_loops_side_by_side():
         torch.set_num_threads(previous)
 
 
-def test_the_bidirectional_benchmark_runs(tmp_path):
-    """``benchmarks/bidirectional_speed.py`` (run by hand, never timed here) on a tiny case:
-    every way timed, the JSON written with its environment."""
+@pytest.mark.parametrize(
+    "extra, cells", [([], ["gru", "lstm"]), (["--compile", "--cells", "gru"], ["gru"])],
+    ids=["eager", "compiled"],
+)  # fmt: skip
+def test_the_bidirectional_benchmark_runs(tmp_path, extra, cells):
+    """``benchmarks/bidirectional_speed.py`` (run by hand, never timed here) on a tiny case,
+    eager and under torch.compile: every way timed, the JSON written with its environment."""
     import json
     import subprocess
     import sys
@@ -585,15 +589,15 @@ def test_the_bidirectional_benchmark_runs(tmp_path):
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "bidirectional_speed.py"
     out = tmp_path / "bidirectional.json"
     argv = [sys.executable, str(script), "--hidden", "8", "--batch", "1", "--steps", "3",
-            "--repeats", "1", "--warmup", "0", "--out", str(out)]  # fmt: skip
+            "--repeats", "1", "--warmup", "0", "--out", str(out), *extra]  # fmt: skip
     result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["environment"]["bidirectional"] is True
+    assert data["environment"]["compile"] is bool(extra)
     assert [(r["cell"], r["mode"]) for r in data["results"]] == [
-        ("gru", "forward"), ("gru", "forward+backward"),
-        ("lstm", "forward"), ("lstm", "forward+backward"),
-    ]  # fmt: skip
+        (cell, mode) for cell in cells for mode in ("forward", "forward+backward")
+    ]
     for row in data["results"]:
         assert set(row["median_ms"]) == {"torch.nn", "side by side", "one after the other"}
         assert all(ms > 0 for ms in row["median_ms"].values())
