@@ -209,6 +209,35 @@ def test_convergence_counts_are_known_to_within_an_epoch(candidate, baseline, ex
     assert bound in verdict.measurement, verdict.measurement
 
 
+def test_probes_within_epochs_narrow_the_convergence_counts():
+    """Validations within epochs (``TrainConfig.probes``) bracket the update where the target is
+    met more closely: 15 against 30 updates, which epoch ends alone leave at 20 against 20."""
+    from gatedrnn.claims.verdicts import _bounds_to, _convergence
+
+    def probed(met_at: int) -> dict:  # validated every 5 updates, 10 to an epoch
+        run = _history(3)
+        for record in run["history"]:
+            middle = record["updates"] - 5
+            value = 4.0 if middle >= met_at else 5.0
+            record["probes"] = [{"valid": {"nll": value}, "updates": middle,
+                                 "elapsed": middle / 10}]  # fmt: skip
+            record["valid"]["nll"] = 4.0 if record["updates"] >= met_at else 5.0
+        return run
+
+    fast, slow = probed(15), probed(30)
+    assert _bounds_to(fast["history"], "nll", 4.0, False, "updates") == (10, 15)
+    assert _bounds_to(slow["history"], "nll", 4.0, False, "updates") == (25, 30)
+    assert _bounds_to(fast["history"], "nll", 4.0, False, "elapsed") == (1.0, 1.5)
+    verdict = _convergence([fast] * 3, [slow] * 3, "t / w", "nll", higher=False)
+    assert verdict.verdict == "supported", verdict
+    assert "(between validations: 0.333–0.6)" in verdict.measurement
+    for run in (fast, slow):  # the same runs validated at epoch ends only
+        for record in run["history"]:
+            del record["probes"]
+    verdict = _convergence([fast] * 3, [slow] * 3, "t / w", "nll", higher=False)
+    assert verdict.verdict == "inconclusive", verdict
+
+
 def test_time_and_memory_need_one_backend():
     """A GRU on one backend against an LSTM on another measures the implementations: the time
     and memory verdicts are inconclusive and say why (the claims compare on one backend)."""
@@ -352,9 +381,15 @@ def test_an_inconclusive_convergence_verdict_says_how_many_seeds_would_decide_it
     assert needed is not None and noisy.details["seeds_needed"] == needed
     assert f"~{needed} seeds would decide it" in noisy.measurement
 
+    # 20 against 30 updates, but the ends of the epochs allow 20 against 20: the epochs are
+    # too coarse for any number of seeds, and the verdict says so (not "up to 1000 seeds")
     close = _convergence([_history(2)] * 2, [_history(3)] * 2, "t / w", "nll", higher=False)
     assert close.details["seeds_needed"] is None
-    assert "not decided by up to 1000 seeds" in close.measurement
+    assert "more seeds would not decide it" in close.measurement
+    assert "the ratio is 1; validating within epochs (train.probes)" in close.measurement
+    even = _convergence([_history(3), _history(4)], [_history(4), _history(3)], "t / w", "nll",
+                        higher=False)  # fmt: skip
+    assert "not decided by up to 1000 seeds" in even.measurement  # a ratio of 1: seeds it is
     slower = _convergence(b, a, "t / w", "nll", higher=False)  # the same counts, swapped
     assert slower.verdict == "inconclusive"
     assert slower.details["seeds_needed"] == seeds_to_exclude([-x for x in logs], math.log(1.05))

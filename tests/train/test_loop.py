@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from gatedrnn.cli import main
+from gatedrnn.data.registry import DataMissingError, locate
 from gatedrnn.train import TrainConfig, train
 from gatedrnn.train.loop import _build_model, _build_task
 
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 SMOKE = dict(smoke=True, hidden_size=16, epochs=4, lr=1e-2, batch_size=8)
 
 
@@ -232,6 +235,61 @@ def test_config_key_is_stable_and_distinguishes():
     assert TrainConfig().key == "f5c197cddab9cf58"
     assert TrainConfig(task="adding", cell="lstm", seed=3).key == "fa7c2182f024235a"
     assert TrainConfig(weight_noise=0.075).key != TrainConfig().key
+    assert TrainConfig(probes=3).key != TrainConfig().key
+
+
+def _probed_and_plain(task: str, data_dir=None, **options):
+    plain = train(TrainConfig(task=task, cell="gru", **options), data_dir=data_dir)
+    probed = train(TrainConfig(task=task, cell="gru", probes=3, **options), data_dir=data_dir)
+    assert [r.valid for r in probed.history] == [r.valid for r in plain.history]
+    assert [r.train_loss for r in probed.history] == [r.train_loss for r in plain.history]
+    assert probed.test == plain.test and probed.best_epoch == plain.best_epoch
+    assert all(r.probes == [] for r in plain.history)
+    return probed, plain
+
+
+def test_probes_validate_within_epochs_and_leave_the_training_as_it_was():
+    """Probes add validations at evenly spaced updates of each epoch, for the convergence
+    claim; the run is the same update for update, and the model is still chosen at epoch
+    ends."""
+    probed, plain = _probed_and_plain("jsb", **{**SMOKE, "batch_size": 4})
+    per_epoch = plain.history[0].updates
+    assert per_epoch >= 4  # else the probes below would coincide
+    for record in probed.history:
+        start = record.updates - per_epoch
+        updates = [p["updates"] - start for p in record.probes]
+        assert updates == [round(per_epoch * k / 4) for k in (1, 2, 3)]
+        elapsed = [p["elapsed"] for p in record.probes]
+        assert elapsed == sorted(elapsed) and elapsed[-1] <= record.elapsed
+        assert all(set(p["valid"]) == set(record.valid) for p in record.probes)
+    values = {p["valid"]["nll"] for r in probed.history for p in r.probes}
+    assert len(values) == 3 * len(probed.history)  # each probe measured its own model
+
+
+@pytest.mark.realdata
+def test_probes_leave_a_language_models_carried_state_alone():
+    """Validation resets the state a language model carries between training windows; a probe
+    evaluates a copy, so the training that follows it is the same."""
+    try:
+        locate("ptb", SHARED, verify=False)
+    except DataMissingError:
+        pytest.skip("../shared/data holds no ptb")
+    probed, _ = _probed_and_plain("ptb", SHARED, **{**SMOKE, "epochs": 2, "batch_size": 4})
+    assert all(len(r.probes) == 3 for r in probed.history)
+
+
+def test_a_checkpoint_written_before_probes_existed_resumes(tmp_path):
+    config = TrainConfig(task="adding", cell="gru", **SMOKE)
+    path = tmp_path / "run.pt"
+    train(config, checkpoint=path, on_epoch=_StopAfter(2))
+    saved = torch.load(path, weights_only=True)
+    del saved["config"]["probes"]  # as an earlier version wrote it
+    for record in saved["state"]["history"]:
+        del record["probes"]
+    torch.save(saved, path)
+    resumed = train(config, checkpoint=path)
+    assert resumed.status == "completed" and len(resumed.history) == 4
+    assert resumed.history[0].probes == []
 
 
 def test_weight_noise_perturbs_each_update_and_leaves_clean_weights(monkeypatch):

@@ -135,15 +135,17 @@ def _ratio_unless_zero(a: list[float], b: list[float]) -> Interval:
 def _bounds_to(
     history: list[dict], metric: str, target: float, higher: bool, key: str
 ) -> tuple[float, float]:
-    """Where the target was reached: the run is validated at epoch ends, so it was crossed after
-    the last validation that missed it and by the first that met it; (that earlier count, this
-    one), with 0 before the first epoch and (inf, inf) if it never was."""
+    """Where the target was reached: the run is validated at epoch ends (and at the probes
+    within epochs, ``TrainConfig.probes``), so it was crossed after the last validation that
+    missed it and by the first that met it; (that earlier count, this one), with 0 before the
+    first validation and (inf, inf) if it never was."""
     before = 0.0
     for record in history:
-        value = record["valid"][metric]
-        if (value >= target) if higher else (value <= target):
-            return before, record[key]
-        before = record[key]
+        for check in (*record.get("probes", ()), record):
+            value = check["valid"][metric]
+            if (value >= target) if higher else (value <= target):
+                return before, check[key]
+            before = check[key]
     return math.inf, math.inf
 
 
@@ -366,11 +368,12 @@ def _convergence(
         seconds_b.append(_steps_to(rb["history"], metric, target, higher, "elapsed"))
     updates_a, updates_b = [hi for _, hi in bounds_a], [hi for _, hi in bounds_b]
     ratio = paired_ratio(updates_a, updates_b)
-    # Each count is known only to within an epoch: the verdict takes the candidate's least
-    # favourable case for "faster" (it needed all of its epoch, the baseline none of its) and
-    # its most favourable for "slower". Reached in the first epoch, a count's lower end is 0,
-    # and nothing can be said. Without this, two seeds reaching the target at the same epochs
-    # gave a zero-width interval and a verdict.
+    # Each count is known only to within the interval between two validations (an epoch, or
+    # less with probes): the verdict takes the candidate's least favourable case for "faster"
+    # (it needed all of its interval, the baseline none of its) and its most favourable for
+    # "slower". Reached at the first validation, a count's lower end is 0, and nothing can be
+    # said. Without this, two seeds reaching the target at the same epochs gave a zero-width
+    # interval and a verdict.
     slowest = _ratio_unless_zero(updates_a, [lo for lo, _ in bounds_b])
     fastest = _ratio_unless_zero([lo for lo, _ in bounds_a], updates_b)
     if slowest.defined and slowest.high < 1 - PRACTICAL:
@@ -385,15 +388,22 @@ def _convergence(
     else:
         edge, ends = fastest, ([lo for lo, _ in bounds_a], updates_b, 1 + PRACTICAL)
     seeds, hint = _seeds_hint(verdict, edge, lambda: _seeds_past(*ends))
+    coarse = ratio.estimate < 1 - PRACTICAL or ratio.estimate > 1 + PRACTICAL
+    if hint and seeds is None and coarse:  # the validations, not the seeds, hold it open
+        hint = (
+            f"; more seeds would not decide it: at the least favourable ends of the intervals "
+            f"between validations the ratio is {edge.estimate:.3g}; validating within epochs "
+            "(train.probes) narrows them"
+        )
     low, high = math.isfinite(fastest.estimate), math.isfinite(slowest.estimate)
     within = (
-        f" (within the epochs: {fastest.estimate:.3g}–{slowest.estimate:.3g})"
+        f" (between validations: {fastest.estimate:.3g}–{slowest.estimate:.3g})"
         if low and high
-        else f" (within the epochs: at most {slowest.estimate:.3g})"
+        else f" (between validations: at most {slowest.estimate:.3g})"
         if high
-        else f" (within the epochs: at least {fastest.estimate:.3g})"
+        else f" (between validations: at least {fastest.estimate:.3g})"
         if low
-        else " (both met it in a first epoch: no bound)"
+        else " (both met it at their first validation: no bound)"
     )
     if rounds is not None:
         step_a, step_b = (statistics.median(r) for r in rounds)

@@ -19,11 +19,17 @@ import torch
 from gatedrnn.backends import available_backends
 from gatedrnn.tasks import LAYERS, TASKS, check_layer_options, check_task_options
 
-__all__ = ["HELP", "OPTIMIZERS", "SCHEDULES", "TrainConfig"]
+__all__ = ["HELP", "OPTIMIZERS", "SCHEDULES", "TrainConfig", "with_later_fields"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("none", "step", "plateau")
-_ADDED_LATER = {"weight_noise": 0.0}  # field -> default; see TrainConfig.key
+_ADDED_LATER = {"weight_noise": 0.0, "probes": 0}  # field -> default; see TrainConfig.key
+
+
+def with_later_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """A stored configuration (a checkpoint's, a result's) with the fields added since it was
+    written at their defaults: what it meant, to compare with :meth:`TrainConfig.to_dict`."""
+    return {**_ADDED_LATER, **values}
 
 
 HELP: dict[str, str] = {
@@ -45,6 +51,8 @@ HELP: dict[str, str] = {
     "batch_size": "examples (sequences, or streams for language models) per update",
     "epochs": "the most epochs to train",
     "patience": "epochs without a better validation metric before stopping; 0 = never",
+    "probes": "validations within each epoch, evenly spaced, that time the faster-convergence "
+    "claim more finely (never choose the model; the training is the same); 0 = epoch ends only",
     "schedule": "none, step (Zaremba et al. 2014) or plateau",
     "lr_decay": "factor for the step and plateau schedules",
     "decay_start": "step schedule: the first epoch (1-based) whose lr is decayed",
@@ -77,6 +85,7 @@ class TrainConfig:
     batch_size: int = 32
     epochs: int = 20
     patience: int = 5  # epochs without a better validation metric before stopping; 0 = never
+    probes: int = 0  # validations within each epoch, for the convergence claim only (HELP)
     schedule: str = "none"  # none | step (Zaremba et al. 2014) | plateau
     lr_decay: float = 0.5  # factor for step and plateau schedules
     decay_start: int = 4  # step schedule: first epoch (1-based) whose lr is decayed
@@ -100,6 +109,7 @@ class TrainConfig:
             (self.batch_size >= 1, "batch_size", "an integer >= 1"),
             (self.epochs >= 1, "epochs", "an integer >= 1"),
             (self.patience >= 0, "patience", "an integer >= 0"),
+            (self.probes >= 0, "probes", "an integer >= 0 (0: at epoch ends only)"),
             (self.schedule in SCHEDULES, "schedule", f"one of {list(SCHEDULES)}"),
             (0 < self.lr_decay <= 1, "lr_decay", "a number in (0, 1]"),
             (self.seed >= 0, "seed", "an integer >= 0"),

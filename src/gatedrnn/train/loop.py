@@ -28,7 +28,7 @@ import gatedrnn
 from gatedrnn.atomic import write_atomic
 from gatedrnn.bench import saved_bytes
 from gatedrnn.tasks import TASKS, Batch, Task, build_task
-from gatedrnn.train.config import TrainConfig
+from gatedrnn.train.config import TrainConfig, with_later_fields
 
 __all__ = ["EpochRecord", "RunResult", "build_optimizer", "check_backend", "environment", "train"]
 
@@ -45,6 +45,9 @@ class EpochRecord:
     valid: dict[str, float]
     lr: float
     units_per_second: float  # training throughput: time steps or sequences per second
+    # validations within the epoch (config.probes): {"updates", "elapsed", "valid"} each, for
+    # the convergence claim; the epoch's own is the one above
+    probes: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -222,7 +225,7 @@ def _train(config, device, checkpoint, on_epoch, on_batch, data_dir) -> RunResul
     best_model: dict[str, torch.Tensor] | None = None
     if checkpoint is not None and checkpoint.is_file():
         saved = _load_checkpoint(checkpoint, device)
-        if saved["config"] != config.to_dict():
+        if with_later_fields(saved["config"]) != config.to_dict():
             raise ValueError(
                 f"{checkpoint} holds a run of another configuration; remove it or choose "
                 "another checkpoint path"
@@ -404,15 +407,30 @@ def _train_epoch(task, model, optimizer, config, device, epoch, state, on_batch)
     total, count, batches = 0.0, 0, 0
     start = time.perf_counter()
     # the shuffle depends only on (seed, epoch), so a resumed run sees the same batches
-    for batch in task.batches("train", config.batch_size, shuffle=True,
-                              seed=config.seed * 100_003 + epoch):  # fmt: skip
+    stream = task.batches("train", config.batch_size, shuffle=True,
+                          seed=config.seed * 100_003 + epoch)  # fmt: skip
+    probes, at, probing = [], set(), 0.0
+    if config.probes:  # the batches counted first, so that the probes are evenly spaced
+        stream = list(stream)
+        size = len(stream)
+        at = {round(size * k / (config.probes + 1)) for k in range(1, config.probes + 1)}
+        at -= {0, size}  # the epoch's end is validated anyway
+    for batch in stream:
         batch = _to(batch, device)
         loss, n = _step(task, model, optimizer, config, device, batch, state["updates"] + 1)
         state["updates"] += 1
         total, count, batches = total + float(loss.detach()), count + n, batches + 1
         if on_batch:
             on_batch(epoch, batches)
-    seconds = time.perf_counter() - start
+        if batches in at:
+            paused = time.perf_counter()
+            trained = paused - start - probing
+            valid = _probe(task, model, config, device)
+            probes.append(
+                {"updates": state["updates"], "elapsed": state["elapsed"] + trained, "valid": valid}
+            )
+            probing += time.perf_counter() - paused
+    seconds = time.perf_counter() - start - probing
     state["elapsed"] += seconds
     with _precision(config, device):
         valid = task.evaluate(model, "valid", config.batch_size)
@@ -425,4 +443,20 @@ def _train_epoch(task, model, optimizer, config, device, epoch, state, on_batch)
         valid=valid,
         lr=optimizer.param_groups[0]["lr"],
         units_per_second=count / seconds if seconds > 0 else 0.0,
+        probes=probes,
     )
+
+
+def _probe(task: Task, model: torch.nn.Module, config: TrainConfig, device) -> dict[str, float]:
+    """The validation metrics in the middle of an epoch, without touching the run: on a copy of
+    the model (a language model's carried state, say, stays as training left it), the random
+    streams restored after."""
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    try:
+        with _precision(config, device):
+            return task.evaluate(copy.deepcopy(model), "valid", config.batch_size)
+    finally:
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, device)
