@@ -233,3 +233,24 @@ def test_undefined_numbers_become_null():
 
     value = {"ratio": {"estimate": 1.0, "low": float("nan"), "high": float("inf")}, "n": (1, 2.5)}
     assert _finite(value) == {"ratio": {"estimate": 1.0, "low": None, "high": None}, "n": [1, 2.5]}
+
+
+def test_the_curves_draw_the_probes_between_the_epochs_ends(smoke_study):
+    """The compare study validates mid-epoch (probes = 1): the curves read every validation of
+    a finished trial from its result, in order; a trial without a result keeps its epochs."""
+    from gatedrnn.report.build import _validations
+    from gatedrnn.study.store import StudyStore
+
+    store = StudyStore(smoke_study / "study.sqlite")
+    try:
+        trial = store.trials()[0]
+        rows = store.epochs(trial["key"])
+    finally:
+        store.close()
+    points = _validations(trial, rows)
+    assert len(points) == 2 * len(rows)  # one probe per epoch, then its end
+    assert [p["epoch"] for p in points] == [r["epoch"] for r in rows for _ in (0, 1)]
+    updates = [p["updates"] for p in points]
+    assert updates == sorted(set(updates))
+    assert [p["valid"] for p in points[1::2]] == [r["valid"] for r in rows]
+    assert _validations({**trial, "result": None}, rows) is rows

@@ -69,6 +69,20 @@ def _figure_png(fig) -> bytes:
     return buffer.getvalue()
 
 
+def _validations(trial: dict, rows: list[dict]) -> list[dict]:
+    """Every validation of a trial in order, each with its epoch: the probes within epochs
+    (``train.probes``) and the epochs' ends, from its result; a trial without one (running,
+    interrupted) has its ``rows`` from the epochs table, the ends alone."""
+    history = (trial.get("result") or {}).get("history")
+    if not history:
+        return rows
+    points: list[dict] = []
+    for record in history:
+        points += [{**p, "epoch": record["epoch"]} for p in record.get("probes", ())]
+        points.append(record)
+    return points
+
+
 def _curves(task: str, rows: list[dict], epochs: dict[str, list[dict]], x_key: str) -> bytes:
     metric = TASKS[task].metrics[0].name
     widths = sorted({r["width"] for r in rows})
@@ -89,7 +103,10 @@ def _curves(task: str, rows: list[dict], epochs: dict[str, list[dict]], x_key: s
             (line,) = ax.plot(xs, ys.mean(0), label=f"{cell} (n={len(runs)})")
             for e in runs:
                 values = [r["valid"][metric] for r in e]
-                later += [float(v) for v in values[1:] if np.isfinite(v)]
+                later += [
+                    float(v) for r, v in zip(e, values, strict=True)
+                    if r["epoch"] > 1 and np.isfinite(v)
+                ]  # fmt: skip
                 if len(runs) > 1:
                     ax.plot([r[x_key] for r in e], values, color=line.get_color(), alpha=0.3,
                             lw=0.8)  # fmt: skip
@@ -217,7 +234,7 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     store = StudyStore(db_path)
     trials = store.trials()
-    epochs = {t["key"]: store.epochs(t["key"]) for t in trials}
+    epochs = {t["key"]: _validations(t, store.epochs(t["key"])) for t in trials}
     spec, env = store.get_meta("spec") or {}, store.get_meta("environment") or {}
     timings = store.timings()
     store.close()
