@@ -179,8 +179,22 @@ def test_another_study_in_the_same_place_is_refused(tmp_path):
                      "[train]\nepochs = 1\nsmoke = true\n")  # fmt: skip
     run_study(load_study(study), tmp_path, workers=1)
     study.write_text(study.read_text().replace("hidden_size = 8", "hidden_size = 9"))
-    with pytest.raises(ValueError, match="holds another study named 's'"):
+    with pytest.raises(ValueError, match="holds another study named 's'") as refused:
         run_study(load_study(study), tmp_path, workers=1)
+    assert "(hidden_size: 8 stored, 9 now)" in str(refused.value)  # what differs
+
+
+def test_a_refused_study_says_what_differs():
+    from gatedrnn.study.runner import _differences
+
+    stored = {"name": "s", "seeds": 3, "train": {"epochs": 15, "lr": 0.003}, "cells": ["gru"]}
+    current = {"name": "s", "seeds": 5, "train": {"epochs": 15, "lr": 0.001, "probes": 1},
+               "cells": ["gru", "lstm"]}  # fmt: skip
+    assert _differences(stored, current) == (
+        "cells: ['gru'] stored, ['gru', 'lstm'] now; train.lr: 0.003 stored, 0.001 now; "
+        "train.probes: absent stored, 1 now"
+    )  # the seeds may change: not listed
+    assert _differences(stored, current, most=1).endswith(" and 2 more")
 
 
 def test_more_seeds_reuse_the_trials_done_and_fewer_hide_the_rest(tmp_path, capsys, monkeypatch):

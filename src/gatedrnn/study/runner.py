@@ -112,15 +112,47 @@ def run_study(
 CHANGEABLE = ("seeds", "timing_rounds", "executor")
 
 
+_ABSENT = object()
+
+
+def _differences(stored: dict, current: dict, most: int = 3) -> str:
+    """How a stored spec and the ``current`` one differ outside :data:`CHANGEABLE`, key path by
+    key path ("train.probes: 0 stored, 1 now"; a key one of them lacks is "absent" there), the
+    first ``most`` of them."""
+
+    def flat(value: Any, path: str = "") -> dict[str, Any]:
+        if isinstance(value, dict) and value:
+            out: dict[str, Any] = {}
+            for key, item in value.items():
+                out |= flat(item, f"{path}.{key}" if path else str(key))
+            return out
+        return {path: value}
+
+    before, after = flat(stored), flat(current)
+    changed = [
+        key for key in sorted(before.keys() | after.keys())
+        if key.split(".")[0] not in CHANGEABLE
+        and before.get(key, _ABSENT) != after.get(key, _ABSENT)
+    ]  # fmt: skip
+
+    def said(values: dict[str, Any], key: str) -> str:
+        return repr(values[key]) if key in values else "absent"
+
+    shown = [f"{key}: {said(before, key)} stored, {said(after, key)} now" for key in changed[:most]]
+    more = f" and {len(changed) - most} more" if len(changed) > most else ""
+    return "; ".join(shown) + more
+
+
 def _run_stored(spec, store, db_path, checkpoints, workers, progress, data_dir) -> None:
     """The study's unfinished trials, then its timing, recorded in the open ``store``."""
     stored, current = store.get_meta("spec"), json.loads(json.dumps(spec.to_dict()))
     if stored is not None and stored != current:
         if {**stored, **{key: current[key] for key in CHANGEABLE}} != current:
+            differs = _differences(stored, current)
             raise ValueError(
-                f"{db_path} holds another study named {spec.name!r}; rename the study or "
-                "choose another output folder (a study may change only its number of seeds, "
-                "its timing rounds and its executor between runs)"
+                f"{db_path} holds another study named {spec.name!r} ({differs}); "
+                "rename the study or choose another output folder (a study may change only its "
+                "number of seeds, its timing rounds and its executor between runs)"
             )
         if stored.get("seeds") != spec.seeds:
             logger.info("study %r: from %s to %s seeds", spec.name, stored.get("seeds"), spec.seeds)
