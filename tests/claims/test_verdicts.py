@@ -238,6 +238,25 @@ def test_probes_within_epochs_narrow_the_convergence_counts():
     assert verdict.verdict == "inconclusive", verdict
 
 
+def test_a_timing_on_a_busy_machine_decides_nothing():
+    """Where the timing's threads waited for a core more than CONTENDED of their time (other
+    programs had the cores), the rounds may favour either cell consistently: no verdict, and
+    the measurement says why and what to do."""
+    from gatedrnn.claims.verdicts import _speed
+
+    trials = [{"seconds_per_epoch": 1.0, "environment": {"device": "cpu"}, "backend": "cpu"}] * 3
+    rounds = ([1.6, 1.62, 1.58, 1.61], [1.0, 1.01, 0.99, 1.0])  # as a busy timing read it
+    quiet = _speed(trials, trials, "t / w", rounds, [0.01, 0.02, 0.0, 0.01])
+    assert quiet.verdict == "contradicted" and quiet.details["waited"] == pytest.approx(0.01)
+    busy = _speed(trials, trials, "t / w", rounds, [0.3, 0.4, 0.35, 0.35])
+    assert busy.verdict == "inconclusive" and busy.details["waited"] == pytest.approx(0.35)
+    assert "the machine was busy while it was timed" in busy.measurement
+    assert "waited for a core 35% of the time" in busy.measurement
+    assert "rounds would decide" not in busy.measurement
+    unknown = _speed(trials, trials, "t / w", rounds, None)  # stored before it was measured
+    assert unknown.verdict == "contradicted" and unknown.details["waited"] is None
+
+
 def test_time_and_memory_need_one_backend():
     """A GRU on one backend against an LSTM on another measures the implementations: the time
     and memory verdicts are inconclusive and say why (the claims compare on one backend)."""

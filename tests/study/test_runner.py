@@ -430,3 +430,57 @@ def test_pool_workers_take_the_gpus_in_turn(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "untouched")
     runner._start_worker(counter, [])
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "untouched"
+
+
+def test_timings_keep_how_long_the_threads_waited_and_old_studies_open(tmp_path):
+    """Each timing round's wait for a core is stored beside its times; a database written
+    before it was measured gains the column when opened, its rounds' waits unknown."""
+    db = tmp_path / "old.sqlite"
+    with sqlite3.connect(db) as old:  # the timings table as it was
+        old.executescript(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "CREATE TABLE timings (task TEXT NOT NULL, width TEXT NOT NULL, cell TEXT NOT NULL,"
+            " round INTEGER NOT NULL, seconds_per_step REAL NOT NULL, steps INTEGER NOT NULL,"
+            " PRIMARY KEY (task, width, cell, round));"
+            "INSERT INTO timings VALUES ('jsb', 'equal_hidden', 'gru', 0, 0.01, 4);"
+        )
+    old.close()
+    store = StudyStore(db)
+    try:
+        assert store.timings() == {("jsb", "equal_hidden"): {"gru": [0.01]}}
+        assert store.timing_waits() == {}
+        seconds = {"gru": [0.01, 0.02], "lstm": [0.03, 0.04]}
+        store.record_timings("adding", "equal_params", seconds, 8, [0.05, None])
+        assert store.timing_waits() == {("adding", "equal_params"): [0.05]}
+        assert store.timings()[("adding", "equal_params")] == seconds
+    finally:
+        store.close()
+
+
+def test_an_arm_timed_on_a_busy_machine_is_timed_again(tmp_path):
+    """Running a study again re-times the arms whose timing waited for a core too long on
+    average (and only those): the verdict said to run it again when the machine is quiet."""
+    from gatedrnn.study.runner import time_arms
+    from gatedrnn.study.spec import parse_study
+
+    spec = parse_study({"name": "s", "tasks": ["adding"], "cells": ["gru", "lstm"], "seeds": 1,
+                        "widths": ["equal_hidden", "equal_params"], "hidden_size": 8,
+                        "budget": 500, "train": {"epochs": 1, "smoke": True}})  # fmt: skip
+    store = StudyStore(tmp_path / "s.sqlite")
+    try:
+        seconds = {"gru": [0.01] * 7, "lstm": [0.02] * 7}
+        store.record_timings("adding", "equal_hidden", seconds, 8, [0.4] * 7)  # busy
+        store.record_timings("adding", "equal_params", seconds, 8, [0.01] * 7)  # quiet
+        timed = []
+
+        def fake(configs):
+            timed.append(sorted(configs))
+            return {label: [0.01] * 7 for label in configs}, 8, [0.0] * 7
+
+        time_arms(store, spec.trials(), fake, None, 7)
+        assert timed == [["gru", "lstm"]]  # the busy arm alone
+        assert store.timing_waits()[("adding", "equal_hidden")] == [0.0] * 7
+        time_arms(store, spec.trials(), fake, None, 7)
+        assert len(timed) == 1  # quiet now: nothing to time again
+    finally:
+        store.close()

@@ -3,7 +3,10 @@ the same steps on the same batches, round after round; what it measures follows 
 
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
+import sys
 
 import pytest
 
@@ -19,8 +22,9 @@ def test_every_configuration_gets_every_round_and_equal_steps():
         "lstm": TrainConfig(cell="lstm", hidden_size=8, **SMOKE),
         "gru-copy": TrainConfig(cell="gru", hidden_size=8, **SMOKE),
     }
-    seconds, steps = time_steps(configs, rounds=3, block=0.005)
+    seconds, steps, waited = time_steps(configs, rounds=3, block=0.005)
     assert list(seconds) == ["gru", "lstm", "gru-copy"]
+    assert len(waited) == 3 and all(w is None or w >= 0 for w in waited)
     assert all(len(values) == 3 and min(values) > 0 for values in seconds.values())
     assert steps >= 2 and steps % 2 == 0  # A B C C B A: two runs of steps / 2 each
 
@@ -40,7 +44,7 @@ def test_no_configuration_is_always_the_one_run_twice_in_a_row(monkeypatch):
 
     monkeypatch.setattr(timing, "_step", spy)
     configs = {label: TrainConfig(cell="gru", hidden_size=8, **SMOKE) for label in "abc"}
-    _, steps = time_steps(configs, rounds=3, block=0.005)
+    _, steps, _ = time_steps(configs, rounds=3, block=0.005)
     per_run = steps // 2
     runs = [ran[i] for i in range(len(ran) - 3 * 6 * per_run, len(ran), per_run)]  # the rounds
     rounds = [runs[6 * r : 6 * r + 6] for r in range(3)]
@@ -56,7 +60,7 @@ def test_the_slower_configuration_is_measured_slower():
     crossed. Medians over rounds: on a loaded machine single rounds swing several-fold."""
     small = TrainConfig(cell="gru", hidden_size=8, **SMOKE)
     large = TrainConfig(cell="gru", hidden_size=512, **SMOKE)
-    seconds, _ = time_steps({"small": small, "large": large}, rounds=3, block=0.02)
+    seconds, _, _ = time_steps({"small": small, "large": large}, rounds=3, block=0.02)
     assert statistics.median(seconds["large"]) > 2 * statistics.median(seconds["small"])
 
 
@@ -110,3 +114,80 @@ def test_each_configuration_runs_under_its_own_determinism_setting(monkeypatch):
     time_steps(configs, rounds=2, block=0.002)
     assert {True, False} <= set(seen[:-1]) and seen[-1] == before
     assert torch.are_deterministic_algorithms_enabled() == before
+
+
+def timing_unavailable() -> bool:
+    from gatedrnn.train.timing import waited_seconds
+
+    return waited_seconds() is None
+
+
+def test_a_round_on_a_busy_machine_is_run_again(monkeypatch):
+    """A round whose threads waited for a core more than CONTENDED of their time runs again (up
+    to RETRIES times); its share is returned with the times."""
+    from gatedrnn.train import timing
+
+    calls = []
+
+    def waited():  # read before and after each run: four warm-up runs, then the rounds' runs
+        calls.append(1)
+        return float(sum(9 <= n <= 16 for n in range(1, len(calls) + 1)))  # round 1's first try
+
+    monkeypatch.setattr(timing, "waited_seconds", waited)
+    configs = {label: TrainConfig(cell="gru", hidden_size=8, **SMOKE) for label in "ab"}
+    seconds, _, shares = time_steps(configs, rounds=2, block=0.002)
+    assert len(calls) == 2 * (4 + 3 * 4)  # round 1 twice (A B B A), round 2 once
+    assert shares == [0.0, 0.0]  # the attempts kept were quiet
+    assert all(len(v) == 2 for v in seconds.values())
+
+
+def test_a_machine_that_stays_busy_is_flagged(monkeypatch):
+    from gatedrnn.train import timing
+
+    calls = []
+
+    def waited():  # always waiting: every attempt of every round is contended
+        calls.append(1)
+        return float(len(calls))
+
+    monkeypatch.setattr(timing, "waited_seconds", waited)
+    configs = {label: TrainConfig(cell="gru", hidden_size=8, **SMOKE) for label in "ab"}
+    _, _, shares = time_steps(configs, rounds=2, block=0.002)
+    assert len(shares) == 2 and all(s > timing.CONTENDED for s in shares)
+    # four warm-up runs; round 1 tried 1 + 2 times (two rounds: two tries more in all), round 2
+    # once, four runs each: a busy machine at most doubles the timing
+    assert len(calls) == 2 * (4 + (3 + 1) * 4)
+
+
+@pytest.mark.real_waits
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or timing_unavailable(),
+    reason="needs Linux's scheduler statistics and CPU affinity",
+)
+def test_the_wait_for_a_core_is_measured():
+    """Another process on the timing's core: the threads' run-queue delay shows it (a share well
+    above CONTENDED); alone there, far less."""
+    import torch
+
+    from gatedrnn.train import timing
+
+    cpu = min(os.sched_getaffinity(0))
+    before_affinity, before_threads = os.sched_getaffinity(0), torch.get_num_threads()
+    configs = {label: TrainConfig(cell="gru", hidden_size=32, **SMOKE) for label in "ab"}
+    hog = subprocess.Popen(
+        [sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"]
+    )
+    try:
+        os.sched_setaffinity(0, {cpu})
+        torch.set_num_threads(1)
+        timing.RETRIES, retries = 0, timing.RETRIES
+        try:
+            _, _, shares = time_steps(configs, rounds=2, block=0.05)
+        finally:
+            timing.RETRIES = retries
+    finally:
+        hog.kill()
+        hog.wait()
+        os.sched_setaffinity(0, before_affinity)
+        torch.set_num_threads(before_threads)
+    assert min(shares) > 2 * timing.CONTENDED, shares

@@ -38,6 +38,7 @@ from gatedrnn.claims.stats import (
 )
 from gatedrnn.nn.spec import spec_from_options
 from gatedrnn.tasks import TASKS
+from gatedrnn.train.timing import CONTENDED, RETRIES
 
 __all__ = [
     "CLAIMS",
@@ -154,11 +155,14 @@ def evaluate_claims(
     candidate: str = "gru",
     baseline: str = "lstm",
     timings: dict[tuple[str, str], dict[str, list[float]]] | None = None,
+    waits: dict[tuple[str, str], list[float]] | None = None,
 ) -> list[ClaimVerdict]:
     """Every claim for ``candidate`` against ``baseline`` (cell labels of the study).
 
     ``timings`` (the store's: (task, width) → cell → seconds per step by round) gives the speed
-    claim its interleaved timing; without one for an arm, the trials' epoch times serve."""
+    claim its interleaved timing; without one for an arm, the trials' epoch times serve.
+    ``waits`` (the store's ``timing_waits``: per round, the share of its time the timing waited
+    for a core) leaves an arm timed on a busy machine undecided."""
     verdicts: list[ClaimVerdict] = []
     labels = {t["cell"]: t["config"] for t in trials}
     missing = [label for label in (candidate, baseline) if label not in labels]
@@ -191,7 +195,8 @@ def evaluate_claims(
             rounds = (
                 (timed[candidate], timed[baseline]) if {candidate, baseline} <= set(timed) else None
             )
-            verdicts.append(_speed(a, b, scope, rounds))
+            busy = (waits or {}).get((task, width)) if rounds is not None else None
+            verdicts.append(_speed(a, b, scope, rounds, busy))
             verdicts.append(_convergence(a, b, scope, metric.name, metric.higher_is_better, rounds))
             verdicts.append(_comparable(a, b, scope, metric.name, metric.higher_is_better))
         fractions = sorted({f for t, w, f in groups if t == task and w == width})
@@ -279,16 +284,22 @@ def _memory(a: list[dict], b: list[dict], scope: str) -> ClaimVerdict:
 
 
 def _speed(
-    a: list[dict], b: list[dict], scope: str, rounds: tuple[list[float], list[float]] | None = None
+    a: list[dict],
+    b: list[dict],
+    scope: str,
+    rounds: tuple[list[float], list[float]] | None = None,
+    waited: list[float] | None = None,
 ) -> ClaimVerdict:
     """Time per training step from the interleaved ``rounds`` where the arm was timed (the
-    trials' epoch times shown beside it), else time per epoch from the trials."""
+    trials' epoch times shown beside it), else time per epoch from the trials. Where the
+    timing's threads ``waited`` for a core more than :data:`~gatedrnn.train.timing.CONTENDED`
+    of their time on average over the rounds, other programs had the machine: no verdict."""
     epochs = paired_ratio([r["seconds_per_epoch"] for r in a], [r["seconds_per_epoch"] for r in b])
     where = f"{a[0]['environment'].get('device', '?')}, {_backends(a)} vs {_backends(b)}"
     shortest = min(r["seconds_per_epoch"] for r in a + b)
     details: dict[str, Any] = {"epoch_ratio": epochs.__dict__, "shortest_epoch_seconds": shortest}
     other = _other_backends(a, b)  # then no verdict, and no timing would give one
-    too_short = False
+    too_short, busy = False, 0.0
     if rounds is not None:
         ratio = paired_ratio(*rounds)
         verdict = _ratio_verdict(ratio)
@@ -296,7 +307,16 @@ def _speed(
             f"time per training step ratio {ratio} over {ratio.n} interleaved rounds ({where}); "
             f"per epoch in the trials {epochs}"
         )
-        if not other:
+        busy = statistics.fmean(waited) if waited else 0.0
+        details["waited"] = busy if waited else None
+        if busy > CONTENDED:
+            verdict = INCONCLUSIVE
+            measurement += (
+                f"; the machine was busy while it was timed (its threads waited for a core "
+                f"{busy:.0%} of the time, each round run up to {1 + RETRIES} times); running "
+                "the study again when it is quiet times it again"
+            )
+        elif not other:
             details["rounds_needed"], hint = _rounds_hint(verdict, ratio, rounds)
             measurement += hint
     else:
@@ -309,7 +329,7 @@ def _speed(
                 f"; epochs of {shortest * 1e3:.1f} ms are too short to time against each other "
                 f"(under {MIN_TIMED_EPOCH * 1e3:.0f} ms)"
             )
-    if _within_practical(verdict, ratio) and not too_short and not other:
+    if _within_practical(verdict, ratio) and not too_short and not other and busy <= CONTENDED:
         measurement += (
             f"; the interval lies within ±{PRACTICAL:.0%}: as fast, for this claim (it asks "
             f"for {PRACTICAL:.0%} or more), so more timing would not decide it"

@@ -236,9 +236,9 @@ def build_report(
     trials = store.trials()
     epochs = {t["key"]: _validations(t, store.epochs(t["key"])) for t in trials}
     spec, env = store.get_meta("spec") or {}, store.get_meta("environment") or {}
-    timings = store.timings()
+    timings, waits = store.timings(), store.timing_waits()
     store.close()
-    verdicts = evaluate_claims(trials, candidate, baseline, timings)
+    verdicts = evaluate_claims(trials, candidate, baseline, timings, waits)
     summary = overall(verdicts)
     advice = seeds_advice(verdicts)
     more_rounds = rounds_advice(verdicts)

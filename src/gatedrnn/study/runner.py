@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import statistics
 import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -26,7 +27,7 @@ from gatedrnn.study.store import DONE, StudyStore
 from gatedrnn.tasks import check_datasets
 from gatedrnn.train import TrainConfig, train
 from gatedrnn.train.loop import check_backend, environment
-from gatedrnn.train.timing import time_steps
+from gatedrnn.train.timing import CONTENDED, time_steps
 
 __all__ = ["run_study", "study_paths"]
 
@@ -239,7 +240,7 @@ def _start_worker(counter, gpus: list[str]) -> None:
 
 def time_arm(
     configs: dict[str, dict], threads: int, data_dir: str | None, rounds: int
-) -> tuple[dict[str, list[float]], int]:
+) -> tuple[dict[str, list[float]], int, list[float | None]]:
     """One arm's interleaved timing (:func:`time_steps`, ``rounds`` rounds) on ``threads``
     threads, as a trial of the study had; here in the driver, or as a Ray task."""
     previous = torch.get_num_threads()
@@ -254,16 +255,21 @@ def time_arm(
 def time_arms(
     store: StudyStore,
     trials: list[Trial],
-    timed: Callable[[dict[str, dict]], tuple[dict[str, list[float]], int]],
+    timed: Callable[[dict[str, dict]], tuple[dict[str, list[float]], int, list[float | None]]],
     progress: Progress | None,
     rounds: int,
 ) -> None:
-    """Time each arm the store holds no timing of at least ``rounds`` rounds for (with two cells
-    or more: seed 0's configurations at the largest training fraction) through ``timed``
+    """Time each arm the store holds no timing of at least ``rounds`` rounds for, or only one
+    taken on a busy machine (with two cells or more: seed 0's configurations at the largest
+    training fraction) through ``timed``
     (:func:`time_arm`, here or as a Ray task) and record it, replacing a shorter one; an arm
     that cannot be timed is logged and left to the epoch times (or its shorter timing)."""
+    waits = store.timing_waits()
     done = {
-        arm for arm, cells in store.timings().items() if min(map(len, cells.values())) >= rounds
+        arm
+        for arm, cells in store.timings().items()
+        if min(map(len, cells.values())) >= rounds
+        and not (waits.get(arm) and statistics.fmean(waits[arm]) > CONTENDED)  # busy: again
     }
     largest = max(t.fraction for t in trials)
     arms: dict[tuple[str, str], dict[str, dict]] = {}
@@ -275,12 +281,12 @@ def time_arms(
         if progress:
             progress(store.counts() | {"timing": number, "arms": len(arms)})
         try:
-            seconds, steps = timed(configs)
+            seconds, steps, waited = timed(configs)
         except Exception as error:
             cause = getattr(error, "cause", None) or error  # Ray wraps the task's own exception
             logger.warning("timing %s / %s failed: %s", task, width, cause)
             continue
-        store.record_timings(task, width, seconds, steps)
+        store.record_timings(task, width, seconds, steps, waited)
     if progress and arms:
         progress(store.counts())
 

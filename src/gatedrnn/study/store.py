@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS epochs (
 );
 CREATE TABLE IF NOT EXISTS timings (
     task TEXT NOT NULL, width TEXT NOT NULL, cell TEXT NOT NULL, round INTEGER NOT NULL,
-    seconds_per_step REAL NOT NULL, steps INTEGER NOT NULL,
+    seconds_per_step REAL NOT NULL, steps INTEGER NOT NULL, waited REAL,
     PRIMARY KEY (task, width, cell, round)
 );
 """
@@ -78,6 +78,9 @@ class StudyStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.executescript(_SCHEMA)
+            columns = {row["name"] for row in self.db.execute("PRAGMA table_info(timings)")}
+            if "waited" not in columns:  # a study stored before the timing measured it
+                self.db.execute("ALTER TABLE timings ADD COLUMN waited REAL")
         except sqlite3.DatabaseError as error:
             self.db.close()
             raise ValueError(f"{self.path}: not a study database ({error})") from None
@@ -199,12 +202,19 @@ class StudyStore:
         return [dict(row) | {"valid": json.loads(row["valid"])} for row in rows]
 
     def record_timings(
-        self, task: str, width: str, seconds: dict[str, list[float]], steps: int
+        self,
+        task: str,
+        width: str,
+        seconds: dict[str, list[float]],
+        steps: int,
+        waited: list[float | None] | None = None,
     ) -> None:
-        """One arm's interleaved timing (cell label → seconds per step, per round), in one
+        """One arm's interleaved timing (cell label → seconds per step, per round; and per
+        round the share of its time the threads waited for a core, where known), in one
         transaction."""
+        shares = list(waited) if waited is not None else []
         rows = [
-            (task, width, cell, r, value, steps)
+            (task, width, cell, r, value, steps, shares[r] if r < len(shares) else None)
             for cell, values in seconds.items()
             for r, value in enumerate(values)
         ]
@@ -212,8 +222,8 @@ class StudyStore:
             self.db.execute("BEGIN")
             self.db.execute("DELETE FROM timings WHERE task = ? AND width = ?", (task, width))
             self.db.executemany(
-                "INSERT INTO timings (task, width, cell, round, seconds_per_step, steps) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO timings (task, width, cell, round, seconds_per_step, steps, "
+                "waited) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
@@ -228,6 +238,19 @@ class StudyStore:
             out.setdefault((row["task"], row["width"]), {}).setdefault(row["cell"], []).append(
                 row["seconds_per_step"]
             )
+        return out
+
+    def timing_waits(self) -> dict[tuple[str, str], list[float]]:
+        """(task, width) → per round, the share of its time the timing's threads waited for a
+        core (rounds of a study timed before this was measured, or where the system does not
+        tell it, are left out)."""
+        out: dict[tuple[str, str], list[float]] = {}
+        rows = self.db.execute(
+            "SELECT task, width, round, MAX(waited) AS waited FROM timings "
+            "WHERE waited IS NOT NULL GROUP BY task, width, round ORDER BY task, width, round"
+        )
+        for row in rows:
+            out.setdefault((row["task"], row["width"]), []).append(row["waited"])
         return out
 
     def statuses(self) -> dict[str, str]:

@@ -8,6 +8,14 @@ same way for all of them (seen here: one RNN trial at 31 ms per epoch, the same 
 next seed at 67 ms). Here every configuration runs the same batches for the same number of
 steps, twice per round in mirrored order (A B C C B A, the order rotated each round: B C A A C B
 next), and each round gives one ratio; the interval is over rounds.
+
+Interleaving cancels a drift, not a program that takes the cores while some configurations run
+and not others (seen here: a test suite started during a study's timing read one cell 1.6× as
+slow as it is, in every round, tightly enough for a verdict). So each round also measures how
+long this process's threads waited for a core (the kernel's run-queue delay, where
+``/proc/self/task/*/schedstat`` tells it); a round in which they waited more than
+:data:`CONTENDED` of their time is run again, up to :data:`RETRIES` times, and each round's
+share is returned with the times for the verdict to judge.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,7 +33,35 @@ import torch
 from gatedrnn.train.config import TrainConfig
 from gatedrnn.train.loop import _build_model, _build_task, _Diverged, _step, _to
 
-__all__ = ["time_steps"]
+__all__ = ["CONTENDED", "RETRIES", "time_steps"]
+
+CONTENDED = 0.10
+"""A round whose threads waited for a core more than this share of their time (other programs
+had the cores) is contended: run again, and past :data:`RETRIES`, flagged."""
+
+RETRIES = 3
+"""How many times a contended round is run again before it is kept, flagged; all the rounds
+together run again at most as many times as there are rounds (a machine that stays busy at
+most doubles the timing, to the same end)."""
+
+
+def waited_seconds() -> float | None:
+    """Seconds this process's threads have spent runnable but waiting for a core (the kernel's
+    run-queue delay, summed over ``/proc/self/task/*/schedstat``); None where the system does
+    not tell it (not Linux, or no scheduler statistics)."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    total, read = 0, False
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/schedstat") as stats:
+                total += int(stats.read().split()[1])
+            read = True
+        except (OSError, IndexError, ValueError):  # a thread that ended meanwhile
+            continue
+    return total / 1e9 if read else None
 
 
 def time_steps(
@@ -34,9 +71,10 @@ def time_steps(
     block: float = 0.05,
     batches: int = 8,
     data_dir: str | Path | None = None,
-) -> tuple[dict[str, list[float]], int]:
-    """Seconds per training step of each configuration, one value per round, and the steps each
-    configuration ran per round.
+) -> tuple[dict[str, list[float]], int, list[float | None]]:
+    """Seconds per training step of each configuration, one value per round; the steps each
+    configuration ran per round; and per round the share of its time the process's threads
+    waited for a core (None where the system does not tell it).
 
     Each model is built as its run builds it (layers, backend, optimizer, initialized from its seed)
     and trains on the first ``batches`` batches of the run's first epoch, cycled. After a warm-up
@@ -47,8 +85,10 @@ def time_steps(
     twice in a row, with its weights in cache; each run is the same number of steps for all (equal
     work), enough that the fastest configuration's two runs take ``block`` seconds. The
     configurations must share a device and a task with its data and batch size (a GPU is
-    synchronized around each run). Raises ``RuntimeError`` where a configuration's loss or gradients
-    stop being finite.
+    synchronized around each run). A round whose threads waited for a core more than
+    :data:`CONTENDED` of their time is run again, up to :data:`RETRIES` times (then kept, its
+    share telling; at most ``rounds`` runs again in all). Raises ``RuntimeError`` where a
+    configuration's loss or gradients stop being finite.
     """
     if not configs:
         raise ValueError("time_steps: no configurations to time")
@@ -79,10 +119,13 @@ def time_steps(
         runs[label] = (model, optimizer, config, itertools.cycle(data))
 
     def run(label: str, steps: int) -> float:
+        """Seconds for ``steps`` steps of ``label``; adds its threads' wait for a core, and
+        the time they could have run, to ``waits``."""
         model, optimizer, config, batches = runs[label]
         torch.use_deterministic_algorithms(config.deterministic, warn_only=True)  # as train()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        before = waited_seconds()
         start = time.perf_counter()
         for step in range(1, steps + 1):
             try:
@@ -91,9 +134,15 @@ def time_steps(
                 raise RuntimeError(f"time_steps: {label} diverged: {error}") from None
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        after = waited_seconds()
+        if before is not None and after is not None:
+            waits[0] += after - before
+            waits[1] += seconds * torch.get_num_threads()
+        return seconds
 
     labels = list(configs)
+    waits = [0.0, 0.0]  # a round's seconds waiting for a core, and seconds its threads ran
     previous = torch.are_deterministic_algorithms_enabled()
     try:
         for label in labels:  # warm-up: first calls, caches, the allocator at every batch
@@ -101,18 +150,27 @@ def time_steps(
         fastest = min(run(label, len(data)) for label in labels) / len(data)
         steps = max(1, math.ceil(block / 2 / max(fastest, 1e-6)))  # per half block
         seconds: dict[str, list[float]] = {label: [] for label in labels}
+        shares: list[float | None] = []
+        spare = rounds  # rounds run again, in all
         for r in range(rounds):
-            spent = dict.fromkeys(labels, 0.0)
-            # A B … B A: a drift within the round cancels. The one run that follows a run of
-            # its own configuration (in the middle) finds its weights in cache; rotating the
-            # order each round gives that to each configuration in turn (unrotated, it went to
-            # the last every round, and the first gained likewise across rounds: identical
-            # copies then differed by over 5%)
-            order = labels[r % len(labels) :] + labels[: r % len(labels)]
-            for label in order + order[::-1]:
-                spent[label] += run(label, steps)
+            for attempt in range(1 + RETRIES):
+                spent = dict.fromkeys(labels, 0.0)
+                waits[:] = [0.0, 0.0]
+                # A B … B A: a drift within the round cancels. The one run that follows a run
+                # of its own configuration (in the middle) finds its weights in cache; rotating
+                # the order each round gives that to each configuration in turn (unrotated, it
+                # went to the last every round, and the first gained likewise across rounds:
+                # identical copies then differed by over 5%)
+                order = labels[r % len(labels) :] + labels[: r % len(labels)]
+                for label in order + order[::-1]:
+                    spent[label] += run(label, steps)
+                share = waits[0] / waits[1] if waits[1] > 0 else None
+                if share is None or share <= CONTENDED or attempt == RETRIES or not spare:
+                    break
+                spare -= 1
             for label in labels:
                 seconds[label].append(spent[label] / (2 * steps))
+            shares.append(share)
     finally:
         torch.use_deterministic_algorithms(previous)
-    return seconds, 2 * steps
+    return seconds, 2 * steps, shares
