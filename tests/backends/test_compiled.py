@@ -65,7 +65,9 @@ def test_fallback_warns_once_and_computes_the_same(no_extension):
          "lstm-proj", "lstm-proj-peep", "mgu", "mingru", "minlstm"],
 )  # fmt: skip
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("hidden", [64, 83])
+# 74: five gate panels of 16 units, which two threads share as two whole panels each and the
+# fifth by rows (over_steps' share_tail)
+@pytest.mark.parametrize("hidden", [64, 74, 83])
 @pytest.mark.parametrize("gemm", ["ours", "blas"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_compiled_products_past_one_tile(cell, options, dtype, hidden, gemm, threads, monkeypatch):
