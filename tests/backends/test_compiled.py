@@ -708,6 +708,39 @@ def test_the_same_numbers_on_any_thread_count(cell, options, monkeypatch):
         torch.set_num_threads(previous)
 
 
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_one_panel_shared_by_rows_across_threads(nonlinearity):
+    """The RNN's forward at H ≤ 64 is one panel of the recurrent weight, which the threads share
+    by rows (in whole tiles) once the batch is large enough: the reference's numbers, and bit
+    for bit the same on 1, 2 or 3 threads, padded and packed (live rows shrinking by tiles)."""
+    if compiled.unavailable_reason() is not None:
+        pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
+    from tests.conftest import assert_close
+    from tests.nn.torch_pairs import run
+
+    torch.manual_seed(3)
+    ours = gatedrnn.RNN(5, 64, nonlinearity=nonlinearity, backend="cpu")
+    reference = gatedrnn.RNN(5, 64, nonlinearity=nonlinearity, backend="reference")
+    reference.load_state_dict(ours.state_dict())
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(12, 40, 5, generator=gen)  # 40 rows: 7 tiles of 6
+    lengths = torch.tensor([12] * 9 + [11] * 8 + [7] * 10 + [3] * 12 + [1])
+    previous = torch.get_num_threads()
+    try:
+        for form in (None, lengths):
+            results = []
+            for threads in (1, 2, 3):
+                torch.set_num_threads(threads)
+                results.append(run(ours, x, form, None, batch_first=False))
+            expected = run(reference, x, form, None, batch_first=False)
+            assert_close(results[0].output, expected.output, "output")
+            for threads, other in zip((2, 3), results[1:], strict=True):
+                assert torch.equal(other.output, results[0].output), f"{threads} threads"
+                assert torch.equal(other.grads["input"], results[0].grads["input"])
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("steps, batch, ours", [(1, 1, False), (1, 7, False), (2, 4, True)])
 def test_products_of_few_rows_go_to_torch(steps, batch, ours, monkeypatch):
     """The input projection (T·B rows) and dx go to our packed GEMM from 8 rows, below that to

@@ -390,16 +390,20 @@ template <typename T, int NV, typename Step>
 void over_steps(int64_t steps, int64_t max_rows, const T* base, int64_t K, int64_t panels,
                 const Step& step, bool share_tail = false) {
   constexpr int NR = NV * Tile<T>::VS;
-  const int64_t threads = threads_for(max_rows * K * NR * panels, panels);
+  // shared by rows, panels are no cap on the threads: a tile each is (a single panel, H ≤ 64
+  // for the RNN's plain panels, ran on one thread however many rows)
+  const int64_t tiles = (max_rows + tile_rows<NV>() - 1) / tile_rows<NV>();
+  const int64_t threads =
+      threads_for(max_rows * K * NR * panels, share_tail ? std::max(panels, tiles) : panels);
   // panels [p0, p1) whole, and rows [M·id/count, M·(id+1)/count) (in tiles) of [tail, panels)
   const auto run = [&](int64_t p0, int64_t p1, int64_t tail, int64_t id, int64_t count) {
     return [=](const T* A, int64_t lda, int64_t M, const auto& epilogue) {
       panel_range<T, NV>(A, lda, M, base, K, p0, p1, epilogue);
       if (tail >= panels) return;
       constexpr int64_t MR = tile_rows<NV>();
-      const int64_t tiles = (M + MR - 1) / MR;
-      const int64_t r0 = std::min(M, tiles * id / count * MR);
-      const int64_t r1 = std::min(M, tiles * (id + 1) / count * MR);
+      const int64_t blocks = (M + MR - 1) / MR;
+      const int64_t r0 = std::min(M, blocks * id / count * MR);
+      const int64_t r1 = std::min(M, blocks * (id + 1) / count * MR);
       if (r1 <= r0) return;
       panel_range<T, NV>(A + r0 * lda, lda, r1 - r0, base, K, tail, panels,
                          [&](int64_t m, int64_t rows, int64_t p, const T* tile) {
