@@ -174,8 +174,8 @@ def _history(epochs_to_target: int, updates_per_epoch: int = 10) -> dict:
     """A run validated at each epoch's end that first meets the target (nll 4) at the given
     epoch, and goes on two epochs more."""
     history = [
-        {"valid": {"nll": 5.0 if e < epochs_to_target else 4.0}, "updates": e * updates_per_epoch,
-         "elapsed": float(e)}
+        {"epoch": e, "valid": {"nll": 5.0 if e < epochs_to_target else 4.0},
+         "updates": e * updates_per_epoch, "elapsed": float(e)}
         for e in range(1, epochs_to_target + 3)
     ]  # fmt: skip
     return {"best_valid": {"nll": 4.0}, "history": history}

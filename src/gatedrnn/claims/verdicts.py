@@ -38,7 +38,8 @@ from gatedrnn.claims.stats import (
 )
 from gatedrnn.nn.spec import spec_from_options
 from gatedrnn.tasks import TASKS
-from gatedrnn.train.timing import CONTENDED, RETRIES
+from gatedrnn.train.loop import validations
+from gatedrnn.train.timing import RETRIES, contended
 
 __all__ = [
     "CLAIMS",
@@ -141,12 +142,11 @@ def _bounds_to(
     missed it and by the first that met it; (that earlier count, this one), with 0 before the
     first validation and (inf, inf) if it never was."""
     before = 0.0
-    for record in history:
-        for check in (*record.get("probes", ()), record):
-            value = check["valid"][metric]
-            if (value >= target) if higher else (value <= target):
-                return before, check[key]
-            before = check[key]
+    for check in validations(history):
+        value = check["valid"][metric]
+        if (value >= target) if higher else (value <= target):
+            return before, check[key]
+        before = check[key]
     return math.inf, math.inf
 
 
@@ -299,7 +299,7 @@ def _speed(
     shortest = min(r["seconds_per_epoch"] for r in a + b)
     details: dict[str, Any] = {"epoch_ratio": epochs.__dict__, "shortest_epoch_seconds": shortest}
     other = _other_backends(a, b)  # then no verdict, and no timing would give one
-    too_short, busy = False, 0.0
+    too_short = busy = False
     if rounds is not None:
         ratio = paired_ratio(*rounds)
         verdict = _ratio_verdict(ratio)
@@ -307,14 +307,14 @@ def _speed(
             f"time per training step ratio {ratio} over {ratio.n} interleaved rounds ({where}); "
             f"per epoch in the trials {epochs}"
         )
-        busy = statistics.fmean(waited) if waited else 0.0
-        details["waited"] = busy if waited else None
-        if busy > CONTENDED:
+        details["waited"] = statistics.fmean(waited) if waited else None
+        busy = contended(waited)
+        if busy:
             verdict = INCONCLUSIVE
             measurement += (
                 f"; the machine was busy while it was timed (its threads waited for a core "
-                f"{busy:.0%} of the time, each round run up to {1 + RETRIES} times); running "
-                "the study again when it is quiet times it again"
+                f"{details['waited']:.0%} of the time, each round run up to {1 + RETRIES} "
+                "times); running the study again when it is quiet times it again"
             )
         elif not other:
             details["rounds_needed"], hint = _rounds_hint(verdict, ratio, rounds)
@@ -329,7 +329,7 @@ def _speed(
                 f"; epochs of {shortest * 1e3:.1f} ms are too short to time against each other "
                 f"(under {MIN_TIMED_EPOCH * 1e3:.0f} ms)"
             )
-    if _within_practical(verdict, ratio) and not too_short and not other and busy <= CONTENDED:
+    if _within_practical(verdict, ratio) and not too_short and not other and not busy:
         measurement += (
             f"; the interval lies within ±{PRACTICAL:.0%}: as fast, for this claim (it asks "
             f"for {PRACTICAL:.0%} or more), so more timing would not decide it"

@@ -33,6 +33,7 @@ from gatedrnn.atomic import write_atomic
 from gatedrnn.claims import evaluate_claims, mean_ci, overall, rounds_advice, seeds_advice
 from gatedrnn.study.store import StudyStore, check_study_file
 from gatedrnn.tasks import TASKS
+from gatedrnn.train.loop import validations
 
 __all__ = ["ANCHORS", "Report", "build_report"]
 
@@ -74,13 +75,7 @@ def _validations(trial: dict, rows: list[dict]) -> list[dict]:
     (``train.probes``) and the epochs' ends, from its result; a trial without one (running,
     interrupted) has its ``rows`` from the epochs table, the ends alone."""
     history = (trial.get("result") or {}).get("history")
-    if not history:
-        return rows
-    points: list[dict] = []
-    for record in history:
-        points += [{**p, "epoch": record["epoch"]} for p in record.get("probes", ())]
-        points.append(record)
-    return points
+    return validations(history) if history else rows
 
 
 def _curves(task: str, rows: list[dict], epochs: dict[str, list[dict]], x_key: str) -> bytes:

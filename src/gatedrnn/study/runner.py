@@ -10,7 +10,6 @@ import multiprocessing
 import os
 import queue
 import signal
-import statistics
 import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -27,7 +26,7 @@ from gatedrnn.study.store import DONE, StudyStore
 from gatedrnn.tasks import check_datasets
 from gatedrnn.train import TrainConfig, train
 from gatedrnn.train.loop import check_backend, environment
-from gatedrnn.train.timing import CONTENDED, time_steps
+from gatedrnn.train.timing import contended, time_steps
 
 __all__ = ["run_study", "study_paths"]
 
@@ -268,8 +267,7 @@ def time_arms(
     done = {
         arm
         for arm, cells in store.timings().items()
-        if min(map(len, cells.values())) >= rounds
-        and not (waits.get(arm) and statistics.fmean(waits[arm]) > CONTENDED)  # busy: again
+        if min(map(len, cells.values())) >= rounds and not contended(waits.get(arm))
     }
     largest = max(t.fraction for t in trials)
     arms: dict[tuple[str, str], dict[str, dict]] = {}

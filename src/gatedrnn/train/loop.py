@@ -30,7 +30,15 @@ from gatedrnn.bench import saved_bytes
 from gatedrnn.tasks import TASKS, Batch, Task, build_task
 from gatedrnn.train.config import TrainConfig, with_later_fields
 
-__all__ = ["EpochRecord", "RunResult", "build_optimizer", "check_backend", "environment", "train"]
+__all__ = [
+    "EpochRecord",
+    "RunResult",
+    "build_optimizer",
+    "check_backend",
+    "environment",
+    "train",
+    "validations",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -445,6 +453,16 @@ def _train_epoch(task, model, optimizer, config, device, epoch, state, on_batch)
         units_per_second=count / seconds if seconds > 0 else 0.0,
         probes=probes,
     )
+
+
+def validations(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every validation of a run's history (its epochs' records as dicts) in order, each with
+    its ``epoch``, ``updates``, ``elapsed`` and ``valid``: an epoch's probes, then its end."""
+    points: list[dict[str, Any]] = []
+    for record in history:
+        points += [{**p, "epoch": record["epoch"]} for p in record.get("probes", ())]
+        points.append(record)
+    return points
 
 
 def _probe(task: Task, model: torch.nn.Module, config: TrainConfig, device) -> dict[str, float]:

@@ -24,8 +24,9 @@ import itertools
 import json
 import math
 import os
+import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ import torch
 from gatedrnn.train.config import TrainConfig
 from gatedrnn.train.loop import _build_model, _build_task, _Diverged, _step, _to
 
-__all__ = ["CONTENDED", "RETRIES", "time_steps"]
+__all__ = ["CONTENDED", "RETRIES", "contended", "time_steps", "waited_seconds"]
 
 CONTENDED = 0.10
 """A round whose threads waited for a core more than this share of their time (other programs
@@ -43,6 +44,13 @@ RETRIES = 3
 """How many times a contended round is run again before it is kept, flagged; all the rounds
 together run again at most as many times as there are rounds (a machine that stays busy at
 most doubles the timing, to the same end)."""
+
+
+def contended(shares: Sequence[float] | None) -> bool:
+    """Whether a timing's rounds (their shares of the time spent waiting for a core, as
+    :func:`time_steps` returns them) waited more than :data:`CONTENDED` on average: taken on a
+    busy machine, they decide nothing, and a study times the arm again."""
+    return bool(shares) and statistics.fmean(shares) > CONTENDED
 
 
 def waited_seconds() -> float | None:
