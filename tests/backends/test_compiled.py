@@ -708,23 +708,43 @@ def test_the_same_numbers_on_any_thread_count(cell, options, monkeypatch):
         torch.set_num_threads(previous)
 
 
-@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
-def test_one_panel_shared_by_rows_across_threads(nonlinearity):
-    """The RNN's forward at H ≤ 64 is one panel of the recurrent weight, which the threads share
-    by rows (in whole tiles) once the batch is large enough: the reference's numbers, and bit
-    for bit the same on 1, 2 or 3 threads, padded and packed (live rows shrinking by tiles)."""
+# Plain panels of 1, 3 or 4 vectors (16–64 columns in float32, the width chosen per product:
+# loops.cpp's with_panel_vectors), one or more than the threads can take whole, so the threads
+# share the rest by rows; in the backward, rows that start at t − 1 (packed input, going
+# backwards) are done after the product by the thread that owns their units (the last thread,
+# those of the shared panels).
+@pytest.mark.parametrize(
+    "cell, options, hidden, batch",
+    [
+        ("RNN", {}, 64, 40),  # one panel of 4 vectors, forward and backward
+        ("RNN", {"nonlinearity": "relu"}, 64, 40),
+        ("GRU", {}, 48, 40),  # one panel of 3 vectors in the backward
+        ("LSTM", {}, 32, 40),  # two of 1: the third thread shares by rows
+        ("LSTM", {}, 74, 40),  # two of 3: the third thread shares by rows
+        ("GRU", {}, 160, 40),  # three of 4: two threads take one whole, the third by rows
+        ("GRU", {}, 74, 2),  # five of 1 (two rows: a column costs the same in any panel)
+    ],
+    ids=["rnn-64", "rnn-relu-64", "gru-48", "lstm-32", "lstm-74", "gru-160", "gru-74-two-rows"],
+)  # fmt: skip
+def test_panels_shared_by_rows_across_threads(cell, options, hidden, batch):
+    """The products whose panels do not divide among the threads (the RNN's forward, the
+    backward of the RNN, GRU and LSTM): the reference's numbers, and bit for bit the same on
+    1, 2 or 3 threads, padded and packed (live rows shrinking by tiles)."""
     if compiled.unavailable_reason() is not None:
         pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
     from tests.conftest import assert_close
     from tests.nn.torch_pairs import run
 
     torch.manual_seed(3)
-    ours = gatedrnn.RNN(5, 64, nonlinearity=nonlinearity, backend="cpu")
-    reference = gatedrnn.RNN(5, 64, nonlinearity=nonlinearity, backend="reference")
+    ours = getattr(gatedrnn, cell)(5, hidden, backend="cpu", **options)
+    reference = getattr(gatedrnn, cell)(5, hidden, backend="reference", **options)
     reference.load_state_dict(ours.state_dict())
     gen = torch.Generator().manual_seed(4)
-    x = torch.randn(12, 40, 5, generator=gen)  # 40 rows: 7 tiles of 6
-    lengths = torch.tensor([12] * 9 + [11] * 8 + [7] * 10 + [3] * 12 + [1])
+    x = torch.randn(12, batch, 5, generator=gen)  # 40 rows: 7 tiles of 6, 5 of 8, 4 of 12
+    if batch == 40:
+        lengths = torch.tensor([12] * 9 + [11] * 8 + [7] * 10 + [3] * 12 + [1])
+    else:
+        lengths = torch.tensor([12, 5])
     previous = torch.get_num_threads()
     try:
         for form in (None, lengths):
@@ -734,6 +754,9 @@ def test_one_panel_shared_by_rows_across_threads(nonlinearity):
                 results.append(run(ours, x, form, None, batch_first=False))
             expected = run(reference, x, form, None, batch_first=False)
             assert_close(results[0].output, expected.output, "output")
+            assert_close(results[0].grads["input"], expected.grads["input"], "grad of input")
+            for name, grad in expected.grads.items():  # sums over 480 rows: float32's rounding
+                torch.testing.assert_close(results[0].grads[name], grad, rtol=1e-4, atol=1e-5)
             for threads, other in zip((2, 3), results[1:], strict=True):
                 assert torch.equal(other.output, results[0].output), f"{threads} threads"
                 assert torch.equal(other.grads["input"], results[0].grads["input"])

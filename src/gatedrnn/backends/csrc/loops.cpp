@@ -165,13 +165,13 @@ Tensor pack_panels(const Tensor& r, int64_t panels, Slot slot, const Source& sou
   return data;
 }
 
-// R (K, N) packed as panels of NR columns, the last one zero padded.
-template <typename T>
+// R (K, N) packed as panels of NV vectors (NR columns), the last one zero padded.
+template <typename T, int NV = Tile<T>::NV>
 struct Packed {
   int64_t K, N, panels;
   Tensor data;
   Packed(const Tensor& r, Slot slot) : K(r.size(0)), N(r.size(1)) {
-    constexpr int NR = Tile<T>::NR;
+    constexpr int NR = NV * Tile<T>::VS;
     panels = (N + NR - 1) / NR;
     data = pack_panels<T, NR>(r, panels, slot, [&](int64_t p, int64_t c) -> int64_t {
       return p * NR + c < N ? p * NR + c : -1;
@@ -378,23 +378,23 @@ inline int64_t threads_for(int64_t work, int64_t panels) {
 }
 
 // A whole sequence over panels of NV vectors: step(t, p0, p1, product) for t = 0 … steps − 1 in
-// every thread, each with the same panels [p0, p1) at every step, and a barrier between steps;
-// product(A, lda, M, epilogue) runs panel_range on the thread's panels. One parallel region for
-// the sequence instead of a fork and join per step (1–2 µs each, a third of a batch-of-one step).
-// With `share_tail`, for steps whose only work outside the product is in its epilogue (the
-// forward steps), panels that do not divide evenly among the threads are not dealt out whole
-// (5 panels on 2 threads went 3:2, and a GRU with H = 68–80 took 1.5× the time of H = 64
-// forward): each thread takes the same number of whole panels, and the rest are shared by rows,
-// in whole tiles (MR rows), so that every row's sums keep their order whatever the threads.
+// every thread, and a barrier between steps; product(A, lda, M, epilogue) runs panel_range on
+// the thread's share of the product, the same at every step, so each thread keeps its part of
+// the weight in its own cache. One parallel region for the sequence instead of a fork and join
+// per step (1–2 µs each, a third of a batch-of-one step). Panels that do not divide evenly among
+// the threads are not dealt out whole (5 panels on 2 threads went 3:2, and a GRU with H = 68–80
+// took 1.5× the time of H = 64 forward; one panel ran on one thread): each thread takes the same
+// number of whole panels, and the rest are shared by rows, in whole tiles (MR rows), so that
+// every row's sums keep their order whatever the threads. [p0, p1) are the panels whose units
+// the thread owns for work outside the product (the backward's rows that join at t − 1): its
+// whole panels, and for the last thread the shared ones too.
 template <typename T, int NV, typename Step>
 void over_steps(int64_t steps, int64_t max_rows, const T* base, int64_t K, int64_t panels,
-                const Step& step, bool share_tail = false) {
+                const Step& step) {
   constexpr int NR = NV * Tile<T>::VS;
-  // shared by rows, panels are no cap on the threads: a tile each is (a single panel, H ≤ 64
-  // for the RNN's plain panels, ran on one thread however many rows)
+  // shared by rows, panels are no cap on the threads: a tile each is
   const int64_t tiles = (max_rows + tile_rows<NV>() - 1) / tile_rows<NV>();
-  const int64_t threads =
-      threads_for(max_rows * K * NR * panels, share_tail ? std::max(panels, tiles) : panels);
+  const int64_t threads = threads_for(max_rows * K * NR * panels, std::max(panels, tiles));
   // panels [p0, p1) whole, and rows [M·id/count, M·(id+1)/count) (in tiles) of [tail, panels)
   const auto run = [&](int64_t p0, int64_t p1, int64_t tail, int64_t id, int64_t count) {
     return [=](const T* A, int64_t lda, int64_t M, const auto& epilogue) {
@@ -416,17 +416,11 @@ void over_steps(int64_t steps, int64_t max_rows, const T* base, int64_t K, int64
 #pragma omp parallel num_threads(threads)
     {
       const int64_t count = omp_get_num_threads(), id = omp_get_thread_num();
-      int64_t p0, p1, tail = panels;
-      if (share_tail && panels % count != 0) {
-        const int64_t whole = panels / count;
-        p0 = id * whole, p1 = p0 + whole, tail = count * whole;
-      } else {
-        const int64_t share = (panels + count - 1) / count;
-        p0 = std::min(panels, id * share), p1 = std::min(panels, p0 + share);
-      }
-      const auto product = run(p0, p1, tail, id, count);
+      const int64_t whole = panels / count, p0 = id * whole, p1 = p0 + whole;
+      const auto product = run(p0, p1, count * whole, id, count);
+      const int64_t owned = id == count - 1 ? panels : p1;  // the last thread owns the tail
       for (int64_t t = 0; t < steps; ++t) {
-        step(t, p0, p1, product);
+        step(t, p0, owned, product);
 #pragma omp barrier
       }
     }
@@ -437,25 +431,51 @@ void over_steps(int64_t steps, int64_t max_rows, const T* base, int64_t K, int64
   for (int64_t t = 0; t < steps; ++t) step(t, int64_t{0}, panels, product);
 }
 
+// Calls f(std::integral_constant<int, NV>) with the vectors per panel, NV, for a product of M
+// rows and N columns a step (a step's plain panels: the RNN's forward, the backward's dh). Panels
+// of 4 vectors (64 columns in float32) pad a narrow product a long way (N = 74: 128 columns), so
+// the narrowest padded width wins, weighed by what a column costs in panels of one vector, whose
+// tiles hold 24 rows and so 24 broadcasts per weight vector: 1.35 against 1 for 3 and 4
+// vectors (GRU backward alone, T = 100, two threads, H 32–256, B 8 and 32, each width forced in
+// turn: 3 vectors took 0.75–0.85 of the time of 4 at H = 48 and 74; 2 vectors, 1.2, never won
+// by more than noise and are not built). With one or two rows, streaming the weight is all there
+// is, and a column costs the same in any panel (one vector took 0.63 of the time at B = 1,
+// H = 74; 0.86 at 100). Builds with 16 vector registers keep their one width.
+template <typename T, typename F>
+inline void with_panel_vectors(int64_t N, int64_t M, const F& f) {
+  if constexpr (Tile<T>::NV == 4) {
+    const auto columns = [&](int64_t nv) {
+      const int64_t width = nv * Tile<T>::VS;
+      return (N + width - 1) / width * width;
+    };
+    const int64_t four = columns(4), three = columns(3), one = columns(1) * (M <= 2 ? 20 : 27);
+    if (one < 20 * std::min(four, three)) return f(std::integral_constant<int, 1>{});
+    if (three < four) return f(std::integral_constant<int, 3>{});
+    return f(std::integral_constant<int, 4>{});
+  } else {
+    return f(std::integral_constant<int, Tile<T>::NV>{});
+  }
+}
+
 // The backward time loop of a fused cell: for t = T − 1 … 0, dh = dgates_t · W_hh (or dh +=,
 // where the direct path h_{t−1} → h_t left its part in dh), with `point(t − 1, b, j, k)`, step
 // t − 1's pointwise work for one vector of units, in the product's epilogue for the same rows and
 // units; `point(T − 1, …)` runs first for every live row. Rows that start at t − 1 (packed input,
 // going backwards) are not in step t's product: the thread that owns their units does them after
 // it. One parallel region for the sequence (over_steps).
-template <typename T, typename Point>
-void backward_steps(const Packed<T>& w, const T* dg_all, int64_t lda, T* dhp, int64_t T_,
-                    int64_t B, int64_t H, const std::vector<int64_t>& batch_sizes,
-                    bool accumulate, const Point& point) {
-  constexpr int VS = Tile<T>::VS, NR = Tile<T>::NR;
-  if (T_ == 0) return;
+template <typename T, int NV, typename Point>
+void backward_steps_over(const Tensor& w_hh, const T* dg_all, int64_t lda, T* dhp, int64_t T_,
+                         int64_t B, int64_t H, const std::vector<int64_t>& batch_sizes,
+                         bool accumulate, const Point& point) {
+  constexpr int VS = Tile<T>::VS, NR = NV * VS;
+  const Packed<T, NV> w(w_hh, kRecurrentSlot);
   at::parallel_for(0, live(batch_sizes, T_ - 1, B), std::max<int64_t>(1, 4096 / lda),
                    [&](int64_t b0, int64_t b1) {
                      for (int64_t b = b0; b < b1; ++b) {
                        for_columns<T>(H, [&](int64_t j, int64_t k) { point(T_ - 1, b, j, k); });
                      }
                    });
-  over_steps<T, Tile<T>::NV>(
+  over_steps<T, NV>(
       T_, B, w.data.template data_ptr<T>(), w.K, w.panels,
       [&](int64_t s, int64_t p0, int64_t p1, const auto& product) {
         const int64_t t = T_ - 1 - s, n = live(batch_sizes, t, B);
@@ -481,6 +501,17 @@ void backward_steps(const Packed<T>& w, const T* dg_all, int64_t lda, T* dhp, in
       });
 }
 
+template <typename T, typename Point>
+void backward_steps(const Tensor& w_hh, const T* dg_all, int64_t lda, T* dhp, int64_t T_,
+                    int64_t B, int64_t H, const std::vector<int64_t>& batch_sizes,
+                    bool accumulate, const Point& point) {
+  if (T_ == 0) return;
+  with_panel_vectors<T>(H, B, [&](auto nv) {
+    backward_steps_over<T, decltype(nv)::value>(w_hh, dg_all, lda, dhp, T_, B, H, batch_sizes,
+                                                accumulate, point);
+  });
+}
+
 // The forward time loop of a fused cell over gate panels: step t's product h_{t−1} · W_hhᵀ, and in
 // its epilogue `unit(t, b, j, k, pre)` for each row b and vector of units [j, j + k), with `pre`
 // the G·VS recurrent pre-activations of that row and panel (gate v at pre + v·VS). One parallel
@@ -499,8 +530,7 @@ void forward_steps(const Tensor& w_hh, const T* h0, const T* out_all, int64_t T_
                   const int64_t j = p * VS, k = std::min<int64_t>(VS, H - j);
                   for (int64_t r = 0; r < rows; ++r) unit(t, m + r, j, k, tile + r * G * VS);
                 });
-      },
-      /*share_tail=*/true);
+      });
 }
 
 // Calls f(std::bool_constant<coupled>, std::bool_constant<peepholes>): one instantiation of the
@@ -734,12 +764,6 @@ void gru_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& gates, 
               c10::optional<Tensor> dn_all, const std::vector<int64_t>& batch_sizes,
               bool reset_after) {
   const int64_t T_ = gates.size(0), B = gates.size(1), H = out.size(2);
-  // dh += dgates · W_hh: all three gates at once (after), or r|z and n apart (before)
-  const Packed<T> w_all(reset_after ? w_hh : w_hh.narrow(0, 0, 2 * H), kRecurrentSlot);
-  const c10::optional<Packed<T>> w_n =
-      reset_after ? c10::nullopt
-                  : c10::make_optional(Packed<T>(w_hh.narrow(0, 2 * H, H), kSecondSlot));
-  Tensor scratch = at::empty({B, H}, gates.options());
   const T* go_all = grad_out.data_ptr<T>();
   const T* g_all = gates.data_ptr<T>();
   const T* rec_all = rec.data_ptr<T>();
@@ -764,9 +788,13 @@ void gru_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& gates, 
       store(dn, dn_base + (t * B + b) * H + j, k);
       store(grad * z, dhp + b * H + j, k);  // the direct path, h_{t−1} → h_t
     };
-    backward_steps<T>(w_all, dg_all, 3 * H, dhp, T_, B, H, batch_sizes, true, point);
+    backward_steps<T>(w_hh, dg_all, 3 * H, dhp, T_, B, H, batch_sizes, true, point);
     return;
   }
+  // reset before: dh += dgates · W_hh as r|z and n apart
+  const Packed<T> w_rz(w_hh.narrow(0, 0, 2 * H), kRecurrentSlot);
+  const Packed<T> w_n(w_hh.narrow(0, 2 * H, H), kSecondSlot);
+  Tensor scratch = at::empty({B, H}, gates.options());
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const int64_t n = live(batch_sizes, t, B);
     const T* hp = t == 0 ? h0.data_ptr<T>() : out.data_ptr<T>() + (t - 1) * B * H;
@@ -792,9 +820,9 @@ void gru_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& gates, 
         }
       });
       T* drp = scratch.data_ptr<T>();
-      gemm<T>(dg + 2 * H, 3 * H, n, *w_n, drp, H, nullptr, false);  // ∂/∂(r ⊙ h)
+      gemm<T>(dg + 2 * H, 3 * H, n, w_n, drp, H, nullptr, false);  // ∂/∂(r ⊙ h)
       through_gated_state<T>(n, H, 3 * H, g, dg, drp, hp, dhp, false);
-      gemm<T>(dg, 3 * H, n, w_all, dhp, H, nullptr, true);
+      gemm<T>(dg, 3 * H, n, w_rz, dhp, H, nullptr, true);
     }
   }
 }
@@ -827,7 +855,6 @@ void lstm_backward_variant(const Tensor& grad_out, Tensor& dh, Tensor& dc, const
                            const std::vector<int64_t>& batch_sizes) {
   constexpr int G = Coupled ? 3 : 4, GV = G - 2, OV = G - 1;  // the g and o blocks
   const int64_t T_ = gates.size(0), B = gates.size(1), H = cells.size(2), P = dh.size(1);
-  const Packed<T> w(w_hh, kRecurrentSlot);  // dh = dgates · W_hh
   const T* go_all = grad_out.data_ptr<T>();
   const T* g_all = gates.data_ptr<T>();
   const T* c_all = cells.data_ptr<T>();
@@ -872,9 +899,10 @@ void lstm_backward_variant(const Tensor& grad_out, Tensor& dh, Tensor& dc, const
       cell_point(t, b, j, k,
                  load(dhp + b * H + j, k) + load(go_all + (t * B + b) * H + j, k));
     };
-    backward_steps<T>(w, dg_all, G * H, dhp, T_, B, H, batch_sizes, false, point);
+    backward_steps<T>(w_hh, dg_all, G * H, dhp, T_, B, H, batch_sizes, false, point);
     return;
   }
+  const Packed<T> w(w_hh, kRecurrentSlot);  // dh = dgates · W_hh
   const Packed<T> w_r(*w_hr, kSecondSlot);  // ∂(o ⊙ tanh c) = ∂h_t · W_hr
   Tensor scratch = at::empty({B, H}, gates.options());
   T* draw = scratch.data_ptr<T>();
@@ -1007,17 +1035,17 @@ void mgu_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& gates, 
   }
 }
 
-template <typename T>
-void rnn_forward_impl(Tensor& out, const Tensor& h0, const Tensor& w_hh,
+template <typename T, int NV>
+void rnn_forward_over(Tensor& out, const Tensor& h0, const Tensor& w_hh,
                       const std::vector<int64_t>& batch_sizes, bool relu) {
   const int64_t T_ = out.size(0), B = out.size(1), H = out.size(2);
-  const Packed<T> w(w_hh.t(), kRecurrentSlot);
+  const Packed<T, NV> w(w_hh.t(), kRecurrentSlot);
   T* out_all = out.data_ptr<T>();
   // h_t = act(out_t + h_{t−1} · W_hhᵀ), the activation in the product's epilogue
-  over_steps<T, Tile<T>::NV>(
+  over_steps<T, NV>(
       T_, B, w.data.template data_ptr<T>(), w.K, w.panels,
       [&](int64_t t, int64_t, int64_t, const auto& product) {
-        constexpr int VS = Tile<T>::VS, NR = Tile<T>::NR;
+        constexpr int VS = Tile<T>::VS, NR = NV * VS;
         const T* hp = t == 0 ? h0.data_ptr<T>() : out_all + (t - 1) * B * H;
         T* o = out_all + t * B * H;
         product(hp, H, live(batch_sizes, t, B),
@@ -1032,15 +1060,22 @@ void rnn_forward_impl(Tensor& out, const Tensor& h0, const Tensor& w_hh,
                     }
                   }
                 });
-      },
-      /*share_tail=*/true);
+      });
+}
+
+template <typename T>
+void rnn_forward_impl(Tensor& out, const Tensor& h0, const Tensor& w_hh,
+                      const std::vector<int64_t>& batch_sizes, bool relu) {
+  const int64_t B = out.size(1), H = out.size(2);
+  with_panel_vectors<T>(H, B, [&](auto nv) {
+    rnn_forward_over<T, decltype(nv)::value>(out, h0, w_hh, batch_sizes, relu);
+  });
 }
 
 template <typename T>
 void rnn_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& out, const Tensor& w_hh,
                        Tensor& dpre, const std::vector<int64_t>& batch_sizes, bool relu) {
   const int64_t T_ = out.size(0), B = out.size(1), H = out.size(2);
-  const Packed<T> w(w_hh, kRecurrentSlot);  // dh = dpre · W_hh
   const T* go_all = grad_out.data_ptr<T>();
   const T* out_all = out.data_ptr<T>();
   T* dp_all = dpre.data_ptr<T>();
@@ -1054,7 +1089,7 @@ void rnn_backward_impl(const Tensor& grad_out, Tensor& dh, const Tensor& out, co
                               : Vec<T>(T(1)) - h * h;
     store(grad * slope, dp_all + at, k);
   };
-  backward_steps<T>(w, dp_all, H, dhp, T_, B, H, batch_sizes, false, point);
+  backward_steps<T>(w_hh, dp_all, H, dhp, T_, B, H, batch_sizes, false, point);
 }
 
 // ---- The minimal cells (minGRU, minLSTM) ------------------------------------------------------
