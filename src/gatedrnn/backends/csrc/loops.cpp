@@ -377,30 +377,56 @@ inline int64_t threads_for(int64_t work, int64_t panels) {
   return std::max<int64_t>(1, std::min<int64_t>({int64_t{at::get_num_threads()}, panels, useful}));
 }
 
-// A whole sequence over panels of NV vectors: step(t, p0, p1, product) for t = 0 … steps − 1 in
-// every thread, and a barrier between steps; product(A, lda, M, epilogue) runs panel_range on
-// the thread's share of the product, the same at every step, so each thread keeps its part of
-// the weight in its own cache. One parallel region for the sequence instead of a fork and join
-// per step (1–2 µs each, a third of a batch-of-one step). Panels that do not divide evenly among
-// the threads are not dealt out whole (5 panels on 2 threads went 3:2, and a GRU with H = 68–80
-// took 1.5× the time of H = 64 forward; one panel ran on one thread): each thread takes the same
-// number of whole panels, and the rest are shared by rows, in whole tiles (MR rows), so that
-// every row's sums keep their order whatever the threads. [p0, p1) are the panels whose units
-// the thread owns for work outside the product (the backward's rows that join at t − 1): its
-// whole panels, and for the last thread the shared ones too.
+// The largest packed weight that steps split by rows (over_steps) stream whole on each thread: a
+// quarter of a core's L2 on the EPYC (1 MB), the GRU's and the RNN's up to H ≈ 128 and the
+// LSTM's up to ≈ 110. Split by rows at H = 74 and 100 (B 16–64, two threads), the GRU and RNN
+// took 0.73–0.78 of the time with the backward, the LSTM 0.77–0.95; aligned widths, which are not
+// split by rows, level.
+constexpr int64_t kRowsBytes = 256 * 1024;
+
+// The panels [p0, p1) and rows [q0, q1) whose work outside the product a thread does.
+struct Share {
+  int64_t p0, p1, q0, q1;
+};
+
+// A whole sequence over panels of NV vectors: step(t, share, product) for t = 0 … steps − 1 in
+// every thread; product(A, lda, M, epilogue) runs panel_range on the thread's share of the
+// product, the same at every step, and `share` says whose work outside the product the thread
+// does (the backward's rows that join at t − 1). One parallel region for the sequence instead of
+// a fork and join per step (1–2 µs each, a third of a batch-of-one step). Two ways to share:
+// - By panels, with a barrier between steps: each thread keeps its part of the weight in its own
+//   cache. Panels that do not divide evenly among the threads are not dealt out whole (5 panels
+//   on 2 threads went 3:2, and a GRU with H = 68–80 took 1.5× the time of H = 64 forward; one
+//   panel ran on one thread): each thread takes the same number of whole panels, and the rest
+//   are shared by rows, in whole tiles (MR rows); the last thread owns the shared panels' units.
+// - By rows, with no barrier at all (a batch's rows are independent sequences), where the rows
+//   of the caller's buffers (`units` wide) are not 64-byte aligned and the weight is small
+//   (kRowsBytes): split by panels, two threads then write the same cache lines in every row at
+//   every step. On the shared 2-core EPYC, for tens of seconds at a time (likeliest: its two
+//   virtual cores on physical ones that share no cache), GRU steps at H = 74 took twice their
+//   time, the LSTM's at H = 64, aligned, 1.5 times, and the equal-budget speed verdict moved
+//   with them (GRU/LSTM 1.15 → 1.45). Each thread takes whole tiles, as many as the others (or
+//   at least 4), and streams the whole weight from its own cache at each step (so only a small
+//   one).
+// Either way every row's sums keep their order, bit for bit the same on any number of threads.
 template <typename T, int NV, typename Step>
-void over_steps(int64_t steps, int64_t max_rows, const T* base, int64_t K, int64_t panels,
-                const Step& step) {
+void over_steps(int64_t steps, int64_t max_rows, int64_t units, const T* base, int64_t K,
+                int64_t panels, const Step& step) {
   constexpr int NR = NV * Tile<T>::VS;
+  constexpr int64_t MR = tile_rows<NV>();
+  const int64_t tiles = (max_rows + MR - 1) / MR;
+  const int64_t work = max_rows * K * NR * panels;
   // shared by rows, panels are no cap on the threads: a tile each is
-  const int64_t tiles = (max_rows + tile_rows<NV>() - 1) / tile_rows<NV>();
-  const int64_t threads = threads_for(max_rows * K * NR * panels, std::max(panels, tiles));
+  const int64_t threads = threads_for(work, std::max(panels, tiles));
+  const bool misaligned = units * int64_t(sizeof(T)) % 64 != 0;
+  const bool small = K * NR * panels * int64_t(sizeof(T)) <= kRowsBytes;
+  const bool by_rows = misaligned && small && threads > 1 &&
+                       (tiles % threads == 0 || tiles >= 4 * threads);
   // panels [p0, p1) whole, and rows [M·id/count, M·(id+1)/count) (in tiles) of [tail, panels)
   const auto run = [&](int64_t p0, int64_t p1, int64_t tail, int64_t id, int64_t count) {
     return [=](const T* A, int64_t lda, int64_t M, const auto& epilogue) {
       panel_range<T, NV>(A, lda, M, base, K, p0, p1, epilogue);
       if (tail >= panels) return;
-      constexpr int64_t MR = tile_rows<NV>();
       const int64_t blocks = (M + MR - 1) / MR;
       const int64_t r0 = std::min(M, blocks * id / count * MR);
       const int64_t r1 = std::min(M, blocks * (id + 1) / count * MR);
@@ -416,19 +442,33 @@ void over_steps(int64_t steps, int64_t max_rows, const T* base, int64_t K, int64
 #pragma omp parallel num_threads(threads)
     {
       const int64_t count = omp_get_num_threads(), id = omp_get_thread_num();
-      const int64_t whole = panels / count, p0 = id * whole, p1 = p0 + whole;
-      const auto product = run(p0, p1, count * whole, id, count);
-      const int64_t owned = id == count - 1 ? panels : p1;  // the last thread owns the tail
-      for (int64_t t = 0; t < steps; ++t) {
-        step(t, p0, owned, product);
+      if (by_rows) {
+        const int64_t q0 = std::min(max_rows, tiles * id / count * MR);
+        const int64_t q1 = std::min(max_rows, tiles * (id + 1) / count * MR);
+        const auto product = [=](const T* A, int64_t lda, int64_t M, const auto& epilogue) {
+          const int64_t r1 = std::min(M, q1);
+          if (r1 <= q0) return;
+          panel_range<T, NV>(A + q0 * lda, lda, r1 - q0, base, K, 0, panels,
+                             [&](int64_t m, int64_t rows, int64_t p, const T* tile) {
+                               epilogue(q0 + m, rows, p, tile);
+                             });
+        };
+        for (int64_t t = 0; t < steps; ++t) step(t, Share{0, panels, q0, q1}, product);
+      } else {
+        const int64_t whole = panels / count, p0 = id * whole, p1 = p0 + whole;
+        const auto product = run(p0, p1, count * whole, id, count);
+        const int64_t owned = id == count - 1 ? panels : p1;  // the last thread owns the tail
+        for (int64_t t = 0; t < steps; ++t) {
+          step(t, Share{p0, owned, 0, max_rows}, product);
 #pragma omp barrier
+        }
       }
     }
     return;
   }
 #endif
   const auto product = run(0, panels, panels, 0, 1);
-  for (int64_t t = 0; t < steps; ++t) step(t, int64_t{0}, panels, product);
+  for (int64_t t = 0; t < steps; ++t) step(t, Share{0, panels, 0, max_rows}, product);
 }
 
 // Calls f(std::integral_constant<int, NV>) with the vectors per panel, NV, for a product of M
@@ -476,8 +516,8 @@ void backward_steps_over(const Tensor& w_hh, const T* dg_all, int64_t lda, T* dh
                      }
                    });
   over_steps<T, NV>(
-      T_, B, w.data.template data_ptr<T>(), w.K, w.panels,
-      [&](int64_t s, int64_t p0, int64_t p1, const auto& product) {
+      T_, B, H, w.data.template data_ptr<T>(), w.K, w.panels,
+      [&](int64_t s, const Share& own, const auto& product) {
         const int64_t t = T_ - 1 - s, n = live(batch_sizes, t, B);
         product(dg_all + t * B * lda, lda, n,
                 [&](int64_t m, int64_t rows, int64_t p, const T* tile) {
@@ -494,8 +534,9 @@ void backward_steps_over(const Tensor& w_hh, const T* dg_all, int64_t lda, T* dh
                   }
                 });
         if (t == 0) return;
-        const int64_t u0 = p0 * NR, u1 = std::min<int64_t>(H, p1 * NR);
-        for (int64_t b = n; b < live(batch_sizes, t - 1, B); ++b) {
+        const int64_t u0 = own.p0 * NR, u1 = std::min<int64_t>(H, own.p1 * NR);
+        const int64_t b1 = std::min(own.q1, live(batch_sizes, t - 1, B));
+        for (int64_t b = std::max(n, own.q0); b < b1; ++b) {
           for (int64_t j = u0; j < u1; j += VS) point(t - 1, b, j, std::min<int64_t>(VS, u1 - j));
         }
       });
@@ -522,8 +563,8 @@ void forward_steps(const Tensor& w_hh, const T* h0, const T* out_all, int64_t T_
   constexpr int VS = Tile<T>::VS;
   const GatePacked<T> w(w_hh.t(), G);
   over_steps<T, G>(
-      T_, B, w.data.template data_ptr<T>(), w.K, w.panels,
-      [&](int64_t t, int64_t, int64_t, const auto& product) {
+      T_, B, H, w.data.template data_ptr<T>(), w.K, w.panels,
+      [&](int64_t t, const Share&, const auto& product) {
         const T* hp = t == 0 ? h0 : out_all + (t - 1) * B * H;
         product(hp, H, live(batch_sizes, t, B),
                 [&](int64_t m, int64_t rows, int64_t p, const T* tile) {
@@ -1043,8 +1084,8 @@ void rnn_forward_over(Tensor& out, const Tensor& h0, const Tensor& w_hh,
   T* out_all = out.data_ptr<T>();
   // h_t = act(out_t + h_{t−1} · W_hhᵀ), the activation in the product's epilogue
   over_steps<T, NV>(
-      T_, B, w.data.template data_ptr<T>(), w.K, w.panels,
-      [&](int64_t t, int64_t, int64_t, const auto& product) {
+      T_, B, H, w.data.template data_ptr<T>(), w.K, w.panels,
+      [&](int64_t t, const Share&, const auto& product) {
         constexpr int VS = Tile<T>::VS, NR = NV * VS;
         const T* hp = t == 0 ? h0.data_ptr<T>() : out_all + (t - 1) * B * H;
         T* o = out_all + t * B * H;
