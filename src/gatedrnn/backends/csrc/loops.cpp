@@ -477,10 +477,11 @@ void over_steps(int64_t steps, int64_t max_rows, int64_t units, const T* base, i
 // the narrowest padded width wins, weighed by what a column costs in panels of one vector, whose
 // tiles hold 24 rows and so 24 broadcasts per weight vector: 1.35 against 1 for 3 and 4
 // vectors (GRU backward alone, T = 100, two threads, H 32–256, B 8 and 32, each width forced in
-// turn: 3 vectors took 0.75–0.85 of the time of 4 at H = 48 and 74; 2 vectors, 1.2, never won
-// by more than noise and are not built). With one or two rows, streaming the weight is all there
-// is, and a column costs the same in any panel (one vector took 0.63 of the time at B = 1,
-// H = 74; 0.86 at 100). Builds with 16 vector registers keep their one width.
+// turn: 3 vectors took 0.75–0.85 of the time of 4 at H = 48 and 74; 2 vectors, 1.2, led at two
+// sizes of 21, by 12–14%, within this machine's noise, and are not built). With one or two rows,
+// streaming the weight is all there is, and a column costs the same in any panel (one vector
+// took 0.63 of the time at B = 1, H = 74; 0.86 at 100). Builds with 16 vector registers keep
+// their one width.
 template <typename T, typename F>
 inline void with_panel_vectors(int64_t N, int64_t M, const F& f) {
   if constexpr (Tile<T>::NV == 4) {
@@ -501,8 +502,9 @@ inline void with_panel_vectors(int64_t N, int64_t M, const F& f) {
 // where the direct path h_{t−1} → h_t left its part in dh), with `point(t − 1, b, j, k)`, step
 // t − 1's pointwise work for one vector of units, in the product's epilogue for the same rows and
 // units; `point(T − 1, …)` runs first for every live row. Rows that start at t − 1 (packed input,
-// going backwards) are not in step t's product: the thread that owns their units does them after
-// it. One parallel region for the sequence (over_steps).
+// going backwards) are not in step t's product: the thread that owns their units (steps split by
+// panels) or the rows themselves (split by rows) does them after it. One parallel region for the
+// sequence (over_steps), the product in panels of NV vectors (with_panel_vectors chooses).
 template <typename T, int NV, typename Point>
 void backward_steps_over(const Tensor& w_hh, const T* dg_all, int64_t lda, T* dhp, int64_t T_,
                          int64_t B, int64_t H, const std::vector<int64_t>& batch_sizes,
