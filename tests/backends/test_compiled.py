@@ -723,8 +723,8 @@ def test_the_same_numbers_on_any_thread_count(cell, options, monkeypatch):
         ("LSTM", {}, 74, 40),  # two of 3: the third thread shares by rows
         ("GRU", {}, 160, 40),  # three of 4: two threads take one whole, the third by rows
         ("GRU", {}, 74, 2),  # five of 1 (two rows: a column costs the same in any panel)
-        # rows not 64-byte aligned and a small weight: the threads split the rows, not the
-        # panels (on 2 threads; 3 do not divide the tiles and split the panels)
+        # a small weight: the threads split the rows, not the panels (on 2 threads; 3 do not
+        # divide the tiles and split the panels)
         ("GRU", {}, 74, 48),  # 6 tiles of 8 rows
         ("RNN", {}, 74, 48),  # the same, both directions of the loop
         ("LSTM", {}, 100, 48),  # 8 tiles of 6

@@ -378,10 +378,10 @@ inline int64_t threads_for(int64_t work, int64_t panels) {
 }
 
 // The largest packed weight that steps split by rows (over_steps) stream whole on each thread: a
-// quarter of a core's L2 on the EPYC (1 MB), the GRU's and the RNN's up to H ≈ 128 and the
-// LSTM's up to ≈ 110. Split by rows at H = 74 and 100 (B 16–64, two threads), the GRU and RNN
-// took 0.73–0.78 of the time with the backward, the LSTM 0.77–0.95; aligned widths, which are not
-// split by rows, level.
+// quarter of a core's L2 on the EPYC (1 MB), the GRU's, LSTM's and RNN's up to H = 128. Against
+// the split by panels (two threads, T = 100, forward+backward): 0.73–0.95 of the time at H = 74
+// and 100, B 16–64; at H = 64 and 128 level in one run and 0.85–0.93 (128) in another, whose
+// phase of the machine slowed the barriers; H = 160–256, above this budget, level to 1.07.
 constexpr int64_t kRowsBytes = 256 * 1024;
 
 // The panels [p0, p1) and rows [q0, q1) whose work outside the product a thread does.
@@ -399,28 +399,26 @@ struct Share {
 //   on 2 threads went 3:2, and a GRU with H = 68–80 took 1.5× the time of H = 64 forward; one
 //   panel ran on one thread): each thread takes the same number of whole panels, and the rest
 //   are shared by rows, in whole tiles (MR rows); the last thread owns the shared panels' units.
-// - By rows, with no barrier at all (a batch's rows are independent sequences), where the rows
-//   of the caller's buffers (`units` wide) are not 64-byte aligned and the weight is small
-//   (kRowsBytes): split by panels, two threads then write the same cache lines in every row at
-//   every step. On the shared 2-core EPYC, for tens of seconds at a time (likeliest: its two
-//   virtual cores on physical ones that share no cache), GRU steps at H = 74 took twice their
-//   time, the LSTM's at H = 64, aligned, 1.5 times, and the equal-budget speed verdict moved
-//   with them (GRU/LSTM 1.15 → 1.45). Each thread takes whole tiles, as many as the others (or
-//   at least 4), and streams the whole weight from its own cache at each step (so only a small
-//   one).
+// - By rows, with no barrier at all (a batch's rows are independent sequences), where the
+//   weight is small (kRowsBytes): each thread takes whole tiles, as many as the others (or at
+//   least 4), and streams the whole weight from its own cache at each step. Split by panels, the
+//   threads meet at every step, and where rows are not 64-byte aligned (H = 74) they write the
+//   same cache lines in every row. On the shared 2-core EPYC, for tens of seconds at a time
+//   (likeliest: its two virtual cores on physical ones that share no cache), steps split by
+//   panels took up to twice their time, a GRU at H = 74 more than the LSTM at 64, and an
+//   equal-budget speed verdict moved with them (GRU/LSTM 1.15 → 1.45; on the adding problem,
+//   GRU at 80 against LSTM at 69 split by rows, 0.92–0.98 → 1.06–1.19).
 // Either way every row's sums keep their order, bit for bit the same on any number of threads.
 template <typename T, int NV, typename Step>
-void over_steps(int64_t steps, int64_t max_rows, int64_t units, const T* base, int64_t K,
-                int64_t panels, const Step& step) {
+void over_steps(int64_t steps, int64_t max_rows, const T* base, int64_t K, int64_t panels,
+                const Step& step) {
   constexpr int NR = NV * Tile<T>::VS;
   constexpr int64_t MR = tile_rows<NV>();
   const int64_t tiles = (max_rows + MR - 1) / MR;
   const int64_t work = max_rows * K * NR * panels;
   // shared by rows, panels are no cap on the threads: a tile each is
   const int64_t threads = threads_for(work, std::max(panels, tiles));
-  const bool misaligned = units * int64_t(sizeof(T)) % 64 != 0;
-  const bool small = K * NR * panels * int64_t(sizeof(T)) <= kRowsBytes;
-  const bool by_rows = misaligned && small && threads > 1 &&
+  const bool by_rows = K * NR * panels * int64_t(sizeof(T)) <= kRowsBytes && threads > 1 &&
                        (tiles % threads == 0 || tiles >= 4 * threads);
   // panels [p0, p1) whole, and rows [M·id/count, M·(id+1)/count) (in tiles) of [tail, panels)
   const auto run = [&](int64_t p0, int64_t p1, int64_t tail, int64_t id, int64_t count) {
@@ -518,7 +516,7 @@ void backward_steps_over(const Tensor& w_hh, const T* dg_all, int64_t lda, T* dh
                      }
                    });
   over_steps<T, NV>(
-      T_, B, H, w.data.template data_ptr<T>(), w.K, w.panels,
+      T_, B, w.data.template data_ptr<T>(), w.K, w.panels,
       [&](int64_t s, const Share& own, const auto& product) {
         const int64_t t = T_ - 1 - s, n = live(batch_sizes, t, B);
         product(dg_all + t * B * lda, lda, n,
@@ -565,7 +563,7 @@ void forward_steps(const Tensor& w_hh, const T* h0, const T* out_all, int64_t T_
   constexpr int VS = Tile<T>::VS;
   const GatePacked<T> w(w_hh.t(), G);
   over_steps<T, G>(
-      T_, B, H, w.data.template data_ptr<T>(), w.K, w.panels,
+      T_, B, w.data.template data_ptr<T>(), w.K, w.panels,
       [&](int64_t t, const Share&, const auto& product) {
         const T* hp = t == 0 ? h0 : out_all + (t - 1) * B * H;
         product(hp, H, live(batch_sizes, t, B),
@@ -1086,7 +1084,7 @@ void rnn_forward_over(Tensor& out, const Tensor& h0, const Tensor& w_hh,
   T* out_all = out.data_ptr<T>();
   // h_t = act(out_t + h_{t−1} · W_hhᵀ), the activation in the product's epilogue
   over_steps<T, NV>(
-      T_, B, H, w.data.template data_ptr<T>(), w.K, w.panels,
+      T_, B, w.data.template data_ptr<T>(), w.K, w.panels,
       [&](int64_t t, const Share&, const auto& product) {
         constexpr int VS = Tile<T>::VS, NR = NV * VS;
         const T* hp = t == 0 ? h0.data_ptr<T>() : out_all + (t - 1) * B * H;
