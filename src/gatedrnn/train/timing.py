@@ -161,15 +161,15 @@ def time_steps(
         shares: list[float | None] = []
         spare = rounds  # rounds run again, in all
         for r in range(rounds):
+            # A B … B A: a drift within the round cancels. The one run that follows a run of its
+            # own configuration (in the middle) finds its weights in cache; rotating the order
+            # each round gives that to each configuration in turn (unrotated, it went to the
+            # last every round, and the first gained likewise across rounds: identical copies
+            # then differed by over 5%)
+            order = labels[r % len(labels) :] + labels[: r % len(labels)]
             for attempt in range(1 + RETRIES):
                 spent = dict.fromkeys(labels, 0.0)
                 waits[:] = [0.0, 0.0]
-                # A B … B A: a drift within the round cancels. The one run that follows a run
-                # of its own configuration (in the middle) finds its weights in cache; rotating
-                # the order each round gives that to each configuration in turn (unrotated, it
-                # went to the last every round, and the first gained likewise across rounds:
-                # identical copies then differed by over 5%)
-                order = labels[r % len(labels) :] + labels[: r % len(labels)]
                 for label in order + order[::-1]:
                     spent[label] += run(label, steps)
                 share = waits[0] / waits[1] if waits[1] > 0 else None

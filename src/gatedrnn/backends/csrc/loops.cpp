@@ -420,19 +420,25 @@ void over_steps(int64_t steps, int64_t max_rows, const T* base, int64_t K, int64
   const int64_t threads = threads_for(work, std::max(panels, tiles));
   const bool by_rows = K * NR * panels * int64_t(sizeof(T)) <= kRowsBytes && threads > 1 &&
                        (tiles % threads == 0 || tiles >= 4 * threads);
-  // panels [p0, p1) whole, and rows [M·id/count, M·(id+1)/count) (in tiles) of [tail, panels)
-  const auto run = [&](int64_t p0, int64_t p1, int64_t tail, int64_t id, int64_t count) {
+  // where part i of `count` of M rows begins, in whole tiles
+  const auto cut = [](int64_t M, int64_t i, int64_t count) {
+    return std::min(M, (M + MR - 1) / MR * i / count * MR);
+  };
+  // rows [r0, r1) of A against panels [p0, p1), the epilogue told the rows' own indices
+  const auto rows_of = [=](const T* A, int64_t lda, int64_t r0, int64_t r1, int64_t p0,
+                           int64_t p1, const auto& epilogue) {
+    if (r1 <= r0) return;
+    panel_range<T, NV>(A + r0 * lda, lda, r1 - r0, base, K, p0, p1,
+                       [&](int64_t m, int64_t rows, int64_t p, const T* tile) {
+                         epilogue(r0 + m, rows, p, tile);
+                       });
+  };
+  // panels [p0, p1) whole, and part `id` of `count` of the rows of [tail, panels)
+  const auto run = [=](int64_t p0, int64_t p1, int64_t tail, int64_t id, int64_t count) {
     return [=](const T* A, int64_t lda, int64_t M, const auto& epilogue) {
-      panel_range<T, NV>(A, lda, M, base, K, p0, p1, epilogue);
-      if (tail >= panels) return;
-      const int64_t blocks = (M + MR - 1) / MR;
-      const int64_t r0 = std::min(M, blocks * id / count * MR);
-      const int64_t r1 = std::min(M, blocks * (id + 1) / count * MR);
-      if (r1 <= r0) return;
-      panel_range<T, NV>(A + r0 * lda, lda, r1 - r0, base, K, tail, panels,
-                         [&](int64_t m, int64_t rows, int64_t p, const T* tile) {
-                           epilogue(r0 + m, rows, p, tile);
-                         });
+      rows_of(A, lda, 0, M, p0, p1, epilogue);
+      if (tail < panels) rows_of(A, lda, cut(M, id, count), cut(M, id + 1, count), tail, panels,
+                                 epilogue);
     };
   };
 #if defined(_OPENMP)
@@ -441,15 +447,9 @@ void over_steps(int64_t steps, int64_t max_rows, const T* base, int64_t K, int64
     {
       const int64_t count = omp_get_num_threads(), id = omp_get_thread_num();
       if (by_rows) {
-        const int64_t q0 = std::min(max_rows, tiles * id / count * MR);
-        const int64_t q1 = std::min(max_rows, tiles * (id + 1) / count * MR);
+        const int64_t q0 = cut(max_rows, id, count), q1 = cut(max_rows, id + 1, count);
         const auto product = [=](const T* A, int64_t lda, int64_t M, const auto& epilogue) {
-          const int64_t r1 = std::min(M, q1);
-          if (r1 <= q0) return;
-          panel_range<T, NV>(A + q0 * lda, lda, r1 - q0, base, K, 0, panels,
-                             [&](int64_t m, int64_t rows, int64_t p, const T* tile) {
-                               epilogue(q0 + m, rows, p, tile);
-                             });
+          rows_of(A, lda, q0, std::min(M, q1), 0, panels, epilogue);
         };
         for (int64_t t = 0; t < steps; ++t) step(t, Share{0, panels, q0, q1}, product);
       } else {
