@@ -67,7 +67,7 @@ def build(fn, consts, dtype, warps, stages, sass_dir):
             Path(sass_dir, name).write_text(sass.stdout)
     regs, stack = line.split()[0], line.split()[1]
     shown = ("RESET_AFTER", "SAVE", "LSTM", "BB", "FOLD", "SPLIT", "CHUNKS", "SEPARATE", "TMA")
-    shown += ("F16",)
+    shown += ("F16", "PEEP")
     flags = {k_: v for k_, v in consts.items() if k_ in shown}
     print(f"{fn.__name__:22} {dtype} {flags} {regs} {stack} smem {compiled.metadata.shared}")
 
@@ -138,8 +138,10 @@ def main() -> None:
             (k.gru_forward_kernel, dict(RESET_AFTER=False, SAVE=save, Y_IS_HS=False)),
             (k.gru_backward_kernel, dict(RESET_AFTER=True)),
             (k.gru_backward_kernel, dict(RESET_AFTER=False)),
-            (k.lstm_forward_kernel, dict(SAVE=save)),
-            (k.lstm_backward_kernel, {}),
+            (k.lstm_forward_kernel, dict(SAVE=save, PEEP=False)),
+            (k.lstm_forward_kernel, dict(SAVE=save, PEEP=True)),
+            (k.lstm_backward_kernel, dict(PEEP=False)),
+            (k.lstm_backward_kernel, dict(PEEP=True)),
         ]
         for fn, extra in [] if args.resident_only else jobs:
             build(fn, {**common, **extra}, dtype, args.warps, args.stages, args.sass)

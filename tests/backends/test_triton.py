@@ -34,6 +34,14 @@ CELLS = {
     "lstm": (gatedrnn.LSTM, {}),
 }
 CELL_STATES = {"gru": ("h",), "gru-before": ("h",), "lstm": ("h", "c")}
+# the variants cuDNN lacks that the kernels run: peepholes in the streamed LSTM kernels, the
+# coupled LSTM and the MGU as the LSTM and the reset-before GRU with tied weights
+VARIANTS = {
+    "lstm-peepholes": (gatedrnn.LSTM, {"peepholes": True}),
+    "lstm-coupled": (gatedrnn.LSTM, {"coupled": True}),
+    "lstm-coupled-peepholes": (gatedrnn.LSTM, {"coupled": True, "peepholes": True}),
+    "mgu": (gatedrnn.MGU, {}),
+}
 
 
 def _hx(states: list):
@@ -132,17 +140,22 @@ def _run(layer, x, states, lengths, weights):
 
 
 def check(cell, dtype, T, B, I, H, *, layers=1, bidirectional=False, lengths=None, seed=0):
-    layer_cls, options = CELLS[cell]
+    layer_cls, options = {**CELLS, **VARIANTS}[cell]
     gen = torch.Generator().manual_seed(seed)
     kwargs = dict(num_layers=layers, bidirectional=bidirectional, **options)
     reference = layer_cls(I, H, backend="reference", dtype=torch.float64, **kwargs).to(DEVICE)
     ours = layer_cls(I, H, backend="triton", dtype=dtype, **kwargs).to(DEVICE)
+    if options.get("peepholes"):  # initialised to zero: give them weight
+        with torch.no_grad():
+            for name, p in reference.named_parameters():
+                if name.startswith("weight_peep"):
+                    p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.5)
     ours.load_state_dict({k: v.to(dtype) for k, v in reference.state_dict().items()})
     D = 2 if bidirectional else 1
     x = torch.randn(T, B, I, generator=gen, dtype=torch.float64).to(DEVICE)
     states = tuple(
         torch.randn(layers * D, B, H, generator=gen, dtype=torch.float64).to(DEVICE) * 0.5
-        for _ in range(2 if cell == "lstm" else 1)
+        for _ in range(2 if layer_cls is gatedrnn.LSTM else 1)
     )
     # the reference sees exactly the low-precision inputs and weights, in float64
     x_low, states_low = x.to(dtype), tuple(s.to(dtype) for s in states)
@@ -180,6 +193,60 @@ def test_one_layer_matches_reference(cell, dtype, H, kernel_variant):
     """H = 60: every K range of the folded and chunked variants (16 wide each, K padded to 64)
     holds weights, the last one in part."""
     check(cell, dtype, T=6, B=3, I=4, H=H, seed=H)
+
+
+@pytest.mark.parametrize("cell", sorted(VARIANTS))
+@pytest.mark.parametrize("dtype", SMALL_DTYPES, ids=str)
+@pytest.mark.parametrize("H", [5, 20])
+def test_variants_match_reference(cell, dtype, H):
+    """The peephole LSTM in the streamed kernels, the coupled LSTM and the MGU through their tied
+    weights (the coupled LSTM without peepholes in the resident kernels), against the reference;
+    gradients of the module's own parameters (the peepholes', the tied blocks' summed)."""
+    check(cell, dtype, T=6, B=3, I=4, H=H, seed=H)
+
+
+@pytest.mark.parametrize("cell", sorted(VARIANTS))
+def test_variants_stack_bidirectional_packed(cell):
+    lengths = torch.tensor([2, 7, 1, 5])
+    check(cell, torch.float32, T=7, B=4, I=3, H=6, layers=2, bidirectional=True, lengths=lengths)
+
+
+def test_kernel_cell_ties_weights_to_the_same_function():
+    """:func:`gpu.kernel_cell`'s cells, run by the reference backend with the tied weights,
+    compute the variant's function; their gradients, through the tying, are the variant's own."""
+    torch.manual_seed(3)
+    for variant, kwargs in (
+        (gatedrnn.MGU, {}),
+        (gatedrnn.LSTM, {"coupled": True}),
+        (gatedrnn.LSTM, {"coupled": True, "peepholes": True}),
+    ):
+        layer = variant(3, 5, backend="reference", dtype=torch.float64, **kwargs)
+        with torch.no_grad():
+            for p in layer.parameters():
+                p.normal_(0, 0.7)
+        weights = {name.removesuffix("_l0"): p for name, p in layer.named_parameters()}
+        kernel, tied = gpu.kernel_cell(layer.config.spec, weights)
+        if variant is gatedrnn.MGU:
+            assert (kernel.kind, kernel.reset) == ("gru", "before")
+        else:
+            assert (kernel.kind, kernel.coupled, kernel.peepholes) == (
+                "lstm",
+                False,
+                bool(kwargs.get("peepholes")),
+            )
+        plain = (gatedrnn.GRU if kernel.kind == "gru" else gatedrnn.LSTM)(
+            3, 5, backend="reference", dtype=torch.float64,
+            **({"reset": "before"} if kernel.kind == "gru" else {"peepholes": kernel.peepholes}),
+        )  # fmt: skip
+        x = torch.randn(4, 2, 3, dtype=torch.float64)
+        expected, _ = layer(x)
+        params = {name: tied[name.removesuffix("_l0")] for name, _ in plain.named_parameters()}
+        actual, _ = torch.func.functional_call(plain, params, (x,))
+        torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+        g_expected = torch.autograd.grad(expected.sum(), list(weights.values()))
+        g_actual = torch.autograd.grad(actual.sum(), list(weights.values()))
+        for a, b in zip(g_actual, g_expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("fold", [1, 2])
@@ -246,6 +313,15 @@ def test_many_programs_at_once(cell, kernel_variant, concurrently):
     grids = {launch["grid"] for launch in launches if launch}
     assert all(x * y >= 6 for x, y in grids), grids
     check(cell, torch.float32, T=4, B=17, I=2, H=40)
+
+
+@pytest.mark.parametrize("cell", ["lstm-peepholes", "mgu"])
+def test_many_programs_variants(cell, concurrently):
+    """Each program loads its own units' peepholes (one program sees them all), and the MGU's
+    tied weights in the reset-before GRU's streamed kernels, with programs at once and rows
+    stopping early."""
+    lengths = torch.tensor([2, 4, 1, 4, 3, 4, 4, 2, 4, 1, 2, 4, 4, 3, 1, 4, 4])
+    check(cell, torch.float32, T=4, B=17, I=2, H=40, lengths=lengths)
 
 
 @pytest.mark.parametrize("level", [1, 2])
@@ -799,20 +875,27 @@ def test_pending_faults_are_waited_for_and_raised(monkeypatch):
     assert len(waited) == 3
 
 
-@pytest.mark.parametrize("cell", sorted(CELLS))
+@pytest.mark.parametrize("cell", [*sorted(CELLS), "lstm-coupled-peepholes", "mgu"])
 def test_double_backward_reruns_the_reference(cell):
     """``create_graph=True`` (a gradient penalty, second derivatives; cuDNN refuses them): the
     backward reruns the reference loop on the saved inputs and differentiates it. The input
     gradient and the penalty's parameter and initial-state gradients match the reference
-    backend's, two layers both ways, packed."""
-    layer_cls, options = CELLS[cell]
+    backend's, two layers both ways, packed (the variants: through their tied weights and the
+    peepholes)."""
+    layer_cls, options = {**CELLS, **VARIANTS}[cell]
     torch.manual_seed(6)
     kwargs = dict(num_layers=2, bidirectional=True, **options)
     reference = layer_cls(3, 5, backend="reference", **kwargs).to(DEVICE)
     ours = layer_cls(3, 5, backend="triton", **kwargs).to(DEVICE)
     ours.load_state_dict(reference.state_dict())
     x = torch.randn(6, 4, 3, device=DEVICE)
-    states = [torch.randn(4, 4, 5, device=DEVICE) for _ in CELL_STATES[cell]]
+    if options.get("peepholes"):
+        with torch.no_grad():
+            for name, p in reference.named_parameters():
+                if name.startswith("weight_peep"):
+                    p.normal_(0, 0.5)
+    ours.load_state_dict(reference.state_dict())
+    states = [torch.randn(4, 4, 5, device=DEVICE) for _ in range(reference.config.spec.num_states)]
     lengths = torch.tensor([6, 2, 5, 3])
     results = []
     for layer in (reference, ours):
@@ -956,10 +1039,9 @@ def test_kernels_launch_on_the_inputs_device(monkeypatch):
 @pytest.mark.parametrize(
     "layer, reason",
     [
-        (lambda: gatedrnn.RNN(3, 4, backend="triton"), "GRU and the LSTM only"),
-        (lambda: gatedrnn.MGU(3, 4, backend="triton"), "GRU and the LSTM only"),
-        (lambda: gatedrnn.LSTM(3, 4, proj_size=2, backend="triton"), "no peepholes"),
-        (lambda: gatedrnn.LSTM(3, 4, peepholes=True, backend="triton"), "no peepholes"),
+        (lambda: gatedrnn.RNN(3, 4, backend="triton"), "the LSTM and the MGU only, not rnn"),
+        (lambda: gatedrnn.MinGRU(3, 4, backend="triton"), "MGU only, not mingru"),
+        (lambda: gatedrnn.LSTM(3, 4, proj_size=2, backend="triton"), "no projection"),
         (lambda: gatedrnn.GRU(3, 4, backend="triton", dtype=torch.float64), "float64"),
     ],
 )
@@ -1020,6 +1102,37 @@ def test_auto_takes_triton_only_with_a_margin(monkeypatch, ratio, takes):
     assert (reason is None) == takes, reason
     if not takes:
         assert "at least 5% faster than cuDNN" in reason and f"{ratio:.2f}" in reason
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        gatedrnn.GRU(8, 8, reset="before"),
+        gatedrnn.LSTM(8, 8, peepholes=True),
+        gatedrnn.LSTM(8, 8, coupled=True),
+        gatedrnn.MGU(8, 8),
+    ],
+    ids=lambda m: m.config.spec.name,
+)
+@pytest.mark.parametrize("rows", ["slower", "failed", "unmeasured"])
+def test_auto_takes_triton_for_the_cells_cudnn_lacks(monkeypatch, layer, rows):
+    """For a cell cuDNN cannot run, auto's other choice is the reference loop: the table (which
+    compares the standard cells with cuDNN) does not turn ours down, measured slower than cuDNN,
+    failed or not measured on this GPU."""
+    from types import SimpleNamespace
+
+    ratio = {"slower": 1.5, "failed": None, "unmeasured": None}[rows]
+    kind = layer.config.spec.kind if layer.config.spec.kind != "mgu" else "gru"
+    table = [] if rows == "unmeasured" else [_row(kind, "float32", False, 8, 16, ratio=ratio)]
+    _table(monkeypatch, table)
+    cuda_input = SimpleNamespace(
+        device=torch.device("cuda", 0), shape=(8, 16, 8), dtype=torch.float32
+    )
+    with torch.no_grad():
+        assert get_backend("triton").auto_declines(layer.config, cuda_input) is None
+        # the standard cell at the same size is turned down
+        standard = (gatedrnn.LSTM if kind == "lstm" else gatedrnn.GRU)(8, 8).config
+        assert get_backend("triton").auto_declines(standard, cuda_input) is not None
 
 
 def _table(monkeypatch, rows):
@@ -1154,6 +1267,18 @@ def test_real_sizes_on_gpu(cell, dtype, B, H, kernel_variant):
     ]
     errors = check(cell, dtype, T=64, B=B, I=H, H=H, seed=B + H)
     print(cell, dtype, B, H, kernel_variant, launches, {k: f"{v:.1e}" for k, v in errors.items()})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("cell", ["lstm-peepholes", "lstm-coupled-peepholes", "mgu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("B, H", [(1, 1024), (64, 512), (256, 256)])
+def test_variants_real_sizes_on_gpu(cell, dtype, B, H):
+    """The peephole LSTM's streamed kernels and the MGU's (the reset-before GRU's) at real
+    sizes, as the launchers tile them on this GPU."""
+    errors = check(cell, dtype, T=64, B=B, I=H, H=H, seed=B + H)
+    print(cell, dtype, B, H, {k: f"{v:.1e}" for k, v in errors.items()})
 
 
 @pytest.mark.gpu

@@ -301,7 +301,7 @@ def test_auto_skips_backends_that_cannot_run(refuser_backend):
         (gatedrnn.GRU(5, 6, reset="before", backend="cudnn"), "reset='after' only"),
         (gatedrnn.LSTM(5, 6, peepholes=True, backend="cudnn"), "no peepholes or coupled gate"),
         (gatedrnn.MinGRU(5, 6, backend="cudnn"), "no fused kernel for mingru"),
-        (gatedrnn.MinLSTM(5, 6, backend="triton"), "the GRU and the LSTM only, not minlstm"),
+        (gatedrnn.MinLSTM(5, 6, backend="triton"), "the LSTM and the MGU only, not minlstm"),
     ],
 )
 def test_backends_refuse_variants_with_the_reason(layer, reason):

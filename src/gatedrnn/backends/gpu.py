@@ -20,11 +20,12 @@ as cuDNN does, operands rounded to nearest TF32; IEEE float32 otherwise; see
 (operands of the product in that type, accumulation, states and gate math in float32). The
 states h and c are carried in float32 whatever the dtype.
 
-Covers the GRU (reset after and before) and the standard LSTM, any number of layers, both
-directions, padded or packed input (finished sequences keep their state). Refuses the rest with
-the reason (plain RNN, MGU, minimal cells, LSTM peepholes / coupled gate / projection, float64,
-a batch too large for one resident wave of programs at that width). First derivatives only,
-like cuDNN.
+Covers the GRU (reset after and before), the LSTM (with peepholes, the coupled gate or both:
+the streamed kernels) and the MGU, any number of layers, both directions, padded or packed input
+(finished sequences keep their state). The MGU and the coupled LSTM run as the reset-before GRU
+and the LSTM with tied weights (:func:`kernel_cell`). Refuses the rest with the reason (plain
+RNN, minimal cells, the LSTM's projection, float64, a batch too large for one resident wave of
+programs at that width). First derivatives only, like cuDNN.
 
 Triton is imported on first use. Without a GPU the backend reports itself unavailable, unless
 ``TRITON_INTERPRET=1`` is set: then its kernels run in Triton's interpreter on the CPU, as one
@@ -33,9 +34,11 @@ program (the barrier is trivial), which is how the test suite checks them withou
 ``backend="auto"`` takes it only where the measured table (``gpu_table.json`` beside this file,
 written by ``benchmarks/gpu_speed.py --write-table``; read by :func:`measured_ratio`) says it
 beat cuDNN by at least 5% (:data:`AUTO_MARGIN`) on this GPU model at the nearest measured size;
-elsewhere ``auto`` uses cuDNN. Measured so far: NVIDIA H100 80GB HBM3 and NVIDIA H200. The table
-also names, per size, the launch variant a sweep measured fastest there, which triton calls run
-with (:func:`launch_tuning`). A machine's own measurements (``gatedrnn gpu-tune``, or with
+elsewhere ``auto`` uses cuDNN. For the variants cuDNN cannot run (the reset-before GRU, the
+LSTM's peepholes and coupled gate, the MGU) ``auto`` takes it wherever it runs: the other choice
+is the reference loop. Measured so far: NVIDIA H100 80GB HBM3 and NVIDIA H200. The table also
+names, per size, the launch variant a sweep measured fastest there, which triton calls run with
+(:func:`launch_tuning`). A machine's own measurements (``gatedrnn gpu-tune``, or with
 ``GATEDRNN_TRITON_TUNE=1`` each size a program uses, at first use) go into a table of its own
 that overrides the shipped one (:mod:`gatedrnn.backends.gpu_tune`).
 """
@@ -67,8 +70,15 @@ from gatedrnn.backends.reference import (
     project_inputs,
     run_stack,
 )
+from gatedrnn.nn.spec import CellSpec, make_spec
 
-__all__ = ["TritonBackend", "interpreting", "raise_pending_faults", "triton_unavailable"]
+__all__ = [
+    "TritonBackend",
+    "interpreting",
+    "kernel_cell",
+    "raise_pending_faults",
+    "triton_unavailable",
+]
 
 POISON = False
 """Tests set this: work and output buffers then start as NaN instead of uninitialised memory, so
@@ -692,8 +702,11 @@ class _GRU(torch.autograd.Function):
 
 
 class _LSTM(torch.autograd.Function):
+    """The LSTM, with peepholes where ``w_peep`` (p_i|p_f|p_o, 3H) is given: those run the
+    streamed kernels only."""
+
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, spec, grad_enabled):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, lengths, spec, grad_enabled):
         T, B, _ = x.shape
         H = h0.shape[1]
         k = _kernels()
@@ -708,7 +721,8 @@ class _LSTM(torch.autograd.Function):
         gates = _empty(T if save else 0, B, 4 * H, dtype=torch.float32, device=x.device)
         lens = _lens(lengths, x.device)
         w_dot, round_dot = _weights_for_dot(w_hh, prec), _round_tf32(x.dtype, prec)
-        resident = _resident_launch(H, B, x.device, x.dtype, tuning)
+        peep = w_peep is not None
+        resident = None if peep else _resident_launch(H, B, x.device, x.dtype, tuning)
         constants = dict(
             H=H, SAVE=save, HAS_LENS=lengths is not None, DOT_DTYPE=dot_dtype, PREC=prec,
             ROUND=round_dot,
@@ -725,10 +739,11 @@ class _LSTM(torch.autograd.Function):
                 Y_IS_HS=y is hs, **fwd,
             )  # fmt: skip
         else:
-            arrays = (xg, w_dot, hs, cs, y, gates)
-            _run(k.lstm_forward_kernel, cfg, arrays, lens, T, B, **constants)
+            pp = w_peep.float().contiguous() if peep else cs  # cs: a pointer never read
+            arrays = (xg, w_dot, pp, hs, cs, y, gates)
+            _run(k.lstm_forward_kernel, cfg, arrays, lens, T, B, PEEP=peep, **constants)
         # then the inputs, for a double backward (the weights are the module's: no memory)
-        ctx.save_for_backward(x, w_ih, w_dot, y, cs, gates, lens, h0, c0, w_hh, b_ih, b_hh)
+        ctx.save_for_backward(x, w_ih, w_dot, y, cs, gates, lens, h0, c0, w_hh, b_ih, b_hh, w_peep)
         ctx.launch = (cfg, tuning, dot_dtype, prec, round_dot)
         ctx.has_lens, ctx.has_bias = lengths is not None, b_ih is not None
         ctx.spec, ctx.lengths = spec, lengths
@@ -736,9 +751,9 @@ class _LSTM(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_h, grad_c):
-        x, w_ih, w_dot, y, cs, gates, lens, h0, c0, w_hh, b_ih, b_hh = ctx.saved_tensors
+        x, w_ih, w_dot, y, cs, gates, lens, h0, c0, w_hh, b_ih, b_hh, w_peep = ctx.saved_tensors
         if backward_by_rerun(grad_out, grad_h, grad_c):  # create_graph=True, batched: reference
-            inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+            inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep)
             grads = (grad_out, grad_h, grad_c)
             return differentiable_backward(
                 ctx.spec, inputs, ctx.needs_input_grad, ctx.lengths, grads
@@ -751,7 +766,8 @@ class _LSTM(torch.autograd.Function):
         dh = grad_h.float().contiguous().clone() if grad_h is not None else cs.new_zeros(B, H)
         dc = grad_c.float().contiguous().clone() if grad_c is not None else cs.new_zeros(B, H)
         dy = grad_out.contiguous() if grad_out is not None else x.new_zeros(T, B, H)
-        resident = _resident_backward_launch(H, B, x.device, x.dtype, tuning)
+        peep = w_peep is not None
+        resident = None if peep else _resident_backward_launch(H, B, x.device, x.dtype, tuning)
         constants = dict(
             H=H, HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec, ROUND=round_dot
         )  # fmt: skip
@@ -762,8 +778,9 @@ class _LSTM(torch.autograd.Function):
             )  # fmt: skip
             _run(k.resident_backward_kernel, resident, arrays, lens, T, B, LSTM=True, **back)
         else:
-            arrays = (dy, cs, gates, w_dot, dg, dh, dc)
-            _run(k.lstm_backward_kernel, cfg, arrays, lens, T, B, **constants)
+            pp = w_peep.float().contiguous() if peep else cs  # cs: a pointer never read
+            arrays = (dy, cs, gates, w_dot, pp, dg, dh, dc)
+            _run(k.lstm_backward_kernel, cfg, arrays, lens, T, B, PEEP=peep, **constants)
         needs = ctx.needs_input_grad
         flat = dg.reshape(T * B, 4 * H)
         h_prev = y[:T].reshape(T * B, H)
@@ -773,10 +790,44 @@ class _LSTM(torch.autograd.Function):
         dw_ih = torch.mm(flat.t(), x.reshape(T * B, -1)) if needs[3] else None
         dw_hh = torch.mm(flat.t(), h_prev) if needs[4] else None
         db = flat.sum(0) if ctx.has_bias and (needs[5] or needs[6]) else None
+        dpeep = None
+        if peep and needs[7]:  # Σ over steps and rows of ∂a_i ⊙ c_{t−1}, ∂a_f ⊙ c_{t−1}, ∂a_o ⊙ c_t
+            seen = (cs[:T], cs[:T], cs[1:])  # finished rows: their ∂a are zero
+            dpeep = torch.cat(
+                [
+                    torch.einsum("tbh,tbh->h", dg[..., j * H : (j + 1) * H].float(), c)
+                    for j, c in zip((0, 1, 3), seen, strict=True)
+                ]
+            ).to(w_peep.dtype)
         return (
             dx, dh.to(x.dtype) if needs[1] else None, dc.to(x.dtype) if needs[2] else None,
-            dw_ih, dw_hh, db, db, None, None, None,
+            dw_ih, dw_hh, db, db, dpeep, None, None, None,
         )  # fmt: skip
+
+
+def kernel_cell(
+    spec: CellSpec, weights: Mapping[str, Tensor]
+) -> tuple[CellSpec, Mapping[str, Tensor]]:
+    """The cell whose kernels compute ``spec``, and one layer direction's weights in its layout.
+
+    Two variants are other cells with tied weights, exactly: the MGU is the reset-before GRU
+    with r = f and z = 1 − f = σ(−a_f), so its blocks f|n run as f|−f|n; the coupled LSTM
+    (f = 1 − i = σ(−a_i)) is the LSTM with blocks i|−i|g|o and peepholes p_i|−p_i|p_o. The
+    copies are torch operations, so autograd adds the tied blocks' gradients back into the
+    module's parameters. Every other cell is returned as it is.
+    """
+    if spec.kind == "mgu":
+        kernel = make_spec("gru", reset="before")
+    elif spec.kind == "lstm" and spec.coupled:
+        kernel = make_spec("lstm", peepholes=spec.peepholes)
+    else:
+        return spec, weights
+
+    def tied(name: str, t: Tensor) -> Tensor:
+        first, *rest = t.chunk(spec.num_peepholes if name == "weight_peep" else spec.gate_blocks)
+        return torch.cat([first, -first, *rest])
+
+    return kernel, {name: tied(name, t) for name, t in weights.items()}
 
 
 def _measured() -> dict:
@@ -952,10 +1003,10 @@ class TritonBackend:
     @run_eagerly
     def unsupported(self, config: LayerConfig, input: Tensor) -> str | None:
         spec = config.spec
-        if spec.kind not in ("gru", "lstm"):
-            return f"it has kernels for the GRU and the LSTM only, not {spec.kind}"
-        if spec.kind == "lstm" and (spec.peepholes or spec.coupled or config.proj_size):
-            return "its LSTM kernel has no peepholes, coupled gate or projection"
+        if spec.kind not in ("gru", "lstm", "mgu"):
+            return f"it has kernels for the GRU, the LSTM and the MGU only, not {spec.kind}"
+        if config.proj_size:
+            return "its LSTM kernels have no projection (proj_size)"
         if input.device.type == "cpu" and not interpreting():  # the common refusal, first
             return f"it runs on CUDA GPUs, got a cpu input{_INTERPRETER}"
         reason = untraceable("persistent kernels are Triton launches")
@@ -985,6 +1036,10 @@ class TritonBackend:
     def auto_declines(self, config: LayerConfig, input: Tensor) -> str | None:
         if input.device.type != "cuda":
             return "the interpreter is for tests, far slower than the CPU backends"
+        if config.spec.torch_lacks is not None:
+            # cuDNN cannot run this cell (the table compares the standard cells with it): what
+            # is left is the reference loop, a few launches per step, slower than ours anywhere
+            return None
         size = (
             config.spec.kind, input.dtype, torch.is_grad_enabled(), config.hidden_size,
             input.shape[1], input.device,
@@ -1020,21 +1075,23 @@ class TritonBackend:
 
     def _forward(self, config, input, lengths, hx, weights, training):
         spec = config.spec
-        if input.device.type == "cuda":
+        if input.device.type == "cuda" and spec.torch_lacks is None:
             _tune().ensure(
                 spec.kind, input.dtype, torch.is_grad_enabled(), config.hidden_size,
                 input.shape[1], input.device,
             )  # fmt: skip
 
         def direction(x, state, w):
+            kernel, w = kernel_cell(spec, w)
             x, state, args = fused_arguments(x, state, w)
             # inside forward grad mode is always off, and needs_input_grad ignores it: under
             # no_grad nothing is saved for a backward only when told so
             grad_enabled = torch.is_grad_enabled()
-            if spec.kind == "lstm":
-                out, h, c = _LSTM.apply(x, *state, *args, lengths, spec, grad_enabled)
+            if kernel.kind == "lstm":
+                peep = w.get("weight_peep")
+                out, h, c = _LSTM.apply(x, *state, *args, peep, lengths, kernel, grad_enabled)
                 return out, (h, c)
-            out, h = _GRU.apply(x, state[0], *args, lengths, spec, grad_enabled)
+            out, h = _GRU.apply(x, state[0], *args, lengths, kernel, grad_enabled)
             return out, (h,)
 
         return run_stack(config, input, lengths, hx, weights, training, direction)

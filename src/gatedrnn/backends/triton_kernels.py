@@ -280,6 +280,33 @@ def _lstm_update(x_i, x_f, x_g, x_o, a_i, a_f, a_g, a_o, c, h, live):
 
 
 @triton.jit
+def _lstm_peephole_update(x_i, x_f, x_g, x_o, a_i, a_f, a_g, a_o, c, h, live, p_i, p_f, p_o):
+    """:func:`_lstm_update` with peepholes (Graves 2013): i and f also see the previous cell
+    (p_i ⊙ c, p_f ⊙ c), o the new one (p_o ⊙ c')."""
+    i = _sigmoid(x_i + a_i + p_i * c)
+    f = _sigmoid(x_f + a_f + p_f * c)
+    gg = _tanh(x_g + a_g)
+    c = tl.where(live, f * c + i * gg, c)
+    o = _sigmoid(x_o + a_o + p_o * c)
+    h = tl.where(live, o * _tanh(c), h)
+    return i, f, gg, o, c, h
+
+
+@triton.jit
+def _peepholes(PP, u, u_mask, H: tl.constexpr, BH: tl.constexpr, PEEP: tl.constexpr):
+    """The program's units' peephole weights p_i, p_f, p_o as (1, BH) rows (zeros without)."""
+    if PEEP:
+        p_i = tl.load(PP + u, mask=u_mask, other=0.0)[None, :]
+        p_f = tl.load(PP + H + u, mask=u_mask, other=0.0)[None, :]
+        p_o = tl.load(PP + 2 * H + u, mask=u_mask, other=0.0)[None, :]
+    else:
+        p_i = tl.zeros((1, BH), tl.float32)
+        p_f = p_i
+        p_o = p_i
+    return p_i, p_f, p_o
+
+
+@triton.jit
 def _gru_step_inputs(DY, G, HS, t, B, own, own_g, mask, H: tl.constexpr):
     """What the GRU backward reads for step t: ∂y_t, the saved r, z, n and U_n h + b_hn (or
     r ⊙ h), and h_{t−1}."""
@@ -464,6 +491,7 @@ def gru_backward_kernel(
 def lstm_forward_kernel(
     XG,  # (T, B, 4H) x W_ihᵀ + b_ih + b_hh
     W,  # (4H, H) recurrent weights i|f|g|o
+    PP,  # (3H,) float32 peephole weights p_i|p_f|p_o, when PEEP
     HS,  # (T+1, B, H) float32 h: HS[0] = h0 on entry, HS[T] = h_T on exit
     CS,  # (T+1, B, H) float32 c: CS[0] = c0 on entry; every step when SAVE, else CS[T]
     Y,  # (T+1, B, H) h as the dot reads it and the output, Y[0] = h0 (may be HS)
@@ -471,13 +499,14 @@ def lstm_forward_kernel(
     LENS, CNT, ERR,
     T, B,
     H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
-    SAVE: tl.constexpr, HAS_LENS: tl.constexpr,
+    SAVE: tl.constexpr, HAS_LENS: tl.constexpr, PEEP: tl.constexpr,
     DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, ROUND: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
     NP_H = tl.num_programs(0)
     u, u_mask, rows, row_mask, m2, own = _tile(B, H, BH, BB)
     own_g = rows[:, None] * (4 * H) + u[None, :]
     cnt = CNT + tl.program_id(1)
+    p_i, p_f, p_o = _peepholes(PP, u, u_mask, H, BH, PEEP)
     h = tl.load(HS + own, mask=m2, other=0.0)
     c = tl.load(CS + own, mask=m2, other=0.0)
     x_i, x_f, x_g, x_o = _load_gates(XG + own_g, H, m2, 4)
@@ -490,7 +519,12 @@ def lstm_forward_kernel(
             zero, zero, zero, zero, Y + t * B * H, H, rows, row_mask, W, u, u_mask, 4, H, BK,
             DOT_DTYPE, PREC, ROUND,
         )  # fmt: skip
-        i, f, gg, o, c, h = _lstm_update(x_i, x_f, x_g, x_o, a_i, a_f, a_g, a_o, c, h, live)
+        if PEEP:
+            i, f, gg, o, c, h = _lstm_peephole_update(
+                x_i, x_f, x_g, x_o, a_i, a_f, a_g, a_o, c, h, live, p_i, p_f, p_o
+            )
+        else:
+            i, f, gg, o, c, h = _lstm_update(x_i, x_f, x_g, x_o, a_i, a_f, a_g, a_o, c, h, live)
         tl.store(Y + (t + 1) * B * H + own, tl.where(live, h, 0.0), mask=m2)
         if SAVE:
             tl.store(CS + (t + 1) * B * H + own, c, mask=m2)
@@ -510,19 +544,21 @@ def lstm_backward_kernel(
     CS,  # (T+1, B, H) float32 cells from the forward
     G,  # (T, B, 4H) float32 saved gates i|f|g|o
     W,  # (4H, H) recurrent weights
+    PP,  # (3H,) float32 peephole weights p_i|p_f|p_o, when PEEP
     DG,  # (T, B, 4H) out: pre-activation gradients i|f|g|o
     DH,  # (B, H) float32: ∂h_T on entry, ∂h0 on exit
     DC,  # (B, H) float32: ∂c_T on entry, ∂c0 on exit
     LENS, CNT, ERR,
     T, B,
     H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
-    HAS_LENS: tl.constexpr, DOT_DTYPE: tl.constexpr, PREC: tl.constexpr,
+    HAS_LENS: tl.constexpr, PEEP: tl.constexpr, DOT_DTYPE: tl.constexpr, PREC: tl.constexpr,
     ROUND: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
     NP_H = tl.num_programs(0)
     u, u_mask, rows, row_mask, m2, own = _tile(B, H, BH, BB)
     own_g = rows[:, None] * (4 * H) + u[None, :]
     cnt = CNT + tl.program_id(1)
+    p_i, p_f, p_o = _peepholes(PP, u, u_mask, H, BH, PEEP)
     dh = tl.load(DH + own, mask=m2, other=0.0)
     dc = tl.load(DC + own, mask=m2, other=0.0)
     t = T - 1
@@ -533,17 +569,21 @@ def lstm_backward_kernel(
         live = _live(LENS, rows, row_mask, t, HAS_LENS)[:, None]
         dh = dh + tl.where(live, dy, 0.0)
         tc = _tanh(c)
+        dao = tl.where(live, dh * tc * o * (1.0 - o), 0.0)
         dc = dc + tl.where(live, dh * o * (1.0 - tc * tc), 0.0)
+        if PEEP:  # o saw the new cell
+            dc = dc + dao * p_o
         dai = tl.where(live, dc * gg * i * (1.0 - i), 0.0)
         daf = tl.where(live, dc * c_prev * f * (1.0 - f), 0.0)
         dag = tl.where(live, dc * i * (1.0 - gg * gg), 0.0)
-        dao = tl.where(live, dh * tc * o * (1.0 - o), 0.0)
         dg = DG + t * B * 4 * H + own_g
         tl.store(dg, dai.to(DG.dtype.element_ty), mask=m2)
         tl.store(dg + H, daf.to(DG.dtype.element_ty), mask=m2)
         tl.store(dg + 2 * H, dag.to(DG.dtype.element_ty), mask=m2)
         tl.store(dg + 3 * H, dao.to(DG.dtype.element_ty), mask=m2)
         dc = tl.where(live, dc * f, dc)
+        if PEEP:  # i and f saw the previous cell (dai, daf: zero where not live)
+            dc = dc + dai * p_i + daf * p_f
         carry = tl.where(live, 0.0, dh)
         prv = m2 & (t > 0)
         c = c_prev
