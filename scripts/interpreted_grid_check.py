@@ -35,7 +35,11 @@ def main() -> None:
     parser.add_argument("--T", type=int, default=8)
     parser.add_argument("--I", type=int, default=32, help="input size")
     parser.add_argument("--sms", type=int, default=132, help="multiprocessors (H100, H200: 132)")
-    parser.add_argument("--cells", default="gru,lstm", help="of gru, gru-before, lstm")
+    parser.add_argument(
+        "--cells",
+        default="gru,lstm",
+        help="of gru, gru-before, lstm, lstm-peepholes, lstm-coupled, lstm-coupled-peepholes, mgu",
+    )
     parser.add_argument("--tuning", default="{}", help="gpu.TUNING overrides, as JSON")
     args = parser.parse_args()
     reason = concurrent.unsupported()
