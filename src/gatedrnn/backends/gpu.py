@@ -992,7 +992,8 @@ _INTERPRETER = " (TRITON_INTERPRET=1 runs its kernels in Triton's CPU interprete
 
 
 class TritonBackend:
-    """Persistent Triton kernels for the GRU and the LSTM on CUDA GPUs."""
+    """Persistent Triton kernels for the GRU and the LSTM on CUDA GPUs (their variants cuDNN lacks
+    too: the reset-before GRU, peepholes, the coupled gate, the MGU)."""
 
     name = "triton"
     twice_differentiable = True  # by rerunning the reference loop (differentiable_backward)
