@@ -158,6 +158,8 @@ def main() -> None:
                 keys = ("H", "HAS_LENS", "DOT_DTYPE", "PREC", "SPIN_LIMIT")
                 consts = {key: common[key] for key in keys}
                 consts.update(launch["meta"], LSTM=lstm, ROUND=common["ROUND"], **extra)
+                if fn is k.resident_forward_kernel:
+                    consts["PEEP"] = False
                 if consts.get("F16"):  # as gpu._forward_operands launches it
                     consts.update(DOT_DTYPE=tl.float16, PREC="ieee", ROUND=False)
                 warps = consts.pop("num_warps")

@@ -206,6 +206,12 @@ def test_one_layer_matches_reference(cell, dtype, H, kernel_variant):
     check(cell, dtype, T=6, B=3, I=4, H=H, seed=H)
 
 
+@pytest.mark.parametrize("H", [20, 60])
+def test_peepholes_in_every_kernel_variant(H, kernel_variant):
+    """The peephole LSTM's resident forward in each layout (its backward streams)."""
+    check("lstm-peepholes", torch.float32, T=6, B=3, I=4, H=H, seed=H)
+
+
 @pytest.mark.parametrize("cell", sorted(VARIANTS))
 @pytest.mark.parametrize("dtype", SMALL_DTYPES, ids=str)
 @pytest.mark.parametrize("H", [5, 20])
@@ -329,10 +335,15 @@ def test_many_programs_at_once(cell, kernel_variant, concurrently):
 
 
 @pytest.mark.parametrize("cell", ["lstm-peepholes", "mgu"])
-def test_many_programs_variants(cell, concurrently):
-    """Each program loads its own units' peepholes (one program sees them all), and the MGU's
-    tied weights in the reset-before GRU's streamed kernels, with programs at once and rows
-    stopping early."""
+def test_many_programs_variants(cell, kernel_variant, concurrently):
+    """Each program loads its own units' peepholes (one program sees them all), in the resident
+    forward's every layout and the streamed backward, and the MGU's tied weights in the
+    reset-before GRU's streamed kernels, with programs at once and rows stopping early."""
+    if kernel_variant in ("chunked", "tma-chunked"):
+        pytest.skip("chunks change nothing between programs (the one-program tests check them)")
+    _skip_the_defaults_kernels(
+        "gru-before" if cell == "mgu" else cell, torch.float32, kernel_variant
+    )
     lengths = torch.tensor([2, 4, 1, 4, 3, 4, 4, 2, 4, 1, 2, 4, 4, 3, 1, 4, 4])
     check(cell, torch.float32, T=4, B=17, I=2, H=40, lengths=lengths)
 
@@ -382,10 +393,22 @@ def test_many_programs_packed_stack(concurrently, monkeypatch):
     check("gru", torch.float32, T=5, B=18, I=3, H=20, lengths=lengths)
 
 
-@pytest.mark.parametrize("cell, resident", [("gru", True), ("lstm", True), ("gru-before", False)])
-def test_kernel_choice(cell, resident, monkeypatch, kernel_variant):
+@pytest.mark.parametrize(
+    "cell, forward, backward",
+    [
+        ("gru", "resident", "resident"),
+        ("lstm", "resident", "resident"),
+        ("gru-before", "gru", "gru"),
+        ("lstm-peepholes", "resident", "lstm"),
+        ("lstm-coupled", "resident", "resident"),
+        ("mgu", "gru", "gru"),
+    ],
+)
+def test_kernel_choice(cell, forward, backward, monkeypatch, kernel_variant):
     """The resident kernels run the GRU (reset after) and the LSTM, forward and backward, unless
-    turned off; the reset-before GRU always streams. Checked by which kernels are launched."""
+    turned off, and the peephole LSTM's forward (its backward streams); the reset-before GRU and
+    the MGU always stream; the coupled LSTM runs the LSTM's. Checked by which kernels are
+    launched."""
     if CUDA:
         if torch.cuda.get_device_capability() < (9, 0):
             pytest.skip("the resident kernels need a warpgroup MMA (Hopper or newer)")
@@ -403,18 +426,20 @@ def test_kernel_choice(cell, resident, monkeypatch, kernel_variant):
 
     for name in kernels.__all__:
         monkeypatch.setattr(kernels, name, Spy(name, getattr(kernels, name)))
-    layer_cls, options = CELLS[cell]
+    layer_cls, options = {**CELLS, **VARIANTS}[cell]
     layer = layer_cls(3, 5, backend="triton", **options).to(DEVICE)
     out, _ = layer(torch.randn(4, 2, 3, device=DEVICE, requires_grad=True))
     out.sum().backward()
-    if resident and kernel_variant.startswith("f16"):  # the float16 operands converted before each
-        prepare = "f16_operands_kernel"
-        assert launched == [prepare, "resident_forward_kernel", prepare, "resident_backward_kernel"]
-    elif resident and kernel_variant != "streamed":
-        assert launched == ["resident_forward_kernel", "resident_backward_kernel"]
-    else:
-        assert not any(name.startswith("resident") for name in launched), launched
-        assert len(launched) == 2, launched
+
+    def kernels_of(kind, direction):
+        if kind != "resident" or kernel_variant == "streamed":
+            family = "lstm" if cell.startswith("lstm") else "gru"
+            return [f"{family}_{direction}_kernel"]
+        # float32 layers' float16 products: their operands converted before each
+        prepare = ["f16_operands_kernel"] if kernel_variant.startswith("f16") else []
+        return [*prepare, f"resident_{direction}_kernel"]
+
+    assert launched == kernels_of(forward, "forward") + kernels_of(backward, "backward")
 
 
 def test_compile_only_compiles_without_running(monkeypatch):

@@ -20,12 +20,12 @@ as cuDNN does, operands rounded to nearest TF32; IEEE float32 otherwise; see
 (operands of the product in that type, accumulation, states and gate math in float32). The
 states h and c are carried in float32 whatever the dtype.
 
-Covers the GRU (reset after and before), the LSTM (with peepholes, the coupled gate or both:
-the streamed kernels) and the MGU, any number of layers, both directions, padded or packed input
-(finished sequences keep their state). The MGU and the coupled LSTM run as the reset-before GRU
-and the LSTM with tied weights (:func:`kernel_cell`). Refuses the rest with the reason (plain
-RNN, minimal cells, the LSTM's projection, float64, a batch too large for one resident wave of
-programs at that width). First derivatives only, like cuDNN.
+Covers the GRU (reset after and before), the LSTM (with peepholes, the coupled gate or both; a
+peephole LSTM's backward streams) and the MGU, any number of layers, both directions, padded or
+packed input (finished sequences keep their state). The MGU and the coupled LSTM run as the
+reset-before GRU and the LSTM with tied weights (:func:`kernel_cell`). Refuses the rest with the
+reason (plain RNN, minimal cells, the LSTM's projection, float64, a batch too large for one
+resident wave of programs at that width). First derivatives only, like cuDNN.
 
 Triton is imported on first use. Without a GPU the backend reports itself unavailable, unless
 ``TRITON_INTERPRET=1`` is set: then its kernels run in Triton's interpreter on the CPU, as one
@@ -628,7 +628,10 @@ class _GRU(torch.autograd.Function):
             arrays = (
                 xg, w, bhh, hs, hs, y, gates, *ring, _exchange(resident, hs), hq, scale,
             )  # fmt: skip
-            _run(k.resident_forward_kernel, resident, arrays, lens, T, B, LSTM=False, **fwd)
+            _run(
+                k.resident_forward_kernel, resident, arrays, lens, T, B, LSTM=False, PEEP=False,
+                **fwd,
+            )  # fmt: skip
         else:
             arrays = (xg, w_dot, bhh, hs, y, gates)
             _run(
@@ -703,7 +706,7 @@ class _GRU(torch.autograd.Function):
 
 class _LSTM(torch.autograd.Function):
     """The LSTM, with peepholes where ``w_peep`` (p_i|p_f|p_o, 3H) is given: those run the
-    streamed kernels only."""
+    resident forward where it fits, the streamed backward always."""
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, lengths, spec, grad_enabled):
@@ -722,7 +725,8 @@ class _LSTM(torch.autograd.Function):
         lens = _lens(lengths, x.device)
         w_dot, round_dot = _weights_for_dot(w_hh, prec), _round_tf32(x.dtype, prec)
         peep = w_peep is not None
-        resident = None if peep else _resident_launch(H, B, x.device, x.dtype, tuning)
+        pp = w_peep.float().contiguous() if peep else cs  # cs: a pointer never read
+        resident = _resident_launch(H, B, x.device, x.dtype, tuning)
         constants = dict(
             H=H, SAVE=save, HAS_LENS=lengths is not None, DOT_DTYPE=dot_dtype, PREC=prec,
             ROUND=round_dot,
@@ -731,15 +735,14 @@ class _LSTM(torch.autograd.Function):
             w, ring, hq, scale, fwd = _forward_operands(
                 resident, w_dot, w_hh, h0, y, round_dot, constants, hs
             )
-            arrays = (  # BHH (hs): unused by the LSTM
-                xg, w, hs, hs, cs, y, gates, *ring, _exchange(resident, hs), hq, scale,
+            arrays = (  # BHH: the peepholes
+                xg, w, pp, hs, cs, y, gates, *ring, _exchange(resident, hs), hq, scale,
             )  # fmt: skip
             _run(
-                k.resident_forward_kernel, resident, arrays, lens, T, B, LSTM=True,
+                k.resident_forward_kernel, resident, arrays, lens, T, B, LSTM=True, PEEP=peep,
                 Y_IS_HS=y is hs, **fwd,
             )  # fmt: skip
         else:
-            pp = w_peep.float().contiguous() if peep else cs  # cs: a pointer never read
             arrays = (xg, w_dot, pp, hs, cs, y, gates)
             _run(k.lstm_forward_kernel, cfg, arrays, lens, T, B, PEEP=peep, **constants)
         # then the inputs, for a double backward (the weights are the module's: no memory)

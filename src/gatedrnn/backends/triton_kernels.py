@@ -860,7 +860,7 @@ def _chunked_product(
 def resident_forward_kernel(
     XG,  # (T, B, NG·H) input projections (+ biases: b_ih for the GRU, b_ih + b_hh for the LSTM)
     W,  # (NG·H, H) recurrent weights r|z|n or i|f|g|o
-    BHH,  # (3H,) GRU recurrent bias, float32 (zeros without bias); unused for the LSTM
+    BHH,  # (3H,) float32: the GRU's recurrent bias (zeros without); the LSTM's peepholes if PEEP
     HS,  # (T+1, B, H) float32 h: HS[0] = h0 on entry; every step for a saving GRU, else HS[T]
     CS,  # (T+1, B, H) float32 c (LSTM): CS[0] = c0 on entry; every step when SAVE, else CS[T]
     Y,  # (T+1, B, H) states as the product reads them and the output, Y[0] = h0 (may be HS)
@@ -874,19 +874,19 @@ def resident_forward_kernel(
     T, B,
     H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr, FOLD: tl.constexpr,
     SPLIT: tl.constexpr, CHUNKS: tl.constexpr, SEPARATE: tl.constexpr, TMA: tl.constexpr,
-    FENCE: tl.constexpr, F16: tl.constexpr, LSTM: tl.constexpr, SAVE: tl.constexpr,
-    HAS_LENS: tl.constexpr, Y_IS_HS: tl.constexpr,
+    FENCE: tl.constexpr, F16: tl.constexpr, LSTM: tl.constexpr, PEEP: tl.constexpr,
+    SAVE: tl.constexpr, HAS_LENS: tl.constexpr, Y_IS_HS: tl.constexpr,
     DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, ROUND: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
     """The forward of :func:`gru_forward_kernel` (reset after) and :func:`lstm_forward_kernel`
-    with the product turned around: each step computes gatesᵀ (4·BH, BB) = W_p (4·BH, H) · hᵀ
-    (H, BB), where W_p, the program's gate rows, is loaded once before the time loop and stays
-    in shared memory (it is the product's first operand, which the tensor cores read from there:
-    on Hopper one warpgroup MMA chain over the whole of K), and hᵀ, the previous state of the
-    program's batch rows, is loaded whole each step (CHUNKS = 1), every load in flight at once.
-    The pointwise work runs on (units, rows) tiles. Needs 4·BH·KP weights and KP·BB states in
-    shared memory: the launcher uses it only where they fit (BH = 16, so 4·BH = 64 rows, one
-    warpgroup's M).
+    (PEEP: with peepholes) with the product turned around: each step computes
+    gatesᵀ (4·BH, BB) = W_p (4·BH, H) · hᵀ (H, BB), where W_p, the program's gate rows, is loaded
+    once before the time loop and stays in shared memory (it is the product's first operand,
+    which the tensor cores read from there: on Hopper one warpgroup MMA chain over the whole of
+    K), and hᵀ, the previous state of the program's batch rows, is loaded whole each step
+    (CHUNKS = 1), every load in flight at once. The pointwise work runs on (units, rows) tiles.
+    Needs 4·BH·KP weights and KP·BB states in shared memory: the launcher uses it only where they
+    fit (BH = 16, so 4·BH = 64 rows, one warpgroup's M).
 
     FOLD = 2 (the launcher's choice where FOLD = 1 does not fit, e.g. float32 at H = 1024, B ≤ 16)
     halves a program's weights: BH = 8 units, the two halves of K become two 32-row blocks of the
@@ -941,9 +941,14 @@ def resident_forward_kernel(
     h = tl.load(HS + own, mask=m2, other=0.0)
     if LSTM:
         c = tl.load(CS + own, mask=m2, other=0.0)
-        b_0 = tl.zeros((BH, 1), tl.float32)
-        b_1 = b_0
-        b_2 = b_0
+        if PEEP:  # the peepholes, where the GRU has its recurrent bias
+            b_0 = tl.load(BHH + u, mask=u_mask, other=0.0)[:, None]
+            b_1 = tl.load(BHH + H + u, mask=u_mask, other=0.0)[:, None]
+            b_2 = tl.load(BHH + 2 * H + u, mask=u_mask, other=0.0)[:, None]
+        else:
+            b_0 = tl.zeros((BH, 1), tl.float32)
+            b_1 = b_0
+            b_2 = b_0
     else:
         c = h
         b_0 = tl.load(BHH + u, mask=u_mask, other=0.0)[:, None]
@@ -985,7 +990,12 @@ def resident_forward_kernel(
         a0, a1, a2, a3 = _gate_blocks(product, BH, BB)
         g = G + t * B * 4 * H + own_g
         if LSTM:
-            i, f, gg, o, c, h = _lstm_update(x0, x1, x2, x3, a0, a1, a2, a3, c, h, live)
+            if PEEP:
+                i, f, gg, o, c, h = _lstm_peephole_update(
+                    x0, x1, x2, x3, a0, a1, a2, a3, c, h, live, b_0, b_1, b_2
+                )
+            else:
+                i, f, gg, o, c, h = _lstm_update(x0, x1, x2, x3, a0, a1, a2, a3, c, h, live)
             if SAVE:
                 tl.store(CS + (t + 1) * B * H + own, c, mask=mine)
                 _store_gates(g, H, mine, 4, i, f, gg, o)
