@@ -34,14 +34,24 @@ CELLS = {
     "lstm": (gatedrnn.LSTM, {}),
 }
 CELL_STATES = {"gru": ("h",), "gru-before": ("h",), "lstm": ("h", "c")}
-# the variants cuDNN lacks that the kernels run: peepholes in the streamed LSTM kernels, the
-# coupled LSTM and the MGU as the LSTM and the reset-before GRU with tied weights
+# the variants cuDNN lacks that the kernels run: peepholes in the LSTM kernels (the resident
+# forward, the streamed ones), the coupled LSTM and the MGU as the LSTM and the reset-before GRU
+# with tied weights
 VARIANTS = {
     "lstm-peepholes": (gatedrnn.LSTM, {"peepholes": True}),
     "lstm-coupled": (gatedrnn.LSTM, {"coupled": True}),
     "lstm-coupled-peepholes": (gatedrnn.LSTM, {"coupled": True, "peepholes": True}),
     "mgu": (gatedrnn.MGU, {}),
 }
+ALL_CELLS = {**CELLS, **VARIANTS}
+
+
+def _weigh_peepholes(layer, generator=None):
+    """Peepholes start at zero, which would leave their terms unchecked: draw them."""
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            if name.startswith("weight_peep"):
+                p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * 0.5)
 
 
 def _hx(states: list):
@@ -140,16 +150,12 @@ def _run(layer, x, states, lengths, weights):
 
 
 def check(cell, dtype, T, B, I, H, *, layers=1, bidirectional=False, lengths=None, seed=0):
-    layer_cls, options = {**CELLS, **VARIANTS}[cell]
+    layer_cls, options = ALL_CELLS[cell]
     gen = torch.Generator().manual_seed(seed)
     kwargs = dict(num_layers=layers, bidirectional=bidirectional, **options)
     reference = layer_cls(I, H, backend="reference", dtype=torch.float64, **kwargs).to(DEVICE)
     ours = layer_cls(I, H, backend="triton", dtype=dtype, **kwargs).to(DEVICE)
-    if options.get("peepholes"):  # initialised to zero: give them weight
-        with torch.no_grad():
-            for name, p in reference.named_parameters():
-                if name.startswith("weight_peep"):
-                    p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.5)
+    _weigh_peepholes(reference, gen)
     ours.load_state_dict({k: v.to(dtype) for k, v in reference.state_dict().items()})
     D = 2 if bidirectional else 1
     x = torch.randn(T, B, I, generator=gen, dtype=torch.float64).to(DEVICE)
@@ -216,8 +222,9 @@ def test_peepholes_in_every_kernel_variant(H, kernel_variant):
 @pytest.mark.parametrize("dtype", SMALL_DTYPES, ids=str)
 @pytest.mark.parametrize("H", [5, 20])
 def test_variants_match_reference(cell, dtype, H):
-    """The peephole LSTM in the streamed kernels, the coupled LSTM and the MGU through their tied
-    weights (the coupled LSTM without peepholes in the resident kernels), against the reference;
+    """The peephole LSTM (resident forward, streamed backward), the coupled LSTM and the MGU
+    through their tied weights (the coupled LSTM without peepholes in the resident kernels),
+    against the reference;
     gradients of the module's own parameters (the peepholes', the tied blocks' summed)."""
     check(cell, dtype, T=6, B=3, I=4, H=H, seed=H)
 
@@ -426,7 +433,7 @@ def test_kernel_choice(cell, forward, backward, monkeypatch, kernel_variant):
 
     for name in kernels.__all__:
         monkeypatch.setattr(kernels, name, Spy(name, getattr(kernels, name)))
-    layer_cls, options = {**CELLS, **VARIANTS}[cell]
+    layer_cls, options = ALL_CELLS[cell]
     layer = layer_cls(3, 5, backend="triton", **options).to(DEVICE)
     out, _ = layer(torch.randn(4, 2, 3, device=DEVICE, requires_grad=True))
     out.sum().backward()
@@ -920,18 +927,14 @@ def test_double_backward_reruns_the_reference(cell):
     gradient and the penalty's parameter and initial-state gradients match the reference
     backend's, two layers both ways, packed (the variants: through their tied weights and the
     peepholes)."""
-    layer_cls, options = {**CELLS, **VARIANTS}[cell]
+    layer_cls, options = ALL_CELLS[cell]
     torch.manual_seed(6)
     kwargs = dict(num_layers=2, bidirectional=True, **options)
     reference = layer_cls(3, 5, backend="reference", **kwargs).to(DEVICE)
     ours = layer_cls(3, 5, backend="triton", **kwargs).to(DEVICE)
     ours.load_state_dict(reference.state_dict())
     x = torch.randn(6, 4, 3, device=DEVICE)
-    if options.get("peepholes"):
-        with torch.no_grad():
-            for name, p in reference.named_parameters():
-                if name.startswith("weight_peep"):
-                    p.normal_(0, 0.5)
+    _weigh_peepholes(reference)
     ours.load_state_dict(reference.state_dict())
     states = [torch.randn(4, 4, 5, device=DEVICE) for _ in range(reference.config.spec.num_states)]
     lengths = torch.tensor([6, 2, 5, 3])

@@ -267,27 +267,23 @@ def _store_gates(ptr, H: tl.constexpr, mask, NG: tl.constexpr, g0, g1, g2, g3):
 
 
 @triton.jit
-def _lstm_update(x_i, x_f, x_g, x_o, a_i, a_f, a_g, a_o, c, h, live):
+def _lstm_update(
+    x_i, x_f, x_g, x_o, a_i, a_f, a_g, a_o, c, h, live, p_i, p_f, p_o, PEEP: tl.constexpr
+):
     """One LSTM step from the input (x) and recurrent (a) pre-activations: the gates i, f, g, o
-    and the new c and h, kept where a row is not live."""
+    and the new c and h, kept where a row is not live. With PEEP, peepholes (Graves 2013): i and
+    f also see the previous cell (p_i ⊙ c, p_f ⊙ c), o the new one (p_o ⊙ c'); without, the p
+    are not read."""
+    if PEEP:
+        a_i = a_i + p_i * c
+        a_f = a_f + p_f * c
     i = _sigmoid(x_i + a_i)
     f = _sigmoid(x_f + a_f)
     gg = _tanh(x_g + a_g)
+    c = tl.where(live, f * c + i * gg, c)
+    if PEEP:
+        a_o = a_o + p_o * c
     o = _sigmoid(x_o + a_o)
-    c = tl.where(live, f * c + i * gg, c)
-    h = tl.where(live, o * _tanh(c), h)
-    return i, f, gg, o, c, h
-
-
-@triton.jit
-def _lstm_peephole_update(x_i, x_f, x_g, x_o, a_i, a_f, a_g, a_o, c, h, live, p_i, p_f, p_o):
-    """:func:`_lstm_update` with peepholes (Graves 2013): i and f also see the previous cell
-    (p_i ⊙ c, p_f ⊙ c), o the new one (p_o ⊙ c')."""
-    i = _sigmoid(x_i + a_i + p_i * c)
-    f = _sigmoid(x_f + a_f + p_f * c)
-    gg = _tanh(x_g + a_g)
-    c = tl.where(live, f * c + i * gg, c)
-    o = _sigmoid(x_o + a_o + p_o * c)
     h = tl.where(live, o * _tanh(c), h)
     return i, f, gg, o, c, h
 
@@ -519,12 +515,9 @@ def lstm_forward_kernel(
             zero, zero, zero, zero, Y + t * B * H, H, rows, row_mask, W, u, u_mask, 4, H, BK,
             DOT_DTYPE, PREC, ROUND,
         )  # fmt: skip
-        if PEEP:
-            i, f, gg, o, c, h = _lstm_peephole_update(
-                x_i, x_f, x_g, x_o, a_i, a_f, a_g, a_o, c, h, live, p_i, p_f, p_o
-            )
-        else:
-            i, f, gg, o, c, h = _lstm_update(x_i, x_f, x_g, x_o, a_i, a_f, a_g, a_o, c, h, live)
+        i, f, gg, o, c, h = _lstm_update(
+            x_i, x_f, x_g, x_o, a_i, a_f, a_g, a_o, c, h, live, p_i, p_f, p_o, PEEP
+        )
         tl.store(Y + (t + 1) * B * H + own, tl.where(live, h, 0.0), mask=m2)
         if SAVE:
             tl.store(CS + (t + 1) * B * H + own, c, mask=m2)
@@ -939,21 +932,15 @@ def resident_forward_kernel(
     cnt = CNT + tl.program_id(1)
     pair_cnt = _pair_counter(CNT, SPLIT)
     h = tl.load(HS + own, mask=m2, other=0.0)
-    if LSTM:
-        c = tl.load(CS + own, mask=m2, other=0.0)
-        if PEEP:  # the peepholes, where the GRU has its recurrent bias
-            b_0 = tl.load(BHH + u, mask=u_mask, other=0.0)[:, None]
-            b_1 = tl.load(BHH + H + u, mask=u_mask, other=0.0)[:, None]
-            b_2 = tl.load(BHH + 2 * H + u, mask=u_mask, other=0.0)[:, None]
-        else:
-            b_0 = tl.zeros((BH, 1), tl.float32)
-            b_1 = b_0
-            b_2 = b_0
-    else:
-        c = h
+    c = tl.load(CS + own, mask=m2, other=0.0) if LSTM else h
+    if PEEP or not LSTM:  # the GRU's recurrent bias, or the LSTM's peepholes in its place
         b_0 = tl.load(BHH + u, mask=u_mask, other=0.0)[:, None]
         b_1 = tl.load(BHH + H + u, mask=u_mask, other=0.0)[:, None]
         b_2 = tl.load(BHH + 2 * H + u, mask=u_mask, other=0.0)[:, None]
+    else:
+        b_0 = tl.zeros((BH, 1), tl.float32)
+        b_1 = b_0
+        b_2 = b_0
     x0, x1, x2, x3 = _load_gates(XG + own_xg, H, m2, NG)
     # the TMA ring: a slot per step parity, this batch tile's SPLIT·FOLD blocks in each (K
     # ranges), the program reading its FOLD from K0's
@@ -990,12 +977,9 @@ def resident_forward_kernel(
         a0, a1, a2, a3 = _gate_blocks(product, BH, BB)
         g = G + t * B * 4 * H + own_g
         if LSTM:
-            if PEEP:
-                i, f, gg, o, c, h = _lstm_peephole_update(
-                    x0, x1, x2, x3, a0, a1, a2, a3, c, h, live, b_0, b_1, b_2
-                )
-            else:
-                i, f, gg, o, c, h = _lstm_update(x0, x1, x2, x3, a0, a1, a2, a3, c, h, live)
+            i, f, gg, o, c, h = _lstm_update(
+                x0, x1, x2, x3, a0, a1, a2, a3, c, h, live, b_0, b_1, b_2, PEEP
+            )
             if SAVE:
                 tl.store(CS + (t + 1) * B * H + own, c, mask=mine)
                 _store_gates(g, H, mine, 4, i, f, gg, o)
