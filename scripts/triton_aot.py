@@ -154,12 +154,10 @@ def main() -> None:
             if launch is None:
                 print(f"{fn.__name__} {dtype} does not fit at H={args.H}, B={args.B}")
                 continue
-            for lstm in (False, True):
+            for lstm, peep in ((False, False), (True, False), (True, True)):
                 keys = ("H", "HAS_LENS", "DOT_DTYPE", "PREC", "SPIN_LIMIT")
                 consts = {key: common[key] for key in keys}
-                consts.update(launch["meta"], LSTM=lstm, ROUND=common["ROUND"], **extra)
-                if fn is k.resident_forward_kernel:
-                    consts["PEEP"] = False
+                consts.update(launch["meta"], LSTM=lstm, PEEP=peep, ROUND=common["ROUND"], **extra)
                 if consts.get("F16"):  # as gpu._forward_operands launches it
                     consts.update(DOT_DTYPE=tl.float16, PREC="ieee", ROUND=False)
                 warps = consts.pop("num_warps")

@@ -214,7 +214,8 @@ def test_one_layer_matches_reference(cell, dtype, H, kernel_variant):
 
 @pytest.mark.parametrize("H", [20, 60])
 def test_peepholes_in_every_kernel_variant(H, kernel_variant):
-    """The peephole LSTM's resident forward in each layout (its backward streams)."""
+    """The peephole LSTM's resident kernels in each layout, forward and backward, and its
+    streamed ones."""
     check("lstm-peepholes", torch.float32, T=6, B=3, I=4, H=H, seed=H)
 
 
@@ -222,9 +223,8 @@ def test_peepholes_in_every_kernel_variant(H, kernel_variant):
 @pytest.mark.parametrize("dtype", SMALL_DTYPES, ids=str)
 @pytest.mark.parametrize("H", [5, 20])
 def test_variants_match_reference(cell, dtype, H):
-    """The peephole LSTM (resident forward, streamed backward), the coupled LSTM and the MGU
-    through their tied weights (the coupled LSTM without peepholes in the resident kernels),
-    against the reference;
+    """The peephole LSTM, the coupled LSTM (through its tied weights; both in the resident
+    kernels) and the MGU (tied weights, streamed), against the reference;
     gradients of the module's own parameters (the peepholes', the tied blocks' summed)."""
     check(cell, dtype, T=6, B=3, I=4, H=H, seed=H)
 
@@ -344,8 +344,9 @@ def test_many_programs_at_once(cell, kernel_variant, concurrently):
 @pytest.mark.parametrize("cell", ["lstm-peepholes", "mgu"])
 def test_many_programs_variants(cell, kernel_variant, concurrently):
     """Each program loads its own units' peepholes (one program sees them all), in the resident
-    forward's every layout and the streamed backward, and the MGU's tied weights in the
-    reset-before GRU's streamed kernels, with programs at once and rows stopping early."""
+    kernels' every layout, forward and backward, and the streamed ones, and the MGU's tied
+    weights in the reset-before GRU's streamed kernels, with programs at once and rows stopping
+    early."""
     if kernel_variant in ("chunked", "tma-chunked"):
         pytest.skip("chunks change nothing between programs (the one-program tests check them)")
     _skip_the_defaults_kernels(
@@ -406,15 +407,15 @@ def test_many_programs_packed_stack(concurrently, monkeypatch):
         ("gru", "resident", "resident"),
         ("lstm", "resident", "resident"),
         ("gru-before", "gru", "gru"),
-        ("lstm-peepholes", "resident", "lstm"),
+        ("lstm-peepholes", "resident", "resident"),
         ("lstm-coupled", "resident", "resident"),
         ("mgu", "gru", "gru"),
     ],
 )
 def test_kernel_choice(cell, forward, backward, monkeypatch, kernel_variant):
-    """The resident kernels run the GRU (reset after) and the LSTM, forward and backward, unless
-    turned off, and the peephole LSTM's forward (its backward streams); the reset-before GRU and
-    the MGU always stream; the coupled LSTM runs the LSTM's. Checked by which kernels are
+    """The resident kernels run the GRU (reset after) and the LSTM (peepholes or not), forward
+    and backward, unless turned off; the reset-before GRU and the MGU always stream; the coupled
+    LSTM runs the LSTM's. Checked by which kernels are
     launched."""
     if CUDA:
         if torch.cuda.get_device_capability() < (9, 0):

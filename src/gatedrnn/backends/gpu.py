@@ -20,8 +20,8 @@ as cuDNN does, operands rounded to nearest TF32; IEEE float32 otherwise; see
 (operands of the product in that type, accumulation, states and gate math in float32). The
 states h and c are carried in float32 whatever the dtype.
 
-Covers the GRU (reset after and before), the LSTM (with peepholes, the coupled gate or both; a
-peephole LSTM's backward streams) and the MGU, any number of layers, both directions, padded or
+Covers the GRU (reset after and before), the LSTM (with peepholes, the coupled gate or both)
+and the MGU, any number of layers, both directions, padded or
 packed input (finished sequences keep their state). The MGU and the coupled LSTM run as the
 reset-before GRU and the LSTM with tied weights (:func:`kernel_cell`). Refuses the rest with the
 reason (plain RNN, minimal cells, the LSTM's projection, float64, a batch too large for one
@@ -673,9 +673,13 @@ class _GRU(torch.autograd.Function):
         if resident:
             w, ring, dmax, scale, back = _backward_operands(resident, w_dot, dxg, constants)
             arrays = (
-                dy, hs, hs, gates, w, dxg, dgh, dh, dh, *ring, _exchange(resident, dh), dmax, scale,
+                dy, hs, hs, gates, w, hs, dxg, dgh, dh, dh, *ring, _exchange(resident, dh), dmax,
+                scale,
             )  # fmt: skip
-            _run(k.resident_backward_kernel, resident, arrays, lens, T, B, LSTM=False, **back)
+            _run(
+                k.resident_backward_kernel, resident, arrays, lens, T, B, LSTM=False, PEEP=False,
+                **back,
+            )  # fmt: skip
         else:
             arrays = (dy, hs, gates, w_dot, dxg, dgh, dh)
             _run(
@@ -705,8 +709,8 @@ class _GRU(torch.autograd.Function):
 
 
 class _LSTM(torch.autograd.Function):
-    """The LSTM, with peepholes where ``w_peep`` (p_i|p_f|p_o, 3H) is given: those run the
-    resident forward where it fits, the streamed backward always."""
+    """The LSTM, with peepholes where ``w_peep`` (p_i|p_f|p_o, 3H) is given; the resident
+    kernels where they fit, with or without."""
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, lengths, spec, grad_enabled):
@@ -770,18 +774,22 @@ class _LSTM(torch.autograd.Function):
         dc = grad_c.float().contiguous().clone() if grad_c is not None else cs.new_zeros(B, H)
         dy = grad_out.contiguous() if grad_out is not None else x.new_zeros(T, B, H)
         peep = w_peep is not None
-        resident = None if peep else _resident_backward_launch(H, B, x.device, x.dtype, tuning)
+        pp = w_peep.float().contiguous() if peep else cs  # cs: a pointer never read
+        resident = _resident_backward_launch(H, B, x.device, x.dtype, tuning)
         constants = dict(
             H=H, HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype, PREC=prec, ROUND=round_dot
         )  # fmt: skip
         if resident:
             w, ring, dmax, scale, back = _backward_operands(resident, w_dot, dg, constants)
             arrays = (
-                dy, cs, cs, gates, w, dg, dg, dh, dc, *ring, _exchange(resident, dh), dmax, scale,
+                dy, cs, cs, gates, w, pp, dg, dg, dh, dc, *ring, _exchange(resident, dh), dmax,
+                scale,
             )  # fmt: skip
-            _run(k.resident_backward_kernel, resident, arrays, lens, T, B, LSTM=True, **back)
+            _run(
+                k.resident_backward_kernel, resident, arrays, lens, T, B, LSTM=True, PEEP=peep,
+                **back,
+            )  # fmt: skip
         else:
-            pp = w_peep.float().contiguous() if peep else cs  # cs: a pointer never read
             arrays = (dy, cs, gates, w_dot, pp, dg, dh, dc)
             _run(k.lstm_backward_kernel, cfg, arrays, lens, T, B, PEEP=peep, **constants)
         needs = ctx.needs_input_grad

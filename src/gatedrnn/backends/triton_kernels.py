@@ -289,16 +289,24 @@ def _lstm_update(
 
 
 @triton.jit
-def _peepholes(PP, u, u_mask, H: tl.constexpr, BH: tl.constexpr, PEEP: tl.constexpr):
-    """The program's units' peephole weights p_i, p_f, p_o as (1, BH) rows (zeros without)."""
+def _peepholes(
+    PP, u, u_mask, H: tl.constexpr, BH: tl.constexpr, PEEP: tl.constexpr, COLUMNS: tl.constexpr
+):  # fmt: skip
+    """The program's units' peephole weights p_i, p_f, p_o as (1, BH) rows for the streamed
+    kernels' (rows, units) tiles, or (COLUMNS) as (BH, 1) columns for the resident kernels'
+    (units, rows) ones; zeros without PEEP."""
     if PEEP:
-        p_i = tl.load(PP + u, mask=u_mask, other=0.0)[None, :]
-        p_f = tl.load(PP + H + u, mask=u_mask, other=0.0)[None, :]
-        p_o = tl.load(PP + 2 * H + u, mask=u_mask, other=0.0)[None, :]
+        p_i = tl.load(PP + u, mask=u_mask, other=0.0)
+        p_f = tl.load(PP + H + u, mask=u_mask, other=0.0)
+        p_o = tl.load(PP + 2 * H + u, mask=u_mask, other=0.0)
     else:
-        p_i = tl.zeros((1, BH), tl.float32)
+        p_i = tl.zeros((BH,), tl.float32)
         p_f = p_i
         p_o = p_i
+    if COLUMNS:
+        p_i, p_f, p_o = p_i[:, None], p_f[:, None], p_o[:, None]
+    else:
+        p_i, p_f, p_o = p_i[None, :], p_f[None, :], p_o[None, :]
     return p_i, p_f, p_o
 
 
@@ -502,7 +510,7 @@ def lstm_forward_kernel(
     u, u_mask, rows, row_mask, m2, own = _tile(B, H, BH, BB)
     own_g = rows[:, None] * (4 * H) + u[None, :]
     cnt = CNT + tl.program_id(1)
-    p_i, p_f, p_o = _peepholes(PP, u, u_mask, H, BH, PEEP)
+    p_i, p_f, p_o = _peepholes(PP, u, u_mask, H, BH, PEEP, False)
     h = tl.load(HS + own, mask=m2, other=0.0)
     c = tl.load(CS + own, mask=m2, other=0.0)
     x_i, x_f, x_g, x_o = _load_gates(XG + own_g, H, m2, 4)
@@ -551,7 +559,7 @@ def lstm_backward_kernel(
     u, u_mask, rows, row_mask, m2, own = _tile(B, H, BH, BB)
     own_g = rows[:, None] * (4 * H) + u[None, :]
     cnt = CNT + tl.program_id(1)
-    p_i, p_f, p_o = _peepholes(PP, u, u_mask, H, BH, PEEP)
+    p_i, p_f, p_o = _peepholes(PP, u, u_mask, H, BH, PEEP, False)
     dh = tl.load(DH + own, mask=m2, other=0.0)
     dc = tl.load(DC + own, mask=m2, other=0.0)
     t = T - 1
@@ -1066,6 +1074,7 @@ def resident_backward_kernel(
     CS,  # (T+1, B, H) float32 cells c (LSTM)
     G,  # (T, B, 4H) float32 saved gates: r|z|n|U_n h + b_hn (GRU), i|f|g|o (LSTM)
     W,  # (NG·H, H) recurrent weights
+    PP,  # (3H,) float32 peephole weights p_i|p_f|p_o (LSTM), when PEEP
     DX,  # (T, B, NG·H) out: input-side pre-activation gradients (GRU r|z|n; LSTM i|f|g|o)
     DR,  # (T, B, 3H) out (GRU): the recurrent side's r|z|(dn ⊙ r); for the LSTM, DX again
     DH,  # (B, H) float32: ∂ final h on entry, ∂h0 on exit
@@ -1080,17 +1089,19 @@ def resident_backward_kernel(
     T, B,
     H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, KP: tl.constexpr, FOLD: tl.constexpr,
     SPLIT: tl.constexpr, CHUNKS: tl.constexpr, SEPARATE: tl.constexpr, TMA: tl.constexpr,
-    FENCE: tl.constexpr, F16: tl.constexpr, LSTM: tl.constexpr, HAS_LENS: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, ROUND: tl.constexpr, SPIN_LIMIT: tl.constexpr,
+    FENCE: tl.constexpr, F16: tl.constexpr, LSTM: tl.constexpr, PEEP: tl.constexpr,
+    HAS_LENS: tl.constexpr, DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, ROUND: tl.constexpr,
+    SPIN_LIMIT: tl.constexpr,
 ):  # fmt: skip
-    """The backward of :func:`gru_backward_kernel` (reset after) and :func:`lstm_backward_kernel`
-    with the program's weight columns on chip. ∂h_{t−1} = carry + D_t · W[:, u] (D_t the step's
-    recurrent-side pre-activation gradients, NG·H wide) as one warpgroup MMA: the columns of the
-    program's units, one (BH, H) block per gate, stacked into the (4·BH, KP) first operand and
-    kept in shared memory from before the time loop; the second operand (KP, 4·BB) holds D_t's
-    gate blocks side by side, loaded whole each step. The product pairs every gate's weights with
-    every gate's gradients; the sum of its diagonal blocks is the answer (three quarters of the
-    MMA work is thrown away, which costs less than the round trips a K loop would take).
+    """The backward of :func:`gru_backward_kernel` (reset after) and
+    :func:`lstm_backward_kernel` (PEEP: with peepholes) with the program's weight columns on
+    chip. ∂h_{t−1} = carry + D_t · W[:, u] (D_t the step's recurrent-side pre-activation
+    gradients, NG·H wide) as one warpgroup MMA: the columns of the program's units, one (BH, H)
+    block per gate, stacked into the (4·BH, KP) first operand and kept in shared memory from
+    before the time loop; the second operand (KP, 4·BB) holds D_t's gate blocks side by side,
+    loaded whole each step. The product pairs every gate's weights with every gate's gradients;
+    the sum of its diagonal blocks is the answer (three quarters of the MMA work is thrown away,
+    which costs less than the round trips a K loop would take).
 
     Where that does not fit in shared memory (:func:`~gatedrnn.backends.gpu._resident_sizes`):
     FOLD = 2 halves the weights (8 units per program; the two halves of K become two 32-row
@@ -1124,8 +1135,9 @@ def resident_backward_kernel(
     NG: tl.constexpr = 4 if LSTM else 3
     KS: tl.constexpr = KP // SPLIT  # the program's part of K, from K0
     K0 = _k_half(SPLIT) * KS
-    u, _, rows, row_mask, m2, own = _tile_t(B, H, BH, BB, SPLIT)
+    u, u_mask, rows, row_mask, m2, own = _tile_t(B, H, BH, BB, SPLIT)
     mine = _own_rows(m2, rows, SPLIT)
+    p_i, p_f, p_o = _peepholes(PP, u, u_mask, H, BH, PEEP, True)
     own_x = rows[None, :] * (NG * H) + u[:, None]
     own_g = rows[None, :] * (4 * H) + u[:, None]
     # the second operand: column (f, g, b) of row k is D_t[b, g·H + K0 + f·KS / FOLD + k]. Its
@@ -1172,14 +1184,18 @@ def resident_backward_kernel(
         if LSTM:
             i, f, gg, o = g0, g1, g2, g3
             tc = _tanh(c)
+            d3 = tl.where(live, dh * tc * o * (1.0 - o), 0.0)
             dc = dc + tl.where(live, dh * o * (1.0 - tc * tc), 0.0)
+            if PEEP:  # o saw the new cell
+                dc = dc + d3 * p_o
             d0 = tl.where(live, dc * gg * i * (1.0 - i), 0.0)
             d1 = tl.where(live, dc * prev * f * (1.0 - f), 0.0)
             d2 = tl.where(live, dc * i * (1.0 - gg * gg), 0.0)
-            d3 = tl.where(live, dh * tc * o * (1.0 - o), 0.0)
             ty = DX.dtype.element_ty
             _store_gates(dx, H, mine, 4, d0.to(ty), d1.to(ty), d2.to(ty), d3.to(ty))
             dc = tl.where(live, dc * f, dc)
+            if PEEP:  # i and f saw the previous cell (d0, d1: zero where not live)
+                dc = dc + d0 * p_i + d1 * p_f
             carry = tl.where(live, 0.0, dh)
             c = prev
         else:
