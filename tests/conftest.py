@@ -11,9 +11,14 @@ import torch
 
 # Without a GPU, the triton backend's kernels run in Triton's CPU interpreter (one program, tiny
 # sizes; tests/backends/concurrent.py runs a GPU grid's programs at once); Triton reads this when
-# a kernel is defined, so it is set before any test imports one.
+# a kernel is defined, so it is set before any test imports one. tests/interpreter.py spares it
+# patching the language again at every helper's call.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+if os.environ.get("TRITON_INTERPRET") == "1":
+    from tests.interpreter import patch_once_per_launch
+
+    patch_once_per_launch()  # where Triton's internals allow it: the same kernels, faster
 
 # The suite runs in one worker process per core (pytest-xdist, pyproject.toml), each on one
 # thread: two threads per worker on two cores made it slower than one. Tests of the loops split

@@ -1,0 +1,75 @@
+"""Triton's interpreter without its per-call cost: patch the language once per launch.
+
+Under ``TRITON_INTERPRET=1`` a launch patches ``triton.language`` for the interpreter
+(``_patch_lang``: every builtin, found by ``inspect.getmembers``, wrapped around the interpreter's
+builder) and undoes it when the launch ends; Triton 3.6 also does it again at every call of a
+``@triton.jit`` helper inside the kernel (``InterpretedFunction.__call__``), never undone, each
+time to the same effect. Our kernels call helpers (``_sigmoid``, ``_lstm_update`` …) dozens of
+times a step, so that repetition was most of an interpreted test's time, and in
+:mod:`tests.backends.concurrent` the programs' threads queued for it. :func:`patch_once_per_launch`
+makes a patch asked for while one is in force a no-op; what the kernels compute is unchanged
+(the helpers run under the launch's patch, which is the one they would have put in place).
+
+It reaches into the interpreter's internals, which Triton does not promise to keep: where they
+have changed it says why and installs nothing (the tests then run at the interpreter's own pace).
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+
+
+def patch_once_per_launch() -> str | None:
+    """Install the once-per-launch patch (idempotent); None, or why it could not be."""
+    try:
+        import triton.language as tl
+        from triton.runtime import interpreter
+    except ImportError as error:
+        return f"Triton's interpreter cannot be imported: {error}"
+    original = getattr(interpreter, "_patch_lang", None)
+    if original is None or not hasattr(interpreter, "_LangPatchScope"):
+        return "Triton's interpreter has no _patch_lang or _LangPatchScope (changed internals)"
+    if getattr(original, "once_per_launch", False):
+        return None
+    lock = threading.Lock()
+    patched: set[str] = set()  # the language modules patched since the launch began
+    in_launch = [False]
+    seen: dict[object, frozenset[str]] = {}
+
+    def languages(fn) -> frozenset[str]:
+        """The language modules ``_patch_lang`` patches for fn: those its module imports
+        (triton.language for our kernels; triton.language.core for Triton's own helpers, such
+        as ``tl.zeros``, which a kernel's patch does not cover)."""
+        if fn not in seen:
+            seen[fn] = frozenset(
+                value.__name__
+                for value in fn.__globals__.values()
+                if inspect.ismodule(value) and value in (tl, tl.core)
+            )
+        return seen[fn]
+
+    def patch_lang(fn):
+        wanted = languages(fn)
+        with lock:
+            if in_launch[0] and wanted <= patched:  # a helper's call: the patch stands
+                return interpreter._LangPatchScope()
+            scope = original(fn)
+            patched.update(wanted)
+            if in_launch[0]:  # a helper's call that patched more: never undone, as in Triton
+                return scope
+            in_launch[0] = True
+        restore = scope.restore
+
+        def restore_and_release():
+            with lock:
+                restore()
+                in_launch[0] = False
+                patched.clear()
+
+        scope.restore = restore_and_release
+        return scope
+
+    patch_lang.once_per_launch = True
+    interpreter._patch_lang = patch_lang
+    return None
