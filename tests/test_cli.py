@@ -335,7 +335,7 @@ def test_bench_names_an_unknown_cell(capsys):
 
 def test_runs_on_the_cpu_load_the_compiled_loops_before_they_start(monkeypatch, tmp_path):
     """``train``, a study (``compare``) and ``bench`` on the CPU load (the first time: build,
-    ~1 minute) the compiled loops under a status line before anything waits on them silently."""
+    ~40 seconds) the compiled loops under a status line before anything waits on them silently."""
     import gatedrnn.bench
     import gatedrnn.study
     import gatedrnn.train

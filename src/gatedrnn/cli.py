@@ -186,15 +186,15 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
 
 def _prepare_cpu_loops(console: Console) -> None:
     """Load the ``cpu`` backend's compiled loops in this process, built first if they are not
-    (~1 minute, once; cached by torch), under a status line, before a run that would otherwise wait
-    on that build without a word (a study's first trials showed 0 done while their workers
-    built it). Nothing where they cannot be built (the first layer call warns why)."""
+    (~40 seconds, once; cached by torch), under a status line, before a run that would
+    otherwise wait on that build without a word (a study's first trials showed 0 done while
+    their workers built it). Nothing where they cannot be built (the first layer call warns why)."""
     from gatedrnn.backends import compiled
 
     if compiled.unavailable_reason() is not None:
         return
     with console.status(
-        "loading the compiled CPU loops (the first time they are built: ~1 minute, once)"
+        "loading the compiled CPU loops (the first time they are built: ~40 seconds, once)"
     ):
         compiled.compiled_loops()
 
