@@ -55,13 +55,21 @@ def test_layer_gradcheck(variant, packed, backend):
     reason = get_backend(backend).unsupported(module.config, inputs[0])
     if reason:
         pytest.skip(reason)
-    # The reference (the oracle) against the whole numerical Jacobian; the other backends in
-    # gradcheck's fast mode (a random projection of it: one directional derivative each way),
-    # which still checks their own backward numerically: test_backend_equivalence compares
-    # every one of their gradients with the reference's in float64 besides. The whole Jacobian
-    # took minutes for them (hundreds of calls through Python-level loops).
-    full = backend == "reference"
-    assert gradcheck(f, inputs, eps=1e-6, atol=1e-6, fast_mode=not full)
+    # Every backend in gradcheck's fast mode (a random projection of the Jacobian: one
+    # directional derivative each way, in every input, the weights included), which checks its
+    # own backward numerically; test_backend_equivalence compares every one of their gradients
+    # with the reference's in float64 besides. The reference (the oracle) also against the
+    # whole numerical Jacobian in the input and the initial states, through both layers and
+    # directions; each cell's whole Jacobian in its weights is test_cell_gradcheck's (the
+    # layer's, 430-odd weights at a few hundred calls each, took 2 of this file's 3.5 minutes).
+    if backend == "reference":
+        states = 1 + module.spec.num_states  # x and the states; the weights as they are
+
+        def g(*tensors):
+            return f(*tensors, *inputs[states:])
+
+        assert gradcheck(g, inputs[:states], eps=1e-6, atol=1e-6)
+    assert gradcheck(f, inputs, eps=1e-6, atol=1e-6, fast_mode=True)
     if not packed:  # second derivatives once per variant, on the harder input form
         return
     if get_backend(backend).twice_differentiable:
