@@ -16,8 +16,13 @@ have changed it says why and installs nothing (the tests then run at the interpr
 
 from __future__ import annotations
 
-import inspect
 import threading
+import types
+
+
+def _stand_in(modules: set[object]) -> types.FunctionType:
+    """A function whose globals hold just ``modules``: what ``_patch_lang`` reads of one."""
+    return types.FunctionType((lambda: None).__code__, {m.__name__: m for m in modules})
 
 
 def patch_once_per_launch() -> str | None:
@@ -33,31 +38,26 @@ def patch_once_per_launch() -> str | None:
     if getattr(original, "once_per_launch", False):
         return None
     lock = threading.Lock()
-    patched: set[str] = set()  # the language modules patched since the launch began
+    patched: set[object] = set()  # the language modules patched since the launch began
     in_launch = [False]
-    seen: dict[object, frozenset[str]] = {}
 
-    def languages(fn) -> frozenset[str]:
-        """The language modules ``_patch_lang`` patches for fn: those its module imports
+    def languages(fn) -> set[object]:
+        """The language modules ``_patch_lang`` patches for fn: those in its module's globals
         (triton.language for our kernels; triton.language.core for Triton's own helpers, such
-        as ``tl.zeros``, which a kernel's patch does not cover)."""
-        if fn not in seen:
-            seen[fn] = frozenset(
-                value.__name__
-                for value in fn.__globals__.values()
-                if inspect.ismodule(value) and value in (tl, tl.core)
-            )
-        return seen[fn]
+        as ``tl.zeros``, which a kernel's patch does not cover, and triton.language too once
+        the interpreter has rewritten one of them: it adds its own globals to the module's)."""
+        return {v for v in list(fn.__globals__.values()) if v is tl or v is tl.core}
 
     def patch_lang(fn):
         wanted = languages(fn)
         with lock:
-            if in_launch[0] and wanted <= patched:  # a helper's call: the patch stands
-                return interpreter._LangPatchScope()
+            if in_launch[0]:  # a helper's call: patch only what the launch's patch did not
+                missing = wanted - patched
+                patched.update(missing)
+                # (never undone, as Triton leaves a helper's patch)
+                return original(_stand_in(missing)) if missing else interpreter._LangPatchScope()
             scope = original(fn)
             patched.update(wanted)
-            if in_launch[0]:  # a helper's call that patched more: never undone, as in Triton
-                return scope
             in_launch[0] = True
         restore = scope.restore
 

@@ -44,16 +44,20 @@ def test_a_launch_patches_the_language_once(monkeypatch):
         patched.append(getattr(pkg, "__name__", pkg))
         return original(pkg, builder, scope)
 
-    monkeypatch.setattr(interpreter, "_patch_builtin", counting)
-    sigmoid = tl.sigmoid
     x = torch.linspace(-3, 3, 8)
     out = torch.empty(8)
+    # a first launch: the interpreter, rewriting tl.zeros, adds triton.language to its module's
+    # globals, so that from then on its patch would cover both languages
+    _helpers_kernel[(2,)](x, out, N=8)
+    monkeypatch.setattr(interpreter, "_patch_builtin", counting)
+    sigmoid = tl.sigmoid
     _helpers_kernel[(2,)](x, out, N=8)
     torch.testing.assert_close(out, 1.5 * torch.sigmoid(x))
     # triton.language, its tensor and math for the launch, triton.language.core's for tl.zeros
     # (Triton never undoes that one: once per launch, not once per call), the descriptor's
-    # twice; not again for each of the three calls of _halve in each of the two programs
+    # twice; not again for each of the three calls of _halve in each of the two programs (as
+    # Triton does: 73 patches)
     assert patched.count("triton.language") == 1, patched
     assert patched.count("triton.language.core") == 1, patched
-    assert len(patched) <= 8, patched
+    assert len(patched) == 7, patched
     assert tl.sigmoid is sigmoid  # the launch's patch undone
