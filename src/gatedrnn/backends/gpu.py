@@ -21,11 +21,11 @@ as cuDNN does, operands rounded to nearest TF32; IEEE float32 otherwise; see
 states h and c are carried in float32 whatever the dtype.
 
 Covers the GRU (reset after and before), the LSTM (with peepholes, the coupled gate or both)
-and the MGU, any number of layers, both directions, padded or
-packed input (finished sequences keep their state). The MGU and the coupled LSTM run as the
-reset-before GRU and the LSTM with tied weights (:func:`kernel_cell`). Refuses the rest with the
-reason (plain RNN, minimal cells, the LSTM's projection, float64, a batch too large for one
-resident wave of programs at that width). First derivatives only, like cuDNN.
+and the MGU, any number of layers, both directions, padded or packed input (finished sequences
+keep their state). The MGU and the coupled LSTM run as the reset-before GRU and the LSTM with
+tied weights (:func:`kernel_cell`). Refuses the rest with the reason (plain RNN, minimal
+cells, the LSTM's projection, float64, a batch too large for one resident wave of programs at
+that width). First derivatives only, like cuDNN.
 
 Triton is imported on first use. Without a GPU the backend reports itself unavailable, unless
 ``TRITON_INTERPRET=1`` is set: then its kernels run in Triton's interpreter on the CPU, as one
