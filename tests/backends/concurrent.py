@@ -97,7 +97,7 @@ def _run_grid(fn, args: dict, grid: tuple[int, int, int], builder, failed: threa
 @contextlib.contextmanager
 def concurrent_programs(
     multiprocessors: int = 16, *, jitter: float = 0.0, pause: float = 2e-3, poll: float = 2e-4,
-    switch_interval: float = 1e-4, spin_limit: int = 1 << 16,
+    switch_interval: float = 1e-3, spin_limit: int = 1 << 16,
 ):  # fmt: skip
     """Within the block, interpreted launches run all their programs at once (one thread each),
     and the gatedrnn launchers plan grids for a GPU of ``multiprocessors`` (at most that many
@@ -105,8 +105,10 @@ def concurrent_programs(
     seconds) before a memory access, so that the others run ahead of it in varied orders (a
     race shows sooner). A program polling a barrier (an atomic add of zero) sleeps ``poll``
     seconds after each look, so that the spinning does not hold the GIL from the programs it
-    waits for; ``switch_interval``: the GIL's, shortened so that they take turns often. A
-    barrier gives up (the kernels' fault) after ``spin_limit`` looks, ≥ spin_limit·poll
+    waits for; ``switch_interval``: the GIL's (1 ms: at 0.1 ms the switching took a quarter
+    of the time, and mutations of the barrier, the TMA ring and the K split's pair barrier
+    failed the tests no more often than at 1 ms, where a program runs further ahead of the
+    others). A barrier gives up (the kernels' fault) after ``spin_limit`` looks, ≥ spin_limit·poll
     seconds, and at once where another program of the launch failed."""
     reason = unsupported()
     if reason:
