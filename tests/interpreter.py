@@ -7,8 +7,10 @@ builder) and undoes it when the launch ends; Triton 3.6 also does it again at ev
 time to the same effect. Our kernels call helpers (``_sigmoid``, ``_lstm_update`` …) dozens of
 times a step, so that repetition was most of an interpreted test's time, and in
 :mod:`tests.backends.concurrent` the programs' threads queued for it. :func:`patch_once_per_launch`
-makes a patch asked for while one is in force a no-op; what the kernels compute is unchanged
-(the helpers run under the launch's patch, which is the one they would have put in place).
+makes a helper's call patch only the language modules the launch's patch did not (Triton's
+own helpers, such as ``tl.zeros``, read ``triton.language.core``, which our kernels' patch does
+not cover), so usually nothing; what the kernels compute is unchanged (the helpers run under
+the patch they would have put in place).
 
 It reaches into the interpreter's internals, which Triton does not promise to keep: where they
 have changed it says why and installs nothing (the tests then run at the interpreter's own pace).
@@ -39,7 +41,7 @@ def patch_once_per_launch() -> str | None:
         return None
     lock = threading.Lock()
     patched: set[object] = set()  # the language modules patched since the launch began
-    in_launch = [False]
+    in_launch = False
 
     def languages(fn) -> set[object]:
         """The language modules ``_patch_lang`` patches for fn: those in its module's globals
@@ -49,22 +51,24 @@ def patch_once_per_launch() -> str | None:
         return {v for v in list(fn.__globals__.values()) if v is tl or v is tl.core}
 
     def patch_lang(fn):
+        nonlocal in_launch
         wanted = languages(fn)
         with lock:
-            if in_launch[0]:  # a helper's call: patch only what the launch's patch did not
+            if in_launch:  # a helper's call: patch only what the launch's patch did not
                 missing = wanted - patched
                 patched.update(missing)
                 # (never undone, as Triton leaves a helper's patch)
                 return original(_stand_in(missing)) if missing else interpreter._LangPatchScope()
             scope = original(fn)
             patched.update(wanted)
-            in_launch[0] = True
+            in_launch = True
         restore = scope.restore
 
         def restore_and_release():
+            nonlocal in_launch
             with lock:
                 restore()
-                in_launch[0] = False
+                in_launch = False
                 patched.clear()
 
         scope.restore = restore_and_release

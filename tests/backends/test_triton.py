@@ -415,8 +415,7 @@ def test_many_programs_packed_stack(concurrently, monkeypatch):
 def test_kernel_choice(cell, forward, backward, monkeypatch, kernel_variant):
     """The resident kernels run the GRU (reset after) and the LSTM (peepholes or not), forward
     and backward, unless turned off; the reset-before GRU and the MGU always stream; the coupled
-    LSTM runs the LSTM's. Checked by which kernels are
-    launched."""
+    LSTM runs the LSTM's. Checked by which kernels are launched."""
     if CUDA:
         if torch.cuda.get_device_capability() < (9, 0):
             pytest.skip("the resident kernels need a warpgroup MMA (Hopper or newer)")

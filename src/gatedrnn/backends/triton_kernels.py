@@ -289,25 +289,26 @@ def _lstm_update(
 
 
 @triton.jit
-def _peepholes(
-    PP, u, u_mask, H: tl.constexpr, BH: tl.constexpr, PEEP: tl.constexpr, COLUMNS: tl.constexpr
+def _unit_vectors(
+    V, u, u_mask, H: tl.constexpr, BH: tl.constexpr, LOAD: tl.constexpr, COLUMNS: tl.constexpr
 ):  # fmt: skip
-    """The program's units' peephole weights p_i, p_f, p_o as (1, BH) rows for the streamed
-    kernels' (rows, units) tiles, or (COLUMNS) as (BH, 1) columns for the resident kernels'
-    (units, rows) ones; zeros without PEEP."""
-    if PEEP:
-        p_i = tl.load(PP + u, mask=u_mask, other=0.0)
-        p_f = tl.load(PP + H + u, mask=u_mask, other=0.0)
-        p_o = tl.load(PP + 2 * H + u, mask=u_mask, other=0.0)
+    """The program's units' three float32 vectors from V, (3H,): the LSTM's peepholes
+    p_i|p_f|p_o, or the GRU's recurrent bias. As (1, BH) rows for the streamed kernels'
+    (rows, units) tiles, or (COLUMNS) as (BH, 1) columns for the resident kernels' (units, rows)
+    ones; zeros without LOAD (V is then not read)."""
+    if LOAD:
+        v0 = tl.load(V + u, mask=u_mask, other=0.0)
+        v1 = tl.load(V + H + u, mask=u_mask, other=0.0)
+        v2 = tl.load(V + 2 * H + u, mask=u_mask, other=0.0)
     else:
-        p_i = tl.zeros((BH,), tl.float32)
-        p_f = p_i
-        p_o = p_i
+        v0 = tl.zeros((BH,), tl.float32)
+        v1 = v0
+        v2 = v0
     if COLUMNS:
-        p_i, p_f, p_o = p_i[:, None], p_f[:, None], p_o[:, None]
+        v0, v1, v2 = v0[:, None], v1[:, None], v2[:, None]
     else:
-        p_i, p_f, p_o = p_i[None, :], p_f[None, :], p_o[None, :]
-    return p_i, p_f, p_o
+        v0, v1, v2 = v0[None, :], v1[None, :], v2[None, :]
+    return v0, v1, v2
 
 
 @triton.jit
@@ -510,7 +511,7 @@ def lstm_forward_kernel(
     u, u_mask, rows, row_mask, m2, own = _tile(B, H, BH, BB)
     own_g = rows[:, None] * (4 * H) + u[None, :]
     cnt = CNT + tl.program_id(1)
-    p_i, p_f, p_o = _peepholes(PP, u, u_mask, H, BH, PEEP, False)
+    p_i, p_f, p_o = _unit_vectors(PP, u, u_mask, H, BH, PEEP, False)
     h = tl.load(HS + own, mask=m2, other=0.0)
     c = tl.load(CS + own, mask=m2, other=0.0)
     x_i, x_f, x_g, x_o = _load_gates(XG + own_g, H, m2, 4)
@@ -559,7 +560,7 @@ def lstm_backward_kernel(
     u, u_mask, rows, row_mask, m2, own = _tile(B, H, BH, BB)
     own_g = rows[:, None] * (4 * H) + u[None, :]
     cnt = CNT + tl.program_id(1)
-    p_i, p_f, p_o = _peepholes(PP, u, u_mask, H, BH, PEEP, False)
+    p_i, p_f, p_o = _unit_vectors(PP, u, u_mask, H, BH, PEEP, False)
     dh = tl.load(DH + own, mask=m2, other=0.0)
     dc = tl.load(DC + own, mask=m2, other=0.0)
     t = T - 1
@@ -941,14 +942,8 @@ def resident_forward_kernel(
     pair_cnt = _pair_counter(CNT, SPLIT)
     h = tl.load(HS + own, mask=m2, other=0.0)
     c = tl.load(CS + own, mask=m2, other=0.0) if LSTM else h
-    if PEEP or not LSTM:  # the GRU's recurrent bias, or the LSTM's peepholes in its place
-        b_0 = tl.load(BHH + u, mask=u_mask, other=0.0)[:, None]
-        b_1 = tl.load(BHH + H + u, mask=u_mask, other=0.0)[:, None]
-        b_2 = tl.load(BHH + 2 * H + u, mask=u_mask, other=0.0)[:, None]
-    else:
-        b_0 = tl.zeros((BH, 1), tl.float32)
-        b_1 = b_0
-        b_2 = b_0
+    # the GRU's recurrent bias, or the LSTM's peepholes in its place
+    b_0, b_1, b_2 = _unit_vectors(BHH, u, u_mask, H, BH, PEEP or not LSTM, True)
     x0, x1, x2, x3 = _load_gates(XG + own_xg, H, m2, NG)
     # the TMA ring: a slot per step parity, this batch tile's SPLIT·FOLD blocks in each (K
     # ranges), the program reading its FOLD from K0's
@@ -1137,7 +1132,7 @@ def resident_backward_kernel(
     K0 = _k_half(SPLIT) * KS
     u, u_mask, rows, row_mask, m2, own = _tile_t(B, H, BH, BB, SPLIT)
     mine = _own_rows(m2, rows, SPLIT)
-    p_i, p_f, p_o = _peepholes(PP, u, u_mask, H, BH, PEEP, True)
+    p_i, p_f, p_o = _unit_vectors(PP, u, u_mask, H, BH, PEEP, True)
     own_x = rows[None, :] * (NG * H) + u[:, None]
     own_g = rows[None, :] * (4 * H) + u[:, None]
     # the second operand: column (f, g, b) of row k is D_t[b, g·H + K0 + f·KS / FOLD + k]. Its
