@@ -424,7 +424,7 @@ def test_the_seed_advice_counts_the_scopes_each_number_would_decide():
     found = [verdict(7), verdict(4), verdict(None), verdict(4), verdict(5, "supported"), speed]
     assert seeds_advice(found) == (
         "Of the 4 inconclusive scopes measured over seeds, at their observed means and spreads "
-        "4 seeds in all would decide 2, 7 → 3; 1 would need more than 1000."
+        "4 seeds in all would decide 2 of them, 7 seeds 3; 1 would need more than 1000."
     )
     assert seeds_advice([verdict(None)]).endswith("none would be decided by 1000 seeds.")
     assert seeds_advice([verdict(5, "supported"), speed]) is None
@@ -452,7 +452,7 @@ def test_speed_over_rounds_says_how_many_rounds_would_decide():
     assert paired_ratio(*rounds(needed * 3)).high < 0.95  # the spread shrinks as it should
     assert rounds_advice([verdict]) == (
         "Of the inconclusive speed scopes timed in interleaved rounds, at their observed means "
-        f"and spreads {needed} rounds would decide 1."
+        f"and spreads {needed} rounds would decide 1 of them."
     )
     near = ([0.0196, 0.0216, 0.0176], [0.0200, 0.0200, 0.0200])  # ~0.98, as wide
     verdict = _speed(trials, trials, "t / w", near)

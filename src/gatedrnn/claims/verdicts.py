@@ -562,8 +562,8 @@ def seeds_advice(verdicts: list[ClaimVerdict]) -> str | None:
     text = f"Of the {len(pending)} inconclusive scopes measured over seeds, at their observed"
     if decided:
         (n, k), rest = decided[0], decided[1:]
-        text += f" means and spreads {n} seeds in all would decide {k}"
-        text += "".join(f", {n} → {k}" for n, k in rest)
+        text += f" means and spreads {n} seeds in all would decide {k} of them"
+        text += "".join(f", {n} seeds {k}" for n, k in rest)
         return text + (f"; {beyond} would need more than {MOST_SEEDS}." if beyond else ".")
     return text + f" means and spreads none would be decided by {MOST_SEEDS} seeds."
 
@@ -583,9 +583,9 @@ def rounds_advice(verdicts: list[ClaimVerdict]) -> str | None:
     (n, k), rest = decided[0], decided[1:]
     text = (
         f"Of the inconclusive speed scopes timed in interleaved rounds, at their observed means "
-        f"and spreads {n} rounds would decide {k}"
+        f"and spreads {n} rounds would decide {k} of them"
     )
-    return text + "".join(f", {n} → {k}" for n, k in rest) + "."
+    return text + "".join(f", {n} rounds {k}" for n, k in rest) + "."
 
 
 # Why a claim can have no measurement in a study.
