@@ -1,4 +1,4 @@
-"""Our persistent Triton GRU and LSTM against torch.nn (cuDNN) on one CUDA GPU.
+"""Our persistent Triton GRU, LSTM and RNN against torch.nn (cuDNN) on one CUDA GPU.
 
     python benchmarks/gpu_speed.py                         # T=256, B 1/16/64/256, H 256/512/1024
     python benchmarks/gpu_speed.py --batch 64 --hidden 1024 --dtypes bfloat16
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", default="1,16,64,256")
     parser.add_argument("--hidden", default="256,512,1024")
     parser.add_argument("--dtypes", default="float32,bfloat16")
-    parser.add_argument("--cells", default="gru,lstm")
+    parser.add_argument("--cells", default="gru,lstm", help="gru, lstm, rnn (tanh)")
     parser.add_argument(
         "--shapes",
         default="",
@@ -315,7 +315,7 @@ def _shape(item: str) -> tuple[str, str, int, int]:
     parts = item.split(":")
     if (
         len(parts) != 4
-        or parts[0] not in ("gru", "lstm")
+        or parts[0] not in ("gru", "lstm", "rnn")
         or not all(p.isdigit() for p in parts[2:])
     ):
         raise SystemExit(

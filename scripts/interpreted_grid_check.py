@@ -39,7 +39,8 @@ def main() -> None:
     parser.add_argument(
         "--cells",
         default="gru,lstm",
-        help="of gru, gru-before, lstm, lstm-peepholes, lstm-coupled, lstm-coupled-peepholes, mgu",
+        help="of gru, gru-before, lstm, lstm-peepholes, lstm-coupled, lstm-coupled-peepholes, mgu, "
+        "rnn, rnn-relu",
     )
     parser.add_argument("--tuning", default="{}", help="gpu.TUNING overrides, as JSON")
     args = parser.parse_args()
@@ -51,7 +52,7 @@ def main() -> None:
     gpu.TUNING.update(json.loads(args.tuning))
     cpu = torch.device("cpu")
     with concurrent.concurrent_programs(args.sms, jitter=0.0, pause=0.0):
-        for launcher in (gpu._resident_launch, gpu._resident_backward_launch):
+        for launcher in (gpu._resident_launch, gpu._resident_backward_launch, gpu._launch):
             print(launcher.__name__, launcher(args.H, args.B, cpu, torch.float32), flush=True)
         for cell in args.cells.split(","):
             start = time.perf_counter()

@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from gatedrnn.backends import triton_kernels as k
 
 POINTERS = {"LENS": "i32", "CNT": "i32", "ERR": "i32", "HQ": "fp16"}
-LOW = {"XG", "W", "Y", "DY", "DXG", "DGH", "DG", "RING_PTR"}  # the layer's dtype; rest float32
+# the layer's dtype; the rest float32
+LOW = {"XG", "W", "Y", "DY", "DXG", "DGH", "DG", "DA", "RING_PTR"}
 
 
 def build(fn, consts, dtype, warps, stages, sass_dir):
@@ -67,7 +68,7 @@ def build(fn, consts, dtype, warps, stages, sass_dir):
             Path(sass_dir, name).write_text(sass.stdout)
     regs, stack = line.split()[0], line.split()[1]
     shown = ("RESET_AFTER", "SAVE", "LSTM", "BB", "FOLD", "SPLIT", "CHUNKS", "SEPARATE", "TMA")
-    shown += ("F16", "PEEP")
+    shown += ("F16", "PEEP", "RELU")
     flags = {k_: v for k_, v in consts.items() if k_ in shown}
     print(f"{fn.__name__:22} {dtype} {flags} {regs} {stack} smem {compiled.metadata.shared}")
 
@@ -142,6 +143,10 @@ def main() -> None:
             (k.lstm_forward_kernel, dict(SAVE=save, PEEP=True)),
             (k.lstm_backward_kernel, dict(PEEP=False)),
             (k.lstm_backward_kernel, dict(PEEP=True)),
+            (k.rnn_forward_kernel, dict(RELU=False, SAVE=save, Y_IS_HS=dtype == "fp32")),
+            (k.rnn_forward_kernel, dict(RELU=True, SAVE=save, Y_IS_HS=False)),
+            (k.rnn_backward_kernel, dict(RELU=False)),
+            (k.rnn_backward_kernel, dict(RELU=True)),
         ]
         for fn, extra in [] if args.resident_only else jobs:
             build(fn, {**common, **extra}, dtype, args.warps, args.stages, args.sass)

@@ -128,22 +128,21 @@ def test_bench_times_stacks_of_bidirectional_layers(tmp_path, capsys):
 
 
 def test_bench_shows_the_cases_a_backend_cannot_run(tmp_path, capsys):
-    """The triton kernels have no plain RNN (and, without a GPU, run nothing): a dash and the
-    reason, the other backends timed as usual; the JSON has the case with no time."""
+    """The triton kernels have no minimal cells (and, without a GPU or the interpreter, run
+    nothing): a dash and the reason, the other backends timed as usual; the JSON has the case
+    with no time."""
     import json
 
     out = tmp_path / "bench.json"
-    code = main(["bench", "--smoke", "--backends", "cpu,triton", "--out", str(out)])
-    assert code == 0
+    argv = ["bench", "--smoke", "--backends", "cpu,triton", "--cells", "mingru", "--out", str(out)]
+    assert main(argv) == 0
     printed = " ".join(capsys.readouterr().out.split())
-    assert "—: backend 'triton' cannot run rnn: it has kernels for the GRU, the LSTM and" in (
-        printed
-    )
+    assert "—: backend 'triton' cannot run mingru: it has kernels for the RNN, the GRU," in printed
     results = json.loads(out.read_text())["results"]
-    rnn = {r["impl"]: r for r in results if r["cell"] == "rnn" and r["mode"] == "forward"}
-    assert rnn["gatedrnn:cpu"]["median_ms"] > 0 and rnn["gatedrnn:cpu"]["skipped"] is None
-    assert rnn["gatedrnn:triton"]["median_ms"] is None
-    assert "the LSTM and the MGU only, not rnn" in rnn["gatedrnn:triton"]["skipped"]
+    mingru = {r["impl"]: r for r in results if r["cell"] == "mingru" and r["mode"] == "forward"}
+    assert mingru["gatedrnn:cpu"]["median_ms"] > 0 and mingru["gatedrnn:cpu"]["skipped"] is None
+    assert mingru["gatedrnn:triton"]["median_ms"] is None
+    assert "the LSTM and the MGU only, not mingru" in mingru["gatedrnn:triton"]["skipped"]
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="for machines without CUDA")

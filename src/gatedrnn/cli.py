@@ -220,12 +220,12 @@ def _gpu_tune(args: argparse.Namespace, console: Console) -> int:
     from gatedrnn.backends import gpu, gpu_tune
 
     dtypes = gpu_tune.DTYPES
-    bad = [c for c in args.cells if c not in ("gru", "lstm")]
+    bad = [c for c in args.cells if c not in ("gru", "lstm", "rnn")]
     bad += [d for d in args.dtypes if d not in dtypes]
     bad += [d for d in args.directions if d not in ("forward", "both")]
     if bad:
         raise ValueError(
-            f"unknown {', '.join(map(repr, bad))}: cells are gru, lstm; dtypes float32, "
+            f"unknown {', '.join(map(repr, bad))}: cells are gru, lstm, rnn; dtypes float32, "
             "bfloat16, float16; directions forward, both"
         )
     if not torch.cuda.is_available():
@@ -809,7 +809,7 @@ def build_parser() -> argparse.ArgumentParser:
         "gpu-tune",
         help="measure the triton backend against cuDNN on this GPU, for auto and the launches",
     )
-    tune.add_argument("--cells", type=_csv(str), default=["gru", "lstm"], help="gru, lstm")
+    tune.add_argument("--cells", type=_csv(str), default=["gru", "lstm"], help="gru, lstm, rnn")
     tune.add_argument(
         "--dtypes", type=_csv(str), default=["bfloat16", "float32"], help="float32, bfloat16, …"
     )

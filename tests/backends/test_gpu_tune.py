@@ -100,6 +100,28 @@ def test_variants_that_launch_alike_are_timed_once(monkeypatch):
     # forward only: level 2 changes only the backward
     assert gpu_tune._variants("lstm", torch.float32, False, 8, 2, cpu) == [{}, {"f16": 1}]
     assert gpu_tune._variants("lstm", torch.float16, True, 8, 2, cpu) == [{}]
+    # the plain RNN's kernels are streamed ones whatever the variant: one launch to time
+    monkeypatch.setattr(gpu_tune, "CANDIDATES", ({}, {"fold": 2}, {"f16": 1}, {"resident": 0}))
+    assert gpu_tune._variants("rnn", torch.float32, True, 8, 2, cpu) == [{}]
+
+
+def test_tune_measures_the_plain_rnn_against_torchs(local, monkeypatch):
+    """The RNN's row: its streamed kernels (interpreted here) against torch.nn.RNN with the same
+    weights, the results compared, the time ratio over the faked timings."""
+    monkeypatch.setattr(gpu_tune, "STEPS", 5)
+    _fake_times(monkeypatch, {"{}": 3.0}, cudnn=12.0)
+    real = gpu_tune.disagreement
+    offs = []
+
+    def recorded(*args):
+        offs.append(real(*args))
+        return offs[-1]
+
+    monkeypatch.setattr(gpu_tune, "disagreement", recorded)
+    row = gpu_tune.tune("rnn", torch.float32, True, 12, 3, torch.device("cpu"))
+    assert offs and max(offs) < 1e-5
+    assert row["kind"] == "rnn" and row["ratio"] == 0.25 and "tuning" not in row
+    assert row["measured"] == {"cudnn": 12.0, "{}": 3.0}
 
 
 def test_first_use_measures_once_and_the_backend_follows(local, monkeypatch):
@@ -205,8 +227,8 @@ def test_gpu_tune_command_measures_the_sizes_asked(local, monkeypatch, capsys):
     from gatedrnn.cli import main
 
     monkeypatch.setenv("COLUMNS", "160")
-    assert main(["gpu-tune", "--cells", "rnn"]) == 2
-    assert "unknown 'rnn': cells are gru, lstm" in capsys.readouterr().err
+    assert main(["gpu-tune", "--cells", "mgu"]) == 2
+    assert "unknown 'mgu': cells are gru, lstm, rnn" in capsys.readouterr().err
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["gpu-tune"]) == 2
     assert "on a CUDA GPU; there is none" in capsys.readouterr().err

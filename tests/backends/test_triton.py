@@ -32,8 +32,12 @@ CELLS = {
     "gru": (gatedrnn.GRU, {}),
     "gru-before": (gatedrnn.GRU, {"reset": "before"}),
     "lstm": (gatedrnn.LSTM, {}),
+    "rnn": (gatedrnn.RNN, {}),
+    "rnn-relu": (gatedrnn.RNN, {"nonlinearity": "relu"}),
 }
-CELL_STATES = {"gru": ("h",), "gru-before": ("h",), "lstm": ("h", "c")}
+CELL_STATES = {
+    "gru": ("h",), "gru-before": ("h",), "lstm": ("h", "c"), "rnn": ("h",), "rnn-relu": ("h",)
+}  # fmt: skip
 # the variants cuDNN lacks that the kernels run: peepholes in the LSTM kernels (the resident
 # forward, the streamed ones), the coupled LSTM and the MGU as the LSTM and the reset-before GRU
 # with tied weights
@@ -194,10 +198,10 @@ SMALL_DTYPES = [torch.float32, torch.float16] if not CUDA else [torch.float32, t
 
 def _skip_the_defaults_kernels(cell, dtype, kernel_variant):
     """Skip a kernel variant that runs exactly the kernels the default does here: any but the
-    default for the reset-before GRU (it streams whatever the variant; the default's run is the
-    check), a float16 product for a layer not in float32."""
-    if cell == "gru-before" and kernel_variant != "resident":
-        pytest.skip("the reset-before GRU streams in every variant: the default's run checks it")
+    default for the reset-before GRU and the plain RNN (they stream whatever the variant; the
+    default's run is the check), a float16 product for a layer not in float32."""
+    if cell in ("gru-before", "rnn", "rnn-relu") and kernel_variant != "resident":
+        pytest.skip(f"{cell} streams in every variant: the default's run checks it")
     if kernel_variant.startswith("f16") and dtype != torch.float32:
         pytest.skip("a float16 product changes float32 layers only")
 
@@ -356,6 +360,17 @@ def test_many_programs_variants(cell, kernel_variant, concurrently):
     check(cell, torch.float32, T=4, B=17, I=2, H=40, lengths=lengths)
 
 
+@pytest.mark.parametrize("cell", ["rnn", "rnn-relu"])
+def test_many_programs_rnn(cell, concurrently):
+    """The plain RNN's streamed kernels on the 16-multiprocessor grid with every program at once
+    (3 × 2 programs at H = 40, B = 17): each reads the whole state the others wrote the step
+    before, forward, and the whole of the step's gradients, backward; rows stopping early, both
+    directions."""
+    assert gpu._launch(40, 17, torch.device("cpu"), torch.float32)["grid"] == (3, 2)
+    lengths = torch.tensor([2, 4, 1, 4, 3, 4, 4, 2, 4, 1, 2, 4, 4, 3, 1, 4, 4])
+    check(cell, torch.float32, T=4, B=17, I=2, H=40, bidirectional=True, lengths=lengths)
+
+
 @pytest.mark.parametrize("level", [1, 2])
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_many_programs_f16_backward_gathers_the_rows_maxima(cell, level, concurrently, monkeypatch):
@@ -410,12 +425,14 @@ def test_many_programs_packed_stack(concurrently, monkeypatch):
         ("lstm-peepholes", "resident", "resident"),
         ("lstm-coupled", "resident", "resident"),
         ("mgu", "gru", "gru"),
+        ("rnn", "rnn", "rnn"),
+        ("rnn-relu", "rnn", "rnn"),
     ],
 )
 def test_kernel_choice(cell, forward, backward, monkeypatch, kernel_variant):
     """The resident kernels run the GRU (reset after) and the LSTM (peepholes or not), forward
-    and backward, unless turned off; the reset-before GRU and the MGU always stream; the coupled
-    LSTM runs the LSTM's. Checked by which kernels are launched."""
+    and backward, unless turned off; the reset-before GRU, the MGU and the plain RNN always
+    stream; the coupled LSTM runs the LSTM's. Checked by which kernels are launched."""
     if CUDA:
         if torch.cuda.get_device_capability() < (9, 0):
             pytest.skip("the resident kernels need a warpgroup MMA (Hopper or newer)")
@@ -440,7 +457,7 @@ def test_kernel_choice(cell, forward, backward, monkeypatch, kernel_variant):
 
     def kernels_of(kind, direction):
         if kind != "resident" or kernel_variant == "streamed":
-            family = "lstm" if cell.startswith("lstm") else "gru"
+            family = cell.split("-")[0].replace("mgu", "gru")  # the MGU: the GRU's kernels
             return [f"{family}_{direction}_kernel"]
         # float32 layers' float16 products: their operands converted before each
         prepare = ["f16_operands_kernel"] if kernel_variant.startswith("f16") else []
@@ -1080,7 +1097,7 @@ def test_kernels_launch_on_the_inputs_device(monkeypatch):
 @pytest.mark.parametrize(
     "layer, reason",
     [
-        (lambda: gatedrnn.RNN(3, 4, backend="triton"), "the LSTM and the MGU only, not rnn"),
+        (lambda: gatedrnn.MinLSTM(3, 4, backend="triton"), "the LSTM and the MGU only, not min"),
         (lambda: gatedrnn.MinGRU(3, 4, backend="triton"), "MGU only, not mingru"),
         (lambda: gatedrnn.LSTM(3, 4, proj_size=2, backend="triton"), "no projection"),
         (lambda: gatedrnn.GRU(3, 4, backend="triton", dtype=torch.float64), "float64"),
@@ -1449,7 +1466,8 @@ def _gpu_speed():
 def test_benchmark_shapes_are_parsed_or_refused():
     gpu_speed = _gpu_speed()
     assert gpu_speed._shape("lstm:float32:16:1024") == ("lstm", "float32", 16, 1024)
-    for bad in ("lstm:float32:16", "rnn:float32:1:8", "gru:float32:B:8"):
+    assert gpu_speed._shape("rnn:bfloat16:1:256") == ("rnn", "bfloat16", 1, 256)
+    for bad in ("lstm:float32:16", "mgu:float32:1:8", "gru:float32:B:8"):
         with pytest.raises(SystemExit, match="expected CELL:DTYPE:B:H"):
             gpu_speed._shape(bad)
 

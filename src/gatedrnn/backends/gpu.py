@@ -1,4 +1,4 @@
-"""The ``triton`` backend: persistent GRU and LSTM kernels for CUDA GPUs, written in Triton.
+"""The ``triton`` backend: persistent GRU, LSTM and RNN kernels for CUDA GPUs, written in Triton.
 
 For each layer direction: one GEMM (cuBLAS, through torch) computes the input projections of the
 whole sequence; one launch of a persistent kernel (:mod:`gatedrnn.backends.triton_kernels`) then
@@ -11,8 +11,8 @@ per program where the weights would not fit otherwise, the backward's operand in
 it would not: with 132 multiprocessors bfloat16 to H = 1024 at B ≤ 64, TF32 to H = 512 at B ≤ 64
 and at H = 1024 for B ≤ 16), the GRU (reset after) and the LSTM run the *resident* kernels, which
 keep that slice on chip for the whole sequence (:func:`_resident_launch`,
-:func:`_resident_backward_launch`); elsewhere the *streamed* ones, which read it from L2 every
-step.
+:func:`_resident_backward_launch`); elsewhere, and for the plain RNN everywhere, the *streamed*
+ones, which read it from L2 every step.
 
 Precision: float32 (the recurrent product in TF32 when ``torch.backends.cudnn.allow_tf32`` is on,
 as cuDNN does, operands rounded to nearest TF32; IEEE float32 otherwise; see
@@ -20,12 +20,12 @@ as cuDNN does, operands rounded to nearest TF32; IEEE float32 otherwise; see
 (operands of the product in that type, accumulation, states and gate math in float32). The
 states h and c are carried in float32 whatever the dtype.
 
-Covers the GRU (reset after and before), the LSTM (with peepholes, the coupled gate or both)
-and the MGU, any number of layers, both directions, padded or packed input (finished sequences
-keep their state). The MGU and the coupled LSTM run as the reset-before GRU and the LSTM with
-tied weights (:func:`kernel_cell`). Refuses the rest with the reason (plain RNN, minimal
-cells, the LSTM's projection, float64, a batch too large for one resident wave of programs at
-that width). First derivatives only, like cuDNN.
+Covers the GRU (reset after and before), the LSTM (with peepholes, the coupled gate or both),
+the MGU and the plain RNN (tanh or ReLU), any number of layers, both directions, padded or packed
+input (finished sequences keep their state). The MGU and the coupled LSTM run as the
+reset-before GRU and the LSTM with tied weights (:func:`kernel_cell`). Refuses the rest with the
+reason (minimal cells, the LSTM's projection, float64, a batch too large for one resident wave
+of programs at that width). First derivatives only, like cuDNN.
 
 Triton is imported on first use. Without a GPU the backend reports itself unavailable, unless
 ``TRITON_INTERPRET=1`` is set: then its kernels run in Triton's interpreter on the CPU, as one
@@ -708,6 +708,67 @@ class _GRU(torch.autograd.Function):
         return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None
 
 
+class _RNN(torch.autograd.Function):
+    """The plain RNN, tanh or ReLU: the streamed kernels at every size (no resident pair)."""
+
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, grad_enabled):
+        T, B, _ = x.shape
+        H = h0.shape[1]
+        save = grad_enabled and any(ctx.needs_input_grad)
+        tuning = launch_tuning("rnn", x.dtype, save, H, B, x.device)
+        cfg = _launch(H, B, x.device, x.dtype, tuning)
+        dot_dtype, prec = _dot_options(x.dtype)
+        xg = project_inputs(x, w_ih, None if b_ih is None else b_ih + b_hh)
+        hs, y = _states(x, h0, T, B, H, x.dtype == torch.float32 and lengths is None)
+        lens = _lens(lengths, x.device)
+        w_dot, round_dot = _weights_for_dot(w_hh, prec), _round_tf32(x.dtype, prec)
+        relu = spec.nonlinearity == "relu"
+        _run(
+            _kernels().rnn_forward_kernel, cfg, (xg, w_dot, hs, y), lens, T, B, H=H, RELU=relu,
+            SAVE=save, HAS_LENS=lengths is not None, Y_IS_HS=y is hs, DOT_DTYPE=dot_dtype,
+            PREC=prec, ROUND=round_dot,
+        )  # fmt: skip
+        # then the inputs, for a double backward (the weights are the module's: no memory)
+        ctx.save_for_backward(x, w_ih, w_dot, hs, y, lens, h0, w_hh, b_ih, b_hh)
+        ctx.launch = (cfg, dot_dtype, prec, round_dot)
+        ctx.has_lens, ctx.has_bias = lengths is not None, b_ih is not None
+        ctx.spec, ctx.lengths = spec, lengths
+        return y[1:], hs[T].to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_last):
+        x, w_ih, w_dot, hs, y, lens, h0, w_hh, b_ih, b_hh = ctx.saved_tensors
+        if backward_by_rerun(grad_out, grad_last):  # create_graph=True, batched: the reference
+            inputs = (x, h0, w_ih, w_hh, b_ih, b_hh)
+            grads = (grad_out, grad_last)
+            return differentiable_backward(
+                ctx.spec, inputs, ctx.needs_input_grad, ctx.lengths, grads
+            )
+        T, B, _ = x.shape
+        H = hs.shape[2]
+        cfg, dot_dtype, prec, round_dot = ctx.launch  # w_dot: as the forward read it
+        da = _empty(T, B, H, dtype=x.dtype, device=x.device)
+        dh = grad_last.float().contiguous().clone() if grad_last is not None else hs.new_zeros(B, H)
+        dy = grad_out.contiguous() if grad_out is not None else x.new_zeros(T, B, H)
+        _run(
+            _kernels().rnn_backward_kernel, cfg, (dy, hs, w_dot, da, dh), lens, T, B, H=H,
+            RELU=ctx.spec.nonlinearity == "relu", HAS_LENS=ctx.has_lens, DOT_DTYPE=dot_dtype,
+            PREC=prec, ROUND=round_dot,
+        )  # fmt: skip
+        needs = ctx.needs_input_grad
+        flat = da.reshape(T * B, H)
+        h_prev = y[:T].reshape(T * B, H)  # h_{t−1} in the dtype (zero rows where ended: da = 0)
+        if h_prev.dtype != x.dtype:
+            h_prev = h_prev.to(x.dtype)
+        dx = torch.mm(flat, w_ih).view_as(x) if needs[0] else None
+        dw_ih = torch.mm(flat.t(), x.reshape(T * B, -1)) if needs[2] else None
+        dw_hh = torch.mm(flat.t(), h_prev) if needs[3] else None
+        db = flat.sum(0) if ctx.has_bias and (needs[4] or needs[5]) else None
+        dh0 = dh.to(x.dtype) if needs[1] else None
+        return dx, dh0, dw_ih, dw_hh, db, db, None, None, None
+
+
 class _LSTM(torch.autograd.Function):
     """The LSTM, with peepholes where ``w_peep`` (p_i|p_f|p_o, 3H) is given; the resident
     kernels where they fit, with or without."""
@@ -1003,8 +1064,8 @@ _INTERPRETER = " (TRITON_INTERPRET=1 runs its kernels in Triton's CPU interprete
 
 
 class TritonBackend:
-    """Persistent Triton kernels for the GRU and the LSTM on CUDA GPUs (their variants cuDNN lacks
-    too: the reset-before GRU, peepholes, the coupled gate, the MGU)."""
+    """Persistent Triton kernels for the GRU, the LSTM and the plain RNN on CUDA GPUs (the
+    variants cuDNN lacks too: the reset-before GRU, peepholes, the coupled gate, the MGU)."""
 
     name = "triton"
     twice_differentiable = True  # by rerunning the reference loop (differentiable_backward)
@@ -1015,8 +1076,10 @@ class TritonBackend:
     @run_eagerly
     def unsupported(self, config: LayerConfig, input: Tensor) -> str | None:
         spec = config.spec
-        if spec.kind not in ("gru", "lstm", "mgu"):
-            return f"it has kernels for the GRU, the LSTM and the MGU only, not {spec.kind}"
+        if spec.kind not in ("rnn", "gru", "lstm", "mgu"):
+            return (
+                f"it has kernels for the RNN, the GRU, the LSTM and the MGU only, not {spec.kind}"
+            )
         if config.proj_size:
             return "its LSTM kernels have no projection (proj_size)"
         if input.device.type == "cpu" and not interpreting():  # the common refusal, first
@@ -1103,7 +1166,8 @@ class TritonBackend:
                 peep = w.get("weight_peep")
                 out, h, c = _LSTM.apply(x, *state, *args, peep, lengths, kernel, grad_enabled)
                 return out, (h, c)
-            out, h = _GRU.apply(x, state[0], *args, lengths, kernel, grad_enabled)
+            function = _RNN if kernel.kind == "rnn" else _GRU
+            out, h = function.apply(x, state[0], *args, lengths, kernel, grad_enabled)
             return out, (h,)
 
         return run_stack(config, input, lengths, hx, weights, training, direction)

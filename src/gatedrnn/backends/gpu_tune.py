@@ -230,10 +230,12 @@ def _time(fn, params) -> float:
 
 def layer_pair(kind: str, H: int, dtype: torch.dtype, device):
     """One layer of ``kind`` (input size = H) on the triton backend and torch.nn's (cuDNN), with
-    the same weights."""
-    from gatedrnn.nn import GRU, LSTM
+    the same weights (the RNN's tanh: its rows stand for ReLU's too, the same kernels)."""
+    from gatedrnn.nn import GRU, LSTM, RNN
 
-    ours_cls, torch_cls = {"gru": (GRU, torch.nn.GRU), "lstm": (LSTM, torch.nn.LSTM)}[kind]
+    ours_cls, torch_cls = {
+        "rnn": (RNN, torch.nn.RNN), "gru": (GRU, torch.nn.GRU), "lstm": (LSTM, torch.nn.LSTM)
+    }[kind]  # fmt: skip
     reference = torch_cls(H, H, device=device, dtype=dtype)
     # built on the device its weights are separate tensors, which cuDNN would copy into one
     # buffer on every call ("not part of single contiguous chunk of memory"): flatten them once
@@ -265,8 +267,11 @@ def _variants(
     for variant in CANDIDATES if candidates is None else candidates:
         if variant and not gpu._launches_here(variant, H, B, device, dtype, grad):
             continue
-        forward = gpu._resident_launch(H, B, device, dtype, variant)
-        backward = gpu._resident_backward_launch(H, B, device, dtype, variant) if grad else None
+        resident = kind != "rnn"  # the plain RNN's kernels are streamed ones only
+        forward = gpu._resident_launch(H, B, device, dtype, variant) if resident else None
+        backward = None
+        if resident and grad:
+            backward = gpu._resident_backward_launch(H, B, device, dtype, variant)
         if forward is None:  # the streamed kernels
             forward = gpu._launch(H, B, device, dtype, variant)
         key = json.dumps([forward, backward], sort_keys=True, default=str)

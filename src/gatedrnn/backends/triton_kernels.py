@@ -1,5 +1,6 @@
-"""Persistent Triton kernels for the GRU (both reset placements) and the LSTM, forward and
-backward through time. Imported only by :mod:`gatedrnn.backends.gpu`, and only when first used.
+"""Persistent Triton kernels for the GRU (both reset placements), the LSTM and the plain RNN
+(tanh or ReLU), forward and backward through time. Imported only by
+:mod:`gatedrnn.backends.gpu`, and only when first used.
 
 One launch runs one layer direction over all T steps. The grid is ``(NP_H, NP_B)``: program
 ``(p, q)`` owns the hidden units ``p·BH … p·BH+BH−1`` of the batch rows ``q·BB … q·BB+BB−1``.
@@ -36,7 +37,9 @@ first operand, 4·BH = 64 rows (one warpgroup MMA's M): loaded once before the t
 stay in shared memory, and each step loads the whole of the other operand (the previous state,
 or the step's gate gradients) at once, every load in flight, then runs one chain of warpgroup
 MMAs over all of K. They need the weights and one step's operand to fit in shared memory; the
-launcher (:mod:`gatedrnn.backends.gpu`) uses them there and the streamed ones elsewhere.
+launcher (:mod:`gatedrnn.backends.gpu`) uses them there and the streamed ones elsewhere. The
+plain RNN has streamed kernels only (:func:`rnn_forward_kernel`, :func:`rnn_backward_kernel`):
+its weights are a quarter of the LSTM's, H × H.
 
 TF32: a float32 operand given to the tensor cores is truncated to TF32. Where the product is TF32
 the kernels round their in-loop operands to nearest first (``ROUND``; the caller rounds the
@@ -56,6 +59,8 @@ __all__ = [
     "lstm_forward_kernel",
     "resident_backward_kernel",
     "resident_forward_kernel",
+    "rnn_backward_kernel",
+    "rnn_forward_kernel",
 ]
 
 
@@ -599,6 +604,105 @@ def lstm_backward_kernel(
         t -= 1
     tl.store(DH + own, dh, mask=m2)
     tl.store(DC + own, dc, mask=m2)
+
+
+# ---------------------------------------------------------------------------------------------
+# The plain RNN (Elman): h' = act(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh), act tanh or ReLU
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _activate(a, RELU: tl.constexpr):
+    """tanh(a), or with RELU max(a, 0)."""
+    if RELU:  # noqa: SIM108 (a compile-time branch)
+        h = tl.maximum(a, 0.0)
+    else:
+        h = _tanh(a)
+    return h
+
+
+@triton.jit
+def rnn_forward_kernel(
+    XG,  # (T, B, H) x W_ihᵀ + b_ih + b_hh
+    W,  # (H, H) recurrent weights
+    HS,  # (T+1, B, H) float32 states: HS[0] = h0 on entry; every step when SAVE, else HS[T]
+    Y,  # (T+1, B, H) states as the dot reads them and the output, Y[0] = h0 (may be HS)
+    LENS, CNT, ERR,
+    T, B,
+    H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
+    RELU: tl.constexpr, SAVE: tl.constexpr, HAS_LENS: tl.constexpr, Y_IS_HS: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, ROUND: tl.constexpr, SPIN_LIMIT: tl.constexpr,
+):  # fmt: skip
+    NP_H = tl.num_programs(0)
+    u, u_mask, rows, row_mask, m2, own = _tile(B, H, BH, BB)
+    cnt = CNT + tl.program_id(1)
+    h = tl.load(HS + own, mask=m2, other=0.0)
+    x = tl.load(XG + own, mask=m2, other=0.0).to(tl.float32)
+    target = 0
+    t = 0
+    while t < T:
+        live = _live(LENS, rows, row_mask, t, HAS_LENS)[:, None]
+        zero = tl.zeros((BB, BH), tl.float32)
+        a, _, _, _ = _mm_gates(
+            zero, zero, zero, zero, Y + t * B * H, H, rows, row_mask, W, u, u_mask, 1, H, BK,
+            DOT_DTYPE, PREC, ROUND,
+        )  # fmt: skip
+        h = tl.where(live, _activate(x + a, RELU), h)
+        tl.store(Y + (t + 1) * B * H + own, tl.where(live, h, 0.0), mask=m2)
+        if SAVE and not Y_IS_HS:
+            tl.store(HS + (t + 1) * B * H + own, h, mask=m2)
+        # the next step's input projection does not depend on the others: load it now
+        nxt = m2 & (t + 1 < T)
+        x = tl.load(XG + (t + 1) * B * H + own, mask=nxt, other=0.0).to(tl.float32)
+        target += NP_H
+        _sync(cnt, ERR, target, SPIN_LIMIT)
+        t += 1
+    tl.store(HS + T * B * H + own, h, mask=m2)
+
+
+@triton.jit
+def rnn_backward_kernel(
+    DY,  # (T, B, H) gradient of the outputs
+    HS,  # (T+1, B, H) float32 states from the forward
+    W,  # (H, H) recurrent weights
+    DA,  # (T, B, H) out: gradients of the pre-activations
+    DH,  # (B, H) float32: ∂ final state on entry, ∂h0 on exit
+    LENS, CNT, ERR,
+    T, B,
+    H: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
+    RELU: tl.constexpr, HAS_LENS: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, ROUND: tl.constexpr, SPIN_LIMIT: tl.constexpr,
+):  # fmt: skip
+    NP_H = tl.num_programs(0)
+    u, u_mask, rows, row_mask, m2, own = _tile(B, H, BH, BB)
+    cnt = CNT + tl.program_id(1)
+    dh = tl.load(DH + own, mask=m2, other=0.0)
+    t = T - 1
+    # this step's ∂y and h_t (act' from the output: 1 − h² for tanh, h > 0 for ReLU, as torch's
+    # backward of each); each iteration loads the next step's before its barrier
+    dy = tl.load(DY + t * B * H + own, mask=m2, other=0.0).to(tl.float32)
+    h = tl.load(HS + (t + 1) * B * H + own, mask=m2, other=0.0)
+    target = 0
+    while t >= 0:
+        live = _live(LENS, rows, row_mask, t, HAS_LENS)[:, None]
+        dh = dh + tl.where(live, dy, 0.0)
+        if RELU:
+            da = tl.where(live & (h > 0.0), dh, 0.0)
+        else:
+            da = tl.where(live, dh * (1.0 - h * h), 0.0)
+        tl.store(DA + t * B * H + own, da.to(DA.dtype.element_ty), mask=m2)
+        carry = tl.where(live, 0.0, dh)
+        prv = m2 & (t > 0)
+        dy = tl.load(DY + (t - 1) * B * H + own, mask=prv, other=0.0).to(tl.float32)
+        h = tl.load(HS + t * B * H + own, mask=prv, other=0.0)
+        target += NP_H
+        _sync(cnt, ERR, target, SPIN_LIMIT)
+        dh = _mm(
+            carry, DA + t * B * H, H, rows, row_mask, W, H, 1, u, u_mask, H, BK, DOT_DTYPE, PREC,
+            ROUND,
+        )  # fmt: skip
+        t -= 1
+    tl.store(DH + own, dh, mask=m2)
 
 
 # ---------------------------------------------------------------------------------------------
