@@ -1348,6 +1348,7 @@ def test_float32_accurate_products_on_gpu(cell, monkeypatch):
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("cell", sorted(CELLS))
 def test_stack_packed_on_gpu(cell, kernel_variant):
+    _skip_the_defaults_kernels(cell, torch.float32, kernel_variant)
     lengths = torch.tensor([30, 64, 1, 17, 64, 5, 40, 2])
     errors = check(
         cell, torch.float32, T=64, B=8, I=96, H=320, layers=2, bidirectional=True, lengths=lengths
