@@ -774,8 +774,9 @@ def test_panels_shared_by_rows_across_threads(cell, options, hidden, batch):
 
 @pytest.mark.parametrize("steps, batch, ours", [(1, 1, False), (1, 7, False), (2, 4, True)])
 def test_products_of_few_rows_go_to_torch(steps, batch, ours, monkeypatch):
-    """The input projection (T·B rows) and dx go to our packed GEMM from 8 rows, below that to
-    torch's (packing the weight costs more than a few rows save); the results agree either way."""
+    """The input projection (T·B rows), dx and the weight gradients (sums over T·B rows, at
+    least 256 wide) go to our packed GEMM from 8 rows, below that to torch's (packing the weight
+    costs more than a few rows save); the results agree either way."""
     if compiled.unavailable_reason() is not None:
         pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
     from gatedrnn.backends import cpu
@@ -795,14 +796,57 @@ def test_products_of_few_rows_go_to_torch(steps, batch, ours, monkeypatch):
     monkeypatch.setattr(cpu, "blas_products", lambda: False)
     monkeypatch.setattr(cpu, "compiled_loops", lambda: Counting())
     torch.manual_seed(3)
-    layer = gatedrnn.GRU(5, 16, backend="cpu")
-    reference = gatedrnn.GRU(5, 16, backend="reference")
+    layer = gatedrnn.GRU(5, 96, backend="cpu")  # the weight gradients 3 · 96 = 288 wide
+    reference = gatedrnn.GRU(5, 96, backend="reference")
     reference.load_state_dict(layer.state_dict())
     x = torch.randn(steps, batch, 5)
     actual, expected = run(layer, x, None, None, False), run(reference, x, None, None, False)
-    assert rows == ([steps * batch] * 2 if ours else [])  # forward's projection, backward's dx
+    # the forward's projection; the backward's W_hh gradient (A: the 96 states' columns, the
+    # narrower side), dx, the W_ih gradient (A: the 5 inputs' columns)
+    assert rows == ([steps * batch, 96, steps * batch, 5] if ours else [])
     assert_close(actual.output, expected.output, "output")
-    assert_close(actual.grads["input"], expected.grads["input"], "input gradient")
+    for name, grad in expected.grads.items():
+        assert_close(actual.grads[name], grad, f"{name} gradient")
+
+
+@pytest.mark.parametrize("R, M, N", [(1300, 300, 40), (700, 20, 260), (9, 256, 256)])
+def test_weight_gradient_sums_go_to_our_gemm_in_chunks(R, M, N, monkeypatch):
+    """aᵀ b summed over R rows (a weight gradient) through our packed GEMM: in chunks of 512
+    rows, the last one partial, the narrower operand transposed (b, or a), a strided a (a slice
+    of the gate blocks); within float32 rounding of float64's. So is the recurrent weight's
+    gradient (h0 then the shifted outputs, written transposed at once: operand A)."""
+    if compiled.unavailable_reason() is not None:
+        pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
+    from gatedrnn.backends import cpu
+
+    module, calls = compiled.compiled_loops(), []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(module, name)
+
+        def matmul(self, a, *args):
+            calls.append(a.shape)
+            return module.matmul(a, *args)
+
+    monkeypatch.setattr(cpu, "blas_products", lambda: False)
+    monkeypatch.setattr(cpu, "compiled_loops", lambda: Counting())
+    torch.manual_seed(R)
+    a = torch.randn(R, M + 7)[:, 3 : 3 + M]  # a slice: rows M + 7 apart
+    b = torch.randn(R, N)
+    expected = a.double().t() @ b.double()
+    actual = cpu._sum_products(a, b, True)
+    assert actual.shape == (M, N) and actual.is_contiguous()
+    assert ((actual.double() - expected).norm() / expected.norm()).item() < 1e-6
+    assert len(calls) == -(-R // 512) and calls[0][0] == min(M, N)
+    T, B, H = 3, R // 3, N
+    dgates, out, h0 = torch.randn(T, B, M), torch.randn(T, B, H), torch.randn(B, H)
+    calls.clear()
+    ours = cpu._grad_recurrent(dgates, h0, out, True)
+    assert calls and calls[0][0] == H  # A: h_{t−1}ᵀ
+    previous = torch.cat([h0.unsqueeze(0), out[:-1]]).double()
+    expected = torch.einsum("tbg,tbh->gh", dgates.double(), previous)
+    assert ((ours.double() - expected).norm() / expected.norm()).item() < 1e-6
 
 
 def test_the_call_overhead_benchmark_runs(tmp_path):

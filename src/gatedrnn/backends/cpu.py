@@ -8,10 +8,11 @@ as one GEMM over all steps after its loop.
 
 The per-step loops exist twice with one contract: compiled C++ (``csrc/loops.cpp``: our packed
 GEMM for the step's product, with the pointwise work vectorised and, on AVX-512, fused into the
-product's epilogue; the same GEMM serves the input projection and dx), built on first use by
-:mod:`gatedrnn.backends.compiled`, and the PyTorch twins below (a few in-place ops per step, the
-step-independent derivative factors computed for all steps before the backward loop). The twins
-run when the build is not possible (one warning says why) and as the ``cpu-python`` backend.
+product's epilogue; the same GEMM serves the input projection, dx and the weight gradients'
+sums over the steps), built on first use by :mod:`gatedrnn.backends.compiled`, and the PyTorch
+twins below (a few in-place ops per step, the step-independent derivative factors computed for
+all steps before the backward loop). The twins run when the build is not possible (one warning
+says why) and as the ``cpu-python`` backend.
 
 Variable lengths use the packed layout without packing: the batch is sorted by decreasing length,
 so at step t only the first ``batch_sizes[t]`` rows are live and every op works on that prefix.
@@ -112,22 +113,78 @@ def _previous(h0: Tensor, out: Tensor) -> Tensor:
     return torch.cat([h0.unsqueeze(0), out[:-1]])
 
 
-def _grad_recurrent(dgates: Tensor, h0: Tensor, out: Tensor) -> Tensor:
-    """Σ_t dgates_tᵀ h_{t−1} as two GEMMs (step 0 reads h0, the rest the shifted outputs)."""
-    G, H = dgates.shape[-1], out.shape[-1]
+def _grad_recurrent(dgates: Tensor, h0: Tensor, out: Tensor, compiled: bool) -> Tensor:
+    """Σ_t dgates_tᵀ h_{t−1} (step 0 reads h0, the rest the shifted outputs): through our GEMM
+    where :func:`_sums_module` says (h_{t−1} written transposed at once, its A operand), else
+    as two GEMMs of torch's."""
+    T, B, G = dgates.shape
+    H = out.shape[-1]
+    module = _sums_module(compiled, dgates, G, H)
+    if module is not None and T * B >= _FEW_ROWS:
+        previous_t = torch.empty(H, T * B, dtype=out.dtype)
+        previous_t[:, :B] = h0.t()
+        previous_t[:, B:] = out[:-1].reshape(-1, H).t()
+        return _chunked_sums(module, previous_t, dgates.reshape(-1, G)).t().contiguous()
     grad = torch.mm(dgates[0].t(), h0)
-    if dgates.shape[0] > 1:
+    if T > 1:
         grad.addmm_(dgates[1:].reshape(-1, G).t(), out[:-1].reshape(-1, H))
     return grad
 
 
+# Rows (steps × batch rows) summed in one call of our GEMM by :func:`_chunked_sums`: it adds
+# along K in one sequence, so longer sums lose accuracy (against float64 at R = 3200 rows,
+# relative errors 1.0e-6 whole, 5.7e-7 in chunks of 1024, 4.0e-7 of 512, 2.9e-7 of 256;
+# torch's MKL 2.6e-7), and chunks of 512–2048 were also the fastest (2-core AMD EPYC, Zen 5:
+# 1.5–1.8× MKL's speed at H = 64–256, R = 3200–16384).
+_SUM_ROWS = 512
+# Narrower weight gradients stay with torch's BLAS: the transposed copy of one operand that
+# ours needs costs about what a narrow product saves (measured: (256 × 64) and wider gained,
+# (192 × 64) and (64 × 64) ran level or lost).
+_SUM_MIN_WIDTH = 256
+
+
+def _sums_module(compiled: bool, a: Tensor, width: int, narrow: int):
+    """The compiled loops where a weight gradient of (width, narrow) elements summed over rows
+    goes to our GEMM (:func:`_sum_products`), else None: compiled, on a machine whose many-row
+    products are ours (:func:`blas_products`), float32 or float64, at least
+    :data:`_SUM_MIN_WIDTH` wide."""
+    if not compiled or blas_products() or a.dtype not in (torch.float32, torch.float64):
+        return None
+    return compiled_loops() if max(width, narrow) >= _SUM_MIN_WIDTH else None
+
+
+def _chunked_sums(module, left_t: Tensor, right: Tensor) -> Tensor:
+    """left_t · right for left_t (M, R) with unit column stride and right (R, N), any strides,
+    through our packed GEMM in chunks of :data:`_SUM_ROWS` of R, added up."""
+    total = None
+    for r0 in range(0, right.shape[0], _SUM_ROWS):
+        rows = slice(r0, r0 + _SUM_ROWS)
+        part = module.matmul(left_t[:, rows], right[rows], None)
+        total = part if total is None else total.add_(part)
+    return total
+
+
+def _sum_products(a: Tensor, b: Tensor, compiled: bool) -> Tensor:
+    """aᵀ b = Σ_r a_rᵀ b_r for a (R, M), b (R, N) (any strides): a weight gradient, summed
+    over the R steps × batch rows, (M, N). Our packed GEMM where :func:`_sums_module` says (on
+    an AMD EPYC torch's MKL ran these at about half its speed), with the narrower of the two
+    copied transposed (its operand A must be row-major along R); else torch's."""
+    module = _sums_module(compiled, a, a.shape[1], b.shape[1])
+    if module is None or a.shape[0] < _FEW_ROWS:
+        return torch.mm(a.t(), b)
+    if b.shape[1] <= a.shape[1]:  # (bᵀ a)ᵀ
+        return _chunked_sums(module, b.t().contiguous(), a).t().contiguous()
+    return _chunked_sums(module, a.t().contiguous(), b)
+
+
 @functools.cache
 def blas_products() -> bool:
-    """Whether the many-row products (the input projection, dx) go to torch's BLAS rather than
-    our packed GEMM: on Intel CPUs with torch's MKL, which ran them 1.2–1.5× faster than ours on
-    a Xeon (Sapphire Rapids; layers 6–19% faster at H ≥ 256), where on an AMD EPYC the two ran
-    level. Fixed per machine, so runs repeat bit for bit; ``GATEDRNN_CPU_GEMM=blas|ours`` picks
-    one."""
+    """Whether the many-row products (the input projection, dx, the weight gradients' sums over
+    the steps: :func:`_sum_products`) go to torch's BLAS rather than our packed GEMM: on Intel
+    CPUs with torch's MKL, which ran them 1.2–1.5× faster than ours on a Xeon (Sapphire Rapids;
+    layers 6–19% faster at H ≥ 256), where on AMD EPYCs ours ran level (an earlier machine) or
+    1.5–2.2× as fast (a Zen 5, CPU family 26: MKL there at ~190 GFLOP/s, ours at 300–440).
+    Fixed per machine, so runs repeat bit for bit; ``GATEDRNN_CPU_GEMM=blas|ours`` picks one."""
     choice = os.environ.get("GATEDRNN_CPU_GEMM", "")
     if choice in ("blas", "ours"):
         return choice == "blas"
@@ -189,8 +246,8 @@ def _weight_grads(
     G = dgates.shape[-1]
     flat = dgates.reshape(-1, G)
     dx = _product(flat, w_ih, None, compiled).view(*dgates.shape[:2], -1) if needs[0] else None
-    dw_ih = torch.mm(flat.t(), x.reshape(-1, x.shape[-1])) if needs[1] else None
-    dw_hh = _grad_recurrent(dgates, h0, out) if needs[2] else None
+    dw_ih = _sum_products(flat, x.reshape(-1, x.shape[-1]), compiled) if needs[1] else None
+    dw_hh = _grad_recurrent(dgates, h0, out, compiled) if needs[2] else None
     return dx, dw_ih, dw_hh
 
 
@@ -406,15 +463,15 @@ def _gru_backward(
     )  # fmt: skip
     has_bias = b_ih is not None
     if reset_after:
-        dw_hh = _grad_recurrent(dgates, h0, out)
+        dw_hh = _grad_recurrent(dgates, h0, out, compiled)
         db_hh = _sum_bias(dgates, has_bias and needs[5])
         dgates[..., 2 * H :] = dn_all  # the input side sees dn itself
     else:
         flat = dgates.reshape(-1, 3 * H)
         dw_hh = torch.cat(
             [
-                _grad_recurrent(dgates[..., : 2 * H], h0, out),
-                torch.mm(flat[:, 2 * H :].t(), rec.reshape(-1, H)),
+                _grad_recurrent(dgates[..., : 2 * H], h0, out, compiled),
+                _sum_products(flat[:, 2 * H :], rec.reshape(-1, H), compiled),
             ]
         )
         db_hh = _sum_bias(dgates, has_bias and needs[5])
@@ -613,7 +670,7 @@ def _lstm_backward(
         dpeep = torch.cat(parts)
     dw_hr = None
     if w_hr is not None and needs[8]:  # Σ_t ∂h_tᵀ (o ⊙ tanh c)_t
-        dw_hr = torch.mm(dproj.reshape(-1, dproj.shape[-1]).t(), raw[0].reshape(-1, H))
+        dw_hr = _sum_products(dproj.reshape(-1, dproj.shape[-1]), raw[0].reshape(-1, H), compiled)
     dc = dc if needs[2] else None
     return dx, dh if needs[1] else None, dc, dw_ih, dw_hh, db, db, dpeep, dw_hr
 
@@ -698,7 +755,10 @@ def _mgu_backward(grad_out, grad_finals, inputs, out, extra, batch_sizes, _flag,
     if needs[3]:  # U_f reads h_{t−1}, U_n reads f ⊙ h_{t−1}
         flat_n = dgates[..., H:].reshape(-1, H)
         dw_hh = torch.cat(
-            [_grad_recurrent(dgates[..., :H], h0, out), torch.mm(flat_n.t(), rec.reshape(-1, H))]
+            [
+                _grad_recurrent(dgates[..., :H], h0, out, compiled),
+                _sum_products(flat_n, rec.reshape(-1, H), compiled),
+            ]
         )
     dx, dw_ih, _ = _weight_grads(dgates, x, h0, out, (needs[0], needs[2], False), w_ih, compiled)
     db = _sum_bias(dgates, b_ih is not None and (needs[4] or needs[5]))

@@ -4,9 +4,9 @@
 // variant) and the GRU with the reset after, else a separate pass; the GRU with the reset before,
 // the MGU and the LSTM with a projection take two products a step; the minimal cells (minGRU,
 // minLSTM) none, each unit's recurrence a loop of its own. In place in the caller's buffers.
-// `matmul` serves the input projection and dx. The Python twins are the _*_forward_loop /
-// _*_backward_loop functions in gatedrnn/backends/cpu.py; the buffer contracts are documented
-// there. Built on first use by torch.utils.cpp_extension
+// `matmul` serves the input projection, dx and the weight gradients. The Python twins are the
+// _*_forward_loop / _*_backward_loop functions in gatedrnn/backends/cpu.py; the buffer contracts
+// are documented there. Built on first use by torch.utils.cpp_extension
 // (gatedrnn/backends/compiled.py).
 // ATen and torch's pybind11 casters, not <torch/extension.h>: that one also brings the whole C++
 // frontend (modules, optimisers), whose headers took 16 of a 34-second parse
