@@ -849,6 +849,65 @@ def test_weight_gradient_sums_go_to_our_gemm_in_chunks(R, M, N, monkeypatch):
     assert ((ours.double() - expected).norm() / expected.norm()).item() < 1e-6
 
 
+def test_linear_through_our_gemm_matches_torchs(monkeypatch):
+    """``cpu.linear`` (the tasks' vocabulary-wide output layers): from 128 rows the product and
+    the backward's dx through our GEMM (the weight gradient too where ≥ 256 wide), results and
+    every gradient as ``F.linear``'s against float64, with and without a bias or an input that
+    needs a gradient; a double backward through torch's differentiable products; torch's own
+    below 128 rows, under autocast and for float16."""
+    if compiled.unavailable_reason() is not None:
+        pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
+    import torch.nn.functional as F
+
+    from gatedrnn.backends import cpu
+
+    module, calls = compiled.compiled_loops(), []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(module, name)
+
+        def matmul(self, a, *args):
+            calls.append(tuple(a.shape))
+            return module.matmul(a, *args)
+
+    monkeypatch.setattr(cpu, "blas_products", lambda: False)
+    monkeypatch.setattr(cpu, "compiled_loops", lambda: Counting())
+    torch.manual_seed(0)
+    weight = torch.randn(300, 20, requires_grad=True)
+    bias = torch.randn(300, requires_grad=True)
+    dy = torch.randn(5, 30, 300)
+    for with_bias, x_grad in ((True, True), (False, True), (True, False)):
+        x = torch.randn(5, 30, 20, requires_grad=x_grad)
+        b = bias if with_bias else None
+        calls.clear()
+        inputs = [t for t in (x, weight, b) if t is not None]
+        ours = cpu.linear(*inputs)
+        actual = [ours, *torch.autograd.grad(ours, [t for t in inputs if t.requires_grad], dy)]
+        # forward (150 rows); dx (150 rows of dy) where x needs it; dW (300 wide) A = xᵀ
+        assert calls == [(150, 20)] + [(150, 300)] * x_grad + [(20, 150)]
+        leaves = [t.detach().double().requires_grad_(t.requires_grad) for t in inputs]
+        expected = F.linear(*leaves)
+        wanted = [t for t in leaves if t.requires_grad]
+        expected = [expected, *torch.autograd.grad(expected, wanted, dy.double())]
+        for a, e in zip(actual, expected, strict=True):
+            assert a.shape == e.shape and a.dtype == torch.float32
+            assert ((a.double() - e).norm() / e.norm()).item() < 1e-6
+    # a double backward: the first backward's products are differentiable
+    x = torch.randn(5, 30, 20, requires_grad=True)
+    (gx,) = torch.autograd.grad(cpu.linear(x, weight, bias).pow(2).sum(), x, create_graph=True)
+    (g2,) = torch.autograd.grad(gx.pow(2).sum(), weight)
+    (gx_ref,) = torch.autograd.grad(F.linear(x, weight, bias).pow(2).sum(), x, create_graph=True)
+    (g2_ref,) = torch.autograd.grad(gx_ref.pow(2).sum(), weight)
+    torch.testing.assert_close(g2, g2_ref, rtol=1e-4, atol=1e-4)
+    calls.clear()
+    cpu.linear(torch.randn(127, 20), weight, bias)  # too few rows to pack the weight for
+    cpu.linear(torch.randn(200, 20).half(), weight.half(), bias.half())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert cpu.linear(torch.randn(200, 20), weight, bias).dtype == torch.bfloat16
+    assert calls == []
+
+
 def test_the_call_overhead_benchmark_runs(tmp_path):
     """``benchmarks/call_overhead.py`` (run by hand, never timed here) on a tiny case: layers
     and cells, both modes, both sides timed, the backend ours ran on, the JSON written."""

@@ -218,3 +218,26 @@ def test_stacked_models_take_the_layer_options_the_loop_passes(task_name):
     model = task.build_model("gru", 8, 2, backend="auto", dropout=0.3, reset="before")
     loss, n = task.loss(model, next(iter(task.batches("train", 4))))
     assert torch.isfinite(loss) and n > 0
+
+
+def test_output_layer_is_nn_linear_wherever_it_runs():
+    """The language model's head (:class:`OutputLayer`): nn.Linear's parameters and state_dict,
+    and its results and gradients, whichever GEMM runs it (ours from 128 rows on the CPU where
+    ours takes the many-row products; torch's below)."""
+    from gatedrnn.tasks.language import LanguageModel
+    from gatedrnn.tasks.models import OutputLayer
+
+    model = LanguageModel("gru", 50, 16)
+    assert isinstance(model.head, OutputLayer) and isinstance(model.head, nn.Linear)
+    plain = nn.Linear(16, 50)
+    plain.load_state_dict(model.head.state_dict())
+    assert model.head.state_dict().keys() == plain.state_dict().keys()
+    for rows in (4, 200):
+        x = torch.randn(rows, 16, requires_grad=True)
+        ours, theirs = model.head(x), plain(x)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+        dy = torch.randn_like(ours)
+        got = torch.autograd.grad(ours, [x, model.head.weight, model.head.bias], dy)
+        want = torch.autograd.grad(theirs, [x, plain.weight, plain.bias], dy)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

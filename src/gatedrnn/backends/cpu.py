@@ -80,7 +80,7 @@ from gatedrnn.backends.reference import (
 from gatedrnn.nn.functional import g as candidate_activation
 from gatedrnn.nn.spec import CellSpec, make_spec
 
-__all__ = ["CpuBackend", "CpuPythonBackend"]
+__all__ = ["CpuBackend", "CpuPythonBackend", "linear"]
 
 
 # The backward loops carry the gradient w.r.t. the state in a (B, H) buffer that starts as the
@@ -223,6 +223,67 @@ def _product(a: Tensor, r: Tensor, bias: Tensor | None, compiled: bool) -> Tenso
     if module is not None and a.shape[0] >= _FEW_ROWS:
         return module.matmul(a.contiguous(), r, bias)
     return torch.mm(a, r) if bias is None else torch.addmm(bias, a, r)
+
+
+_LINEAR_MIN_ROWS = 128
+
+
+class _Linear(torch.autograd.Function):
+    """x Wᵀ + b for x (N, in) through our packed GEMM (:func:`linear`); the backward's dx and dW
+    through it too, or, with ``create_graph=True``, through torch's differentiable products."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _product(x, weight.t(), bias, True)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        x, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # a double backward: torch's products, differentiable
+            dx = dy.mm(weight) if needs[0] else None
+            dw = dy.t().mm(x) if needs[1] else None
+        else:
+            dy = dy.contiguous()
+            dx = _product(dy, weight, None, True) if needs[0] else None
+            dw = _sum_products(dy, x, True) if needs[1] else None
+        db = dy.sum(0) if ctx.has_bias and needs[2] else None
+        return dx, dw, db
+
+
+def _functorch_wrapped(x: Tensor) -> bool:
+    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(check and check(x))
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``torch.nn.functional.linear(x, weight, bias)``, the product (and the backward's two)
+    through our packed GEMM where it takes the many-row products (:func:`blas_products`): for
+    the tasks' output layers over a vocabulary (:class:`gatedrnn.tasks.models.OutputLayer`),
+    which took most of a language model's training step on an AMD EPYC whose MKL ran at half
+    our GEMM's speed. Anywhere else torch's own: another device or dtype than float32/float64,
+    fewer than :data:`_LINEAR_MIN_ROWS` rows (ours packs the whole weight first, which a
+    decoder's step of a few dozen rows would not repay against a vocabulary-wide weight),
+    autocast, torch.compile, tracing, functorch's transforms, the compiled loops unavailable."""
+    use = (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and weight.dtype == x.dtype
+        and (bias is None or bias.dtype == x.dtype)
+        and x.numel() >= _LINEAR_MIN_ROWS * x.shape[-1] > 0
+        and not blas_products()
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and not _functorch_wrapped(x)
+        and compiled_loops() is not None
+    )
+    if not use:
+        return torch.nn.functional.linear(x, weight, bias)
+    out = _Linear.apply(x.reshape(-1, x.shape[-1]), weight, bias)
+    return out.view(*x.shape[:-1], weight.shape[0])
 
 
 def _project(x: Tensor, w_ih: Tensor, bias: Tensor | None, compiled: bool) -> Tensor:

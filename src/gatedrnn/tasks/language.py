@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from gatedrnn.data.registry import locate
 from gatedrnn.data.text import EOS, Vocabulary, read_token_lines
 from gatedrnn.tasks.base import Batch, Metric, Task, register_task
-from gatedrnn.tasks.models import make_layer
+from gatedrnn.tasks.models import OutputLayer, make_layer
 
 __all__ = ["PRESETS", "LanguageModel", "PennTreebank", "WikiText2", "WordLanguageModel"]
 
@@ -59,7 +59,7 @@ class LanguageModel(nn.Module):
         self.embedding = nn.Embedding(vocabulary, hidden_size)
         self.rnn = make_layer(cell, hidden_size, hidden_size, num_layers, **layer_options)
         self.drop = nn.Dropout(io_dropout)
-        self.head = nn.Linear(hidden_size, vocabulary)
+        self.head = OutputLayer(hidden_size, vocabulary)
         self.state = None
 
     def forward(self, tokens: Tensor, lengths: Tensor | None = None, carry: bool = False) -> Tensor:
