@@ -27,7 +27,7 @@ from gatedrnn.data.registry import DataFile, DatasetInfo, locate, register_datas
 from gatedrnn.data.text import Vocabulary
 from gatedrnn.nn.packing import pack_padded_sequence, pad_packed_sequence
 from gatedrnn.tasks.base import Batch, Metric, Task, evaluating, register_task
-from gatedrnn.tasks.models import make_layer
+from gatedrnn.tasks.models import OutputLayer, make_layer
 
 __all__ = ["CELLS", "Multi30k", "Seq2Seq", "bleu", "read_parallel"]
 
@@ -135,7 +135,7 @@ class Seq2Seq(nn.Module):
         self.attend_memory = nn.Linear(2 * hidden_size, hidden_size)
         self.score = nn.Linear(hidden_size, 1, bias=False)
         self.drop = nn.Dropout(io_dropout)  # embeddings and decoder outputs
-        self.out = nn.Linear(hidden_size + 2 * hidden_size + E, target_vocabulary)
+        self.out = OutputLayer(hidden_size + 2 * hidden_size + E, target_vocabulary)
 
     def encode(self, source: Tensor, lengths: Tensor):
         """Encoder states (S, B, 2H), their attention keys, the pad mask (S, B) and the first
@@ -150,8 +150,9 @@ class Seq2Seq(nn.Module):
         state = (h, torch.zeros_like(h)) if self.decoder.spec.num_states == 2 else h
         return memory, self.attend_memory(memory), mask, state
 
-    def step(self, previous: Tensor, state, memory: Tensor, keys: Tensor, mask: Tensor):
-        """One decoder step from the previous target tokens (B,): logits (B, V), new state."""
+    def features(self, previous: Tensor, state, memory: Tensor, keys: Tensor, mask: Tensor):
+        """One decoder step from the previous target tokens (B,): what the output layer reads
+        (B, 3H + E), and the new state."""
         h = state[0] if isinstance(state, tuple) else state
         scores = self.score(torch.tanh(keys + self.attend_state(h))).squeeze(-1)  # (S, B)
         weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=0)
@@ -159,16 +160,23 @@ class Seq2Seq(nn.Module):
         embedded = self.drop(self.target_embedding(previous))
         state = self.decoder(torch.cat([embedded, context], -1), state)
         h = state[0] if isinstance(state, tuple) else state
-        return self.out(self.drop(torch.cat([h, context, embedded], -1))), state
+        return self.drop(torch.cat([h, context, embedded], -1)), state
+
+    def step(self, previous: Tensor, state, memory: Tensor, keys: Tensor, mask: Tensor):
+        """One decoder step from the previous target tokens (B,): logits (B, V), new state."""
+        features, state = self.features(previous, state, memory, keys, mask)
+        return self.out(features), state
 
     def forward(self, source: Tensor, lengths: Tensor, target: Tensor) -> Tensor:
-        """Teacher-forced logits (T−1, B, V) for ``target`` (T, B) that starts with ``<bos>``."""
+        """Teacher-forced logits (T−1, B, V) for ``target`` (T, B) that starts with ``<bos>``:
+        the output layer once over every step's features (one product over (T−1)·B rows, not
+        one per step)."""
         memory, keys, mask, state = self.encode(source, lengths)
-        logits = []
+        features = []
         for t in range(target.shape[0] - 1):
-            step_logits, state = self.step(target[t], state, memory, keys, mask)
-            logits.append(step_logits)
-        return torch.stack(logits)
+            step_features, state = self.features(target[t], state, memory, keys, mask)
+            features.append(step_features)
+        return self.out(torch.stack(features))
 
     @torch.no_grad()
     def greedy(self, source: Tensor, lengths: Tensor, max_length: int, bos: int, eos: int):
