@@ -26,7 +26,8 @@ class OutputLayer(nn.Linear):
     ``cpu`` backend's packed GEMM on the CPU where that one takes the many-row products
     (:func:`gatedrnn.backends.cpu.linear`): the output layers over a vocabulary, which took most
     of a language model's training step. On an AMD EPYC (Zen 5) a PTB model's step (2 LSTM
-    layers, B = 20, bptt 35) took 0.72 of nn.Linear's time at H = 200, 0.80 at H = 650."""
+    layers, B = 20, bptt 35) took 0.72–0.77 of nn.Linear's time at H = 200, 0.74–0.80 at
+    H = 650. Elsewhere (a GPU, an Intel CPU with MKL) it is nn.Linear."""
 
     def forward(self, input: Tensor) -> Tensor:
         from gatedrnn.backends.cpu import linear
