@@ -138,19 +138,25 @@ def _grad_recurrent(dgates: Tensor, h0: Tensor, out: Tensor, compiled: bool) -> 
 # 1.5–1.8× MKL's speed at H = 64–256, R = 3200–16384).
 _SUM_ROWS = 512
 # Narrower weight gradients stay with torch's BLAS: the transposed copy of one operand that
-# ours needs costs about what a narrow product saves (measured: (256 × 64) and wider gained,
-# (192 × 64) and (64 × 64) ran level or lost).
+# ours needs costs about what a narrow product saves (the recurrent weight's over 3200 rows:
+# (256 × 64) 0.95 of MKL's time, (192 × 64) and (288 × 96) level, (144 × 48) 1.75, (128 × 128)
+# 1.31, (64 × 64) 1.47) ...
 _SUM_MIN_WIDTH = 256
+# ... but for one at most this thin on one side (W_ih over a few inputs: the adding problem's
+# two), whose transposed copy is nothing, MKL's product was the slow one: (256 × 2) over 1600
+# rows 369 µs against ours 59, (192 × 2) 191 against 49, (64 × 2) 66 against 30.
+_SUM_THIN = 16
 
 
 def _sums_module(compiled: bool, a: Tensor, width: int, narrow: int):
     """The compiled loops where a weight gradient of (width, narrow) elements summed over rows
     goes to our GEMM (:func:`_sum_products`), else None: compiled, on a machine whose many-row
     products are ours (:func:`blas_products`), float32 or float64, at least
-    :data:`_SUM_MIN_WIDTH` wide."""
+    :data:`_SUM_MIN_WIDTH` wide or at most :data:`_SUM_THIN` thin."""
     if not compiled or blas_products() or a.dtype not in (torch.float32, torch.float64):
         return None
-    return compiled_loops() if max(width, narrow) >= _SUM_MIN_WIDTH else None
+    wide, thin = max(width, narrow), min(width, narrow)
+    return compiled_loops() if wide >= _SUM_MIN_WIDTH or thin <= _SUM_THIN else None
 
 
 def _chunked_sums(module, left_t: Tensor, right: Tensor) -> Tensor:
