@@ -809,12 +809,15 @@ def test_products_of_few_rows_go_to_torch(steps, batch, ours, monkeypatch):
         assert_close(actual.grads[name], grad, f"{name} gradient")
 
 
-@pytest.mark.parametrize("R, M, N", [(1300, 300, 40), (700, 20, 260), (9, 256, 256)])
+@pytest.mark.parametrize(
+    "R, M, N", [(1300, 300, 40), (700, 20, 260), (9, 256, 256), (700, 100, 3), (1100, 2, 64)]
+)
 def test_weight_gradient_sums_go_to_our_gemm_in_chunks(R, M, N, monkeypatch):
     """aᵀ b summed over R rows (a weight gradient) through our packed GEMM: in chunks of 512
     rows, the last one partial, the narrower operand transposed (b, or a), a strided a (a slice
     of the gate blocks); within float32 rounding of float64's. So is the recurrent weight's
-    gradient (h0 then the shifted outputs, written transposed at once: operand A)."""
+    gradient (h0 then the shifted outputs, written transposed at once: operand A). At least 256
+    wide or at most 16 thin; between, torch's (the next test)."""
     if compiled.unavailable_reason() is not None:
         pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
     from gatedrnn.backends import cpu
@@ -847,6 +850,19 @@ def test_weight_gradient_sums_go_to_our_gemm_in_chunks(R, M, N, monkeypatch):
     previous = torch.cat([h0.unsqueeze(0), out[:-1]]).double()
     expected = torch.einsum("tbg,tbh->gh", dgates.double(), previous)
     assert ((ours.double() - expected).norm() / expected.norm()).item() < 1e-6
+
+
+def test_narrow_weight_gradients_stay_with_torch(monkeypatch):
+    """Between 16 and 256 wide (both sides) a weight gradient's sum is torch's: ours would copy
+    an operand transposed for what a narrow product saves."""
+    from gatedrnn.backends import cpu
+
+    monkeypatch.setattr(cpu, "blas_products", lambda: False)
+    monkeypatch.setattr(cpu, "compiled_loops", lambda: pytest.fail("our GEMM was called"))
+    a, b = torch.randn(900, 192), torch.randn(900, 64)
+    torch.testing.assert_close(cpu._sum_products(a, b, True), a.t() @ b)
+    dgates, out, h0 = torch.randn(30, 30, 192), torch.randn(30, 30, 64), torch.randn(30, 64)
+    cpu._grad_recurrent(dgates, h0, out, True)
 
 
 def test_linear_through_our_gemm_matches_torchs(monkeypatch):
