@@ -924,6 +924,24 @@ def test_linear_through_our_gemm_matches_torchs(monkeypatch):
     assert calls == []
 
 
+def test_linear_gradcheck_through_our_gemm(monkeypatch):
+    """``cpu.linear``'s hand-written backward (our GEMM's float64 path) against finite
+    differences, and its double backward."""
+    if compiled.unavailable_reason() is not None:
+        pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
+    from gatedrnn.backends import cpu
+
+    monkeypatch.setattr(cpu, "blas_products", lambda: False)
+    torch.manual_seed(1)
+    inputs = (
+        torch.randn(2, 65, 3, dtype=torch.float64, requires_grad=True),
+        torch.randn(4, 3, dtype=torch.float64, requires_grad=True),
+        torch.randn(4, dtype=torch.float64, requires_grad=True),
+    )
+    assert torch.autograd.gradcheck(cpu.linear, inputs, fast_mode=True)
+    assert torch.autograd.gradgradcheck(cpu.linear, inputs, fast_mode=True)
+
+
 def test_the_call_overhead_benchmark_runs(tmp_path):
     """``benchmarks/call_overhead.py`` (run by hand, never timed here) on a tiny case: layers
     and cells, both modes, both sides timed, the backend ours ran on, the JSON written."""
