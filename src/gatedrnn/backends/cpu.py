@@ -268,7 +268,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``torch.nn.functional.linear(x, weight, bias)``, the product (and the backward's two)
     through our packed GEMM where it takes the many-row products (:func:`blas_products`): for
     the tasks' output layers over a vocabulary (:class:`gatedrnn.tasks.models.OutputLayer`),
-    which took most of a language model's training step on an AMD EPYC whose MKL ran at half
+    the largest part of a language model's training step on an AMD EPYC whose MKL ran at half
     our GEMM's speed. Anywhere else torch's own: another device or dtype than float32/float64,
     fewer than :data:`_LINEAR_MIN_ROWS` rows (ours packs the whole weight first, which a
     decoder's step of a few dozen rows would not repay against a vocabulary-wide weight),

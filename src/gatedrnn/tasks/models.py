@@ -24,7 +24,7 @@ LAYERS: dict[str, type[nn.Module]] = {
 class OutputLayer(nn.Linear):
     """``nn.Linear`` (same parameters, state_dict and results) whose product runs through the
     ``cpu`` backend's packed GEMM on the CPU where that one takes the many-row products
-    (:func:`gatedrnn.backends.cpu.linear`): the output layers over a vocabulary, which took most
+    (:func:`gatedrnn.backends.cpu.linear`): the output layers over a vocabulary, the largest part
     of a language model's training step. On an AMD EPYC (Zen 5) a PTB model's step (2 LSTM
     layers, B = 20, bptt 35) took 0.72–0.77 of nn.Linear's time at H = 200, 0.74–0.80 at
     H = 650. Elsewhere (a GPU, an Intel CPU with MKL) it is nn.Linear."""
