@@ -772,29 +772,38 @@ def test_panels_shared_by_rows_across_threads(cell, options, hidden, batch):
         torch.set_num_threads(previous)
 
 
-@pytest.mark.parametrize("steps, batch, ours", [(1, 1, False), (1, 7, False), (2, 4, True)])
-def test_products_of_few_rows_go_to_torch(steps, batch, ours, monkeypatch):
-    """The input projection (T·B rows), dx and the weight gradients (sums over T·B rows, at
-    least 256 wide) go to our packed GEMM from 8 rows, below that to torch's (packing the weight
-    costs more than a few rows save); the results agree either way."""
+@pytest.fixture
+def gemm_calls(monkeypatch) -> list[tuple[int, ...]]:
+    """The shapes of the A operands our packed GEMM (``matmul``) is called with, in order, with
+    the many-row products sent to ours as on a machine where :func:`cpu.blas_products` says so;
+    skipped where the compiled loops cannot be built."""
     if compiled.unavailable_reason() is not None:
         pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
     from gatedrnn.backends import cpu
-    from tests.conftest import assert_close
-    from tests.nn.torch_pairs import run
 
-    module, rows = compiled.compiled_loops(), []
+    module, calls = compiled.compiled_loops(), []
 
-    class Counting:  # the compiled module, counting its GEMM's calls
+    class Counting:  # the compiled module, recording its GEMM's calls
         def __getattr__(self, name):
             return getattr(module, name)
 
         def matmul(self, a, *args):
-            rows.append(a.shape[0])
+            calls.append(tuple(a.shape))
             return module.matmul(a, *args)
 
     monkeypatch.setattr(cpu, "blas_products", lambda: False)
     monkeypatch.setattr(cpu, "compiled_loops", lambda: Counting())
+    return calls
+
+
+@pytest.mark.parametrize("steps, batch, ours", [(1, 1, False), (1, 7, False), (2, 4, True)])
+def test_products_of_few_rows_go_to_torch(steps, batch, ours, gemm_calls):
+    """The input projection (T·B rows), dx and the weight gradients (sums over T·B rows, at
+    least 256 wide) go to our packed GEMM from 8 rows, below that to torch's (packing the weight
+    costs more than a few rows save); the results agree either way."""
+    from tests.conftest import assert_close
+    from tests.nn.torch_pairs import run
+
     torch.manual_seed(3)
     layer = gatedrnn.GRU(5, 96, backend="cpu")  # the weight gradients 3 · 96 = 288 wide
     reference = gatedrnn.GRU(5, 96, backend="reference")
@@ -803,6 +812,7 @@ def test_products_of_few_rows_go_to_torch(steps, batch, ours, monkeypatch):
     actual, expected = run(layer, x, None, None, False), run(reference, x, None, None, False)
     # the forward's projection; the backward's W_hh gradient (A: the 96 states' columns, the
     # narrower side), dx, the W_ih gradient (A: the 5 inputs' columns)
+    rows = [shape[0] for shape in gemm_calls]
     assert rows == ([steps * batch, 96, steps * batch, 5] if ours else [])
     assert_close(actual.output, expected.output, "output")
     for name, grad in expected.grads.items():
@@ -812,28 +822,15 @@ def test_products_of_few_rows_go_to_torch(steps, batch, ours, monkeypatch):
 @pytest.mark.parametrize(
     "R, M, N", [(1300, 300, 40), (700, 20, 260), (9, 256, 256), (700, 100, 3), (1100, 2, 64)]
 )
-def test_weight_gradient_sums_go_to_our_gemm_in_chunks(R, M, N, monkeypatch):
+def test_weight_gradient_sums_go_to_our_gemm_in_chunks(R, M, N, gemm_calls):
     """aᵀ b summed over R rows (a weight gradient) through our packed GEMM: in chunks of 512
     rows, the last one partial, the narrower operand transposed (b, or a), a strided a (a slice
     of the gate blocks); within float32 rounding of float64's. So is the recurrent weight's
     gradient (h0 then the shifted outputs, written transposed at once: operand A). At least 256
     wide or at most 16 thin; between, torch's (the next test)."""
-    if compiled.unavailable_reason() is not None:
-        pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
     from gatedrnn.backends import cpu
 
-    module, calls = compiled.compiled_loops(), []
-
-    class Counting:
-        def __getattr__(self, name):
-            return getattr(module, name)
-
-        def matmul(self, a, *args):
-            calls.append(a.shape)
-            return module.matmul(a, *args)
-
-    monkeypatch.setattr(cpu, "blas_products", lambda: False)
-    monkeypatch.setattr(cpu, "compiled_loops", lambda: Counting())
+    calls = gemm_calls
     torch.manual_seed(R)
     a = torch.randn(R, M + 7)[:, 3 : 3 + M]  # a slice: rows M + 7 apart
     b = torch.randn(R, N)
@@ -865,30 +862,17 @@ def test_narrow_weight_gradients_stay_with_torch(monkeypatch):
     cpu._grad_recurrent(dgates, h0, out, True)
 
 
-def test_linear_through_our_gemm_matches_torchs(monkeypatch):
+def test_linear_through_our_gemm_matches_torchs(gemm_calls):
     """``cpu.linear`` (the tasks' vocabulary-wide output layers): from 128 rows the product and
     the backward's dx through our GEMM (the weight gradient too where ≥ 256 wide), results and
     every gradient as ``F.linear``'s against float64, with and without a bias or an input that
     needs a gradient; a double backward through torch's differentiable products; torch's own
     below 128 rows, under autocast and for float16."""
-    if compiled.unavailable_reason() is not None:
-        pytest.skip(f"compiled loops unavailable here: {compiled.unavailable_reason()}")
     import torch.nn.functional as F
 
     from gatedrnn.backends import cpu
 
-    module, calls = compiled.compiled_loops(), []
-
-    class Counting:
-        def __getattr__(self, name):
-            return getattr(module, name)
-
-        def matmul(self, a, *args):
-            calls.append(tuple(a.shape))
-            return module.matmul(a, *args)
-
-    monkeypatch.setattr(cpu, "blas_products", lambda: False)
-    monkeypatch.setattr(cpu, "compiled_loops", lambda: Counting())
+    calls = gemm_calls
     torch.manual_seed(0)
     weight = torch.randn(300, 20, requires_grad=True)
     bias = torch.randn(300, requires_grad=True)

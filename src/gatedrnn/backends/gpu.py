@@ -593,6 +593,25 @@ def _states(x: Tensor, h0: Tensor, T: int, B: int, H: int, aliased: bool):
     return hs, y
 
 
+def _weight_grads(
+    dg: Tensor, x: Tensor, w_ih: Tensor, y: Tensor, needs: tuple[bool, bool, bool, bool]
+) -> tuple[Tensor | None, ...]:
+    """dx, dW_ih, dW_hh and the bias gradient (None where not in ``needs``: x, W_ih, W_hh, the
+    biases) from the kernels' pre-activation gradients ``dg`` (T, B, G) of a cell whose
+    recurrent product reads h_{t−1} whole (the LSTM, the RNN), one GEMM each; ``y`` (T+1, B, H)
+    holds h0 and the outputs, zero where a row ended (its gradients are zero there too)."""
+    T, B, G = dg.shape
+    flat = dg.reshape(T * B, G)
+    h_prev = y[:T].reshape(T * B, -1)
+    if h_prev.dtype != x.dtype:
+        h_prev = h_prev.to(x.dtype)
+    dx = torch.mm(flat, w_ih).view_as(x) if needs[0] else None
+    dw_ih = torch.mm(flat.t(), x.reshape(T * B, -1)) if needs[1] else None
+    dw_hh = torch.mm(flat.t(), h_prev) if needs[2] else None
+    db = flat.sum(0) if needs[3] else None
+    return dx, dw_ih, dw_hh, db
+
+
 class _GRU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, grad_enabled):
@@ -757,14 +776,9 @@ class _RNN(torch.autograd.Function):
             PREC=prec, ROUND=round_dot,
         )  # fmt: skip
         needs = ctx.needs_input_grad
-        flat = da.reshape(T * B, H)
-        h_prev = y[:T].reshape(T * B, H)  # h_{t−1} in the dtype (zero rows where ended: da = 0)
-        if h_prev.dtype != x.dtype:
-            h_prev = h_prev.to(x.dtype)
-        dx = torch.mm(flat, w_ih).view_as(x) if needs[0] else None
-        dw_ih = torch.mm(flat.t(), x.reshape(T * B, -1)) if needs[2] else None
-        dw_hh = torch.mm(flat.t(), h_prev) if needs[3] else None
-        db = flat.sum(0) if ctx.has_bias and (needs[4] or needs[5]) else None
+        dx, dw_ih, dw_hh, db = _weight_grads(
+            da, x, w_ih, y, (needs[0], needs[2], needs[3], ctx.has_bias and (needs[4] or needs[5]))
+        )
         dh0 = dh.to(x.dtype) if needs[1] else None
         return dx, dh0, dw_ih, dw_hh, db, db, None, None, None
 
@@ -854,14 +868,9 @@ class _LSTM(torch.autograd.Function):
             arrays = (dy, cs, gates, w_dot, pp, dg, dh, dc)
             _run(k.lstm_backward_kernel, cfg, arrays, lens, T, B, PEEP=peep, **constants)
         needs = ctx.needs_input_grad
-        flat = dg.reshape(T * B, 4 * H)
-        h_prev = y[:T].reshape(T * B, H)
-        if h_prev.dtype != x.dtype:
-            h_prev = h_prev.to(x.dtype)
-        dx = torch.mm(flat, w_ih).view_as(x) if needs[0] else None
-        dw_ih = torch.mm(flat.t(), x.reshape(T * B, -1)) if needs[3] else None
-        dw_hh = torch.mm(flat.t(), h_prev) if needs[4] else None
-        db = flat.sum(0) if ctx.has_bias and (needs[5] or needs[6]) else None
+        dx, dw_ih, dw_hh, db = _weight_grads(
+            dg, x, w_ih, y, (needs[0], needs[3], needs[4], ctx.has_bias and (needs[5] or needs[6]))
+        )
         dpeep = None
         if peep and needs[7]:  # Σ over steps and rows of ∂a_i ⊙ c_{t−1}, ∂a_f ⊙ c_{t−1}, ∂a_o ⊙ c_t
             seen = (cs[:T], cs[:T], cs[1:])  # finished rows: their ∂a are zero
